@@ -1,0 +1,32 @@
+//! The govbus data catalog (数据目录): which departments exist, which datasets
+//! each one owns, their Avro schema versions, key fields, classification,
+//! personal-data tags, freshness SLA and quality rules.
+//!
+//! "No data outside the catalog": the router accepts a record only if the
+//! catalog knows its dataset, its publisher owns it, and its schema id is one
+//! of the dataset's versions.
+//!
+//! Key types: [`Catalog`] (load with [`Catalog::load`], every problem reported
+//! as a [`Problem`] with file and path), [`Dataset`], [`SchemaVersion`],
+//! [`SchemaId`], [`Rule`] and [`Check`].
+//!
+//! This crate reads files and nothing else: no network, no Kafka. It does not
+//! validate records — that is `govbus-validate`, which compiles the catalog.
+
+mod decimal;
+pub mod fields;
+pub mod ids;
+mod load;
+mod model;
+mod rules;
+pub mod time;
+
+pub use decimal::{Decimal, MAX_SCALE};
+pub use load::{is_dataset_name, Catalog, Problem, Problems};
+pub use model::{
+    Classification, Compatibility, Dataset, Department, PiiTag, SchemaId, SchemaVersion,
+};
+pub use rules::{Check, Rule};
+
+#[cfg(test)]
+mod tests;

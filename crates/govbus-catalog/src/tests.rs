@@ -1,0 +1,327 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn sample_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
+}
+
+#[test]
+fn sample_catalog_loads() {
+    let catalog = Catalog::load(&sample_dir()).unwrap_or_else(|p| panic!("{p}"));
+    let names: Vec<&str> = catalog.datasets().map(|d| d.name.as_str()).collect();
+    for expected in [
+        "civil_affairs.death_registration",
+        "hrss.unemployment_benefit_payment",
+        "hrss.pension_payment",
+        "hrss.social_insurance_contribution",
+        "public_security.household_registration",
+        "market_regulation.enterprise_registration",
+        "education.enrollment_application",
+        "housing_fund.account",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let deaths = catalog
+        .dataset("civil_affairs.death_registration")
+        .expect("deaths");
+    assert_eq!(deaths.versions.len(), 2);
+    for v in &deaths.versions {
+        let (ds, sv) = catalog.schema(v.id).expect("id indexed");
+        assert_eq!(
+            (ds.name.as_str(), sv.version),
+            (deaths.name.as_str(), v.version)
+        );
+    }
+    assert_eq!(deaths.owner, "civil_affairs");
+    assert_eq!(
+        deaths.personal_data.get("deceased_id_number"),
+        Some(&PiiTag::IdNumber)
+    );
+}
+
+#[test]
+fn schema_ids_are_stable_across_loads() {
+    let a = Catalog::load(&sample_dir()).unwrap_or_else(|p| panic!("{p}"));
+    let b = Catalog::load(&sample_dir()).unwrap_or_else(|p| panic!("{p}"));
+    for ds in a.datasets() {
+        let other = b.dataset(&ds.name).expect("same datasets");
+        let ids: Vec<_> = ds.versions.iter().map(|v| v.id).collect();
+        let other_ids: Vec<_> = other.versions.iter().map(|v| v.id).collect();
+        assert_eq!(ids, other_ids);
+    }
+}
+
+/// A copy of the sample catalog in a temp dir, to break on purpose.
+fn broken_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&sample_dir(), dir.path());
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        let target = to.join(path.file_name().expect("name"));
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy");
+        }
+    }
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).expect("read");
+    assert!(text.contains(from), "{} lacks {from:?}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).expect("write");
+}
+
+fn problems(dir: &Path) -> Vec<Problem> {
+    match Catalog::load(dir) {
+        Ok(_) => Vec::new(),
+        Err(p) => p.0,
+    }
+}
+
+fn has(problems: &[Problem], file_ends: &str, path: &str, msg: &str) -> bool {
+    problems
+        .iter()
+        .any(|p| p.file.ends_with(file_ends) && p.path == path && p.message.contains(msg))
+}
+
+#[test]
+fn reports_every_problem_with_file_and_path() {
+    let dir = broken_copy();
+    let ds = dir.path().join("datasets");
+    // 1. a broken schema
+    edit(
+        &ds.join("hrss.pension_payment/v1.avsc"),
+        "\"type\": \"record\"",
+        "\"type\": \"recrod\"",
+    );
+    // 2. a missing owner
+    edit(
+        &ds.join("housing_fund.account/dataset.toml"),
+        "owner = \"housing_fund\"\n",
+        "",
+    );
+    // 3. a rule on an unknown field
+    edit(
+        &ds.join("education.enrollment_application/dataset.toml"),
+        "field = \"school_code\"",
+        "field = \"school_kode\"",
+    );
+    // 4. an incompatible new version: a field without a default
+    edit(
+        &ds.join("civil_affairs.death_registration/v2.avsc"),
+        "\"default\": null,",
+        "",
+    );
+    edit(
+        &ds.join("civil_affairs.death_registration/v2.avsc"),
+        "[\n        \"null\",\n        \"string\"\n      ]",
+        "\"string\"",
+    );
+    let found = problems(dir.path());
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert!(
+        has(
+            &found,
+            "hrss.pension_payment/v1.avsc",
+            "-",
+            "invalid Avro schema"
+        ),
+        "{shown:#?}"
+    );
+    assert!(
+        has(
+            &found,
+            "housing_fund.account/dataset.toml",
+            "owner",
+            "missing owner"
+        ),
+        "{shown:#?}"
+    );
+    assert!(
+        has(
+            &found,
+            "education.enrollment_application/dataset.toml",
+            "rule[6].field",
+            "`school_kode`"
+        ),
+        "{shown:#?}"
+    );
+    assert!(
+        has(
+            &found,
+            "civil_affairs.death_registration/v2.avsc",
+            "compatibility",
+            "not BACKWARD compatible with v1"
+        ),
+        "{shown:#?}"
+    );
+    assert_eq!(found.len(), 4, "{shown:#?}");
+}
+
+#[test]
+fn rejects_bad_rule_parameters_and_owner_mismatch() {
+    let dir = broken_copy();
+    let ds = dir.path().join("datasets");
+    let toml = ds.join("hrss.pension_payment/dataset.toml");
+    edit(
+        &toml,
+        "regex = '^[0-9]{4}-(0[1-9]|1[0-2])$'",
+        "regex = '^[0-9{4}$'",
+    );
+    edit(&toml, "min = \"0.01\"", "min = \"a lot\"");
+    edit(&toml, "max_scale = 2", "max_scale = 4");
+    edit(
+        &toml,
+        "check = \"resident_id\"\nfield = \"recipient_id_number\"",
+        "check = \"resident_id\"\nfield = \"amount\"",
+    );
+    edit(
+        &ds.join("housing_fund.account/dataset.toml"),
+        "owner = \"housing_fund\"",
+        "owner = \"tax\"",
+    );
+    edit(
+        &ds.join("hrss.unemployment_benefit_payment/dataset.toml"),
+        "check = \"pattern\"\nfield = \"benefit_month\"",
+        "check = \"patern\"\nfield = \"benefit_month\"",
+    );
+    let found = problems(dir.path());
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert!(
+        has(
+            &found,
+            "hrss.pension_payment/dataset.toml",
+            "rule[4].regex",
+            "invalid regular expression"
+        ),
+        "{shown:#?}"
+    );
+    assert!(
+        has(
+            &found,
+            "hrss.pension_payment/dataset.toml",
+            "rule[5].min",
+            "not a decimal"
+        ),
+        "{shown:#?}"
+    );
+    assert!(
+        has(
+            &found,
+            "hrss.pension_payment/dataset.toml",
+            "rule[6].max_scale",
+            "no effect"
+        ),
+        "{shown:#?}"
+    );
+    assert!(
+        has(
+            &found,
+            "hrss.pension_payment/dataset.toml",
+            "rule[1].field",
+            "needs a string field"
+        ),
+        "{shown:#?}"
+    );
+    assert!(
+        has(
+            &found,
+            "housing_fund.account/dataset.toml",
+            "owner",
+            "`tax` is not a department"
+        ),
+        "{shown:#?}"
+    );
+    assert!(
+        has(
+            &found,
+            "hrss.unemployment_benefit_payment/dataset.toml",
+            "rule[3]",
+            "unknown variant `patern`"
+        ),
+        "{shown:#?}"
+    );
+    assert_eq!(found.len(), 6, "{shown:#?}");
+}
+
+#[test]
+fn transitive_and_forward_modes_check_the_right_pairs() {
+    let dir = broken_copy();
+    let ds = dir.path().join("datasets/civil_affairs.death_registration");
+    // v2 adds a field with a default: BACKWARD and FORWARD both hold.
+    edit(
+        &ds.join("dataset.toml"),
+        "compatibility = \"BACKWARD\"",
+        "compatibility = \"FULL_TRANSITIVE\"",
+    );
+    assert!(problems(dir.path()).is_empty());
+    // v3 drops a field that has no default: the old schema cannot read new data.
+    let v3 = std::fs::read_to_string(ds.join("v2.avsc"))
+        .expect("v2")
+        .replace("{\"name\": \"death_place\", \"type\": \"string\", \"doc\": \"死亡地点 / Place of death\"},", "");
+    assert!(!v3.contains("death_place") || v3.contains("\"death_place\""));
+    let v3 = remove_field(&v3, "death_place");
+    std::fs::write(ds.join("v3.avsc"), v3).expect("write v3");
+    let found = problems(dir.path());
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert!(
+        has(
+            &found,
+            "v3.avsc",
+            "compatibility",
+            "not FULL_TRANSITIVE compatible with v1 (the old schema cannot read new data)"
+        ),
+        "{shown:#?}"
+    );
+    assert!(
+        has(
+            &found,
+            "v3.avsc",
+            "compatibility",
+            "not FULL_TRANSITIVE compatible with v2 (the old schema cannot read new data)"
+        ),
+        "{shown:#?}"
+    );
+    edit(
+        &ds.join("dataset.toml"),
+        "compatibility = \"FULL_TRANSITIVE\"",
+        "compatibility = \"BACKWARD\"",
+    );
+    assert!(
+        problems(dir.path()).is_empty(),
+        "dropping a field is BACKWARD compatible"
+    );
+}
+
+fn remove_field(schema: &str, name: &str) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(schema).expect("json");
+    if let Some(fields) = value.get_mut("fields").and_then(|f| f.as_array_mut()) {
+        fields.retain(|f| f.get("name").and_then(|n| n.as_str()) != Some(name));
+    }
+    value.to_string()
+}
+
+#[test]
+fn version_gaps_and_stray_files_are_reported() {
+    let dir = broken_copy();
+    let ds = dir.path().join("datasets/hrss.pension_payment");
+    std::fs::copy(ds.join("v1.avsc"), ds.join("v3.avsc")).expect("copy");
+    std::fs::write(ds.join("notes.txt"), "x").expect("write");
+    let found = problems(dir.path());
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+    assert!(has(&found, "v3.avsc", "-", "without gaps"), "{shown:#?}");
+    assert!(
+        has(&found, "notes.txt", "-", "unexpected file"),
+        "{shown:#?}"
+    );
+}
