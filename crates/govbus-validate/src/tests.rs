@@ -1,0 +1,705 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+//! One test per reason code, the sample records, and agreement with apache-avro.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use govbus_catalog::Catalog;
+use serde_json::{json, Value as Json};
+
+use super::*;
+use crate::json::write_long;
+
+/// 2026-11-30T00:00:00Z.
+const NOW: i64 = 1_795_996_800_000;
+
+fn ctx() -> Context {
+    Context::at(NOW)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn catalog() -> &'static Catalog {
+    static C: OnceLock<Catalog> = OnceLock::new();
+    C.get_or_init(|| Catalog::load(&repo().join("schemas")).unwrap_or_else(|p| panic!("{p}")))
+}
+
+fn engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| Engine::new(catalog()).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn samples(dataset: &str) -> Vec<Json> {
+    let path = repo()
+        .join("examples/records")
+        .join(format!("{dataset}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A lab dataset with every Avro shape the sample catalog lacks.
+fn lab() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| {
+        let mut files = BTreeMap::new();
+        files.insert(PathBuf::from("departments.toml"), "[[department]]\nid = \"lab\"\nname_zh = \"实验室\"\nname_en = \"Lab\"\n".to_owned());
+        files.insert(
+            PathBuf::from("datasets/lab.shapes/dataset.toml"),
+            "owner = \"lab\"\ntitle_zh = \"形状\"\ntitle_en = \"Shapes\"\nclassification = \"internal\"\nkey = [\"id\"]\nfreshness = \"1h\"\n".to_owned(),
+        );
+        files.insert(
+            PathBuf::from("datasets/lab.shapes/v1.avsc"),
+            json!({
+                "type": "record", "name": "Shapes", "namespace": "lab",
+                "fields": [
+                    {"name": "id", "type": "string"},
+                    {"name": "flag", "type": "boolean"},
+                    {"name": "count", "type": "int"},
+                    {"name": "ratio", "type": "double"},
+                    {"name": "choice", "type": ["null", "string", "long"]},
+                    {"name": "level", "type": {"type": "enum", "name": "Level", "symbols": ["LOW", "HIGH"]}},
+                    {"name": "blanks", "type": {"type": "array", "items": "null"}},
+                    {"name": "attrs", "type": {"type": "map", "values": "long"}},
+                    {"name": "tree", "type": {"type": "record", "name": "Tree", "fields": [
+                        {"name": "children", "type": {"type": "array", "items": "Tree"}}
+                    ]}}
+                ]
+            })
+            .to_string(),
+        );
+        let catalog = Catalog::from_files(Path::new("lab"), &files).unwrap_or_else(|p| panic!("{p}"));
+        Engine::new(&catalog).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// Pieces of a lab datum; each test replaces one.
+struct LabDatum {
+    id: Vec<u8>,
+    flag: Vec<u8>,
+    count: Vec<u8>,
+    ratio: Vec<u8>,
+    choice: Vec<u8>,
+    level: Vec<u8>,
+    blanks: Vec<u8>,
+    attrs: Vec<u8>,
+    tree: Vec<u8>,
+}
+
+fn long(v: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_long(&mut out, v);
+    out
+}
+
+fn string(s: &[u8]) -> Vec<u8> {
+    let mut out = long(s.len() as i64);
+    out.extend_from_slice(s);
+    out
+}
+
+impl Default for LabDatum {
+    fn default() -> Self {
+        LabDatum {
+            id: string(b"k1"),
+            flag: vec![1],
+            count: long(5),
+            ratio: 0.5f64.to_le_bytes().to_vec(),
+            choice: long(0),
+            level: long(1),
+            blanks: long(0),
+            attrs: [long(1), string(b"a"), long(7), long(0)].concat(),
+            tree: long(0),
+        }
+    }
+}
+
+impl LabDatum {
+    fn framed(&self) -> Vec<u8> {
+        let id = lab()
+            .dataset("lab.shapes")
+            .map(|d| d.latest_schema_id())
+            .unwrap_or(SchemaId(0));
+        let mut out = vec![MAGIC];
+        out.extend_from_slice(&id.0.to_be_bytes());
+        for part in [
+            &self.id,
+            &self.flag,
+            &self.count,
+            &self.ratio,
+            &self.choice,
+            &self.level,
+            &self.blanks,
+            &self.attrs,
+            &self.tree,
+        ] {
+            out.extend_from_slice(part);
+        }
+        out
+    }
+}
+
+fn lab_check(datum: LabDatum) -> Result<Accepted, Rejection> {
+    lab().validate_avro("lab.shapes", &datum.framed(), &ctx())
+}
+
+/// A sample record of `dataset` with `edit` applied, validated as JSON.
+fn json_case(
+    dataset: &str,
+    edit: impl FnOnce(&mut serde_json::Map<String, Json>),
+) -> Result<Accepted, Rejection> {
+    let mut record = samples(dataset).remove(0);
+    if let Json::Object(m) = &mut record {
+        edit(m);
+    }
+    engine().validate_json(dataset, record.to_string().as_bytes(), &ctx())
+}
+
+fn set(field: &'static str, value: Json) -> impl FnOnce(&mut serde_json::Map<String, Json>) {
+    move |m| {
+        m.insert(field.to_owned(), value);
+    }
+}
+
+fn framed_sample(dataset: &str) -> Vec<u8> {
+    let record = samples(dataset).remove(0);
+    engine()
+        .validate_json(dataset, record.to_string().as_bytes(), &ctx())
+        .map(|a| a.value)
+        .unwrap_or_else(|r| panic!("{r}"))
+}
+
+const DEATHS: &str = "civil_affairs.death_registration";
+const PENSIONS: &str = "hrss.pension_payment";
+const ENTERPRISES: &str = "market_regulation.enterprise_registration";
+
+#[test]
+fn every_reason_code_has_a_case() {
+    let deaths = DEATHS;
+    let mut covered = BTreeSet::new();
+    let mut check =
+        |name: &str, result: Result<Accepted, Rejection>, reason: Reason, field: Option<&str>| {
+            match result {
+                Ok(a) => panic!("{name}: accepted (key {}), expected {reason}", a.key),
+                Err(r) => {
+                    assert_eq!(r.reason, reason, "{name}: {r}");
+                    if let Some(f) = field {
+                        assert_eq!(r.field.as_deref(), Some(f), "{name}: {r}");
+                    }
+                    covered.insert(reason);
+                }
+            }
+        };
+    use Reason::*;
+
+    // Catalog gate and framing.
+    check(
+        "unknown dataset",
+        engine().validate_json("civil_affairs.nope", b"{}", &ctx()),
+        DatasetUnknown,
+        None,
+    );
+    let small = Engine::with_limits(
+        catalog(),
+        Limits {
+            max_message_bytes: 64,
+            ..Limits::default()
+        },
+    )
+    .expect("engine");
+    check(
+        "too large",
+        small.validate_avro(deaths, &framed_sample(deaths), &ctx()),
+        MessageTooLarge,
+        None,
+    );
+    for short in [&[][..], &[0], &[0, 0, 0, 0]] {
+        check(
+            "short",
+            engine().validate_avro(deaths, short, &ctx()),
+            FramingInvalid,
+            None,
+        );
+    }
+    let mut bad_magic = framed_sample(deaths);
+    bad_magic[0] = 1;
+    check(
+        "magic",
+        engine().validate_avro(deaths, &bad_magic, &ctx()),
+        FramingInvalid,
+        None,
+    );
+    let mut unknown = framed_sample(deaths);
+    unknown[1..5].copy_from_slice(&0u32.to_be_bytes());
+    check(
+        "unknown id",
+        engine().validate_avro(deaths, &unknown, &ctx()),
+        SchemaUnknown,
+        None,
+    );
+    check(
+        "other dataset's id",
+        engine().validate_avro(deaths, &framed_sample(PENSIONS), &ctx()),
+        SchemaWrongDataset,
+        None,
+    );
+
+    // Avro decoding, on the lab dataset.
+    let mut truncated = LabDatum::default().framed();
+    truncated.pop();
+    check(
+        "truncated",
+        lab().validate_avro("lab.shapes", &truncated, &ctx()),
+        AvroTruncated,
+        Some("tree"),
+    );
+    let mut trailing = LabDatum::default().framed();
+    trailing.push(0);
+    check(
+        "trailing",
+        lab().validate_avro("lab.shapes", &trailing, &ctx()),
+        AvroTrailingBytes,
+        None,
+    );
+    check(
+        "overlong varint",
+        lab_check(LabDatum {
+            count: [vec![0x80; 10], vec![1]].concat(),
+            ..Default::default()
+        }),
+        AvroVarintOverlong,
+        Some("count"),
+    );
+    check(
+        "int overflow",
+        lab_check(LabDatum {
+            count: long(1 << 40),
+            ..Default::default()
+        }),
+        AvroVarintOverlong,
+        Some("count"),
+    );
+    check(
+        "negative length",
+        lab_check(LabDatum {
+            id: long(-1),
+            ..Default::default()
+        }),
+        AvroInvalidLength,
+        Some("id"),
+    );
+    check(
+        "length 2^62",
+        lab_check(LabDatum {
+            id: long(1 << 62),
+            ..Default::default()
+        }),
+        AvroInvalidLength,
+        Some("id"),
+    );
+    check(
+        "utf8",
+        lab_check(LabDatum {
+            id: string(&[0xC3, 0x28]),
+            ..Default::default()
+        }),
+        AvroInvalidUtf8,
+        Some("id"),
+    );
+    check(
+        "boolean",
+        lab_check(LabDatum {
+            flag: vec![2],
+            ..Default::default()
+        }),
+        AvroInvalidBoolean,
+        Some("flag"),
+    );
+    check(
+        "union",
+        lab_check(LabDatum {
+            choice: long(3),
+            ..Default::default()
+        }),
+        AvroUnionIndex,
+        Some("choice"),
+    );
+    check(
+        "enum",
+        lab_check(LabDatum {
+            level: long(2),
+            ..Default::default()
+        }),
+        AvroEnumIndex,
+        Some("level"),
+    );
+    let deep = [vec![2u8; 100_000], vec![0u8; 100_001]].concat();
+    check(
+        "deep",
+        lab_check(LabDatum {
+            tree: deep,
+            ..Default::default()
+        }),
+        AvroNestingTooDeep,
+        Some("tree"),
+    );
+    check(
+        "items",
+        lab_check(LabDatum {
+            blanks: long(i64::MAX),
+            ..Default::default()
+        }),
+        AvroTooManyItems,
+        Some("blanks"),
+    );
+    check(
+        "nan",
+        lab_check(LabDatum {
+            ratio: f64::NAN.to_le_bytes().to_vec(),
+            ..Default::default()
+        }),
+        NumberNotFinite,
+        Some("ratio"),
+    );
+    check(
+        "empty key",
+        lab_check(LabDatum {
+            id: string(b""),
+            ..Default::default()
+        }),
+        KeyMissing,
+        Some("id"),
+    );
+
+    // JSON.
+    check(
+        "json syntax",
+        engine().validate_json(deaths, b"{\"registration_no\":", &ctx()),
+        JsonInvalid,
+        None,
+    );
+    check(
+        "json type",
+        json_case(PENSIONS, set("amount", json!(true))),
+        JsonTypeMismatch,
+        Some("amount"),
+    );
+    check(
+        "json missing",
+        json_case(PENSIONS, |m| drop(m.remove("recipient_name"))),
+        JsonMissingField,
+        Some("recipient_name"),
+    );
+    check(
+        "json unknown",
+        json_case(PENSIONS, set("bonus", json!(1))),
+        JsonUnknownField,
+        Some("bonus"),
+    );
+    check(
+        "json int range",
+        json_case(
+            "education.enrollment_application",
+            set("school_year", json!(10_000_000_000i64)),
+        ),
+        JsonNumberOutOfRange,
+        Some("school_year"),
+    );
+    check(
+        "json date",
+        json_case(deaths, set("birth_date", json!("1949/12/31"))),
+        JsonInvalidTemporal,
+        Some("birth_date"),
+    );
+
+    // Quality rules.
+    check(
+        "required",
+        json_case(deaths, set("deceased_name", json!("  "))),
+        RequiredMissing,
+        Some("deceased_name"),
+    );
+    check(
+        "null",
+        json_case(deaths, set("deceased_name", Json::Null)),
+        RequiredMissing,
+        Some("deceased_name"),
+    );
+    check(
+        "length",
+        json_case(deaths, set("deceased_name", json!("名".repeat(51)))),
+        LengthOutOfRange,
+        Some("deceased_name"),
+    );
+    check(
+        "pattern",
+        json_case(PENSIONS, set("pay_month", json!("2026-13"))),
+        PatternMismatch,
+        Some("pay_month"),
+    );
+    check(
+        "one_of",
+        json_case(deaths, set("death_cause_category", json!("aliens"))),
+        ValueNotAllowed,
+        Some("death_cause_category"),
+    );
+    check(
+        "enum symbol",
+        json_case(deaths, set("gender", json!("OTHER"))),
+        ValueNotAllowed,
+        Some("gender"),
+    );
+    check(
+        "range",
+        json_case(PENSIONS, set("amount", json!("0.00"))),
+        RangeOutOfBounds,
+        Some("amount"),
+    );
+    check(
+        "rule scale",
+        json_case(PENSIONS, set("amount", json!("12.345"))),
+        DecimalScale,
+        Some("amount"),
+    );
+    check(
+        "schema scale",
+        json_case(PENSIONS, set("amount", json!("12.34567"))),
+        DecimalScale,
+        Some("amount"),
+    );
+    check(
+        "precision",
+        json_case(
+            ENTERPRISES,
+            set("registered_capital", json!("12345678901234567.00")),
+        ),
+        DecimalPrecision,
+        Some("registered_capital"),
+    );
+    check(
+        "future",
+        json_case(deaths, set("death_date", json!("2026-12-01"))),
+        DateInFuture,
+        Some("death_date"),
+    );
+    check(
+        "date range",
+        json_case(deaths, set("birth_date", json!("1800-01-01"))),
+        DateOutOfRange,
+        Some("birth_date"),
+    );
+    check(
+        "order",
+        json_case(deaths, set("death_date", json!("1949-12-30"))),
+        FieldOrder,
+        Some("death_date"),
+    );
+    check(
+        "id legacy 15",
+        json_case(deaths, set("deceased_id_number", json!("110105491231002"))),
+        ResidentIdLength,
+        Some("deceased_id_number"),
+    );
+    check(
+        "id full-width",
+        json_case(
+            deaths,
+            set(
+                "deceased_id_number",
+                json!("１１０１０５１９４９１２３１００２X"),
+            ),
+        ),
+        ResidentIdFormat,
+        Some("deceased_id_number"),
+    );
+    check(
+        "id region",
+        json_case(
+            deaths,
+            set("deceased_id_number", json!("99010519491231002X")),
+        ),
+        ResidentIdRegion,
+        Some("deceased_id_number"),
+    );
+    check(
+        "id birth",
+        json_case(
+            deaths,
+            set("deceased_id_number", json!("110105194902300012")),
+        ),
+        ResidentIdBirthDate,
+        Some("deceased_id_number"),
+    );
+    check(
+        "id check",
+        json_case(
+            deaths,
+            set("deceased_id_number", json!("110105194912310021")),
+        ),
+        ResidentIdChecksum,
+        Some("deceased_id_number"),
+    );
+    check(
+        "credit format",
+        json_case(ENTERPRISES, set("credit_code", json!("91330100716105852"))),
+        CreditCodeFormat,
+        Some("credit_code"),
+    );
+    check(
+        "credit check",
+        json_case(ENTERPRISES, set("credit_code", json!("91330100716105852A"))),
+        CreditCodeChecksum,
+        Some("credit_code"),
+    );
+    check(
+        "phone",
+        json_case(deaths, set("informant_phone", json!("12345"))),
+        MobilePhoneInvalid,
+        Some("informant_phone"),
+    );
+
+    let missing: Vec<&str> = Reason::ALL
+        .iter()
+        .filter(|r| !covered.contains(*r))
+        .map(|r| r.code())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "reason codes without a test case: {missing:?}"
+    );
+}
+
+#[test]
+fn sample_records_are_accepted_and_canonical_avro_is_stable() {
+    for ds in catalog().datasets() {
+        for (i, record) in samples(&ds.name).into_iter().enumerate() {
+            let from_json = engine()
+                .validate_json(&ds.name, record.to_string().as_bytes(), &ctx())
+                .unwrap_or_else(|r| panic!("{} sample {i}: {r}", ds.name));
+            assert_eq!(from_json.schema_id, ds.latest().id);
+            // The canonical bytes validate again, unchanged, as Avro.
+            let again = engine()
+                .validate_avro(&ds.name, &from_json.value, &ctx())
+                .unwrap_or_else(|r| panic!("{r}"));
+            assert_eq!(again, from_json);
+            // apache-avro reads exactly the datum we wrote.
+            let mut datum = &from_json.value[5..];
+            let reader =
+                apache_avro::reader::datum::GenericDatumReader::builder(&ds.latest().schema)
+                    .build()
+                    .expect("reader");
+            let value = reader
+                .read_value(&mut datum)
+                .unwrap_or_else(|e| panic!("{} sample {i}: apache-avro: {e}", ds.name));
+            assert!(datum.is_empty(), "apache-avro left {} bytes", datum.len());
+            assert!(value.validate(&ds.latest().schema));
+        }
+    }
+}
+
+#[test]
+fn avro_written_by_apache_avro_under_an_older_version_is_accepted() {
+    let ds = catalog().dataset(DEATHS).expect("deaths");
+    let v1 = ds.version(1).expect("v1");
+    // Built and encoded by apache-avro: our JSON encoder is not involved.
+    let mut r = apache_avro::types::Record::new(&v1.schema).expect("record");
+    r.put("registration_no", "DR-2026-00099999");
+    r.put("deceased_id_number", "11010519491231002x");
+    r.put("deceased_name", "张建国");
+    r.put("gender", apache_avro::types::Value::Enum(0, "MALE".into()));
+    r.put("birth_date", apache_avro::types::Value::Date(-1));
+    r.put("death_date", apache_avro::types::Value::Date(20_000));
+    r.put("death_place", "北京");
+    r.put("death_cause_category", "natural");
+    r.put("registering_office", "朝阳区民政局");
+    r.put(
+        "registered_at",
+        apache_avro::types::Value::TimestampMillis(1_728_000_000_000),
+    );
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&v1.schema)
+        .build()
+        .expect("writer");
+    let datum = writer.write_value_to_vec(r).expect("encode");
+    let mut framed = vec![0];
+    framed.extend_from_slice(&v1.id.0.to_be_bytes());
+    framed.extend_from_slice(&datum);
+    let accepted = engine()
+        .validate_avro(DEATHS, &framed, &ctx())
+        .unwrap_or_else(|r| panic!("{r}"));
+    assert_eq!(accepted.schema_id, v1.id);
+    assert_eq!(accepted.version, 1);
+    assert_eq!(accepted.key, "DR-2026-00099999");
+    // The lowercase check character is normalised in the canonical bytes, nothing else changes.
+    let diffs: Vec<usize> = framed
+        .iter()
+        .zip(&accepted.value)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(diffs.len(), 1);
+    assert_eq!((framed[diffs[0]], accepted.value[diffs[0]]), (b'x', b'X'));
+}
+
+#[test]
+fn lowercase_x_in_a_key_id_number_is_normalised_in_the_key_too() {
+    let ds = "public_security.household_registration";
+    let mut record = samples(ds).remove(0);
+    if let Json::Object(m) = &mut record {
+        m.insert("id_number".into(), json!("11010519491231002x"));
+        m.insert("birth_date".into(), json!("1949-12-31"));
+    }
+    let a = engine()
+        .validate_json(ds, record.to_string().as_bytes(), &ctx())
+        .unwrap_or_else(|r| panic!("{r}"));
+    assert_eq!(a.key, "11010519491231002X");
+    assert!(a.value.windows(18).any(|w| w == b"11010519491231002X"));
+    assert!(!a.value.windows(18).any(|w| w == b"11010519491231002x"));
+}
+
+#[test]
+fn names_with_rare_characters_and_middle_dots_are_accepted() {
+    for name in ["𠮷野家", "欧阳·娜娜", "阿依古丽·买买提", "䶮"] {
+        let r = json_case(DEATHS, set("deceased_name", json!(name)));
+        assert!(r.is_ok(), "{name}: {r:?}");
+    }
+}
+
+#[test]
+fn rejection_details_never_quote_values() {
+    let secret = "11010519491231002Y";
+    let r = json_case(DEATHS, set("deceased_id_number", json!(secret))).expect_err("rejected");
+    assert!(!r.to_string().contains(secret));
+    let r = json_case(DEATHS, set("deceased_name", json!("名".repeat(51)))).expect_err("rejected");
+    assert!(!r.to_string().contains('名'), "{r}");
+    let r = engine()
+        .validate_json(DEATHS, b"{\"deceased_name\": \"\xe5\x90\x8d", &ctx())
+        .expect_err("rejected");
+    assert!(!r.to_string().contains('名'), "{r}");
+}
+
+#[test]
+fn nullable_fields_accept_plain_and_avro_json_unions() {
+    for v in [
+        json!(null),
+        json!("13800138000"),
+        json!({"string": "13800138000"}),
+    ] {
+        let r = json_case(DEATHS, set("informant_phone", v.clone()));
+        assert!(r.is_ok(), "{v}: {r:?}");
+    }
+    let r = json_case(DEATHS, |m| drop(m.remove("informant_phone")));
+    assert!(r.is_ok(), "missing nullable field takes its default: {r:?}");
+}
+
+#[test]
+fn every_reason_code_is_unique_and_round_trips() {
+    let codes: BTreeSet<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+    assert_eq!(codes.len(), Reason::ALL.len());
+    for r in Reason::ALL {
+        assert_eq!(Reason::from_code(r.code()), Some(*r));
+    }
+}
