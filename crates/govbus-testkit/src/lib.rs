@@ -1,1 +1,27 @@
-//! placeholder
+//! The govbus test kit: real components for integration tests.
+//!
+//! - [`Broker`]: a real Tansu broker on a free loopback port. [`Broker::shared`]
+//!   gives one memory-backed broker per test process (or the one named by
+//!   `GOVBUS_TEST_BOOTSTRAP`, which `scripts/test` starts for the whole suite);
+//!   [`Broker::start`] gives a private one, and [`Storage::Durable`] keeps its
+//!   data in S3-compatible object storage (a local `moto` server) so that
+//!   [`Broker::restart`] loses nothing.
+//! - [`unique`] names, and client configs ([`consumer_config`],
+//!   [`producer_config`]) tuned for Tansu: fast group joins, short fetch waits,
+//!   batching producers.
+//! - [`PgSchema`]: a throwaway schema in the machine's PostgreSQL, dropped
+//!   when the value is.
+//!
+//! Child processes are started from one long-lived thread with
+//! `PR_SET_PDEATHSIG`, so a crashed or killed test never leaves a broker behind.
+//!
+//! This crate is a dev-dependency only; nothing in production links it.
+
+mod broker;
+mod names;
+mod pg;
+mod spawn;
+
+pub use broker::{tansu_binary, Broker, Storage};
+pub use names::{consumer_config, create_topic, producer_config, unique, wait_for};
+pub use pg::PgSchema;
