@@ -1,0 +1,30 @@
+//! Where the catalog comes from: a directory, or the sample embedded at build time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use govbus_catalog::{Catalog, Problems};
+
+include!(concat!(env!("OUT_DIR"), "/embedded_catalog.rs"));
+
+/// Loads the catalog from `dir`, or the embedded sample when `dir` is `None`.
+pub fn load(dir: Option<&Path>) -> Result<Catalog, Problems> {
+    match dir {
+        Some(d) => Catalog::load(d),
+        None => {
+            let files: BTreeMap<PathBuf, String> = EMBEDDED_CATALOG
+                .iter()
+                .map(|(p, t)| (PathBuf::from(p), (*t).to_owned()))
+                .collect();
+            Catalog::from_files(Path::new("<embedded>"), &files)
+        }
+    }
+}
+
+/// How to name the source in messages.
+pub fn describe(dir: Option<&Path>) -> String {
+    match dir {
+        Some(d) => d.display().to_string(),
+        None => "the embedded sample catalog".to_owned(),
+    }
+}

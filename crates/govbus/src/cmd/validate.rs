@@ -1,0 +1,130 @@
+//! `govbus validate`: check a file of records against a dataset, offline,
+//! exactly as the gateway and router will.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use govbus_validate::{Context, Engine};
+
+use crate::catalog_source;
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    /// Dataset name, `<owner>.<name>`.
+    #[arg(long)]
+    dataset: String,
+    /// A JSON array of records, or NDJSON (one record per line).
+    file: PathBuf,
+    /// Catalog directory. Default: the embedded sample catalog.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+}
+
+pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let catalog = catalog_source::load(args.catalog.as_deref()).map_err(|p| {
+        anyhow::anyhow!("the catalog has problems; run `govbus catalog check`:\n{p}")
+    })?;
+    let engine = Engine::new(&catalog)?;
+    let Some(dataset) = engine.dataset(&args.dataset) else {
+        let known: Vec<String> = catalog.datasets().map(|d| d.name.clone()).collect();
+        anyhow::bail!(
+            "unknown dataset `{}`; the catalog has: {}",
+            args.dataset,
+            known.join(", ")
+        );
+    };
+    let text =
+        std::fs::read(&args.file).with_context(|| format!("read {}", args.file.display()))?;
+    let records = split_records(&text).with_context(|| format!("parse {}", args.file.display()))?;
+    let ctx = Context::now();
+    let (mut accepted, mut rejected) = (0usize, 0usize);
+    for (line, record) in &records {
+        let result = match record {
+            Record::Value(v) => dataset.validate_json_value(v, &ctx),
+            Record::Raw(bytes) => dataset.validate_json(bytes, &ctx),
+        };
+        match result {
+            Ok(_) => accepted += 1,
+            Err(r) => {
+                rejected += 1;
+                println!("{}:{line}: rejected: {r}", args.file.display());
+            }
+        }
+    }
+    println!(
+        "{}: {accepted} accepted, {rejected} rejected ({})",
+        args.file.display(),
+        dataset.name()
+    );
+    Ok(if rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+enum Record<'a> {
+    Value(serde_json::Value),
+    Raw(&'a [u8]),
+}
+
+/// A JSON array (records numbered by the line they start on) or NDJSON
+/// (each non-blank line is a record, parsed — and rejected — on its own).
+fn split_records(text: &[u8]) -> anyhow::Result<Vec<(usize, Record<'_>)>> {
+    let first = text.iter().position(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|i| text[i] == b'[') {
+        let values: Vec<serde_json::Value> = serde_json::from_slice(text)?;
+        let starts = array_element_lines(text);
+        return Ok(values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (starts.get(i).copied().unwrap_or(0), Record::Value(v)))
+            .collect());
+    }
+    Ok(text
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| l.iter().any(|b| !b.is_ascii_whitespace()))
+        .map(|(i, l)| (i + 1, Record::Raw(l)))
+        .collect())
+}
+
+/// The line on which each top-level element of a JSON array starts.
+fn array_element_lines(text: &[u8]) -> Vec<usize> {
+    let (mut line, mut depth, mut in_str, mut escaped) = (1usize, 0i32, false, false);
+    let mut starts = Vec::new();
+    let mut expecting = false;
+    for &b in text {
+        if b == b'\n' {
+            line += 1;
+        }
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        if expecting && !b.is_ascii_whitespace() && b != b']' {
+            starts.push(line);
+            expecting = false;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth == 1 && b == b'[' {
+                    expecting = true;
+                }
+            }
+            b']' | b'}' => depth -= 1,
+            b',' if depth == 1 => expecting = true,
+            _ => {}
+        }
+    }
+    starts
+}

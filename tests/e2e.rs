@@ -1,0 +1,218 @@
+//! Drives the real `govbus` binary the way an operator or a department
+//! developer would, and asserts on what they would see.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds the binary once (a no-op when `cargo test` already built it) and returns its path.
+fn govbus_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("GOVBUS_BIN") {
+            return PathBuf::from(p);
+        }
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "govbus", "--bin", "govbus"])
+            .current_dir(repo())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p govbus failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| repo().join("target"), PathBuf::from);
+        target.join("debug/govbus")
+    })
+}
+
+fn govbus(args: &[&str]) -> Output {
+    Command::new(govbus_bin())
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run govbus")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn catalog_check_passes_on_the_sample_catalog() {
+    for args in [&["catalog", "check", "schemas"][..], &["catalog", "check"]] {
+        let out = govbus(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout)
+                .starts_with("catalog OK: 8 departments, 8 datasets, 9 schema versions"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let t = std::fs::read_to_string(path).unwrap();
+    assert!(t.contains(from), "{} lacks {from:?}", path.display());
+    std::fs::write(path, t.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn catalog_check_names_all_four_problems_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("schemas"), dir.path());
+    let ds = dir.path().join("datasets");
+    edit(
+        &ds.join("hrss.pension_payment/v1.avsc"),
+        "\"type\": \"record\"",
+        "\"type\": \"recrod\"",
+    );
+    edit(
+        &ds.join("housing_fund.account/dataset.toml"),
+        "owner = \"housing_fund\"\n",
+        "",
+    );
+    edit(
+        &ds.join("education.enrollment_application/dataset.toml"),
+        "field = \"school_code\"",
+        "field = \"school_kode\"",
+    );
+    // v2 adds a field without a default: new readers cannot read v1 data.
+    edit(
+        &ds.join("civil_affairs.death_registration/v2.avsc"),
+        "\"default\": null,",
+        "",
+    );
+    let out = govbus(&["catalog", "check", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    for expected in [
+        "hrss.pension_payment/v1.avsc: -: invalid Avro schema",
+        "housing_fund.account/dataset.toml: owner: missing owner",
+        "education.enrollment_application/dataset.toml: rule[6].field: rule `pattern` names field `school_kode`",
+        "civil_affairs.death_registration/v2.avsc: compatibility: v2 is not BACKWARD compatible with v1",
+        "catalog check failed: 4 problem(s)",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn catalog_list_json_has_every_dataset_with_its_schema_ids() {
+    let out = govbus(&["catalog", "list", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let datasets = v["datasets"].as_array().unwrap();
+    assert_eq!(datasets.len(), 8);
+    let deaths = datasets
+        .iter()
+        .find(|d| d["name"] == "civil_affairs.death_registration")
+        .unwrap();
+    assert_eq!(deaths["owner"], "civil_affairs");
+    assert_eq!(deaths["topic"], "data.civil_affairs.death_registration");
+    let versions = deaths["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert!(versions
+        .iter()
+        .all(|v| v["schema_id"].as_u64().unwrap() > 0));
+    // The table names the same datasets.
+    let table = text(&govbus(&["catalog", "list"]).stdout);
+    assert!(table.lines().next().unwrap().starts_with("DATASET"));
+    assert!(table.contains("死亡登记"));
+}
+
+#[test]
+fn validate_reports_each_bad_record_with_its_line_and_reason() {
+    for entry in std::fs::read_dir(repo().join("examples/records")).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(dataset) = path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .strip_suffix(".json")
+        else {
+            continue;
+        };
+        let out = govbus(&["validate", "--dataset", dataset, path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{dataset}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    let out = govbus(&[
+        "validate",
+        "--dataset",
+        "civil_affairs.death_registration",
+        "examples/records/bad-deaths.ndjson",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    for expected in [
+        "bad-deaths.ndjson:2: rejected: resident_id_checksum at `deceased_id_number`",
+        "bad-deaths.ndjson:3: rejected: field_order at `death_date`",
+        "bad-deaths.ndjson:4: rejected: json_invalid_temporal at `birth_date`",
+        "bad-deaths.ndjson:5: rejected: json_invalid",
+        "1 accepted, 4 rejected",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    // No personal data in the report.
+    assert!(
+        !stdout.contains("110105194912310021") && !stdout.contains("李四"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn unknown_dataset_is_a_clear_error() {
+    let out = govbus(&[
+        "validate",
+        "--dataset",
+        "civil_affairs.nope",
+        "examples/records/bad-deaths.ndjson",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("unknown dataset `civil_affairs.nope`")
+            && err.contains("civil_affairs.death_registration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn reasons_lists_the_bounded_code_list() {
+    let out = govbus(&["reasons", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"resident_id_checksum") && codes.contains(&"avro_trailing_bytes"));
+    assert!(codes.len() >= 40);
+}
