@@ -119,15 +119,31 @@ impl Decimal {
         scale
     }
 
-    /// Number of digits of the unscaled value (at least 1).
+    /// Number of digits of the unscaled value (at least 1). Multiplies
+    /// instead of dividing: 128-bit division is slow, and this runs per record.
     pub fn digits(self) -> u32 {
-        let mut u = self.unscaled.unsigned_abs();
-        let mut n = 1;
-        while u >= 10 {
-            u /= 10;
+        let u = self.unscaled.unsigned_abs();
+        let (mut n, mut p) = (1u32, 10u128);
+        while n < 39 && u >= p {
             n += 1;
+            p = p.saturating_mul(10);
         }
         n
+    }
+
+    /// Whether the value has at most `max` significant digits after the point
+    /// (trailing zeros do not count).
+    pub fn has_at_most_scale(self, max: u32) -> bool {
+        if self.scale <= max {
+            return true;
+        }
+        let Some(div) = 10i128.checked_pow(self.scale - max) else {
+            return self.unscaled == 0;
+        };
+        match (i64::try_from(self.unscaled), i64::try_from(div)) {
+            (Ok(v), Ok(d)) => v % d == 0,
+            _ => self.unscaled % div == 0,
+        }
     }
 
     /// Lossy conversion, for comparing with `float`/`double` fields.
@@ -196,6 +212,24 @@ mod tests {
         assert!(d("100000") > d("99999.99"));
         assert_eq!(d("1.50").cmp(&d("1.5")), Ordering::Equal);
         assert_eq!(d("1.50").significant_scale(), 1);
+        assert!(d("1.50").has_at_most_scale(1) && !d("1.55").has_at_most_scale(1));
+        assert_eq!(
+            (
+                d("0").digits(),
+                d("9").digits(),
+                d("10").digits(),
+                d("-12.345").digits()
+            ),
+            (1, 1, 2, 5)
+        );
+        assert_eq!(
+            Decimal {
+                unscaled: i128::MAX,
+                scale: 0
+            }
+            .digits(),
+            39
+        );
     }
 
     #[test]
