@@ -19,6 +19,17 @@ macro_rules! reasons {
             /// Every reason, in documentation order.
             pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
 
+            /// The reasons decided at the gate (router, gateway) from the
+            /// message's topic and headers, before the engine sees the value.
+            pub const GATE: &'static [Reason] = &[
+                Reason::DepartmentUnknown,
+                Reason::DatasetMissing,
+                Reason::PublisherNotOwner,
+                Reason::EnvelopeInvalid,
+                Reason::HeadersTooMany,
+                Reason::KeyMismatch,
+            ];
+
             /// The stable snake_case code.
             pub fn code(self) -> &'static str {
                 match self { $(Reason::$variant => $code,)* }
@@ -38,7 +49,13 @@ macro_rules! reasons {
 }
 
 reasons! {
+    DepartmentUnknown => "department_unknown", "The ingest topic names a department that is not in the catalog.";
+    DatasetMissing => "dataset_missing", "No ce_type header names the dataset, and the value is not Avro with a known schema id.";
     DatasetUnknown => "dataset_unknown", "The dataset is not in the catalog.";
+    PublisherNotOwner => "publisher_not_owner", "The publishing department does not own the dataset (one authoritative source per dataset).";
+    EnvelopeInvalid => "envelope_invalid", "A CloudEvents header or structured-mode envelope is malformed (op, id, time, source version).";
+    HeadersTooMany => "headers_too_many", "The message has more headers than the limit; its headers are not copied to the DLQ.";
+    KeyMismatch => "key_mismatch", "The message key differs from the key in the record (per-key order would break).";
     MessageTooLarge => "message_too_large", "The message is larger than the configured maximum.";
     FramingInvalid => "framing_invalid", "The value is not Confluent-framed: shorter than 5 bytes or the first byte is not 0x00.";
     SchemaUnknown => "schema_unknown", "The schema id is not registered in the catalog.";

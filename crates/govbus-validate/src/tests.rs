@@ -561,9 +561,10 @@ fn every_reason_code_has_a_case() {
         Some("informant_phone"),
     );
 
+    // Gate codes are decided by the router and gateway; their tests live there.
     let missing: Vec<&str> = Reason::ALL
         .iter()
-        .filter(|r| !covered.contains(*r))
+        .filter(|r| !covered.contains(*r) && !Reason::GATE.contains(r))
         .map(|r| r.code())
         .collect();
     assert!(
