@@ -35,7 +35,7 @@ mod program;
 mod reason;
 mod walk;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use govbus_catalog::{Catalog, SchemaId};
 
@@ -122,6 +122,7 @@ pub struct Engine {
     datasets: Vec<DatasetPlan>,
     by_name: HashMap<String, usize>,
     by_id: HashMap<SchemaId, (usize, usize)>,
+    departments: HashSet<String>,
     limits: Limits,
 }
 
@@ -159,10 +160,12 @@ impl Engine {
                 versions,
             });
         }
+        let departments = catalog.departments().map(|d| d.id.clone()).collect();
         Ok(Engine {
             datasets,
             by_name,
             by_id,
+            departments,
             limits,
         })
     }
@@ -170,6 +173,21 @@ impl Engine {
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Whether the catalog has this department.
+    pub fn has_department(&self, id: &str) -> bool {
+        self.departments.contains(id)
+    }
+
+    /// Every department id.
+    pub fn departments(&self) -> impl Iterator<Item = &str> {
+        self.departments.iter().map(String::as_str)
+    }
+
+    /// Every dataset, in name order.
+    pub fn datasets(&self) -> impl Iterator<Item = DatasetRef<'_>> {
+        (0..self.datasets.len()).map(|idx| DatasetRef { engine: self, idx })
     }
 
     /// A dataset's validator.

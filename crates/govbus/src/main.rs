@@ -3,6 +3,7 @@
 
 mod catalog_source;
 mod cmd;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -28,14 +29,29 @@ enum Command {
     Validate(cmd::validate::ValidateArgs),
     /// List the rejection reason codes and what each means.
     Reasons(cmd::reasons::ReasonsArgs),
+    /// Run the router: ingest.<dept> → validation → data.<dataset> | dlq.<dept>.
+    Router(Box<cmd::router::RouterArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs go to stderr; GOVBUS_LOG / RUST_LOG set the filter, GOVBUS_LOG_FORMAT=json for JSON lines.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GOVBUS_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("GOVBUS_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
     let result = match cli.command {
         Command::Catalog(c) => cmd::catalog::run(c),
         Command::Validate(a) => cmd::validate::run(a),
         Command::Reasons(a) => cmd::reasons::run(a),
+        Command::Router(a) => cmd::router::run(*a),
     };
     match result {
         Ok(code) => code,

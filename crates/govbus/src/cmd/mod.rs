@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod reasons;
+pub mod router;
 pub mod validate;
 
 use clap::ValueEnum;

@@ -1,0 +1,180 @@
+//! The router's telemetry. Every event is a method: it bumps its metrics and,
+//! where an operator needs it, writes one log line. Labels are bounded:
+//! department, dataset (catalog names or `unknown`), reason code, outcome.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::gate::DeadLetter;
+
+/// The router's metrics, registered in their own registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    records_in: IntCounterVec,
+    bytes_in: IntCounterVec,
+    routed: IntCounterVec,
+    rejected: IntCounterVec,
+    batch_seconds: Histogram,
+    validate_seconds: Histogram,
+    record_age_seconds: HistogramVec,
+    lag: IntGaugeVec,
+    produce_errors: IntCounterVec,
+    ready: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(h.clone()));
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every router metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let latency = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let record_age_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "govbus_router_record_age_seconds",
+                "Time from ce_time to routing, by dataset.",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86_400.0,
+            ]),
+            &["dataset"],
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let _ = registry.register(Box::new(record_age_seconds.clone()));
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "govbus_router_consumer_lag",
+                "Messages behind the ingest high watermark, by department.",
+            ),
+            &["department"],
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let _ = registry.register(Box::new(lag.clone()));
+        let ready = IntGauge::new("govbus_router_ready", "1 while connected to the broker.")
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let _ = registry.register(Box::new(ready.clone()));
+        Metrics {
+            records_in: counter(
+                &registry,
+                "govbus_router_records_in_total",
+                "Records read from ingest topics.",
+                &["department"],
+            ),
+            bytes_in: counter(
+                &registry,
+                "govbus_router_bytes_in_total",
+                "Value bytes read from ingest topics.",
+                &["department"],
+            ),
+            routed: counter(
+                &registry,
+                "govbus_router_records_routed_total",
+                "Records written to data.<dataset>.",
+                &["department", "dataset"],
+            ),
+            rejected: counter(
+                &registry,
+                "govbus_router_records_rejected_total",
+                "Records written to dlq.<dept>.",
+                &["department", "dataset", "reason"],
+            ),
+            produce_errors: counter(
+                &registry,
+                "govbus_router_produce_errors_total",
+                "Failed writes, retried (never skipped).",
+                &["topic_kind"],
+            ),
+            batch_seconds: histogram(
+                &registry,
+                "govbus_router_batch_duration_seconds",
+                "Time to route one batch, read to acknowledged.",
+                latency.clone(),
+            ),
+            validate_seconds: histogram(
+                &registry,
+                "govbus_router_validation_duration_seconds",
+                "Time to decide one batch (gate + validation).",
+                latency,
+            ),
+            record_age_seconds,
+            lag,
+            ready,
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub(crate) fn record_in(&self, department: &str, bytes: usize) {
+        self.records_in.with_label_values(&[department]).inc();
+        self.bytes_in
+            .with_label_values(&[department])
+            .inc_by(bytes as u64);
+    }
+
+    pub(crate) fn routed(&self, department: &str, dataset: &str, age_seconds: f64) {
+        self.routed.with_label_values(&[department, dataset]).inc();
+        self.record_age_seconds
+            .with_label_values(&[dataset])
+            .observe(age_seconds.max(0.0));
+    }
+
+    pub(crate) fn rejected(&self, dead: &DeadLetter) {
+        let dataset = dead.dataset.as_deref().unwrap_or("unknown");
+        self.rejected
+            .with_label_values(&[&dead.department, dataset, dead.reason.code()])
+            .inc();
+    }
+
+    pub(crate) fn batch(&self, seconds: f64, decide_seconds: f64, routed: usize, rejected: usize) {
+        self.batch_seconds.observe(seconds);
+        self.validate_seconds.observe(decide_seconds);
+        tracing::debug!(message = "Batch routed.", routed, rejected, seconds);
+    }
+
+    pub(crate) fn produce_error(&self, kind: &'static str, error: &dyn std::fmt::Display) {
+        self.produce_errors.with_label_values(&[kind]).inc();
+        tracing::warn!(message = "Write failed; retrying.", topic_kind = kind, %error);
+    }
+
+    pub(crate) fn lag(&self, department: &str, lag: i64) {
+        self.lag.with_label_values(&[department]).set(lag);
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// Whether the router is connected to the broker.
+    pub fn is_ready(&self) -> bool {
+        self.ready.get() == 1
+    }
+}

@@ -1,0 +1,563 @@
+//! The consume → decide → produce → store-offset loop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use govbus_kafka::config as kconfig;
+use govbus_kafka::headers as h;
+use govbus_kafka::topics::Topics;
+use govbus_validate::{Context, Engine};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::config::{Mode, RouterConfig};
+use crate::gate::{decide, DeadLetter, Decision, Incoming};
+use crate::metrics::Metrics;
+
+/// What can stop the router.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// A Kafka client could not be created or configured (permanent).
+    #[error("kafka client: {0}")]
+    Client(#[from] KafkaError),
+}
+
+/// Feeds client statistics to the metrics: readiness and consumer lag.
+struct RouterContext {
+    metrics: Metrics,
+    topics: Topics,
+}
+
+impl ClientContext for RouterContext {
+    fn stats(&self, stats: Statistics) {
+        let up = stats
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.metrics.set_ready(up);
+        let mut lag: HashMap<&str, i64> = HashMap::new();
+        for (topic, t) in &stats.topics {
+            let Some(dept) = self.topics.department_of_ingest(topic) else {
+                continue;
+            };
+            let total: i64 = t
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0)
+                .map(|p| p.consumer_lag.max(0))
+                .sum();
+            *lag.entry(dept).or_default() += total;
+        }
+        for (dept, l) in lag {
+            self.metrics.lag(dept, l);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            self.metrics.set_ready(false);
+        }
+        tracing::warn!(message = "Kafka client error.", %error, reason);
+    }
+}
+
+impl ConsumerContext for RouterContext {}
+
+/// One record to write, owning its bytes.
+struct Outgoing {
+    topic: String,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+    dlq: bool,
+}
+
+/// The router: build with [`Router::new`], run with [`Router::run`].
+pub struct Router {
+    engine: Arc<Engine>,
+    config: RouterConfig,
+    metrics: Metrics,
+    /// Output topics known to exist. A record for any other topic (the DLQ of
+    /// a department missing from the catalog) has its topic created first:
+    /// the producer would otherwise wait for it forever.
+    known_topics: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn client_config(base: ClientConfig, overrides: &[(String, String)]) -> ClientConfig {
+    let mut c = base;
+    for (k, v) in overrides {
+        c.set(k, v);
+    }
+    c
+}
+
+impl Router {
+    /// A router over a compiled catalog.
+    pub fn new(engine: Arc<Engine>, config: RouterConfig, metrics: Metrics) -> Router {
+        Router {
+            engine,
+            config,
+            metrics,
+            known_topics: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The metrics it reports (serve them with [`crate::http::serve`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn producer(&self) -> Result<FutureProducer, KafkaError> {
+        let mut c = client_config(
+            kconfig::producer(&self.config.bootstrap),
+            &self.config.client_overrides,
+        );
+        if self.config.mode == Mode::Transactional {
+            c.set(
+                "transactional.id",
+                format!("govbus-router-{}", self.config.instance),
+            )
+            .set(
+                "transaction.timeout.ms",
+                self.config.transaction_timeout.as_millis().to_string(),
+            );
+        }
+        let p: FutureProducer = c.create()?;
+        if self.config.mode == Mode::Transactional {
+            p.init_transactions(Timeout::After(self.config.transaction_timeout))?;
+        }
+        Ok(p)
+    }
+
+    /// Creates `data.<dataset>` for every dataset and `dlq.<dept>` for every
+    /// department (existing topics are left as they are).
+    async fn ensure_topics(&self) -> Result<(), KafkaError> {
+        let t = &self.config.topics;
+        let mut names: Vec<String> = self.engine.datasets().map(|d| t.data(d.name())).collect();
+        names.extend(self.engine.departments().map(|d| t.dlq(d)));
+        create_topics(&self.config, &names).await?;
+        if let Ok(mut known) = self.known_topics.lock() {
+            known.extend(names);
+        }
+        Ok(())
+    }
+
+    /// Creates any output topic of `out` not known to exist.
+    async fn ensure_output_topics(&self, out: &[Outgoing]) {
+        let missing: Vec<String> = match self.known_topics.lock() {
+            Ok(known) => {
+                let mut m: Vec<String> = out
+                    .iter()
+                    .filter(|o| !known.contains(&o.topic))
+                    .map(|o| o.topic.clone())
+                    .collect();
+                m.dedup();
+                m
+            }
+            Err(_) => return,
+        };
+        if missing.is_empty() {
+            return;
+        }
+        match create_topics(&self.config, &missing).await {
+            Ok(()) => {
+                if let Ok(mut known) = self.known_topics.lock() {
+                    known.extend(missing);
+                }
+            }
+            Err(error) => tracing::warn!(message = "Cannot create output topics.", %error),
+        }
+    }
+
+    /// Routes until `shutdown` completes, then finishes the batch in flight,
+    /// commits, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RouterError> {
+        self.ensure_topics().await?;
+        let mut cc = client_config(
+            kconfig::consumer(&self.config.bootstrap, &self.config.group),
+            &self.config.client_overrides,
+        );
+        if self.config.mode == Mode::Transactional {
+            cc.set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed");
+        }
+        let consumer: StreamConsumer<RouterContext> = cc.create_with_context(RouterContext {
+            metrics: self.metrics.clone(),
+            topics: self.config.topics.clone(),
+        })?;
+        consumer.subscribe(&[self.config.topics.ingest_pattern().as_str()])?;
+        let mut producer = self.producer()?;
+        tracing::info!(message = "Router started.", instance = %self.config.instance, group = %self.config.group, mode = ?self.config.mode);
+        tokio::pin!(shutdown);
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                m = consumer.recv() => m,
+            };
+            let first = match first {
+                Ok(m) => m,
+                Err(error) => {
+                    tracing::warn!(message = "Consume failed; retrying.", %error);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + self.config.linger;
+            while batch.len() < self.config.max_batch {
+                match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(m),
+                    Ok(Err(error)) => {
+                        tracing::warn!(message = "Consume failed.", %error);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            match self.config.mode {
+                Mode::AtLeastOnce => {
+                    self.route_batch(&producer, &batch).await;
+                    store_offsets(&consumer, &batch);
+                }
+                Mode::Transactional => {
+                    if let Err(error) = self.route_transaction(&producer, &consumer, &batch).await {
+                        tracing::warn!(message = "Transaction failed; rewinding the batch.", %error);
+                        if error.rdkafka_error_code().is_none()
+                            || !matches!(
+                                producer.abort_transaction(Timeout::After(
+                                    self.config.transaction_timeout
+                                )),
+                                Ok(())
+                            )
+                        {
+                            // librdkafka lacks KIP-890: after a timed-out or fatal
+                            // commit/abort only a new producer (same transactional
+                            // id, so the old one is fenced) is safe.
+                            producer = self.producer()?;
+                        }
+                        rewind(&consumer, &batch);
+                    }
+                }
+            }
+        }
+        if self.config.mode == Mode::AtLeastOnce {
+            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::warn!(message = "Final commit failed; the last batch will be routed again.", %error);
+            }
+        }
+        tracing::info!(message = "Router stopped.");
+        Ok(())
+    }
+
+    fn decide_batch(&self, batch: &[BorrowedMessage<'_>]) -> Vec<Outgoing> {
+        let ctx = Context::now();
+        batch
+            .iter()
+            .map(|m| {
+                let incoming = Incoming {
+                    topic: m.topic(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                    key: m.key(),
+                    value: m.payload(),
+                    headers: m.headers(),
+                };
+                let topics = &self.config.topics;
+                let department = topics.department_of_ingest(m.topic()).unwrap_or(m.topic());
+                self.metrics.record_in(department, m.payload_len());
+                match decide(&self.engine, topics, &incoming, &ctx) {
+                    Decision::Route(r) => {
+                        let age = (ctx.now_millis - r.event_time_ms) as f64 / 1000.0;
+                        self.metrics.routed(department, r.dataset.name(), age);
+                        Outgoing {
+                            topic: topics.data(r.dataset.name()),
+                            key: Some(r.key.into_bytes()),
+                            value: r.value,
+                            headers: r.headers,
+                            dlq: false,
+                        }
+                    }
+                    Decision::Reject(dead) => {
+                        self.metrics.rejected(&dead);
+                        dead_letter(m, &dead, topics)
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Writes every record of the batch and waits until each is acknowledged.
+    /// A write that fails is retried with backoff, in order, for as long as it
+    /// takes: nothing is skipped, and the batch's offsets are stored only after.
+    async fn route_batch(&self, producer: &FutureProducer, batch: &[BorrowedMessage<'_>]) {
+        let started = Instant::now();
+        let out = self.decide_batch(batch);
+        let decided = started.elapsed().as_secs_f64();
+        self.ensure_output_topics(&out).await;
+        let results = send_all(producer, &out).await;
+        for (record, result) in out.iter().zip(results) {
+            if let Err(error) = result {
+                self.resend(producer, record, error).await;
+            }
+        }
+        let rejected = out.iter().filter(|o| o.dlq).count();
+        self.metrics.batch(
+            started.elapsed().as_secs_f64(),
+            decided,
+            out.len() - rejected,
+            rejected,
+        );
+    }
+
+    async fn resend(&self, producer: &FutureProducer, record: &Outgoing, mut error: KafkaError) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let kind = if record.dlq { "dlq" } else { "data" };
+            self.metrics.produce_error(kind, &error);
+            if matches!(
+                error.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+            ) {
+                if let Err(e) =
+                    create_topics(&self.config, std::slice::from_ref(&record.topic)).await
+                {
+                    tracing::warn!(message = "Cannot create topic.", topic = %record.topic, error = %e);
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+            match send_one(producer, record).await {
+                Ok(()) => return,
+                Err(e) => error = e,
+            }
+        }
+    }
+
+    async fn route_transaction(
+        &self,
+        producer: &FutureProducer,
+        consumer: &StreamConsumer<RouterContext>,
+        batch: &[BorrowedMessage<'_>],
+    ) -> Result<(), KafkaError> {
+        let started = Instant::now();
+        let out = self.decide_batch(batch);
+        let decided = started.elapsed().as_secs_f64();
+        self.ensure_output_topics(&out).await;
+        producer.begin_transaction()?;
+        for r in send_all(producer, &out).await {
+            r?;
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (tp, next) in next_offsets(batch) {
+            offsets.add_partition_offset(tp.0, tp.1, Offset::Offset(next))?;
+        }
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?;
+        producer.send_offsets_to_transaction(
+            &offsets,
+            &group,
+            Timeout::After(self.config.transaction_timeout),
+        )?;
+        producer.commit_transaction(Timeout::After(self.config.transaction_timeout))?;
+        let rejected = out.iter().filter(|o| o.dlq).count();
+        self.metrics.batch(
+            started.elapsed().as_secs_f64(),
+            decided,
+            out.len() - rejected,
+            rejected,
+        );
+        Ok(())
+    }
+}
+
+/// The DLQ record: original key, value and headers (minus forged
+/// `govbus.error.*` ones, or none when there were too many) plus the error headers.
+fn dead_letter(m: &BorrowedMessage<'_>, dead: &DeadLetter, topics: &Topics) -> Outgoing {
+    let mut headers = OwnedHeaders::new();
+    let mut dropped = 0usize;
+    if let Some(original) = m.headers() {
+        if dead.reason == govbus_validate::Reason::HeadersTooMany {
+            dropped = original.count();
+        } else {
+            for hdr in original
+                .iter()
+                .filter(|hdr| !hdr.key.starts_with(h::ERROR_PREFIX))
+            {
+                headers = headers.insert(Header {
+                    key: hdr.key,
+                    value: hdr.value,
+                });
+            }
+        }
+    }
+    let partition = m.partition().to_string();
+    let offset = m.offset().to_string();
+    let dropped_text = dropped.to_string();
+    let mut errors: Vec<(&str, &str)> = vec![
+        (h::ERROR_REASON, dead.reason.code()),
+        (h::ERROR_STAGE, dead.stage.as_str()),
+        (h::ERROR_DETAIL, dead.detail.as_ref()),
+        (h::ERROR_TOPIC, m.topic()),
+        (h::ERROR_PARTITION, &partition),
+        (h::ERROR_OFFSET, &offset),
+    ];
+    if let Some(f) = &dead.field {
+        errors.push((h::ERROR_FIELD, f));
+    }
+    if let Some(d) = &dead.dataset {
+        errors.push((h::ERROR_DATASET, d));
+    }
+    if dropped > 0 {
+        errors.push((h::ERROR_HEADERS_DROPPED, &dropped_text));
+    }
+    for (k, v) in errors {
+        headers = headers.insert(Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    Outgoing {
+        topic: topics.dlq(&dead.department),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+        dlq: true,
+    }
+}
+
+fn record(o: &Outgoing) -> FutureRecord<'_, [u8], [u8]> {
+    let mut r = FutureRecord::to(&o.topic).headers(o.headers.clone());
+    if let Some(k) = &o.key {
+        r = r.key(k.as_slice());
+    }
+    if let Some(v) = &o.value {
+        r = r.payload(v.as_slice());
+    }
+    r
+}
+
+/// Enqueues every record (waiting while librdkafka's queue is full), then
+/// awaits every acknowledgement. Results are in record order.
+async fn send_all(producer: &FutureProducer, out: &[Outgoing]) -> Vec<Result<(), KafkaError>> {
+    let mut futures = Vec::with_capacity(out.len());
+    for o in out {
+        let mut rec = record(o);
+        loop {
+            match producer.send_result(rec) {
+                Ok(f) => {
+                    futures.push(Ok(f));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Backpressure: let deliveries drain instead of sleeping 100 ms inside send.
+                    rec = r;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => {
+                    futures.push(Err(e));
+                    break;
+                }
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(futures.len());
+    for f in futures {
+        results.push(match f {
+            Ok(f) => match f.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e),
+                Err(_) => Err(KafkaError::Canceled),
+            },
+            Err(e) => Err(e),
+        });
+    }
+    results
+}
+
+async fn send_one(producer: &FutureProducer, o: &Outgoing) -> Result<(), KafkaError> {
+    send_all(producer, std::slice::from_ref(o))
+        .await
+        .pop()
+        .unwrap_or(Err(KafkaError::Canceled))
+}
+
+/// The next offset to read, per partition, after this batch.
+fn next_offsets<'a>(batch: &'a [BorrowedMessage<'_>]) -> HashMap<(&'a str, i32), i64> {
+    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    for m in batch {
+        let e = next.entry((m.topic(), m.partition())).or_insert(0);
+        *e = (*e).max(m.offset() + 1);
+    }
+    next
+}
+
+fn store_offsets<C: ConsumerContext>(consumer: &StreamConsumer<C>, batch: &[BorrowedMessage<'_>]) {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in next_offsets(batch) {
+        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
+    }
+    // Fails only for partitions revoked meanwhile: their new owner routes them again.
+    if let Err(error) = consumer.store_offsets(&tpl) {
+        tracing::debug!(message = "Some offsets not stored (partitions revoked).", %error);
+    }
+}
+
+/// Seeks each partition of a failed transactional batch back to its first record.
+fn rewind<C: ConsumerContext>(consumer: &StreamConsumer<C>, batch: &[BorrowedMessage<'_>]) {
+    let mut first: HashMap<(&str, i32), i64> = HashMap::new();
+    for m in batch {
+        let e = first.entry((m.topic(), m.partition())).or_insert(i64::MAX);
+        *e = (*e).min(m.offset());
+    }
+    for ((topic, partition), offset) in first {
+        if let Err(error) = consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(10),
+        ) {
+            tracing::warn!(message = "Rewind failed.", topic, partition, %error);
+        }
+    }
+}
+
+async fn create_topics(config: &RouterConfig, names: &[String]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(ClientConfig::new(), &[])
+        .set("bootstrap.servers", &config.bootstrap)
+        .create()?;
+    let new: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, config.partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, e)) => tracing::warn!(message = "Topic not created.", topic, error = %e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! `govbus router`: run the schema-validating router against a broker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use govbus_router::{http, Metrics, Mode, Router, RouterConfig};
+use govbus_validate::Engine;
+
+use crate::catalog_source;
+
+#[derive(Args)]
+pub struct RouterArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "GOVBUS_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Catalog directory. Default: the embedded sample catalog.
+    #[arg(long, env = "GOVBUS_CATALOG")]
+    catalog: Option<PathBuf>,
+    /// Topic namespace prefix (e.g. `staging.`): routes `<prefix>ingest.*`.
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+    /// Consumer group shared by all router instances.
+    #[arg(long, default_value = "govbus-router")]
+    group: String,
+    /// Delivery guarantee.
+    #[arg(long, value_enum, default_value_t = ModeArg::AtLeastOnce)]
+    mode: ModeArg,
+    /// Where to serve /metrics, /health and /ready.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    listen: SocketAddr,
+    /// This instance's name (transactional id, logs). Default: host-pid.
+    #[arg(long)]
+    instance: Option<String>,
+    /// Most records per batch.
+    #[arg(long, default_value_t = 2000)]
+    max_batch: usize,
+    /// Extra librdkafka setting, `key=value` (repeatable).
+    #[arg(long = "kafka", value_name = "KEY=VALUE")]
+    kafka: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// Store offsets after every record is acknowledged; duplicates on crash, never loss.
+    AtLeastOnce,
+    /// Kafka transactions (needs a broker with EndTxn, e.g. Apache Kafka).
+    Transactional,
+}
+
+pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
+    let catalog = catalog_source::load(args.catalog.as_deref()).map_err(|p| {
+        anyhow::anyhow!("the catalog has problems; run `govbus catalog check`:\n{p}")
+    })?;
+    let engine = Arc::new(Engine::new(&catalog)?);
+    let mut config = RouterConfig::new(args.bootstrap);
+    config.group = args.group;
+    config.topics = govbus_router::Topics::new(args.topic_prefix);
+    config.mode = match args.mode {
+        ModeArg::AtLeastOnce => Mode::AtLeastOnce,
+        ModeArg::Transactional => Mode::Transactional,
+    };
+    config.max_batch = args.max_batch.max(1);
+    if let Some(i) = args.instance {
+        config.instance = i;
+    }
+    for kv in args.kafka {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--kafka {kv}: expected key=value"))?;
+        config.client_overrides.push((k.to_owned(), v.to_owned()));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let metrics = Metrics::new();
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listen on {}", args.listen))?;
+        tracing::info!(message = "Serving /metrics, /health, /ready.", addr = %listener.local_addr()?);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut http_stop = stop_rx.clone();
+        let server = tokio::spawn(http::serve(listener, metrics.clone(), async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        }));
+        let router = Router::new(engine, config, metrics);
+        let mut router_stop = stop_rx;
+        let routing = router.run(async move {
+            let _ = router_stop.wait_for(|s| *s).await;
+        });
+        tokio::spawn(async move {
+            crate::signals::terminated().await;
+            tracing::info!(message = "Stopping: finishing the batch in flight.");
+            let _ = stop_tx.send(true);
+        });
+        routing.await?;
+        let _ = server.await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
