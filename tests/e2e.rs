@@ -2,32 +2,12 @@
 //! developer would, and asserts on what they would see.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod common;
 
-/// Builds the binary once (a no-op when `cargo test` already built it) and returns its path.
-fn govbus_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("GOVBUS_BIN") {
-            return PathBuf::from(p);
-        }
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "govbus", "--bin", "govbus"])
-            .current_dir(repo())
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p govbus failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| repo().join("target"), PathBuf::from);
-        target.join("debug/govbus")
-    })
-}
+use common::{govbus_bin, repo};
 
 fn govbus(args: &[&str]) -> Output {
     Command::new(govbus_bin())

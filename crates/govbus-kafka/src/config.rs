@@ -19,7 +19,7 @@ pub fn consumer(bootstrap: &str, group: &str) -> ClientConfig {
         .set("heartbeat.interval.ms", "1000")
         // New ingest topics are found by the regex subscription within this time.
         .set("topic.metadata.refresh.interval.ms", "5000")
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "1000");
     c
 }
 

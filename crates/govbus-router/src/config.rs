@@ -35,6 +35,9 @@ pub struct RouterConfig {
     pub linger: Duration,
     /// Partitions for `data.*` and `dlq.*` topics the router creates. Default 3.
     pub partitions: i32,
+    /// Whether to create missing output topics (CreateTopics). Turn off where
+    /// operators provision topics or the broker auto-creates them. Default on.
+    pub create_topics: bool,
     /// Timeout of a transaction commit or abort; after it the producer is recreated. Default 30 s.
     pub transaction_timeout: Duration,
     /// Extra librdkafka settings for both clients (e.g. `session.timeout.ms`).
@@ -54,6 +57,7 @@ impl RouterConfig {
             max_batch: 2_000,
             linger: Duration::from_millis(5),
             partitions: 3,
+            create_topics: true,
             transaction_timeout: Duration::from_secs(30),
             client_overrides: Vec::new(),
         }

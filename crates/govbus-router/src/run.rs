@@ -150,20 +150,29 @@ impl Router {
     }
 
     /// Creates `data.<dataset>` for every dataset and `dlq.<dept>` for every
-    /// department (existing topics are left as they are).
-    async fn ensure_topics(&self) -> Result<(), KafkaError> {
+    /// department (existing topics are left as they are). A broker that
+    /// refuses (no CreateTopics API, no permission) is not fatal: topics may
+    /// be provisioned by operators or auto-created.
+    async fn ensure_topics(&self) {
+        if !self.config.create_topics {
+            return;
+        }
         let t = &self.config.topics;
         let mut names: Vec<String> = self.engine.datasets().map(|d| t.data(d.name())).collect();
         names.extend(self.engine.departments().map(|d| t.dlq(d)));
-        create_topics(&self.config, &names).await?;
+        if let Err(error) = create_topics(&self.config, &names).await {
+            tracing::warn!(message = "Cannot create output topics; expecting them to exist or be auto-created.", %error);
+        }
         if let Ok(mut known) = self.known_topics.lock() {
             known.extend(names);
         }
-        Ok(())
     }
 
     /// Creates any output topic of `out` not known to exist.
     async fn ensure_output_topics(&self, out: &[Outgoing]) {
+        if !self.config.create_topics {
+            return;
+        }
         let missing: Vec<String> = match self.known_topics.lock() {
             Ok(known) => {
                 let mut m: Vec<String> = out
@@ -179,20 +188,19 @@ impl Router {
         if missing.is_empty() {
             return;
         }
-        match create_topics(&self.config, &missing).await {
-            Ok(()) => {
-                if let Ok(mut known) = self.known_topics.lock() {
-                    known.extend(missing);
-                }
-            }
-            Err(error) => tracing::warn!(message = "Cannot create output topics.", %error),
+        // Tried once per topic: a broker that refuses will not change its mind per batch.
+        if let Err(error) = create_topics(&self.config, &missing).await {
+            tracing::warn!(message = "Cannot create output topics.", %error);
+        }
+        if let Ok(mut known) = self.known_topics.lock() {
+            known.extend(missing);
         }
     }
 
     /// Routes until `shutdown` completes, then finishes the batch in flight,
     /// commits, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RouterError> {
-        self.ensure_topics().await?;
+        self.ensure_topics().await;
         let mut cc = client_config(
             kconfig::consumer(&self.config.bootstrap, &self.config.group),
             &self.config.client_overrides,
@@ -552,7 +560,9 @@ async fn create_topics(config: &RouterConfig, names: &[String]) -> Result<(), Ka
         .iter()
         .map(|n| NewTopic::new(n, config.partitions, TopicReplication::Fixed(1)))
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new, &opts).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

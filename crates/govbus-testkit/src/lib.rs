@@ -25,3 +25,4 @@ mod spawn;
 pub use broker::{tansu_binary, Broker, Storage};
 pub use names::{consumer_config, create_topic, producer_config, unique, wait_for};
 pub use pg::PgSchema;
+pub use spawn::spawn;

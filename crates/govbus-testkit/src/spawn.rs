@@ -40,8 +40,9 @@ fn spawn_here(cmd: &mut Command) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
-/// Spawns `cmd` so that it is killed when this process exits.
-pub(crate) fn spawn(cmd: Command) -> std::io::Result<Child> {
+/// Spawns `cmd` so that it is killed (SIGKILL) when this test process exits,
+/// however it exits.
+pub fn spawn(cmd: Command) -> std::io::Result<Child> {
     let (tx, rx) = mpsc::channel();
     spawner()
         .lock()

@@ -35,6 +35,9 @@ pub struct RouterArgs {
     /// This instance's name (transactional id, logs). Default: host-pid.
     #[arg(long)]
     instance: Option<String>,
+    /// Do not create missing data.* and dlq.* topics (they are provisioned, or auto-created).
+    #[arg(long)]
+    no_create_topics: bool,
     /// Most records per batch.
     #[arg(long, default_value_t = 2000)]
     max_batch: usize,
@@ -64,6 +67,7 @@ pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         ModeArg::Transactional => Mode::Transactional,
     };
     config.max_batch = args.max_batch.max(1);
+    config.create_topics = !args.no_create_topics;
     if let Some(i) = args.instance {
         config.instance = i;
     }
