@@ -7,7 +7,39 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use std::collections::HashMap;
+
 use crate::gate::DeadLetter;
+
+/// Counts for one batch, flushed into the metrics at once.
+#[derive(Default)]
+pub(crate) struct Tally<'a> {
+    inputs: HashMap<&'a str, (u64, u64)>,
+    routed: HashMap<(&'a str, &'a str), u64>,
+    ages: HashMap<&'a str, Vec<f64>>,
+    rejected: HashMap<(&'a str, &'a str, &'static str), u64>,
+}
+
+impl<'a> Tally<'a> {
+    pub(crate) fn record_in(&mut self, department: &'a str, bytes: usize) {
+        let e = self.inputs.entry(department).or_default();
+        e.0 += 1;
+        e.1 += bytes as u64;
+    }
+
+    pub(crate) fn routed(&mut self, department: &'a str, dataset: &'a str, age_seconds: f64) {
+        *self.routed.entry((department, dataset)).or_default() += 1;
+        self.ages.entry(dataset).or_default().push(age_seconds);
+    }
+
+    pub(crate) fn rejected(&mut self, dead: &'a DeadLetter) {
+        let dataset = dead.dataset.as_deref().unwrap_or("unknown");
+        *self
+            .rejected
+            .entry((dead.department.as_str(), dataset, dead.reason.code()))
+            .or_default() += 1;
+    }
+}
 
 /// The router's metrics, registered in their own registry.
 #[derive(Debug, Clone)]
@@ -133,25 +165,28 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
-    pub(crate) fn record_in(&self, department: &str, bytes: usize) {
-        self.records_in.with_label_values(&[department]).inc();
-        self.bytes_in
-            .with_label_values(&[department])
-            .inc_by(bytes as u64);
-    }
-
-    pub(crate) fn routed(&self, department: &str, dataset: &str, age_seconds: f64) {
-        self.routed.with_label_values(&[department, dataset]).inc();
-        self.record_age_seconds
-            .with_label_values(&[dataset])
-            .observe(age_seconds.max(0.0));
-    }
-
-    pub(crate) fn rejected(&self, dead: &DeadLetter) {
-        let dataset = dead.dataset.as_deref().unwrap_or("unknown");
-        self.rejected
-            .with_label_values(&[&dead.department, dataset, dead.reason.code()])
-            .inc();
+    /// Adds one batch's tally: a label lookup per distinct label set, not per record.
+    pub(crate) fn flush(&self, tally: Tally<'_>) {
+        for (department, (n, bytes)) in tally.inputs {
+            self.records_in.with_label_values(&[department]).inc_by(n);
+            self.bytes_in.with_label_values(&[department]).inc_by(bytes);
+        }
+        for ((department, dataset), n) in tally.routed {
+            self.routed
+                .with_label_values(&[department, dataset])
+                .inc_by(n);
+        }
+        for (dataset, ages) in tally.ages {
+            let h = self.record_age_seconds.with_label_values(&[dataset]);
+            for a in ages {
+                h.observe(a.max(0.0));
+            }
+        }
+        for ((department, dataset, reason), n) in tally.rejected {
+            self.rejected
+                .with_label_values(&[department, dataset, reason])
+                .inc_by(n);
+        }
     }
 
     pub(crate) fn batch(&self, seconds: f64, decide_seconds: f64, routed: usize, rejected: usize) {

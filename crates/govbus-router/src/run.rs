@@ -14,14 +14,14 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::{Mode, RouterConfig};
 use crate::gate::{decide, DeadLetter, Decision, Incoming};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Tally};
 
 /// What can stop the router.
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +80,25 @@ struct Outgoing {
     topic: String,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
-    headers: OwnedHeaders,
+    /// Moved into the record when it is sent; recovered from the failed
+    /// delivery if it has to be sent again.
+    headers: Option<OwnedHeaders>,
     dlq: bool,
 }
+
+/// A batch whose records are enqueued and whose acknowledgements are pending.
+struct InFlight {
+    out: Vec<Outgoing>,
+    deliveries: Vec<Result<DeliveryFuture, KafkaError>>,
+    /// Next offset to read per input partition once this batch is acknowledged.
+    offsets: Vec<(String, i32, i64)>,
+    started: Instant,
+    decided: f64,
+}
+
+/// Batches in flight at once (at-least-once mode): while batch N's
+/// acknowledgements travel, batch N+1 is already being decided and sent.
+const MAX_IN_FLIGHT: usize = 4;
 
 /// The router: build with [`Router::new`], run with [`Router::run`].
 pub struct Router {
@@ -217,15 +233,24 @@ impl Router {
         let mut producer = self.producer()?;
         tracing::info!(message = "Router started.", instance = %self.config.instance, group = %self.config.group, mode = ?self.config.mode);
         tokio::pin!(shutdown);
+        let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
         loop {
             let first = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                m = consumer.recv() => m,
+                m = consumer.recv() => Some(m),
+                // Idle: settle what is in flight so its offsets are stored.
+                () = tokio::time::sleep(Duration::from_millis(20)), if !in_flight.is_empty() => None,
             };
             let first = match first {
-                Ok(m) => m,
-                Err(error) => {
+                None => {
+                    while let Some(b) = in_flight.pop_front() {
+                        self.settle(&producer, &consumer, b).await;
+                    }
+                    continue;
+                }
+                Some(Ok(m)) => m,
+                Some(Err(error)) => {
                     tracing::warn!(message = "Consume failed; retrying.", %error);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -245,8 +270,43 @@ impl Router {
             }
             match self.config.mode {
                 Mode::AtLeastOnce => {
-                    self.route_batch(&producer, &batch).await;
-                    store_offsets(&consumer, &batch);
+                    let started = Instant::now();
+                    let mut out = self.decide_batch(&batch);
+                    let decided = started.elapsed().as_secs_f64();
+                    let offsets = next_offsets(&batch)
+                        .into_iter()
+                        .map(|((t, p), o)| (t.to_owned(), p, o))
+                        .collect();
+                    drop(batch);
+                    self.ensure_output_topics(&out).await;
+                    let mut deliveries = Vec::with_capacity(out.len());
+                    for o in &mut out {
+                        deliveries.push(loop {
+                            match enqueue(&producer, o) {
+                                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                                    // Backpressure: settle the oldest batch instead of
+                                    // letting librdkafka sleep 100 ms inside send.
+                                    match in_flight.pop_front() {
+                                        Some(b) => self.settle(&producer, &consumer, b).await,
+                                        None => tokio::time::sleep(Duration::from_millis(1)).await,
+                                    }
+                                }
+                                other => break other,
+                            }
+                        });
+                    }
+                    in_flight.push_back(InFlight {
+                        out,
+                        deliveries,
+                        offsets,
+                        started,
+                        decided,
+                    });
+                    while in_flight.len() > MAX_IN_FLIGHT {
+                        if let Some(b) = in_flight.pop_front() {
+                            self.settle(&producer, &consumer, b).await;
+                        }
+                    }
                 }
                 Mode::Transactional => {
                     if let Err(error) = self.route_transaction(&producer, &consumer, &batch).await {
@@ -269,6 +329,10 @@ impl Router {
                 }
             }
         }
+        // Shutdown: every batch in flight is acknowledged and its offsets stored.
+        while let Some(b) = in_flight.pop_front() {
+            self.settle(&producer, &consumer, b).await;
+        }
         if self.config.mode == Mode::AtLeastOnce {
             if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::warn!(message = "Final commit failed; the last batch will be routed again.", %error);
@@ -280,66 +344,95 @@ impl Router {
 
     fn decide_batch(&self, batch: &[BorrowedMessage<'_>]) -> Vec<Outgoing> {
         let ctx = Context::now();
-        batch
-            .iter()
-            .map(|m| {
-                let incoming = Incoming {
-                    topic: m.topic(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp_ms: m.timestamp().to_millis(),
-                    key: m.key(),
-                    value: m.payload(),
-                    headers: m.headers(),
-                };
-                let topics = &self.config.topics;
-                let department = topics.department_of_ingest(m.topic()).unwrap_or(m.topic());
-                self.metrics.record_in(department, m.payload_len());
-                match decide(&self.engine, topics, &incoming, &ctx) {
-                    Decision::Route(r) => {
-                        let age = (ctx.now_millis - r.event_time_ms) as f64 / 1000.0;
-                        self.metrics.routed(department, r.dataset.name(), age);
-                        Outgoing {
-                            topic: topics.data(r.dataset.name()),
-                            key: Some(r.key.into_bytes()),
-                            value: r.value,
-                            headers: r.headers,
-                            dlq: false,
-                        }
-                    }
-                    Decision::Reject(dead) => {
-                        self.metrics.rejected(&dead);
-                        dead_letter(m, &dead, topics)
-                    }
+        let topics = &self.config.topics;
+        let mut tally = Tally::default();
+        let mut dead_letters: Vec<DeadLetter> = Vec::new();
+        let mut out = Vec::with_capacity(batch.len());
+        for m in batch {
+            let incoming = Incoming {
+                topic: m.topic(),
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
+                key: m.key(),
+                value: m.payload(),
+                headers: m.headers(),
+            };
+            let department = topics.department_of_ingest(m.topic()).unwrap_or(m.topic());
+            tally.record_in(department, m.payload_len());
+            match decide(&self.engine, topics, &incoming, &ctx) {
+                Decision::Route(r) => {
+                    let age = (ctx.now_millis - r.event_time_ms) as f64 / 1000.0;
+                    tally.routed(department, r.dataset.name(), age);
+                    out.push(Outgoing {
+                        topic: topics.data(r.dataset.name()),
+                        key: Some(r.key.into_bytes()),
+                        value: r.value,
+                        headers: Some(r.headers),
+                        dlq: false,
+                    });
                 }
-            })
-            .collect()
-    }
-
-    /// Writes every record of the batch and waits until each is acknowledged.
-    /// A write that fails is retried with backoff, in order, for as long as it
-    /// takes: nothing is skipped, and the batch's offsets are stored only after.
-    async fn route_batch(&self, producer: &FutureProducer, batch: &[BorrowedMessage<'_>]) {
-        let started = Instant::now();
-        let out = self.decide_batch(batch);
-        let decided = started.elapsed().as_secs_f64();
-        self.ensure_output_topics(&out).await;
-        let results = send_all(producer, &out).await;
-        for (record, result) in out.iter().zip(results) {
-            if let Err(error) = result {
-                self.resend(producer, record, error).await;
+                Decision::Reject(dead) => {
+                    out.push(dead_letter(m, &dead, topics));
+                    dead_letters.push(dead);
+                }
             }
         }
-        let rejected = out.iter().filter(|o| o.dlq).count();
+        for dead in &dead_letters {
+            tally.rejected(dead);
+        }
+        self.metrics.flush(tally);
+        out
+    }
+
+    /// Waits for every acknowledgement of a batch — re-sending, with backoff
+    /// and for as long as it takes, any record whose write failed — then
+    /// stores the batch's offsets. Nothing is skipped.
+    async fn settle<C: ConsumerContext>(
+        &self,
+        producer: &FutureProducer,
+        consumer: &StreamConsumer<C>,
+        mut b: InFlight,
+    ) {
+        for (i, d) in std::mem::take(&mut b.deliveries).into_iter().enumerate() {
+            let failed = match d {
+                Ok(f) => match f.await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err((e, msg))) => {
+                        b.out[i].headers = msg.headers().map(|h| h.as_borrowed().detach());
+                        Some(e)
+                    }
+                    Err(_) => Some(KafkaError::Canceled),
+                },
+                Err(e) => Some(e),
+            };
+            if let Some(error) = failed {
+                self.resend(producer, &mut b.out[i], error).await;
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in &b.offsets {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+        }
+        // Fails only for partitions revoked meanwhile: their new owner routes them again.
+        if let Err(error) = consumer.store_offsets(&tpl) {
+            tracing::debug!(message = "Some offsets not stored (partitions revoked).", %error);
+        }
+        let rejected = b.out.iter().filter(|o| o.dlq).count();
         self.metrics.batch(
-            started.elapsed().as_secs_f64(),
-            decided,
-            out.len() - rejected,
+            b.started.elapsed().as_secs_f64(),
+            b.decided,
+            b.out.len() - rejected,
             rejected,
         );
     }
 
-    async fn resend(&self, producer: &FutureProducer, record: &Outgoing, mut error: KafkaError) {
+    async fn resend(
+        &self,
+        producer: &FutureProducer,
+        record: &mut Outgoing,
+        mut error: KafkaError,
+    ) {
         let mut backoff = Duration::from_millis(100);
         loop {
             let kind = if record.dlq { "dlq" } else { "data" };
@@ -356,8 +449,15 @@ impl Router {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
-            match send_one(producer, record).await {
-                Ok(()) => return,
+            match enqueue(producer, record) {
+                Ok(f) => match f.await {
+                    Ok(Ok(_)) => return,
+                    Ok(Err((e, msg))) => {
+                        record.headers = msg.headers().map(|h| h.as_borrowed().detach());
+                        error = e;
+                    }
+                    Err(_) => error = KafkaError::Canceled,
+                },
                 Err(e) => error = e,
             }
         }
@@ -370,12 +470,25 @@ impl Router {
         batch: &[BorrowedMessage<'_>],
     ) -> Result<(), KafkaError> {
         let started = Instant::now();
-        let out = self.decide_batch(batch);
+        let mut out = self.decide_batch(batch);
         let decided = started.elapsed().as_secs_f64();
         self.ensure_output_topics(&out).await;
         producer.begin_transaction()?;
-        for r in send_all(producer, &out).await {
-            r?;
+        let mut deliveries = Vec::with_capacity(out.len());
+        for o in &mut out {
+            deliveries.push(loop {
+                match enqueue(producer, o) {
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    other => break other?,
+                }
+            });
+        }
+        for d in deliveries {
+            d.await
+                .map_err(|_| KafkaError::Canceled)?
+                .map_err(|(e, _)| e)?;
         }
         let mut offsets = TopicPartitionList::new();
         for (tp, next) in next_offsets(batch) {
@@ -451,65 +564,28 @@ fn dead_letter(m: &BorrowedMessage<'_>, dead: &DeadLetter, topics: &Topics) -> O
         topic: topics.dlq(&dead.department),
         key: m.key().map(<[u8]>::to_vec),
         value: m.payload().map(<[u8]>::to_vec),
-        headers,
+        headers: Some(headers),
         dlq: true,
     }
 }
 
-fn record(o: &Outgoing) -> FutureRecord<'_, [u8], [u8]> {
-    let mut r = FutureRecord::to(&o.topic).headers(o.headers.clone());
+/// Hands one record to librdkafka (moving its headers in). `QueueFull` is
+/// returned to the caller, which decides how to make room.
+fn enqueue(producer: &FutureProducer, o: &mut Outgoing) -> Result<DeliveryFuture, KafkaError> {
+    let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&o.topic);
     if let Some(k) = &o.key {
         r = r.key(k.as_slice());
     }
     if let Some(v) = &o.value {
         r = r.payload(v.as_slice());
     }
-    r
-}
-
-/// Enqueues every record (waiting while librdkafka's queue is full), then
-/// awaits every acknowledgement. Results are in record order.
-async fn send_all(producer: &FutureProducer, out: &[Outgoing]) -> Vec<Result<(), KafkaError>> {
-    let mut futures = Vec::with_capacity(out.len());
-    for o in out {
-        let mut rec = record(o);
-        loop {
-            match producer.send_result(rec) {
-                Ok(f) => {
-                    futures.push(Ok(f));
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // Backpressure: let deliveries drain instead of sleeping 100 ms inside send.
-                    rec = r;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((e, _)) => {
-                    futures.push(Err(e));
-                    break;
-                }
-            }
-        }
+    if let Some(h) = o.headers.take() {
+        r = r.headers(h);
     }
-    let mut results = Vec::with_capacity(futures.len());
-    for f in futures {
-        results.push(match f {
-            Ok(f) => match f.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(e),
-                Err(_) => Err(KafkaError::Canceled),
-            },
-            Err(e) => Err(e),
-        });
-    }
-    results
-}
-
-async fn send_one(producer: &FutureProducer, o: &Outgoing) -> Result<(), KafkaError> {
-    send_all(producer, std::slice::from_ref(o))
-        .await
-        .pop()
-        .unwrap_or(Err(KafkaError::Canceled))
+    producer.send_result(r).map_err(|(e, rec)| {
+        o.headers = rec.headers;
+        e
+    })
 }
 
 /// The next offset to read, per partition, after this batch.
@@ -520,17 +596,6 @@ fn next_offsets<'a>(batch: &'a [BorrowedMessage<'_>]) -> HashMap<(&'a str, i32),
         *e = (*e).max(m.offset() + 1);
     }
     next
-}
-
-fn store_offsets<C: ConsumerContext>(consumer: &StreamConsumer<C>, batch: &[BorrowedMessage<'_>]) {
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), next) in next_offsets(batch) {
-        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(next));
-    }
-    // Fails only for partitions revoked meanwhile: their new owner routes them again.
-    if let Err(error) = consumer.store_offsets(&tpl) {
-        tracing::debug!(message = "Some offsets not stored (partitions revoked).", %error);
-    }
 }
 
 /// Seeks each partition of a failed transactional batch back to its first record.

@@ -9,6 +9,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The router allocates a handful of small buffers per record (headers, key,
+/// value) across threads; glibc malloc spent a fifth of its CPU there
+/// (BENCHMARKS.md). mimalloc handles that pattern far better.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "govbus",
@@ -29,6 +35,9 @@ enum Command {
     Validate(cmd::validate::ValidateArgs),
     /// List the rejection reason codes and what each means.
     Reasons(cmd::reasons::ReasonsArgs),
+    /// Measure components against baselines on a real broker.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
     /// Run the router: ingest.<dept> → validation → data.<dataset> | dlq.<dept>.
     Router(Box<cmd::router::RouterArgs>),
 }
@@ -52,6 +61,7 @@ fn main() -> ExitCode {
         Command::Validate(a) => cmd::validate::run(a),
         Command::Reasons(a) => cmd::reasons::run(a),
         Command::Router(a) => cmd::router::run(*a),
+        Command::Bench(b) => cmd::bench::run(b),
     };
     match result {
         Ok(code) => code,

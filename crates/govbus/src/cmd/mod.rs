@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod catalog;
 pub mod reasons;
 pub mod router;

@@ -1,0 +1,453 @@
+//! `govbus bench router`: router throughput against a raw consume→produce
+//! pass-through of the same records on the same broker, in one run; and,
+//! with `--latency`, routing latency at a fixed rate on librdkafka's mock
+//! cluster (Tansu's fetch path holds fetches for seconds; DESIGN.md §7).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use govbus_kafka::headers as h;
+use govbus_router::{Metrics, Router, RouterConfig, Topics};
+use govbus_validate::{Context, Engine};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+use crate::catalog_source;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Router vs raw pass-through throughput (and optional latency on the mock cluster).
+    Router(RouterBench),
+}
+
+#[derive(Args)]
+pub struct RouterBench {
+    /// Broker to measure against (e.g. a Tansu started by scripts/bench-router).
+    #[arg(long, env = "GOVBUS_BOOTSTRAP")]
+    bootstrap: String,
+    /// Records per phase.
+    #[arg(long, default_value_t = 200_000)]
+    records: usize,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+    /// Also measure routing latency at this rate (records/s) for 10 s on the mock cluster.
+    #[arg(long)]
+    latency: Option<u32>,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCommand::Router(b) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(router_bench(b))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// CPU seconds (user + system) used by this process so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15 (1-based).
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Resident set size now and at its peak, in MiB.
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+struct Phase {
+    name: String,
+    seconds: f64,
+    cpu: f64,
+    records: usize,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.seconds.max(1e-9)
+    }
+}
+
+async fn create(bootstrap: &str, names: &[String], partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    admin
+        .create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?;
+    Ok(())
+}
+
+/// `n` pension payments as (key, Avro value, JSON value).
+fn records(engine: &Engine, n: usize) -> anyhow::Result<Vec<(String, Vec<u8>, String)>> {
+    let ctx = Context::now();
+    let ds = engine
+        .dataset("hrss.pension_payment")
+        .context("the catalog has no hrss.pension_payment")?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let json = format!(
+            r#"{{"payment_id":"PP{i:012}","recipient_id_number":"11010519491231002X","recipient_name":"张建国","pension_type":"ENTERPRISE_EMPLOYEE","pay_month":"2026-10","amount":"{}.{:02}","paid_at":"2026-10-15T10:00:00+08:00"}}"#,
+            1000 + i % 5000,
+            i % 100
+        );
+        let a = ds
+            .validate_json(json.as_bytes(), &ctx)
+            .map_err(|r| anyhow::anyhow!("{r}"))?;
+        out.push((a.key, a.value, json));
+    }
+    Ok(out)
+}
+
+async fn fill(
+    bootstrap: &str,
+    topic: &str,
+    records: &[(String, Vec<u8>, String)],
+    json: bool,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .create()?;
+    for chunk in records.chunks(20_000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for (key, avro, js) in chunk {
+            let mut rec = FutureRecord::to(topic).key(key.as_bytes());
+            rec = if json {
+                rec.payload(js.as_bytes())
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: h::CE_TYPE,
+                        value: Some("hrss.pension_payment"),
+                    }))
+            } else {
+                rec.payload(avro.as_slice())
+            };
+            pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
+        }
+        for p in pending {
+            p.await
+                .map_err(|_| anyhow::anyhow!("canceled"))?
+                .map_err(|(e, _)| e)?;
+        }
+    }
+    Ok(())
+}
+
+/// Raw consume → produce of the same records with no work in between: every
+/// record is handed to the producer as soon as it is consumed, acknowledgements
+/// are awaited only when librdkafka's queue is full and at the end. The
+/// physical limit of a consume → produce pipeline on this broker and machine.
+async fn passthrough(
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    n: usize,
+) -> anyhow::Result<Phase> {
+    let consumer: StreamConsumer =
+        govbus_kafka::config::consumer(bootstrap, &format!("bench-pass-{}", std::process::id()))
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .create()?;
+    consumer.subscribe(&[input])?;
+    let producer: FutureProducer = govbus_kafka::config::producer(bootstrap).create()?;
+    let mut pending = std::collections::VecDeque::new();
+    let (mut started, mut cpu0) = (None, 0.0);
+    for _ in 0..n {
+        let m = consumer.recv().await?;
+        if started.is_none() {
+            started = Some(Instant::now());
+            cpu0 = cpu_seconds();
+        }
+        let mut rec = FutureRecord::to(output).payload(m.payload().unwrap_or_default());
+        if let Some(k) = m.key() {
+            rec = rec.key(k);
+        }
+        if let Some(hs) = m.headers() {
+            rec = rec.headers(hs.detach());
+        }
+        loop {
+            match producer.send_result(rec) {
+                Ok(f) => {
+                    pending.push_back(f);
+                    break;
+                }
+                Err((_, r)) => {
+                    rec = r;
+                    match pending.pop_front() {
+                        Some(f) => {
+                            f.await
+                                .map_err(|_| anyhow::anyhow!("canceled"))?
+                                .map_err(|(e, _)| e)?;
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
+                }
+            }
+        }
+        let _ = consumer.store_offset_from_message(&m);
+    }
+    for f in pending {
+        f.await
+            .map_err(|_| anyhow::anyhow!("canceled"))?
+            .map_err(|(e, _)| e)?;
+    }
+    let started = started.unwrap_or_else(Instant::now);
+    Ok(Phase {
+        name: "raw pass-through (Avro)".into(),
+        seconds: started.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - cpu0,
+        records: n,
+    })
+}
+
+fn handled(metrics: &Metrics) -> usize {
+    metrics
+        .render()
+        .lines()
+        .filter(|l| {
+            l.starts_with("govbus_router_records_routed_total{")
+                || l.starts_with("govbus_router_records_rejected_total{")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .sum()
+}
+
+/// The router over `topics`, timed from its first handled record to its last.
+async fn router_phase(
+    engine: Arc<Engine>,
+    bootstrap: &str,
+    topics: Topics,
+    n: usize,
+    name: &str,
+) -> anyhow::Result<Phase> {
+    let mut config = RouterConfig::new(bootstrap);
+    config.topics = topics;
+    config.group = format!("bench-router-{}-{name}", std::process::id());
+    config.client_overrides = vec![
+        ("session.timeout.ms".into(), "6000".into()),
+        ("heartbeat.interval.ms".into(), "500".into()),
+    ];
+    let metrics = Metrics::new();
+    let router = Router::new(engine, config, metrics.clone());
+    let (stop, mut rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(router.run(async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    let (mut started, mut cpu0) = (None, 0.0);
+    let limit = Instant::now() + Duration::from_secs(600);
+    loop {
+        let h = handled(&metrics);
+        if h > 0 && started.is_none() {
+            started = Some(Instant::now());
+            cpu0 = cpu_seconds();
+        }
+        if h >= n || Instant::now() > limit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let started = started.unwrap_or_else(Instant::now);
+    let phase = Phase {
+        name: name.to_owned(),
+        seconds: started.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - cpu0,
+        records: handled(&metrics),
+    };
+    let _ = stop.send(true);
+    task.await??;
+    Ok(phase)
+}
+
+async fn router_bench(b: RouterBench) -> anyhow::Result<()> {
+    let catalog = catalog_source::load(None).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let engine = Arc::new(Engine::new(&catalog)?);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let avro = Topics::new(format!("bench{stamp}a."));
+    let json = Topics::new(format!("bench{stamp}j."));
+    let pass_out = format!("bench{stamp}.passthrough");
+    let names = vec![
+        avro.ingest("hrss"),
+        json.ingest("hrss"),
+        pass_out.clone(),
+        avro.data("hrss.pension_payment"),
+        json.data("hrss.pension_payment"),
+        avro.dlq("hrss"),
+        json.dlq("hrss"),
+    ];
+    create(&b.bootstrap, &names, b.partitions).await?;
+    eprintln!(
+        "generating and publishing {} records twice (Avro, JSON)...",
+        b.records
+    );
+    let recs = records(&engine, b.records)?;
+    let avg = recs.iter().map(|r| r.1.len()).sum::<usize>() / recs.len().max(1);
+    fill(&b.bootstrap, &avro.ingest("hrss"), &recs, false).await?;
+    fill(&b.bootstrap, &json.ingest("hrss"), &recs, true).await?;
+    drop(recs);
+    eprintln!("phase 1: raw pass-through");
+    let pass = passthrough(&b.bootstrap, &avro.ingest("hrss"), &pass_out, b.records).await?;
+    eprintln!("phase 2: router, Avro input");
+    let r_avro = router_phase(
+        engine.clone(),
+        &b.bootstrap,
+        avro,
+        b.records,
+        "router (Avro input)",
+    )
+    .await?;
+    let (rss, hwm) = rss_mib();
+    eprintln!("phase 3: router, JSON input");
+    let r_json = router_phase(
+        engine.clone(),
+        &b.bootstrap,
+        json,
+        b.records,
+        "router (JSON input)",
+    )
+    .await?;
+
+    println!("Router throughput, {} records of {avg} B (hrss.pension_payment), {} partitions, broker {}:\n", b.records, b.partitions, b.bootstrap);
+    println!("| phase | records/s | CPU µs/record (whole process) | vs pass-through |");
+    println!("|---|---:|---:|---:|");
+    for p in [&pass, &r_avro, &r_json] {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.0} % |",
+            p.name,
+            p.rate(),
+            p.cpu / p.records as f64 * 1e6,
+            p.rate() / pass.rate() * 100.0
+        );
+    }
+    println!("\nRSS after the Avro router phase: {rss:.0} MiB (peak {hwm:.0} MiB, includes the record generator).");
+    if let Some(rate) = b.latency {
+        latency(engine, rate).await?;
+    }
+    Ok(())
+}
+
+/// Routes `rate` records/s for 10 s on the mock cluster and reports
+/// publish → routed-and-consumed latency from `ce_time` (ms precision).
+async fn latency(engine: Arc<Engine>, rate: u32) -> anyhow::Result<()> {
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    let bootstrap = cluster.bootstrap_servers();
+    let topics = Topics::new("lat.");
+    cluster.create_topic(&topics.ingest("hrss"), 4, 1)?;
+    cluster.create_topic(&topics.data("hrss.pension_payment"), 4, 1)?;
+    cluster.create_topic(&topics.dlq("hrss"), 1, 1)?;
+    let mut config = RouterConfig::new(bootstrap.clone());
+    config.topics = topics.clone();
+    config.create_topics = false;
+    config.linger = Duration::from_millis(1);
+    config.client_overrides = vec![
+        ("fetch.wait.max.ms".into(), "1".into()),
+        ("linger.ms".into(), "1".into()),
+        ("session.timeout.ms".into(), "6000".into()),
+    ];
+    let router = Router::new(engine.clone(), config, Metrics::new());
+    let (stop, mut rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(router.run(async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "lat-reader")
+        .set("fetch.wait.max.ms", "1")
+        .set("auto.offset.reset", "latest")
+        .set("session.timeout.ms", "6000")
+        .create()?;
+    consumer.subscribe(&[topics.data("hrss.pension_payment").as_str()])?;
+    tokio::time::sleep(Duration::from_secs(8)).await; // both groups joined
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "1")
+        .create()?;
+    let recs = records(&engine, (rate * 10) as usize)?;
+    let ingest = topics.ingest("hrss");
+    let sender = tokio::spawn(async move {
+        let start = Instant::now();
+        for (i, (key, value, _)) in recs.iter().enumerate() {
+            let due = Duration::from_secs_f64(i as f64 / f64::from(rate));
+            if let Some(w) = due.checked_sub(start.elapsed()) {
+                tokio::time::sleep(w).await;
+            }
+            let now = govbus_catalog::time::format_rfc3339_millis(Context::now().now_millis);
+            let hs = OwnedHeaders::new().insert(Header {
+                key: h::CE_TIME,
+                value: Some(now.as_str()),
+            });
+            let _ = producer.send_result(
+                FutureRecord::to(&ingest)
+                    .key(key.as_bytes())
+                    .payload(value.as_slice())
+                    .headers(hs),
+            );
+        }
+        producer
+    });
+    let mut lat = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while lat.len() < (rate * 10) as usize {
+        let Ok(Ok(m)) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        let t = m
+            .headers()
+            .and_then(|hs| h::get_str(hs, h::CE_TIME))
+            .and_then(govbus_catalog::time::parse_rfc3339_micros);
+        if let Some(t) = t {
+            lat.push(Context::now().now_millis - t / 1000);
+        }
+    }
+    let _ = sender.await;
+    let _ = stop.send(true);
+    let _ = task.await;
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(-1)
+    };
+    println!(
+        "\nLatency on the mock cluster at {rate} records/s for 10 s ({} measured): p50 {} ms, p99 {} ms, max {} ms (ms precision, includes the mock's fetch wait).",
+        lat.len(),
+        pct(0.5),
+        pct(0.99),
+        lat.last().copied().unwrap_or(-1)
+    );
+    Ok(())
+}
