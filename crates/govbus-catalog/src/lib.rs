@@ -17,6 +17,7 @@ mod decimal;
 pub mod fields;
 pub mod ids;
 mod load;
+pub mod mask;
 mod model;
 mod rules;
 pub mod time;

@@ -35,6 +35,9 @@ enum Command {
     Validate(cmd::validate::ValidateArgs),
     /// List the rejection reason codes and what each means.
     Reasons(cmd::reasons::ReasonsArgs),
+    /// Inspect and replay a department's dead letters.
+    #[command(subcommand)]
+    Dlq(Box<cmd::dlq::DlqCommand>),
     /// Measure components against baselines on a real broker.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Reasons(a) => cmd::reasons::run(a),
         Command::Router(a) => cmd::router::run(*a),
         Command::Bench(b) => cmd::bench::run(b),
+        Command::Dlq(d) => cmd::dlq::run(*d),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod catalog;
+pub mod dlq;
 pub mod reasons;
 pub mod router;
 pub mod validate;
