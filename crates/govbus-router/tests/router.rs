@@ -505,3 +505,88 @@ async fn a_new_ingest_topic_is_picked_up_without_a_restart() {
     assert_eq!(got[0].key.as_deref(), Some(b"EA202600000001".as_slice()));
     r.stop().await;
 }
+
+/// Transactional mode's protocol flow — init, begin, produce, send offsets,
+/// commit — on librdkafka's mock cluster, the one broker here that serves
+/// EndTxn. Its EndTxn and TxnOffsetCommit only acknowledge: no markers, no
+/// stored offsets, so neither isolation nor the transactional offset commit
+/// can be observed here (ARCHITECTURE.md). What is checked: every step of
+/// the flow succeeds (a failed transaction would rewind and route the records
+/// twice) and the records arrive.
+#[tokio::test]
+async fn transactional_mode_routes_and_commits_offsets_in_the_transaction() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let topics = Topics::new(format!("{}.", unique("txn")));
+    cluster.create_topic(&topics.ingest("hrss"), 1, 1).unwrap();
+    cluster
+        .create_topic(&topics.data("hrss.pension_payment"), 1, 1)
+        .unwrap();
+    cluster.create_topic(&topics.dlq("hrss"), 1, 1).unwrap();
+    let group = unique("router");
+    let start = |metrics: Metrics| {
+        let mut config = RouterConfig::new(bootstrap.clone());
+        config.topics = topics.clone();
+        config.group = group.clone();
+        config.mode = govbus_router::Mode::Transactional;
+        config.create_topics = false;
+        config.client_overrides = vec![("session.timeout.ms".into(), "6000".into())];
+        let router = Router::new(engine(), config, metrics);
+        let (stop, mut rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            router
+                .run(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+                .unwrap();
+        });
+        (stop, task)
+    };
+    let producer: FutureProducer = producer_config(&bootstrap).create().unwrap();
+    let records: Vec<serde_json::Value> =
+        (0..2).map(|i| sample("hrss.pension_payment", i)).collect();
+    for r in &records {
+        let body = r.to_string();
+        let hs = OwnedHeaders::new().insert(Header {
+            key: h::CE_TYPE,
+            value: Some("hrss.pension_payment"),
+        });
+        producer
+            .send(
+                FutureRecord::to(&topics.ingest("hrss"))
+                    .key(r["payment_id"].as_str().unwrap())
+                    .payload(&body)
+                    .headers(hs),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let metrics = Metrics::new();
+    let (stop, task) = start(metrics.clone());
+    let consumer: StreamConsumer = consumer_config(&bootstrap, &unique("reader"))
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[topics.data("hrss.pension_payment").as_str()])
+        .unwrap();
+    let mut keys = Vec::new();
+    while keys.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("routed in time")
+            .unwrap();
+        keys.push(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
+    }
+    keys.sort();
+    assert_eq!(keys, ["PP202610000001", "PP202610000002"]);
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert!(metrics.render().contains("govbus_router_records_routed_total{dataset=\"hrss.pension_payment\",department=\"hrss\"} 2"));
+}
