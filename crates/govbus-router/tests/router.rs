@@ -590,3 +590,114 @@ async fn transactional_mode_routes_and_commits_offsets_in_the_transaction() {
 
     assert!(metrics.render().contains("govbus_router_records_routed_total{dataset=\"hrss.pension_payment\",department=\"hrss\"} 2"));
 }
+
+/// A broker that keeps refusing writes (NOT_ENOUGH_REPLICAS on 40 produce
+/// requests in a row, injected into the mock cluster) holds the router in
+/// place: the records are retried, never dead-lettered and never skipped, and
+/// arrive once the broker accepts writes again.
+#[tokio::test]
+async fn refused_writes_are_retried_never_dead_lettered_or_skipped() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let topics = Topics::new(format!("{}.", unique("refuse")));
+    cluster.create_topic(&topics.ingest("hrss"), 1, 1).unwrap();
+    cluster
+        .create_topic(&topics.data("hrss.pension_payment"), 1, 1)
+        .unwrap();
+    cluster.create_topic(&topics.dlq("hrss"), 1, 1).unwrap();
+    let producer: FutureProducer = producer_config(&bootstrap).create().unwrap();
+    let mut valid = 0;
+    for i in 0..2 {
+        let mut r = sample("hrss.pension_payment", i);
+        if i == 1 {
+            r["recipient_id_number"] = json!("510107197208150044");
+        } else {
+            valid += 1;
+        }
+        let body = r.to_string();
+        let hs = OwnedHeaders::new().insert(Header {
+            key: h::CE_TYPE,
+            value: Some("hrss.pension_payment"),
+        });
+        producer
+            .send(
+                FutureRecord::to(&topics.ingest("hrss"))
+                    .key(r["payment_id"].as_str().unwrap())
+                    .payload(&body)
+                    .headers(hs),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    // From now on the broker refuses the next 40 writes, the router's included.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 40],
+    );
+    let mut config = RouterConfig::new(bootstrap.clone());
+    config.topics = topics.clone();
+    config.group = unique("router");
+    config.create_topics = false;
+    config.client_overrides = vec![
+        ("session.timeout.ms".into(), "6000".into()),
+        ("retry.backoff.ms".into(), "50".into()),
+    ];
+    let router = Router::new(engine(), config, Metrics::new());
+    let (stop, mut rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        router
+            .run(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+            .unwrap();
+    });
+    let consumer: StreamConsumer = consumer_config(&bootstrap, &unique("reader"))
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[
+            topics.data("hrss.pension_payment").as_str(),
+            topics.dlq("hrss").as_str(),
+        ])
+        .unwrap();
+    let mut got: Vec<(String, String)> = Vec::new();
+    while got.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(90), consumer.recv())
+            .await
+            .expect("delivered once writes are accepted")
+            .unwrap();
+        let reason = m
+            .headers()
+            .and_then(|hs| h::get_str(hs, h::ERROR_REASON))
+            .unwrap_or("")
+            .to_owned();
+        got.push((m.topic().to_owned(), reason));
+    }
+    assert_eq!(
+        got.iter()
+            .filter(|(t, _)| *t == topics.data("hrss.pension_payment"))
+            .count(),
+        valid
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|(_, r)| r == "resident_id_checksum")
+            .count(),
+        1,
+        "{got:?}"
+    );
+    assert!(
+        !got.iter()
+            .any(|(_, r)| !r.is_empty() && r != "resident_id_checksum"),
+        "a refused write is never a dead letter: {got:?}"
+    );
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
