@@ -17,19 +17,6 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
-}
-
 fn router(topics: &Topics, group: &str, catalog: &Path) -> Child {
     let mut cmd = Command::new(govbus_bin());
     cmd.args([
@@ -89,14 +76,11 @@ async fn rejected_records_are_listed_masked_and_replayed_after_the_fix() {
         .unwrap();
     // A catalog whose pension rule is too strict: nothing above 1000 yuan.
     let strict = tempfile::tempdir().unwrap();
-    copy_dir(&repo().join("schemas"), strict.path());
+    govbus_testkit::copy_dir(&repo().join("schemas"), strict.path()).unwrap();
     let rules = strict
         .path()
         .join("datasets/hrss.pension_payment/dataset.toml");
-    let text_rules = std::fs::read_to_string(&rules)
-        .unwrap()
-        .replace("max = \"100000\"", "max = \"1000\"");
-    std::fs::write(&rules, text_rules).unwrap();
+    govbus_testkit::replace_in_file(&rules, "max = \"100000\"", "max = \"1000\"").unwrap();
     let group = unique("router");
     let mut r = router(&topics, &group, strict.path());
 

@@ -35,29 +35,14 @@ fn catalog_check_passes_on_the_sample_catalog() {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
-}
-
 fn edit(path: &Path, from: &str, to: &str) {
-    let t = std::fs::read_to_string(path).unwrap();
-    assert!(t.contains(from), "{} lacks {from:?}", path.display());
-    std::fs::write(path, t.replacen(from, to, 1)).unwrap();
+    govbus_testkit::replace_in_file(path, from, to).unwrap();
 }
 
 #[test]
 fn catalog_check_names_all_four_problems_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&repo().join("schemas"), dir.path());
+    govbus_testkit::copy_dir(&repo().join("schemas"), dir.path()).unwrap();
     let ds = dir.path().join("datasets");
     edit(
         &ds.join("hrss.pension_payment/v1.avsc"),

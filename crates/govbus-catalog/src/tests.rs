@@ -60,27 +60,12 @@ fn schema_ids_are_stable_across_loads() {
 /// A copy of the sample catalog in a temp dir, to break on purpose.
 fn broken_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    copy_dir(&sample_dir(), dir.path());
+    govbus_testkit::copy_dir(&sample_dir(), dir.path()).expect("copy");
     dir
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let path = entry.expect("entry").path();
-        let target = to.join(path.file_name().expect("name"));
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).expect("copy");
-        }
-    }
-}
-
 fn edit(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).expect("read");
-    assert!(text.contains(from), "{} lacks {from:?}", path.display());
-    std::fs::write(path, text.replacen(from, to, 1)).expect("write");
+    govbus_testkit::replace_in_file(path, from, to).expect("edit");
 }
 
 fn problems(dir: &Path) -> Vec<Problem> {

@@ -9,6 +9,8 @@
 //! - [`unique`] names, and client configs ([`consumer_config`],
 //!   [`producer_config`]) tuned for Tansu: fast group joins, short fetch waits,
 //!   batching producers.
+//! - [`copy_dir`] and [`replace_in_file`], for tests that break a copy of
+//!   the catalog on purpose.
 //! - [`PgSchema`]: a throwaway schema in the machine's PostgreSQL, dropped
 //!   when the value is.
 //!
@@ -18,11 +20,13 @@
 //! This crate is a dev-dependency only; nothing in production links it.
 
 mod broker;
+mod files;
 mod names;
 mod pg;
 mod spawn;
 
 pub use broker::{tansu_binary, Broker, Storage};
+pub use files::{copy_dir, replace_in_file};
 pub use names::{consumer_config, create_topic, producer_config, unique, wait_for};
 pub use pg::PgSchema;
 pub use spawn::spawn;

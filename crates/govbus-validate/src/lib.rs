@@ -296,16 +296,7 @@ impl<'e> DatasetRef<'e> {
         };
         let datum = &framed[5..];
         let walked = plan.walk(datum, ctx, limits)?;
-        let mut value = framed.to_vec();
-        for p in walked.patches {
-            value[5 + p] = b'X';
-        }
-        Ok(Accepted {
-            schema_id: plan.id,
-            version: plan.version,
-            key: walked.key,
-            value,
-        })
+        Ok(accept(plan, framed.to_vec(), walked))
     }
 
     /// Validates a JSON object, encoding it under the latest schema version.
@@ -344,15 +335,21 @@ impl<'e> DatasetRef<'e> {
             return Err(too_large(value.len(), limits.max_message_bytes));
         }
         let walked = plan.walk(&value[5..], ctx, limits)?;
-        for p in walked.patches {
-            value[5 + p] = b'X';
-        }
-        Ok(Accepted {
-            schema_id: plan.id,
-            version: plan.version,
-            key: walked.key,
-            value,
-        })
+        Ok(accept(plan, value, walked))
+    }
+}
+
+/// The accepted record: the framed value with the walk's normalisations
+/// (a resident ID's check `x` → `X`) patched in place.
+fn accept(plan: &VersionPlan, mut value: Vec<u8>, walked: plan::Walked) -> Accepted {
+    for p in walked.patches {
+        value[5 + p] = b'X';
+    }
+    Accepted {
+        schema_id: plan.id,
+        version: plan.version,
+        key: walked.key,
+        value,
     }
 }
 
