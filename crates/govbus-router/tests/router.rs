@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use govbus_catalog::Catalog;
 use govbus_kafka::headers as h;
@@ -695,6 +695,96 @@ async fn refused_writes_are_retried_never_dead_lettered_or_skipped() {
             .any(|(_, r)| !r.is_empty() && r != "resident_id_checksum"),
         "a refused write is never a dead letter: {got:?}"
     );
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A transaction whose commit fails fatally (the broker answers EndTxn with
+/// PRODUCER_FENCED, injected into the mock) makes the router abort, recreate
+/// its producer and route the batch again — and it keeps routing after.
+#[tokio::test]
+async fn a_failed_commit_recreates_the_producer_and_routes_the_batch_again() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let topics = Topics::new(format!("{}.", unique("fence")));
+    cluster.create_topic(&topics.ingest("hrss"), 1, 1).unwrap();
+    cluster
+        .create_topic(&topics.data("hrss.pension_payment"), 1, 1)
+        .unwrap();
+    cluster.create_topic(&topics.dlq("hrss"), 1, 1).unwrap();
+    let producer: FutureProducer = producer_config(&bootstrap).create().unwrap();
+    let publish = |i: usize| {
+        let r = sample("hrss.pension_payment", i);
+        let body = r.to_string();
+        let key = r["payment_id"].as_str().unwrap().to_owned();
+        let hs = OwnedHeaders::new().insert(Header {
+            key: h::CE_TYPE,
+            value: Some("hrss.pension_payment"),
+        });
+        let fut = producer
+            .send_result(
+                FutureRecord::to(&topics.ingest("hrss"))
+                    .key(&key)
+                    .payload(&body)
+                    .headers(hs),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        async move { fut.await.unwrap().map_err(|(e, _)| e).unwrap() }
+    };
+    publish(0).await;
+    cluster.request_errors(
+        RDKafkaApiKey::EndTxn,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
+    );
+    let mut config = RouterConfig::new(bootstrap.clone());
+    config.topics = topics.clone();
+    config.group = unique("router");
+    config.mode = govbus_router::Mode::Transactional;
+    config.create_topics = false;
+    config.transaction_timeout = Duration::from_secs(5);
+    config.client_overrides = vec![("session.timeout.ms".into(), "6000".into())];
+    let metrics = Metrics::new();
+    let router = Router::new(engine(), config, metrics.clone());
+    let (stop, mut rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        router
+            .run(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+            .unwrap();
+    });
+    // The first batch fails to commit; the rewound batch is routed again.
+    let routed = |m: &Metrics| {
+        m.render()
+            .lines()
+            .find(|l| {
+                l.starts_with("govbus_router_records_routed_total{dataset=\"hrss.pension_payment\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while routed(&metrics) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        routed(&metrics),
+        2,
+        "the record was decided twice: once in the failed transaction, once after the rewind"
+    );
+    // And the new producer keeps working.
+    publish(1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while routed(&metrics) < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(routed(&metrics), 3);
     let _ = stop.send(true);
     tokio::time::timeout(Duration::from_secs(30), task)
         .await
