@@ -41,6 +41,8 @@ enum Command {
     /// Measure components against baselines on a real broker.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Serve the Confluent-compatible schema registry API over the catalog.
+    Registry(cmd::registry::RegistryArgs),
     /// Run the router: ingest.<dept> → validation → data.<dataset> | dlq.<dept>.
     Router(Box<cmd::router::RouterArgs>),
 }
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Router(a) => cmd::router::run(*a),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Dlq(d) => cmd::dlq::run(*d),
+        Command::Registry(a) => cmd::registry::run(a),
     };
     match result {
         Ok(code) => code,

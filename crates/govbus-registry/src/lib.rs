@@ -1,0 +1,392 @@
+//! A Confluent Schema Registry API over the govbus catalog, so that stock
+//! clients (Python `confluent-kafka`'s `SchemaRegistryClient` and
+//! `AvroSerializer`, Java's `KafkaAvroSerializer`) serialize department data
+//! with the ids the router checks.
+//!
+//! Key types: [`Registry`] (the subjects and versions derived from a
+//! [`govbus_catalog::Catalog`]) and [`serve`] (the HTTP API, content type
+//! `application/vnd.schemaregistry.v1+json`, Confluent error codes).
+//!
+//! Subjects, for a dataset `D` owned by department `O` whose record's full
+//! name is `R`:
+//! - `data.D-value` — the canonical topic (TopicNameStrategy);
+//! - `R` — RecordNameStrategy, the right choice when one ingest topic carries
+//!   several datasets;
+//! - `ingest.O-R` — TopicRecordNameStrategy;
+//! - `ingest.O-value` — TopicNameStrategy on the ingest topic: every schema of
+//!   every dataset `O` owns, so that a serializer's register-or-look-up finds
+//!   the id of whichever it sends.
+//!
+//! Ids are the catalog's derived schema ids: every instance serves the same
+//! ones with no shared state. The registry is **read-only** ("no data outside
+//! the catalog"): a schema that the catalog already has is "registered" by
+//! returning its id; a new schema version enters through the catalog files
+//! and `govbus catalog check`, and registering it here answers 42205.
+//! Not here (yet): READWRITE mode with registrations persisted in Kafka.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use apache_avro::schema_compatibility::SchemaCompatibility;
+use apache_avro::Schema;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use govbus_catalog::{Catalog, Compatibility, SchemaId};
+use govbus_kafka::topics::Topics;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The registry's content type.
+pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+#[derive(Debug, Clone)]
+struct Version {
+    id: SchemaId,
+    source: String,
+    canonical: String,
+    schema: Schema,
+}
+
+#[derive(Debug, Clone)]
+struct Subject {
+    versions: Vec<Version>,
+    compatibility: Compatibility,
+}
+
+/// Subjects and versions derived from the catalog.
+#[derive(Debug)]
+pub struct Registry {
+    subjects: BTreeMap<String, Subject>,
+    by_id: BTreeMap<SchemaId, Version>,
+}
+
+fn record_name(schema: &Schema) -> Option<String> {
+    match schema {
+        Schema::Record(r) => Some(r.name.fullname(None)),
+        _ => None,
+    }
+}
+
+impl Registry {
+    /// Builds every subject for the catalog, with ingest subjects named under `topics`.
+    pub fn new(catalog: &Catalog, topics: &Topics) -> Registry {
+        let mut subjects: BTreeMap<String, Subject> = BTreeMap::new();
+        let mut by_id = BTreeMap::new();
+        for ds in catalog.datasets() {
+            let versions: Vec<Version> = ds
+                .versions
+                .iter()
+                .map(|v| Version {
+                    id: v.id,
+                    source: v.source.clone(),
+                    canonical: v.canonical_form.clone(),
+                    schema: v.schema.clone(),
+                })
+                .collect();
+            for v in &versions {
+                by_id.insert(v.id, v.clone());
+            }
+            let subject = Subject {
+                versions: versions.clone(),
+                compatibility: ds.compatibility,
+            };
+            subjects.insert(format!("{}-value", topics.data(&ds.name)), subject.clone());
+            if let Some(r) = record_name(&ds.latest().schema) {
+                subjects.insert(r.clone(), subject.clone());
+                subjects.insert(format!("{}-{r}", topics.ingest(&ds.owner)), subject.clone());
+            }
+            subjects
+                .entry(format!("{}-value", topics.ingest(&ds.owner)))
+                .or_insert_with(|| Subject {
+                    versions: Vec::new(),
+                    compatibility: Compatibility::None,
+                })
+                .versions
+                .extend(versions);
+        }
+        Registry { subjects, by_id }
+    }
+}
+
+struct ApiError(StatusCode, i64, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error_code": self.1, "message": self.2});
+        (self.0, [("content-type", CONTENT_TYPE)], body.to_string()).into_response()
+    }
+}
+
+fn ok(v: Value) -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", CONTENT_TYPE)],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn subject_not_found(s: &str) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        40401,
+        format!("Subject '{s}' not found."),
+    )
+}
+
+type Shared = Arc<Registry>;
+
+/// Serves the registry API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route("/", get(|| async { ok(json!({})) }))
+        .route("/subjects", get(subjects))
+        .route("/subjects/{subject}", post(lookup))
+        .route("/subjects/{subject}/versions", get(versions).post(register))
+        .route("/subjects/{subject}/versions/{version}", get(version))
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(version_schema),
+        )
+        .route("/schemas/ids/{id}", get(schema_by_id))
+        .route("/schemas/ids/{id}/schema", get(raw_schema_by_id))
+        .route("/schemas/ids/{id}/versions", get(versions_of_id))
+        .route("/schemas/types", get(|| async { ok(json!(["AVRO"])) }))
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(compatibility),
+        )
+        .route("/config", get(global_config).put(refuse_config))
+        .route("/config/{subject}", get(subject_config).put(refuse_config))
+        .route("/mode", get(|| async { ok(json!({"mode": "READONLY"})) }))
+        .with_state(registry);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn subjects(State(r): State<Shared>) -> Response {
+    ok(json!(r.subjects.keys().collect::<Vec<_>>()))
+}
+
+async fn versions(State(r): State<Shared>, Path(s): Path<String>) -> Result<Response, ApiError> {
+    let subject = r.subjects.get(&s).ok_or_else(|| subject_not_found(&s))?;
+    Ok(ok(json!((1..=subject.versions.len()).collect::<Vec<_>>())))
+}
+
+fn pick<'a>(r: &'a Registry, s: &str, v: &str) -> Result<(usize, &'a Version), ApiError> {
+    let subject = r.subjects.get(s).ok_or_else(|| subject_not_found(s))?;
+    let n = subject.versions.len();
+    let idx = match v {
+        "latest" | "-1" => n,
+        other => other.parse::<usize>().map_err(|_| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                42202,
+                format!("The specified version '{other}' is not a valid version id."),
+            )
+        })?,
+    };
+    let found = idx.checked_sub(1).and_then(|i| subject.versions.get(i));
+    found.map(|ver| (idx, ver)).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            40402,
+            format!("Version {v} not found."),
+        )
+    })
+}
+
+async fn version(
+    State(r): State<Shared>,
+    Path((s, v)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (n, ver) = pick(&r, &s, &v)?;
+    Ok(ok(
+        json!({"subject": s, "version": n, "id": ver.id.0, "schema": ver.source}),
+    ))
+}
+
+async fn version_schema(
+    State(r): State<Shared>,
+    Path((s, v)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (_, ver) = pick(&r, &s, &v)?;
+    Ok((
+        StatusCode::OK,
+        [("content-type", CONTENT_TYPE)],
+        ver.source.clone(),
+    )
+        .into_response())
+}
+
+fn by_id(r: &Registry, id: &str) -> Result<Version, ApiError> {
+    id.parse::<u32>()
+        .ok()
+        .and_then(|i| r.by_id.get(&SchemaId(i)))
+        .cloned()
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                40403,
+                format!("Schema {id} not found"),
+            )
+        })
+}
+
+async fn schema_by_id(
+    State(r): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(ok(json!({"schema": by_id(&r, &id)?.source})))
+}
+
+async fn raw_schema_by_id(
+    State(r): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok((
+        StatusCode::OK,
+        [("content-type", CONTENT_TYPE)],
+        by_id(&r, &id)?.source,
+    )
+        .into_response())
+}
+
+async fn versions_of_id(
+    State(r): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let v = by_id(&r, &id)?;
+    let list: Vec<Value> = r
+        .subjects
+        .iter()
+        .filter_map(|(s, sub)| {
+            sub.versions
+                .iter()
+                .position(|x| x.id == v.id)
+                .map(|i| json!({"subject": s, "version": i + 1}))
+        })
+        .collect();
+    Ok(ok(json!(list)))
+}
+
+#[derive(Deserialize)]
+struct SchemaBody {
+    schema: String,
+    #[serde(rename = "schemaType", default)]
+    schema_type: Option<String>,
+}
+
+fn parse(body: &SchemaBody) -> Result<Schema, ApiError> {
+    if body.schema_type.as_deref().is_some_and(|t| t != "AVRO") {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            "Only AVRO schemas are supported".into(),
+        ));
+    }
+    Schema::parse_str(&body.schema).map_err(|e| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            format!("Invalid schema: {e}"),
+        )
+    })
+}
+
+fn body(raw: &str) -> Result<SchemaBody, ApiError> {
+    serde_json::from_str(raw).map_err(|e| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            format!("Invalid request body: {e}"),
+        )
+    })
+}
+
+async fn lookup(
+    State(r): State<Shared>,
+    Path(s): Path<String>,
+    raw: String,
+) -> Result<Response, ApiError> {
+    let schema = parse(&body(&raw)?)?;
+    let subject = r.subjects.get(&s).ok_or_else(|| subject_not_found(&s))?;
+    let canonical = schema.canonical_form();
+    let (i, v) = subject
+        .versions
+        .iter()
+        .enumerate()
+        .find(|(_, v)| v.canonical == canonical)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, 40403, "Schema not found".into()))?;
+    Ok(ok(
+        json!({"subject": s, "version": i + 1, "id": v.id.0, "schema": v.source}),
+    ))
+}
+
+async fn register(
+    State(r): State<Shared>,
+    Path(s): Path<String>,
+    raw: String,
+) -> Result<Response, ApiError> {
+    let schema = parse(&body(&raw)?)?;
+    let subject = r.subjects.get(&s).ok_or_else(|| {
+        ApiError(StatusCode::UNPROCESSABLE_ENTITY, 42205, format!("Subject '{s}' is not in the govbus catalog; datasets are added through the catalog files"))
+    })?;
+    let canonical = schema.canonical_form();
+    if let Some(v) = subject.versions.iter().find(|v| v.canonical == canonical) {
+        return Ok(ok(json!({"id": v.id.0})));
+    }
+    Err(ApiError(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        42205,
+        format!("Subject '{s}' is in read-only mode: new schema versions enter through the catalog (schemas/datasets/*/v<N>.avsc, checked by `govbus catalog check`)"),
+    ))
+}
+
+async fn compatibility(
+    State(r): State<Shared>,
+    Path((s, v)): Path<(String, String)>,
+    raw: String,
+) -> Result<Response, ApiError> {
+    let schema = parse(&body(&raw)?)?;
+    let (_, existing) = pick(&r, &s, &v)?;
+    let mode = r
+        .subjects
+        .get(&s)
+        .map_or(Compatibility::Backward, |x| x.compatibility);
+    let backward =
+        !mode.backward() || SchemaCompatibility::can_read(&existing.schema, &schema).is_ok();
+    let forward =
+        !mode.forward() || SchemaCompatibility::can_read(&schema, &existing.schema).is_ok();
+    Ok(ok(json!({"is_compatible": backward && forward})))
+}
+
+async fn global_config() -> Response {
+    ok(json!({"compatibilityLevel": "BACKWARD"}))
+}
+
+async fn subject_config(
+    State(r): State<Shared>,
+    Path(s): Path<String>,
+) -> Result<Response, ApiError> {
+    let subject = r.subjects.get(&s).ok_or_else(|| subject_not_found(&s))?;
+    Ok(ok(
+        json!({"compatibilityLevel": subject.compatibility.as_str()}),
+    ))
+}
+
+async fn refuse_config() -> ApiError {
+    ApiError(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        42205,
+        "Compatibility is set per dataset in the catalog (dataset.toml `compatibility`)".into(),
+    )
+}
