@@ -41,10 +41,21 @@ enum Command {
     /// Measure components against baselines on a real broker.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Serve the HTTP ingest gateway (POST /v1/datasets/{dataset}/records).
+    Gateway(Box<cmd::gateway::GatewayArgs>),
+    /// Department credentials for the gateway.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
     /// Serve the Confluent-compatible schema registry API over the catalog.
     Registry(cmd::registry::RegistryArgs),
     /// Run the router: ingest.<dept> → validation → data.<dataset> | dlq.<dept>.
     Router(Box<cmd::router::RouterArgs>),
+}
+
+#[derive(Subcommand)]
+enum CredentialCommand {
+    /// Make a new bearer token for a department and print its credentials-file entry.
+    New(cmd::gateway::NewCredentialArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +80,8 @@ fn main() -> ExitCode {
         Command::Bench(b) => cmd::bench::run(b),
         Command::Dlq(d) => cmd::dlq::run(*d),
         Command::Registry(a) => cmd::registry::run(a),
+        Command::Gateway(a) => cmd::gateway::run(*a),
+        Command::Credential(CredentialCommand::New(a)) => cmd::gateway::new_credential(a),
     };
     match result {
         Ok(code) => code,

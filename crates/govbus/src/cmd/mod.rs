@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod catalog;
 pub mod dlq;
+pub mod gateway;
 pub mod reasons;
 pub mod registry;
 pub mod router;

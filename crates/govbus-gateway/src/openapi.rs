@@ -1,0 +1,71 @@
+//! The OpenAPI 3.0 document served at `/openapi.json`.
+
+use serde_json::json;
+
+/// The document, as JSON text.
+pub fn document() -> String {
+    let error = json!({"type": "object", "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}, "required": ["error", "detail"]});
+    let result = json!({
+        "type": "object",
+        "properties": {
+            "index": {"type": "integer"},
+            "status": {"type": "string", "enum": ["accepted", "rejected", "not_acknowledged"]},
+            "reason": {"type": "string", "description": "A reason code (`govbus reasons`)."},
+            "field": {"type": ["string", "null"]},
+            "detail": {"type": "string"}
+        },
+        "required": ["index", "status"]
+    });
+    let batch = json!({
+        "type": "object",
+        "properties": {
+            "dataset": {"type": "string"},
+            "accepted": {"type": "integer"},
+            "rejected": {"type": "integer"},
+            "not_acknowledged": {"type": "integer"},
+            "results": {"type": "array", "items": {"$ref": "#/components/schemas/RecordResult"}}
+        },
+        "required": ["dataset", "accepted", "rejected", "results"]
+    });
+    let err = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "govbus ingest gateway", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Departments publish record changes to the datasets they own. Records are validated against the data catalog at once; accepted ones are acknowledged by the broker before the response."},
+        "components": {
+            "securitySchemes": {"department": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": error, "RecordResult": result, "BatchResult": batch}
+        },
+        "security": [{"department": []}],
+        "paths": {
+            "/v1/datasets/{dataset}/records": {"post": {
+                "summary": "Publish records of one dataset",
+                "parameters": [
+                    {"name": "dataset", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"},
+                     "description": "Retrying a request with the same key returns the first answer and publishes nothing again."}
+                ],
+                "requestBody": {"required": true, "content": {
+                    "application/json": {"schema": {"oneOf": [{"type": "array", "items": {"type": "object"}}, {"type": "object"}]}},
+                    "application/x-ndjson": {"schema": {"type": "string"}},
+                    "application/cloudevents-batch+json": {"schema": {"type": "array", "items": {"type": "object"}}}
+                }},
+                "responses": {
+                    "200": {"description": "Processed; per-record results.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}}}},
+                    "422": {"description": "Every record was rejected; per-record results.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}}}},
+                    "400": err("The body is not valid JSON."),
+                    "401": err("Missing or unknown token."),
+                    "403": err("The department does not own the dataset."),
+                    "404": err("The dataset is not in the catalog."),
+                    "413": err("Too large a body or too many records."),
+                    "429": err("Too many requests in progress; see Retry-After."),
+                    "503": err("The broker did not acknowledge; see Retry-After.")
+                }
+            }},
+            "/health": {"get": {"security": [], "responses": {"200": {"description": "The process is up."}}}},
+            "/ready": {"get": {"security": [], "responses": {"200": {"description": "Connected to the broker."}, "503": {"description": "Not connected."}}}},
+            "/metrics": {"get": {"security": [], "responses": {"200": {"description": "Prometheus metrics."}}}}
+        }
+    })
+    .to_string()
+}

@@ -1,0 +1,327 @@
+//! The gateway against the real broker, over real HTTP on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use govbus_catalog::Catalog;
+use govbus_gateway::{Credentials, Gateway, GatewayConfig};
+use govbus_kafka::headers as h;
+use govbus_kafka::topics::Topics;
+use govbus_testkit::{consumer_config, create_topic, unique, Broker};
+use govbus_validate::Engine;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use serde_json::{json, Value};
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+struct Running {
+    port: u16,
+    topics: Topics,
+}
+
+async fn start(config: impl FnOnce(&mut GatewayConfig)) -> Running {
+    let catalog = Catalog::load(&repo().join("schemas")).unwrap();
+    let engine = Arc::new(Engine::new(&catalog).unwrap());
+    let topics = Topics::new(format!("{}.", unique("gw")));
+    create_topic(&Broker::shared().bootstrap(), &topics.ingest("hrss"), 1)
+        .await
+        .unwrap();
+    let mut cfg = GatewayConfig::new(Broker::shared().bootstrap());
+    cfg.topics = topics.clone();
+    config(&mut cfg);
+    let creds = Credentials::default()
+        .with_token("hrss", "hrss-secret")
+        .with_token("civil_affairs", "ca-secret");
+    let gateway = Arc::new(Gateway::new(engine, creds, cfg).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(govbus_gateway::serve(
+        listener,
+        gateway,
+        std::future::pending(),
+    ));
+    Running { port, topics }
+}
+
+/// (status, headers, body) — a plain HTTP/1.1 client, so the test depends on nothing but std.
+async fn request(
+    port: u16,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    let path = path.to_owned();
+    let token = token.map(str::to_owned);
+    let content_type = content_type.to_owned();
+    let extra: Vec<(String, String)> = extra
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let body = body.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+        if let Some(t) = token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        for (k, v) in extra {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(&body);
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        let resp = String::from_utf8_lossy(&resp).into_owned();
+        let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let (head, body) = resp.split_once("\r\n\r\n").map(|(a, b)| (a.to_owned(), b.to_owned())).unwrap_or_default();
+        (status, head.to_ascii_lowercase(), body)
+    })
+    .await
+    .unwrap()
+}
+
+fn pensions() -> Vec<Value> {
+    serde_json::from_str(
+        &std::fs::read_to_string(repo().join("examples/records/hrss.pension_payment.json"))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+async fn ingested(topics: &Topics, n: usize, wait: Duration) -> Vec<(String, Vec<u8>, String)> {
+    let consumer: StreamConsumer =
+        consumer_config(&Broker::shared().bootstrap(), &unique("reader"))
+            .create()
+            .unwrap();
+    consumer
+        .subscribe(&[topics.ingest("hrss").as_str()])
+        .unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while out.len() < n {
+        let Ok(Ok(m)) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        let ce_type = m
+            .headers()
+            .and_then(|hs| h::get_str(hs, h::CE_TYPE))
+            .unwrap_or("")
+            .to_owned();
+        out.push((
+            String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            m.payload().unwrap_or_default().to_vec(),
+            ce_type,
+        ));
+    }
+    out
+}
+
+const PATH: &str = "/v1/datasets/hrss.pension_payment/records";
+
+#[tokio::test]
+async fn credentials_and_ownership_are_enforced() {
+    let g = start(|_| {}).await;
+    let body = json!(pensions()).to_string();
+    let (s, head, _) = request(g.port, PATH, None, "application/json", &[], body.as_bytes()).await;
+    assert_eq!(s, 401);
+    assert!(head.contains("www-authenticate: bearer"));
+    assert_eq!(
+        request(
+            g.port,
+            PATH,
+            Some("wrong"),
+            "application/json",
+            &[],
+            body.as_bytes()
+        )
+        .await
+        .0,
+        401
+    );
+    let (s, _, b) = request(
+        g.port,
+        PATH,
+        Some("ca-secret"),
+        "application/json",
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 403, "civil affairs cannot publish HRSS's dataset: {b}");
+    assert!(b.contains("publisher_not_owner"));
+    let (s, _, _) = request(
+        g.port,
+        "/v1/datasets/hrss.nope/records",
+        Some("hrss-secret"),
+        "application/json",
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn a_mixed_batch_gets_per_record_answers_and_only_valid_records_reach_the_broker() {
+    let g = start(|_| {}).await;
+    let mut records = pensions();
+    let mut bad = records[0].clone();
+    bad["payment_id"] = json!("PP202610000099");
+    bad["recipient_id_number"] = json!("11010519491231002Y");
+    records.insert(1, bad);
+    let (s, _, b) = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &[],
+        json!(records).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(2), Some(1)),
+        "{b}"
+    );
+    assert_eq!(v["results"][1]["reason"], "resident_id_format");
+    assert_eq!(v["results"][1]["field"], "recipient_id_number");
+    assert!(
+        !b.contains("11010519491231002Y"),
+        "answers never echo values: {b}"
+    );
+    let got = ingested(&g.topics, 3, Duration::from_secs(10)).await;
+    let keys: Vec<&str> = got.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["PP202610000001", "PP202610000002"],
+        "only the valid records, acknowledged before the answer"
+    );
+    assert!(
+        got.iter()
+            .all(|(_, v, t)| v[0] == 0 && t == "hrss.pension_payment"),
+        "canonical Avro with ce_type"
+    );
+
+    // NDJSON: a malformed line rejects that record only.
+    let nd = format!(
+        "{}\n{{\"payment_id\": \n{}\n",
+        json!(pensions()[0]),
+        json!(pensions()[1])
+    );
+    let (s, _, b) = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/x-ndjson",
+        &[],
+        nd.as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["results"][1]["reason"], "json_invalid");
+    assert_eq!(v["accepted"], 2);
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_requests_are_refused_clearly() {
+    let g = start(|c| {
+        c.max_body_bytes = 4096;
+        c.max_records = 2;
+    })
+    .await;
+    let (s, _, b) = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &[],
+        b"[{\"payment_id\": ",
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(b.contains("malformed_json") && b.contains("line 1"), "{b}");
+    let big = vec![b' '; 10_000];
+    assert_eq!(
+        request(
+            g.port,
+            PATH,
+            Some("hrss-secret"),
+            "application/json",
+            &[],
+            &big
+        )
+        .await
+        .0,
+        413
+    );
+    let three = json!([pensions()[0], pensions()[1], pensions()[0]]).to_string();
+    let (s, _, b) = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &[],
+        three.as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 413);
+    assert!(b.contains("too_many_records"), "{b}");
+    // Every record rejected: 422 with the per-record answers.
+    let (s, _, b) = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &[],
+        b"[{\"payment_id\": \"x\"}]",
+    )
+    .await;
+    assert_eq!(s, 422, "{b}");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_makes_a_retry_safe() {
+    let g = start(|_| {}).await;
+    let body = json!(pensions()).to_string();
+    let key = [("Idempotency-Key", "batch-2026-10-15-001")];
+    let first = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &key,
+        body.as_bytes(),
+    )
+    .await;
+    let second = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &key,
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!((first.0, second.0), (200, 200));
+    assert_eq!(first.2, second.2, "the same answer");
+    assert!(second.1.contains("idempotent-replayed: true"));
+    let got = ingested(&g.topics, 3, Duration::from_secs(8)).await;
+    assert_eq!(
+        got.len(),
+        2,
+        "published once: {:?}",
+        got.iter().map(|g| &g.0).collect::<Vec<_>>()
+    );
+}

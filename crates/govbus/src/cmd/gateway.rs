@@ -1,0 +1,84 @@
+//! `govbus gateway` and `govbus credential new`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use govbus_gateway::{hash_token, serve, Credentials, Gateway, GatewayConfig};
+use govbus_kafka::topics::Topics;
+use govbus_validate::Engine;
+
+use crate::catalog_source;
+
+#[derive(Args)]
+pub struct GatewayArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "GOVBUS_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Department credentials: `[[credential]] department = "..."`, `token_sha256 = "..."`.
+    #[arg(long, env = "GOVBUS_CREDENTIALS")]
+    credentials: PathBuf,
+    /// Where to serve the API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Catalog directory. Default: the embedded sample catalog.
+    #[arg(long, env = "GOVBUS_CATALOG")]
+    catalog: Option<PathBuf>,
+    /// Topic namespace prefix, as given to the router.
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+}
+
+pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
+    let catalog = catalog_source::load(args.catalog.as_deref()).map_err(|p| {
+        anyhow::anyhow!("the catalog has problems; run `govbus catalog check`:\n{p}")
+    })?;
+    let credentials = Credentials::load(&args.credentials, &|d| catalog.department(d).is_some())?;
+    let engine = Arc::new(Engine::new(&catalog)?);
+    let mut config = GatewayConfig::new(args.bootstrap);
+    config.topics = Topics::new(args.topic_prefix);
+    let gateway = Arc::new(Gateway::new(engine, credentials, config)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listen on {}", args.listen))?;
+        tracing::info!(message = "Ingest gateway serving.", addr = %listener.local_addr()?);
+        serve(listener, gateway, crate::signals::terminated()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct NewCredentialArgs {
+    /// The department the token is for.
+    #[arg(long)]
+    department: String,
+}
+
+/// Prints a new random token (give it to the department) and the line for
+/// the credentials file (keep it; it holds only the hash).
+pub fn new_credential(args: NewCredentialArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("read /dev/urandom")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    println!(
+        "token for {} (give it to the department; it is not stored): {token}",
+        args.department
+    );
+    println!(
+        "\n[[credential]]\ndepartment = \"{}\"\ntoken_sha256 = \"{}\"",
+        args.department,
+        hash_token(&token)
+    );
+    Ok(ExitCode::SUCCESS)
+}
