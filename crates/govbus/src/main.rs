@@ -43,6 +43,8 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
     /// Serve the HTTP ingest gateway (POST /v1/datasets/{dataset}/records).
     Gateway(Box<cmd::gateway::GatewayArgs>),
+    /// Publish a file of records (JSON, NDJSON, CSV) through the gateway.
+    Publish(Box<cmd::publish::PublishArgs>),
     /// Department credentials for the gateway.
     #[command(subcommand)]
     Credential(CredentialCommand),
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         Command::Dlq(d) => cmd::dlq::run(*d),
         Command::Registry(a) => cmd::registry::run(a),
         Command::Gateway(a) => cmd::gateway::run(*a),
+        Command::Publish(a) => cmd::publish::run(*a),
         Command::Credential(CredentialCommand::New(a)) => cmd::gateway::new_credential(a),
     };
     match result {

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod catalog;
 pub mod dlq;
 pub mod gateway;
+pub mod publish;
 pub mod reasons;
 pub mod registry;
 pub mod router;

@@ -1,0 +1,167 @@
+//! A department developer's day one, with the real binaries: get a token,
+//! `govbus publish` a CSV through the gateway, see the bad row by line number,
+//! and find the good rows routed to the canonical topic. Publishing the same
+//! file again publishes nothing twice.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{govbus_bin, repo};
+use govbus_kafka::topics::Topics;
+use govbus_testkit::{consumer_config, create_topic, unique, Broker};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+
+fn spawn(args: &[&str]) -> Child {
+    let mut cmd = Command::new(govbus_bin());
+    cmd.args(args)
+        .env("GOVBUS_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    govbus_testkit::spawn(cmd).unwrap()
+}
+
+/// Keys read from `topic`: until `enough` arrived or `wait` passed.
+async fn count(topic: &str, enough: usize, wait: Duration) -> Vec<String> {
+    let consumer: StreamConsumer =
+        consumer_config(&Broker::shared().bootstrap(), &unique("reader"))
+            .create()
+            .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut keys = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while keys.len() < enough {
+        let Ok(Ok(m)) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        keys.push(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
+    }
+    keys
+}
+
+#[tokio::test]
+async fn publish_a_csv_through_the_gateway_and_the_router() {
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::new(format!("{}.", unique("pub")));
+    create_topic(&bootstrap, &topics.ingest("hrss"), 1)
+        .await
+        .unwrap();
+    // 1. A token for HRSS; the credentials file keeps only its hash.
+    let out = Command::new(govbus_bin())
+        .args(["credential", "new", "--department", "hrss"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let entry = text.split_once("\n\n").unwrap().1;
+    assert!(
+        !entry.contains(&token),
+        "the credentials entry holds only the hash"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials.toml");
+    std::fs::write(&creds, entry).unwrap();
+    // 2. Gateway and router.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gateway_url = format!("http://127.0.0.1:{port}");
+    let mut gateway = spawn(&[
+        "gateway",
+        "--bootstrap",
+        &bootstrap,
+        "--credentials",
+        creds.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--topic-prefix",
+        topics.prefix(),
+    ]);
+    let mut router = spawn(&[
+        "router",
+        "--bootstrap",
+        &bootstrap,
+        "--topic-prefix",
+        topics.prefix(),
+        "--group",
+        &unique("router"),
+        "--listen",
+        "127.0.0.1:0",
+        "--kafka",
+        "session.timeout.ms=6000",
+    ]);
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "gateway did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // 3. Publish the CSV: two good rows, one bad.
+    let csv = repo().join("examples/records/hrss.pension_payment.csv");
+    let publish = || {
+        Command::new(govbus_bin())
+            .args([
+                "publish",
+                "--dataset",
+                "hrss.pension_payment",
+                csv.to_str().unwrap(),
+                "--gateway",
+                &gateway_url,
+            ])
+            .env("GOVBUS_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+    let out = publish();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a rejected row makes the exit code 1: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "hrss.pension_payment.csv:4: rejected resident_id_checksum at `recipient_id_number`"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 accepted, 1 rejected"), "{stdout}");
+    assert!(
+        !stdout.contains("510107197208150044") && !stdout.contains("王五"),
+        "no values echoed: {stdout}"
+    );
+    // 4. The good rows are routed to the canonical topic.
+    let routed = count(
+        &topics.data("hrss.pension_payment"),
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut sorted = routed.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["PP202610000101", "PP202610000102"]);
+    // 5. The same file again: the gateway remembers each batch's key.
+    let again = publish();
+    assert!(String::from_utf8_lossy(&again.stdout).contains("2 accepted, 1 rejected"));
+    let ingested = count(&topics.ingest("hrss"), 3, Duration::from_secs(6)).await;
+    assert_eq!(ingested.len(), 2, "nothing published twice: {ingested:?}");
+    for c in [&mut gateway, &mut router] {
+        c.kill().unwrap();
+        let _ = c.wait();
+    }
+}
