@@ -25,6 +25,24 @@ use crate::catalog_source;
 pub enum BenchCommand {
     /// Router vs raw pass-through throughput (and optional latency on the mock cluster).
     Router(RouterBench),
+    /// Gateway (HTTP, validation, acknowledged writes) vs producing the same records directly.
+    Gateway(GatewayBench),
+}
+
+#[derive(Args)]
+pub struct GatewayBench {
+    /// Broker to measure against.
+    #[arg(long, env = "GOVBUS_BOOTSTRAP")]
+    bootstrap: String,
+    /// Records to publish.
+    #[arg(long, default_value_t = 100_000)]
+    records: usize,
+    /// Records per request.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
 }
 
 #[derive(Args)]
@@ -44,15 +62,14 @@ pub struct RouterBench {
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cmd {
-        BenchCommand::Router(b) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(router_bench(b))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        BenchCommand::Router(b) => rt.block_on(router_bench(b))?,
+        BenchCommand::Gateway(b) => rt.block_on(gateway_bench(b))?,
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// CPU seconds (user + system) used by this process so far.
@@ -449,5 +466,165 @@ async fn latency(engine: Arc<Engine>, rate: u32) -> anyhow::Result<()> {
         pct(0.99),
         lat.last().copied().unwrap_or(-1)
     );
+    Ok(())
+}
+
+/// Publishes the same records twice: (a) straight to the broker with an
+/// acknowledged producer, in batches of `batch`; (b) through the gateway over
+/// HTTP on loopback, `clients` concurrent requests of `batch` records each,
+/// every response after the broker's acknowledgement.
+async fn gateway_bench(b: GatewayBench) -> anyhow::Result<()> {
+    use govbus_gateway::{Credentials, Gateway, GatewayConfig};
+    let catalog = catalog_source::load(None).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let engine = Arc::new(Engine::new(&catalog)?);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let direct = Topics::new(format!("gwbench{stamp}d."));
+    let via = Topics::new(format!("gwbench{stamp}g."));
+    create(
+        &b.bootstrap,
+        &[direct.ingest("hrss"), via.ingest("hrss")],
+        8,
+    )
+    .await?;
+    let recs = records(&engine, b.records)?;
+    let batch = b.batch.max(1);
+
+    // (a) direct, acknowledged per batch like the gateway's responses.
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let producer: FutureProducer = govbus_kafka::config::producer(&b.bootstrap)
+        .set("message.timeout.ms", "30000")
+        .create()?;
+    let topic = direct.ingest("hrss");
+    let mut in_flight = std::collections::VecDeque::new();
+    for chunk in recs.chunks(batch) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for (key, value, _) in chunk {
+            acks.push(
+                producer
+                    .send_result(
+                        FutureRecord::to(&topic)
+                            .key(key.as_bytes())
+                            .payload(value.as_slice()),
+                    )
+                    .map_err(|(e, _)| e)?,
+            );
+        }
+        in_flight.push_back(acks);
+        // As many batches in flight as the gateway has clients.
+        while in_flight.len() >= b.clients {
+            for a in in_flight.pop_front().unwrap_or_default() {
+                a.await
+                    .map_err(|_| anyhow::anyhow!("canceled"))?
+                    .map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for acks in in_flight {
+        for a in acks {
+            a.await
+                .map_err(|_| anyhow::anyhow!("canceled"))?
+                .map_err(|(e, _)| e)?;
+        }
+    }
+    let direct_phase = Phase {
+        name: "direct produce (Avro, acks)".into(),
+        seconds: t0.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - cpu0,
+        records: recs.len(),
+    };
+
+    // (b) through the gateway.
+    let mut config = GatewayConfig::new(b.bootstrap.clone());
+    config.topics = via.clone();
+    let gateway = Arc::new(Gateway::new(
+        engine.clone(),
+        Credentials::default().with_token("hrss", "bench-token"),
+        config,
+    )?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!(
+        "http://{}/v1/datasets/hrss.pension_payment/records",
+        listener.local_addr()?
+    );
+    tokio::spawn(govbus_gateway::serve(
+        listener,
+        gateway,
+        std::future::pending(),
+    ));
+    let bodies: Vec<Vec<u8>> = recs
+        .chunks(batch)
+        .map(|c| {
+            format!(
+                "[{}]",
+                c.iter().map(|r| r.2.as_str()).collect::<Vec<_>>().join(",")
+            )
+            .into_bytes()
+        })
+        .collect();
+    drop(recs);
+    let queue = Arc::new(std::sync::Mutex::new(
+        bodies
+            .into_iter()
+            .collect::<std::collections::VecDeque<_>>(),
+    ));
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..b.clients {
+        let (queue, url) = (queue.clone(), url.clone());
+        clients.push(tokio::task::spawn_blocking(
+            move || -> anyhow::Result<usize> {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let mut accepted = 0;
+                loop {
+                    let Some(body) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                        return Ok(accepted);
+                    };
+                    let mut resp = agent
+                        .post(&url)
+                        .header("authorization", "Bearer bench-token")
+                        .header("content-type", "application/json")
+                        .send(&body[..])?;
+                    let v: serde_json::Value =
+                        serde_json::from_str(&resp.body_mut().read_to_string()?)?;
+                    accepted += v["accepted"].as_u64().unwrap_or(0) as usize;
+                }
+            },
+        ));
+    }
+    let mut accepted = 0;
+    for c in clients {
+        accepted += c.await??;
+    }
+    let via_phase = Phase {
+        name: format!(
+            "gateway (JSON over HTTP, {batch}/request, {} clients)",
+            b.clients
+        ),
+        seconds: t0.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - cpu0,
+        records: accepted,
+    };
+    println!(
+        "Gateway throughput, {} pension payments, broker {}:\n",
+        b.records, b.bootstrap
+    );
+    println!("| phase | records/s | CPU µs/record (whole process) | vs direct |");
+    println!("|---|---:|---:|---:|");
+    for p in [&direct_phase, &via_phase] {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.0} % |",
+            p.name,
+            p.rate(),
+            p.cpu / p.records.max(1) as f64 * 1e6,
+            p.rate() / direct_phase.rate() * 100.0
+        );
+    }
     Ok(())
 }
