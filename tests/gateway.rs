@@ -160,6 +160,28 @@ async fn publish_a_csv_through_the_gateway_and_the_router() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("2 accepted, 1 rejected"));
     let ingested = count(&topics.ingest("hrss"), 3, Duration::from_secs(6)).await;
     assert_eq!(ingested.len(), 2, "nothing published twice: {ingested:?}");
+    // 6. schemathesis against the gateway's own OpenAPI document: no 5xx,
+    // no response that contradicts the document.
+    let st = Command::new(std::env::var("GOVBUS_TEST_PYTHON").unwrap_or_else(|_| "python3".into()))
+        .args([
+            "-m",
+            "schemathesis.cli",
+            "run",
+            &format!("{gateway_url}/openapi.json"),
+            "--checks",
+            "all",
+            "--max-examples",
+            "25",
+        ])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        st.status.success(),
+        "schemathesis found problems:\n{report}{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     for c in [&mut gateway, &mut router] {
         c.kill().unwrap();
         let _ = c.wait();

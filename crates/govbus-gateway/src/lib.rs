@@ -212,7 +212,15 @@ pub fn app(gateway: Arc<Gateway>) -> axum::Router {
         .route("/v1/datasets/{dataset}/records", post(handler::publish))
         .route(
             "/openapi.json",
-            get(|| async { ([("content-type", "application/json")], openapi::document()) }),
+            get(
+                |axum::extract::State(g): axum::extract::State<Arc<Gateway>>| async move {
+                    let names: Vec<&str> = g.engine.datasets().map(|d| d.name()).collect();
+                    (
+                        [("content-type", "application/json")],
+                        openapi::document(&names),
+                    )
+                },
+            ),
         )
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(handler::ready))

@@ -2,8 +2,8 @@
 
 use serde_json::json;
 
-/// The document, as JSON text.
-pub fn document() -> String {
+/// The document, as JSON text; `datasets` are the catalog's dataset names.
+pub fn document(datasets: &[&str]) -> String {
     let error = json!({"type": "object", "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}, "required": ["error", "detail"]});
     let result = json!({
         "type": "object",
@@ -41,7 +41,8 @@ pub fn document() -> String {
             "/v1/datasets/{dataset}/records": {"post": {
                 "summary": "Publish records of one dataset",
                 "parameters": [
-                    {"name": "dataset", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "dataset", "in": "path", "required": true, "schema": {"type": "string", "enum": datasets},
+                     "description": "A dataset of the catalog; a department may publish only the ones it owns (403 otherwise)."},
                     {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"},
                      "description": "Retrying a request with the same key returns the first answer and publishes nothing again."}
                 ],
@@ -51,8 +52,7 @@ pub fn document() -> String {
                     "application/cloudevents-batch+json": {"schema": {"type": "array", "items": {"type": "object"}}}
                 }},
                 "responses": {
-                    "200": {"description": "Processed; per-record results.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}}}},
-                    "422": {"description": "Every record was rejected; per-record results.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}}}},
+                    "200": {"description": "Processed: per-record results (accepted records are acknowledged by the broker; rejected ones carry a reason code).", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}}}},
                     "400": err("The body is not valid JSON."),
                     "401": err("Missing or unknown token."),
                     "403": err("The department does not own the dataset."),
