@@ -70,6 +70,9 @@ impl std::error::Error for Problems {}
 #[derive(Debug, Clone)]
 pub struct Catalog {
     root: PathBuf,
+    /// The files it was built from, so that a registered version is checked
+    /// by exactly the same code as a version on disk ([`Catalog::with_version`]).
+    files: BTreeMap<PathBuf, String>,
     departments: BTreeMap<String, Department>,
     datasets: BTreeMap<String, Dataset>,
     by_id: HashMap<SchemaId, (String, u32)>,
@@ -195,6 +198,7 @@ impl Catalog {
         if c.problems.is_empty() {
             Ok(Catalog {
                 root: root.to_path_buf(),
+                files: files.clone(),
                 departments,
                 datasets,
                 by_id,
@@ -202,6 +206,43 @@ impl Catalog {
         } else {
             Err(Problems(c.problems))
         }
+    }
+
+    /// The catalog with one more schema version of `dataset` — as if
+    /// `datasets/<dataset>/v<N+1>.avsc` held `schema` — after every check a
+    /// catalog on disk gets (parsing, compatibility with the dataset's mode,
+    /// key and rule fields, schema-id collisions). A schema identical to an
+    /// existing version of the dataset changes nothing and returns `self`'s copy.
+    pub fn with_version(&self, dataset: &str, schema: &str) -> Result<Catalog, Problems> {
+        let problem = |m: String| {
+            Problems(vec![Problem {
+                file: self.root.join("datasets").join(dataset),
+                path: "-".into(),
+                message: m,
+            }])
+        };
+        let ds = self
+            .datasets
+            .get(dataset)
+            .ok_or_else(|| problem(format!("no dataset `{dataset}` in the catalog")))?;
+        let parsed =
+            Schema::parse_str(schema).map_err(|e| problem(format!("invalid Avro schema: {e}")))?;
+        if ds
+            .versions
+            .iter()
+            .any(|v| v.canonical_form == parsed.canonical_form())
+        {
+            return Ok(self.clone());
+        }
+        let next = ds.latest().version + 1;
+        let mut files = self.files.clone();
+        files.insert(
+            PathBuf::from("datasets")
+                .join(dataset)
+                .join(format!("v{next}.avsc")),
+            schema.to_owned(),
+        );
+        Catalog::from_files(&self.root, &files)
     }
 
     /// The directory it was loaded from.
@@ -648,16 +689,30 @@ fn check_compatibility(mode: Compatibility, versions: &[SchemaVersion], c: &mut 
                 );
             };
             if mode.backward() {
-                if let Err(e) = SchemaCompatibility::can_read(&old.schema, &new.schema) {
-                    fail("the new schema cannot read old data", e.to_string());
+                if let Err(e) = fully_readable(&old.schema, &new.schema) {
+                    fail("the new schema cannot read old data", e);
                 }
             }
             if mode.forward() {
-                if let Err(e) = SchemaCompatibility::can_read(&new.schema, &old.schema) {
-                    fail("the old schema cannot read new data", e.to_string());
+                if let Err(e) = fully_readable(&new.schema, &old.schema) {
+                    fail("the old schema cannot read new data", e);
                 }
             }
         }
+    }
+}
+
+/// Whether every datum written with `writer` can be read with `reader`.
+/// apache-avro's "partial" compatibility (some data would fail to resolve,
+/// e.g. a union narrowed to one branch) counts as incompatible.
+fn fully_readable(writer: &Schema, reader: &Schema) -> Result<(), String> {
+    match SchemaCompatibility::can_read(writer, reader) {
+        Ok(apache_avro::schema_compatibility::Compatibility::Full) => Ok(()),
+        Ok(_) => Err(
+            "only partially compatible: some data written with one cannot be read with the other"
+                .to_owned(),
+        ),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -312,3 +312,66 @@ fn version_gaps_and_stray_files_are_reported() {
         "{shown:#?}"
     );
 }
+
+#[test]
+fn a_registered_version_gets_the_same_checks_as_a_file() {
+    let catalog = Catalog::load(&sample_dir()).unwrap_or_else(|p| panic!("{p}"));
+    let v1 = catalog
+        .dataset("hrss.pension_payment")
+        .expect("pensions")
+        .latest()
+        .source
+        .clone();
+    // Compatible: a new optional field.
+    let mut v2: serde_json::Value = serde_json::from_str(&v1).expect("json");
+    v2["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .push(serde_json::json!({"name": "remark", "type": ["null", "string"], "default": null}));
+    let extended = catalog
+        .with_version("hrss.pension_payment", &v2.to_string())
+        .unwrap_or_else(|p| panic!("{p}"));
+    let ds = extended.dataset("hrss.pension_payment").expect("pensions");
+    assert_eq!(ds.versions.len(), 2);
+    assert!(extended.schema(ds.latest().id).is_some());
+    // The same schema again changes nothing.
+    let again = extended
+        .with_version("hrss.pension_payment", &v2.to_string())
+        .unwrap_or_else(|p| panic!("{p}"));
+    assert_eq!(
+        again
+            .dataset("hrss.pension_payment")
+            .expect("pensions")
+            .versions
+            .len(),
+        2
+    );
+    // Incompatible: a new field without a default.
+    let mut bad: serde_json::Value = serde_json::from_str(&v1).expect("json");
+    bad["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .push(serde_json::json!({"name": "remark", "type": "string"}));
+    let Err(problems) = extended.with_version("hrss.pension_payment", &bad.to_string()) else {
+        panic!("incompatible v3 accepted")
+    };
+    assert!(
+        problems.to_string().contains("not BACKWARD compatible"),
+        "{problems}"
+    );
+    // Dropping a rule's field is refused too.
+    let mut dropped: serde_json::Value = serde_json::from_str(&v1).expect("json");
+    dropped["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .retain(|f| f["name"] != "pay_month");
+    let Err(problems) = catalog.with_version("hrss.pension_payment", &dropped.to_string()) else {
+        panic!("dropped rule field accepted")
+    };
+    assert!(
+        problems
+            .to_string()
+            .contains("`pay_month`, which does not exist in v2"),
+        "{problems}"
+    );
+}
