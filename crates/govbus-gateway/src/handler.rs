@@ -64,6 +64,36 @@ fn items(content_type: &str, body: &[u8]) -> Result<Vec<Item>, Box<Response>> {
             .collect());
     }
     let parsed: Json = serde_json::from_slice(body).map_err(bad)?;
+    // The document promises objects; anything else is a malformed request, not a record.
+    let not_object = |what: &str, i: usize, v: &Json| {
+        Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "malformed_batch",
+            format!(
+                "{what} {i} is {}, not a JSON object",
+                match v {
+                    Json::Null => "null",
+                    Json::Bool(_) => "a boolean",
+                    Json::Number(_) => "a number",
+                    Json::String(_) => "a string",
+                    Json::Array(_) => "an array",
+                    Json::Object(_) => "an object",
+                }
+            ),
+        ))
+    };
+    let elements: &[Json] = match &parsed {
+        Json::Array(a) => a,
+        other => std::slice::from_ref(other),
+    };
+    if let Some((i, v)) = elements.iter().enumerate().find(|(_, v)| !v.is_object()) {
+        let what = if content_type.starts_with("application/cloudevents-batch+json") {
+            "event"
+        } else {
+            "record"
+        };
+        return Err(not_object(what, i, v));
+    }
     if content_type.starts_with("application/cloudevents-batch+json") {
         let Json::Array(events) = parsed else {
             return Err(Box::new(problem(
@@ -175,8 +205,29 @@ async fn publish_as(
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let request: [u8; 32] = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(dataset.as_bytes());
+        h.update([0]);
+        h.update(content_type.as_bytes());
+        h.update([0]);
+        h.update(body);
+        h.finalize().into()
+    };
     if let Some(key) = &idem {
         if let Some(r) = g.remembered(department, key) {
+            if r.request != request {
+                return problem(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used for a different request; use a new key per request",
+                );
+            }
             let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
             return (
                 status,
@@ -198,10 +249,6 @@ async fn publish_as(
         )
             .into_response();
     };
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
     let items = match items(content_type, body) {
         Ok(i) => i,
         Err(r) => return *r,
@@ -311,7 +358,7 @@ async fn publish_as(
     // A processed batch is a 200 whatever its records' fates: the answer is per record.
     let status = StatusCode::OK;
     if let Some(key) = &idem {
-        g.remember(department, key, status.as_u16(), &body);
+        g.remember(department, key, request, status.as_u16(), &body);
     }
     (status, [("content-type", "application/json")], body).into_response()
 }

@@ -71,9 +71,12 @@ impl GatewayConfig {
 
 /// A remembered response for an idempotency key.
 #[derive(Debug, Clone)]
-struct Remembered {
+pub(crate) struct Remembered {
     status: u16,
     body: String,
+    /// SHA-256 of what was asked (dataset, content type, body): a key reused
+    /// for a different request is refused instead of answered from the cache.
+    request: [u8; 32],
 }
 
 /// Idempotency keys per (department, key), and their insertion order for eviction.
@@ -170,7 +173,7 @@ impl Gateway {
         })
     }
 
-    fn remembered(&self, department: &str, key: &str) -> Option<Remembered> {
+    pub(crate) fn remembered(&self, department: &str, key: &str) -> Option<Remembered> {
         let guard = self.idempotency.lock().ok()?;
         guard
             .0
@@ -178,7 +181,14 @@ impl Gateway {
             .cloned()
     }
 
-    fn remember(&self, department: &str, key: &str, status: u16, body: &str) {
+    pub(crate) fn remember(
+        &self,
+        department: &str,
+        key: &str,
+        request: [u8; 32],
+        status: u16,
+        body: &str,
+    ) {
         let Ok(mut guard) = self.idempotency.lock() else {
             return;
         };
@@ -190,6 +200,7 @@ impl Gateway {
                 Remembered {
                     status,
                     body: body.to_owned(),
+                    request,
                 },
             )
             .is_none()

@@ -58,6 +58,7 @@ pub fn document(datasets: &[&str]) -> String {
                     "403": err("The department does not own the dataset."),
                     "404": err("The dataset is not in the catalog."),
                     "413": err("Too large a body or too many records."),
+                    "409": err("The Idempotency-Key was already used for a different request."),
                     "429": err("Too many requests in progress; see Retry-After."),
                     "503": err("The broker did not acknowledge; see Retry-After.")
                 }

@@ -252,6 +252,17 @@ async fn malformed_and_oversized_requests_are_refused_clearly() {
     .await;
     assert_eq!(s, 400);
     assert!(b.contains("malformed_json") && b.contains("line 1"), "{b}");
+    let (s, _, b) = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &[],
+        b"[false]",
+    )
+    .await;
+    assert_eq!(s, 400, "records are JSON objects: {b}");
+    assert!(b.contains("record 0 is a boolean"), "{b}");
     let big = vec![b' '; 10_000];
     assert_eq!(
         request(
