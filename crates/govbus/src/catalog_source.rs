@@ -28,3 +28,9 @@ pub fn describe(dir: Option<&Path>) -> String {
         None => "the embedded sample catalog".to_owned(),
     }
 }
+
+/// [`load`], with the problems turned into one error that says what to run.
+pub fn load_checked(dir: Option<&Path>) -> anyhow::Result<Catalog> {
+    load(dir)
+        .map_err(|p| anyhow::anyhow!("the catalog has problems; run `govbus catalog check`:\n{p}"))
+}

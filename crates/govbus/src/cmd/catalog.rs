@@ -74,9 +74,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let catalog = catalog_source::load(args.catalog.as_deref()).map_err(|p| {
-        anyhow::anyhow!("the catalog has problems; run `govbus catalog check`:\n{p}")
-    })?;
+    let catalog = catalog_source::load_checked(args.catalog.as_deref())?;
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&to_json(&catalog))?),
         Format::Table => {

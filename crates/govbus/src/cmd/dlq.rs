@@ -188,9 +188,7 @@ fn read_all(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<Dead>> {
 }
 
 fn load(common: &Common) -> anyhow::Result<(Catalog, Topics, Vec<Dead>)> {
-    let catalog = catalog_source::load(common.catalog.as_deref()).map_err(|p| {
-        anyhow::anyhow!("the catalog has problems; run `govbus catalog check`:\n{p}")
-    })?;
+    let catalog = catalog_source::load_checked(common.catalog.as_deref())?;
     let topics = Topics::new(common.topic_prefix.clone());
     let dead = read_all(&common.bootstrap, &topics.dlq(&common.department))?;
     Ok((catalog, topics, dead))

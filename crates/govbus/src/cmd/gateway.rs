@@ -33,26 +33,15 @@ pub struct GatewayArgs {
 }
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
-    let catalog = catalog_source::load(args.catalog.as_deref()).map_err(|p| {
-        anyhow::anyhow!("the catalog has problems; run `govbus catalog check`:\n{p}")
-    })?;
+    let catalog = catalog_source::load_checked(args.catalog.as_deref())?;
     let credentials = Credentials::load(&args.credentials, &|d| catalog.department(d).is_some())?;
     let engine = Arc::new(Engine::new(&catalog)?);
     let mut config = GatewayConfig::new(args.bootstrap);
     config.topics = Topics::new(args.topic_prefix);
     let gateway = Arc::new(Gateway::new(engine, credentials, config)?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("listen on {}", args.listen))?;
-        tracing::info!(message = "Ingest gateway serving.", addr = %listener.local_addr()?);
-        serve(listener, gateway, crate::signals::terminated()).await?;
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+    super::serve_until_terminated(args.listen, "ingest gateway", |listener| {
+        serve(listener, gateway, crate::signals::terminated())
+    })
 }
 
 #[derive(Args)]

@@ -10,7 +10,37 @@ pub mod registry;
 pub mod router;
 pub mod validate;
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
 use clap::ValueEnum;
+
+/// Binds `addr` and runs `serve` on a multi-threaded runtime until it returns
+/// (the servers stop on SIGTERM or Ctrl-C).
+pub fn serve_until_terminated<F, Fut>(
+    addr: SocketAddr,
+    what: &'static str,
+    serve: F,
+) -> anyhow::Result<ExitCode>
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut,
+    Fut: Future<Output = std::io::Result<()>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen on {addr}"))?;
+        tracing::info!(message = "Serving.", what, addr = %listener.local_addr()?);
+        serve(listener).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
 
 /// Output format of listing commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]

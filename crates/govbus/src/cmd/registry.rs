@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Args;
 use govbus_kafka::topics::Topics;
 use govbus_registry::{serve, Registry};
@@ -26,20 +25,9 @@ pub struct RegistryArgs {
 }
 
 pub fn run(args: RegistryArgs) -> anyhow::Result<ExitCode> {
-    let catalog = catalog_source::load(args.catalog.as_deref()).map_err(|p| {
-        anyhow::anyhow!("the catalog has problems; run `govbus catalog check`:\n{p}")
-    })?;
+    let catalog = catalog_source::load_checked(args.catalog.as_deref())?;
     let registry = Arc::new(Registry::new(&catalog, &Topics::new(args.topic_prefix)));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("listen on {}", args.listen))?;
-        tracing::info!(message = "Schema registry serving.", addr = %listener.local_addr()?);
-        serve(listener, registry, crate::signals::terminated()).await?;
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+    super::serve_until_terminated(args.listen, "schema registry", |listener| {
+        serve(listener, registry, crate::signals::terminated())
+    })
 }

@@ -55,9 +55,7 @@ enum ModeArg {
 }
 
 pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
-    let catalog = catalog_source::load(args.catalog.as_deref()).map_err(|p| {
-        anyhow::anyhow!("the catalog has problems; run `govbus catalog check`:\n{p}")
-    })?;
+    let catalog = catalog_source::load_checked(args.catalog.as_deref())?;
     let engine = Arc::new(Engine::new(&catalog)?);
     let mut config = RouterConfig::new(args.bootstrap);
     config.group = args.group;

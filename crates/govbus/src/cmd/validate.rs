@@ -23,9 +23,7 @@ pub struct ValidateArgs {
 }
 
 pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let catalog = catalog_source::load(args.catalog.as_deref()).map_err(|p| {
-        anyhow::anyhow!("the catalog has problems; run `govbus catalog check`:\n{p}")
-    })?;
+    let catalog = catalog_source::load_checked(args.catalog.as_deref())?;
     let engine = Engine::new(&catalog)?;
     let Some(dataset) = engine.dataset(&args.dataset) else {
         let known: Vec<String> = catalog.datasets().map(|d| d.name.clone()).collect();
