@@ -515,22 +515,13 @@ async fn a_new_ingest_topic_is_picked_up_without_a_restart() {
 /// twice) and the records arrive.
 #[tokio::test]
 async fn transactional_mode_routes_and_commits_offsets_in_the_transaction() {
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let (cluster, topics) = mock_cluster("txn");
     let bootstrap = cluster.bootstrap_servers();
-    let topics = Topics::new(format!("{}.", unique("txn")));
-    cluster.create_topic(&topics.ingest("hrss"), 1, 1).unwrap();
-    cluster
-        .create_topic(&topics.data("hrss.pension_payment"), 1, 1)
-        .unwrap();
-    cluster.create_topic(&topics.dlq("hrss"), 1, 1).unwrap();
     let group = unique("router");
     let start = |metrics: Metrics| {
-        let mut config = RouterConfig::new(bootstrap.clone());
-        config.topics = topics.clone();
+        let mut config = mock_config(&bootstrap, &topics);
         config.group = group.clone();
         config.mode = govbus_router::Mode::Transactional;
-        config.create_topics = false;
-        config.client_overrides = vec![("session.timeout.ms".into(), "6000".into())];
         let router = Router::new(engine(), config, metrics);
         let (stop, mut rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
@@ -598,14 +589,8 @@ async fn transactional_mode_routes_and_commits_offsets_in_the_transaction() {
 #[tokio::test]
 async fn refused_writes_are_retried_never_dead_lettered_or_skipped() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let (cluster, topics) = mock_cluster("refuse");
     let bootstrap = cluster.bootstrap_servers();
-    let topics = Topics::new(format!("{}.", unique("refuse")));
-    cluster.create_topic(&topics.ingest("hrss"), 1, 1).unwrap();
-    cluster
-        .create_topic(&topics.data("hrss.pension_payment"), 1, 1)
-        .unwrap();
-    cluster.create_topic(&topics.dlq("hrss"), 1, 1).unwrap();
     let producer: FutureProducer = producer_config(&bootstrap).create().unwrap();
     let mut valid = 0;
     for i in 0..2 {
@@ -637,10 +622,7 @@ async fn refused_writes_are_retried_never_dead_lettered_or_skipped() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 40],
     );
-    let mut config = RouterConfig::new(bootstrap.clone());
-    config.topics = topics.clone();
-    config.group = unique("router");
-    config.create_topics = false;
+    let mut config = mock_config(&bootstrap, &topics);
     config.client_overrides = vec![
         ("session.timeout.ms".into(), "6000".into()),
         ("retry.backoff.ms".into(), "50".into()),
@@ -708,14 +690,8 @@ async fn refused_writes_are_retried_never_dead_lettered_or_skipped() {
 #[tokio::test]
 async fn a_failed_commit_recreates_the_producer_and_routes_the_batch_again() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let (cluster, topics) = mock_cluster("fence");
     let bootstrap = cluster.bootstrap_servers();
-    let topics = Topics::new(format!("{}.", unique("fence")));
-    cluster.create_topic(&topics.ingest("hrss"), 1, 1).unwrap();
-    cluster
-        .create_topic(&topics.data("hrss.pension_payment"), 1, 1)
-        .unwrap();
-    cluster.create_topic(&topics.dlq("hrss"), 1, 1).unwrap();
     let producer: FutureProducer = producer_config(&bootstrap).create().unwrap();
     let publish = |i: usize| {
         let r = sample("hrss.pension_payment", i);
@@ -741,13 +717,9 @@ async fn a_failed_commit_recreates_the_producer_and_routes_the_batch_again() {
         RDKafkaApiKey::EndTxn,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED],
     );
-    let mut config = RouterConfig::new(bootstrap.clone());
-    config.topics = topics.clone();
-    config.group = unique("router");
+    let mut config = mock_config(&bootstrap, &topics);
     config.mode = govbus_router::Mode::Transactional;
-    config.create_topics = false;
     config.transaction_timeout = Duration::from_secs(5);
-    config.client_overrides = vec![("session.timeout.ms".into(), "6000".into())];
     let metrics = Metrics::new();
     let router = Router::new(engine(), config, metrics.clone());
     let (stop, mut rx) = tokio::sync::watch::channel(false);
@@ -790,4 +762,35 @@ async fn a_failed_commit_recreates_the_producer_and_routes_the_batch_again() {
         .await
         .unwrap()
         .unwrap();
+}
+
+/// librdkafka's mock cluster with one-partition ingest, data and DLQ topics
+/// for pension payments under a fresh namespace.
+fn mock_cluster(
+    name: &str,
+) -> (
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    Topics,
+) {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let topics = Topics::new(format!("{}.", unique(name)));
+    for t in [
+        topics.ingest("hrss"),
+        topics.data("hrss.pension_payment"),
+        topics.dlq("hrss"),
+    ] {
+        cluster.create_topic(&t, 1, 1).unwrap();
+    }
+    (cluster, topics)
+}
+
+/// A router config for the mock cluster: its own group, no CreateTopics (the
+/// mock has none), fast group joins.
+fn mock_config(bootstrap: &str, topics: &Topics) -> RouterConfig {
+    let mut config = RouterConfig::new(bootstrap);
+    config.topics = topics.clone();
+    config.group = unique("router");
+    config.create_topics = false;
+    config.client_overrides = vec![("session.timeout.ms".into(), "6000".into())];
+    config
 }
