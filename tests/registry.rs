@@ -266,3 +266,102 @@ async fn python_confluent_client_publishes_and_the_router_accepts() {
         let _ = c.wait();
     }
 }
+
+#[tokio::test]
+async fn a_compatible_version_registered_at_run_time_persists_and_routes() {
+    let topics = Topics::new(format!("{}.", unique("rw")));
+    let bootstrap = Broker::shared().bootstrap();
+    create_topic(&bootstrap, &topics.ingest("hrss"), 1)
+        .await
+        .unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let registry_args = [
+        "registry",
+        "--listen",
+        listen.as_str(),
+        "--topic-prefix",
+        topics.prefix(),
+        "--read-write",
+        bootstrap.as_str(),
+    ];
+    let mut registry = spawn(&registry_args);
+    let mut router = spawn(&[
+        "router",
+        "--bootstrap",
+        &bootstrap,
+        "--topic-prefix",
+        topics.prefix(),
+        "--group",
+        &unique("router"),
+        "--listen",
+        "127.0.0.1:0",
+        "--kafka",
+        "session.timeout.ms=6000",
+        "--follow-schema-log",
+    ]);
+    wait_listening(port);
+    let data_subject = format!("{}-value", topics.data("hrss.pension_payment"));
+    let out =
+        Command::new(std::env::var("GOVBUS_TEST_PYTHON").unwrap_or_else(|_| "python3".into()))
+            .arg(repo().join("tests/python/register_and_publish.py"))
+            .args([
+                "--registry",
+                &format!("http://127.0.0.1:{port}"),
+                "--bootstrap",
+                &bootstrap,
+            ])
+            .args([
+                "--topic",
+                &topics.ingest("hrss"),
+                "--data-subject",
+                &data_subject,
+            ])
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["incompatible_status"], 409, "{report}");
+    assert_eq!(report["v2_id"], report["framed_id"]);
+
+    // The router followed the schema log and accepts the new version.
+    let consumer: StreamConsumer = consumer_config(&bootstrap, &unique("reader"))
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[topics.data("hrss.pension_payment").as_str()])
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+        .await
+        .expect("routed")
+        .unwrap();
+    assert_eq!(m.key(), Some(b"PP202699000002".as_slice()));
+    let framed = m
+        .payload()
+        .map(|p| u64::from(u32::from_be_bytes([p[1], p[2], p[3], p[4]])));
+    assert_eq!(framed, report["v2_id"].as_u64());
+
+    // A restarted registry replays the log: the version is still there, same id.
+    registry.kill().unwrap();
+    let _ = registry.wait();
+    let mut registry = spawn(&registry_args);
+    wait_listening(port);
+    let (status, latest) = http(
+        port,
+        "GET",
+        &format!("/subjects/{data_subject}/versions/latest"),
+        "",
+    );
+    assert_eq!(status, 200, "{latest}");
+    let latest: serde_json::Value = serde_json::from_str(&latest).unwrap();
+    assert_eq!(latest["version"], 2);
+    assert_eq!(latest["id"], report["v2_id"]);
+    for c in [&mut registry, &mut router] {
+        c.kill().unwrap();
+        let _ = c.wait();
+    }
+}

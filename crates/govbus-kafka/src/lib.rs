@@ -10,4 +10,5 @@
 
 pub mod config;
 pub mod headers;
+pub mod schema_log;
 pub mod topics;

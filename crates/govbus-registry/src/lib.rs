@@ -54,13 +54,42 @@ struct Version {
 struct Subject {
     versions: Vec<Version>,
     compatibility: Compatibility,
+    /// The dataset a new version registered under this subject belongs to
+    /// (none for `ingest.<dept>-value`, which spans the department's datasets).
+    dataset: Option<String>,
+    /// The department, for `ingest.<dept>-value`.
+    department: Option<String>,
 }
 
-/// Subjects and versions derived from the catalog.
+/// Subjects and versions derived from a catalog.
 #[derive(Debug)]
-pub struct Registry {
+struct View {
     subjects: BTreeMap<String, Subject>,
     by_id: BTreeMap<SchemaId, Version>,
+}
+
+/// Whether new schema versions may be registered through the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Known schemas return their ids; new versions come through the catalog files.
+    ReadOnly,
+    /// New compatible versions are checked like catalog files, appended to the
+    /// schema log in Kafka (`bootstrap`, `topic`), and served by every instance.
+    ReadWrite {
+        /// Kafka bootstrap servers.
+        bootstrap: String,
+        /// The schema log topic.
+        topic: String,
+    },
+}
+
+/// The registry: a view of the catalog, plus versions registered at run time.
+#[derive(Debug)]
+pub struct Registry {
+    topics: Topics,
+    mode: Mode,
+    catalog: std::sync::Mutex<Catalog>,
+    view: std::sync::RwLock<Arc<View>>,
 }
 
 fn record_name(schema: &Schema) -> Option<String> {
@@ -71,8 +100,66 @@ fn record_name(schema: &Schema) -> Option<String> {
 }
 
 impl Registry {
-    /// Builds every subject for the catalog, with ingest subjects named under `topics`.
+    /// A read-only registry over the catalog, with ingest subjects named under `topics`.
     pub fn new(catalog: &Catalog, topics: &Topics) -> Registry {
+        Registry::with_mode(catalog, topics, Mode::ReadOnly)
+    }
+
+    /// A registry in the given mode.
+    pub fn with_mode(catalog: &Catalog, topics: &Topics, mode: Mode) -> Registry {
+        Registry {
+            view: std::sync::RwLock::new(Arc::new(View::build(catalog, topics))),
+            catalog: std::sync::Mutex::new(catalog.clone()),
+            topics: topics.clone(),
+            mode,
+        }
+    }
+
+    fn view(&self) -> Arc<View> {
+        self.view
+            .read()
+            .map(|v| v.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Adds a version of `dataset` (from the schema log, or a registration),
+    /// after the same checks as a catalog file. A known schema changes nothing.
+    pub fn apply(&self, dataset: &str, schema: &str) -> Result<(), govbus_catalog::Problems> {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        let next = catalog.with_version(dataset, schema)?;
+        let view = Arc::new(View::build(&next, &self.topics));
+        *catalog = next;
+        if let Ok(mut v) = self.view.write() {
+            *v = view;
+        }
+        Ok(())
+    }
+
+    /// Checks a new version without applying it.
+    fn check(&self, dataset: &str, schema: &str) -> Result<Catalog, govbus_catalog::Problems> {
+        self.catalog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .with_version(dataset, schema)
+    }
+
+    /// The dataset of `department` whose record has `schema`'s full name.
+    fn dataset_by_record(&self, department: &str, schema: &Schema) -> Option<String> {
+        let name = record_name(schema)?;
+        let catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        let found = catalog
+            .datasets()
+            .find(|d| {
+                d.owner == department
+                    && record_name(&d.latest().schema).as_deref() == Some(name.as_str())
+            })
+            .map(|d| d.name.clone());
+        found
+    }
+}
+
+impl View {
+    fn build(catalog: &Catalog, topics: &Topics) -> View {
         let mut subjects: BTreeMap<String, Subject> = BTreeMap::new();
         let mut by_id = BTreeMap::new();
         for ds in catalog.datasets() {
@@ -92,6 +179,8 @@ impl Registry {
             let subject = Subject {
                 versions: versions.clone(),
                 compatibility: ds.compatibility,
+                dataset: Some(ds.name.clone()),
+                department: None,
             };
             subjects.insert(format!("{}-value", topics.data(&ds.name)), subject.clone());
             if let Some(r) = record_name(&ds.latest().schema) {
@@ -103,11 +192,13 @@ impl Registry {
                 .or_insert_with(|| Subject {
                     versions: Vec::new(),
                     compatibility: Compatibility::None,
+                    dataset: None,
+                    department: Some(ds.owner.clone()),
                 })
                 .versions
                 .extend(versions);
         }
-        Registry { subjects, by_id }
+        View { subjects, by_id }
     }
 }
 
@@ -172,16 +263,34 @@ pub async fn serve(
         .await
 }
 
-async fn subjects(State(r): State<Shared>) -> Response {
+/// Starts tailing the schema log (READWRITE mode): versions registered by any
+/// instance are applied here too. Returns the tail, to keep alive.
+pub fn follow_log(registry: &Arc<Registry>) -> Option<govbus_kafka::schema_log::Tail> {
+    let Mode::ReadWrite { bootstrap, topic } = &registry.mode else {
+        return None;
+    };
+    let reg = registry.clone();
+    govbus_kafka::schema_log::Tail::start(bootstrap, topic, move |dataset, schema| {
+        if let Err(p) = reg.apply(dataset, schema) {
+            tracing::warn!(message = "Schema log entry refused.", dataset, error = %p);
+        }
+    })
+    .map_err(|e| tracing::warn!(message = "Cannot follow the schema log.", error = %e))
+    .ok()
+}
+
+async fn subjects(State(reg): State<Shared>) -> Response {
+    let r = reg.view();
     ok(json!(r.subjects.keys().collect::<Vec<_>>()))
 }
 
-async fn versions(State(r): State<Shared>, Path(s): Path<String>) -> Result<Response, ApiError> {
+async fn versions(State(reg): State<Shared>, Path(s): Path<String>) -> Result<Response, ApiError> {
+    let r = reg.view();
     let subject = r.subjects.get(&s).ok_or_else(|| subject_not_found(&s))?;
     Ok(ok(json!((1..=subject.versions.len()).collect::<Vec<_>>())))
 }
 
-fn pick<'a>(r: &'a Registry, s: &str, v: &str) -> Result<(usize, &'a Version), ApiError> {
+fn pick<'a>(r: &'a View, s: &str, v: &str) -> Result<(usize, &'a Version), ApiError> {
     let subject = r.subjects.get(s).ok_or_else(|| subject_not_found(s))?;
     let n = subject.versions.len();
     let idx = match v {
@@ -205,9 +314,10 @@ fn pick<'a>(r: &'a Registry, s: &str, v: &str) -> Result<(usize, &'a Version), A
 }
 
 async fn version(
-    State(r): State<Shared>,
+    State(reg): State<Shared>,
     Path((s, v)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    let r = reg.view();
     let (n, ver) = pick(&r, &s, &v)?;
     Ok(ok(
         json!({"subject": s, "version": n, "id": ver.id.0, "schema": ver.source}),
@@ -215,9 +325,10 @@ async fn version(
 }
 
 async fn version_schema(
-    State(r): State<Shared>,
+    State(reg): State<Shared>,
     Path((s, v)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    let r = reg.view();
     let (_, ver) = pick(&r, &s, &v)?;
     Ok((
         StatusCode::OK,
@@ -227,7 +338,7 @@ async fn version_schema(
         .into_response())
 }
 
-fn by_id(r: &Registry, id: &str) -> Result<Version, ApiError> {
+fn by_id(r: &View, id: &str) -> Result<Version, ApiError> {
     id.parse::<u32>()
         .ok()
         .and_then(|i| r.by_id.get(&SchemaId(i)))
@@ -242,16 +353,18 @@ fn by_id(r: &Registry, id: &str) -> Result<Version, ApiError> {
 }
 
 async fn schema_by_id(
-    State(r): State<Shared>,
+    State(reg): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let r = reg.view();
     Ok(ok(json!({"schema": by_id(&r, &id)?.source})))
 }
 
 async fn raw_schema_by_id(
-    State(r): State<Shared>,
+    State(reg): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let r = reg.view();
     Ok((
         StatusCode::OK,
         [("content-type", CONTENT_TYPE)],
@@ -261,9 +374,10 @@ async fn raw_schema_by_id(
 }
 
 async fn versions_of_id(
-    State(r): State<Shared>,
+    State(reg): State<Shared>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let r = reg.view();
     let v = by_id(&r, &id)?;
     let list: Vec<Value> = r
         .subjects
@@ -313,10 +427,11 @@ fn body(raw: &str) -> Result<SchemaBody, ApiError> {
 }
 
 async fn lookup(
-    State(r): State<Shared>,
+    State(reg): State<Shared>,
     Path(s): Path<String>,
     raw: String,
 ) -> Result<Response, ApiError> {
+    let r = reg.view();
     let schema = parse(&body(&raw)?)?;
     let subject = r.subjects.get(&s).ok_or_else(|| subject_not_found(&s))?;
     let canonical = schema.canonical_form();
@@ -332,10 +447,11 @@ async fn lookup(
 }
 
 async fn register(
-    State(r): State<Shared>,
+    State(reg): State<Shared>,
     Path(s): Path<String>,
     raw: String,
 ) -> Result<Response, ApiError> {
+    let r = reg.view();
     let schema = parse(&body(&raw)?)?;
     let subject = r.subjects.get(&s).ok_or_else(|| {
         ApiError(StatusCode::UNPROCESSABLE_ENTITY, 42205, format!("Subject '{s}' is not in the govbus catalog; datasets are added through the catalog files"))
@@ -344,18 +460,71 @@ async fn register(
     if let Some(v) = subject.versions.iter().find(|v| v.canonical == canonical) {
         return Ok(ok(json!({"id": v.id.0})));
     }
-    Err(ApiError(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        42205,
-        format!("Subject '{s}' is in read-only mode: new schema versions enter through the catalog (schemas/datasets/*/v<N>.avsc, checked by `govbus catalog check`)"),
-    ))
+    let Mode::ReadWrite { bootstrap, topic } = reg.mode.clone() else {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42205,
+            format!("Subject '{s}' is in read-only mode: new schema versions enter through the catalog (schemas/datasets/*/v<N>.avsc, checked by `govbus catalog check`)"),
+        ));
+    };
+    let dataset = match (&subject.dataset, &subject.department) {
+        (Some(d), _) => d.clone(),
+        (None, Some(dept)) => reg.dataset_by_record(dept, &schema).ok_or_else(|| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                42201,
+                format!("no dataset of {dept} has a record named like this schema"),
+            )
+        })?,
+        (None, None) => return Err(subject_not_found(&s)),
+    };
+    // The same checks as a catalog file; a failure is 409 when it is about
+    // compatibility, 422 otherwise.
+    let checked = reg.check(&dataset, &body(&raw)?.schema).map_err(|p| {
+        let text = p.to_string();
+        if text.contains("compatible") {
+            ApiError(StatusCode::CONFLICT, 409, format!("Schema being registered is incompatible with an earlier schema for subject '{s}': {text}"))
+        } else {
+            ApiError(StatusCode::UNPROCESSABLE_ENTITY, 42201, format!("Invalid schema: {text}"))
+        }
+    })?;
+    let id = checked
+        .dataset(&dataset)
+        .map(|d| d.latest().id.0)
+        .unwrap_or_default();
+    // Durable first (every instance replays the log), then served here.
+    let text = body(&raw)?.schema;
+    let (ds, t) = (dataset.clone(), text.clone());
+    tokio::task::spawn_blocking(move || {
+        govbus_kafka::schema_log::append(&bootstrap, &topic, &ds, &t)
+    })
+    .await
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            format!("registration task failed: {e}"),
+        )
+    })?
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            format!("Error in the backend datastore: {e}"),
+        )
+    })?;
+    reg.apply(&dataset, &text)
+        .map_err(|p| ApiError(StatusCode::CONFLICT, 409, p.to_string()))?;
+    tracing::info!(message = "Schema version registered.", dataset = %dataset, id);
+    Ok(ok(json!({"id": id})))
 }
 
 async fn compatibility(
-    State(r): State<Shared>,
+    State(reg): State<Shared>,
     Path((s, v)): Path<(String, String)>,
     raw: String,
 ) -> Result<Response, ApiError> {
+    let r = reg.view();
     let schema = parse(&body(&raw)?)?;
     let (_, existing) = pick(&r, &s, &v)?;
     let mode = r
@@ -374,9 +543,10 @@ async fn global_config() -> Response {
 }
 
 async fn subject_config(
-    State(r): State<Shared>,
+    State(reg): State<Shared>,
     Path(s): Path<String>,
 ) -> Result<Response, ApiError> {
+    let r = reg.view();
     let subject = r.subjects.get(&s).ok_or_else(|| subject_not_found(&s))?;
     Ok(ok(
         json!({"compatibilityLevel": subject.compatibility.as_str()}),

@@ -102,7 +102,10 @@ const MAX_IN_FLIGHT: usize = 4;
 
 /// The router: build with [`Router::new`], run with [`Router::run`].
 pub struct Router {
-    engine: Arc<Engine>,
+    /// The compiled catalog; replaced when the schema log adds a version.
+    engine: Arc<std::sync::RwLock<Arc<Engine>>>,
+    /// The catalog the engine was compiled from, when following the schema log.
+    catalog: Option<govbus_catalog::Catalog>,
     config: RouterConfig,
     metrics: Metrics,
     /// Output topics known to exist. A record for any other topic (the DLQ of
@@ -131,11 +134,57 @@ impl Router {
     /// A router over a compiled catalog.
     pub fn new(engine: Arc<Engine>, config: RouterConfig, metrics: Metrics) -> Router {
         Router {
-            engine,
+            engine: Arc::new(std::sync::RwLock::new(engine)),
+            catalog: None,
             config,
             metrics,
             known_topics: std::sync::Mutex::default(),
         }
+    }
+
+    /// Also accepts schema versions registered at run time: replays and tails
+    /// the schema log (`<prefix>_govbus.schemas`), checking each version
+    /// against `catalog` exactly like a catalog file, and recompiling.
+    pub fn follow_schema_log(mut self, catalog: govbus_catalog::Catalog) -> Router {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    fn engine(&self) -> Arc<Engine> {
+        self.engine
+            .read()
+            .map(|e| e.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn start_schema_log(&self) -> Option<govbus_kafka::schema_log::Tail> {
+        let mut catalog = self.catalog.clone()?;
+        let engine = self.engine.clone();
+        let topic = govbus_kafka::schema_log::topic(&self.config.topics);
+        govbus_kafka::schema_log::Tail::start(
+            &self.config.bootstrap,
+            &topic,
+            move |dataset, schema| match catalog
+                .with_version(dataset, schema)
+                .map(|c| (Engine::new(&c), c))
+            {
+                Ok((Ok(e), c)) => {
+                    catalog = c;
+                    if let Ok(mut slot) = engine.write() {
+                        *slot = Arc::new(e);
+                    }
+                    tracing::info!(message = "Schema version applied from the log.", dataset);
+                }
+                Ok((Err(error), _)) => {
+                    tracing::warn!(message = "Schema log entry does not compile.", dataset, %error)
+                }
+                Err(error) => {
+                    tracing::warn!(message = "Schema log entry refused.", dataset, %error)
+                }
+            },
+        )
+        .map_err(|error| tracing::warn!(message = "Cannot follow the schema log.", %error))
+        .ok()
     }
 
     /// The metrics it reports (serve them with [`crate::http::serve`]).
@@ -174,8 +223,9 @@ impl Router {
             return;
         }
         let t = &self.config.topics;
-        let mut names: Vec<String> = self.engine.datasets().map(|d| t.data(d.name())).collect();
-        names.extend(self.engine.departments().map(|d| t.dlq(d)));
+        let engine = self.engine();
+        let mut names: Vec<String> = engine.datasets().map(|d| t.data(d.name())).collect();
+        names.extend(engine.departments().map(|d| t.dlq(d)));
         if let Err(error) = create_topics(&self.config, &names).await {
             tracing::warn!(message = "Cannot create output topics; expecting them to exist or be auto-created.", %error);
         }
@@ -231,6 +281,7 @@ impl Router {
         })?;
         consumer.subscribe(&[self.config.topics.ingest_pattern().as_str()])?;
         let mut producer = self.producer()?;
+        let schema_log = self.start_schema_log().map(Arc::new);
         tracing::info!(message = "Router started.", instance = %self.config.instance, group = %self.config.group, mode = ?self.config.mode);
         tokio::pin!(shutdown);
         let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
@@ -266,6 +317,17 @@ impl Router {
                         break;
                     }
                     Err(_) => break,
+                }
+            }
+            // A schema id this engine does not know may have just been
+            // registered: apply the log up to its end before dead-lettering.
+            if let Some(log) = &schema_log {
+                let engine = self.engine();
+                if batch.iter().any(|m| unknown_schema(&engine, m.payload())) {
+                    let log = log.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || log.catch_up(Duration::from_secs(5)))
+                            .await;
                 }
             }
             match self.config.mode {
@@ -343,6 +405,7 @@ impl Router {
     }
 
     fn decide_batch(&self, batch: &[BorrowedMessage<'_>]) -> Vec<Outgoing> {
+        let engine = self.engine();
         let ctx = Context::now();
         let topics = &self.config.topics;
         let mut tally = Tally::default();
@@ -360,7 +423,7 @@ impl Router {
             };
             let department = topics.department_of_ingest(m.topic()).unwrap_or(m.topic());
             tally.record_in(department, m.payload_len());
-            match decide(&self.engine, topics, &incoming, &ctx) {
+            match decide(&engine, topics, &incoming, &ctx) {
                 Decision::Route(r) => {
                     let age = (ctx.now_millis - r.event_time_ms) as f64 / 1000.0;
                     tally.routed(department, r.dataset.name(), age);
@@ -586,6 +649,18 @@ fn enqueue(producer: &FutureProducer, o: &mut Outgoing) -> Result<DeliveryFuture
         o.headers = rec.headers;
         e
     })
+}
+
+/// Whether a value is Confluent-framed Avro under a schema id `engine` lacks.
+fn unknown_schema(engine: &Engine, value: Option<&[u8]>) -> bool {
+    match value {
+        Some(v) if v.len() >= 5 && v[0] == 0 => engine
+            .dataset_of(govbus_catalog::SchemaId(u32::from_be_bytes([
+                v[1], v[2], v[3], v[4],
+            ])))
+            .is_none(),
+        _ => false,
+    }
 }
 
 /// The next offset to read, per partition, after this batch.

@@ -38,6 +38,9 @@ pub struct RouterArgs {
     /// Do not create missing data.* and dlq.* topics (they are provisioned, or auto-created).
     #[arg(long)]
     no_create_topics: bool,
+    /// Also accept schema versions registered at run time (follow the schema log).
+    #[arg(long)]
+    follow_schema_log: bool,
     /// Most records per batch.
     #[arg(long, default_value_t = 2000)]
     max_batch: usize,
@@ -57,6 +60,7 @@ enum ModeArg {
 pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     let catalog = catalog_source::load_checked(args.catalog.as_deref())?;
     let engine = Arc::new(Engine::new(&catalog)?);
+    let follow = args.follow_schema_log;
     let mut config = RouterConfig::new(args.bootstrap);
     config.group = args.group;
     config.topics = govbus_router::Topics::new(args.topic_prefix);
@@ -89,7 +93,10 @@ pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         let server = tokio::spawn(http::serve(listener, metrics.clone(), async move {
             let _ = http_stop.wait_for(|s| *s).await;
         }));
-        let router = Router::new(engine, config, metrics);
+        let mut router = Router::new(engine, config, metrics);
+        if follow {
+            router = router.follow_schema_log(catalog);
+        }
         let mut router_stop = stop_rx;
         let routing = router.run(async move {
             let _ = router_stop.wait_for(|s| *s).await;

@@ -1,0 +1,130 @@
+//! The schema log: `<prefix>_govbus.schemas`, one partition, one record per
+//! schema version registered at run time (key = dataset, value = the Avro
+//! schema text). Every registry, router and gateway instance replays it from
+//! the start and tails it, so they all serve and accept the same versions —
+//! with the same derived ids — without any other coordination.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::topics::Topics;
+
+/// The log's topic under a namespace.
+pub fn topic(topics: &Topics) -> String {
+    format!("{}_govbus.schemas", topics.prefix())
+}
+
+/// Appends one registration and waits for the broker's acknowledgement.
+pub fn append(bootstrap: &str, topic: &str, dataset: &str, schema: &str) -> Result<(), KafkaError> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "30000")
+        .create()?;
+    producer
+        .send(
+            BaseRecord::to(topic)
+                .key(dataset)
+                .payload(schema)
+                .partition(0),
+        )
+        .map_err(|(e, _)| e)?;
+    producer.flush(Duration::from_secs(30))
+}
+
+/// A thread replaying and tailing the log.
+#[derive(Debug)]
+pub struct Tail {
+    bootstrap: String,
+    topic: String,
+    /// Offset of the next entry to apply.
+    next: Arc<AtomicI64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Tail {
+    /// Starts replaying the log from the beginning, calling `apply(dataset,
+    /// schema)` for each entry in order, then keeps tailing it.
+    pub fn start(
+        bootstrap: &str,
+        topic: &str,
+        mut apply: impl FnMut(&str, &str) + Send + 'static,
+    ) -> Result<Tail, KafkaError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "govbus-schema-log")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .set("topic.metadata.refresh.interval.ms", "1000")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+        consumer.assign(&tpl)?;
+        let next = Arc::new(AtomicI64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (n, s) = (next.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("govbus-schema-log".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    match consumer.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) => {
+                            let key = m
+                                .key()
+                                .and_then(|k| std::str::from_utf8(k).ok())
+                                .unwrap_or("");
+                            let value = m
+                                .payload()
+                                .and_then(|v| std::str::from_utf8(v).ok())
+                                .unwrap_or("");
+                            apply(key, value);
+                            n.store(m.offset() + 1, Ordering::Release);
+                        }
+                        Some(Err(_)) | None => {}
+                    }
+                }
+            })
+            .map_err(|e| KafkaError::Subscription(e.to_string()))?;
+        Ok(Tail {
+            bootstrap: bootstrap.to_owned(),
+            topic: topic.to_owned(),
+            next,
+            stop,
+        })
+    }
+
+    /// Waits (at most `timeout`) until every entry appended so far is applied.
+    /// Returns whether it caught up.
+    pub fn catch_up(&self, timeout: Duration) -> bool {
+        let Ok(consumer) = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create::<BaseConsumer>()
+        else {
+            return false;
+        };
+        let Ok((_, high)) = consumer.fetch_watermarks(&self.topic, 0, timeout) else {
+            return false;
+        };
+        let deadline = Instant::now() + timeout;
+        while self.next.load(Ordering::Acquire) < high {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
