@@ -74,20 +74,17 @@ impl Tail {
             .name("govbus-schema-log".into())
             .spawn(move || {
                 while !s.load(Ordering::Relaxed) {
-                    match consumer.poll(Duration::from_millis(100)) {
-                        Some(Ok(m)) => {
-                            let key = m
-                                .key()
-                                .and_then(|k| std::str::from_utf8(k).ok())
-                                .unwrap_or("");
-                            let value = m
-                                .payload()
-                                .and_then(|v| std::str::from_utf8(v).ok())
-                                .unwrap_or("");
-                            apply(key, value);
-                            n.store(m.offset() + 1, Ordering::Release);
-                        }
-                        Some(Err(_)) | None => {}
+                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                        let key = m
+                            .key()
+                            .and_then(|k| std::str::from_utf8(k).ok())
+                            .unwrap_or("");
+                        let value = m
+                            .payload()
+                            .and_then(|v| std::str::from_utf8(v).ok())
+                            .unwrap_or("");
+                        apply(key, value);
+                        n.store(m.offset() + 1, Ordering::Release);
                     }
                 }
             })
