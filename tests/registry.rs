@@ -72,6 +72,7 @@ fn api_answers_with_confluent_shapes_and_error_codes() {
     let port = free_port();
     let mut registry = spawn(&["registry", "--listen", &format!("127.0.0.1:{port}")]);
     wait_listening(port);
+    assert_eq!(http(port, "GET", "/mode", "").1, "{\"mode\":\"READONLY\"}");
     let (status, subjects) = http(port, "GET", "/subjects", "");
     assert_eq!(status, 200);
     let subjects: Vec<String> = serde_json::from_str(&subjects).unwrap();
@@ -345,6 +346,7 @@ async fn a_compatible_version_registered_at_run_time_persists_and_routes() {
         .map(|p| u64::from(u32::from_be_bytes([p[1], p[2], p[3], p[4]])));
     assert_eq!(framed, report["v2_id"].as_u64());
 
+    assert_eq!(http(port, "GET", "/mode", "").1, "{\"mode\":\"READWRITE\"}");
     // A restarted registry replays the log: the version is still there, same id.
     registry.kill().unwrap();
     let _ = registry.wait();

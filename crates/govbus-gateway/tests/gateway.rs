@@ -213,6 +213,21 @@ async fn a_mixed_batch_gets_per_record_answers_and_only_valid_records_reach_the_
         "canonical Avro with ce_type"
     );
 
+    // A CloudEvents batch: the record is `data`; id, time and op travel as headers.
+    let ce = json!([{"specversion": "1.0", "id": "evt-77", "source": "/hrss/pensions", "type": "hrss.pension_payment",
+                      "time": "2026-10-15T02:00:00Z", "op": "update", "data": pensions()[0]}]).to_string();
+    let (s, _, b) = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/cloudevents-batch+json",
+        &[],
+        ce.as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b.contains("\"accepted\":1"), "{b}");
+
     // NDJSON: a malformed line rejects that record only.
     let nd = format!(
         "{}\n{{\"payment_id\": \n{}\n",

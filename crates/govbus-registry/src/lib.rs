@@ -256,7 +256,7 @@ pub async fn serve(
         )
         .route("/config", get(global_config).put(refuse_config))
         .route("/config/{subject}", get(subject_config).put(refuse_config))
-        .route("/mode", get(|| async { ok(json!({"mode": "READONLY"})) }))
+        .route("/mode", get(mode))
         .with_state(registry);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -536,6 +536,14 @@ async fn compatibility(
     let forward =
         !mode.forward() || SchemaCompatibility::can_read(&schema, &existing.schema).is_ok();
     Ok(ok(json!({"is_compatible": backward && forward})))
+}
+
+async fn mode(State(reg): State<Shared>) -> Response {
+    let mode = match reg.mode {
+        Mode::ReadOnly => "READONLY",
+        Mode::ReadWrite { .. } => "READWRITE",
+    };
+    ok(json!({"mode": mode}))
 }
 
 async fn global_config() -> Response {
