@@ -347,6 +347,20 @@ async fn a_compatible_version_registered_at_run_time_persists_and_routes() {
     assert_eq!(framed, report["v2_id"].as_u64());
 
     assert_eq!(http(port, "GET", "/mode", "").1, "{\"mode\":\"READWRITE\"}");
+    // A compatibility level set through the API is checked, logged and served.
+    let config_path = format!("/config/{data_subject}");
+    let (status, body) = http(port, "PUT", &config_path, "{\"compatibility\": \"FULL\"}");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "{\"compatibility\":\"FULL\"}")
+    );
+    let (status, body) = http(
+        port,
+        "PUT",
+        &config_path,
+        "{\"compatibility\": \"SIDEWAYS\"}",
+    );
+    assert_eq!(status, 422, "{body}");
     // A restarted registry replays the log: the version is still there, same id.
     registry.kill().unwrap();
     let _ = registry.wait();
@@ -362,6 +376,11 @@ async fn a_compatible_version_registered_at_run_time_persists_and_routes() {
     let latest: serde_json::Value = serde_json::from_str(&latest).unwrap();
     assert_eq!(latest["version"], 2);
     assert_eq!(latest["id"], report["v2_id"]);
+    let (_, level) = http(port, "GET", &format!("/config/{data_subject}"), "");
+    assert_eq!(
+        level, "{\"compatibilityLevel\":\"FULL\"}",
+        "the level survived the restart"
+    );
     for c in [&mut registry, &mut router] {
         c.kill().unwrap();
         let _ = c.wait();

@@ -23,7 +23,7 @@ mod rules;
 pub mod time;
 
 pub use decimal::{Decimal, MAX_SCALE};
-pub use load::{is_dataset_name, Catalog, Problem, Problems};
+pub use load::{is_dataset_name, Catalog, Problem, Problems, CONFIG_KEY_PREFIX};
 pub use model::{
     Classification, Compatibility, Dataset, Department, PiiTag, SchemaId, SchemaVersion,
 };

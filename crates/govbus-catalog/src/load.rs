@@ -25,6 +25,9 @@ use crate::model::{
 };
 use crate::rules::{Check, Rule, RuleSpec};
 
+/// Key prefix of compatibility-level changes in the schema log.
+pub const CONFIG_KEY_PREFIX: &str = "config:";
+
 /// One thing wrong with the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -242,6 +245,57 @@ impl Catalog {
                 .join(format!("v{next}.avsc")),
             schema.to_owned(),
         );
+        Catalog::from_files(&self.root, &files)
+    }
+
+    /// Applies one change recorded in the schema log: key `<dataset>` with an
+    /// Avro schema ([`Catalog::with_version`]), or key
+    /// `config:<dataset>` ([`CONFIG_KEY_PREFIX`]) with a level name
+    /// ([`Catalog::with_compatibility`]).
+    pub fn apply_change(&self, key: &str, value: &str) -> Result<Catalog, Problems> {
+        match key.strip_prefix(CONFIG_KEY_PREFIX) {
+            Some(dataset) => {
+                let level = Compatibility::parse(value).ok_or_else(|| {
+                    Problems(vec![Problem {
+                        file: self.root.join("datasets").join(dataset),
+                        path: "compatibility".into(),
+                        message: format!("`{value}` is not a compatibility level"),
+                    }])
+                })?;
+                self.with_compatibility(dataset, level)
+            }
+            None => self.with_version(key, value),
+        }
+    }
+
+    /// The catalog with `dataset`'s compatibility level changed — as if its
+    /// `dataset.toml` said so — after every check (so a level its existing
+    /// versions violate is refused).
+    pub fn with_compatibility(
+        &self,
+        dataset: &str,
+        level: Compatibility,
+    ) -> Result<Catalog, Problems> {
+        let rel = PathBuf::from("datasets").join(dataset).join("dataset.toml");
+        let Some(text) = self.files.get(&rel) else {
+            return Err(Problems(vec![Problem {
+                file: self.root.join(&rel),
+                path: "-".into(),
+                message: format!("no dataset `{dataset}` in the catalog"),
+            }]));
+        };
+        // Top-level keys precede the first table, so the new line goes first.
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("compatibility"))
+            .collect();
+        let edited = format!(
+            "compatibility = \"{}\"\n{}\n",
+            level.as_str(),
+            kept.join("\n")
+        );
+        let mut files = self.files.clone();
+        files.insert(rel, edited);
         Catalog::from_files(&self.root, &files)
     }
 

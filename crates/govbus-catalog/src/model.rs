@@ -117,6 +117,21 @@ impl Compatibility {
         }
     }
 
+    /// Parses a Confluent level name (`BACKWARD`, `FULL_TRANSITIVE`, ...).
+    pub fn parse(name: &str) -> Option<Compatibility> {
+        [
+            Compatibility::None,
+            Compatibility::Backward,
+            Compatibility::BackwardTransitive,
+            Compatibility::Forward,
+            Compatibility::ForwardTransitive,
+            Compatibility::Full,
+            Compatibility::FullTransitive,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == name)
+    }
+
     /// Whether every earlier version is checked, not only the latest.
     pub fn transitive(self) -> bool {
         matches!(

@@ -375,3 +375,34 @@ fn a_registered_version_gets_the_same_checks_as_a_file() {
         "{problems}"
     );
 }
+
+#[test]
+fn a_compatibility_change_is_checked_against_the_existing_versions() {
+    let catalog = Catalog::load(&sample_dir()).unwrap_or_else(|p| panic!("{p}"));
+    let full = catalog
+        .apply_change("config:civil_affairs.death_registration", "FULL_TRANSITIVE")
+        .unwrap_or_else(|p| panic!("{p}"));
+    assert_eq!(
+        full.dataset("civil_affairs.death_registration")
+            .expect("deaths")
+            .compatibility,
+        Compatibility::FullTransitive
+    );
+    // v2 drops nothing and adds a defaulted field, so FULL holds; a v3 that
+    // drops a field without a default then breaks FORWARD and is refused.
+    let v2: serde_json::Value = serde_json::from_str(
+        &full
+            .dataset("civil_affairs.death_registration")
+            .expect("deaths")
+            .latest()
+            .source,
+    )
+    .expect("json");
+    let v3 = remove_field(&v2.to_string(), "death_place");
+    assert!(full
+        .apply_change("civil_affairs.death_registration", &v3)
+        .is_err());
+    assert!(catalog
+        .apply_change("config:civil_affairs.death_registration", "SIDEWAYS")
+        .is_err());
+}

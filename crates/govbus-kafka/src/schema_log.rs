@@ -1,6 +1,7 @@
 //! The schema log: `<prefix>_govbus.schemas`, one partition, one record per
-//! schema version registered at run time (key = dataset, value = the Avro
-//! schema text). Every registry, router and gateway instance replays it from
+//! change made at run time, as `govbus_catalog::Catalog::apply_change` reads
+//! it: a schema version (key = dataset, value = the Avro schema text) or a
+//! compatibility level (key = `config:<dataset>`, value = the level). Every registry, router and gateway instance replays it from
 //! the start and tails it, so they all serve and accept the same versions —
 //! with the same derived ids — without any other coordination.
 

@@ -122,11 +122,12 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// Adds a version of `dataset` (from the schema log, or a registration),
-    /// after the same checks as a catalog file. A known schema changes nothing.
-    pub fn apply(&self, dataset: &str, schema: &str) -> Result<(), govbus_catalog::Problems> {
+    /// Applies a schema-log change (a version of a dataset, or its
+    /// compatibility level), after the same checks as a catalog file. A known
+    /// schema changes nothing.
+    pub fn apply(&self, key: &str, value: &str) -> Result<(), govbus_catalog::Problems> {
         let mut catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
-        let next = catalog.with_version(dataset, schema)?;
+        let next = catalog.apply_change(key, value)?;
         let view = Arc::new(View::build(&next, &self.topics));
         *catalog = next;
         if let Ok(mut v) = self.view.write() {
@@ -255,7 +256,10 @@ pub async fn serve(
             post(compatibility),
         )
         .route("/config", get(global_config).put(refuse_config))
-        .route("/config/{subject}", get(subject_config).put(refuse_config))
+        .route(
+            "/config/{subject}",
+            get(subject_config).put(put_subject_config),
+        )
         .route("/mode", get(mode))
         .with_state(registry);
     axum::serve(listener, app)
@@ -559,6 +563,83 @@ async fn subject_config(
     Ok(ok(
         json!({"compatibilityLevel": subject.compatibility.as_str()}),
     ))
+}
+
+/// Changes a dataset's compatibility level (READWRITE mode): checked like an
+/// edit of its `dataset.toml` (a level its versions violate is refused),
+/// logged, then applied.
+async fn put_subject_config(
+    State(reg): State<Shared>,
+    Path(s): Path<String>,
+    raw: String,
+) -> Result<Response, ApiError> {
+    let r = reg.view();
+    let subject = r.subjects.get(&s).ok_or_else(|| subject_not_found(&s))?;
+    let Mode::ReadWrite { bootstrap, topic } = reg.mode.clone() else {
+        return Err(refuse_config().await);
+    };
+    let dataset = subject.dataset.clone().ok_or_else(|| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42205,
+            format!("'{s}' spans several datasets; set the level on a dataset subject"),
+        )
+    })?;
+    let body: serde_json::Value = serde_json::from_str(&raw).map_err(|e| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42203,
+            format!("Invalid request body: {e}"),
+        )
+    })?;
+    let level = body
+        .get("compatibility")
+        .and_then(Value::as_str)
+        .and_then(Compatibility::parse)
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                42203,
+                "Invalid compatibility level".into(),
+            )
+        })?;
+    let key = format!("{}{dataset}", govbus_catalog::CONFIG_KEY_PREFIX);
+    reg.catalog
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .with_compatibility(&dataset, level)
+        .map_err(|p| {
+            ApiError(
+                StatusCode::CONFLICT,
+                409,
+                format!(
+                    "the dataset's versions do not satisfy {}: {p}",
+                    level.as_str()
+                ),
+            )
+        })?;
+    let (k, v) = (key.clone(), level.as_str().to_owned());
+    tokio::task::spawn_blocking(move || {
+        govbus_kafka::schema_log::append(&bootstrap, &topic, &k, &v)
+    })
+    .await
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            format!("configuration task failed: {e}"),
+        )
+    })?
+    .map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            50001,
+            format!("Error in the backend datastore: {e}"),
+        )
+    })?;
+    reg.apply(&key, level.as_str())
+        .map_err(|p| ApiError(StatusCode::CONFLICT, 409, p.to_string()))?;
+    Ok(ok(json!({"compatibility": level.as_str()})))
 }
 
 async fn refuse_config() -> ApiError {
