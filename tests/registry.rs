@@ -347,6 +347,62 @@ async fn a_compatible_version_registered_at_run_time_persists_and_routes() {
     assert_eq!(framed, report["v2_id"].as_u64());
 
     assert_eq!(http(port, "GET", "/mode", "").1, "{\"mode\":\"READWRITE\"}");
+    // A gateway following the log encodes JSON under the new version: a record
+    // with v2's new field is accepted (under v1 it would be json_unknown_field).
+    let out = Command::new(govbus_bin())
+        .args(["credential", "new", "--department", "hrss"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials.toml");
+    std::fs::write(&creds, text.split_once("\n\n").unwrap().1).unwrap();
+    let gw_port = free_port();
+    let mut gateway = spawn(&[
+        "gateway",
+        "--bootstrap",
+        &bootstrap,
+        "--credentials",
+        creds.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{gw_port}"),
+        "--topic-prefix",
+        topics.prefix(),
+        "--follow-schema-log",
+    ]);
+    wait_listening(gw_port);
+    let mut record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("examples/records/hrss.pension_payment.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut record = record[0].take();
+    record["payment_id"] = serde_json::json!("PP202699000003");
+    record["remark"] = serde_json::json!("补发");
+    let body = serde_json::json!([record]).to_string();
+    let started = Instant::now();
+    let answer = loop {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
+        write!(s, "POST /v1/datasets/hrss.pension_payment/records HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        if resp.contains("\"accepted\":1") || started.elapsed() > Duration::from_secs(20) {
+            break resp;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(answer.contains("\"accepted\":1"), "{answer}");
+    gateway.kill().unwrap();
+    let _ = gateway.wait();
+
     // A compatibility level set through the API is checked, logged and served.
     let config_path = format!("/config/{data_subject}");
     let (status, body) = http(port, "PUT", &config_path, "{\"compatibility\": \"FULL\"}");

@@ -187,7 +187,8 @@ async fn publish_as(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let Some(ds) = g.engine.dataset(dataset) else {
+    let engine = g.engine();
+    let Some(ds) = engine.dataset(dataset) else {
         return problem(
             StatusCode::NOT_FOUND,
             "dataset_unknown",

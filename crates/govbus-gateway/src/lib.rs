@@ -87,7 +87,8 @@ type IdempotencyCache = (
 
 /// The gateway's shared state.
 pub struct Gateway {
-    engine: Arc<Engine>,
+    /// Replaced when the schema log adds a version ([`Gateway::follow_schema_log`]).
+    engine: Arc<std::sync::RwLock<Arc<Engine>>>,
     credentials: Credentials,
     producer: FutureProducer,
     config: GatewayConfig,
@@ -163,7 +164,7 @@ impl Gateway {
         }
         let producer = c.create()?;
         Ok(Gateway {
-            engine,
+            engine: Arc::new(std::sync::RwLock::new(engine)),
             credentials,
             producer,
             permits: tokio::sync::Semaphore::new(config.max_concurrent),
@@ -171,6 +172,44 @@ impl Gateway {
             idempotency: Mutex::new((HashMap::new(), VecDeque::new())),
             metrics: GatewayMetrics::new(),
         })
+    }
+
+    pub(crate) fn engine(&self) -> Arc<Engine> {
+        self.engine
+            .read()
+            .map(|e| e.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Follows the schema log, so that JSON is encoded under versions
+    /// registered at run time too (each checked against `catalog` like a
+    /// catalog file). Keep the returned tail alive.
+    pub fn follow_schema_log(
+        &self,
+        catalog: govbus_catalog::Catalog,
+    ) -> Option<govbus_kafka::schema_log::Tail> {
+        let slot = self.engine.clone();
+        let mut catalog = catalog;
+        let topic = govbus_kafka::schema_log::topic(&self.config.topics);
+        govbus_kafka::schema_log::Tail::start(&self.config.bootstrap, &topic, move |key, value| {
+            match catalog
+                .apply_change(key, value)
+                .map(|c| (Engine::new(&c), c))
+            {
+                Ok((Ok(engine), c)) => {
+                    catalog = c;
+                    if let Ok(mut e) = slot.write() {
+                        *e = Arc::new(engine);
+                    }
+                }
+                Ok((Err(error), _)) => {
+                    tracing::warn!(message = "Schema log entry does not compile.", key, %error)
+                }
+                Err(error) => tracing::warn!(message = "Schema log entry refused.", key, %error),
+            }
+        })
+        .map_err(|error| tracing::warn!(message = "Cannot follow the schema log.", %error))
+        .ok()
     }
 
     pub(crate) fn remembered(&self, department: &str, key: &str) -> Option<Remembered> {
@@ -225,7 +264,8 @@ pub fn app(gateway: Arc<Gateway>) -> axum::Router {
             "/openapi.json",
             get(
                 |axum::extract::State(g): axum::extract::State<Arc<Gateway>>| async move {
-                    let names: Vec<&str> = g.engine.datasets().map(|d| d.name()).collect();
+                    let engine = g.engine();
+                    let names: Vec<&str> = engine.datasets().map(|d| d.name()).collect();
                     (
                         [("content-type", "application/json")],
                         openapi::document(&names),

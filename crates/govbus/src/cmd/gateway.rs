@@ -30,6 +30,9 @@ pub struct GatewayArgs {
     /// Topic namespace prefix, as given to the router.
     #[arg(long, default_value = "")]
     topic_prefix: String,
+    /// Also encode under schema versions registered at run time (follow the schema log).
+    #[arg(long)]
+    follow_schema_log: bool,
 }
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
@@ -39,6 +42,11 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let mut config = GatewayConfig::new(args.bootstrap);
     config.topics = Topics::new(args.topic_prefix);
     let gateway = Arc::new(Gateway::new(engine, credentials, config)?);
+    let _tail = if args.follow_schema_log {
+        gateway.follow_schema_log(catalog)
+    } else {
+        None
+    };
     super::serve_until_terminated(args.listen, "ingest gateway", |listener| {
         serve(listener, gateway, crate::signals::terminated())
     })
