@@ -88,7 +88,7 @@ type IdempotencyCache = (
 /// The gateway's shared state.
 pub struct Gateway {
     /// Replaced when the schema log adds a version ([`Gateway::follow_schema_log`]).
-    engine: Arc<std::sync::RwLock<Arc<Engine>>>,
+    engine: govbus_kafka::schema_log::EngineSlot,
     credentials: Credentials,
     producer: FutureProducer,
     config: GatewayConfig,
@@ -188,28 +188,12 @@ impl Gateway {
         &self,
         catalog: govbus_catalog::Catalog,
     ) -> Option<govbus_kafka::schema_log::Tail> {
-        let slot = self.engine.clone();
-        let mut catalog = catalog;
-        let topic = govbus_kafka::schema_log::topic(&self.config.topics);
-        govbus_kafka::schema_log::Tail::start(&self.config.bootstrap, &topic, move |key, value| {
-            match catalog
-                .apply_change(key, value)
-                .map(|c| (Engine::new(&c), c))
-            {
-                Ok((Ok(engine), c)) => {
-                    catalog = c;
-                    if let Ok(mut e) = slot.write() {
-                        *e = Arc::new(engine);
-                    }
-                }
-                Ok((Err(error), _)) => {
-                    tracing::warn!(message = "Schema log entry does not compile.", key, %error)
-                }
-                Err(error) => tracing::warn!(message = "Schema log entry refused.", key, %error),
-            }
-        })
-        .map_err(|error| tracing::warn!(message = "Cannot follow the schema log.", %error))
-        .ok()
+        govbus_kafka::schema_log::follow(
+            &self.config.bootstrap,
+            &self.config.topics,
+            catalog,
+            self.engine.clone(),
+        )
     }
 
     pub(crate) fn remembered(&self, department: &str, key: &str) -> Option<Remembered> {

@@ -6,7 +6,10 @@
 //!   the `govbus.error.*` headers on dead letters, with readers for both.
 //! - [`config`]: consumer and producer settings that every component starts from.
 //!
-//! It knows nothing about the catalog or validation.
+//! - [`schema_log`]: run-time schema changes, and following them into a
+//!   recompiled engine.
+//!
+//! It knows the catalog and the engine only to follow the schema log.
 
 pub mod config;
 pub mod headers;

@@ -103,7 +103,7 @@ const MAX_IN_FLIGHT: usize = 4;
 /// The router: build with [`Router::new`], run with [`Router::run`].
 pub struct Router {
     /// The compiled catalog; replaced when the schema log adds a version.
-    engine: Arc<std::sync::RwLock<Arc<Engine>>>,
+    engine: govbus_kafka::schema_log::EngineSlot,
     /// The catalog the engine was compiled from, when following the schema log.
     catalog: Option<govbus_catalog::Catalog>,
     config: RouterConfig,
@@ -158,33 +158,13 @@ impl Router {
     }
 
     fn start_schema_log(&self) -> Option<govbus_kafka::schema_log::Tail> {
-        let mut catalog = self.catalog.clone()?;
-        let engine = self.engine.clone();
-        let topic = govbus_kafka::schema_log::topic(&self.config.topics);
-        govbus_kafka::schema_log::Tail::start(
+        let catalog = self.catalog.clone()?;
+        govbus_kafka::schema_log::follow(
             &self.config.bootstrap,
-            &topic,
-            move |dataset, schema| match catalog
-                .with_version(dataset, schema)
-                .map(|c| (Engine::new(&c), c))
-            {
-                Ok((Ok(e), c)) => {
-                    catalog = c;
-                    if let Ok(mut slot) = engine.write() {
-                        *slot = Arc::new(e);
-                    }
-                    tracing::info!(message = "Schema version applied from the log.", dataset);
-                }
-                Ok((Err(error), _)) => {
-                    tracing::warn!(message = "Schema log entry does not compile.", dataset, %error)
-                }
-                Err(error) => {
-                    tracing::warn!(message = "Schema log entry refused.", dataset, %error)
-                }
-            },
+            &self.config.topics,
+            catalog,
+            self.engine.clone(),
         )
-        .map_err(|error| tracing::warn!(message = "Cannot follow the schema log.", %error))
-        .ok()
     }
 
     /// The metrics it reports (serve them with [`crate::http::serve`]).
