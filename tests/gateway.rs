@@ -50,27 +50,8 @@ async fn publish_a_csv_through_the_gateway_and_the_router() {
         .await
         .unwrap();
     // 1. A token for HRSS; the credentials file keeps only its hash.
-    let out = Command::new(govbus_bin())
-        .args(["credential", "new", "--department", "hrss"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let token = text
-        .lines()
-        .next()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    let entry = text.split_once("\n\n").unwrap().1;
-    assert!(
-        !entry.contains(&token),
-        "the credentials entry holds only the hash"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let creds = dir.path().join("credentials.toml");
-    std::fs::write(&creds, entry).unwrap();
+    let (token, creds) = common::new_credential("hrss", dir.path());
     // 2. Gateway and router.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

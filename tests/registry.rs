@@ -349,22 +349,8 @@ async fn a_compatible_version_registered_at_run_time_persists_and_routes() {
     assert_eq!(http(port, "GET", "/mode", "").1, "{\"mode\":\"READWRITE\"}");
     // A gateway following the log encodes JSON under the new version: a record
     // with v2's new field is accepted (under v1 it would be json_unknown_field).
-    let out = Command::new(govbus_bin())
-        .args(["credential", "new", "--department", "hrss"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let token = text
-        .lines()
-        .next()
-        .unwrap()
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_owned();
     let dir = tempfile::tempdir().unwrap();
-    let creds = dir.path().join("credentials.toml");
-    std::fs::write(&creds, text.split_once("\n\n").unwrap().1).unwrap();
+    let (token, creds) = common::new_credential("hrss", dir.path());
     let gw_port = free_port();
     let mut gateway = spawn(&[
         "gateway",

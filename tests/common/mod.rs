@@ -27,3 +27,27 @@ pub fn govbus_bin() -> &'static Path {
         target.join("debug/govbus")
     })
 }
+
+/// A new gateway token for `department` from `govbus credential new`, and a
+/// credentials file in `dir` holding its entry (only the hash).
+pub fn new_credential(department: &str, dir: &Path) -> (String, PathBuf) {
+    let out = Command::new(govbus_bin())
+        .args(["credential", "new", "--department", department])
+        .output()
+        .unwrap_or_else(|e| panic!("run govbus credential new: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let token = text
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_default()
+        .to_owned();
+    let entry = text.split_once("\n\n").map(|(_, e)| e).unwrap_or_default();
+    assert!(
+        !token.is_empty() && !entry.contains(&token),
+        "the credentials entry holds only the hash:\n{text}"
+    );
+    let path = dir.join("credentials.toml");
+    std::fs::write(&path, entry).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    (token, path)
+}

@@ -498,25 +498,7 @@ async fn register(
         .unwrap_or_default();
     // Durable first (every instance replays the log), then served here.
     let text = body(&raw)?.schema;
-    let (ds, t) = (dataset.clone(), text.clone());
-    tokio::task::spawn_blocking(move || {
-        govbus_kafka::schema_log::append(&bootstrap, &topic, &ds, &t)
-    })
-    .await
-    .map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            50001,
-            format!("registration task failed: {e}"),
-        )
-    })?
-    .map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            50001,
-            format!("Error in the backend datastore: {e}"),
-        )
-    })?;
+    append_log(bootstrap, topic, dataset.clone(), text.clone()).await?;
     reg.apply(&dataset, &text)
         .map_err(|p| ApiError(StatusCode::CONFLICT, 409, p.to_string()))?;
     tracing::info!(message = "Schema version registered.", dataset = %dataset, id);
@@ -618,28 +600,33 @@ async fn put_subject_config(
                 ),
             )
         })?;
-    let (k, v) = (key.clone(), level.as_str().to_owned());
-    tokio::task::spawn_blocking(move || {
-        govbus_kafka::schema_log::append(&bootstrap, &topic, &k, &v)
-    })
-    .await
-    .map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            50001,
-            format!("configuration task failed: {e}"),
-        )
-    })?
-    .map_err(|e| {
+    append_log(bootstrap, topic, key.clone(), level.as_str().to_owned()).await?;
+    reg.apply(&key, level.as_str())
+        .map_err(|p| ApiError(StatusCode::CONFLICT, 409, p.to_string()))?;
+    Ok(ok(json!({"compatibility": level.as_str()})))
+}
+
+/// Appends a change to the schema log and waits for the broker's
+/// acknowledgement: durable before it is served.
+async fn append_log(
+    bootstrap: String,
+    topic: String,
+    key: String,
+    value: String,
+) -> Result<(), ApiError> {
+    let failed = |e: String| {
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
             50001,
             format!("Error in the backend datastore: {e}"),
         )
-    })?;
-    reg.apply(&key, level.as_str())
-        .map_err(|p| ApiError(StatusCode::CONFLICT, 409, p.to_string()))?;
-    Ok(ok(json!({"compatibility": level.as_str()})))
+    };
+    tokio::task::spawn_blocking(move || {
+        govbus_kafka::schema_log::append(&bootstrap, &topic, &key, &value)
+    })
+    .await
+    .map_err(|e| failed(e.to_string()))?
+    .map_err(|e| failed(e.to_string()))
 }
 
 async fn refuse_config() -> ApiError {
