@@ -6,23 +6,14 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{govbus_bin, repo};
+use common::{govbus_bin, repo, spawn};
 use govbus_kafka::topics::Topics;
 use govbus_testkit::{consumer_config, create_topic, unique, Broker};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-
-fn spawn(args: &[&str]) -> Child {
-    let mut cmd = Command::new(govbus_bin());
-    cmd.args(args)
-        .env("GOVBUS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    govbus_testkit::spawn(cmd).unwrap()
-}
 
 /// Keys read from `topic`: until `enough` arrived or `wait` passed.
 async fn count(topic: &str, enough: usize, wait: Duration) -> Vec<String> {
@@ -70,19 +61,7 @@ async fn publish_a_csv_through_the_gateway_and_the_router() {
         "--topic-prefix",
         topics.prefix(),
     ]);
-    let mut router = spawn(&[
-        "router",
-        "--bootstrap",
-        &bootstrap,
-        "--topic-prefix",
-        topics.prefix(),
-        "--group",
-        &unique("router"),
-        "--listen",
-        "127.0.0.1:0",
-        "--kafka",
-        "session.timeout.ms=6000",
-    ]);
+    let mut router = common::spawn_router(&bootstrap, &topics, &[]);
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

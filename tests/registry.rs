@@ -6,32 +6,15 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{govbus_bin, repo};
+use common::{free_port, repo, spawn, wait_listening};
 use govbus_kafka::headers as h;
 use govbus_kafka::topics::Topics;
 use govbus_testkit::{consumer_config, create_topic, unique, Broker};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(args: &[&str]) -> Child {
-    let mut cmd = Command::new(govbus_bin());
-    cmd.args(args)
-        .env("GOVBUS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    govbus_testkit::spawn(cmd).unwrap()
-}
 
 /// (status, body) of an HTTP request to the registry.
 fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -54,17 +37,6 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
-}
-
-fn wait_listening(port: u16) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "registry did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -194,19 +166,7 @@ async fn python_confluent_client_publishes_and_the_router_accepts() {
         "--topic-prefix",
         topics.prefix(),
     ]);
-    let mut router = spawn(&[
-        "router",
-        "--bootstrap",
-        &bootstrap,
-        "--topic-prefix",
-        topics.prefix(),
-        "--group",
-        &unique("router"),
-        "--listen",
-        "127.0.0.1:0",
-        "--kafka",
-        "session.timeout.ms=6000",
-    ]);
+    let mut router = common::spawn_router(&bootstrap, &topics, &[]);
     wait_listening(port);
     let out =
         Command::new(std::env::var("GOVBUS_TEST_PYTHON").unwrap_or_else(|_| "python3".into()))
@@ -287,20 +247,7 @@ async fn a_compatible_version_registered_at_run_time_persists_and_routes() {
         bootstrap.as_str(),
     ];
     let mut registry = spawn(&registry_args);
-    let mut router = spawn(&[
-        "router",
-        "--bootstrap",
-        &bootstrap,
-        "--topic-prefix",
-        topics.prefix(),
-        "--group",
-        &unique("router"),
-        "--listen",
-        "127.0.0.1:0",
-        "--kafka",
-        "session.timeout.ms=6000",
-        "--follow-schema-log",
-    ]);
+    let mut router = common::spawn_router(&bootstrap, &topics, &["--follow-schema-log"]);
     wait_listening(port);
     let data_subject = format!("{}-value", topics.data("hrss.pension_payment"));
     let out =

@@ -2,7 +2,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use govbus_kafka::topics::Topics;
 use std::sync::OnceLock;
 
 pub fn repo() -> PathBuf {
@@ -50,4 +53,57 @@ pub fn new_credential(department: &str, dir: &Path) -> (String, PathBuf) {
     let path = dir.join("credentials.toml");
     std::fs::write(&path, entry).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     (token, path)
+}
+
+/// Starts `govbus ARGS` (quiet; killed with the test process).
+pub fn spawn(args: &[&str]) -> Child {
+    let mut cmd = Command::new(govbus_bin());
+    cmd.args(args)
+        .env("GOVBUS_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    govbus_testkit::spawn(cmd).unwrap_or_else(|e| panic!("start govbus {args:?}: {e}"))
+}
+
+/// Starts a router on `bootstrap` in `topics`' namespace with its own group
+/// and fast group joins, plus `extra` arguments.
+pub fn spawn_router(bootstrap: &str, topics: &Topics, extra: &[&str]) -> Child {
+    let group = govbus_testkit::unique("router");
+    let mut args = vec![
+        "router",
+        "--bootstrap",
+        bootstrap,
+        "--topic-prefix",
+        topics.prefix(),
+        "--group",
+        &group,
+    ];
+    args.extend([
+        "--listen",
+        "127.0.0.1:0",
+        "--kafka",
+        "session.timeout.ms=6000",
+    ]);
+    args.extend(extra);
+    spawn(&args)
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Waits (20 s at most) until something listens on `port`.
+pub fn wait_listening(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing listens on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
