@@ -20,6 +20,7 @@ mod load;
 pub mod mask;
 mod model;
 mod rules;
+mod subscriptions;
 pub mod time;
 
 pub use decimal::{Decimal, MAX_SCALE};
@@ -28,6 +29,10 @@ pub use model::{
     Classification, Compatibility, Dataset, Department, PiiTag, SchemaId, SchemaVersion,
 };
 pub use rules::{Check, Rule};
+pub use subscriptions::{
+    parse_predicate, FileFormat, Op, Predicate, SecretSource, Selection, SinkSpec, Subscription,
+    Treatment,
+};
 
 #[cfg(test)]
 mod tests;

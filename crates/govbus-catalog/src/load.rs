@@ -24,6 +24,7 @@ use crate::model::{
     Classification, Compatibility, Dataset, Department, PiiTag, SchemaId, SchemaVersion,
 };
 use crate::rules::{Check, Rule, RuleSpec};
+use crate::subscriptions::{load_subscription, Subscription};
 
 /// Key prefix of compatibility-level changes in the schema log.
 pub const CONFIG_KEY_PREFIX: &str = "config:";
@@ -79,6 +80,7 @@ pub struct Catalog {
     departments: BTreeMap<String, Department>,
     datasets: BTreeMap<String, Dataset>,
     by_id: HashMap<SchemaId, (String, u32)>,
+    subscriptions: BTreeMap<String, Subscription>,
 }
 
 #[derive(Deserialize)]
@@ -115,7 +117,7 @@ struct DatasetSpec {
     rules: Vec<toml::Value>,
 }
 
-fn is_ident(s: &str) -> bool {
+pub(crate) fn is_ident(s: &str) -> bool {
     let mut bytes = s.bytes();
     matches!(bytes.next(), Some(b'a'..=b'z'))
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -127,12 +129,17 @@ pub fn is_dataset_name(name: &str) -> bool {
         .is_some_and(|(o, n)| is_ident(o) && is_ident(n))
 }
 
-struct Collector {
-    problems: Vec<Problem>,
+pub(crate) struct Collector {
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl Collector {
-    fn push(&mut self, file: &Path, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(
+        &mut self,
+        file: &Path,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.problems.push(Problem {
             file: file.to_path_buf(),
             path: path.into(),
@@ -141,7 +148,7 @@ impl Collector {
     }
 }
 
-fn toml_problem(c: &mut Collector, file: &Path, e: &toml::de::Error) {
+pub(crate) fn toml_problem(c: &mut Collector, file: &Path, e: &toml::de::Error) {
     let msg = e.message().to_owned();
     let loc = match e.span() {
         Some(span) => format!("byte {}", span.start),
@@ -151,6 +158,16 @@ fn toml_problem(c: &mut Collector, file: &Path, e: &toml::de::Error) {
 }
 
 impl Catalog {
+    /// Every subscription (grant), by id, whether active or not.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &Subscription> {
+        self.subscriptions.values()
+    }
+
+    /// The subscription `id`.
+    pub fn subscription(&self, id: &str) -> Option<&Subscription> {
+        self.subscriptions.get(id)
+    }
+
     /// Reads and cross-checks the catalog under `dir`.
     pub fn load(dir: &Path) -> Result<Catalog, Problems> {
         let files = read_tree(dir).map_err(|p| Problems(vec![p]))?;
@@ -168,6 +185,7 @@ impl Catalog {
 
         let mut dataset_files: BTreeMap<String, BTreeMap<String, (&PathBuf, &String)>> =
             BTreeMap::new();
+        let mut subscription_files: Vec<(String, &String)> = Vec::new();
         for (path, text) in files {
             let mut parts = path
                 .components()
@@ -175,8 +193,16 @@ impl Catalog {
             let (Some(top), Some(ds), Some(file), None) =
                 (parts.next(), parts.next(), parts.next(), parts.next())
             else {
-                if path != Path::new("departments.toml") {
-                    c.push(&root.join(path), "-", "unexpected file; the catalog holds departments.toml and datasets/<owner>.<name>/{dataset.toml,v<N>.avsc}");
+                let sub_id = path
+                    .strip_prefix("subscriptions")
+                    .ok()
+                    .filter(|rest| rest.components().count() == 1)
+                    .and_then(|rest| rest.to_str())
+                    .and_then(|name| name.strip_suffix(".toml"));
+                if let Some(id) = sub_id {
+                    subscription_files.push((id.to_owned(), text));
+                } else if path != Path::new("departments.toml") {
+                    c.push(&root.join(path), "-", "unexpected file; the catalog holds departments.toml, datasets/<owner>.<name>/{dataset.toml,v<N>.avsc} and subscriptions/<id>.toml");
                 }
                 continue;
             };
@@ -198,6 +224,12 @@ impl Catalog {
         }
 
         let by_id = index_schema_ids(&datasets, &mut c);
+        let mut subscriptions = BTreeMap::new();
+        for (id, text) in subscription_files {
+            if let Some(s) = load_subscription(root, &id, text, &departments, &datasets, &mut c) {
+                subscriptions.insert(id, s);
+            }
+        }
         if c.problems.is_empty() {
             Ok(Catalog {
                 root: root.to_path_buf(),
@@ -205,6 +237,7 @@ impl Catalog {
                 departments,
                 datasets,
                 by_id,
+                subscriptions,
             })
         } else {
             Err(Problems(c.problems))

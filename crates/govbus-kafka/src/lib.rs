@@ -6,6 +6,7 @@
 //!   the `govbus.error.*` headers on dead letters, with readers for both.
 //! - [`config`]: consumer and producer settings that every component starts from.
 //!
+//! - [`read`]: a whole topic, for the operator tools.
 //! - [`schema_log`]: run-time schema changes, and following them into a
 //!   recompiled engine.
 //!
@@ -13,5 +14,6 @@
 
 pub mod config;
 pub mod headers;
+pub mod read;
 pub mod schema_log;
 pub mod topics;

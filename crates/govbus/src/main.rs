@@ -52,6 +52,14 @@ enum Command {
     Registry(cmd::registry::RegistryArgs),
     /// Run the router: ingest.<dept> → validation → data.<dataset> | dlq.<dept>.
     Router(Box<cmd::router::RouterArgs>),
+    /// Deliver subscriptions (webhook, PostgreSQL, Kafka view, file) and serve live streams.
+    Sink(Box<cmd::sink::SinkArgs>),
+    /// The grants (共享授权) in the catalog.
+    #[command(subcommand)]
+    Subscriptions(cmd::subscriptions::SubscriptionsCommand),
+    /// Verify and query the delivery ledger (_govbus.audit).
+    #[command(subcommand)]
+    Audit(Box<cmd::audit::AuditCommand>),
 }
 
 #[derive(Subcommand)]
@@ -79,6 +87,9 @@ fn main() -> ExitCode {
         Command::Validate(a) => cmd::validate::run(a),
         Command::Reasons(a) => cmd::reasons::run(a),
         Command::Router(a) => cmd::router::run(*a),
+        Command::Sink(a) => cmd::sink::run(*a),
+        Command::Subscriptions(c) => cmd::subscriptions::run(c),
+        Command::Audit(c) => cmd::audit::run(*c),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Dlq(d) => cmd::dlq::run(*d),
         Command::Registry(a) => cmd::registry::run(a),

@@ -65,10 +65,11 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let versions: usize = catalog.datasets().map(|d| d.versions.len()).sum();
     println!(
-        "catalog OK: {} departments, {} datasets, {} schema versions ({source})",
+        "catalog OK: {} departments, {} datasets, {} schema versions, {} subscriptions ({source})",
         catalog.departments().count(),
         catalog.datasets().count(),
-        versions
+        versions,
+        catalog.subscriptions().count()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -13,10 +13,9 @@ use govbus_catalog::mask::mask;
 use govbus_catalog::{Catalog, SchemaId};
 use govbus_kafka::headers as h;
 use govbus_kafka::topics::Topics;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use serde_json::{json, Value as Json};
 
 use super::{print_table, Format};
@@ -100,25 +99,14 @@ pub fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-struct Dead {
-    partition: i32,
-    offset: i64,
-    timestamp_ms: Option<i64>,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
+type Dead = govbus_kafka::read::Record;
+
+trait DeadExt {
+    fn at(&self) -> String;
+    fn matches(&self, f: &Filter) -> bool;
 }
 
-impl Dead {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.as_deref())
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .unwrap_or("")
-    }
-
+impl DeadExt for Dead {
     fn at(&self) -> String {
         format!("{}:{}", self.partition, self.offset)
     }
@@ -135,56 +123,13 @@ impl Dead {
 
 /// Reads `topic` from the beginning to its current end.
 fn read_all(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<Dead>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "govbus-dlq-tool")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("read metadata of {topic}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
-    // Read until the topic has been quiet for a second. Watermarks alone are
-    // not trusted: Tansu 0.6.0 reports a partition's end as the last *batch*
-    // offset + 1, short of the records in a multi-record batch.
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let mut last = std::time::Instant::now();
-    while last.elapsed() < Duration::from_secs(1) && std::time::Instant::now() < deadline {
-        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-            continue;
-        };
-        let m = m?;
-        last = std::time::Instant::now();
-        let headers = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|x| (x.key.to_owned(), x.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push(Dead {
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp_ms: m.timestamp().to_millis(),
-            key: m.key().map(<[u8]>::to_vec),
-            value: m.payload().map(<[u8]>::to_vec),
-            headers,
-        });
-    }
-    out.sort_by_key(|d| (d.partition, d.offset));
-    Ok(out)
+    govbus_kafka::read::read_all(
+        bootstrap,
+        topic,
+        Duration::from_secs(1),
+        Duration::from_secs(120),
+    )
+    .with_context(|| format!("read {topic}"))
 }
 
 fn load(common: &Common) -> anyhow::Result<(Catalog, Topics, Vec<Dead>)> {

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod audit;
 pub mod bench;
 pub mod catalog;
 pub mod dlq;
@@ -8,6 +9,8 @@ pub mod publish;
 pub mod reasons;
 pub mod registry;
 pub mod router;
+pub mod sink;
+pub mod subscriptions;
 pub mod validate;
 
 use std::future::Future;

@@ -1,0 +1,734 @@
+//! Subscriptions (共享授权): which department receives which dataset, through
+//! which sink, with which fields, masked how, filtered how, for what purpose
+//! and for how long. One file per subscription: `subscriptions/<id>.toml`.
+//!
+//! Grants are checked at delivery time, so revoking (`revoked = true`),
+//! expiring (`valid_until`) or deleting the file stops delivery as soon as a
+//! sink reloads the catalog.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::load::{is_ident, toml_problem, Collector};
+use crate::model::{Dataset, Department};
+use crate::time;
+
+/// How a personal-data field reaches the subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Treatment {
+    /// The value as published. Needs a stated purpose (every grant has one).
+    Clear,
+    /// Masked per tag: ID number 6+4, name surname+`*`, phone last 4, else `***`.
+    Mask,
+    /// A keyed pseudonym, stable for one subscriber and different between
+    /// subscribers, so two departments cannot link their copies.
+    Pseudonym,
+}
+
+impl Treatment {
+    /// The lowercase name used in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Treatment::Clear => "clear",
+            Treatment::Mask => "mask",
+            Treatment::Pseudonym => "pseudonym",
+        }
+    }
+}
+
+/// A comparison in a row filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Op {
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `in [..]`
+    In,
+}
+
+/// One row-filter predicate, `field OP value`; a record is delivered when
+/// every predicate of its subscription holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Predicate {
+    /// A top-level field of the dataset.
+    pub field: String,
+    /// The comparison.
+    pub op: Op,
+    /// A JSON literal (a bare word is a string); a list for `in`.
+    pub value: Json,
+}
+
+/// Where a subscription's records go.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkSpec {
+    /// Batches of CloudEvents POSTed to a URL, signed per Standard Webhooks.
+    Webhook {
+        /// `http://` or `https://`.
+        url: String,
+        /// Name of the environment variable holding the signing secret
+        /// (`whsec_<base64>`), or the secret itself in `secret` (development).
+        #[serde(skip)]
+        secret: SecretSource,
+        /// Allow loopback and private targets (refused by default: SSRF guard).
+        allow_private: bool,
+        /// Per-request timeout.
+        #[serde(serialize_with = "humantime_serde_str::serialize")]
+        timeout: Duration,
+        /// Attempts per batch before its events go to `dlq.sub.<id>`.
+        max_attempts: u32,
+        /// Longest wait between attempts (backoff and `Retry-After` are capped by it).
+        #[serde(serialize_with = "humantime_serde_str::serialize")]
+        max_backoff: Duration,
+        /// Events per POST.
+        batch_max: usize,
+    },
+    /// A live table in the subscriber's PostgreSQL database.
+    Postgres {
+        /// `schema.table` or `table`.
+        table: String,
+        /// libpq connection string; the sink's `--postgres` when absent.
+        conninfo: Option<String>,
+    },
+    /// Server-Sent Events at `/v1/subscriptions/<id>/events`.
+    Sse,
+    /// The masked, filtered stream in the Kafka topic `view.<id>`.
+    KafkaView,
+    /// Rolling files in a directory.
+    File {
+        /// Where the files go (created if missing).
+        dir: PathBuf,
+        /// `jsonl` or `csv`.
+        format: FileFormat,
+        /// Records per file before it is closed.
+        roll_records: usize,
+        /// Longest a file stays open.
+        #[serde(serialize_with = "humantime_serde_str::serialize")]
+        roll_interval: Duration,
+    },
+}
+
+impl SinkSpec {
+    /// `webhook`, `postgres`, `sse`, `kafka_view` or `file`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkSpec::Webhook { .. } => "webhook",
+            SinkSpec::Postgres { .. } => "postgres",
+            SinkSpec::Sse => "sse",
+            SinkSpec::KafkaView => "kafka_view",
+            SinkSpec::File { .. } => "file",
+        }
+    }
+}
+
+mod humantime_serde_str {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// Where a webhook signing secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SecretSource {
+    /// No secret configured: requests are not signed (refused at delivery).
+    #[default]
+    None,
+    /// An environment variable of the sink process.
+    Env(String),
+    /// Written in the file (development only).
+    Inline(String),
+}
+
+/// File sink formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// A header line and one row per record (personal data still masked).
+    Csv,
+}
+
+/// Which fields a subscription receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Selection {
+    /// Every field of the schema.
+    All,
+    /// Only these (key fields are always added).
+    Include(Vec<String>),
+    /// All but these (key fields may not be excluded).
+    Exclude(Vec<String>),
+}
+
+/// A grant: subscriber department × dataset × sink × field policy × filter ×
+/// purpose × validity window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Subscription {
+    /// `[a-z][a-z0-9_]*`, from the file name; names the consumer group,
+    /// `view.<id>` and `dlq.sub.<id>`.
+    pub id: String,
+    /// The receiving department.
+    pub subscriber: String,
+    /// `<owner>.<name>`.
+    pub dataset: String,
+    /// Why the subscriber may have the data (recorded with every delivery).
+    pub purpose: String,
+    /// Start of validity, epoch milliseconds.
+    pub valid_from: Option<i64>,
+    /// End of validity (exclusive), epoch milliseconds.
+    pub valid_until: Option<i64>,
+    /// A revoked grant delivers nothing.
+    pub revoked: bool,
+    /// Fields delivered.
+    pub selection: Selection,
+    /// Treatment of each delivered personal-data field (default: mask).
+    pub treatments: BTreeMap<String, Treatment>,
+    /// Row filter; empty delivers every record.
+    pub filter: Vec<Predicate>,
+    /// Delivery target.
+    pub sink: SinkSpec,
+    /// Short hash of dataset, selection, treatments and filter: recorded in
+    /// the delivery ledger, so that every delivery names the policy it used.
+    pub policy_version: String,
+    /// The file it was loaded from.
+    pub file: PathBuf,
+}
+
+impl Subscription {
+    /// Whether the grant allows delivery at `now_millis`.
+    pub fn is_active(&self, now_millis: i64) -> bool {
+        !self.revoked
+            && self.valid_from.is_none_or(|f| now_millis >= f)
+            && self.valid_until.is_none_or(|u| now_millis < u)
+    }
+
+    /// Why the grant does not allow delivery at `now_millis`, if it does not.
+    pub fn inactive_reason(&self, now_millis: i64) -> Option<&'static str> {
+        if self.revoked {
+            Some("revoked")
+        } else if self.valid_from.is_some_and(|f| now_millis < f) {
+            Some("not yet valid")
+        } else if self.valid_until.is_some_and(|u| now_millis >= u) {
+            Some("expired")
+        } else {
+            None
+        }
+    }
+
+    /// Whether `field` is delivered. Key fields always are.
+    pub fn delivers(&self, field: &str, key: &[String]) -> bool {
+        if key.iter().any(|k| k == field) {
+            return true;
+        }
+        match &self.selection {
+            Selection::All => true,
+            Selection::Include(f) => f.iter().any(|x| x == field),
+            Selection::Exclude(f) => !f.iter().any(|x| x == field),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionSpec {
+    subscriber: String,
+    dataset: String,
+    purpose: String,
+    valid_from: Option<String>,
+    valid_until: Option<String>,
+    #[serde(default)]
+    revoked: bool,
+    #[serde(default)]
+    fields: FieldsSpec,
+    #[serde(default)]
+    filter: Vec<String>,
+    sink: SinkSpecFile,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FieldsSpec {
+    include: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    #[serde(default)]
+    treatment: BTreeMap<String, Treatment>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinkSpecFile {
+    #[serde(rename = "type")]
+    kind: String,
+    url: Option<String>,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    #[serde(default)]
+    allow_private: bool,
+    timeout: Option<String>,
+    max_attempts: Option<u32>,
+    max_backoff: Option<String>,
+    batch_max: Option<usize>,
+    table: Option<String>,
+    conninfo: Option<String>,
+    dir: Option<PathBuf>,
+    format: Option<FileFormat>,
+    roll_records: Option<usize>,
+    roll_interval: Option<String>,
+}
+
+/// Parses `YYYY-MM-DD` (midnight UTC) or RFC 3339 into epoch milliseconds.
+fn parse_instant(text: &str) -> Option<i64> {
+    if let Some(days) = time::parse_date(text) {
+        return Some(days * time::MILLIS_PER_DAY);
+    }
+    time::parse_rfc3339_micros(text).map(|us| us.div_euclid(1000))
+}
+
+/// Parses one row-filter predicate: `field OP value`, OP one of
+/// `== != < <= > >= in`; the value is a JSON literal or a bare word.
+pub fn parse_predicate(text: &str) -> Result<Predicate, String> {
+    let text = text.trim();
+    let field_end = text
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(text.len());
+    let field = &text[..field_end];
+    if field.is_empty() {
+        return Err(format!(
+            "`{text}`: expected `field OP value` (OP: == != < <= > >= in)"
+        ));
+    }
+    let rest = text[field_end..].trim_start();
+    let ops = [
+        ("==", Op::Eq),
+        ("!=", Op::Ne),
+        ("<=", Op::Le),
+        (">=", Op::Ge),
+        ("<", Op::Lt),
+        (">", Op::Gt),
+        ("in ", Op::In),
+    ];
+    let Some((sym, op)) = ops.iter().find(|(s, _)| rest.starts_with(s)) else {
+        return Err(format!(
+            "`{text}`: expected an operator after `{field}` (== != < <= > >= in)"
+        ));
+    };
+    let literal = rest[sym.len()..].trim();
+    if literal.is_empty() {
+        return Err(format!(
+            "`{text}`: missing the value after `{}`",
+            sym.trim()
+        ));
+    }
+    let value = serde_json::from_str::<Json>(literal)
+        .unwrap_or_else(|_| Json::String(literal.trim_matches('\'').to_owned()));
+    if *op == Op::In && !value.is_array() {
+        return Err(format!("`{text}`: `in` needs a list, like [\"a\", \"b\"]"));
+    }
+    Ok(Predicate {
+        field: field.to_owned(),
+        op: *op,
+        value,
+    })
+}
+
+fn duration(
+    c: &mut Collector,
+    file: &Path,
+    path: &str,
+    text: Option<&str>,
+    default: Duration,
+) -> Duration {
+    match text {
+        None => default,
+        Some(t) => humantime::parse_duration(t).unwrap_or_else(|e| {
+            c.push(
+                file,
+                path,
+                format!("`{t}` is not a duration like `5s`: {e}"),
+            );
+            default
+        }),
+    }
+}
+
+fn sink_spec(c: &mut Collector, file: &Path, s: SinkSpecFile) -> Option<SinkSpec> {
+    let mut unused = |name: &str, present: bool, kind: &str| {
+        if present {
+            c.push(
+                file,
+                format!("sink.{name}"),
+                format!("`{name}` does not apply to a `{kind}` sink"),
+            );
+        }
+    };
+    let kind = s.kind.as_str();
+    if kind != "webhook" {
+        for (name, present) in [
+            ("url", s.url.is_some()),
+            ("secret", s.secret.is_some()),
+            ("secret_env", s.secret_env.is_some()),
+            ("allow_private", s.allow_private),
+            ("timeout", s.timeout.is_some()),
+            ("max_attempts", s.max_attempts.is_some()),
+            ("max_backoff", s.max_backoff.is_some()),
+            ("batch_max", s.batch_max.is_some()),
+        ] {
+            unused(name, present, kind);
+        }
+    }
+    if kind != "postgres" {
+        unused("table", s.table.is_some(), kind);
+        unused("conninfo", s.conninfo.is_some(), kind);
+    }
+    if kind != "file" {
+        for (name, present) in [
+            ("dir", s.dir.is_some()),
+            ("format", s.format.is_some()),
+            ("roll_records", s.roll_records.is_some()),
+            ("roll_interval", s.roll_interval.is_some()),
+        ] {
+            unused(name, present, kind);
+        }
+    }
+    match kind {
+        "webhook" => {
+            let url = s.url.unwrap_or_default();
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                c.push(
+                    file,
+                    "sink.url",
+                    format!("`{url}`: a webhook needs an http:// or https:// URL"),
+                );
+            }
+            let secret = match (s.secret, s.secret_env) {
+                (Some(_), Some(_)) => {
+                    c.push(
+                        file,
+                        "sink.secret",
+                        "give `secret` or `secret_env`, not both",
+                    );
+                    SecretSource::None
+                }
+                (Some(v), None) => SecretSource::Inline(v),
+                (None, Some(e)) => SecretSource::Env(e),
+                (None, None) => {
+                    c.push(
+                        file,
+                        "sink.secret_env",
+                        "a webhook needs a signing secret: `secret_env = \"VAR\"` (or `secret = \"whsec_...\"` for development)",
+                    );
+                    SecretSource::None
+                }
+            };
+            let max_attempts = s.max_attempts.unwrap_or(8);
+            if max_attempts == 0 {
+                c.push(file, "sink.max_attempts", "must be at least 1");
+            }
+            let batch_max = s.batch_max.unwrap_or(500);
+            if batch_max == 0 || batch_max > 10_000 {
+                c.push(file, "sink.batch_max", "must be 1..=10000");
+            }
+            Some(SinkSpec::Webhook {
+                url,
+                secret,
+                allow_private: s.allow_private,
+                timeout: duration(
+                    c,
+                    file,
+                    "sink.timeout",
+                    s.timeout.as_deref(),
+                    Duration::from_secs(10),
+                ),
+                max_attempts,
+                max_backoff: duration(
+                    c,
+                    file,
+                    "sink.max_backoff",
+                    s.max_backoff.as_deref(),
+                    Duration::from_secs(60),
+                ),
+                batch_max,
+            })
+        }
+        "postgres" => {
+            let table = s.table.unwrap_or_default();
+            let ok = !table.is_empty()
+                && table.split('.').count() <= 2
+                && table.split('.').all(is_ident);
+            if !ok {
+                c.push(
+                    file,
+                    "sink.table",
+                    format!("`{table}`: a PostgreSQL sink needs `table = \"[schema.]name\"`, each part [a-z][a-z0-9_]*"),
+                );
+            }
+            Some(SinkSpec::Postgres {
+                table,
+                conninfo: s.conninfo,
+            })
+        }
+        "sse" => Some(SinkSpec::Sse),
+        "kafka_view" => Some(SinkSpec::KafkaView),
+        "file" => {
+            let Some(dir) = s.dir else {
+                c.push(file, "sink.dir", "a file sink needs `dir`");
+                return None;
+            };
+            let roll_records = s.roll_records.unwrap_or(10_000);
+            if roll_records == 0 {
+                c.push(file, "sink.roll_records", "must be at least 1");
+            }
+            Some(SinkSpec::File {
+                dir,
+                format: s.format.unwrap_or(FileFormat::Jsonl),
+                roll_records,
+                roll_interval: duration(
+                    c,
+                    file,
+                    "sink.roll_interval",
+                    s.roll_interval.as_deref(),
+                    Duration::from_secs(60),
+                ),
+            })
+        }
+        other => {
+            c.push(
+                file,
+                "sink.type",
+                format!(
+                    "unknown sink type `{other}`: use webhook, postgres, sse, kafka_view or file"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Loads `subscriptions/<id>.toml`, cross-checked against the departments
+/// and datasets.
+pub(crate) fn load_subscription(
+    root: &Path,
+    id: &str,
+    text: &str,
+    departments: &BTreeMap<String, Department>,
+    datasets: &BTreeMap<String, Dataset>,
+    c: &mut Collector,
+) -> Option<Subscription> {
+    let file = root.join("subscriptions").join(format!("{id}.toml"));
+    let before = c.problems.len();
+    if !is_ident(id) {
+        c.push(
+            &file,
+            "-",
+            "a subscription file is named <id>.toml, id [a-z][a-z0-9_]*",
+        );
+        return None;
+    }
+    let spec: SubscriptionSpec = match toml::from_str(text) {
+        Ok(s) => s,
+        Err(e) => {
+            toml_problem(c, &file, &e);
+            return None;
+        }
+    };
+    if !departments.contains_key(&spec.subscriber) {
+        c.push(
+            &file,
+            "subscriber",
+            format!(
+                "`{}` is not a department in departments.toml",
+                spec.subscriber
+            ),
+        );
+    }
+    let Some(ds) = datasets.get(&spec.dataset) else {
+        c.push(
+            &file,
+            "dataset",
+            format!("`{}` is not a dataset in the catalog", spec.dataset),
+        );
+        return None;
+    };
+    if spec.purpose.trim().is_empty() {
+        c.push(
+            &file,
+            "purpose",
+            "every grant states its purpose (it is recorded with every delivery)",
+        );
+    }
+    let mut instant = |name: &str, v: &Option<String>| {
+        v.as_deref().and_then(|t| {
+            let parsed = parse_instant(t);
+            if parsed.is_none() {
+                c.push(
+                    &file,
+                    name,
+                    format!("`{t}`: expected YYYY-MM-DD or an RFC 3339 time"),
+                );
+            }
+            parsed
+        })
+    };
+    let valid_from = instant("valid_from", &spec.valid_from);
+    let valid_until = instant("valid_until", &spec.valid_until);
+    if let (Some(f), Some(u)) = (valid_from, valid_until) {
+        if u <= f {
+            c.push(&file, "valid_until", "must be after valid_from");
+        }
+    }
+
+    let schema_fields: Vec<String> = match &ds.latest().schema {
+        apache_avro::Schema::Record(r) => r.fields.iter().map(|f| f.name.clone()).collect(),
+        _ => Vec::new(),
+    };
+    let known = |f: &str| schema_fields.iter().any(|x| x == f);
+    let check_fields = |c: &mut Collector, path: &str, fields: &[String]| {
+        for f in fields {
+            if !known(f) {
+                c.push(
+                    &file,
+                    path,
+                    format!(
+                        "`{f}` is not a field of {} (fields: {})",
+                        ds.name,
+                        schema_fields.join(", ")
+                    ),
+                );
+            }
+        }
+    };
+    let selection = match (spec.fields.include, spec.fields.exclude) {
+        (Some(_), Some(_)) => {
+            c.push(&file, "fields", "give `include` or `exclude`, not both");
+            Selection::All
+        }
+        (Some(inc), None) => {
+            check_fields(c, "fields.include", &inc);
+            Selection::Include(inc)
+        }
+        (None, Some(exc)) => {
+            check_fields(c, "fields.exclude", &exc);
+            for k in &ds.key {
+                if exc.contains(k) {
+                    c.push(
+                        &file,
+                        "fields.exclude",
+                        format!("`{k}` is a key field and is always delivered; give it `pseudonym` treatment instead"),
+                    );
+                }
+            }
+            Selection::Exclude(exc)
+        }
+        (None, None) => Selection::All,
+    };
+    let mut treatments = BTreeMap::new();
+    for (field, t) in &spec.fields.treatment {
+        if !known(field) {
+            check_fields(c, "fields.treatment", std::slice::from_ref(field));
+        } else if !ds.personal_data.contains_key(field) {
+            c.push(
+                &file,
+                format!("fields.treatment.{field}"),
+                format!("`{field}` is not tagged as personal data in {}; only tagged fields take a treatment", ds.name),
+            );
+        }
+        treatments.insert(field.clone(), *t);
+    }
+    for field in ds.personal_data.keys() {
+        treatments.entry(field.clone()).or_insert(Treatment::Mask);
+    }
+    let mut filter = Vec::new();
+    for (i, p) in spec.filter.iter().enumerate() {
+        match parse_predicate(p) {
+            Ok(pred) => {
+                if !known(&pred.field) {
+                    check_fields(
+                        c,
+                        &format!("filter[{i}]"),
+                        std::slice::from_ref(&pred.field),
+                    );
+                }
+                filter.push(pred);
+            }
+            Err(e) => c.push(&file, format!("filter[{i}]"), e),
+        }
+    }
+    let sink = sink_spec(c, &file, spec.sink);
+    if c.problems.len() > before {
+        return None;
+    }
+    let mut h = Sha256::new();
+    let policy = serde_json::json!({
+        "dataset": spec.dataset,
+        "selection": selection,
+        "treatments": treatments,
+        "filter": filter,
+    });
+    h.update(policy.to_string().as_bytes());
+    let mut policy_version = String::with_capacity(12);
+    for b in &h.finalize()[..6] {
+        let _ = write!(policy_version, "{b:02x}");
+    }
+    Some(Subscription {
+        id: id.to_owned(),
+        subscriber: spec.subscriber,
+        dataset: spec.dataset,
+        purpose: spec.purpose,
+        valid_from,
+        valid_until,
+        revoked: spec.revoked,
+        selection,
+        treatments,
+        filter,
+        sink: sink?,
+        policy_version,
+        file,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predicates() {
+        let p = parse_predicate("amount >= 1000").unwrap();
+        assert_eq!((p.field.as_str(), p.op), ("amount", Op::Ge));
+        assert_eq!(p.value, serde_json::json!(1000));
+        let p = parse_predicate("gender == 'FEMALE'").unwrap();
+        assert_eq!(p.value, serde_json::json!("FEMALE"));
+        let p = parse_predicate("gender == FEMALE").unwrap();
+        assert_eq!(p.value, serde_json::json!("FEMALE"));
+        let p = parse_predicate(r#"category in ["a", "b"]"#).unwrap();
+        assert_eq!(p.op, Op::In);
+        assert!(parse_predicate("in [1]").is_err());
+        assert!(parse_predicate("x ~ 1").is_err());
+        assert!(parse_predicate("x in 1").is_err());
+        assert!(parse_predicate("x ==").is_err());
+    }
+
+    #[test]
+    fn instants() {
+        assert_eq!(parse_instant("1970-01-02"), Some(86_400_000));
+        assert_eq!(parse_instant("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(parse_instant("yesterday"), None);
+    }
+}

@@ -1,0 +1,94 @@
+//! Reading a whole topic, for the operator tools (`dlq`, `audit`).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// One record, owned.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// The record's timestamp, when it has one.
+    pub timestamp_ms: Option<i64>,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes (`None` for a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Headers in order.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Record {
+    /// The first header `name` as UTF-8, or `""`.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or("")
+    }
+}
+
+/// Reads `topic` from the beginning until it has been quiet for `quiet`
+/// (at most `limit` overall), sorted by partition and offset. Watermarks
+/// alone are not trusted: Tansu 0.6.0 reports a partition's end as the last
+/// *batch* offset + 1, short of the records in a multi-record batch.
+pub fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    quiet: Duration,
+    limit: Duration,
+) -> Result<Vec<Record>, KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "govbus-tool")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        if let Some(e) = t.error() {
+            return Err(KafkaError::MetadataFetch(e.into()));
+        }
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + limit;
+    let mut last = Instant::now();
+    while last.elapsed() < quiet && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        last = Instant::now();
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|x| (x.key.to_owned(), x.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+    }
+    out.sort_by_key(|d| (d.partition, d.offset));
+    Ok(out)
+}

@@ -1,0 +1,132 @@
+//! Canonical values (Confluent-framed Avro) to JSON, in the same conventions
+//! the gateway accepts: dates `YYYY-MM-DD`, timestamps RFC 3339, decimals as
+//! exact strings, enums as symbols, `["null", T]` as `null` or a plain `T`.
+//! What a subscriber receives could be published again unchanged.
+
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use govbus_catalog::{time, Catalog, Decimal, SchemaId};
+use serde_json::{Map, Value as Json};
+
+/// Why a canonical value could not be decoded. Never holds a value.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Shorter than the 5-byte Confluent header or a wrong magic byte.
+    #[error("not a Confluent-framed value ({0} bytes)")]
+    Framing(usize),
+    /// The schema id is not in the catalog.
+    #[error("schema id {0} is not in the catalog")]
+    UnknownSchema(SchemaId),
+    /// The datum does not match its schema.
+    #[error("Avro datum does not decode under schema id {0}")]
+    Datum(SchemaId),
+}
+
+/// The schema id of a framed value.
+pub fn schema_id(framed: &[u8]) -> Result<SchemaId, DecodeError> {
+    match framed {
+        [0, a, b, c, d, ..] => Ok(SchemaId(u32::from_be_bytes([*a, *b, *c, *d]))),
+        _ => Err(DecodeError::Framing(framed.len())),
+    }
+}
+
+/// Decodes a framed canonical value into a JSON object.
+pub fn to_json(catalog: &Catalog, framed: &[u8]) -> Result<Map<String, Json>, DecodeError> {
+    let id = schema_id(framed)?;
+    let (_, sv) = catalog.schema(id).ok_or(DecodeError::UnknownSchema(id))?;
+    let reader = GenericDatumReader::builder(&sv.schema)
+        .build()
+        .map_err(|_| DecodeError::Datum(id))?;
+    let mut datum = &framed[5..];
+    let value = reader
+        .read_value(&mut datum)
+        .map_err(|_| DecodeError::Datum(id))?;
+    match convert(&sv.schema, value) {
+        Json::Object(o) => Ok(o),
+        _ => Err(DecodeError::Datum(id)),
+    }
+}
+
+fn convert(schema: &Schema, value: Value) -> Json {
+    match value {
+        Value::Null => Json::Null,
+        Value::Boolean(b) => Json::Bool(b),
+        Value::Int(i) => Json::from(i),
+        Value::Long(l) => Json::from(l),
+        Value::Float(f) => {
+            serde_json::Number::from_f64(f64::from(f)).map_or(Json::Null, Json::Number)
+        }
+        Value::Double(f) => serde_json::Number::from_f64(f).map_or(Json::Null, Json::Number),
+        Value::Bytes(b) | Value::Fixed(_, b) => {
+            Json::String(b.iter().map(|&c| char::from(c)).collect())
+        }
+        Value::String(s) | Value::Enum(_, s) => Json::String(s),
+        Value::Union(i, v) => {
+            let inner = match schema {
+                Schema::Union(u) => u.variants().get(i as usize).unwrap_or(schema),
+                _ => schema,
+            };
+            convert(inner, *v)
+        }
+        Value::Array(items) => {
+            let inner = match schema {
+                Schema::Array(a) => &a.items,
+                _ => schema,
+            };
+            Json::Array(items.into_iter().map(|v| convert(inner, v)).collect())
+        }
+        Value::Map(m) => {
+            let inner = match schema {
+                Schema::Map(m) => &m.types,
+                _ => schema,
+            };
+            let mut entries: Vec<_> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Json::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, convert(inner, v)))
+                    .collect(),
+            )
+        }
+        Value::Record(fields) => {
+            let schemas = match schema {
+                Schema::Record(r) => Some(r),
+                _ => None,
+            };
+            let mut out = Map::with_capacity(fields.len());
+            for (name, v) in fields {
+                let fs = schemas
+                    .and_then(|r| r.lookup.get(&name).map(|&i| &r.fields[i].schema))
+                    .unwrap_or(schema);
+                out.insert(name, convert(fs, v));
+            }
+            Json::Object(out)
+        }
+        Value::Date(d) => Json::String(time::format_date(i64::from(d))),
+        Value::TimestampMillis(ms) | Value::LocalTimestampMillis(ms) => {
+            Json::String(time::format_rfc3339_millis(ms))
+        }
+        Value::TimestampMicros(us) | Value::LocalTimestampMicros(us) => {
+            Json::String(time::format_rfc3339_millis(us.div_euclid(1000)))
+        }
+        Value::TimestampNanos(ns) | Value::LocalTimestampNanos(ns) => {
+            Json::String(time::format_rfc3339_millis(ns.div_euclid(1_000_000)))
+        }
+        Value::TimeMillis(t) => Json::from(t),
+        Value::TimeMicros(t) => Json::from(t),
+        Value::Decimal(d) => {
+            let scale = match schema {
+                Schema::Decimal(ds) => ds.scale as u32,
+                _ => 0,
+            };
+            let bytes: Vec<u8> = Vec::try_from(&d).unwrap_or_default();
+            Decimal::from_be_bytes(&bytes, scale)
+                .map_or(Json::Null, |d| Json::String(d.to_string()))
+        }
+        Value::BigDecimal(b) => Json::String(b.to_string()),
+        Value::Uuid(u) => Json::String(u.to_string()),
+        Value::Duration(_) => Json::Null,
+    }
+}

@@ -1,0 +1,163 @@
+//! What a subscriber receives: one change event, after the field policy, as
+//! a CloudEvent (structured JSON).
+
+use govbus_catalog::Catalog;
+use govbus_kafka::headers as h;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use serde_json::{json, Map, Value as Json};
+
+use crate::decode::{self, DecodeError};
+use crate::policy::Policy;
+
+/// A canonical record, owned, as read from `data.<dataset>`.
+#[derive(Debug, Clone)]
+pub struct Canonical {
+    /// Partition of `data.<dataset>`.
+    pub partition: i32,
+    /// Offset in it.
+    pub offset: i64,
+    /// Kafka timestamp (when the router wrote it).
+    pub timestamp_ms: i64,
+    /// The framed Avro value; `None` for a delete.
+    pub value: Option<Vec<u8>>,
+    /// The Kafka key.
+    pub key: Option<Vec<u8>>,
+    /// Every header, for the subscriber DLQ.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Canonical {
+    /// Copies a consumed message.
+    pub fn from_message(m: &BorrowedMessage<'_>) -> Canonical {
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|x| (x.key.to_owned(), x.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Canonical {
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+            value: m.payload().map(<[u8]>::to_vec),
+            key: m.key().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
+    /// The first header `name` as UTF-8, or `""`.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .unwrap_or("")
+    }
+}
+
+/// One event as delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// `ce_id` of the canonical record: stable across retries and replays.
+    pub id: String,
+    /// `/departments/<owner>`.
+    pub source: String,
+    /// The dataset.
+    pub dataset: String,
+    /// The record key under the policy's treatments.
+    pub subject: String,
+    /// When the change happened at the source.
+    pub time: String,
+    /// `create`, `update`, `delete` or `snapshot`.
+    pub op: String,
+    /// Per-key version at the source.
+    pub source_version: u64,
+    /// The record after the policy; `None` for a delete.
+    pub data: Option<Map<String, Json>>,
+    /// Partition of `data.<dataset>`.
+    pub partition: i32,
+    /// Offset in it.
+    pub offset: i64,
+    /// Kafka timestamp of the canonical record.
+    pub timestamp_ms: i64,
+}
+
+impl Delivery {
+    /// The CloudEvents structured-mode JSON (one element of a batch).
+    /// Extensions: `op`, `sourceversion`, `policyversion`.
+    pub fn cloudevent(&self, policy_version: &str) -> Json {
+        let mut ce = json!({
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.dataset,
+            "subject": self.subject,
+            "time": self.time,
+            "datacontenttype": "application/json",
+            "op": self.op,
+            "sourceversion": self.source_version.to_string(),
+            "policyversion": policy_version,
+        });
+        if let (Some(data), Json::Object(o)) = (&self.data, &mut ce) {
+            o.insert("data".into(), Json::Object(data.clone()));
+        }
+        ce
+    }
+}
+
+/// What the policy made of a canonical record.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Deliver it.
+    Deliver(Delivery),
+    /// The row filter excluded it (its offset still moves).
+    Filtered,
+    /// The value does not decode with the catalog the sink has: it goes to
+    /// `dlq.sub.<id>` with this reason.
+    Undecodable(DecodeError),
+}
+
+/// Applies `policy` to a canonical record.
+pub fn prepare(catalog: &Catalog, policy: &Policy, c: &Canonical) -> Prepared {
+    let key = c.header(h::CE_SUBJECT);
+    let key = if key.is_empty() {
+        c.key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .unwrap_or("")
+    } else {
+        key
+    };
+    let data = match &c.value {
+        None => None,
+        Some(v) => match decode::to_json(catalog, v) {
+            Ok(record) => {
+                if !policy.admits(&record) {
+                    return Prepared::Filtered;
+                }
+                Some(policy.apply(record))
+            }
+            Err(e) => return Prepared::Undecodable(e),
+        },
+    };
+    let op = c.header(h::CE_OP);
+    Prepared::Deliver(Delivery {
+        id: c.header(h::CE_ID).to_owned(),
+        source: c.header(h::CE_SOURCE).to_owned(),
+        dataset: policy.subscription().dataset.clone(),
+        subject: policy.subject(key),
+        time: c.header(h::CE_TIME).to_owned(),
+        op: if op.is_empty() {
+            if data.is_some() { "update" } else { "delete" }.to_owned()
+        } else {
+            op.to_owned()
+        },
+        source_version: c.header(h::CE_SOURCEVERSION).parse().unwrap_or(0),
+        data,
+        partition: c.partition,
+        offset: c.offset,
+        timestamp_ms: c.timestamp_ms,
+    })
+}

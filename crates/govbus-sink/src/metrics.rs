@@ -1,0 +1,131 @@
+//! Delivery metrics, per subscription (a bounded label: subscriptions are
+//! catalog entries) and sink type.
+
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// The sink process's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    delivered: IntCounterVec,
+    filtered: IntCounterVec,
+    failed: IntCounterVec,
+    retried: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    lag_records: IntGaugeVec,
+    lag_seconds: GaugeVec,
+    oldest_undelivered: GaugeVec,
+    active: IntGaugeVec,
+    sse_clients: IntGaugeVec,
+    ledger_entries: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), &["subscription"])
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+fn fgauge(registry: &Registry, name: &str, help: &str) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), &["subscription"])
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+const SUB: &[&str] = &["subscription", "sink"];
+
+impl Metrics {
+    /// Registers every metric in a new registry.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        Metrics {
+            delivered: counter(&r, "govbus_sink_delivered_total", "Events delivered (effect durable at the subscriber).", SUB),
+            filtered: counter(&r, "govbus_sink_filtered_total", "Events the subscription's row filter excluded.", SUB),
+            failed: counter(&r, "govbus_sink_failed_total", "Delivery attempts that failed (each attempt counts).", SUB),
+            retried: counter(&r, "govbus_sink_retried_total", "Delivery attempts that were retries.", SUB),
+            dead_lettered: counter(&r, "govbus_sink_dead_lettered_total", "Events written to dlq.sub.<subscription>.", SUB),
+            lag_records: gauge(&r, "govbus_sink_lag_records", "Records in data.<dataset> not yet consumed by the subscription."),
+            lag_seconds: fgauge(&r, "govbus_sink_lag_seconds", "Age of the newest delivered record when it was delivered (0 when caught up)."),
+            oldest_undelivered: fgauge(&r, "govbus_sink_oldest_undelivered_seconds", "Age of the oldest consumed, not yet delivered record (0 when none)."),
+            active: gauge(&r, "govbus_sink_active", "1 while the subscription's grant is valid and its sink runs; 0 when revoked, expired or disabled."),
+            sse_clients: gauge(&r, "govbus_sink_sse_clients", "Connected live-stream clients."),
+            ledger_entries: counter(&r, "govbus_audit_entries_total", "Entries appended to the delivery ledger.", &["outcome"]),
+            registry: r,
+        }
+    }
+
+    /// Events delivered.
+    pub fn delivered(&self, sub: &str, sink: &str, n: usize) {
+        self.delivered
+            .with_label_values(&[sub, sink])
+            .inc_by(n as u64);
+    }
+    /// Events filtered out.
+    pub fn filtered(&self, sub: &str, sink: &str, n: usize) {
+        if n > 0 {
+            self.filtered
+                .with_label_values(&[sub, sink])
+                .inc_by(n as u64);
+        }
+    }
+    /// One failed attempt.
+    pub fn failed(&self, sub: &str, sink: &str) {
+        self.failed.with_label_values(&[sub, sink]).inc();
+    }
+    /// One retry.
+    pub fn retried(&self, sub: &str, sink: &str) {
+        self.retried.with_label_values(&[sub, sink]).inc();
+    }
+    /// Events dead-lettered.
+    pub fn dead_lettered(&self, sub: &str, sink: &str, n: usize) {
+        self.dead_lettered
+            .with_label_values(&[sub, sink])
+            .inc_by(n as u64);
+    }
+    /// Lag in records.
+    pub fn lag_records(&self, sub: &str, n: i64) {
+        self.lag_records.with_label_values(&[sub]).set(n);
+    }
+    /// Lag in seconds.
+    pub fn lag_seconds(&self, sub: &str, s: f64) {
+        self.lag_seconds.with_label_values(&[sub]).set(s);
+    }
+    /// Age of the oldest undelivered record.
+    pub fn oldest_undelivered(&self, sub: &str, s: f64) {
+        self.oldest_undelivered.with_label_values(&[sub]).set(s);
+    }
+    /// Whether the subscription delivers.
+    pub fn active(&self, sub: &str, on: bool) {
+        self.active.with_label_values(&[sub]).set(i64::from(on));
+    }
+    /// Live-stream clients connected (+1 / -1).
+    pub fn sse_clients(&self, sub: &str, delta: i64) {
+        self.sse_clients.with_label_values(&[sub]).add(delta);
+    }
+    /// One ledger entry.
+    pub fn ledger_entry(&self, outcome: &str) {
+        self.ledger_entries.with_label_values(&[outcome]).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

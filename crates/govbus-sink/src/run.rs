@@ -1,0 +1,818 @@
+//! Running subscriptions: one consumer group per subscription
+//! (`govbus.sub.<id>`), the grant checked on every batch, offsets stored only
+//! after the effect is durable and the delivery is in the ledger.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use govbus_catalog::{Catalog, Dataset, SinkSpec, Subscription};
+use govbus_kafka::headers as h;
+use govbus_kafka::topics::Topics;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::event::{prepare, Canonical, Delivery, Prepared};
+use crate::ledger::{self, Ledger};
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::sinks::file::FileSink;
+use crate::sinks::postgres::{self, PgSink};
+use crate::sinks::view;
+use crate::sinks::webhook::{self, Attempt, Webhook};
+
+/// Settings of a sink process.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// Topic names.
+    pub topics: Topics,
+    /// Secret from which per-subscriber pseudonym keys are derived.
+    pub pseudonym_secret: Vec<u8>,
+    /// Default PostgreSQL connection for `postgres` sinks without `conninfo`.
+    pub postgres: Option<String>,
+    /// Run only these subscriptions (empty: every non-SSE subscription).
+    pub only: Vec<String>,
+    /// Records per batch.
+    pub max_batch: usize,
+    /// How long a batch waits to fill.
+    pub linger: Duration,
+    /// Extra librdkafka settings (`key=value`) for every client.
+    pub client_overrides: Vec<(String, String)>,
+}
+
+impl SinkConfig {
+    /// Defaults for `bootstrap`.
+    pub fn new(bootstrap: impl Into<String>) -> SinkConfig {
+        SinkConfig {
+            bootstrap: bootstrap.into(),
+            topics: Topics::default(),
+            pseudonym_secret: Vec::new(),
+            postgres: None,
+            only: Vec::new(),
+            max_batch: 1000,
+            linger: Duration::from_millis(20),
+            client_overrides: Vec::new(),
+        }
+    }
+
+    /// The consumer group of subscription `id`.
+    pub fn group(&self, id: &str) -> String {
+        format!("{}govbus.sub.{id}", self.topics.prefix())
+    }
+
+    /// `<prefix>dlq.sub.<id>`.
+    pub fn dlq(&self, id: &str) -> String {
+        format!("{}dlq.sub.{id}", self.topics.prefix())
+    }
+
+    /// `<prefix>view.<id>`.
+    pub fn view(&self, id: &str) -> String {
+        format!("{}view.{id}", self.topics.prefix())
+    }
+
+    /// `<prefix>_govbus.audit`.
+    pub fn audit(&self) -> String {
+        format!("{}_govbus.audit", self.topics.prefix())
+    }
+
+    fn client(&self, mut c: ClientConfig) -> ClientConfig {
+        for (k, v) in &self.client_overrides {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// Why a sink cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Kafka client creation or subscription failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The ledger could not be opened.
+    #[error(transparent)]
+    Ledger(#[from] ledger::LedgerError),
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: SinkConfig,
+    pub(crate) catalog: watch::Receiver<Arc<Catalog>>,
+    pub(crate) metrics: Metrics,
+    pub(crate) ledger: Arc<Ledger>,
+    pub(crate) producer: FutureProducer,
+}
+
+/// A running sink process: every subscription it is responsible for.
+pub struct Sinks {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sinks").finish_non_exhaustive()
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Creates `topics` (ignoring ones that exist; brokers without CreateTopics,
+/// like librdkafka's mock cluster, auto-create on first use).
+pub async fn ensure_topics(config: &SinkConfig, topics: &[(String, i32)]) {
+    let Ok(admin) = config
+        .client({
+            let mut c = ClientConfig::new();
+            c.set("bootstrap.servers", &config.bootstrap);
+            c
+        })
+        .create::<AdminClient<DefaultClientContext>>()
+    else {
+        return;
+    };
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    if let Err(error) = admin.create_topics(&new, &opts).await {
+        tracing::debug!(message = "Topic creation not available.", %error);
+    }
+}
+
+impl Sinks {
+    /// Opens the ledger and the shared producer.
+    pub async fn start(
+        config: SinkConfig,
+        catalog: watch::Receiver<Arc<Catalog>>,
+        metrics: Metrics,
+    ) -> Result<Sinks, SinkError> {
+        ensure_topics(&config, &[(config.audit(), 1)]).await;
+        let ledger = Arc::new(Ledger::open(&config.bootstrap, &config.audit()).await?);
+        let producer: FutureProducer = config
+            .client(govbus_kafka::config::producer(&config.bootstrap))
+            .create()?;
+        tracing::info!(message = "Delivery ledger opened.", writer = %ledger.writer(), topic = %config.audit());
+        Ok(Sinks {
+            shared: Arc::new(Shared {
+                config,
+                catalog,
+                metrics,
+                ledger,
+                producer,
+            }),
+        })
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Runs every selected subscription until `shutdown` turns true, then
+    /// finishes the batches in hand and closes the ledger chain.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            let catalog = self.shared.catalog.borrow().clone();
+            for sub in catalog.subscriptions() {
+                let selected = if self.shared.config.only.is_empty() {
+                    sub.sink != SinkSpec::Sse
+                } else {
+                    self.shared.config.only.contains(&sub.id)
+                };
+                if selected && !running.contains_key(&sub.id) && sub.sink != SinkSpec::Sse {
+                    let shared = self.shared.clone();
+                    let id = sub.id.clone();
+                    let sd = shutdown.clone();
+                    running.insert(
+                        sub.id.clone(),
+                        tokio::spawn(async move { shared.run_subscription(id, sd).await }),
+                    );
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        for (_, task) in running {
+            let _ = task.await;
+        }
+        if let Err(error) = self.shared.ledger.close().await {
+            tracing::warn!(message = "Could not close the ledger chain.", %error);
+        }
+    }
+}
+
+struct LagContext {
+    metrics: Metrics,
+    subscription: String,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, stats: Statistics) {
+        let lag: i64 = stats
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.metrics.lag_records(&self.subscription, lag);
+    }
+}
+impl ConsumerContext for LagContext {}
+
+type SubConsumer = StreamConsumer<LagContext>;
+
+enum Ended {
+    Shutdown,
+    Inactive(&'static str),
+    Reconfigure,
+    Gone,
+    Failed(String),
+}
+
+enum Target {
+    Webhook(Arc<Webhook>),
+    File(FileSink),
+    View(String),
+    Postgres(PgSink),
+}
+
+/// How far delivery of a batch got.
+struct Progress {
+    /// Deliveries `[..done]` were dealt with (delivered or dead-lettered).
+    done: usize,
+    /// Delivery index, reason code and bounded detail of dead-lettered ones.
+    dead: Vec<(usize, &'static str, String)>,
+    /// Why delivery stopped early.
+    stop: Option<Ended>,
+}
+
+impl Progress {
+    fn all(n: usize) -> Progress {
+        Progress {
+            done: n,
+            dead: Vec::new(),
+            stop: None,
+        }
+    }
+}
+
+pub(crate) async fn next_batch<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    max: usize,
+    linger: Duration,
+    idle: Duration,
+) -> Vec<Canonical> {
+    let first = match tokio::time::timeout(idle, consumer.recv()).await {
+        Err(_) => return Vec::new(),
+        Ok(Err(error)) => {
+            tracing::warn!(message = "Consume failed; retrying.", %error);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Vec::new();
+        }
+        Ok(Ok(m)) => Canonical::from_message(&m),
+    };
+    let mut out = vec![first];
+    let deadline = tokio::time::Instant::now() + linger;
+    while out.len() < max {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => out.push(Canonical::from_message(&m)),
+            Ok(Err(error)) => {
+                tracing::warn!(message = "Consume failed.", %error);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+impl Shared {
+    pub(crate) fn grant(&self, id: &str) -> Result<(Subscription, Dataset), &'static str> {
+        let catalog = self.catalog.borrow().clone();
+        let Some(sub) = catalog.subscription(id) else {
+            return Err("deleted from the catalog");
+        };
+        if let Some(reason) = sub.inactive_reason(now_ms()) {
+            return Err(reason);
+        }
+        let ds = catalog.dataset(&sub.dataset).ok_or("dataset removed")?;
+        Ok((sub.clone(), ds.clone()))
+    }
+
+    async fn run_subscription(self: Arc<Self>, id: String, mut shutdown: watch::Receiver<bool>) {
+        let mut disabled: Option<SinkSpec> = None;
+        let mut last_state = "";
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let granted = self.grant(&id);
+            let ready = match &granted {
+                Ok((sub, _)) if disabled.as_ref() == Some(&sub.sink) => Err("disabled (HTTP 410)"),
+                Ok(g) => Ok(g.clone()),
+                Err(e) => Err(*e),
+            };
+            let (sub, ds) = match ready {
+                Ok(g) => g,
+                Err(state) => {
+                    self.metrics.active(&id, false);
+                    if state != last_state {
+                        tracing::info!(message = "Subscription not delivering.", subscription = %id, state);
+                        last_state = state;
+                    }
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    continue;
+                }
+            };
+            disabled = None;
+            last_state = "";
+            self.metrics.active(&id, true);
+            tracing::info!(message = "Subscription delivering.", subscription = %id, subscriber = %sub.subscriber, dataset = %sub.dataset, sink = sub.sink.kind(), policy = %sub.policy_version);
+            match self.deliver_while_granted(&sub, &ds, &mut shutdown).await {
+                Ended::Shutdown => return,
+                Ended::Inactive(reason) => {
+                    self.metrics.active(&id, false);
+                    tracing::warn!(message = "Delivery stopped: the grant no longer allows it.", subscription = %id, reason);
+                }
+                Ended::Reconfigure => {
+                    tracing::info!(message = "Sink configuration changed; reopening.", subscription = %id);
+                }
+                Ended::Gone => {
+                    self.metrics.active(&id, false);
+                    tracing::error!(message = "Endpoint answered 410 Gone: delivery disabled until the subscription's sink changes.", subscription = %id);
+                    disabled = Some(sub.sink.clone());
+                }
+                Ended::Failed(error) => {
+                    self.metrics.active(&id, false);
+                    tracing::error!(message = "Sink failed; retrying in 5 s.", subscription = %id, %error);
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open_target(
+        &self,
+        sub: &Subscription,
+        ds: &Dataset,
+        topic: &str,
+    ) -> Result<Target, String> {
+        Ok(match &sub.sink {
+            SinkSpec::Webhook { .. } => Target::Webhook(Arc::new(
+                Webhook::new(&sub.sink).map_err(|e| e.to_string())?,
+            )),
+            SinkSpec::File {
+                dir,
+                format,
+                roll_records,
+                roll_interval,
+            } => {
+                let cols = postgres::columns(sub, ds)
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .collect();
+                Target::File(
+                    FileSink::open(dir, &sub.id, *format, *roll_records, *roll_interval, cols)
+                        .map_err(|e| format!("file sink {}: {e}", dir.display()))?,
+                )
+            }
+            SinkSpec::KafkaView => {
+                let view = self.config.view(&sub.id);
+                ensure_topics(&self.config, &[(view.clone(), 1)]).await;
+                Target::View(view)
+            }
+            SinkSpec::Postgres { table, conninfo } => {
+                let conninfo = conninfo
+                    .clone()
+                    .or_else(|| self.config.postgres.clone())
+                    .ok_or("a postgres sink needs `conninfo` or the sink's --postgres")?;
+                Target::Postgres(
+                    PgSink::open(&conninfo, table, sub, ds, topic)
+                        .await
+                        .map_err(|e| format!("PostgreSQL: {e}"))?,
+                )
+            }
+            SinkSpec::Sse => return Err("SSE subscriptions are served, not run".into()),
+        })
+    }
+
+    async fn deliver_while_granted(
+        &self,
+        sub: &Subscription,
+        ds: &Dataset,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Ended {
+        let topic = self.config.topics.data(&sub.dataset);
+        let dlq = self.config.dlq(&sub.id);
+        ensure_topics(&self.config, &[(dlq.clone(), 1)]).await;
+        let mut target = match self.open_target(sub, ds, &topic).await {
+            Ok(t) => t,
+            Err(e) => return Ended::Failed(e),
+        };
+        let mut cc = self.config.client(govbus_kafka::config::consumer(
+            &self.config.bootstrap,
+            &self.config.group(&sub.id),
+        ));
+        if matches!(target, Target::Postgres(_)) {
+            cc.set("enable.auto.commit", "false");
+        }
+        let consumer: SubConsumer = match cc.create_with_context(LagContext {
+            metrics: self.metrics.clone(),
+            subscription: sub.id.clone(),
+        }) {
+            Ok(c) => c,
+            Err(e) => return Ended::Failed(e.to_string()),
+        };
+        let started = match &target {
+            Target::Postgres(pg) => self.assign_from_table(&consumer, pg, &topic).await,
+            _ => consumer
+                .subscribe(&[topic.as_str()])
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = started {
+            return Ended::Failed(e);
+        }
+        let secret = self.config.pseudonym_secret.clone();
+        let mut policy = Policy::new(sub, ds, &secret);
+        let kind = sub.sink.kind();
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.changed() => Vec::new(),
+                b = next_batch(&consumer, self.config.max_batch, self.config.linger, Duration::from_millis(250)) => b,
+            };
+            // The grant is checked at delivery time, on every batch.
+            let (current, current_ds) = match self.grant(&sub.id) {
+                Ok(g) => g,
+                Err(reason) => return Ended::Inactive(reason),
+            };
+            if current.sink != sub.sink {
+                return Ended::Reconfigure;
+            }
+            if current.policy_version != policy.subscription().policy_version {
+                tracing::info!(message = "Field policy changed.", subscription = %sub.id, policy = %current.policy_version);
+                if matches!(target, Target::Postgres(_)) || current_ds.latest().id != ds.latest().id
+                {
+                    return Ended::Reconfigure;
+                }
+                policy = Policy::new(&current, &current_ds, &secret);
+            }
+            if batch.is_empty() {
+                if let Target::File(f) = &mut target {
+                    if let Err(e) = f.roll_if_due() {
+                        return Ended::Failed(format!("file sink: {e}"));
+                    }
+                }
+                self.metrics.lag_seconds(&sub.id, 0.0);
+                self.metrics.oldest_undelivered(&sub.id, 0.0);
+                if *shutdown.borrow() {
+                    if let Target::File(f) = &mut target {
+                        let _ = f.close();
+                    }
+                    return Ended::Shutdown;
+                }
+                continue;
+            }
+            let catalog = self.catalog.borrow().clone();
+            let mut deliveries: Vec<Delivery> = Vec::with_capacity(batch.len());
+            let mut from: Vec<usize> = Vec::with_capacity(batch.len());
+            let mut undecodable: Vec<(usize, String)> = Vec::new();
+            let mut filtered = 0usize;
+            for (i, c) in batch.iter().enumerate() {
+                match prepare(&catalog, &policy, c) {
+                    Prepared::Deliver(d) => {
+                        deliveries.push(d);
+                        from.push(i);
+                    }
+                    Prepared::Filtered => filtered += 1,
+                    Prepared::Undecodable(e) => undecodable.push((i, e.to_string())),
+                }
+            }
+            let oldest = batch.iter().map(|c| c.timestamp_ms).min().unwrap_or(0);
+            self.metrics
+                .oldest_undelivered(&sub.id, ((now_ms() - oldest).max(0) as f64) / 1000.0);
+
+            let progress = self
+                .deliver(&mut target, &policy, &batch, &deliveries, &from, shutdown)
+                .await;
+            // Everything before the first undelivered canonical record is settled.
+            let settled = if progress.done < deliveries.len() {
+                from[progress.done]
+            } else {
+                batch.len()
+            };
+            let mut dead: Vec<(usize, &'static str, String)> = undecodable
+                .into_iter()
+                .filter(|(i, _)| *i < settled)
+                .map(|(i, e)| (i, "undecodable", e))
+                .collect();
+            dead.extend(
+                progress
+                    .dead
+                    .iter()
+                    .map(|(d, r, w)| (from[*d], *r, w.clone())),
+            );
+            if !dead.is_empty() {
+                self.dead_letter(&dlq, sub, &topic, &batch, &dead).await;
+                self.metrics.dead_lettered(&sub.id, kind, dead.len());
+            }
+            let dead_set: HashSet<usize> = progress.dead.iter().map(|(d, _, _)| *d).collect();
+            let delivered: Vec<String> = deliveries[..progress.done]
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !dead_set.contains(i))
+                .map(|(_, d)| d.id.clone())
+                .collect();
+            let dead_ids: Vec<String> = dead
+                .iter()
+                .map(|(i, _, _)| batch[*i].header(h::CE_ID).to_owned())
+                .collect();
+            for (outcome, events) in [("delivered", delivered), ("dead_lettered", dead_ids)] {
+                if events.is_empty() {
+                    continue;
+                }
+                let n = events.len();
+                let entry = ledger::Record {
+                    subscription: &sub.id,
+                    subscriber: &sub.subscriber,
+                    dataset: &sub.dataset,
+                    sink: kind,
+                    policy: &policy.subscription().policy_version,
+                    outcome,
+                    events,
+                };
+                if let Err(e) = self.ledger.append(&entry).await {
+                    return Ended::Failed(e.to_string());
+                }
+                self.metrics.ledger_entry(outcome);
+                if outcome == "delivered" {
+                    self.metrics.delivered(&sub.id, kind, n);
+                }
+            }
+            self.metrics.filtered(&sub.id, kind, filtered.min(settled));
+            if !matches!(target, Target::Postgres(_)) {
+                store_offsets(&consumer, &topic, &batch[..settled]);
+            }
+            if let Some(last) = batch[..settled].iter().map(|c| c.timestamp_ms).max() {
+                self.metrics
+                    .lag_seconds(&sub.id, ((now_ms() - last).max(0) as f64) / 1000.0);
+            }
+            self.metrics.oldest_undelivered(&sub.id, 0.0);
+            if let Some(stop) = progress.stop {
+                if let Target::File(f) = &mut target {
+                    let _ = f.close();
+                }
+                return stop;
+            }
+        }
+    }
+
+    async fn assign_from_table(
+        &self,
+        consumer: &SubConsumer,
+        pg: &PgSink,
+        topic: &str,
+    ) -> Result<(), String> {
+        let stored = pg.offsets().await.map_err(|e| format!("PostgreSQL: {e}"))?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        let mut tpl = TopicPartitionList::new();
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                let offset = stored
+                    .get(&p.id())
+                    .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                tpl.add_partition_offset(topic, p.id(), offset)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Err(format!("topic {topic} has no partitions (does it exist?)"));
+        }
+        consumer.assign(&tpl).map_err(|e| e.to_string())
+    }
+
+    async fn deliver(
+        &self,
+        target: &mut Target,
+        policy: &Policy,
+        batch: &[Canonical],
+        events: &[Delivery],
+        from: &[usize],
+        shutdown: &watch::Receiver<bool>,
+    ) -> Progress {
+        let sub = policy.subscription();
+        match target {
+            Target::Webhook(w) => self.deliver_webhook(w.clone(), sub, events, shutdown).await,
+            Target::File(f) => match f.write(events) {
+                Ok(()) => Progress::all(events.len()),
+                Err(e) => Progress {
+                    done: 0,
+                    dead: Vec::new(),
+                    stop: Some(Ended::Failed(format!("file sink: {e}"))),
+                },
+            },
+            Target::View(topic) => {
+                view::write(&self.producer, topic, &sub.policy_version, events).await;
+                Progress::all(events.len())
+            }
+            Target::Postgres(pg) => {
+                let mut next: HashMap<i32, i64> = HashMap::new();
+                for c in batch {
+                    next.insert(c.partition, c.offset + 1);
+                }
+                let next: Vec<(i32, i64)> = next.into_iter().collect();
+                let _ = from;
+                match pg.apply(events, &next).await {
+                    Ok(()) => Progress::all(events.len()),
+                    Err(e) => Progress {
+                        done: 0,
+                        dead: Vec::new(),
+                        stop: Some(Ended::Failed(format!("PostgreSQL: {e}"))),
+                    },
+                }
+            }
+        }
+    }
+
+    async fn deliver_webhook(
+        &self,
+        wh: Arc<Webhook>,
+        sub: &Subscription,
+        events: &[Delivery],
+        shutdown: &watch::Receiver<bool>,
+    ) -> Progress {
+        let kind = sub.sink.kind();
+        let mut progress = Progress::all(0);
+        for chunk in events.chunks(wh.batch_max.max(1)) {
+            let ids: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
+            let msg_id = webhook::message_id(&sub.id, &ids);
+            let body = serde_json::to_vec(&serde_json::Value::Array(
+                chunk
+                    .iter()
+                    .map(|e| e.cloudevent(&sub.policy_version))
+                    .collect(),
+            ))
+            .unwrap_or_default();
+            let body = Arc::new(body);
+            let mut attempt = 0u32;
+            let dead_reason = loop {
+                attempt += 1;
+                if attempt > 1 {
+                    self.metrics.retried(&sub.id, kind);
+                }
+                let (w, b, m) = (wh.clone(), body.clone(), msg_id.clone());
+                let result = tokio::task::spawn_blocking(move || w.post(&m, &b))
+                    .await
+                    .unwrap_or_else(|_| Attempt::Retry {
+                        why: "delivery worker failed".into(),
+                        after: None,
+                    });
+                match result {
+                    Attempt::Delivered => break None,
+                    Attempt::Gone => {
+                        self.metrics.failed(&sub.id, kind);
+                        progress.stop = Some(Ended::Gone);
+                        return progress;
+                    }
+                    Attempt::Permanent { reason, why } => {
+                        self.metrics.failed(&sub.id, kind);
+                        tracing::warn!(message = "Webhook refused the batch; dead-lettering it.", subscription = %sub.id, reason, detail = %why, events = chunk.len());
+                        break Some((reason, why));
+                    }
+                    Attempt::Retry { why, after } => {
+                        self.metrics.failed(&sub.id, kind);
+                        if attempt >= wh.max_attempts {
+                            tracing::warn!(message = "Webhook retry budget spent; dead-lettering the batch.", subscription = %sub.id, attempts = attempt, detail = %why, events = chunk.len());
+                            break Some((
+                                "retries_exhausted",
+                                format!("{why}; {attempt} attempts"),
+                            ));
+                        }
+                        let wait = after.map_or_else(
+                            || webhook::backoff(attempt, wh.max_backoff, now_ms() as u64),
+                            |a| a.min(wh.max_backoff),
+                        );
+                        tracing::info!(message = "Webhook delivery failed; will retry.", subscription = %sub.id, attempt, detail = %why, wait_ms = wait.as_millis() as u64);
+                        // Wait in short steps: a revocation or a stop ends the wait.
+                        let until = tokio::time::Instant::now() + wait;
+                        while tokio::time::Instant::now() < until {
+                            if *shutdown.borrow() {
+                                progress.stop = Some(Ended::Shutdown);
+                                return progress;
+                            }
+                            if let Err(reason) = self.grant(&sub.id) {
+                                progress.stop = Some(Ended::Inactive(reason));
+                                return progress;
+                            }
+                            tokio::time::sleep_until(
+                                until.min(tokio::time::Instant::now() + Duration::from_millis(200)),
+                            )
+                            .await;
+                        }
+                    }
+                }
+            };
+            if let Some((reason, why)) = dead_reason {
+                let base = progress.done;
+                progress
+                    .dead
+                    .extend((base..base + chunk.len()).map(|i| (i, reason, why.clone())));
+            }
+            progress.done += chunk.len();
+        }
+        progress
+    }
+
+    async fn dead_letter(
+        &self,
+        dlq: &str,
+        sub: &Subscription,
+        topic: &str,
+        batch: &[Canonical],
+        dead: &[(usize, &'static str, String)],
+    ) {
+        for (i, reason, detail) in dead {
+            let c = &batch[*i];
+            let partition = c.partition.to_string();
+            let offset = c.offset.to_string();
+            loop {
+                let mut headers = rdkafka::message::OwnedHeaders::new();
+                for (k, v) in &c.headers {
+                    if !k.starts_with(h::ERROR_PREFIX) {
+                        headers = headers.insert(rdkafka::message::Header {
+                            key: k,
+                            value: Some(v.as_slice()),
+                        });
+                    }
+                }
+                for (k, v) in [
+                    (h::ERROR_REASON, reason.as_bytes()),
+                    (h::ERROR_STAGE, b"delivery".as_slice()),
+                    (h::ERROR_DETAIL, detail.as_bytes()),
+                    (h::ERROR_DATASET, sub.dataset.as_bytes()),
+                    ("govbus.error.subscription", sub.id.as_bytes()),
+                    (h::ERROR_TOPIC, topic.as_bytes()),
+                    (h::ERROR_PARTITION, partition.as_bytes()),
+                    (h::ERROR_OFFSET, offset.as_bytes()),
+                ] {
+                    headers = headers.insert(rdkafka::message::Header {
+                        key: k,
+                        value: Some(v),
+                    });
+                }
+                let mut record = FutureRecord::to(dlq).headers(headers);
+                if let Some(k) = &c.key {
+                    record = record.key(k.as_slice());
+                }
+                if let Some(v) = &c.value {
+                    record = record.payload(v.as_slice());
+                }
+                match self.producer.send(record, Duration::from_secs(30)).await {
+                    Ok(_) => break,
+                    Err((error, _)) => {
+                        tracing::warn!(message = "Subscriber DLQ write failed; retrying (offsets do not move).", %dlq, %error);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn store_offsets(consumer: &SubConsumer, topic: &str, settled: &[Canonical]) {
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for c in settled {
+        next.insert(c.partition, c.offset + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in next {
+        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
+    }
+    if let Err(error) = consumer.store_offsets(&tpl) {
+        tracing::debug!(message = "Some offsets not stored (partitions revoked).", %error);
+    }
+}

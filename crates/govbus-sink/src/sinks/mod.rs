@@ -1,0 +1,6 @@
+//! The delivery targets.
+
+pub mod file;
+pub mod postgres;
+pub mod view;
+pub mod webhook;

@@ -1,0 +1,315 @@
+//! The live stream: `GET /v1/subscriptions/{id}/events` as Server-Sent Events.
+//!
+//! - Authenticated per subscriber: `Authorization: Bearer <token>` of the
+//!   subscription's department (the gateway's credentials file format).
+//! - Every event's `id` is an offset cursor (`partition:next_offset,...`);
+//!   a client that reconnects with `Last-Event-ID` (or `?cursor=`) resumes
+//!   exactly after the last event it saw. A new client starts at the end
+//!   (`?from=beginning` for everything retained).
+//! - Heartbeats (`: heartbeat` comments) keep proxies and clients from
+//!   timing out an idle stream.
+//! - Each client reads with its own consumer, so many clients per
+//!   subscription are independent; none commits offsets.
+//! - The grant is checked on every batch: a revoked stream gets a final
+//!   `event: revoked` and ends.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use govbus_catalog::SinkSpec;
+use govbus_gateway::Credentials;
+use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::event::{prepare, Prepared};
+use crate::ledger;
+use crate::policy::Policy;
+use crate::run::{next_batch, Shared, Sinks};
+
+/// A parsed offset cursor: partition → next offset.
+pub type Cursor = BTreeMap<i32, i64>;
+
+/// Parses `0:12,1:40`.
+pub fn parse_cursor(text: &str) -> Option<Cursor> {
+    let mut out = Cursor::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (p, o) = part.split_once(':')?;
+        let (p, o) = (p.trim().parse::<i32>().ok()?, o.trim().parse::<i64>().ok()?);
+        if p < 0 || o < 0 {
+            return None;
+        }
+        out.insert(p, o);
+    }
+    Some(out)
+}
+
+/// Formats a cursor.
+pub fn format_cursor(c: &Cursor) -> String {
+    c.iter()
+        .map(|(p, o)| format!("{p}:{o}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+struct SseState {
+    shared: Arc<Shared>,
+    credentials: Credentials,
+    heartbeat: Duration,
+    clients: AtomicU64,
+}
+
+/// The HTTP surface of a sink process: the live streams, `/metrics`,
+/// `/health`.
+pub fn router(sinks: &Sinks, credentials: Credentials, heartbeat: Duration) -> axum::Router {
+    let state = Arc::new(SseState {
+        shared: sinks.shared.clone(),
+        credentials,
+        heartbeat,
+        clients: AtomicU64::new(0),
+    });
+    axum::Router::new()
+        .route("/v1/subscriptions/{id}/events", get(events))
+        .route("/metrics", get(metrics))
+        .route("/health", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+async fn metrics(State(st): State<Arc<SseState>>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        st.shared.metrics.render(),
+    )
+}
+
+#[derive(Deserialize)]
+struct StreamQuery {
+    cursor: Option<String>,
+    from: Option<String>,
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response {
+    let mut r = (
+        status,
+        [("content-type", "application/problem+json")],
+        serde_json::json!({"status": status.as_u16(), "detail": detail}).to_string(),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            "www-authenticate",
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+struct ClientGuard {
+    shared: Arc<Shared>,
+    subscription: String,
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.shared.metrics.sse_clients(&self.subscription, -1);
+    }
+}
+
+async fn events(
+    State(st): State<Arc<SseState>>,
+    Path(id): Path<String>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(department) = token.and_then(|t| st.credentials.department(t)) else {
+        return problem(
+            StatusCode::UNAUTHORIZED,
+            "send `Authorization: Bearer <token>` with a token of the subscribing department",
+        );
+    };
+    let catalog = st.shared.catalog.borrow().clone();
+    let Some(sub) = catalog
+        .subscription(&id)
+        .filter(|s| s.sink == SinkSpec::Sse)
+    else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            &format!("no live-stream subscription `{id}`"),
+        );
+    };
+    if sub.subscriber != department {
+        return problem(
+            StatusCode::FORBIDDEN,
+            &format!("subscription `{id}` belongs to another department"),
+        );
+    }
+    if let Err(reason) = st.shared.grant(&id) {
+        return problem(
+            StatusCode::FORBIDDEN,
+            &format!("subscription `{id}` does not allow delivery: {reason}"),
+        );
+    }
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(q.cursor);
+    let cursor = match resume.as_deref().map(parse_cursor) {
+        Some(None) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Last-Event-ID / cursor must look like `0:12,1:40` (partition:next_offset)",
+            )
+        }
+        Some(Some(c)) => Some(c),
+        None => None,
+    };
+    let start = match q.from.as_deref() {
+        None | Some("end") => Offset::End,
+        Some("beginning") => Offset::Beginning,
+        Some(_) => return problem(StatusCode::BAD_REQUEST, "`from` is `beginning` or `end`"),
+    };
+    let n = st.clients.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    let shared = st.shared.clone();
+    st.shared.metrics.sse_clients(&id, 1);
+    let guard = ClientGuard {
+        shared: shared.clone(),
+        subscription: id.clone(),
+    };
+    tokio::spawn(async move {
+        let _guard = guard;
+        if let Err(e) = stream(shared, id.clone(), cursor, start, tx).await {
+            tracing::warn!(message = "Live stream ended with an error.", subscription = %id, client = n, error = %e);
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(st.heartbeat).text("heartbeat"))
+        .into_response()
+}
+
+async fn stream(
+    shared: Arc<Shared>,
+    id: String,
+    cursor: Option<Cursor>,
+    start: Offset,
+    tx: mpsc::Sender<Event>,
+) -> Result<(), String> {
+    let (sub, ds) = shared.grant(&id).map_err(str::to_owned)?;
+    let topic = shared.config.topics.data(&sub.dataset);
+    let mut cc = govbus_kafka::config::consumer(
+        &shared.config.bootstrap,
+        &format!("{}govbus.sse.{id}", shared.config.topics.prefix()),
+    );
+    cc.set("enable.auto.commit", "false");
+    let consumer: StreamConsumer<DefaultConsumerContext> =
+        cc.create().map_err(|e| e.to_string())?;
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    let mut position: Cursor = Cursor::new();
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            let offset = match cursor.as_ref() {
+                Some(c) => c
+                    .get(&p.id())
+                    .map_or(Offset::Beginning, |o| Offset::Offset(*o)),
+                None => start,
+            };
+            if let Offset::Offset(o) = offset {
+                position.insert(p.id(), o);
+            }
+            tpl.add_partition_offset(&topic, p.id(), offset)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let policy = Policy::new(&sub, &ds, &shared.config.pseudonym_secret);
+    loop {
+        let batch = tokio::select! {
+            () = tx.closed() => return Ok(()),
+            b = next_batch(&consumer, 500, Duration::from_millis(10), Duration::from_millis(250)) => b,
+        };
+        if let Err(reason) = shared.grant(&id) {
+            let _ = tx
+                .send(Event::default().event("revoked").data(reason))
+                .await;
+            tracing::warn!(message = "Live stream closed: the grant no longer allows delivery.", subscription = %id, reason);
+            return Ok(());
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let catalog = shared.catalog.borrow().clone();
+        let mut sent = Vec::new();
+        for c in &batch {
+            position.insert(c.partition, c.offset + 1);
+            let Prepared::Deliver(d) = prepare(&catalog, &policy, c) else {
+                continue;
+            };
+            let data = d.cloudevent(&sub.policy_version).to_string();
+            let event = Event::default()
+                .id(format_cursor(&position))
+                .event(d.op.clone())
+                .data(data);
+            if tx.send(event).await.is_err() {
+                break;
+            }
+            sent.push(d.id);
+        }
+        if !sent.is_empty() {
+            let n = sent.len();
+            let entry = ledger::Record {
+                subscription: &sub.id,
+                subscriber: &sub.subscriber,
+                dataset: &sub.dataset,
+                sink: "sse",
+                policy: &sub.policy_version,
+                outcome: "streamed",
+                events: sent,
+            };
+            shared
+                .ledger
+                .append(&entry)
+                .await
+                .map_err(|e| e.to_string())?;
+            shared.metrics.ledger_entry("streamed");
+            shared.metrics.delivered(&sub.id, "sse", n);
+        }
+        if tx.is_closed() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip() {
+        let c = parse_cursor("0:12,3:40").unwrap();
+        assert_eq!(format_cursor(&c), "0:12,3:40");
+        assert_eq!(parse_cursor(""), Some(Cursor::new()));
+        assert!(parse_cursor("0-12").is_none());
+        assert!(parse_cursor("-1:3").is_none());
+        assert!(parse_cursor("x:3").is_none());
+    }
+}

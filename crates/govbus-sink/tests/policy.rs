@@ -1,0 +1,179 @@
+//! Field policies against the sample catalog: masking hides every valid ID
+//! number, pseudonyms are stable per subscriber and differ between
+//! subscribers, filters and selections hold.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use govbus_catalog::{Catalog, Subscription};
+use govbus_sink::policy::Policy;
+use proptest::prelude::*;
+use serde_json::{json, Map, Value as Json};
+
+fn catalog() -> &'static Catalog {
+    static C: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
+    C.get_or_init(|| {
+        Catalog::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")).unwrap()
+    })
+}
+
+const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+
+fn with_check(first17: &str) -> String {
+    let sum: u32 = first17
+        .bytes()
+        .zip(WEIGHTS)
+        .map(|(b, w)| u32::from(b - b'0') * w)
+        .sum();
+    let check = b"10X98765432"[(sum % 11) as usize] as char;
+    format!("{first17}{check}")
+}
+
+fn is_valid_id(s: &str) -> bool {
+    s.len() == 18 && s[..17].bytes().all(|b| b.is_ascii_digit()) && with_check(&s[..17]) == s
+}
+
+/// Every 18-character window of `text` that is a valid ID number.
+fn valid_ids_in(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    (0..chars.len().saturating_sub(17))
+        .map(|i| chars[i..i + 18].iter().collect::<String>())
+        .filter(|w| is_valid_id(w))
+        .collect()
+}
+
+fn death(id_number: &str, name: &str, phone: &str) -> Map<String, Json> {
+    match json!({
+        "registration_no": "DR-2026-00000001",
+        "deceased_id_number": id_number,
+        "deceased_name": name,
+        "gender": "MALE",
+        "birth_date": "1949-12-31",
+        "death_date": "2026-01-02",
+        "death_place": "北京市朝阳区",
+        "death_cause_category": "natural",
+        "registering_office": "朝阳区民政局",
+        "registered_at": "2026-01-03T08:00:00.000Z",
+        "informant_phone": phone,
+    }) {
+        Json::Object(o) => o,
+        _ => unreachable!(),
+    }
+}
+
+fn subscription(catalog: &Catalog, id: &str) -> Subscription {
+    catalog.subscription(id).unwrap().clone()
+}
+
+fn policy(sub: &Subscription, secret: &[u8]) -> Policy {
+    let catalog = catalog();
+    Policy::new(sub, catalog.dataset(&sub.dataset).unwrap(), secret)
+}
+
+prop_compose! {
+    fn id_number()(region in 110_000u32..660_000, days in 0i64..40_000, seq in 0u32..1000) -> String {
+        let (y, m, d) = govbus_catalog::time::civil_from_days(days - 20_000);
+        with_check(&format!("{region:06}{y:04}{m:02}{d:02}{seq:03}"))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn masking_leaves_no_valid_id_number(id in id_number(), name in "[\\p{Han}·]{1,6}", phone in "1[3-9][0-9]{9}") {
+        prop_assume!(is_valid_id(&id));
+        let catalog = catalog();
+        // The live stream masks every personal field (the default treatment).
+        let p = policy(&subscription(catalog, "public_security_deaths_live"), b"0123456789abcdef");
+        let out = Json::Object(p.apply(death(&id, &name, &phone))).to_string();
+        prop_assert!(valid_ids_in(&out).is_empty(), "{out}");
+        prop_assert!(!out.contains(&phone));
+        if name.chars().count() > 1 {
+            prop_assert!(!out.contains(&name));
+        }
+    }
+
+    #[test]
+    fn pseudonyms_hide_the_id_and_are_stable_per_subscriber(id in id_number()) {
+        let catalog = catalog();
+        let mut other = subscription(catalog, "health_deaths_statistics");
+        let health = policy(&other, b"0123456789abcdef");
+        let out = health.apply(death(&id, "王芳", "13800138000"));
+        let ps = out["deceased_id_number"].as_str().unwrap().to_owned();
+        prop_assert!(ps.starts_with("ps_") && !ps.contains(&id));
+        prop_assert!(valid_ids_in(&ps).is_empty());
+        // Stable: the same subscriber, again and under another of its grants.
+        prop_assert_eq!(health.pseudonym("deceased_id_number", &id), ps.clone());
+        // A different department gets a different pseudonym for the same person.
+        other.subscriber = "education".into();
+        let education = policy(&other, b"0123456789abcdef");
+        prop_assert_ne!(education.pseudonym("deceased_id_number", &id), ps);
+    }
+}
+
+#[test]
+fn selection_and_clear_treatment_follow_the_grant() {
+    let catalog = catalog();
+    let p = policy(
+        &subscription(catalog, "hrss_deaths_pension_stop"),
+        b"0123456789abcdef",
+    );
+    let id = with_check("11010519491231002");
+    let out = p.apply(death(&id, "欧阳娜娜", "13800138000"));
+    let mut fields: Vec<&str> = out.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "death_date",
+            "deceased_id_number",
+            "registered_at",
+            "registering_office",
+            "registration_no"
+        ],
+        "only the included fields, plus the key"
+    );
+    assert_eq!(
+        out["deceased_id_number"],
+        json!(id),
+        "clear for its stated purpose"
+    );
+}
+
+#[test]
+fn names_are_masked_to_the_surname() {
+    let catalog = catalog();
+    let p = policy(
+        &subscription(catalog, "public_security_deaths_live"),
+        b"0123456789abcdef",
+    );
+    let out = p.apply(death(
+        &with_check("11010519491231002"),
+        "欧阳娜娜",
+        "13800138000",
+    ));
+    assert_eq!(out["deceased_name"], json!("欧*"));
+    assert_eq!(out["deceased_id_number"], json!("110105********002X"));
+    assert_eq!(out["informant_phone"], json!("*******8000"));
+    let out = p.apply(death(
+        &with_check("11010519491231002"),
+        "阿依古丽·买买提",
+        "13800138000",
+    ));
+    assert_eq!(out["deceased_name"], json!("阿*"));
+}
+
+#[test]
+fn row_filters_apply_to_the_published_values() {
+    let catalog = catalog();
+    let p = policy(
+        &subscription(catalog, "data_bureau_enterprises_open"),
+        b"0123456789abcdef",
+    );
+    let mut rec = Map::new();
+    rec.insert("status".into(), json!("CANCELLED"));
+    assert!(!p.admits(&rec));
+    rec.insert("status".into(), json!("ACTIVE"));
+    assert!(p.admits(&rec));
+}

@@ -1,0 +1,195 @@
+//! `govbus sink`: deliver subscriptions (webhook, PostgreSQL, Kafka view,
+//! file) and serve the live streams (SSE), reloading the catalog's grants.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use govbus_catalog::Catalog;
+use govbus_gateway::Credentials;
+use govbus_kafka::topics::Topics;
+use govbus_sink::{Metrics, SinkConfig, Sinks};
+
+use crate::catalog_source;
+
+/// Development-only pseudonym secret, used when none is configured.
+const DEV_PSEUDONYM_SECRET: &[u8] = b"govbus-development-pseudonym-secret";
+
+#[derive(Args)]
+pub struct SinkArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "GOVBUS_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Catalog directory, re-read every second: a revoked, expired or changed
+    /// grant takes effect within seconds. Default: the embedded sample.
+    #[arg(long, env = "GOVBUS_CATALOG")]
+    catalog: Option<PathBuf>,
+    /// Topic namespace prefix (e.g. `staging.`).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+    /// Run only this subscription (repeatable). Default: every subscription
+    /// whose sink runs (SSE subscriptions are served on --listen either way).
+    #[arg(long = "subscription", value_name = "ID")]
+    subscriptions: Vec<String>,
+    /// PostgreSQL connection for `postgres` sinks that name none.
+    #[arg(long, env = "GOVBUS_POSTGRES")]
+    postgres: Option<String>,
+    /// Where to serve the live streams, /metrics and /health.
+    #[arg(long, default_value = "127.0.0.1:9465")]
+    listen: SocketAddr,
+    /// Subscriber tokens for the live streams (`govbus credential new` format).
+    #[arg(long, env = "GOVBUS_CREDENTIALS")]
+    credentials: Option<PathBuf>,
+    /// Environment variable holding the secret pseudonyms are keyed with.
+    #[arg(long, default_value = "GOVBUS_PSEUDONYM_SECRET")]
+    pseudonym_secret_env: String,
+    /// Heartbeat interval of the live streams.
+    #[arg(long, default_value = "15s", value_parser = humantime_duration)]
+    heartbeat: Duration,
+    /// Most records per batch.
+    #[arg(long, default_value_t = 1000)]
+    max_batch: usize,
+    /// Extra librdkafka setting, `key=value` (repeatable).
+    #[arg(long = "kafka", value_name = "KEY=VALUE")]
+    kafka: Vec<String>,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Re-reads `dir` every second and publishes a catalog that loads cleanly;
+/// one with problems is logged and ignored (the last good one stays).
+fn watch_catalog(dir: PathBuf, tx: tokio::sync::watch::Sender<Arc<Catalog>>) {
+    tokio::spawn(async move {
+        let mut last_error = String::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let d = dir.clone();
+            let loaded = tokio::task::spawn_blocking(move || Catalog::load(&d)).await;
+            match loaded {
+                Ok(Ok(c)) => {
+                    last_error.clear();
+                    let changed = {
+                        let old = tx.borrow();
+                        let a: Vec<_> = old
+                            .subscriptions()
+                            .map(|s| {
+                                (
+                                    &s.id,
+                                    &s.policy_version,
+                                    s.revoked,
+                                    s.valid_from,
+                                    s.valid_until,
+                                    &s.sink,
+                                )
+                            })
+                            .collect();
+                        let b: Vec<_> = c
+                            .subscriptions()
+                            .map(|s| {
+                                (
+                                    &s.id,
+                                    &s.policy_version,
+                                    s.revoked,
+                                    s.valid_from,
+                                    s.valid_until,
+                                    &s.sink,
+                                )
+                            })
+                            .collect();
+                        a != b || old.datasets().count() != c.datasets().count()
+                    };
+                    if changed {
+                        tracing::info!(
+                            message = "Catalog reloaded.",
+                            subscriptions = c.subscriptions().count()
+                        );
+                        let _ = tx.send(Arc::new(c));
+                    }
+                }
+                Ok(Err(problems)) => {
+                    let text = problems.to_string();
+                    if text != last_error {
+                        tracing::error!(message = "Catalog has problems; keeping the last good one. Run `govbus catalog check`.", problems = %text);
+                        last_error = text;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    });
+}
+
+pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
+    let catalog = catalog_source::load_checked(args.catalog.as_deref())?;
+    for id in &args.subscriptions {
+        if catalog.subscription(id).is_none() {
+            anyhow::bail!(
+                "--subscription {id}: no such subscription in {} (see `govbus subscriptions list`)",
+                catalog_source::describe(args.catalog.as_deref())
+            );
+        }
+    }
+    let credentials = match &args.credentials {
+        Some(path) => Credentials::load(path, &|d| catalog.department(d).is_some())?,
+        None => Credentials::default(),
+    };
+    let secret = match std::env::var(&args.pseudonym_secret_env) {
+        Ok(s) if s.len() >= 16 => s.into_bytes(),
+        Ok(_) => anyhow::bail!("{} must hold at least 16 bytes", args.pseudonym_secret_env),
+        Err(_) => {
+            tracing::warn!(message = "No pseudonym secret set: using the development secret. Set it in production, or pseudonyms can be recomputed by anyone.", variable = %args.pseudonym_secret_env);
+            DEV_PSEUDONYM_SECRET.to_vec()
+        }
+    };
+    let mut config = SinkConfig::new(args.bootstrap);
+    config.topics = Topics::new(args.topic_prefix);
+    config.pseudonym_secret = secret;
+    config.postgres = args.postgres;
+    config.only = args.subscriptions;
+    config.max_batch = args.max_batch.max(1);
+    for kv in args.kafka {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--kafka {kv}: expected key=value"))?;
+        config.client_overrides.push((k.to_owned(), v.to_owned()));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (cat_tx, cat_rx) = tokio::sync::watch::channel(Arc::new(catalog));
+        if let Some(dir) = args.catalog {
+            watch_catalog(dir, cat_tx);
+        }
+        let sinks = Sinks::start(config, cat_rx, Metrics::new()).await?;
+        let app = govbus_sink::sse::router(&sinks, credentials, args.heartbeat);
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listen on {}", args.listen))?;
+        tracing::info!(message = "Serving live streams, /metrics, /health.", addr = %listener.local_addr()?);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut http_stop = stop_rx.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        tokio::spawn(async move {
+            crate::signals::terminated().await;
+            tracing::info!(message = "Stopping: finishing the batches in hand.");
+            let _ = stop_tx.send(true);
+        });
+        sinks.run(stop_rx).await;
+        server.abort();
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
