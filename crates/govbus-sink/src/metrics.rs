@@ -122,6 +122,11 @@ impl Metrics {
         self.ledger_entries.with_label_values(&[outcome]).inc();
     }
 
+    /// Events delivered so far by `sub` through `sink` (benchmarks, tests).
+    pub fn delivered_total(&self, sub: &str, sink: &str) -> u64 {
+        self.delivered.with_label_values(&[sub, sink]).get()
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -549,8 +549,13 @@ impl Shared {
                 .iter()
                 .map(|(i, _, _)| batch[*i].header(h::CE_ID).to_owned())
                 .collect();
+            let ledgered_already = matches!(target, Target::Postgres(_));
             for (outcome, events) in [("delivered", delivered), ("dead_lettered", dead_ids)] {
                 if events.is_empty() {
+                    continue;
+                }
+                if outcome == "delivered" && ledgered_already {
+                    self.metrics.delivered(&sub.id, kind, events.len());
                     continue;
                 }
                 let n = events.len();
@@ -646,6 +651,28 @@ impl Shared {
                 }
                 let next: Vec<(i32, i64)> = next.into_iter().collect();
                 let _ = from;
+                // The ledger entry goes first: the commit below moves the offsets
+                // with the rows, so nothing may fail after it. A crash in between
+                // leaves an entry whose delivery is repeated (and recorded again).
+                if !events.is_empty() {
+                    let entry = ledger::Record {
+                        subscription: &sub.id,
+                        subscriber: &sub.subscriber,
+                        dataset: &sub.dataset,
+                        sink: sub.sink.kind(),
+                        policy: &sub.policy_version,
+                        outcome: "delivered",
+                        events: events.iter().map(|e| e.id.clone()).collect(),
+                    };
+                    if let Err(e) = self.ledger.append(&entry).await {
+                        return Progress {
+                            done: 0,
+                            dead: Vec::new(),
+                            stop: Some(Ended::Failed(e.to_string())),
+                        };
+                    }
+                    self.metrics.ledger_entry("delivered");
+                }
                 match pg.apply(events, &next).await {
                     Ok(()) => Progress::all(events.len()),
                     Err(e) => Progress {
@@ -762,7 +789,8 @@ impl Shared {
             loop {
                 let mut headers = rdkafka::message::OwnedHeaders::new();
                 for (k, v) in &c.headers {
-                    if !k.starts_with(h::ERROR_PREFIX) {
+                    // The key stays in the message key; headers carry no personal data.
+                    if !k.starts_with(h::ERROR_PREFIX) && k != h::CE_SUBJECT {
                         headers = headers.insert(rdkafka::message::Header {
                             key: k,
                             value: Some(v.as_slice()),

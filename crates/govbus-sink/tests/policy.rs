@@ -177,3 +177,25 @@ fn row_filters_apply_to_the_published_values() {
     rec.insert("status".into(), json!("ACTIVE"));
     assert!(p.admits(&rec));
 }
+
+#[test]
+fn a_personal_key_is_treated_like_its_field() {
+    let catalog = catalog();
+    let ds = catalog
+        .dataset("public_security.household_registration")
+        .unwrap();
+    assert_eq!(ds.key, ["id_number"]);
+    let mut sub = subscription(catalog, "public_security_deaths_live");
+    sub.dataset = ds.name.clone();
+    sub.treatments.clear();
+    let id = with_check("11010519491231002");
+    let masked = Policy::new(&sub, ds, b"0123456789abcdef");
+    assert_eq!(masked.subject(&id), "110105********002X");
+    sub.treatments
+        .insert("id_number".into(), govbus_catalog::Treatment::Pseudonym);
+    let pseudo = Policy::new(&sub, ds, b"0123456789abcdef");
+    assert_eq!(pseudo.subject(&id), pseudo.pseudonym("id_number", &id));
+    sub.treatments
+        .insert("id_number".into(), govbus_catalog::Treatment::Clear);
+    assert_eq!(Policy::new(&sub, ds, b"0123456789abcdef").subject(&id), id);
+}

@@ -7,17 +7,19 @@ use govbus_catalog::{Catalog, Problems};
 
 include!(concat!(env!("OUT_DIR"), "/embedded_catalog.rs"));
 
+/// The embedded sample catalog's files, keyed by relative path.
+pub fn embedded_files() -> BTreeMap<PathBuf, String> {
+    EMBEDDED_CATALOG
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), (*t).to_owned()))
+        .collect()
+}
+
 /// Loads the catalog from `dir`, or the embedded sample when `dir` is `None`.
 pub fn load(dir: Option<&Path>) -> Result<Catalog, Problems> {
     match dir {
         Some(d) => Catalog::load(d),
-        None => {
-            let files: BTreeMap<PathBuf, String> = EMBEDDED_CATALOG
-                .iter()
-                .map(|(p, t)| (PathBuf::from(p), (*t).to_owned()))
-                .collect();
-            Catalog::from_files(Path::new("<embedded>"), &files)
-        }
+        None => Catalog::from_files(Path::new("<embedded>"), &embedded_files()),
     }
 }
 

@@ -68,7 +68,7 @@ impl FileSink {
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with(subscription) && name.ends_with(".part") {
+            if name.starts_with(&format!("{subscription}-")) && name.ends_with(".part") {
                 let done = path.with_extension("");
                 std::fs::rename(&path, &done)?;
                 tracing::info!(message = "Closed a file left open by an earlier run.", file = %done.display());

@@ -27,6 +27,9 @@ pub enum BenchCommand {
     Router(RouterBench),
     /// Gateway (HTTP, validation, acknowledged writes) vs producing the same records directly.
     Gateway(GatewayBench),
+    /// Sinks (webhook, PostgreSQL, SSE fan-out) vs consuming the same records, and
+    /// delivery latency on the mock cluster.
+    Sink(super::bench_sink::SinkBench),
 }
 
 #[derive(Args)]
@@ -68,12 +71,13 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Router(b) => rt.block_on(router_bench(b))?,
         BenchCommand::Gateway(b) => rt.block_on(gateway_bench(b))?,
+        BenchCommand::Sink(b) => rt.block_on(super::bench_sink::run(b))?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// CPU seconds (user + system) used by this process so far.
-fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the `(comm)`: state is field 3, utime 14, stime 15 (1-based).
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -83,7 +87,7 @@ fn cpu_seconds() -> f64 {
 }
 
 /// Resident set size now and at its peak, in MiB.
-fn rss_mib() -> (f64, f64) {
+pub(crate) fn rss_mib() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kb = |name: &str| {
         status
@@ -96,20 +100,24 @@ fn rss_mib() -> (f64, f64) {
     (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
 }
 
-struct Phase {
-    name: String,
-    seconds: f64,
-    cpu: f64,
-    records: usize,
+pub(crate) struct Phase {
+    pub(crate) name: String,
+    pub(crate) seconds: f64,
+    pub(crate) cpu: f64,
+    pub(crate) records: usize,
 }
 
 impl Phase {
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.records as f64 / self.seconds.max(1e-9)
     }
 }
 
-async fn create(bootstrap: &str, names: &[String], partitions: i32) -> anyhow::Result<()> {
+pub(crate) async fn create(
+    bootstrap: &str,
+    names: &[String],
+    partitions: i32,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
@@ -127,7 +135,7 @@ async fn create(bootstrap: &str, names: &[String], partitions: i32) -> anyhow::R
 }
 
 /// `n` pension payments as (key, Avro value, JSON value).
-fn records(engine: &Engine, n: usize) -> anyhow::Result<Vec<(String, Vec<u8>, String)>> {
+pub(crate) fn records(engine: &Engine, n: usize) -> anyhow::Result<Vec<(String, Vec<u8>, String)>> {
     let ctx = Context::now();
     let ds = engine
         .dataset("hrss.pension_payment")

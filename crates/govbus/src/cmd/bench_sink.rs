@@ -1,0 +1,519 @@
+//! `govbus bench sink`: delivery throughput of the webhook, PostgreSQL and
+//! live-stream sinks against consuming the same canonical records with no
+//! work (the baseline, same broker, same run); and, with `--latency RATE`,
+//! canonical topic → subscriber latency at a fixed rate on librdkafka's mock
+//! cluster (DESIGN.md §7: Tansu holds fetches for seconds).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use clap::Args;
+use govbus_catalog::Catalog;
+use govbus_gateway::Credentials;
+use govbus_kafka::headers as h;
+use govbus_kafka::topics::Topics;
+use govbus_sink::{Metrics, SinkConfig, Sinks};
+use govbus_validate::{Context, Engine};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::bench::{cpu_seconds, create, records, rss_mib, Phase};
+use crate::catalog_source;
+
+const SECRET: &str = "whsec_YmVuY2gtc2VjcmV0LWJlbmNoLXNlY3JldC0wMTIz";
+const DATASET: &str = "hrss.pension_payment";
+
+#[derive(Args)]
+pub struct SinkBench {
+    /// Broker to measure against (e.g. a Tansu started by scripts/bench-sink).
+    #[arg(long, env = "GOVBUS_BOOTSTRAP")]
+    bootstrap: String,
+    /// Canonical records per throughput phase.
+    #[arg(long, default_value_t = 100_000)]
+    records: usize,
+    /// Partitions of the canonical topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// PostgreSQL for the PostgreSQL-sink phase (skipped without it).
+    #[arg(long, env = "GOVBUS_POSTGRES")]
+    postgres: Option<String>,
+    /// Live-stream clients in the fan-out phase (0 skips it).
+    #[arg(long, default_value_t = 100)]
+    sse_clients: usize,
+    /// Records each live-stream client reads.
+    #[arg(long, default_value_t = 10_000)]
+    sse_records: usize,
+    /// Also measure latency at this many events/s for 10 s on the mock cluster.
+    #[arg(long)]
+    latency: Option<u32>,
+}
+
+fn catalog_with(subscriptions: &[(&str, String)]) -> anyhow::Result<Catalog> {
+    let mut files = catalog_source::embedded_files();
+    files.retain(|p, _| !p.starts_with("subscriptions"));
+    for (id, text) in subscriptions {
+        files.insert(
+            PathBuf::from(format!("subscriptions/{id}.toml")),
+            text.clone(),
+        );
+    }
+    Catalog::from_files(Path::new("<bench>"), &files).map_err(|p| anyhow::anyhow!("{p}"))
+}
+
+fn sub(id_sink: &str) -> String {
+    format!("subscriber = \"education\"\ndataset = \"{DATASET}\"\npurpose = \"benchmark\"\n\n{id_sink}\n")
+}
+
+/// Canonical records as the router writes them (Avro value, CloudEvents headers).
+async fn fill_canonical(
+    bootstrap: &str,
+    topic: &str,
+    recs: &[(String, Vec<u8>, String)],
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .create()?;
+    let now = govbus_catalog::time::format_rfc3339_millis(Context::now().now_millis);
+    for (c, chunk) in recs.chunks(20_000).enumerate() {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for (i, (key, avro, _)) in chunk.iter().enumerate() {
+            let id = format!("bench-{}", c * 20_000 + i);
+            let hs = h::owned([
+                (h::CE_SPECVERSION, b"1.0".as_slice()),
+                (h::CE_ID, id.as_bytes()),
+                (h::CE_SOURCE, b"/departments/hrss".as_slice()),
+                (h::CE_TYPE, DATASET.as_bytes()),
+                (h::CE_SUBJECT, key.as_bytes()),
+                (h::CE_TIME, now.as_bytes()),
+                (h::CE_OP, b"create".as_slice()),
+                (h::CE_SOURCEVERSION, b"1".as_slice()),
+            ]);
+            let rec = FutureRecord::to(topic)
+                .key(key.as_bytes())
+                .payload(avro.as_slice())
+                .headers(hs);
+            pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
+        }
+        for p in pending {
+            p.await
+                .map_err(|_| anyhow::anyhow!("canceled"))?
+                .map_err(|(e, _)| e)?;
+        }
+    }
+    Ok(())
+}
+
+async fn consume_only(bootstrap: &str, topic: &str, n: usize) -> anyhow::Result<Phase> {
+    let consumer: StreamConsumer =
+        govbus_kafka::config::consumer(bootstrap, &format!("bench-consume-{}", std::process::id()))
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .create()?;
+    consumer.subscribe(&[topic])?;
+    let (mut started, mut cpu0) = (None, 0.0);
+    for _ in 0..n {
+        let m = consumer.recv().await?;
+        if started.is_none() {
+            started = Some(Instant::now());
+            cpu0 = cpu_seconds();
+        }
+        let _ = consumer.store_offset_from_message(&m);
+    }
+    Ok(Phase {
+        name: "consume only (baseline)".into(),
+        seconds: started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+        cpu: cpu_seconds() - cpu0,
+        records: n,
+    })
+}
+
+#[derive(Default)]
+struct Receiver {
+    events: AtomicU64,
+    latencies: Mutex<Vec<i64>>,
+    measure_latency: bool,
+}
+
+async fn hook(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let key = govbus_sink::sinks::webhook::decode_secret(SECRET).unwrap_or_default();
+    let ts: u64 = get("webhook-timestamp").parse().unwrap_or(0);
+    let expected = govbus_sink::sinks::webhook::sign(&key, get("webhook-id"), ts, &body);
+    if get("webhook-signature") != expected {
+        return StatusCode::UNAUTHORIZED;
+    }
+    let Ok(serde_json::Value::Array(events)) = serde_json::from_slice(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    if rx.measure_latency {
+        let now = Context::now().now_millis;
+        let mut l = rx
+            .latencies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for e in &events {
+            if let Some(t) = e["time"]
+                .as_str()
+                .and_then(govbus_catalog::time::parse_rfc3339_micros)
+            {
+                l.push(now - t / 1000);
+            }
+        }
+    }
+    rx.events.fetch_add(events.len() as u64, Ordering::Relaxed);
+    StatusCode::NO_CONTENT
+}
+
+async fn start_receiver(measure_latency: bool) -> anyhow::Result<(Arc<Receiver>, u16)> {
+    let rx = Arc::new(Receiver {
+        measure_latency,
+        ..Receiver::default()
+    });
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(rx.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((rx, port))
+}
+
+fn webhook_sub(port: u16) -> String {
+    sub(&format!(
+        "[sink]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"{SECRET}\"\nallow_private = true\nbatch_max = 500\n"
+    ))
+}
+
+struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    metrics: Metrics,
+    _catalog: tokio::sync::watch::Sender<Arc<Catalog>>,
+}
+
+/// Starts the sinks of `config` over `catalog`; `serve` gets the HTTP
+/// surface (live streams) before they run.
+async fn run_sinks(
+    config: SinkConfig,
+    catalog: Catalog,
+    serve: impl FnOnce(&Sinks),
+) -> anyhow::Result<Running> {
+    let (catalog_tx, catalog_rx) = tokio::sync::watch::channel(Arc::new(catalog));
+    let metrics = Metrics::new();
+    let sinks = Sinks::start(config, catalog_rx, metrics.clone()).await?;
+    serve(&sinks);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(sinks.run(stop_rx));
+    Ok(Running {
+        stop,
+        task,
+        metrics,
+        _catalog: catalog_tx,
+    })
+}
+
+async fn delivery_phase(
+    name: &str,
+    config: SinkConfig,
+    catalog: Catalog,
+    n: usize,
+    done: impl Fn(&Metrics) -> u64,
+) -> anyhow::Result<Phase> {
+    let running = run_sinks(config, catalog, |_| {}).await?;
+    let (t0, cpu0) = (Instant::now(), cpu_seconds());
+    let mut first: Option<(Instant, f64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let got = done(&running.metrics);
+        if got > 0 && first.is_none() {
+            first = Some((Instant::now(), cpu_seconds()));
+        }
+        if got >= n as u64 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (start, c0) = first.unwrap_or((t0, cpu0));
+    let phase = Phase {
+        name: name.into(),
+        seconds: start.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - c0,
+        records: usize::try_from(done(&running.metrics)).unwrap_or(0),
+    };
+    let _ = running.stop.send(true);
+    let _ = running.task.await;
+    Ok(phase)
+}
+
+async fn sse_client(port: u16, want: usize) -> anyhow::Result<usize> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    // HTTP/1.0: the body is not chunked, so event boundaries are plain text.
+    s.write_all(b"GET /v1/subscriptions/bench_sse/events?from=beginning HTTP/1.0\r\nHost: bench\r\nAuthorization: Bearer bench-token-0123456789\r\n\r\n").await?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut carry: Vec<u8> = Vec::new();
+    let mut events = 0usize;
+    while events < want {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        carry.extend_from_slice(&buf[..n]);
+        let mut last = 0;
+        for w in 0..carry.len().saturating_sub(6) {
+            if &carry[w..w + 7] == b"\ndata: " {
+                events += 1;
+                last = w + 7;
+            }
+        }
+        let keep = carry.len().saturating_sub(7).max(last);
+        carry.drain(..keep);
+    }
+    Ok(events)
+}
+
+async fn latency(engine: &Engine, rate: u32) -> anyhow::Result<()> {
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    let bootstrap = cluster.bootstrap_servers();
+    let topics = Topics::new("lat.");
+    cluster.create_topic(&topics.data(DATASET), 4, 1)?;
+    cluster.create_topic("lat._govbus.audit", 1, 1)?;
+    cluster.create_topic("lat.dlq.sub.bench_webhook", 1, 1)?;
+    let (rx, port) = start_receiver(true).await?;
+    let catalog = catalog_with(&[("bench_webhook", webhook_sub(port))])?;
+    let mut config = SinkConfig::new(bootstrap.clone());
+    config.topics = topics.clone();
+    config.only = vec!["bench_webhook".into()];
+    config.linger = Duration::from_millis(1);
+    config.client_overrides = vec![
+        ("fetch.wait.max.ms".into(), "1".into()),
+        ("linger.ms".into(), "1".into()),
+        ("session.timeout.ms".into(), "6000".into()),
+    ];
+    let running = run_sinks(config, catalog, |_| {}).await?;
+    tokio::time::sleep(Duration::from_secs(8)).await; // the group joined
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "1")
+        .create()?;
+    let n = (rate * 10) as usize;
+    let recs = records(engine, n)?;
+    let topic = topics.data(DATASET);
+    let start = Instant::now();
+    for (i, (key, value, _)) in recs.iter().enumerate() {
+        let due = Duration::from_secs_f64(i as f64 / f64::from(rate));
+        if let Some(w) = due.checked_sub(start.elapsed()) {
+            tokio::time::sleep(w).await;
+        }
+        let now = govbus_catalog::time::format_rfc3339_millis(Context::now().now_millis);
+        let id = format!("lat-{i}");
+        let hs = h::owned([
+            (h::CE_ID, id.as_bytes()),
+            (h::CE_SUBJECT, key.as_bytes()),
+            (h::CE_TIME, now.as_bytes()),
+            (h::CE_OP, b"create".as_slice()),
+            (h::CE_SOURCEVERSION, b"1".as_slice()),
+        ]);
+        let _ = producer.send_result(
+            FutureRecord::to(&topic)
+                .key(key.as_bytes())
+                .payload(value.as_slice())
+                .headers(hs),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rx.events.load(Ordering::Relaxed) < n as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = running.stop.send(true);
+    let _ = running.task.await;
+    let mut lat = rx
+        .latencies
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(-1)
+    };
+    println!(
+        "\nWebhook delivery latency on the mock cluster at {rate} events/s for 10 s ({} of {n} measured): p50 {} ms, p99 {} ms, max {} ms (canonical record written → event received by the subscriber's endpoint, ms precision; includes the ledger append).",
+        lat.len(),
+        pct(0.5),
+        pct(0.99),
+        lat.last().copied().unwrap_or(-1)
+    );
+    Ok(())
+}
+
+pub async fn run(b: SinkBench) -> anyhow::Result<()> {
+    let catalog = catalog_source::load(None).map_err(|p| anyhow::anyhow!("{p}"))?;
+    let engine = Engine::new(&catalog)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let topics = Topics::new(format!("benchsink{stamp}."));
+    let data = topics.data(DATASET);
+    create(&b.bootstrap, std::slice::from_ref(&data), b.partitions).await?;
+    create(
+        &b.bootstrap,
+        &[
+            format!("{}_govbus.audit", topics.prefix()),
+            format!("{}dlq.sub.bench_webhook", topics.prefix()),
+            format!("{}dlq.sub.bench_pg", topics.prefix()),
+        ],
+        1,
+    )
+    .await?;
+    eprintln!(
+        "generating and publishing {} canonical records...",
+        b.records
+    );
+    let recs = records(&engine, b.records.max(b.sse_records))?;
+    let avg = recs.iter().map(|r| r.1.len()).sum::<usize>() / recs.len().max(1);
+    fill_canonical(&b.bootstrap, &data, &recs).await?;
+    drop(recs);
+    let mut config = SinkConfig::new(b.bootstrap.clone());
+    config.topics = topics.clone();
+    config.pseudonym_secret = b"bench-pseudonym-secret-0123456789".to_vec();
+    config.client_overrides = vec![
+        ("session.timeout.ms".into(), "6000".into()),
+        ("heartbeat.interval.ms".into(), "500".into()),
+    ];
+    config.max_batch = 2000;
+    let n = b.records;
+
+    eprintln!("phase 1: consume only");
+    let base = consume_only(&b.bootstrap, &data, n).await?;
+    let mut phases = vec![base];
+
+    eprintln!("phase 2: webhook sink");
+    let (rx, port) = start_receiver(false).await?;
+    let mut c = config.clone();
+    c.only = vec!["bench_webhook".into()];
+    let cat = catalog_with(&[("bench_webhook", webhook_sub(port))])?;
+    let r = rx.clone();
+    phases.push(
+        delivery_phase(
+            "webhook sink (signed batches of 500, local receiver)",
+            c,
+            cat,
+            n,
+            move |_| r.events.load(Ordering::Relaxed),
+        )
+        .await?,
+    );
+    let (rss, hwm) = rss_mib();
+
+    if let Some(conninfo) = &b.postgres {
+        eprintln!("phase 3: PostgreSQL sink");
+        let schema = format!("bench_sink_{stamp}");
+        let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+            .await
+            .context("connect to PostgreSQL")?;
+        tokio::spawn(conn);
+        let mut c = config.clone();
+        c.only = vec!["bench_pg".into()];
+        c.postgres = Some(conninfo.clone());
+        let cat = catalog_with(&[(
+            "bench_pg",
+            sub(&format!(
+                "[sink]\ntype = \"postgres\"\ntable = \"{schema}.pensions\"\n"
+            )),
+        )])?;
+        phases.push(
+            delivery_phase(
+                "PostgreSQL sink (upsert + offsets, one transaction per batch)",
+                c,
+                cat,
+                n,
+                |m| m.delivered_total("bench_pg", "postgres"),
+            )
+            .await?,
+        );
+        let rows: i64 = client
+            .query_one(&format!("SELECT count(*) FROM \"{schema}\".pensions"), &[])
+            .await?
+            .get(0);
+        eprintln!("PostgreSQL table holds {rows} rows");
+        client
+            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .await?;
+    }
+
+    println!("Sink throughput, {n} canonical records of {avg} B ({DATASET}), {} partitions, broker {}:\n", b.partitions, b.bootstrap);
+    println!("| phase | records/s | CPU µs/record (whole process) | vs consume only |");
+    println!("|---|---:|---:|---:|");
+    for p in &phases {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.0} % |",
+            p.name,
+            p.rate(),
+            p.cpu / p.records.max(1) as f64 * 1e6,
+            p.rate() / phases[0].rate() * 100.0
+        );
+    }
+    println!("\nRSS after the webhook phase: {rss:.0} MiB (peak {hwm:.0} MiB, includes the record generator and the receiver).");
+
+    if b.sse_clients > 0 {
+        eprintln!("phase 4: live-stream fan-out to {} clients", b.sse_clients);
+        let mut c = config.clone();
+        c.only = vec!["bench_sse".into()];
+        let cat = catalog_with(&[("bench_sse", sub("[sink]\ntype = \"sse\"\n"))])?;
+        let creds = Credentials::default().with_token("education", "bench-token-0123456789");
+        let mut app = None;
+        let running = run_sinks(c, cat, |sinks| {
+            app = Some(govbus_sink::sse::router(
+                sinks,
+                creds,
+                Duration::from_secs(15),
+            ));
+        })
+        .await?;
+        let app = app.context("live-stream router")?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (t0, cpu0) = (Instant::now(), cpu_seconds());
+        let clients: Vec<_> = (0..b.sse_clients)
+            .map(|_| tokio::spawn(sse_client(port, b.sse_records)))
+            .collect();
+        let mut total = 0usize;
+        let mut complete = 0usize;
+        for c in clients {
+            let got = c.await.map_err(|e| anyhow::anyhow!("{e}"))??;
+            total += got;
+            complete += usize::from(got >= b.sse_records);
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu0;
+        server.abort();
+        let _ = running.stop.send(true);
+        let (_, hwm) = rss_mib();
+        println!(
+            "\nLive-stream fan-out: {} clients each read {} events from the beginning ({complete} complete): {total} events in {secs:.1} s = {:.0} events/s in all, {:.0} per client; CPU {:.2} µs/event; peak RSS {hwm:.0} MiB.",
+            b.sse_clients,
+            b.sse_records,
+            total as f64 / secs,
+            total as f64 / secs / b.sse_clients as f64,
+            cpu / total.max(1) as f64 * 1e6
+        );
+    }
+
+    if let Some(rate) = b.latency {
+        latency(&engine, rate).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,988 @@
+//! Delivery end to end, with the real binaries, the real broker, the
+//! machine's PostgreSQL, and subscriber endpoints written with other people's
+//! libraries (Standard Webhooks, CloudEvents SDK, httpx-sse): records
+//! published to `ingest.civil_affairs` → router → `data.*` → `govbus sink` →
+//! the subscriber, masked per grant, recorded in the ledger.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, govbus_bin, repo, spawn_router, wait_listening};
+use govbus_kafka::headers as h;
+use govbus_kafka::topics::Topics;
+use govbus_testkit::{create_topic, producer_config, unique, Broker, PgSchema};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{json, Value as Json};
+
+const DEATHS: &str = "civil_affairs.death_registration";
+const SECRET: &str = "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OQ==";
+
+const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+
+fn id_number(i: usize) -> String {
+    let first17 = format!("{:06}19491231{:03}", 110_105 + (i / 1000) % 500, i % 1000);
+    let sum: u32 = first17
+        .bytes()
+        .zip(WEIGHTS)
+        .map(|(b, w)| u32::from(b - b'0') * w)
+        .sum();
+    format!("{first17}{}", b"10X98765432"[(sum % 11) as usize] as char)
+}
+
+/// Death registration `i`, version `v` (the cause changes with the version).
+fn death(i: usize, v: u64) -> Json {
+    let causes = ["natural", "disease", "accident", "other", "unknown"];
+    json!({
+        "registration_no": format!("DR-2026-{i:08}"),
+        "deceased_id_number": id_number(i),
+        "deceased_name": "欧阳娜娜",
+        "gender": "FEMALE",
+        "birth_date": "1949-12-31",
+        "death_date": "2026-01-02",
+        "death_place": "北京市朝阳区",
+        "death_cause_category": causes[(v as usize) % causes.len()],
+        "registering_office": "朝阳区民政局",
+        "registered_at": "2026-01-03T08:00:00.000Z",
+        "informant_phone": "13800138000",
+    })
+}
+
+/// One change to publish: create/update with a record, or delete.
+struct Change {
+    i: usize,
+    version: u64,
+    op: &'static str,
+}
+
+impl Change {
+    fn id(&self) -> String {
+        format!("evt-{}-{}", self.i, self.version)
+    }
+    fn key(&self) -> String {
+        format!("DR-2026-{:08}", self.i)
+    }
+}
+
+struct Deployment {
+    topics: Topics,
+    catalog: tempfile::TempDir,
+    logs: tempfile::TempDir,
+    _router: Child,
+}
+
+fn write_subscription(catalog: &Path, id: &str, text: &str) {
+    let path = catalog.join("subscriptions").join(format!("{id}.toml"));
+    std::fs::write(&path, text).unwrap();
+}
+
+impl Deployment {
+    /// A namespace of its own, a catalog holding exactly `subscriptions`,
+    /// and a router.
+    async fn start(subscriptions: &[(&str, String)]) -> Deployment {
+        let bootstrap = Broker::shared().bootstrap();
+        let topics = Topics::new(format!("{}.", unique("dl")));
+        create_topic(&bootstrap, &topics.ingest("civil_affairs"), 2)
+            .await
+            .unwrap();
+        create_topic(&bootstrap, &topics.data(DEATHS), 2)
+            .await
+            .unwrap();
+        let catalog = tempfile::tempdir().unwrap();
+        govbus_testkit::copy_dir(&repo().join("schemas"), catalog.path()).unwrap();
+        std::fs::remove_dir_all(catalog.path().join("subscriptions")).unwrap();
+        std::fs::create_dir(catalog.path().join("subscriptions")).unwrap();
+        for (id, text) in subscriptions {
+            write_subscription(catalog.path(), id, text);
+        }
+        let dir = catalog.path().to_str().unwrap().to_owned();
+        let router = spawn_router(&bootstrap, &topics, &["--catalog", &dir]);
+        Deployment {
+            topics,
+            catalog,
+            logs: tempfile::tempdir().unwrap(),
+            _router: router,
+        }
+    }
+
+    fn catalog_dir(&self) -> &Path {
+        self.catalog.path()
+    }
+
+    /// `govbus sink` for this deployment; its log goes to `<logs>/<name>.log`.
+    fn sink(&self, name: &str, extra: &[&str]) -> (Child, u16) {
+        let port = free_port();
+        let log = std::fs::File::create(self.logs.path().join(format!("{name}.log"))).unwrap();
+        let mut cmd = Command::new(govbus_bin());
+        cmd.args(["sink", "--bootstrap", &Broker::shared().bootstrap()])
+            .args(["--topic-prefix", self.topics.prefix()])
+            .args(["--catalog", self.catalog_dir().to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--kafka",
+                "session.timeout.ms=6000",
+                "--kafka",
+                "heartbeat.interval.ms=500",
+            ])
+            .args(extra)
+            .env("GOVBUS_LOG", "info")
+            .env("GOVBUS_TEST_WEBHOOK_SECRET", SECRET)
+            .env(
+                "GOVBUS_PSEUDONYM_SECRET",
+                "test-pseudonym-secret-0123456789",
+            )
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = govbus_testkit::spawn(cmd).unwrap();
+        wait_listening(port);
+        (child, port)
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    async fn publish(&self, changes: &[Change]) {
+        let producer: FutureProducer = producer_config(&Broker::shared().bootstrap())
+            .create()
+            .unwrap();
+        let topic = self.topics.ingest("civil_affairs");
+        let sends: Vec<_> = changes
+            .iter()
+            .map(|c| {
+                let (id, key, version) = (c.id(), c.key(), c.version.to_string());
+                let headers = h::owned([
+                    (h::CE_TYPE, DEATHS.as_bytes()),
+                    (h::CE_ID, id.as_bytes()),
+                    (h::CE_OP, c.op.as_bytes()),
+                    (h::CE_SOURCEVERSION, version.as_bytes()),
+                ]);
+                let body = (c.op != "delete").then(|| death(c.i, c.version).to_string());
+                let producer = producer.clone();
+                let topic = topic.clone();
+                async move {
+                    let mut r = FutureRecord::to(&topic)
+                        .key(key.as_bytes())
+                        .headers(headers);
+                    if let Some(b) = &body {
+                        r = r.payload(b.as_bytes());
+                    }
+                    producer
+                        .send(r, Duration::from_secs(30))
+                        .await
+                        .map(|_| ())
+                        .map_err(|(e, _)| e)
+                }
+            })
+            .collect();
+        for r in futures_join(sends).await {
+            r.unwrap();
+        }
+    }
+
+    fn govbus(&self, args: &[&str]) -> Output {
+        Command::new(govbus_bin())
+            .args(args)
+            .args([
+                "--bootstrap",
+                &Broker::shared().bootstrap(),
+                "--topic-prefix",
+                self.topics.prefix(),
+            ])
+            .env("GOVBUS_LOG", "warn")
+            .output()
+            .unwrap()
+    }
+}
+
+async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::with_capacity(fs.len());
+    for f in fs {
+        out.push(f.await);
+    }
+    out
+}
+
+fn creates(range: std::ops::Range<usize>) -> Vec<Change> {
+    range
+        .map(|i| Change {
+            i,
+            version: 1,
+            op: "create",
+        })
+        .collect()
+}
+
+/// A Standard Webhooks receiver (Python) answering per `script`.
+struct Receiver {
+    port: u16,
+    log: PathBuf,
+    _child: Child,
+}
+
+impl Receiver {
+    fn start(dir: &Path, name: &str, script: &str) -> Receiver {
+        let port = free_port();
+        let log = dir.join(format!("{name}.jsonl"));
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo().join("tests/python/webhook_receiver.py"))
+            .args([&port.to_string(), SECRET, log.to_str().unwrap(), script])
+            .stdout(Stdio::null());
+        let child = govbus_testkit::spawn(cmd).unwrap();
+        wait_listening(port);
+        Receiver {
+            port,
+            log,
+            _child: child,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hooks/deaths", self.port)
+    }
+
+    fn requests(&self) -> Vec<Json> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Event ids the receiver accepted (answered 2xx with a valid signature).
+    fn accepted(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter(|r| r["verified"] == json!(true) && r["answer"] == json!("200"))
+            .flat_map(|r| r["events"].as_array().unwrap().clone())
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn webhook_sub(subscriber: &str, url: &str, extra: &str) -> String {
+    format!(
+        r#"subscriber = "{subscriber}"
+dataset = "{DEATHS}"
+purpose = "test"
+
+[fields]
+include = ["deceased_id_number", "deceased_name", "death_date"]
+
+[fields.treatment]
+deceased_id_number = "clear"
+
+[sink]
+type = "webhook"
+url = "{url}"
+secret_env = "GOVBUS_TEST_WEBHOOK_SECRET"
+allow_private = true
+timeout = "1s"
+max_backoff = "300ms"
+{extra}
+"#
+    )
+}
+
+fn metric(port: u16, name: &str, subscription: &str) -> f64 {
+    let text = http_get(port, "/metrics");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(&format!("subscription=\"{subscription}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_are_signed_masked_retried_and_recorded_in_the_ledger() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 500, then 429 with Retry-After: 1, then a reply slower than the 1 s timeout, then 200s.
+    let rx = Receiver::start(tmp.path(), "flaky", "500,429:1,sleep:3");
+    let d = Deployment::start(&[("housing", webhook_sub("housing_fund", &rx.url(), ""))]).await;
+    let (_sink, port) = d.sink("sink", &[]);
+    let changes = creates(0..20);
+    d.publish(&changes).await;
+    wait_until("all 20 events accepted", Duration::from_secs(90), || {
+        rx.accepted().iter().collect::<BTreeSet<_>>().len() == 20
+    });
+    let reqs = rx.requests();
+    assert!(
+        reqs.iter().all(|r| r["verified"] == json!(true)),
+        "every signature verifies with standardwebhooks"
+    );
+    assert!(reqs
+        .iter()
+        .all(|r| r["content_type"] == json!("application/cloudevents-batch+json")));
+    // The first batch was tried four times (500, 429, timeout, 200) under one webhook-id.
+    let first = reqs[0]["webhook_id"].as_str().unwrap();
+    assert_eq!(
+        reqs.iter()
+            .take(4)
+            .filter(|r| r["webhook_id"] == json!(first))
+            .count(),
+        4,
+        "{reqs:#?}"
+    );
+    let gap = reqs[2]["at"].as_f64().unwrap() - reqs[1]["at"].as_f64().unwrap();
+    assert!(
+        gap >= 0.3,
+        "the 429's Retry-After (1 s, capped by max_backoff 300 ms) was honoured: {gap}"
+    );
+    // The grant: ID number in clear, name masked, nothing else but the key.
+    let event = &reqs.last().unwrap()["events"][0];
+    assert_eq!(event["type"], json!(DEATHS));
+    assert_eq!(event["source"], json!("/departments/civil_affairs"));
+    assert_eq!(event["op"], json!("create"));
+    let data = event["data"].as_object().unwrap();
+    assert_eq!(data["deceased_name"], json!("欧*"));
+    let i: usize = data["registration_no"].as_str().unwrap()[8..]
+        .parse()
+        .unwrap();
+    assert_eq!(data["deceased_id_number"], json!(id_number(i)));
+    assert_eq!(data.len(), 4, "{data:?}");
+    assert!(metric(port, "govbus_sink_retried_total", "housing") >= 3.0);
+    assert_eq!(metric(port, "govbus_sink_delivered_total", "housing"), 20.0);
+
+    // The ledger: every delivery recorded, chains intact, and a record's delivery can be looked up.
+    wait_until(
+        "ledger query finds event 7",
+        Duration::from_secs(30),
+        || {
+            let out = d.govbus(&[
+                "audit",
+                "query",
+                "--subscription",
+                "housing",
+                "--event",
+                "evt-7-1",
+            ]);
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("delivered")
+        },
+    );
+    let out = d.govbus(&[
+        "audit",
+        "query",
+        "--subscription",
+        "housing",
+        "--key",
+        "DR-2026-00000011",
+        "--catalog",
+        d.catalog_dir().to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let rows: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["events"], json!(["evt-11-1"]), "{rows}");
+    assert_eq!(rows[0]["subscriber"], json!("housing_fund"));
+    let out = d.govbus(&["audit", "verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ledger OK"), "{text}");
+    // No personal data in the sink's log.
+    let log = d.log("sink");
+    assert!(
+        !log.contains(&id_number(7)) && !log.contains("欧阳"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_redirected_gone_and_exhausted_webhooks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redirect = Receiver::start(tmp.path(), "redirect", &"redirect,".repeat(50));
+    let gone = Receiver::start(tmp.path(), "gone", "410");
+    let failing = Receiver::start(tmp.path(), "failing", &"500,".repeat(50));
+    let rejecting = Receiver::start(tmp.path(), "rejecting", &"400,".repeat(50));
+    let private = Receiver::start(tmp.path(), "private", "");
+    let d = Deployment::start(&[
+        (
+            "redirected",
+            webhook_sub("housing_fund", &redirect.url(), ""),
+        ),
+        ("gone", webhook_sub("housing_fund", &gone.url(), "")),
+        (
+            "exhausted",
+            webhook_sub("housing_fund", &failing.url(), "max_attempts = 3"),
+        ),
+        (
+            "rejected",
+            webhook_sub("housing_fund", &rejecting.url(), ""),
+        ),
+        (
+            "private",
+            webhook_sub("housing_fund", &private.url(), "")
+                .replace("allow_private = true", "allow_private = false"),
+        ),
+    ])
+    .await;
+    let (_sink, port) = d.sink("sink", &[]);
+    d.publish(&creates(0..5)).await;
+    let dlq_reasons = |sub: &str| -> Vec<String> {
+        let topic = format!("{}dlq.sub.{sub}", d.topics.prefix());
+        govbus_kafka::read::read_all(
+            &Broker::shared().bootstrap(),
+            &topic,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.header(h::ERROR_REASON).to_owned())
+        .collect()
+    };
+    for (sub, reason) in [
+        ("redirected", "redirect_refused"),
+        ("exhausted", "retries_exhausted"),
+        ("rejected", "delivery_rejected"),
+        ("private", "target_refused"),
+    ] {
+        wait_until(
+            &format!("5 events of {sub} dead-lettered"),
+            Duration::from_secs(60),
+            || dlq_reasons(sub).len() == 5,
+        );
+        assert!(
+            dlq_reasons(sub).iter().all(|r| r == reason),
+            "{sub}: {:?}",
+            dlq_reasons(sub)
+        );
+    }
+    assert_eq!(
+        failing.requests().len(),
+        3,
+        "the retry budget is 3 attempts"
+    );
+    assert!(
+        private.requests().is_empty(),
+        "a refused private target is never contacted"
+    );
+    assert_eq!(
+        redirect.requests().len(),
+        1,
+        "a redirect is refused, not retried or followed"
+    );
+    assert_eq!(
+        metric(port, "govbus_sink_dead_lettered_total", "exhausted"),
+        5.0
+    );
+    // 410: one request, the subscription disabled, nothing dead-lettered, offsets kept.
+    wait_until(
+        "the 410 subscription disabled",
+        Duration::from_secs(30),
+        || metric(port, "govbus_sink_active", "gone") == 0.0 && !gone.requests().is_empty(),
+    );
+    d.publish(&creates(5..8)).await;
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        gone.requests().len(),
+        1,
+        "a disabled endpoint gets nothing more"
+    );
+    assert!(dlq_reasons("gone").is_empty());
+    assert!(d.log("sink").contains("410 Gone"));
+    // The dead letters are in the ledger as such.
+    let out = d.govbus(&[
+        "audit",
+        "query",
+        "--subscription",
+        "rejected",
+        "--format",
+        "json",
+    ]);
+    let rows: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == json!("dead_lettered")),
+        "{rows}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_grant_stops_delivery_within_5_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(tmp.path(), "rx", "");
+    let d = Deployment::start(&[("grant", webhook_sub("housing_fund", &rx.url(), ""))]).await;
+    let (_sink, port) = d.sink("sink", &[]);
+    d.publish(&creates(0..5)).await;
+    wait_until("first deliveries", Duration::from_secs(60), || {
+        rx.accepted().len() >= 5
+    });
+    // Keep publishing while the grant is revoked.
+    let path = d.catalog_dir().join("subscriptions/grant.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let publisher = async {
+        for round in 0..40usize {
+            d.publish(&creates(100 + round * 5..105 + round * 5)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    let revoke = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        std::fs::write(
+            &path,
+            text.replace("purpose = \"test\"", "purpose = \"test\"\nrevoked = true"),
+        )
+        .unwrap();
+        let at = std::time::SystemTime::now();
+        let t = Instant::now();
+        while metric(port, "govbus_sink_active", "grant") != 0.0
+            && t.elapsed() < Duration::from_secs(10)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "the sink stopped delivering {:.2} s after the revocation",
+            t.elapsed().as_secs_f64()
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+        at
+    };
+    let ((), revoked_at) = tokio::join!(publisher, revoke);
+    std::thread::sleep(Duration::from_secs(2));
+    let revoked_at = revoked_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last = rx
+        .requests()
+        .iter()
+        .filter(|r| r["answer"] == json!("200"))
+        .map(|r| r["at"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let after = last - revoked_at;
+    println!("last delivery {after:.2} s after the revocation");
+    assert!(after < 5.0, "delivered {after:.2} s after the revocation");
+    assert_eq!(metric(port, "govbus_sink_active", "grant"), 0.0);
+    // Undelivered events were not skipped: re-granting delivers them.
+    let delivered_before = rx.accepted().len();
+    std::fs::write(&path, &text).unwrap();
+    wait_until(
+        "re-granted deliveries resume",
+        Duration::from_secs(60),
+        || rx.accepted().len() >= 5 + 200,
+    );
+    assert!(rx.accepted().len() > delivered_before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_postgres_sink_ends_with_exactly_the_table_the_stream_implies_despite_kill_9() {
+    let pg = PgSchema::create().await.unwrap();
+    let sub = format!(
+        r#"subscriber = "hrss"
+dataset = "{DEATHS}"
+purpose = "test"
+
+[fields]
+exclude = ["informant_phone"]
+
+[fields.treatment]
+deceased_id_number = "clear"
+
+[sink]
+type = "postgres"
+table = "{}.deaths"
+"#,
+        pg.name()
+    );
+    let d = Deployment::start(&[("pgsink", sub)]).await;
+    let conninfo = govbus_testkit::PgSchema::conninfo_default();
+    // v1 creates for 0..600, v2 updates for the even ones, deletes (v3) for every fifth.
+    let mut changes = creates(0..600);
+    changes.extend((0..600).step_by(2).map(|i| Change {
+        i,
+        version: 2,
+        op: "update",
+    }));
+    changes.extend((0..600).step_by(5).map(|i| Change {
+        i,
+        version: 3,
+        op: "delete",
+    }));
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for c in &changes {
+        if c.op == "delete" {
+            expected.remove(&c.key());
+        } else {
+            expected.insert(c.key(), c.version);
+        }
+    }
+    let (mut sink, _) = d.sink("sink-0", &["--postgres", &conninfo, "--max-batch", "50"]);
+    let chunks: Vec<&[Change]> = changes.chunks(150).collect();
+    for (n, chunk) in chunks.iter().enumerate() {
+        d.publish(chunk).await;
+        std::thread::sleep(Duration::from_millis(700));
+        // kill -9 mid-stream, three times.
+        if n < 3 {
+            sink.kill().unwrap();
+            let _ = sink.wait();
+            sink = d
+                .sink(
+                    &format!("sink-{}", n + 1),
+                    &["--postgres", &conninfo, "--max-batch", "50"],
+                )
+                .0;
+        }
+    }
+    let client = pg.client().await.unwrap();
+    let table = format!("\"{}\".deaths", pg.name());
+    let mut got = BTreeMap::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(90) {
+        got = client
+            .query(
+                &format!("SELECT registration_no, _govbus_source_version FROM {table}"),
+                &[],
+            )
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if got == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(
+        got, expected,
+        "the table is exactly what the stream implies"
+    );
+    // Typed columns from the Avro schema; masked name as text; excluded field absent.
+    let cols: BTreeMap<String, String> = client
+        .query("SELECT column_name::text, data_type::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'deaths'", &[&pg.name()])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(cols["death_date"], "date");
+    assert_eq!(cols["registered_at"], "timestamp with time zone");
+    assert_eq!(cols["deceased_name"], "text");
+    assert!(!cols.contains_key("informant_phone"));
+    let row = client
+        .query_one(&format!("SELECT deceased_name, deceased_id_number, death_cause_category FROM {table} WHERE registration_no = 'DR-2026-00000002'"), &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "欧*");
+    assert_eq!(row.get::<_, String>(1), id_number(2));
+    assert_eq!(row.get::<_, String>(2), "accident", "version 2's value");
+    sink.kill().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_stream_client_that_disconnects_and_resumes_loses_nothing() {
+    let sub = format!(
+        "subscriber = \"public_security\"\ndataset = \"{DEATHS}\"\npurpose = \"test\"\n\n[sink]\ntype = \"sse\"\n"
+    );
+    let d = Deployment::start(&[("live", sub)]).await;
+    let (token, creds) = common::new_credential("public_security", d.logs.path());
+    let (other_token, other_creds) = common::new_credential("hrss", &d.logs.path().join(".."));
+    let merged = d.logs.path().join("all.toml");
+    std::fs::write(
+        &merged,
+        std::fs::read_to_string(&creds).unwrap()
+            + "\n"
+            + &std::fs::read_to_string(&other_creds).unwrap(),
+    )
+    .unwrap();
+    let (_sink, port) = d.sink(
+        "sink",
+        &[
+            "--credentials",
+            merged.to_str().unwrap(),
+            "--heartbeat",
+            "1s",
+        ],
+    );
+    d.publish(&creates(0..60)).await;
+    let url = format!("http://127.0.0.1:{port}/v1/subscriptions/live/events?from=beginning");
+    let run = |args: &[&str]| -> Output {
+        Command::new("python3")
+            .arg(repo().join("tests/python/sse_client.py"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Wrong department, no token, unknown subscription.
+    let out = run(&[&url, &other_token, "status"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "403");
+    let out = run(&[&url, "nonsense", "status"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "401");
+    let out = run(&[&url.replace("/live/", "/nope/"), &token, "status"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "404");
+    // Read 25 events, disconnect, resume from the last id; then the rest.
+    let out = run(&[&url, &token, "read", "25"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let last_id = first["last_id"].as_str().unwrap().to_owned();
+    d.publish(&creates(60..80)).await;
+    let out = run(&[&url, &token, "read", "55", &last_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids: Vec<String> = first["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["ids"].as_array().unwrap())
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(n, ids.len(), "no duplicates across the resume");
+    let want: BTreeSet<String> = (0..80).map(|i| format!("evt-{i}-1")).collect();
+    assert_eq!(
+        ids.into_iter().collect::<BTreeSet<_>>(),
+        want,
+        "nothing lost across the resume"
+    );
+    assert!(
+        second["heartbeats"].as_u64().unwrap_or(0) + first["heartbeats"].as_u64().unwrap_or(0)
+            < 100
+    );
+    // Masked by default for this grant.
+    assert_eq!(first["sample"]["data"]["deceased_name"], json!("欧*"));
+    assert!(first["sample"]["data"]["deceased_id_number"]
+        .as_str()
+        .unwrap()
+        .contains("********"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_view_and_file_sinks_hold_the_masked_filtered_stream() {
+    let files = tempfile::tempdir().unwrap();
+    let view = format!(
+        "subscriber = \"data_bureau\"\ndataset = \"{DEATHS}\"\npurpose = \"test\"\nfilter = [\"death_cause_category != disease\"]\n\n[fields.treatment]\ndeceased_id_number = \"pseudonym\"\n\n[sink]\ntype = \"kafka_view\"\n"
+    );
+    let file = format!(
+        "subscriber = \"health\"\ndataset = \"{DEATHS}\"\npurpose = \"test\"\n\n[fields]\ninclude = [\"death_date\", \"deceased_id_number\"]\n\n[fields.treatment]\ndeceased_id_number = \"pseudonym\"\n\n[sink]\ntype = \"file\"\ndir = \"{}\"\nroll_records = 10\nroll_interval = \"2s\"\n",
+        files.path().display()
+    );
+    let d = Deployment::start(&[("view", view), ("files", file)]).await;
+    let (_sink, _) = d.sink("sink", &[]);
+    // v1 causes are "disease" (filtered from the view); v2 updates are "accident".
+    let mut changes = creates(0..30);
+    changes.extend((0..10).map(|i| Change {
+        i,
+        version: 2,
+        op: "update",
+    }));
+    changes.push(Change {
+        i: 29,
+        version: 3,
+        op: "delete",
+    });
+    d.publish(&changes).await;
+    let view_topic = format!("{}view.view", d.topics.prefix());
+    let mut records = Vec::new();
+    wait_until(
+        "the view has the 10 updates and the delete",
+        Duration::from_secs(60),
+        || {
+            records = govbus_kafka::read::read_all(
+                &Broker::shared().bootstrap(),
+                &view_topic,
+                Duration::from_millis(500),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_default();
+            records.len() >= 11
+        },
+    );
+    assert_eq!(
+        records.len(),
+        11,
+        "creates with the filtered cause are not in the view"
+    );
+    let updates: Vec<Json> = records
+        .iter()
+        .filter_map(|r| r.value.as_deref())
+        .map(|v| serde_json::from_slice(v).unwrap())
+        .collect();
+    assert_eq!(updates.len(), 10);
+    for u in &updates {
+        assert_eq!(u["death_cause_category"], json!("accident"));
+        assert!(u["deceased_id_number"].as_str().unwrap().starts_with("ps_"));
+    }
+    let delete = records.iter().find(|r| r.value.is_none()).unwrap();
+    assert_eq!(delete.header(h::CE_OP), "delete");
+    assert_eq!(delete.header(h::CE_ID), "evt-29-3");
+    // Files: closed files only (no .part after the roll interval), 41 lines in all.
+    let mut lines = Vec::new();
+    wait_until("41 lines in closed files", Duration::from_secs(60), || {
+        lines = std::fs::read_dir(files.path())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        lines.len() >= 41
+    });
+    assert_eq!(lines.len(), 41);
+    let first: Json = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["specversion"], json!("1.0"));
+    let data = first["data"].as_object().unwrap();
+    assert_eq!(
+        data.len(),
+        3,
+        "death_date, the pseudonymised ID number, and the key: {data:?}"
+    );
+    // The same person gets the same pseudonym in both sinks only if the subscriber is the same:
+    // data_bureau and health differ.
+    let view_ps = updates
+        .iter()
+        .find(|u| u["registration_no"] == json!("DR-2026-00000000"))
+        .unwrap()["deceased_id_number"]
+        .clone();
+    let file_ps = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Json>(l).unwrap())
+        .find(|e| e["data"]["registration_no"] == json!("DR-2026-00000000"))
+        .unwrap()["data"]["deceased_id_number"]
+        .clone();
+    assert_ne!(view_ps, file_ps, "two departments cannot link their copies");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_verifier_catches_each_tamper_case_on_a_real_ledger() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(tmp.path(), "rx", "");
+    let d = Deployment::start(&[(
+        "audited",
+        webhook_sub("housing_fund", &rx.url(), "batch_max = 5"),
+    )])
+    .await;
+    let (mut sink, _) = d.sink("sink", &["--max-batch", "5"]);
+    for k in 0..6 {
+        d.publish(&creates(k * 5..k * 5 + 5)).await;
+        wait_until("batch delivered", Duration::from_secs(60), || {
+            rx.accepted().len() >= k * 5 + 5
+        });
+    }
+    // A clean stop writes the chain's close entry.
+    unsafe_free_sigterm(&sink);
+    let _ = sink.wait();
+    let out = d.govbus(&["audit", "export"]);
+    let export = String::from_utf8(out.stdout).unwrap();
+    let entries: Vec<&str> = export.lines().collect();
+    assert!(
+        entries.len() >= 8,
+        "open + >=6 deliveries + close: {export}"
+    );
+    let verify = |lines: &[String]| -> (bool, String) {
+        let path = tmp.path().join(unique("ledger"));
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let out = Command::new(govbus_bin())
+            .args(["audit", "verify", "--file", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let intact: Vec<String> = entries.iter().map(|s| (*s).to_owned()).collect();
+    let (ok, text) = verify(&intact);
+    assert!(
+        ok && text.contains("ledger OK") && !text.contains("no close entry"),
+        "{text}"
+    );
+    // Modified: another event id in entry 3.
+    let mut modified = intact.clone();
+    modified[3] = modified[3].replacen("evt-", "evt-9", 1);
+    let (ok, text) = verify(&modified);
+    assert!(!ok && text.contains("modified"), "{text}");
+    // Deleted.
+    let mut deleted = intact.clone();
+    deleted.remove(3);
+    let (ok, text) = verify(&deleted);
+    assert!(!ok && text.contains("deleted"), "{text}");
+    // Inserted: a copy of an entry.
+    let mut inserted = intact.clone();
+    inserted.insert(4, intact[2].clone());
+    let (ok, text) = verify(&inserted);
+    assert!(!ok, "{text}");
+    // Reordered.
+    let mut reordered = intact.clone();
+    reordered.swap(3, 4);
+    let (ok, text) = verify(&reordered);
+    assert!(!ok && text.contains("reordered"), "{text}");
+    // The same check on a ledger rewritten in Kafka (an operator with broker access).
+    let forged_topic = format!("{}forged.audit", d.topics.prefix());
+    create_topic(&Broker::shared().bootstrap(), &forged_topic, 1)
+        .await
+        .unwrap();
+    let producer: FutureProducer = producer_config(&Broker::shared().bootstrap())
+        .create()
+        .unwrap();
+    for line in &modified {
+        producer
+            .send(
+                FutureRecord::<(), _>::to(&forged_topic)
+                    .payload(line.as_bytes())
+                    .headers(OwnedHeaders::new()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let out = d.govbus(&["audit", "verify", "--topic", &forged_topic]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// SIGTERM without `unsafe`: the `kill` command.
+fn unsafe_free_sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

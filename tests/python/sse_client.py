@@ -1,0 +1,42 @@
+"""A live-stream subscriber using httpx-sse.
+
+usage: sse_client.py URL TOKEN status
+       sse_client.py URL TOKEN read N [LAST_EVENT_ID]
+
+`status` prints the HTTP status of the stream request. `read` reads N
+events (resuming after LAST_EVENT_ID when given), then disconnects and
+prints JSON: the event ids (CloudEvent ids), the last SSE id, a sample
+event, and how many heartbeats were seen.
+"""
+import json
+import sys
+
+import httpx
+from httpx_sse import connect_sse
+
+url, token, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+headers = {"Authorization": f"Bearer {token}"}
+if mode == "status":
+    with httpx.Client(timeout=10) as client:
+        with client.stream("GET", url, headers=headers) as r:
+            print(r.status_code)
+    sys.exit(0)
+
+want = int(sys.argv[4])
+if len(sys.argv) > 5:
+    headers["Last-Event-ID"] = sys.argv[5]
+ids, last_id, sample, heartbeats = [], None, None, 0
+with httpx.Client(timeout=httpx.Timeout(10, read=30)) as client:
+    with connect_sse(client, "GET", url, headers=headers) as source:
+        source.response.raise_for_status()
+        for sse in source.iter_sse():
+            if not sse.data:
+                heartbeats += 1
+                continue
+            event = json.loads(sse.data)
+            ids.append(event["id"])
+            last_id = sse.id
+            sample = sample or event
+            if len(ids) >= want:
+                break
+print(json.dumps({"ids": ids, "last_id": last_id, "sample": sample, "heartbeats": heartbeats}))
