@@ -45,6 +45,9 @@ pub struct SinkConfig {
     pub linger: Duration,
     /// Extra librdkafka settings (`key=value`) for every client.
     pub client_overrides: Vec<(String, String)>,
+    /// Create `_govbus.audit`, `dlq.sub.*` and `view.*` when missing (off for
+    /// brokers without CreateTopics, where they are provisioned).
+    pub create_topics: bool,
 }
 
 impl SinkConfig {
@@ -59,6 +62,7 @@ impl SinkConfig {
             max_batch: 1000,
             linger: Duration::from_millis(20),
             client_overrides: Vec::new(),
+            create_topics: true,
         }
     }
 
@@ -82,9 +86,27 @@ impl SinkConfig {
         format!("{}_govbus.audit", self.topics.prefix())
     }
 
+    /// `c` with the overrides; consumer-only settings are given to
+    /// consumers only (librdkafka warns about them elsewhere).
     fn client(&self, mut c: ClientConfig) -> ClientConfig {
+        let consumer = c.get("group.id").is_some();
         for (k, v) in &self.client_overrides {
-            c.set(k, v);
+            let consumer_only = [
+                "session.",
+                "heartbeat.",
+                "fetch.",
+                "auto.",
+                "enable.auto.",
+                "isolation.",
+                "max.poll.",
+                "queued.",
+                "group.",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p));
+            if consumer || !consumer_only {
+                c.set(k, v);
+            }
         }
         c
     }
@@ -129,6 +151,9 @@ pub fn now_ms() -> i64 {
 /// Creates `topics` (ignoring ones that exist; brokers without CreateTopics,
 /// like librdkafka's mock cluster, auto-create on first use).
 pub async fn ensure_topics(config: &SinkConfig, topics: &[(String, i32)]) {
+    if !config.create_topics {
+        return;
+    }
     let Ok(admin) = config
         .client({
             let mut c = ClientConfig::new();
@@ -143,9 +168,15 @@ pub async fn ensure_topics(config: &SinkConfig, topics: &[(String, i32)]) {
         .iter()
         .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
         .collect();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    if let Err(error) = admin.create_topics(&new, &opts).await {
-        tracing::debug!(message = "Topic creation not available.", %error);
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    match tokio::time::timeout(Duration::from_secs(12), admin.create_topics(&new, &opts)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::debug!(message = "Topic creation not available.", %error),
+        Err(_) => {
+            tracing::debug!(message = "Topic creation timed out (the broker may not support it).")
+        }
     }
 }
 

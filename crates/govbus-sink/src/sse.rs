@@ -217,7 +217,13 @@ async fn stream(
         &shared.config.bootstrap,
         &format!("{}govbus.sse.{id}", shared.config.topics.prefix()),
     );
-    cc.set("enable.auto.commit", "false");
+    // Many clients, each with its own consumer: keep each one's prefetch small
+    // (librdkafka's default queue is 64 MiB per consumer).
+    cc.set("enable.auto.commit", "false")
+        .set("queued.max.messages.kbytes", "2048")
+        .set("queued.min.messages", "2000")
+        .set("fetch.max.bytes", "1048576")
+        .set("statistics.interval.ms", "0");
     let consumer: StreamConsumer<DefaultConsumerContext> =
         cc.create().map_err(|e| e.to_string())?;
     let metadata = consumer
@@ -227,11 +233,20 @@ async fn stream(
     let mut tpl = TopicPartitionList::new();
     for t in metadata.topics() {
         for p in t.partitions() {
-            let offset = match cursor.as_ref() {
-                Some(c) => c
+            let offset = match (cursor.as_ref(), start) {
+                (Some(c), _) => c
                     .get(&p.id())
                     .map_or(Offset::Beginning, |o| Offset::Offset(*o)),
-                None => start,
+                // Resolve "the end" now, so that the first cursor names every
+                // partition and a resume never falls back to the beginning.
+                (None, Offset::End) => {
+                    let (_, high) = tokio::task::block_in_place(|| {
+                        consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
+                    })
+                    .map_err(|e| e.to_string())?;
+                    Offset::Offset(high)
+                }
+                (None, other) => other,
             };
             if let Offset::Offset(o) = offset {
                 position.insert(p.id(), o);

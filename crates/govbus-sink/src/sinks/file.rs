@@ -1,8 +1,8 @@
 //! The file sink: rolling JSONL or CSV files in a directory.
 //!
-//! Each batch is appended to the open file `<sub>-<start>.jsonl.part` and
+//! Each batch is appended to the open file `<sub>-<ms>-<n>.jsonl.part` and
 //! fsynced before the batch's offsets move. A file is closed — renamed to
-//! `<sub>-<start>.jsonl` and the directory fsynced — after `roll_records`
+//! `<sub>-<ms>-<n>.jsonl` and the directory fsynced — after `roll_records`
 //! records or `roll_interval`. Readers take closed files only. A crash
 //! between fsync and offset commit repeats the batch in the next file
 //! (at-least-once; every line carries its event `id`). A `.part` file found
@@ -31,6 +31,7 @@ pub struct FileSink {
     roll_interval: Duration,
     columns: Vec<String>,
     open: Option<Open>,
+    rolled: u64,
 }
 
 #[derive(Debug)]
@@ -83,6 +84,7 @@ impl FileSink {
             roll_interval,
             columns,
             open: None,
+            rolled: 0,
         })
     }
 
@@ -91,9 +93,12 @@ impl FileSink {
             let ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis());
+            // Time, then a counter: names sort in delivery order and never collide.
+            self.rolled += 1;
             let done = self.dir.join(format!(
-                "{}-{ms:013}.{}",
+                "{}-{ms:013}-{:06}.{}",
                 self.subscription,
+                self.rolled,
                 ext(self.format)
             ));
             let part = done.with_extension(format!("{}.part", ext(self.format)));
@@ -185,5 +190,88 @@ impl FileSink {
             sync_dir(&self.dir)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(i: i64, op: &str) -> Delivery {
+        let data = (op != "delete").then(|| {
+            let mut m = Map::new();
+            m.insert("name".into(), Json::String("欧*".into()));
+            m.insert("amount".into(), Json::String("12.50".into()));
+            m
+        });
+        Delivery {
+            id: format!("e{i}"),
+            source: "/departments/hrss".into(),
+            dataset: "hrss.pension_payment".into(),
+            subject: format!("k{i}"),
+            time: "2026-01-01T00:00:00.000Z".into(),
+            op: op.into(),
+            source_version: 1,
+            data,
+            partition: 0,
+            offset: i,
+            timestamp_ms: 0,
+        }
+    }
+
+    fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(ext))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn csv_files_roll_and_a_left_part_file_is_closed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cols = vec!["name".to_owned(), "amount".to_owned()];
+        let mut sink = FileSink::open(
+            dir.path(),
+            "s",
+            FileFormat::Csv,
+            3,
+            Duration::from_secs(3600),
+            cols.clone(),
+        )
+        .unwrap();
+        sink.write(&[delivery(0, "create"), delivery(1, "create")])
+            .unwrap();
+        assert_eq!(files(dir.path(), ".csv.part").len(), 1, "still open");
+        sink.write(&[delivery(2, "delete")]).unwrap();
+        let done = files(dir.path(), ".csv");
+        assert_eq!(done.len(), 1, "rolled after 3 records");
+        let text = std::fs::read_to_string(&done[0]).unwrap();
+        assert_eq!(
+            text,
+            "id,op,time,sourceversion,subject,name,amount\n\
+             e0,create,2026-01-01T00:00:00.000Z,1,k0,欧*,12.50\n\
+             e1,create,2026-01-01T00:00:00.000Z,1,k1,欧*,12.50\n\
+             e2,delete,2026-01-01T00:00:00.000Z,1,k2,,\n"
+        );
+        sink.write(&[delivery(3, "create")]).unwrap();
+        drop(sink); // a crash: the part file stays
+        let _ = FileSink::open(
+            dir.path(),
+            "s",
+            FileFormat::Csv,
+            3,
+            Duration::from_secs(3600),
+            cols,
+        )
+        .unwrap();
+        assert_eq!(
+            files(dir.path(), ".csv").len(),
+            2,
+            "closed at the next start"
+        );
+        assert!(files(dir.path(), ".part").is_empty());
     }
 }

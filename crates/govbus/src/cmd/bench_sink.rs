@@ -295,6 +295,7 @@ async fn latency(engine: &Engine, rate: u32) -> anyhow::Result<()> {
     config.topics = topics.clone();
     config.only = vec!["bench_webhook".into()];
     config.linger = Duration::from_millis(1);
+    config.create_topics = false;
     config.client_overrides = vec![
         ("fetch.wait.max.ms".into(), "1".into()),
         ("linger.ms".into(), "1".into()),
@@ -361,6 +362,16 @@ async fn latency(engine: &Engine, rate: u32) -> anyhow::Result<()> {
 pub async fn run(b: SinkBench) -> anyhow::Result<()> {
     let catalog = catalog_source::load(None).map_err(|p| anyhow::anyhow!("{p}"))?;
     let engine = Engine::new(&catalog)?;
+    if b.records > 0 {
+        throughput(&b, &engine).await?;
+    }
+    if let Some(rate) = b.latency {
+        latency(&engine, rate).await?;
+    }
+    Ok(())
+}
+
+async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -381,7 +392,7 @@ pub async fn run(b: SinkBench) -> anyhow::Result<()> {
         "generating and publishing {} canonical records...",
         b.records
     );
-    let recs = records(&engine, b.records.max(b.sse_records))?;
+    let recs = records(engine, b.records.max(b.sse_records))?;
     let avg = recs.iter().map(|r| r.1.len()).sum::<usize>() / recs.len().max(1);
     fill_canonical(&b.bootstrap, &data, &recs).await?;
     drop(recs);
@@ -512,8 +523,5 @@ pub async fn run(b: SinkBench) -> anyhow::Result<()> {
         );
     }
 
-    if let Some(rate) = b.latency {
-        latency(&engine, rate).await?;
-    }
     Ok(())
 }

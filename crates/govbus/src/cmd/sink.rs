@@ -53,6 +53,10 @@ pub struct SinkArgs {
     /// Most records per batch.
     #[arg(long, default_value_t = 1000)]
     max_batch: usize,
+    /// Do not create missing `_govbus.audit`, `dlq.sub.*` and `view.*` topics
+    /// (they are provisioned, or the broker has no CreateTopics).
+    #[arg(long)]
+    no_create_topics: bool,
     /// Extra librdkafka setting, `key=value` (repeatable).
     #[arg(long = "kafka", value_name = "KEY=VALUE")]
     kafka: Vec<String>,
@@ -153,6 +157,7 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
     config.postgres = args.postgres;
     config.only = args.subscriptions;
     config.max_batch = args.max_batch.max(1);
+    config.create_topics = !args.no_create_topics;
     for kv in args.kafka {
         let (k, v) = kv
             .split_once('=')
