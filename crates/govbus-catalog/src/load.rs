@@ -224,9 +224,12 @@ impl Catalog {
         }
 
         let by_id = index_schema_ids(&datasets, &mut c);
+        let declared: std::collections::BTreeSet<String> = dataset_files.keys().cloned().collect();
         let mut subscriptions = BTreeMap::new();
         for (id, text) in subscription_files {
-            if let Some(s) = load_subscription(root, &id, text, &departments, &datasets, &mut c) {
+            if let Some(s) =
+                load_subscription(root, &id, text, &departments, &datasets, &declared, &mut c)
+            {
                 subscriptions.insert(id, s);
             }
         }

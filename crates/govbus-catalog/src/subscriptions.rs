@@ -530,6 +530,7 @@ pub(crate) fn load_subscription(
     text: &str,
     departments: &BTreeMap<String, Department>,
     datasets: &BTreeMap<String, Dataset>,
+    declared: &std::collections::BTreeSet<String>,
     c: &mut Collector,
 ) -> Option<Subscription> {
     let file = root.join("subscriptions").join(format!("{id}.toml"));
@@ -560,11 +561,14 @@ pub(crate) fn load_subscription(
         );
     }
     let Some(ds) = datasets.get(&spec.dataset) else {
-        c.push(
-            &file,
-            "dataset",
-            format!("`{}` is not a dataset in the catalog", spec.dataset),
-        );
+        // A dataset that exists but did not load has its own problems reported.
+        if !declared.contains(&spec.dataset) {
+            c.push(
+                &file,
+                "dataset",
+                format!("`{}` is not a dataset in the catalog", spec.dataset),
+            );
+        }
         return None;
     };
     if spec.purpose.trim().is_empty() {
@@ -595,10 +599,18 @@ pub(crate) fn load_subscription(
         }
     }
 
-    let schema_fields: Vec<String> = match &ds.latest().schema {
-        apache_avro::Schema::Record(r) => r.fields.iter().map(|f| f.name.clone()).collect(),
-        _ => Vec::new(),
-    };
+    // A field of any version: records written under an older version still
+    // carry fields the latest one dropped, and a policy may name them.
+    let mut schema_fields: Vec<String> = Vec::new();
+    for v in &ds.versions {
+        if let apache_avro::Schema::Record(r) = &v.schema {
+            for f in &r.fields {
+                if !schema_fields.contains(&f.name) {
+                    schema_fields.push(f.name.clone());
+                }
+            }
+        }
+    }
     let known = |f: &str| schema_fields.iter().any(|x| x == f);
     let check_fields = |c: &mut Collector, path: &str, fields: &[String]| {
         for f in fields {

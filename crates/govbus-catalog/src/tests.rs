@@ -406,3 +406,90 @@ fn a_compatibility_change_is_checked_against_the_existing_versions() {
         .apply_change("config:civil_affairs.death_registration", "SIDEWAYS")
         .is_err());
 }
+
+#[test]
+fn a_bad_subscription_is_reported_with_each_problem() {
+    let dir = broken_copy();
+    let subs = dir.path().join("subscriptions");
+    std::fs::write(
+        subs.join("bad.toml"),
+        r#"subscriber = "tax_bureau"
+dataset = "civil_affairs.death_registration"
+purpose = " "
+valid_from = "2027-01-01"
+valid_until = "2026-01-01"
+filter = ["death_cause_category ~ natural", "nonexistent == 1"]
+
+[fields]
+exclude = ["registration_no", "no_such_field"]
+
+[fields.treatment]
+gender = "mask"
+
+[sink]
+type = "webhook"
+url = "ftp://example.org"
+table = "t"
+"#,
+    )
+    .expect("write");
+    std::fs::write(
+        subs.join("unknown_sink.toml"),
+        "subscriber = \"hrss\"\ndataset = \"hrss.no_such\"\npurpose = \"x\"\n[sink]\ntype = \"fax\"\n",
+    )
+    .expect("write");
+    let found = problems(dir.path());
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+    for (file, path, msg) in [
+        ("bad.toml", "subscriber", "`tax_bureau` is not a department"),
+        ("bad.toml", "purpose", "every grant states its purpose"),
+        ("bad.toml", "valid_until", "must be after valid_from"),
+        ("bad.toml", "filter[0]", "expected an operator"),
+        ("bad.toml", "filter[1]", "`nonexistent` is not a field"),
+        (
+            "bad.toml",
+            "fields.exclude",
+            "`no_such_field` is not a field",
+        ),
+        (
+            "bad.toml",
+            "fields.exclude",
+            "`registration_no` is a key field",
+        ),
+        (
+            "bad.toml",
+            "fields.treatment.gender",
+            "not tagged as personal data",
+        ),
+        ("bad.toml", "sink.url", "http:// or https://"),
+        ("bad.toml", "sink.secret_env", "needs a signing secret"),
+        (
+            "bad.toml",
+            "sink.table",
+            "does not apply to a `webhook` sink",
+        ),
+        (
+            "unknown_sink.toml",
+            "dataset",
+            "`hrss.no_such` is not a dataset",
+        ),
+    ] {
+        assert!(
+            has(&found, file, path, msg),
+            "{file} {path} {msg}:\n{shown:#?}"
+        );
+    }
+    // The sample subscriptions themselves load.
+    std::fs::remove_file(subs.join("bad.toml")).expect("rm");
+    std::fs::remove_file(subs.join("unknown_sink.toml")).expect("rm");
+    let catalog = Catalog::load(dir.path()).expect("sample catalog");
+    assert_eq!(catalog.subscriptions().count(), 5);
+    let s = catalog
+        .subscription("hrss_deaths_pension_stop")
+        .expect("sub");
+    assert!(s.is_active(crate::time::days_from_civil(2026, 6, 1) * crate::time::MILLIS_PER_DAY));
+    assert_eq!(
+        s.inactive_reason(crate::time::days_from_civil(2028, 1, 1) * crate::time::MILLIS_PER_DAY),
+        Some("expired")
+    );
+}
