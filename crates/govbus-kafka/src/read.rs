@@ -46,6 +46,21 @@ pub fn read_all(
     quiet: Duration,
     limit: Duration,
 ) -> Result<Vec<Record>, KafkaError> {
+    let mut out = Vec::new();
+    each(bootstrap, topic, quiet, limit, |r| out.push(r))?;
+    out.sort_by_key(|d| (d.partition, d.offset));
+    Ok(out)
+}
+
+/// Like [`read_all`], handing each record to `f` as it arrives (partitions
+/// interleave; within a partition, offsets ascend).
+pub fn each(
+    bootstrap: &str,
+    topic: &str,
+    quiet: Duration,
+    limit: Duration,
+    mut f: impl FnMut(Record),
+) -> Result<(), KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "govbus-tool")
@@ -63,7 +78,6 @@ pub fn read_all(
         }
     }
     consumer.assign(&tpl)?;
-    let mut out = Vec::new();
     let deadline = Instant::now() + limit;
     let mut last = Instant::now();
     while last.elapsed() < quiet && Instant::now() < deadline {
@@ -80,7 +94,7 @@ pub fn read_all(
                     .collect()
             })
             .unwrap_or_default();
-        out.push(Record {
+        f(Record {
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
@@ -89,6 +103,5 @@ pub fn read_all(
             headers,
         });
     }
-    out.sort_by_key(|d| (d.partition, d.offset));
-    Ok(out)
+    Ok(())
 }

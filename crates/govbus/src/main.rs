@@ -52,6 +52,9 @@ enum Command {
     Registry(cmd::registry::RegistryArgs),
     /// Run the router: ingest.<dept> → validation → data.<dataset> | dlq.<dept>.
     Router(Box<cmd::router::RouterArgs>),
+    /// Turn periodic table dumps into a live change stream (diff and publish).
+    #[command(subcommand)]
+    Snapshot(Box<cmd::snapshot::SnapshotCommand>),
     /// Deliver subscriptions (webhook, PostgreSQL, Kafka view, file) and serve live streams.
     Sink(Box<cmd::sink::SinkArgs>),
     /// The grants (共享授权) in the catalog.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Reasons(a) => cmd::reasons::run(a),
         Command::Router(a) => cmd::router::run(*a),
         Command::Sink(a) => cmd::sink::run(*a),
+        Command::Snapshot(c) => cmd::snapshot::run(*c),
         Command::Subscriptions(c) => cmd::subscriptions::run(c),
         Command::Audit(c) => cmd::audit::run(*c),
         Command::Bench(b) => cmd::bench::run(b),

@@ -11,6 +11,7 @@ pub mod reasons;
 pub mod registry;
 pub mod router;
 pub mod sink;
+pub mod snapshot;
 pub mod subscriptions;
 pub mod validate;
 

@@ -1,0 +1,248 @@
+//! From a department's columns to the dataset's fields.
+//!
+//! A mapping file (TOML) names, for each field, the column it comes from in
+//! the department's dump, and the dump's encoding and local time zone:
+//!
+//! ```toml
+//! dataset = "hrss.pension_payment"
+//! encoding = "gbk"            # utf-8 (default), gbk, gb18030
+//! timezone = "+08:00"         # for date-times written without an offset
+//!
+//! [columns]                   # field = "column header in the dump"
+//! payment_id = "发放流水号"
+//! recipient_id_number = "身份证号码"
+//! ```
+//!
+//! Without a mapping file, every field is read from the column of the same
+//! name. Values are normalised by the field's type: full-width characters
+//! become ASCII; dates such as `2023/6/1`, `20230601` or `2023年6月1日`
+//! become `2023-06-01`; local date-times get the time zone; numbers are typed;
+//! an empty cell in a nullable field is null. Validation then checks the
+//! record exactly as the gateway would.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use govbus_catalog::fields::{top_level, FieldKind};
+use govbus_catalog::Dataset;
+use serde::Deserialize;
+use serde_json::{Map, Value as Json};
+
+use crate::normalize;
+use crate::table::{Cell, Encoding, Row, RowError};
+
+/// A mapping file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingFile {
+    /// The dataset the dump is of (the command line may give it instead).
+    pub dataset: Option<String>,
+    /// The dump's character encoding.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// Offset for local date-times, `+08:00` by default.
+    pub timezone: Option<String>,
+    /// `field = "column"`.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+}
+
+impl MappingFile {
+    /// Reads and parses a mapping file.
+    pub fn load(path: &Path) -> Result<MappingFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))
+    }
+}
+
+struct FieldMap {
+    field: String,
+    column: String,
+    kind: FieldKind,
+    nullable: bool,
+}
+
+/// A compiled mapping for one dataset.
+pub struct Mapper {
+    fields: Vec<FieldMap>,
+    key: Vec<String>,
+    offset: String,
+    explicit: bool,
+}
+
+impl std::fmt::Debug for Mapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapper")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn offset_ok(o: &str) -> bool {
+    let b = o.as_bytes();
+    o == "Z"
+        || (b.len() == 6
+            && matches!(b[0], b'+' | b'-')
+            && b[3] == b':'
+            && b[1..3].iter().chain(&b[4..6]).all(u8::is_ascii_digit))
+}
+
+impl Mapper {
+    /// Compiles `mapping` for `dataset`'s latest schema; every problem named.
+    pub fn new(mapping: &MappingFile, dataset: &Dataset) -> Result<Mapper, Vec<String>> {
+        let mut problems = Vec::new();
+        let kinds = top_level(&dataset.latest().schema);
+        for field in mapping.columns.keys() {
+            if !kinds.iter().any(|(n, _)| n == field) {
+                problems.push(format!(
+                    "columns.{field}: `{field}` is not a field of {} (fields: {})",
+                    dataset.name,
+                    kinds.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        let explicit = !mapping.columns.is_empty();
+        if explicit {
+            for k in &dataset.key {
+                if !mapping.columns.contains_key(k) {
+                    problems.push(format!(
+                        "columns: key field `{k}` has no column; add `{k} = \"<column>\"`"
+                    ));
+                }
+            }
+        }
+        let offset = mapping.timezone.clone().unwrap_or_else(|| "+08:00".into());
+        if !offset_ok(&offset) {
+            problems.push(format!("timezone: `{offset}` is not an offset like +08:00"));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let fields = kinds
+            .into_iter()
+            .filter_map(|(name, info)| {
+                let column = if explicit {
+                    mapping.columns.get(name)?.clone()
+                } else {
+                    name.to_owned()
+                };
+                Some(FieldMap {
+                    field: name.to_owned(),
+                    column,
+                    kind: info.kind,
+                    nullable: info.nullable,
+                })
+            })
+            .collect();
+        Ok(Mapper {
+            fields,
+            key: dataset.key.clone(),
+            offset,
+            explicit,
+        })
+    }
+
+    /// Checks the first row's columns: a dump without a key column cannot be
+    /// diffed at all. With an explicit mapping, every mapped column must exist.
+    pub fn check_columns(&self, row: &Row, tabular: bool) -> Result<(), String> {
+        let has = |c: &str| row.cells.iter().any(|(n, _)| n == c);
+        let present: Vec<&str> = row.cells.iter().map(|(n, _)| n.as_str()).collect();
+        for f in &self.fields {
+            let is_key = self.key.contains(&f.field);
+            if !has(&f.column) && (is_key || (tabular && self.explicit)) {
+                return Err(format!(
+                    "line {}: the dump has no column `{}` for {} field `{}`; its columns are: {}",
+                    row.line,
+                    f.column,
+                    if is_key { "key" } else { "mapped" },
+                    f.field,
+                    present.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The record the row stands for, typed and normalised.
+    pub fn record(&self, row: &Row) -> Result<Map<String, Json>, RowError> {
+        let mut out = Map::with_capacity(self.fields.len());
+        for f in &self.fields {
+            let Some((_, cell)) = row.cells.iter().find(|(n, _)| *n == f.column) else {
+                if self.key.contains(&f.field) {
+                    return Err(RowError {
+                        line: row.line,
+                        message: format!(
+                            "no value for key field `{}` (column `{}`)",
+                            f.field, f.column
+                        ),
+                    });
+                }
+                continue;
+            };
+            out.insert(f.field.clone(), self.value(f, cell));
+        }
+        Ok(out)
+    }
+
+    fn value(&self, f: &FieldMap, cell: &Cell) -> Json {
+        let text = match cell {
+            Cell::Json(Json::String(s)) | Cell::Text(s) => normalize::halfwidth(s),
+            Cell::Json(Json::Number(n)) if f.kind == FieldKind::Date => n.to_string(),
+            Cell::Json(v) => return v.clone(),
+            Cell::Serial(s) => {
+                let Some(dt) = normalize::excel_serial(*s) else {
+                    return Json::Null;
+                };
+                dt
+            }
+        };
+        if text.is_empty() && f.nullable {
+            return Json::Null;
+        }
+        let parsed = match &f.kind {
+            FieldKind::Int | FieldKind::Long => {
+                text.replace(',', "").parse::<i64>().ok().map(Json::from)
+            }
+            FieldKind::Float | FieldKind::Double => text
+                .replace(',', "")
+                .parse::<f64>()
+                .ok()
+                .and_then(|v| serde_json::Number::from_f64(v).map(Json::Number)),
+            FieldKind::Boolean => match text.as_str() {
+                "true" | "TRUE" | "1" | "是" | "Y" | "y" => Some(Json::Bool(true)),
+                "false" | "FALSE" | "0" | "否" | "N" | "n" => Some(Json::Bool(false)),
+                _ => None,
+            },
+            FieldKind::Date => {
+                normalize::date(text.split([' ', 'T']).next().unwrap_or("")).map(Json::String)
+            }
+            FieldKind::TimestampMillis | FieldKind::TimestampMicros => {
+                normalize::timestamp(&text, &self.offset).map(Json::String)
+            }
+            FieldKind::Decimal { .. } => Some(Json::String(text.replace([',', '¥', '￥'], ""))),
+            _ => None,
+        };
+        // Unparseable values go on as text: validation names the field and why.
+        parsed.unwrap_or(Json::String(text))
+    }
+
+    /// The record key (fields joined with `/`, escaped as the engine does),
+    /// when every key field has a value: a row that fails validation but has
+    /// a key is kept, not deleted.
+    pub fn key_of(&self, record: &Map<String, Json>) -> Option<String> {
+        let mut parts = Vec::with_capacity(self.key.len());
+        for k in &self.key {
+            let v = match record.get(k)? {
+                Json::String(s) if !s.is_empty() => s.clone(),
+                Json::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            parts.push(if self.key.len() > 1 {
+                v.replace('%', "%25").replace('/', "%2F")
+            } else {
+                v
+            });
+        }
+        Some(parts.join("/"))
+    }
+}

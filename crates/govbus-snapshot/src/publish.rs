@@ -1,0 +1,136 @@
+//! Publishing changes to `ingest.<owner>` the way the gateway does: the
+//! validated Confluent-framed Avro value, the record key, and the headers
+//! `ce_type`, `ce_id`, `ce_op`, `ce_sourceversion`, `ce_time` and
+//! `content-type`; a delete is a tombstone. The router then checks it again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use govbus_kafka::headers as h;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use crate::{Change, Publisher};
+
+#[derive(Default)]
+struct Acks {
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+struct Ctx(Arc<Acks>);
+impl ClientContext for Ctx {}
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.0.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut first) = self.0.first_error.lock() {
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// Publishes to Kafka with an idempotent producer.
+pub struct KafkaPublisher {
+    producer: ThreadedProducer<Ctx>,
+    acks: Arc<Acks>,
+    topic: String,
+    dataset: String,
+    time: String,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaPublisher {
+    /// A publisher of `dataset` changes to `topic` (the owner's ingest topic).
+    pub fn new(
+        bootstrap: &str,
+        topic: &str,
+        dataset: &str,
+        overrides: &[(String, String)],
+    ) -> Result<KafkaPublisher, KafkaError> {
+        let acks = Arc::new(Acks::default());
+        let mut config = govbus_kafka::config::producer(bootstrap);
+        config.set("linger.ms", "20");
+        for (k, v) in overrides {
+            config.set(k, v);
+        }
+        let producer = config.create_with_context(Ctx(acks.clone()))?;
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
+        Ok(KafkaPublisher {
+            producer,
+            acks,
+            topic: topic.to_owned(),
+            dataset: dataset.to_owned(),
+            time: govbus_catalog::time::format_rfc3339_millis(ms),
+        })
+    }
+}
+
+impl Publisher for KafkaPublisher {
+    fn publish(&mut self, c: &Change) -> Result<(), String> {
+        let version = c.version.to_string();
+        let headers = h::owned([
+            (h::CE_TYPE, self.dataset.as_bytes()),
+            (h::CE_ID, c.id.as_bytes()),
+            (h::CE_OP, c.op.as_bytes()),
+            (h::CE_SOURCEVERSION, version.as_bytes()),
+            (h::CE_TIME, self.time.as_bytes()),
+            (h::CONTENT_TYPE, h::AVRO_CONTENT_TYPE.as_bytes()),
+        ]);
+        let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.topic)
+            .key(c.key.as_bytes())
+            .headers(headers);
+        if let Some(v) = &c.value {
+            record = record.payload(v.as_slice());
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        loop {
+            match self.producer.flush(Duration::from_secs(60)) {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(message = "Waiting for the broker to acknowledge.", error = %e)
+                }
+            }
+        }
+        let failed = self.acks.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let first = self
+                .acks
+                .first_error
+                .lock()
+                .ok()
+                .and_then(|f| f.clone())
+                .unwrap_or_default();
+            return Err(format!("{failed} changes were not acknowledged ({first})"));
+        }
+        Ok(())
+    }
+}
