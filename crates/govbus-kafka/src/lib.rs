@@ -4,6 +4,7 @@
 //! - [`topics`]: `ingest.<dept>`, `data.<dataset>`, `dlq.<dept>`.
 //! - [`headers`]: the CloudEvents binary-mode headers on canonical records and
 //!   the `govbus.error.*` headers on dead letters, with readers for both.
+//! - [`admin`]: creating the topics a component writes to.
 //! - [`config`]: consumer and producer settings that every component starts from.
 //!
 //! - [`read`]: a whole topic, for the operator tools.
@@ -12,6 +13,7 @@
 //!
 //! It knows the catalog and the engine only to follow the schema log.
 
+pub mod admin;
 pub mod config;
 pub mod headers;
 pub mod read;

@@ -9,8 +9,6 @@ use std::time::Duration;
 use govbus_catalog::{Catalog, Dataset, SinkSpec, Subscription};
 use govbus_kafka::headers as h;
 use govbus_kafka::topics::Topics;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
@@ -148,35 +146,11 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Creates `topics` (ignoring ones that exist; brokers without CreateTopics,
-/// like librdkafka's mock cluster, auto-create on first use).
+/// Creates `topics` when the configuration allows it
+/// ([`govbus_kafka::admin::ensure_topics`]).
 pub async fn ensure_topics(config: &SinkConfig, topics: &[(String, i32)]) {
-    if !config.create_topics {
-        return;
-    }
-    let Ok(admin) = config
-        .client({
-            let mut c = ClientConfig::new();
-            c.set("bootstrap.servers", &config.bootstrap);
-            c
-        })
-        .create::<AdminClient<DefaultClientContext>>()
-    else {
-        return;
-    };
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
-        .collect();
-    let opts = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(10)))
-        .request_timeout(Some(Duration::from_secs(10)));
-    match tokio::time::timeout(Duration::from_secs(12), admin.create_topics(&new, &opts)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => tracing::debug!(message = "Topic creation not available.", %error),
-        Err(_) => {
-            tracing::debug!(message = "Topic creation timed out (the broker may not support it).")
-        }
+    if config.create_topics {
+        govbus_kafka::admin::ensure_topics(&config.bootstrap, topics).await;
     }
 }
 

@@ -55,6 +55,9 @@ pub struct Common {
     /// Memory for sorting before spilling runs to disk, in MiB.
     #[arg(long, default_value_t = 64)]
     sort_memory_mib: usize,
+    /// Partitions of the owner's ingest topic, when it has to be created.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
     /// Extra librdkafka setting, `key=value` (repeatable).
     #[arg(long = "kafka", value_name = "KEY=VALUE")]
     kafka: Vec<String>,
@@ -192,6 +195,17 @@ fn publish_one(s: &Setup, c: &Common, file: &Path, dry_run: bool) -> anyhow::Res
         max_delete_fraction: c.max_deletes / 100.0,
         sort_memory: c.sort_memory_mib << 20,
     };
+    if !dry_run {
+        // The owner's ingest topic must exist before an idempotent producer
+        // writes to it; the router picks a new one up by its pattern.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(govbus_kafka::admin::ensure_topics(
+                &c.bootstrap,
+                &[(topic.clone(), c.partitions)],
+            ));
+    }
     let mut publisher = KafkaPublisher::new(&c.bootstrap, &topic, &s.dataset, &s.overrides)?;
     let progress = bar();
     let result = govbus_snapshot::run(&s.catalog, &s.engine, &opts, &progress, &mut publisher);
