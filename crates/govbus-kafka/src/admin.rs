@@ -35,12 +35,15 @@ pub async fn ensure_topics(bootstrap: &str, topics: &[(String, i32)]) {
                 match r {
                     Ok(t) => tracing::info!(message = "Created topic.", topic = %t),
                     Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((t, e)) => tracing::warn!(message = "Could not create topic.", topic = %t, error = %e),
+                    Err((t, e)) => {
+                        tracing::warn!(message = "Could not create topic.", topic = %t, error = %e)
+                    }
                 }
             }
         }
         Some(Err(error)) => tracing::debug!(message = "Topic creation not available.", %error),
-        None => tracing::debug!(message = "Topic creation timed out (the broker may not support it)."),
+        None => {
+            tracing::debug!(message = "Topic creation timed out (the broker may not support it).")
+        }
     }
 }
-

@@ -38,6 +38,8 @@ use crate::table::{Format, RowError, TableError};
 /// One change to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
+    /// The dataset (`ce_type`).
+    pub dataset: String,
     /// `create`, `update` or `delete`.
     pub op: &'static str,
     /// The record key.
@@ -529,6 +531,7 @@ pub fn run(
             if publish {
                 n += 1;
                 let change = Change {
+                    dataset: dataset.clone(),
                     op,
                     key: entry.key.clone(),
                     value: (op != "delete").then(|| std::mem::take(&mut entry.value)),

@@ -70,6 +70,18 @@ pub fn timestamp(text: &str, offset: &str) -> Option<String> {
         Some(i) if !t.is_empty() => (&t[..i], &t[i..]),
         _ => (t, offset),
     };
+    // PostgreSQL writes `+08` and some exports `+0800`.
+    let tz = match tz.len() {
+        3 if tz.starts_with(['+', '-']) => format!("{tz}:00"),
+        5 if tz.starts_with(['+', '-']) && !tz.contains(':') => {
+            format!("{}:{}", &tz[..3], &tz[3..])
+        }
+        _ => tz.to_owned(),
+    };
+    let fraction: String = t
+        .split_once('.')
+        .map(|(_, f)| f.chars().take_while(char::is_ascii_digit).take(3).collect())
+        .unwrap_or_default();
     let clock: Vec<&str> = if t.contains(':') {
         t.split(':').collect()
     } else if t.len() == 6 || t.len() == 4 {
@@ -91,7 +103,12 @@ pub fn timestamp(text: &str, offset: &str) -> Option<String> {
     if h > 23 || mi > 59 || sec > 60 {
         return None;
     }
-    let out = format!("{day}T{h:02}:{mi:02}:{sec:02}{tz}");
+    let frac = if fraction.is_empty() {
+        String::new()
+    } else {
+        format!(".{fraction}")
+    };
+    let out = format!("{day}T{h:02}:{mi:02}:{sec:02}{frac}{tz}");
     time::parse_rfc3339_micros(&out).map(|_| out)
 }
 
@@ -167,6 +184,15 @@ mod tests {
             Some("2023-06-01T00:00:00+08:00")
         );
         assert_eq!(timestamp("2023/6/1 25:00", "+08:00"), None);
+        // PostgreSQL's text output.
+        assert_eq!(
+            timestamp("2026-10-15 10:00:00.123456+08", "+00:00").as_deref(),
+            Some("2026-10-15T10:00:00.123+08:00")
+        );
+        assert_eq!(
+            timestamp("2026-10-15 10:00:00+0530", "Z").as_deref(),
+            Some("2026-10-15T10:00:00+05:30")
+        );
     }
 
     #[test]

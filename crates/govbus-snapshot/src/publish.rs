@@ -83,7 +83,15 @@ impl Publisher for KafkaPublisher {
     fn publish(&mut self, c: &Change) -> Result<(), String> {
         let version = c.version.to_string();
         let headers = h::owned([
-            (h::CE_TYPE, self.dataset.as_bytes()),
+            (
+                h::CE_TYPE,
+                if c.dataset.is_empty() {
+                    &self.dataset
+                } else {
+                    &c.dataset
+                }
+                .as_bytes(),
+            ),
             (h::CE_ID, c.id.as_bytes()),
             (h::CE_OP, c.op.as_bytes()),
             (h::CE_SOURCEVERSION, version.as_bytes()),

@@ -52,6 +52,9 @@ enum Command {
     Registry(cmd::registry::RegistryArgs),
     /// Run the router: ingest.<dept> → validation → data.<dataset> | dlq.<dept>.
     Router(Box<cmd::router::RouterArgs>),
+    /// Stream a department database's changes to its ingest topic.
+    #[command(subcommand)]
+    Capture(cmd::capture::CaptureCommand),
     /// Turn periodic table dumps into a live change stream (diff and publish).
     #[command(subcommand)]
     Snapshot(Box<cmd::snapshot::SnapshotCommand>),
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::Router(a) => cmd::router::run(*a),
         Command::Sink(a) => cmd::sink::run(*a),
         Command::Snapshot(c) => cmd::snapshot::run(*c),
+        Command::Capture(c) => cmd::capture::run(c),
         Command::Subscriptions(c) => cmd::subscriptions::run(c),
         Command::Audit(c) => cmd::audit::run(*c),
         Command::Bench(b) => cmd::bench::run(b),

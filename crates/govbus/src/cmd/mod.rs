@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod bench;
 pub mod bench_sink;
+pub mod capture;
 pub mod catalog;
 pub mod dlq;
 pub mod gateway;

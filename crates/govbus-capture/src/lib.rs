@@ -1,0 +1,866 @@
+//! Database change capture: a department that has nothing but a PostgreSQL
+//! database gets a live change stream.
+//!
+//! **Logical mode** reads the database's own change log through a logical
+//! replication slot with the built-in `pgoutput` plugin
+//! (`pg_logical_slot_peek_binary_changes`, decoded by [`pgoutput`]): first an
+//! initial snapshot of every table (versioned at the slot's consistent
+//! point), then every committed insert, update and delete, in commit order.
+//! The position lives in the slot: it is advanced only after the changes
+//! before it are acknowledged by Kafka, so a restart resumes without loss
+//! (and repeats at most the unacknowledged tail, with the same event ids).
+//! An idle source gets a heartbeat (a non-transactional logical message) so
+//! that the slot advances and PostgreSQL can recycle WAL.
+//!
+//! **Poll mode** is the fallback where logical replication is not allowed: a
+//! monotonic version column per table, read in order, plus a periodic scan
+//! of the keys to detect deletes. Same output.
+//!
+//! Both map columns to the dataset (the snapshot adapter's [`Mapper`]),
+//! validate every record as the gateway does, and publish what the gateway
+//! publishes to `ingest.<owner>`, with the LSN (or the version column) as
+//! the per-key source version.
+
+pub mod pgoutput;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use govbus_catalog::Catalog;
+use govbus_snapshot::mapping::{Mapper, MappingFile};
+use govbus_snapshot::table::{Cell, Row};
+use govbus_snapshot::{Change, Publisher};
+use govbus_validate::{Context, Engine};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{Client, NoTls};
+
+use crate::pgoutput::{Message, Relations, Value};
+
+/// How changes are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Logical decoding (`wal_level = logical`).
+    #[default]
+    Logical,
+    /// A monotonic version column and periodic delete detection.
+    Poll,
+}
+
+/// One captured table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// `schema.table` (or `table` in `public`).
+    pub table: String,
+    /// The dataset its rows are.
+    pub dataset: String,
+    /// `field = "column"`; fields without an entry come from the column of the same name.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// Poll mode: a column that grows with every insert and update.
+    pub version_column: Option<String>,
+}
+
+/// A capture configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// libpq connection string of the department's database.
+    pub conninfo: String,
+    /// Logical or poll.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Names the slot and publication (`[a-z0-9_]`) and the event ids.
+    pub name: String,
+    /// Where the capture keeps its own state.
+    pub state_dir: Option<PathBuf>,
+    /// Idle time after which a heartbeat moves the slot on.
+    #[serde(default = "default_heartbeat", with = "duration")]
+    pub heartbeat: Duration,
+    /// How often to look for changes when there were none.
+    #[serde(default = "default_poll", with = "duration")]
+    pub poll_interval: Duration,
+    /// Poll mode: how often to scan keys for deletes.
+    #[serde(default = "default_delete_check", with = "duration")]
+    pub delete_check: Duration,
+    /// Offset for timestamps without one.
+    pub timezone: Option<String>,
+    /// The tables.
+    #[serde(rename = "table")]
+    pub tables: Vec<TableSpec>,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_poll() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_delete_check() -> Duration {
+    Duration::from_secs(30)
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why capture cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The configuration does not fit the catalog or itself.
+    #[error("capture config: {0}")]
+    Config(String),
+    /// PostgreSQL refused or failed.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// Publishing failed; the position did not move.
+    #[error("publishing failed (the position did not move; restart to resume): {0}")]
+    Publish(String),
+    /// Local state.
+    #[error("state: {0}")]
+    State(#[from] std::io::Error),
+    /// `wal_level` is not `logical`.
+    #[error("logical replication is not enabled on this database (wal_level = {0}); set wal_level = logical and restart PostgreSQL, or use mode = \"poll\" with a version_column per table")]
+    NotLogical(String),
+}
+
+impl CaptureError {
+    /// Whether restarting (reconnecting) can help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, CaptureError::Postgres(_) | CaptureError::Publish(_))
+    }
+}
+
+impl Config {
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Config, CaptureError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CaptureError::Config(format!("{}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| CaptureError::Config(format!("{}: {}", path.display(), e.message())))
+    }
+}
+
+struct Table {
+    spec: TableSpec,
+    schema: String,
+    name: String,
+    mapper: Mapper,
+    owner: String,
+}
+
+fn split_table(t: &str) -> (String, String) {
+    match t.split_once('.') {
+        Some((s, n)) => (s.to_owned(), n.to_owned()),
+        None => ("public".to_owned(), t.to_owned()),
+    }
+}
+
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// What a capture run did (for logs and tests).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    /// Changes published.
+    pub published: u64,
+    /// Rows rejected by validation (reason codes logged with their LSN).
+    pub rejected: u64,
+    /// Heartbeats emitted.
+    pub heartbeats: u64,
+}
+
+/// A running capture.
+pub struct Capture {
+    config: Config,
+    tables: Vec<Table>,
+    engine: Engine,
+    client: Client,
+    state_dir: PathBuf,
+    /// What happened so far.
+    pub counts: Counts,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    /// Logical: the initial snapshot was published at this version.
+    snapshot_done: Option<u64>,
+    /// Poll: highest version published, per table.
+    #[serde(default)]
+    positions: BTreeMap<String, i64>,
+    /// Poll: keys published and not deleted, per table.
+    #[serde(default)]
+    keys: BTreeMap<String, Vec<String>>,
+}
+
+impl Capture {
+    /// Checks the configuration against the catalog and connects.
+    pub async fn connect(config: Config, catalog: &Catalog) -> Result<Capture, CaptureError> {
+        if config.name.is_empty()
+            || !config
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(CaptureError::Config(format!(
+                "name `{}`: use [a-z0-9_]",
+                config.name
+            )));
+        }
+        let engine = Engine::new(catalog).map_err(|e| CaptureError::Config(e.to_string()))?;
+        let mut tables = Vec::new();
+        for t in &config.tables {
+            let ds = catalog.dataset(&t.dataset).ok_or_else(|| {
+                CaptureError::Config(format!(
+                    "table {}: unknown dataset `{}`",
+                    t.table, t.dataset
+                ))
+            })?;
+            let mapping = MappingFile {
+                dataset: Some(t.dataset.clone()),
+                timezone: config.timezone.clone(),
+                columns: if t.columns.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    // Unnamed fields come from the column of the same name.
+                    let mut all: BTreeMap<String, String> =
+                        govbus_catalog::fields::top_level(&ds.latest().schema)
+                            .into_iter()
+                            .map(|(f, _)| (f.to_owned(), f.to_owned()))
+                            .collect();
+                    all.extend(t.columns.clone());
+                    all
+                },
+                ..MappingFile::default()
+            };
+            let mapper = Mapper::new(&mapping, ds).map_err(|p| {
+                CaptureError::Config(format!("table {}: {}", t.table, p.join("; ")))
+            })?;
+            if config.mode == Mode::Poll && t.version_column.is_none() {
+                return Err(CaptureError::Config(format!(
+                    "table {}: poll mode needs `version_column`",
+                    t.table
+                )));
+            }
+            let (schema, name) = split_table(&t.table);
+            tables.push(Table {
+                spec: t.clone(),
+                schema,
+                name,
+                mapper,
+                owner: ds.owner.clone(),
+            });
+        }
+        let (client, connection) = tokio_postgres::connect(&config.conninfo, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::error!(message = "PostgreSQL connection ended.", %error);
+            }
+        });
+        let state_dir = config
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("var/capture").join(&config.name));
+        std::fs::create_dir_all(&state_dir)?;
+        Ok(Capture {
+            config,
+            tables,
+            engine,
+            client,
+            state_dir,
+            counts: Counts::default(),
+        })
+    }
+
+    /// The ingest topic each table publishes to is its dataset owner's.
+    pub fn owners(&self) -> Vec<String> {
+        let mut o: Vec<String> = self.tables.iter().map(|t| t.owner.clone()).collect();
+        o.sort();
+        o.dedup();
+        o
+    }
+
+    fn load_state(&self) -> Result<State, CaptureError> {
+        match std::fs::read(self.state_dir.join("state.json")) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| CaptureError::Config(format!("state.json: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn save_state(&self, s: &State) -> Result<(), CaptureError> {
+        let tmp = self.state_dir.join("state.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(s).map_err(std::io::Error::other)?)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, self.state_dir.join("state.json"))?;
+        Ok(())
+    }
+
+    /// Builds the change for a row of `table` (columns by name, text values).
+    fn change(
+        &mut self,
+        t: usize,
+        cells: Vec<(String, Cell)>,
+        op: &'static str,
+        version: u64,
+        id: String,
+    ) -> Option<Change> {
+        let table = &self.tables[t];
+        let row = Row {
+            line: version,
+            cells,
+        };
+        let record = match table.mapper.record(&row) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(message = "Row skipped.", table = %table.spec.table, version, problem = %e.message);
+                self.counts.rejected += 1;
+                return None;
+            }
+        };
+        if op == "delete" {
+            let key = table.mapper.key_of(&record)?;
+            return Some(Change {
+                dataset: table.spec.dataset.clone(),
+                op,
+                key,
+                value: None,
+                version,
+                id,
+            });
+        }
+        let ds = self.engine.dataset(&table.spec.dataset)?;
+        match ds.validate_json_value(&serde_json::Value::Object(record), &Context::now()) {
+            Ok(a) => Some(Change {
+                dataset: table.spec.dataset.clone(),
+                op,
+                key: a.key,
+                value: Some(a.value),
+                version,
+                id,
+            }),
+            Err(r) => {
+                tracing::warn!(message = "Row rejected at the edge.", table = %table.spec.table, version, reason = r.reason.code(), field = r.field.as_deref().unwrap_or("-"), detail = %r.detail);
+                self.counts.rejected += 1;
+                None
+            }
+        }
+    }
+
+    async fn select_all(
+        &self,
+        t: usize,
+        filter: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Vec<(String, Cell)>>, CaptureError> {
+        let table = &self.tables[t];
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT to_jsonb(x)::text FROM (SELECT * FROM {}.{} {filter}) x",
+                    ident(&table.schema),
+                    ident(&table.name)
+                ),
+                params,
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let text: String = r.get(0);
+                let obj: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(&text).unwrap_or_default();
+                obj.into_iter()
+                    .map(|(k, v)| {
+                        let cell = match v {
+                            serde_json::Value::String(s) => Cell::Text(s),
+                            serde_json::Value::Null => Cell::Text(String::new()),
+                            other => Cell::Text(other.to_string()),
+                        };
+                        (k, cell)
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Runs until `stop` turns true.
+    pub async fn run(
+        &mut self,
+        publishers: &mut HashMap<String, Box<dyn Publisher + Send>>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), CaptureError> {
+        match self.config.mode {
+            Mode::Logical => self.run_logical(publishers, stop).await,
+            Mode::Poll => self.run_poll(publishers, stop).await,
+        }
+    }
+
+    fn publish_all(
+        &mut self,
+        publishers: &mut HashMap<String, Box<dyn Publisher + Send>>,
+        changes: &[(usize, Change)],
+    ) -> Result<(), CaptureError> {
+        for (t, c) in changes {
+            let owner = &self.tables[*t].owner;
+            let p = publishers
+                .get_mut(owner)
+                .ok_or_else(|| CaptureError::Publish(format!("no publisher for {owner}")))?;
+            p.publish(c).map_err(CaptureError::Publish)?;
+        }
+        tokio::task::block_in_place(|| {
+            for p in publishers.values_mut() {
+                p.flush().map_err(CaptureError::Publish)?;
+            }
+            Ok::<_, CaptureError>(())
+        })?;
+        self.counts.published += changes.len() as u64;
+        Ok(())
+    }
+
+    async fn run_logical(
+        &mut self,
+        publishers: &mut HashMap<String, Box<dyn Publisher + Send>>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), CaptureError> {
+        let level: String = self.client.query_one("SHOW wal_level", &[]).await?.get(0);
+        if level != "logical" {
+            return Err(CaptureError::NotLogical(level));
+        }
+        let name = self.config.name.clone();
+        let list: Vec<String> = self
+            .tables
+            .iter()
+            .map(|t| format!("{}.{}", ident(&t.schema), ident(&t.name)))
+            .collect();
+        let exists = !self
+            .client
+            .query(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1::text::name",
+                &[&name],
+            )
+            .await?
+            .is_empty();
+        if !exists {
+            self.client
+                .batch_execute(&format!(
+                    "CREATE PUBLICATION {} FOR TABLE {}",
+                    ident(&name),
+                    list.join(", ")
+                ))
+                .await?;
+        }
+        let slot = self
+            .client
+            .query("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1::text::name", &[&name])
+            .await?;
+        let mut state = self.load_state()?;
+        let start: u64 = if let Some(row) = slot.first() {
+            parse_lsn(&row.get::<_, Option<String>>(0).unwrap_or_default())
+        } else {
+            let row = self
+                .client
+                .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1::text::name, 'pgoutput')", &[&name])
+                .await?;
+            state.snapshot_done = None;
+            parse_lsn(&row.get::<_, String>(0))
+        };
+        if state.snapshot_done.is_none() {
+            // Initial snapshot, versioned at the slot's position: every later change is newer.
+            let mut changes = Vec::new();
+            for t in 0..self.tables.len() {
+                let rows = self.select_all(t, "", &[]).await?;
+                for (n, cells) in rows.into_iter().enumerate() {
+                    let id = format!("cdc-{name}-snap-{start}-{t}-{n}");
+                    if let Some(c) = self.change(t, cells, "snapshot", start, id) {
+                        changes.push((t, c));
+                    }
+                }
+            }
+            tracing::info!(
+                message = "Initial snapshot.",
+                rows = changes.len(),
+                version = start
+            );
+            self.publish_all(publishers, &changes)?;
+            state.snapshot_done = Some(start);
+            self.save_state(&state)?;
+        }
+        tracing::info!(message = "Streaming changes.", slot = %name);
+        let mut idle_since = Instant::now();
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let rows = self
+                .client
+                .query(
+                    "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1::text::name, NULL, 10000, 'proto_version', '1', 'publication_names', $2::text, 'messages', 'true')",
+                    &[&name, &name],
+                )
+                .await?;
+            let mut relations = Relations::new();
+            let mut changes: Vec<(usize, Change)> = Vec::new();
+            let mut safe: Option<u64> = None;
+            for r in &rows {
+                let lsn = parse_lsn(&r.get::<_, String>(0));
+                let data: Vec<u8> = r.get(1);
+                let msg = match pgoutput::decode(&data) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!(message = "Undecodable change; stopping before it.", lsn, error = %e);
+                        break;
+                    }
+                };
+                match msg {
+                    Message::Relation(id, rel) => {
+                        relations.insert(id, rel);
+                    }
+                    Message::Commit { end_lsn } => safe = Some(end_lsn),
+                    Message::Message { .. } => safe = Some(lsn),
+                    Message::Insert { rel, new } => self.row_change(
+                        &relations,
+                        rel,
+                        "create",
+                        None,
+                        Some(new),
+                        lsn,
+                        &name,
+                        &mut changes,
+                    ),
+                    Message::Update { rel, old, new } => self.row_change(
+                        &relations,
+                        rel,
+                        "update",
+                        old,
+                        Some(new),
+                        lsn,
+                        &name,
+                        &mut changes,
+                    ),
+                    Message::Delete { rel, old } => self.row_change(
+                        &relations,
+                        rel,
+                        "delete",
+                        Some(old),
+                        None,
+                        lsn,
+                        &name,
+                        &mut changes,
+                    ),
+                    Message::Truncate(rels) => {
+                        for r in rels {
+                            let t = relations
+                                .get(&r)
+                                .map(|x| format!("{}.{}", x.namespace, x.name))
+                                .unwrap_or_default();
+                            tracing::error!(message = "TRUNCATE is not captured as deletes; publish a snapshot of the table to reconcile.", table = %t);
+                        }
+                    }
+                    Message::Begin { .. } | Message::Other(_) => {}
+                }
+            }
+            // Changes of unfinished transactions are not returned by the peek; everything up
+            // to the last commit (or heartbeat) is complete.
+            if !changes.is_empty() {
+                self.publish_all(publishers, &changes)?;
+            }
+            if let Some(lsn) = safe {
+                self.client
+                    .query(
+                        "SELECT pg_replication_slot_advance($1::text::name, $2::text::pg_lsn)",
+                        &[&name, &format_lsn(lsn)],
+                    )
+                    .await?;
+            }
+            if rows.is_empty() {
+                if idle_since.elapsed() >= self.config.heartbeat {
+                    self.client
+                        .query(
+                            "SELECT pg_logical_emit_message(false, 'govbus.heartbeat', '')",
+                            &[],
+                        )
+                        .await?;
+                    self.counts.heartbeats += 1;
+                    idle_since = Instant::now();
+                }
+                tokio::time::sleep(self.config.poll_interval).await;
+            } else {
+                idle_since = Instant::now();
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn row_change(
+        &mut self,
+        relations: &Relations,
+        rel: u32,
+        op: &'static str,
+        old: Option<Vec<Value>>,
+        new: Option<Vec<Value>>,
+        lsn: u64,
+        name: &str,
+        out: &mut Vec<(usize, Change)>,
+    ) {
+        let Some(r) = relations.get(&rel) else {
+            tracing::error!(
+                message = "Change for a relation never described; skipped.",
+                rel,
+                lsn
+            );
+            return;
+        };
+        let Some(t) = self
+            .tables
+            .iter()
+            .position(|t| t.schema == r.namespace && t.name == r.name)
+        else {
+            return;
+        };
+        let cells = |vals: &[Value], fill: Option<&[Value]>| -> Vec<(String, Cell)> {
+            r.columns
+                .iter()
+                .zip(vals)
+                .enumerate()
+                .filter_map(|(i, ((col, _), v))| {
+                    let v = match (v, fill.and_then(|f| f.get(i))) {
+                        (Value::Unchanged, Some(old)) => old,
+                        (v, _) => v,
+                    };
+                    match v {
+                        Value::Text(s) => Some((col.clone(), Cell::Text(s.clone()))),
+                        Value::Null => Some((col.clone(), Cell::Text(String::new()))),
+                        Value::Unchanged => None,
+                    }
+                })
+                .collect()
+        };
+        match (old, new) {
+            (Some(old), None) => {
+                if let Some(c) = self.change(
+                    t,
+                    cells(&old, None),
+                    "delete",
+                    lsn,
+                    format!("cdc-{name}-{lsn}"),
+                ) {
+                    out.push((t, c));
+                }
+            }
+            (old, Some(new)) => {
+                let fill = old.as_deref();
+                let after = cells(&new, fill);
+                // A changed key: the old key is deleted, the new one created.
+                if let Some(o) = &old {
+                    let before = cells(o, None);
+                    let table = &self.tables[t];
+                    let rec = |c: Vec<(String, Cell)>| {
+                        table
+                            .mapper
+                            .record(&Row {
+                                line: lsn,
+                                cells: c,
+                            })
+                            .ok()
+                            .and_then(|r| table.mapper.key_of(&r))
+                    };
+                    let (k_old, k_new) = (rec(before.clone()), rec(after.clone()));
+                    if k_old.is_some() && k_old != k_new {
+                        if let Some(c) =
+                            self.change(t, before, "delete", lsn, format!("cdc-{name}-{lsn}-d"))
+                        {
+                            out.push((t, c));
+                        }
+                    }
+                }
+                if let Some(c) = self.change(t, after, op, lsn, format!("cdc-{name}-{lsn}")) {
+                    out.push((t, c));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    async fn run_poll(
+        &mut self,
+        publishers: &mut HashMap<String, Box<dyn Publisher + Send>>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), CaptureError> {
+        let mut state = self.load_state()?;
+        let name = self.config.name.clone();
+        let mut last_delete_check = Instant::now() - self.config.delete_check;
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let mut any = false;
+            for t in 0..self.tables.len() {
+                let spec = self.tables[t].spec.clone();
+                let vcol = spec.version_column.clone().unwrap_or_default();
+                let from = state
+                    .positions
+                    .get(&spec.table)
+                    .copied()
+                    .unwrap_or(i64::MIN);
+                let rows = self
+                    .select_all(
+                        t,
+                        &format!(
+                            "WHERE {} > $1 ORDER BY {} LIMIT 5000",
+                            ident(&vcol),
+                            ident(&vcol)
+                        ),
+                        &[&from],
+                    )
+                    .await?;
+                if rows.is_empty() {
+                    continue;
+                }
+                any = true;
+                let mut changes = Vec::new();
+                let mut top = from;
+                let known: HashSet<String> = state
+                    .keys
+                    .get(&spec.table)
+                    .map(|k| k.iter().cloned().collect())
+                    .unwrap_or_default();
+                let mut new_keys = Vec::new();
+                for cells in rows {
+                    let v: i64 = cells
+                        .iter()
+                        .find(|(c, _)| *c == vcol)
+                        .and_then(|(_, cell)| match cell {
+                            Cell::Text(s) => s.parse().ok(),
+                            _ => None,
+                        })
+                        .unwrap_or(from);
+                    top = top.max(v);
+                    let version = u64::try_from(v).unwrap_or(0);
+                    if let Some(c) =
+                        self.change(t, cells, "update", version, format!("cdc-{name}-{t}-{v}"))
+                    {
+                        let op = if known.contains(&c.key) {
+                            "update"
+                        } else {
+                            "create"
+                        };
+                        new_keys.push(c.key.clone());
+                        changes.push((t, Change { op, ..c }));
+                    }
+                }
+                self.publish_all(publishers, &changes)?;
+                state.positions.insert(spec.table.clone(), top);
+                let keys = state.keys.entry(spec.table.clone()).or_default();
+                let mut set: HashSet<String> = keys.drain(..).collect();
+                set.extend(new_keys);
+                keys.extend(set);
+                self.save_state(&state)?;
+            }
+            if last_delete_check.elapsed() >= self.config.delete_check {
+                last_delete_check = Instant::now();
+                for t in 0..self.tables.len() {
+                    let spec = self.tables[t].spec.clone();
+                    let vcol = spec.version_column.clone().unwrap_or_default();
+                    let rows = self.select_all(t, "", &[]).await?;
+                    let mut present = HashSet::new();
+                    let mut top = 0i64;
+                    for cells in rows {
+                        if let Some(Cell::Text(v)) =
+                            cells.iter().find(|(c, _)| *c == vcol).map(|(_, c)| c)
+                        {
+                            top = top.max(v.parse().unwrap_or(0));
+                        }
+                        let table = &self.tables[t];
+                        if let Some(k) = table
+                            .mapper
+                            .record(&Row { line: 0, cells })
+                            .ok()
+                            .and_then(|r| table.mapper.key_of(&r))
+                        {
+                            present.insert(k);
+                        }
+                    }
+                    let known = state.keys.get(&spec.table).cloned().unwrap_or_default();
+                    let mut gone: Vec<String> = known
+                        .iter()
+                        .filter(|k| !present.contains(*k))
+                        .cloned()
+                        .collect();
+                    gone.sort();
+                    if gone.is_empty() {
+                        continue;
+                    }
+                    // Newer than any version the table has handed out so far.
+                    let version = u64::try_from(
+                        top.max(state.positions.get(&spec.table).copied().unwrap_or(0)) + 1,
+                    )
+                    .unwrap_or(0);
+                    let changes: Vec<(usize, Change)> = gone
+                        .iter()
+                        .enumerate()
+                        .map(|(n, k)| {
+                            (
+                                t,
+                                Change {
+                                    dataset: spec.dataset.clone(),
+                                    op: "delete",
+                                    key: k.clone(),
+                                    value: None,
+                                    version,
+                                    id: format!("cdc-{name}-{t}-del-{version}-{n}"),
+                                },
+                            )
+                        })
+                        .collect();
+                    self.publish_all(publishers, &changes)?;
+                    state.keys.insert(
+                        spec.table.clone(),
+                        known.into_iter().filter(|k| present.contains(k)).collect(),
+                    );
+                    self.save_state(&state)?;
+                    any = true;
+                }
+            }
+            if !any {
+                tokio::time::sleep(self.config.poll_interval).await;
+            }
+        }
+    }
+}
+
+/// Parses `16/B374D848` into a number.
+pub fn parse_lsn(s: &str) -> u64 {
+    match s.split_once('/') {
+        Some((hi, lo)) => {
+            (u64::from_str_radix(hi, 16).unwrap_or(0) << 32)
+                | u64::from_str_radix(lo, 16).unwrap_or(0)
+        }
+        None => 0,
+    }
+}
+
+/// Formats an LSN as PostgreSQL writes it.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}

@@ -1,0 +1,98 @@
+//! `govbus capture postgres --config FILE`: stream a department database's
+//! changes (logical decoding with pgoutput, or polling) to its ingest topic.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use govbus_capture::{Capture, Config};
+use govbus_kafka::topics::Topics;
+use govbus_snapshot::publish::KafkaPublisher;
+use govbus_snapshot::Publisher;
+
+use crate::catalog_source;
+
+#[derive(Subcommand)]
+pub enum CaptureCommand {
+    /// Capture changes from PostgreSQL tables.
+    Postgres(PostgresArgs),
+}
+
+#[derive(Args)]
+pub struct PostgresArgs {
+    /// The capture configuration (TOML: conninfo, mode, name, tables).
+    #[arg(long)]
+    config: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "GOVBUS_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Topic namespace prefix.
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+    /// Catalog directory. Default: the embedded sample catalog.
+    #[arg(long, env = "GOVBUS_CATALOG")]
+    catalog: Option<PathBuf>,
+    /// Extra librdkafka setting, `key=value` (repeatable).
+    #[arg(long = "kafka", value_name = "KEY=VALUE")]
+    kafka: Vec<String>,
+}
+
+pub fn run(cmd: CaptureCommand) -> anyhow::Result<ExitCode> {
+    let CaptureCommand::Postgres(a) = cmd;
+    let catalog = catalog_source::load_checked(a.catalog.as_deref())?;
+    let config = Config::load(&a.config)?;
+    let mut overrides = Vec::new();
+    for kv in &a.kafka {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--kafka {kv}: expected key=value"))?;
+        overrides.push((k.to_owned(), v.to_owned()));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let topics = Topics::new(a.topic_prefix.clone());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            crate::signals::terminated().await;
+            tracing::info!(message = "Stopping after the changes in hand.");
+            let _ = stop_tx.send(true);
+        });
+        // Transient failures (database restarted, broker unreachable) reconnect and
+        // resume from the persisted position; configuration problems stop.
+        loop {
+            let result = async {
+                let mut capture = Capture::connect(config.clone(), &catalog).await?;
+                let mut publishers: HashMap<String, Box<dyn Publisher + Send>> = HashMap::new();
+                for owner in capture.owners() {
+                    let topic = topics.ingest(&owner);
+                    govbus_kafka::admin::ensure_topics(&a.bootstrap, &[(topic.clone(), 4)]).await;
+                    let p = KafkaPublisher::new(&a.bootstrap, &topic, "", &overrides)
+                        .map_err(|e| govbus_capture::CaptureError::Publish(e.to_string()))?;
+                    publishers.insert(owner, Box::new(p));
+                }
+                let r = capture.run(&mut publishers, stop_rx.clone()).await;
+                tracing::info!(
+                    message = "Capture stopped.",
+                    published = capture.counts.published,
+                    rejected = capture.counts.rejected,
+                    heartbeats = capture.counts.heartbeats
+                );
+                r
+            }
+            .await;
+            match result {
+                Ok(()) => return anyhow::Ok(()),
+                Err(e) if e.is_transient() && !*stop_rx.borrow() => {
+                    tracing::error!(message = "Capture failed; reconnecting in 5 s.", error = %e);
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
