@@ -30,6 +30,8 @@ pub enum BenchCommand {
     /// Sinks (webhook, PostgreSQL, SSE fan-out) vs consuming the same records, and
     /// delivery latency on the mock cluster.
     Sink(super::bench_sink::SinkBench),
+    /// PostgreSQL change capture: bulk throughput and commit → acknowledged lag.
+    Capture(super::bench_capture::CaptureBench),
 }
 
 #[derive(Args)]
@@ -72,6 +74,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Router(b) => rt.block_on(router_bench(b))?,
         BenchCommand::Gateway(b) => rt.block_on(gateway_bench(b))?,
         BenchCommand::Sink(b) => rt.block_on(super::bench_sink::run(b))?,
+        BenchCommand::Capture(b) => rt.block_on(super::bench_capture::run(b))?,
     }
     Ok(ExitCode::SUCCESS)
 }

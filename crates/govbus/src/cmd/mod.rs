@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_capture;
 pub mod bench_sink;
 pub mod capture;
 pub mod catalog;
