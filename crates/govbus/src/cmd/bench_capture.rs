@@ -20,7 +20,11 @@ use crate::catalog_source;
 #[derive(Args)]
 pub struct CaptureBench {
     /// The PostgreSQL to measure (wal_level = logical).
-    #[arg(long, env = "GOVBUS_POSTGRES", default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test")]
+    #[arg(
+        long,
+        env = "GOVBUS_POSTGRES",
+        default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+    )]
     postgres: String,
     /// Rows in the bulk transaction.
     #[arg(long, default_value_t = 100_000)]
@@ -108,7 +112,12 @@ pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
     publishers.insert(
         "hrss".into(),
         Box::new(Timed {
-            inner: KafkaPublisher::new(&cluster.bootstrap_servers(), "bench.ingest.hrss", "", &[("linger.ms".into(), "1".into())])?,
+            inner: KafkaPublisher::new(
+                &cluster.bootstrap_servers(),
+                "bench.ingest.hrss",
+                "",
+                &[("linger.ms".into(), "1".into())],
+            )?,
             pending: Vec::new(),
             acked: acked.clone(),
         }),
@@ -140,7 +149,9 @@ pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
 
     // Lag at a steady rate.
     eprintln!("steady: {} rows/s for 10 s", b.rate);
-    let insert = db.prepare(&INSERT.replace("payments", &format!("{schema}.payments"))).await?;
+    let insert = db
+        .prepare(&INSERT.replace("payments", &format!("{schema}.payments")))
+        .await?;
     let mut commits: HashMap<String, Instant> = HashMap::new();
     let start = Instant::now();
     let total = b.rate as usize * 10;
@@ -164,12 +175,20 @@ pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
         .lock()
         .map(|a| {
             a.iter()
-                .filter_map(|(k, t)| commits.get(k).map(|c| t.saturating_duration_since(*c).as_secs_f64() * 1000.0))
+                .filter_map(|(k, t)| {
+                    commits
+                        .get(k)
+                        .map(|c| t.saturating_duration_since(*c).as_secs_f64() * 1000.0)
+                })
                 .collect()
         })
         .unwrap_or_default();
     lag.sort_by(f64::total_cmp);
-    let pct = |p: f64| lag.get(((lag.len() as f64 * p) as usize).min(lag.len().saturating_sub(1))).copied().unwrap_or(-1.0);
+    let pct = |p: f64| {
+        lag.get(((lag.len() as f64 * p) as usize).min(lag.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(-1.0)
+    };
     println!(
         "Change capture (logical decoding, pgoutput), PostgreSQL → Kafka (mock cluster), poll interval {:?}:\n",
         b.poll_interval
@@ -187,10 +206,17 @@ pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
         pct(0.99),
         lag.last().copied().unwrap_or(-1.0)
     );
-    println!("- rejected: {}, heartbeats: {}", counts.rejected, counts.heartbeats);
+    println!(
+        "- rejected: {}, heartbeats: {}",
+        counts.rejected, counts.heartbeats
+    );
     let name = format!("bench_cdc_{stamp}");
-    db.execute("SELECT pg_drop_replication_slot($1::text::name)", &[&name]).await?;
-    db.batch_execute(&format!("DROP PUBLICATION IF EXISTS {name}; DROP SCHEMA {schema} CASCADE")).await?;
+    db.execute("SELECT pg_drop_replication_slot($1::text::name)", &[&name])
+        .await?;
+    db.batch_execute(&format!(
+        "DROP PUBLICATION IF EXISTS {name}; DROP SCHEMA {schema} CASCADE"
+    ))
+    .await?;
     let _ = std::fs::remove_dir_all(PathBuf::from(&state));
     Ok(())
 }
