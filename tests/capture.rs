@@ -86,6 +86,10 @@ paid_at = "paid_at"
     }
 
     fn capture(&self) -> Child {
+        self.capture_on(common::free_port())
+    }
+
+    fn capture_on(&self, port: u16) -> Child {
         let mut c = Command::new(govbus_bin());
         c.args([
             "capture",
@@ -93,6 +97,7 @@ paid_at = "paid_at"
             "--config",
             self.dir.path().join("capture.toml").to_str().unwrap(),
         ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
         .args([
             "--bootstrap",
             &Broker::shared().bootstrap(),
@@ -172,6 +177,15 @@ impl Drop for Setup {
     }
 }
 
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 fn insert(i: usize) -> String {
     format!("INSERT INTO payments (id, id_no, name, kind, month, amount, paid_at) VALUES ('PP{i:06}', '11010519491231002X', '张建国', 'ENTERPRISE_EMPLOYEE', '2026-10', {}.50, '2026-10-15 10:00:00+08')", 100 + i)
 }
@@ -190,7 +204,8 @@ async fn logical_capture_streams_changes_resumes_after_kill_and_bounds_wal() {
     for i in 0..3 {
         db.batch_execute(&insert(i)).await.unwrap();
     }
-    let mut cap = s.capture();
+    let port = common::free_port();
+    let mut cap = s.capture_on(port);
     // Snapshot of the 3 rows, then live changes.
     let data = s.data(3);
     assert_eq!(
@@ -224,6 +239,15 @@ async fn logical_capture_streams_changes_resumes_after_kill_and_bounds_wal() {
         .map(|d| d.2)
         .collect();
     assert!(v[0] < v[1], "LSN versions grow: {v:?}");
+    // The operator sees it in /metrics.
+    common::wait_listening(port);
+    let metrics = http_get(port, "/metrics");
+    let snap = format!(
+        "govbus_capture_changes_total{{op=\"snapshot\",table=\"{}.payments\"}} 3",
+        s.pg.name()
+    );
+    assert!(metrics.contains(&snap), "{metrics}");
+    assert!(metrics.contains("govbus_capture_position_lsn"), "{metrics}");
 
     // Kill -9 twice while rows keep coming: nothing lost.
     let writer = {

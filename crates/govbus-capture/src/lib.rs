@@ -21,7 +21,10 @@
 //! publishes to `ingest.<owner>`, with the LSN (or the version column) as
 //! the per-key source version.
 
+pub mod metrics;
 pub mod pgoutput;
+
+pub use metrics::Metrics;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -187,6 +190,7 @@ pub struct Capture {
     engine: Engine,
     client: Client,
     state_dir: PathBuf,
+    metrics: Metrics,
     /// What happened so far.
     pub counts: Counts,
 }
@@ -213,7 +217,11 @@ struct State {
 
 impl Capture {
     /// Checks the configuration against the catalog and connects.
-    pub async fn connect(config: Config, catalog: &Catalog) -> Result<Capture, CaptureError> {
+    pub async fn connect(
+        config: Config,
+        catalog: &Catalog,
+        metrics: Metrics,
+    ) -> Result<Capture, CaptureError> {
         if config.name.is_empty()
             || !config
                 .name
@@ -286,6 +294,7 @@ impl Capture {
             engine,
             client,
             state_dir,
+            metrics,
             counts: Counts::default(),
         })
     }
@@ -333,6 +342,7 @@ impl Capture {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(message = "Row skipped.", table = %table.spec.table, version, problem = %e.message);
+                self.metrics.rejected(&table.spec.table, "unreadable");
                 self.counts.rejected += 1;
                 return None;
             }
@@ -360,6 +370,7 @@ impl Capture {
             }),
             Err(r) => {
                 tracing::warn!(message = "Row rejected at the edge.", table = %table.spec.table, version, reason = r.reason.code(), field = r.field.as_deref().unwrap_or("-"), detail = %r.detail);
+                self.metrics.rejected(&table.spec.table, r.reason.code());
                 self.counts.rejected += 1;
                 None
             }
@@ -435,6 +446,9 @@ impl Capture {
             Ok::<_, CaptureError>(())
         })?;
         self.counts.published += changes.len() as u64;
+        for (t, c) in changes {
+            self.metrics.published(&self.tables[*t].spec.table, c.op);
+        }
         Ok(())
     }
 
@@ -602,6 +616,12 @@ impl Capture {
                         )
                         .await?;
                     self.counts.heartbeats += 1;
+                    self.metrics.heartbeat();
+                    let retained = self
+                        .client
+                        .query_one("SELECT COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint FROM pg_replication_slots WHERE slot_name = $1::text::name", &[&name])
+                        .await?;
+                    self.metrics.retained(retained.get(0));
                     idle_since = Instant::now();
                 }
                 tokio::time::sleep(self.config.poll_interval).await;
@@ -771,6 +791,7 @@ impl Capture {
                 }
                 self.publish_all(publishers, &changes)?;
                 state.positions.insert(spec.table.clone(), top);
+                self.metrics.position(u64::try_from(top).unwrap_or(0));
                 let keys = state.keys.entry(spec.table.clone()).or_default();
                 let mut set: HashSet<String> = keys.drain(..).collect();
                 set.extend(new_keys);

@@ -107,7 +107,7 @@ pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
         }],
     };
     let acked: Acks = Arc::default();
-    let mut capture = Capture::connect(config, &catalog).await?;
+    let mut capture = Capture::connect(config, &catalog, govbus_capture::Metrics::new()).await?;
     let mut publishers: HashMap<String, Box<dyn Publisher + Send>> = HashMap::new();
     publishers.insert(
         "hrss".into(),

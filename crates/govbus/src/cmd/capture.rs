@@ -34,6 +34,9 @@ pub struct PostgresArgs {
     /// Catalog directory. Default: the embedded sample catalog.
     #[arg(long, env = "GOVBUS_CATALOG")]
     catalog: Option<PathBuf>,
+    /// Where to serve /metrics and /health.
+    #[arg(long, default_value = "127.0.0.1:9466")]
+    listen: std::net::SocketAddr,
     /// Extra librdkafka setting, `key=value` (repeatable).
     #[arg(long = "kafka", value_name = "KEY=VALUE")]
     kafka: Vec<String>,
@@ -55,6 +58,22 @@ pub fn run(cmd: CaptureCommand) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let topics = Topics::new(a.topic_prefix.clone());
+        let metrics = govbus_capture::Metrics::new();
+        let listener = tokio::net::TcpListener::bind(a.listen)
+            .await
+            .with_context(|| format!("listen on {}", a.listen))?;
+        tracing::info!(message = "Serving /metrics, /health.", addr = %listener.local_addr()?);
+        let m = metrics.clone();
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = m.clone();
+                    async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+                }),
+            )
+            .route("/health", axum::routing::get(|| async { "ok\n" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             crate::signals::terminated().await;
@@ -65,7 +84,8 @@ pub fn run(cmd: CaptureCommand) -> anyhow::Result<ExitCode> {
         // resume from the persisted position; configuration problems stop.
         loop {
             let result = async {
-                let mut capture = Capture::connect(config.clone(), &catalog).await?;
+                let mut capture =
+                    Capture::connect(config.clone(), &catalog, metrics.clone()).await?;
                 let mut publishers: HashMap<String, Box<dyn Publisher + Send>> = HashMap::new();
                 for owner in capture.owners() {
                     let topic = topics.ingest(&owner);
