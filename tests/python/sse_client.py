@@ -10,6 +10,7 @@ event, and how many heartbeats were seen.
 """
 import json
 import sys
+import time
 
 import httpx
 from httpx_sse import connect_sse
@@ -26,10 +27,13 @@ want = int(sys.argv[4])
 if len(sys.argv) > 5:
     headers["Last-Event-ID"] = sys.argv[5]
 ids, last_id, sample, heartbeats = [], None, None, 0
+deadline = time.monotonic() + 60  # heartbeats keep the read alive; bound the wait
 with httpx.Client(timeout=httpx.Timeout(10, read=30)) as client:
     with connect_sse(client, "GET", url, headers=headers) as source:
         source.response.raise_for_status()
         for sse in source.iter_sse():
+            if time.monotonic() > deadline:
+                break
             if not sse.data:
                 heartbeats += 1
                 continue

@@ -202,3 +202,51 @@ async fn pg_schema_is_private_and_dropped() {
         .get(0);
     assert_eq!(left, 0);
 }
+
+/// Tansu 0.6.0 answers a fetch from an offset *inside* a multi-record batch
+/// with the next batch: the records between the requested offset and the end
+/// of its batch are skipped (and a fetch from inside the last batch returns
+/// nothing). Any consumer that resumes from a stored offset that is not a
+/// batch boundary loses records on it — Kafka semantics say it must not.
+/// Tests that resume mid-stream therefore resume at batch boundaries on
+/// Tansu or run on the mock cluster (ARCHITECTURE.md). This pins the bug:
+/// when an upgrade fixes it, this test fails.
+#[tokio::test]
+async fn tansu_0_6_skips_the_rest_of_a_batch_when_fetching_from_inside_it() {
+    use rdkafka::{Offset, TopicPartitionList};
+    let bootstrap = Broker::shared().bootstrap();
+    let topic = unique("kit-midbatch");
+    create_topic(&bootstrap, &topic, 1).await.unwrap();
+    // One batch of 10 records (sent together, lingering), then one of 3.
+    let producer: FutureProducer = producer_config(&bootstrap)
+        .set("linger.ms", "50")
+        .create()
+        .unwrap();
+    for batch in [0..10, 10..13] {
+        let sends: Vec<_> = batch
+            .map(|i| {
+                producer
+                    .send_result(FutureRecord::<(), _>::to(&topic).payload(&format!("r{i}")))
+                    .map_err(|(e, _)| e)
+                    .unwrap()
+            })
+            .collect();
+        for s in sends {
+            s.await.unwrap().map_err(|(e, _)| e).unwrap();
+        }
+    }
+    let consumer: StreamConsumer = consumer_config(&bootstrap, &unique("g")).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(3))
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+        .await
+        .expect("a record")
+        .unwrap()
+        .offset();
+    assert_eq!(
+        first, 10,
+        "Kafka would start at offset 3; Tansu 0.6.0 skips to the next batch"
+    );
+}
