@@ -704,3 +704,241 @@ fn every_reason_code_is_unique_and_round_trips() {
         assert_eq!(Reason::from_code(r.code()), Some(*r));
     }
 }
+
+/// The hostile-input corpus of the reliability issue, case by case, at the
+/// engine: each input with its expected outcome. Nothing panics, hangs or
+/// allocates in proportion to a length read from the input.
+mod hostile {
+    use super::*;
+    use Reason::*;
+
+    fn rejected(name: &str, r: Result<Accepted, Rejection>, want: Reason) {
+        match r {
+            Ok(a) => panic!("{name}: accepted (key {})", a.key),
+            Err(e) => assert_eq!(e.reason, want, "{name}: {e}"),
+        }
+    }
+
+    fn with_check(first17: &str) -> String {
+        const W: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+        let sum: u32 = first17
+            .bytes()
+            .zip(W)
+            .map(|(b, w)| u32::from(b - b'0') * w)
+            .sum();
+        format!("{first17}{}", b"10X98765432"[(sum % 11) as usize] as char)
+    }
+
+    #[test]
+    fn framing() {
+        let e = engine();
+        rejected(
+            "empty value",
+            e.validate_avro(DEATHS, &[], &ctx()),
+            FramingInvalid,
+        );
+        for n in 1..=4 {
+            rejected(
+                &format!("{n}-byte value"),
+                e.validate_avro(DEATHS, &vec![0; n], &ctx()),
+                FramingInvalid,
+            );
+        }
+        let mut magic = framed_sample(DEATHS);
+        magic[0] = 0x7f;
+        rejected(
+            "wrong magic byte",
+            e.validate_avro(DEATHS, &magic, &ctx()),
+            FramingInvalid,
+        );
+        for id in [0u32, 0x7fff_fff0, u32::MAX] {
+            let mut v = framed_sample(DEATHS);
+            v[1..5].copy_from_slice(&id.to_be_bytes());
+            rejected(
+                &format!("schema id {id}"),
+                e.validate_avro(DEATHS, &v, &ctx()),
+                SchemaUnknown,
+            );
+        }
+        rejected(
+            "another dataset's schema id",
+            e.validate_avro(DEATHS, &framed_sample(PENSIONS), &ctx()),
+            SchemaWrongDataset,
+        );
+        // Truncated at every position: rejected, never accepted.
+        for sample in [framed_sample(DEATHS), LabDatum::default().framed()] {
+            for cut in 5..sample.len() {
+                let ds = if sample == framed_sample(DEATHS) {
+                    (e, DEATHS)
+                } else {
+                    (lab(), "lab.shapes")
+                };
+                assert!(
+                    ds.0.validate_avro(ds.1, &sample[..cut], &ctx()).is_err(),
+                    "accepted a datum cut at {cut}"
+                );
+            }
+        }
+        let mut trailing = framed_sample(DEATHS);
+        trailing.extend_from_slice(b"\x00\x01");
+        rejected(
+            "trailing bytes",
+            e.validate_avro(DEATHS, &trailing, &ctx()),
+            AvroTrailingBytes,
+        );
+    }
+
+    #[test]
+    fn lengths_counts_nesting_and_indexes() {
+        rejected(
+            "overlong varint",
+            lab_check(LabDatum {
+                count: [vec![0xff; 11], vec![1]].concat(),
+                ..Default::default()
+            }),
+            AvroVarintOverlong,
+        );
+        rejected(
+            "string length 2^62",
+            lab_check(LabDatum {
+                id: long(1 << 62),
+                ..Default::default()
+            }),
+            AvroInvalidLength,
+        );
+        rejected(
+            "negative length",
+            lab_check(LabDatum {
+                id: long(-5),
+                ..Default::default()
+            }),
+            AvroInvalidLength,
+        );
+        rejected(
+            "array block of i64::MAX zero-size items",
+            lab_check(LabDatum {
+                blanks: [long(i64::MAX), long(0)].concat(),
+                ..Default::default()
+            }),
+            AvroTooManyItems,
+        );
+        // 100,000 levels of nesting (each level: a block of one child).
+        let mut tree = Vec::new();
+        for _ in 0..100_000 {
+            tree.extend(long(1));
+        }
+        rejected(
+            "100,000-deep nesting",
+            lab_check(LabDatum {
+                tree,
+                ..Default::default()
+            }),
+            AvroNestingTooDeep,
+        );
+        for idx in [3, -1, i64::MAX] {
+            rejected(
+                &format!("union index {idx}"),
+                lab_check(LabDatum {
+                    choice: long(idx),
+                    ..Default::default()
+                }),
+                AvroUnionIndex,
+            );
+        }
+        for idx in [2, -1] {
+            rejected(
+                &format!("enum index {idx}"),
+                lab_check(LabDatum {
+                    level: long(idx),
+                    ..Default::default()
+                }),
+                AvroEnumIndex,
+            );
+        }
+        let huge = vec![0u8; (1 << 20) + 1];
+        rejected(
+            "message over the size limit",
+            engine().validate_avro(DEATHS, &huge, &ctx()),
+            MessageTooLarge,
+        );
+    }
+
+    #[test]
+    fn text_numbers_and_dates() {
+        for bad in [&[0xC3, 0x28][..], &[0xC0, 0xAF], &[0xED, 0xA0, 0x80]] {
+            rejected(
+                &format!("invalid UTF-8 {bad:02X?}"),
+                lab_check(LabDatum {
+                    id: string(bad),
+                    ..Default::default()
+                }),
+                AvroInvalidUtf8,
+            );
+        }
+        for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            rejected(
+                &format!("{x} double"),
+                lab_check(LabDatum {
+                    ratio: x.to_le_bytes().to_vec(),
+                    ..Default::default()
+                }),
+                NumberNotFinite,
+            );
+        }
+        for amount in ["NaN", "Infinity", "1e309"] {
+            assert!(
+                json_case(PENSIONS, set("amount", json!(amount))).is_err(),
+                "amount {amount}"
+            );
+        }
+        assert!(
+            json_case(DEATHS, set("death_date", json!("9999-12-31"))).is_err(),
+            "a death date far in the future"
+        );
+        assert!(
+            json_case(DEATHS, set("birth_date", json!("0001-01-01"))).is_err(),
+            "a birth date before 1890"
+        );
+        assert!(
+            json_case(DEATHS, set("death_date", json!(i64::from(i32::MAX)))).is_err(),
+            "days beyond the calendar"
+        );
+        let before = json_case(DEATHS, |m| {
+            m.insert("birth_date".into(), json!("2000-01-02"));
+            m.insert("death_date".into(), json!("2000-01-01"));
+        });
+        assert!(before.is_err(), "a death date before the birth date");
+    }
+
+    #[test]
+    fn identity_fields() {
+        let id = |v: &str| json_case(DEATHS, set("deceased_id_number", json!(v)));
+        rejected(
+            "wrong check digit",
+            id("110105194912310021"),
+            ResidentIdChecksum,
+        );
+        rejected(
+            "15-digit legacy number",
+            id("110105491231002"),
+            ResidentIdLength,
+        );
+        rejected(
+            "full-width digits",
+            id("１１０１０５１９４９１２３１００２Ｘ"),
+            ResidentIdFormat,
+        );
+        rejected(
+            "impossible birth date, valid check digit",
+            id(&with_check("11010519990230002")),
+            ResidentIdBirthDate,
+        );
+        assert!(id("11010519491231002X").is_ok());
+        for name in ["𠮷野家", "阿依古丽·买买提", "欧阳娜娜", "𪚥"] {
+            assert!(
+                json_case(DEATHS, set("deceased_name", json!(name))).is_ok(),
+                "{name} is a valid name"
+            );
+        }
+    }
+}
