@@ -102,6 +102,7 @@ proptest! {
         let out = health.apply(death(&id, "王芳", "13800138000"));
         let ps = out["deceased_id_number"].as_str().unwrap().to_owned();
         prop_assert!(ps.starts_with("ps_") && !ps.contains(&id));
+        prop_assert!(!ps.bytes().any(|b| b.is_ascii_digit()), "{ps}");
         prop_assert!(valid_ids_in(&ps).is_empty());
         // Stable: the same subscriber, again and under another of its grants.
         prop_assert_eq!(health.pseudonym("deceased_id_number", &id), ps.clone());
@@ -110,6 +111,21 @@ proptest! {
         let education = policy(&other, b"0123456789abcdef");
         prop_assert_ne!(education.pseudonym("deceased_id_number", &id), ps);
     }
+}
+
+/// The case the property test found: a hex pseudonym held a valid ID number.
+#[test]
+fn a_pseudonym_never_looks_like_an_id_number() {
+    let catalog = catalog();
+    let p = policy(
+        &subscription(catalog, "health_deaths_statistics"),
+        b"0123456789abcdef",
+    );
+    let ps = p.pseudonym("deceased_id_number", "623664191711244552");
+    assert!(
+        valid_ids_in(&ps).is_empty() && !ps.bytes().any(|b| b.is_ascii_digit()),
+        "{ps}"
+    );
 }
 
 #[test]
