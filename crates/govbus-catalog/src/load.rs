@@ -158,6 +158,12 @@ pub(crate) fn toml_problem(c: &mut Collector, file: &Path, e: &toml::de::Error) 
 }
 
 impl Catalog {
+    /// Whether `other` was built from exactly the same files (a reload that
+    /// changed nothing).
+    pub fn same_sources(&self, other: &Catalog) -> bool {
+        self.files == other.files
+    }
+
     /// Every subscription (grant), by id, whether active or not.
     pub fn subscriptions(&self) -> impl Iterator<Item = &Subscription> {
         self.subscriptions.values()

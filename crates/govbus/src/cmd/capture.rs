@@ -46,13 +46,7 @@ pub fn run(cmd: CaptureCommand) -> anyhow::Result<ExitCode> {
     let CaptureCommand::Postgres(a) = cmd;
     let catalog = catalog_source::load_checked(a.catalog.as_deref())?;
     let config = Config::load(&a.config)?;
-    let mut overrides = Vec::new();
-    for kv in &a.kafka {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--kafka {kv}: expected key=value"))?;
-        overrides.push((k.to_owned(), v.to_owned()));
-    }
+    let overrides = super::kafka_overrides(&a.kafka)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -49,6 +49,17 @@ where
     Ok(ExitCode::SUCCESS)
 }
 
+/// Parses repeated `--kafka key=value` arguments into librdkafka overrides.
+pub fn kafka_overrides(args: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    args.iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("--kafka {kv}: expected key=value"))
+        })
+        .collect()
+}
+
 /// Output format of listing commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Format {

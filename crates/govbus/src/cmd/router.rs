@@ -73,12 +73,7 @@ pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
     if let Some(i) = args.instance {
         config.instance = i;
     }
-    for kv in args.kafka {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--kafka {kv}: expected key=value"))?;
-        config.client_overrides.push((k.to_owned(), v.to_owned()));
-    }
+    config.client_overrides = super::kafka_overrides(&args.kafka)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -78,36 +78,7 @@ fn watch_catalog(dir: PathBuf, tx: tokio::sync::watch::Sender<Arc<Catalog>>) {
             match loaded {
                 Ok(Ok(c)) => {
                     last_error.clear();
-                    let changed = {
-                        let old = tx.borrow();
-                        let a: Vec<_> = old
-                            .subscriptions()
-                            .map(|s| {
-                                (
-                                    &s.id,
-                                    &s.policy_version,
-                                    s.revoked,
-                                    s.valid_from,
-                                    s.valid_until,
-                                    &s.sink,
-                                )
-                            })
-                            .collect();
-                        let b: Vec<_> = c
-                            .subscriptions()
-                            .map(|s| {
-                                (
-                                    &s.id,
-                                    &s.policy_version,
-                                    s.revoked,
-                                    s.valid_from,
-                                    s.valid_until,
-                                    &s.sink,
-                                )
-                            })
-                            .collect();
-                        a != b || old.datasets().count() != c.datasets().count()
-                    };
+                    let changed = !tx.borrow().same_sources(&c);
                     if changed {
                         tracing::info!(
                             message = "Catalog reloaded.",
@@ -158,12 +129,7 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
     config.only = args.subscriptions;
     config.max_batch = args.max_batch.max(1);
     config.create_topics = !args.no_create_topics;
-    for kv in args.kafka {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--kafka {kv}: expected key=value"))?;
-        config.client_overrides.push((k.to_owned(), v.to_owned()));
-    }
+    config.client_overrides = super::kafka_overrides(&args.kafka)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -129,13 +129,7 @@ fn setup(c: &Common) -> anyhow::Result<Setup> {
         .state_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("var/snapshot").join(&dataset));
-    let mut overrides = Vec::new();
-    for kv in &c.kafka {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--kafka {kv}: expected key=value"))?;
-        overrides.push((k.to_owned(), v.to_owned()));
-    }
+    let overrides = super::kafka_overrides(&c.kafka)?;
     Ok(Setup {
         catalog,
         engine,
