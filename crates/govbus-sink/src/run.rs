@@ -520,7 +520,7 @@ impl Shared {
                 .oldest_undelivered(&sub.id, ((now_ms() - oldest).max(0) as f64) / 1000.0);
 
             let progress = self
-                .deliver(&mut target, &policy, &batch, &deliveries, &from, shutdown)
+                .deliver(&mut target, &policy, &batch, &deliveries, shutdown)
                 .await;
             // Everything before the first undelivered canonical record is settled.
             let settled = if progress.done < deliveries.len() {
@@ -631,7 +631,6 @@ impl Shared {
         policy: &Policy,
         batch: &[Canonical],
         events: &[Delivery],
-        from: &[usize],
         shutdown: &watch::Receiver<bool>,
     ) -> Progress {
         let sub = policy.subscription();
@@ -655,7 +654,6 @@ impl Shared {
                     next.insert(c.partition, c.offset + 1);
                 }
                 let next: Vec<(i32, i64)> = next.into_iter().collect();
-                let _ = from;
                 // The ledger entry goes first: the commit below moves the offsets
                 // with the rows, so nothing may fail after it. A crash in between
                 // leaves an entry whose delivery is repeated (and recorded again).

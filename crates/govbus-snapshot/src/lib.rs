@@ -463,8 +463,8 @@ pub fn run(
     let runs = runs.finish().map_err(st.err())?;
 
     // 2. Count the changes (no publishing yet).
-    let mut state_count = 0u64;
     let mut dups = Vec::new();
+    let mut kept_in_state = 0u64;
     let err = st.err();
     join(
         &runs,
@@ -476,7 +476,7 @@ pub fn run(
                 Step::Update(_) => summary.updates += 1,
                 Step::Same(_) => summary.unchanged += 1,
                 Step::Delete(_) => summary.deletes += 1,
-                Step::Keep(_) => {}
+                Step::Keep(_) => kept_in_state += 1,
             }
             Ok(())
         },
@@ -484,7 +484,8 @@ pub fn run(
         &err,
     )?;
     summary.duplicate_lines = dups;
-    state_count += summary.updates + summary.unchanged + summary.deletes + kept.len() as u64;
+    // Every entry of the previous state was one of these.
+    let state_count = summary.updates + summary.unchanged + summary.deletes + kept_in_state;
     let allow_deletes = if !summary.unreadable.is_empty() {
         summary.deletes_withheld = Some(format!(
             "{} rows could not be read; a key among them would look deleted",
