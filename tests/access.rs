@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::{free_port, govbus_bin, repo};
 use govbus_kafka::headers as h;
 use govbus_kafka::topics::Topics;
+use govbus_testkit::ids::valid_ids_in;
 use govbus_testkit::{create_topic, producer_config, unique, Broker};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value as Json;
@@ -33,29 +34,6 @@ const SUBSCRIBERS: [&str; 5] = [
     "data_bureau",
     "housing_fund",
 ];
-
-fn valid_id(s: &str) -> bool {
-    const W: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-    let b = s.as_bytes();
-    b.len() == 18
-        && b[..17].iter().all(u8::is_ascii_digit)
-        && b"10X98765432"[(b[..17]
-            .iter()
-            .zip(W)
-            .map(|(c, w)| u32::from(c - b'0') * w)
-            .sum::<u32>()
-            % 11) as usize]
-            == b[17]
-}
-
-/// Every 18-character window of `text` that is a valid ID number.
-fn ids_in(text: &str) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    (0..chars.len().saturating_sub(17))
-        .map(|i| chars[i..i + 18].iter().collect::<String>())
-        .filter(|w| valid_id(w))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_department_receives_exactly_its_grants_and_nothing_personal_leaks() {
@@ -254,12 +232,7 @@ async fn each_department_receives_exactly_its_grants_and_nothing_personal_leaks(
         scanned.insert(f.to_owned(), std::fs::read_to_string(logs.join(f)).unwrap());
     }
     for (name, port) in [("router /metrics", rport), ("sink /metrics", sport)] {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        scanned.insert(name.to_owned(), out);
+        scanned.insert(name.to_owned(), common::http_get(port, "/metrics"));
     }
     let mut dlq_headers = String::new();
     let mut dead = 0;
@@ -289,7 +262,7 @@ async fn each_department_receives_exactly_its_grants_and_nothing_personal_leaks(
     for (what, text) in &scanned {
         assert!(!text.is_empty(), "{what} is empty: nothing was scanned");
         assert_eq!(
-            ids_in(text),
+            valid_ids_in(text),
             Vec::<String>::new(),
             "valid ID numbers in {what}"
         );

@@ -115,31 +115,17 @@ paid_at = "paid_at"
 
     /// (key, op, version, id) of the canonical records, once `n` distinct ids are there.
     fn data(&self, n: usize) -> Vec<(String, String, u64, String)> {
-        let start = Instant::now();
-        loop {
-            let recs = govbus_kafka::read::read_all(
-                &Broker::shared().bootstrap(),
-                &self.topics.data(DS),
-                Duration::from_secs(1),
-                Duration::from_secs(60),
-            )
-            .unwrap();
-            let ids: BTreeSet<&str> = recs.iter().map(|r| r.header(h::CE_ID)).collect();
-            if ids.len() >= n || start.elapsed() > Duration::from_secs(90) {
-                return recs
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.header(h::CE_SUBJECT).to_owned(),
-                            r.header(h::CE_OP).to_owned(),
-                            r.header(h::CE_SOURCEVERSION).parse().unwrap(),
-                            r.header(h::CE_ID).to_owned(),
-                        )
-                    })
-                    .collect();
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        common::records_with_ids(&self.topics.data(DS), n)
+            .iter()
+            .map(|r| {
+                (
+                    r.header(h::CE_SUBJECT).to_owned(),
+                    r.header(h::CE_OP).to_owned(),
+                    r.header(h::CE_SOURCEVERSION).parse().unwrap(),
+                    r.header(h::CE_ID).to_owned(),
+                )
+            })
+            .collect()
     }
 }
 
@@ -175,15 +161,6 @@ impl Drop for Setup {
         })
         .join();
     }
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 fn insert(i: usize) -> String {
@@ -241,7 +218,7 @@ async fn logical_capture_streams_changes_resumes_after_kill_and_bounds_wal() {
     assert!(v[0] < v[1], "LSN versions grow: {v:?}");
     // The operator sees it in /metrics.
     common::wait_listening(port);
-    let metrics = http_get(port, "/metrics");
+    let metrics = common::http_get(port, "/metrics");
     let snap = format!(
         "govbus_capture_changes_total{{op=\"snapshot\",table=\"{}.payments\"}} 3",
         s.pg.name()

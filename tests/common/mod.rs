@@ -107,3 +107,38 @@ pub fn wait_listening(port: u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `GET path` over HTTP/1.0 on loopback: the whole response, headers included.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap_or_else(|e| panic!("{e}"));
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap_or_else(|e| panic!("{e}"));
+    out
+}
+
+/// Every record of `topic` on the shared broker, once at least `distinct`
+/// different `ce_id`s are there (or after two minutes: the caller's
+/// assertions then say what is missing).
+pub fn records_with_ids(topic: &str, distinct: usize) -> Vec<govbus_kafka::read::Record> {
+    let start = Instant::now();
+    loop {
+        let recs = govbus_kafka::read::read_all(
+            &govbus_testkit::Broker::shared().bootstrap(),
+            topic,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("read {topic}: {e}"));
+        let ids: std::collections::BTreeSet<&str> = recs
+            .iter()
+            .map(|r| r.header(govbus_kafka::headers::CE_ID))
+            .collect();
+        if ids.len() >= distinct || start.elapsed() > Duration::from_secs(120) {
+            return recs;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -2,11 +2,13 @@
 
 usage: sse_client.py URL TOKEN status
        sse_client.py URL TOKEN read N [LAST_EVENT_ID]
+       sse_client.py URL TOKEN idle SECONDS
 
-`status` prints the HTTP status of the stream request. `read` reads N
+`status` prints the HTTP status of the stream request. `idle` listens for
+SECONDS and prints how many heartbeat comments (`: ...`) arrived. `read` reads N
 events (resuming after LAST_EVENT_ID when given), then disconnects and
-prints JSON: the event ids (CloudEvent ids), the last SSE id, a sample
-event, and how many heartbeats were seen.
+prints JSON: the event ids (CloudEvent ids), the last SSE id and a sample
+event.
 """
 import json
 import sys
@@ -23,10 +25,23 @@ if mode == "status":
             print(r.status_code)
     sys.exit(0)
 
+if mode == "idle":
+    beats, end = 0, time.monotonic() + float(sys.argv[4])
+    with httpx.Client(timeout=httpx.Timeout(10, read=5)) as client:
+        with client.stream("GET", url, headers=headers) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if line.startswith(":"):
+                    beats += 1
+                if time.monotonic() > end:
+                    break
+    print(beats)
+    sys.exit(0)
+
 want = int(sys.argv[4])
 if len(sys.argv) > 5:
     headers["Last-Event-ID"] = sys.argv[5]
-ids, last_id, sample, heartbeats = [], None, None, 0
+ids, last_id, sample = [], None, None
 deadline = time.monotonic() + 60  # heartbeats keep the read alive; bound the wait
 with httpx.Client(timeout=httpx.Timeout(10, read=30)) as client:
     with connect_sse(client, "GET", url, headers=headers) as source:
@@ -35,7 +50,6 @@ with httpx.Client(timeout=httpx.Timeout(10, read=30)) as client:
             if time.monotonic() > deadline:
                 break
             if not sse.data:
-                heartbeats += 1
                 continue
             event = json.loads(sse.data)
             ids.append(event["id"])
@@ -43,4 +57,4 @@ with httpx.Client(timeout=httpx.Timeout(10, read=30)) as client:
             sample = sample or event
             if len(ids) >= want:
                 break
-print(json.dumps({"ids": ids, "last_id": last_id, "sample": sample, "heartbeats": heartbeats}))
+print(json.dumps({"ids": ids, "last_id": last_id, "sample": sample}))

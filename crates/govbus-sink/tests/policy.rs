@@ -17,30 +17,7 @@ fn catalog() -> &'static Catalog {
     })
 }
 
-const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-
-fn with_check(first17: &str) -> String {
-    let sum: u32 = first17
-        .bytes()
-        .zip(WEIGHTS)
-        .map(|(b, w)| u32::from(b - b'0') * w)
-        .sum();
-    let check = b"10X98765432"[(sum % 11) as usize] as char;
-    format!("{first17}{check}")
-}
-
-fn is_valid_id(s: &str) -> bool {
-    s.len() == 18 && s[..17].bytes().all(|b| b.is_ascii_digit()) && with_check(&s[..17]) == s
-}
-
-/// Every 18-character window of `text` that is a valid ID number.
-fn valid_ids_in(text: &str) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    (0..chars.len().saturating_sub(17))
-        .map(|i| chars[i..i + 18].iter().collect::<String>())
-        .filter(|w| is_valid_id(w))
-        .collect()
-}
+use govbus_testkit::ids::{is_valid_id, valid_ids_in, with_check};
 
 fn death(id_number: &str, name: &str, phone: &str) -> Map<String, Json> {
     match json!({

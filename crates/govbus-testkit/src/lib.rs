@@ -21,6 +21,7 @@
 
 mod broker;
 mod files;
+pub mod ids;
 mod names;
 mod pg;
 mod spawn;

@@ -720,13 +720,11 @@ mod hostile {
     }
 
     fn with_check(first17: &str) -> String {
-        const W: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-        let sum: u32 = first17
-            .bytes()
-            .zip(W)
-            .map(|(b, w)| u32::from(b - b'0') * w)
-            .sum();
-        format!("{first17}{}", b"10X98765432"[(sum % 11) as usize] as char)
+        let digits: [u8; 17] = first17.as_bytes().try_into().expect("17 digits");
+        format!(
+            "{first17}{}",
+            crate::ids::resident_id_check_char(&digits) as char
+        )
     }
 
     #[test]
