@@ -138,7 +138,7 @@ pub(crate) async fn create(
 }
 
 /// `n` pension payments as (key, Avro value, JSON value).
-pub(crate) fn records(engine: &Engine, n: usize) -> anyhow::Result<Vec<(String, Vec<u8>, String)>> {
+pub(crate) fn records(engine: &Engine, n: usize) -> anyhow::Result<Vec<Rec>> {
     let ctx = Context::now();
     let ds = engine
         .dataset("hrss.pension_payment")
@@ -158,11 +158,26 @@ pub(crate) fn records(engine: &Engine, n: usize) -> anyhow::Result<Vec<(String, 
     Ok(out)
 }
 
-async fn fill(
+/// A generated record: key, canonical Avro value, the same record as JSON.
+pub(crate) type Rec = (String, Vec<u8>, String);
+
+/// Which form of a generated record goes on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Payload {
+    /// The Confluent-framed Avro value.
+    Avro,
+    /// The JSON text.
+    Json,
+}
+
+/// Produces `records` to `topic` (batches form with `linger.ms` 20), with
+/// the headers `headers(i, record)` gives, and waits for every acknowledgement.
+pub(crate) async fn fill_with(
     bootstrap: &str,
     topic: &str,
-    records: &[(String, Vec<u8>, String)],
-    json: bool,
+    records: &[Rec],
+    payload: Payload,
+    headers: impl Fn(usize, &Rec) -> OwnedHeaders,
 ) -> anyhow::Result<()> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -170,19 +185,17 @@ async fn fill(
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "500000")
         .create()?;
-    for chunk in records.chunks(20_000) {
+    for (c, chunk) in records.chunks(20_000).enumerate() {
         let mut pending = Vec::with_capacity(chunk.len());
-        for (key, avro, js) in chunk {
-            let mut rec = FutureRecord::to(topic).key(key.as_bytes());
-            rec = if json {
-                rec.payload(js.as_bytes())
-                    .headers(OwnedHeaders::new().insert(Header {
-                        key: h::CE_TYPE,
-                        value: Some("hrss.pension_payment"),
-                    }))
-            } else {
-                rec.payload(avro.as_slice())
+        for (i, r) in chunk.iter().enumerate() {
+            let value = match payload {
+                Payload::Avro => r.1.as_slice(),
+                Payload::Json => r.2.as_bytes(),
             };
+            let rec = FutureRecord::to(topic)
+                .key(r.0.as_bytes())
+                .payload(value)
+                .headers(headers(c * 20_000 + i, r));
             pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
         }
         for p in pending {
@@ -192,6 +205,31 @@ async fn fill(
         }
     }
     Ok(())
+}
+
+async fn fill(bootstrap: &str, topic: &str, records: &[Rec], json: bool) -> anyhow::Result<()> {
+    if json {
+        fill_with(bootstrap, topic, records, Payload::Json, |_, _| {
+            OwnedHeaders::new().insert(Header {
+                key: h::CE_TYPE,
+                value: Some("hrss.pension_payment"),
+            })
+        })
+        .await
+    } else {
+        fill_with(bootstrap, topic, records, Payload::Avro, |_, _| {
+            OwnedHeaders::new()
+        })
+        .await
+    }
+}
+
+/// The value at quantile `q` of `sorted` (`missing` when it is empty).
+pub(crate) fn quantile<T: Copy>(sorted: &[T], q: f64, missing: T) -> T {
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(missing)
 }
 
 /// Raw consume → produce of the same records with no work in between: every
@@ -465,11 +503,7 @@ async fn latency(engine: Arc<Engine>, rate: u32) -> anyhow::Result<()> {
     let _ = stop.send(true);
     let _ = task.await;
     lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(-1)
-    };
+    let pct = |p: f64| quantile(&lat, p, -1);
     println!(
         "\nLatency on the mock cluster at {rate} records/s for 10 s ({} measured): p50 {} ms, p99 {} ms, max {} ms (ms precision, includes the mock's fetch wait).",
         lat.len(),

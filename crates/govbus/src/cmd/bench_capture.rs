@@ -184,11 +184,7 @@ pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     lag.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lag.get(((lag.len() as f64 * p) as usize).min(lag.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(-1.0)
-    };
+    let pct = |p: f64| super::bench::quantile(&lag, p, -1.0);
     println!(
         "Change capture (logical decoding, pgoutput), PostgreSQL → Kafka (mock cluster), poll interval {:?}:\n",
         b.poll_interval

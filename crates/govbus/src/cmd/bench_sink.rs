@@ -25,7 +25,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::bench::{cpu_seconds, create, records, rss_mib, Phase};
+use super::bench::{cpu_seconds, create, fill_with, records, rss_mib, Payload, Phase, Rec};
 use crate::catalog_source;
 
 const SECRET: &str = "whsec_YmVuY2gtc2VjcmV0LWJlbmNoLXNlY3JldC0wMTIz";
@@ -73,45 +73,22 @@ fn sub(id_sink: &str) -> String {
 }
 
 /// Canonical records as the router writes them (Avro value, CloudEvents headers).
-async fn fill_canonical(
-    bootstrap: &str,
-    topic: &str,
-    recs: &[(String, Vec<u8>, String)],
-) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "500000")
-        .create()?;
+async fn fill_canonical(bootstrap: &str, topic: &str, recs: &[Rec]) -> anyhow::Result<()> {
     let now = govbus_catalog::time::format_rfc3339_millis(Context::now().now_millis);
-    for (c, chunk) in recs.chunks(20_000).enumerate() {
-        let mut pending = Vec::with_capacity(chunk.len());
-        for (i, (key, avro, _)) in chunk.iter().enumerate() {
-            let id = format!("bench-{}", c * 20_000 + i);
-            let hs = h::owned([
-                (h::CE_SPECVERSION, b"1.0".as_slice()),
-                (h::CE_ID, id.as_bytes()),
-                (h::CE_SOURCE, b"/departments/hrss".as_slice()),
-                (h::CE_TYPE, DATASET.as_bytes()),
-                (h::CE_SUBJECT, key.as_bytes()),
-                (h::CE_TIME, now.as_bytes()),
-                (h::CE_OP, b"create".as_slice()),
-                (h::CE_SOURCEVERSION, b"1".as_slice()),
-            ]);
-            let rec = FutureRecord::to(topic)
-                .key(key.as_bytes())
-                .payload(avro.as_slice())
-                .headers(hs);
-            pending.push(producer.send_result(rec).map_err(|(e, _)| e)?);
-        }
-        for p in pending {
-            p.await
-                .map_err(|_| anyhow::anyhow!("canceled"))?
-                .map_err(|(e, _)| e)?;
-        }
-    }
-    Ok(())
+    fill_with(bootstrap, topic, recs, Payload::Avro, |i, (key, _, _)| {
+        let id = format!("bench-{i}");
+        h::owned([
+            (h::CE_SPECVERSION, b"1.0".as_slice()),
+            (h::CE_ID, id.as_bytes()),
+            (h::CE_SOURCE, b"/departments/hrss".as_slice()),
+            (h::CE_TYPE, DATASET.as_bytes()),
+            (h::CE_SUBJECT, key.as_bytes()),
+            (h::CE_TIME, now.as_bytes()),
+            (h::CE_OP, b"create".as_slice()),
+            (h::CE_SOURCEVERSION, b"1".as_slice()),
+        ])
+    })
+    .await
 }
 
 async fn consume_only(bootstrap: &str, topic: &str, n: usize) -> anyhow::Result<Phase> {
@@ -344,11 +321,7 @@ async fn latency(engine: &Engine, rate: u32) -> anyhow::Result<()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(-1)
-    };
+    let pct = |p: f64| super::bench::quantile(&lat, p, -1);
     println!(
         "\nWebhook delivery latency on the mock cluster at {rate} events/s for 10 s ({} of {n} measured): p50 {} ms, p99 {} ms, max {} ms (canonical record written → event received by the subscriber's endpoint, ms precision; includes the ledger append).",
         lat.len(),
