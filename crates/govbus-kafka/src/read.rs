@@ -59,6 +59,18 @@ pub fn each(
     topic: &str,
     quiet: Duration,
     limit: Duration,
+    f: impl FnMut(Record),
+) -> Result<(), KafkaError> {
+    each_from(bootstrap, topic, |_| Offset::Beginning, quiet, limit, f)
+}
+
+/// Like [`each`], starting partition `p` at `start(p)`.
+pub fn each_from(
+    bootstrap: &str,
+    topic: &str,
+    start: impl Fn(i32) -> Offset,
+    quiet: Duration,
+    limit: Duration,
     mut f: impl FnMut(Record),
 ) -> Result<(), KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -74,7 +86,7 @@ pub fn each(
             return Err(KafkaError::MetadataFetch(e.into()));
         }
         for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            tpl.add_partition_offset(topic, p.id(), start(p.id()))?;
         }
     }
     consumer.assign(&tpl)?;

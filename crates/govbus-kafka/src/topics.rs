@@ -46,6 +46,21 @@ impl Topics {
         format!("{}{DLQ_PREFIX}{department}", self.prefix)
     }
 
+    /// `<prefix>view.<subscription>`: a subscription's Kafka view.
+    pub fn view(&self, subscription: &str) -> String {
+        format!("{}view.{subscription}", self.prefix)
+    }
+
+    /// `<prefix>dlq.sub.<subscription>`: what a subscription could not deliver.
+    pub fn subscription_dlq(&self, subscription: &str) -> String {
+        format!("{}dlq.sub.{subscription}", self.prefix)
+    }
+
+    /// `<prefix>_govbus.audit`: the delivery ledger.
+    pub fn audit(&self) -> String {
+        format!("{}_govbus.audit", self.prefix)
+    }
+
     /// The department an ingest topic belongs to.
     pub fn department_of_ingest<'t>(&self, topic: &'t str) -> Option<&'t str> {
         topic
@@ -79,6 +94,9 @@ mod tests {
         assert_eq!(t.ingest("hrss"), "ingest.hrss");
         assert_eq!(t.data("hrss.pension_payment"), "data.hrss.pension_payment");
         assert_eq!(t.dlq("hrss"), "dlq.hrss");
+        assert_eq!(t.view("s"), "view.s");
+        assert_eq!(t.subscription_dlq("s"), "dlq.sub.s");
+        assert_eq!(t.audit(), "_govbus.audit");
         assert_eq!(t.department_of_ingest("ingest.hrss"), Some("hrss"));
         assert_eq!(t.department_of_ingest("ingest."), None);
         assert_eq!(t.department_of_ingest("data.x"), None);

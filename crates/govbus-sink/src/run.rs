@@ -71,17 +71,17 @@ impl SinkConfig {
 
     /// `<prefix>dlq.sub.<id>`.
     pub fn dlq(&self, id: &str) -> String {
-        format!("{}dlq.sub.{id}", self.topics.prefix())
+        self.topics.subscription_dlq(id)
     }
 
     /// `<prefix>view.<id>`.
     pub fn view(&self, id: &str) -> String {
-        format!("{}view.{id}", self.topics.prefix())
+        self.topics.view(id)
     }
 
     /// `<prefix>_govbus.audit`.
     pub fn audit(&self) -> String {
-        format!("{}_govbus.audit", self.topics.prefix())
+        self.topics.audit()
     }
 
     /// `c` with the overrides; consumer-only settings are given to
