@@ -124,6 +124,16 @@ pub struct Options {
 /// Why a run stopped without publishing.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// The state directory holds another dataset's state.
+    #[error("the state directory {dir} holds the state of {holds}, not {dataset}: give each dataset a state directory of its own")]
+    OtherDataset {
+        /// The state directory.
+        dir: String,
+        /// The dataset whose state it holds.
+        holds: String,
+        /// The dataset of this run.
+        dataset: String,
+    },
     /// The dataset is not in the catalog.
     #[error("unknown dataset `{0}`; see `govbus catalog list`")]
     UnknownDataset(String),
@@ -176,6 +186,9 @@ struct Pending {
 struct Committed {
     generation: u64,
     version: u64,
+    /// The dataset the state is of (absent in states written before it was kept).
+    #[serde(default)]
+    dataset: Option<String>,
 }
 
 fn hash16(bytes: &[u8]) -> [u8; 16] {
@@ -365,16 +378,23 @@ pub fn run(
     let catalog_ds = catalog
         .dataset(&opts.dataset)
         .ok_or_else(|| SnapshotError::UnknownDataset(opts.dataset.clone()))?;
+    let st = StateDir::new(&opts.state_dir);
+    std::fs::create_dir_all(&opts.state_dir).map_err(st.err())?;
+
+    let committed: Committed = st.read_json(&st.committed())?.unwrap_or_default();
+    if let Some(other) = committed.dataset.as_ref().filter(|d| **d != opts.dataset) {
+        return Err(SnapshotError::OtherDataset {
+            dir: opts.state_dir.display().to_string(),
+            holds: other.clone(),
+            dataset: opts.dataset.clone(),
+        });
+    }
     let mapper = Mapper::new(&opts.mapping, catalog_ds).map_err(SnapshotError::Mapping)?;
     let shown = opts.file.display().to_string();
     let format = opts
         .format
         .or_else(|| Format::of(&opts.file))
         .ok_or_else(|| SnapshotError::Format(shown.clone()))?;
-    let st = StateDir::new(&opts.state_dir);
-    std::fs::create_dir_all(&opts.state_dir).map_err(st.err())?;
-
-    let committed: Committed = st.read_json(&st.committed())?.unwrap_or_default();
     let input_sha256 = file_sha256(&opts.file).map_err(|source| TableError::Io {
         path: shown.clone(),
         source,
@@ -567,6 +587,7 @@ pub fn run(
         &Committed {
             generation: this.generation,
             version: this.version,
+            dataset: Some(opts.dataset.clone()),
         },
     )?;
     std::fs::remove_file(st.pending()).map_err(st.err())?;
@@ -670,6 +691,7 @@ pub fn rebuild(
                 .generation
                 .max(pending.as_ref().map_or(0, |p| p.generation)),
             version: committed.version.max(max_version),
+            dataset: committed.dataset.clone(),
         },
     )?;
     let _ = std::fs::remove_file(st.pending());

@@ -284,6 +284,27 @@ fn malformed_dumps_fail_clearly_with_line_numbers() {
 }
 
 #[test]
+fn a_state_directory_of_another_dataset_is_refused() {
+    let d = Dir::new();
+    let v1 = d.dump("v1.csv", &[row(1, "100.00")]);
+    let (s, _) = d.run(&d.opts(&v1));
+    assert_eq!(s.unwrap().creates, 1);
+    // Another dataset pointed at the same state would diff against the
+    // wrong rows (found by the demo, which once shared one directory).
+    let mut other = d.opts(&v1);
+    other.dataset = "hrss.unemployment_benefit_payment".into();
+    let (s, c) = d.run(&other);
+    let e = s.unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "holds the state of hrss.pension_payment, not hrss.unemployment_benefit_payment"
+        ),
+        "{e}"
+    );
+    assert!(c.is_empty());
+}
+
+#[test]
 fn a_dry_run_publishes_nothing_and_keeps_the_state() {
     let d = Dir::new();
     let v1 = d.dump(
