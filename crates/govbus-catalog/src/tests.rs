@@ -483,7 +483,7 @@ table = "t"
     std::fs::remove_file(subs.join("bad.toml")).expect("rm");
     std::fs::remove_file(subs.join("unknown_sink.toml")).expect("rm");
     let catalog = Catalog::load(dir.path()).expect("sample catalog");
-    assert_eq!(catalog.subscriptions().count(), 5);
+    assert_eq!(catalog.subscriptions().count(), 9);
     let s = catalog
         .subscription("hrss_deaths_pension_stop")
         .expect("sub");
