@@ -181,6 +181,11 @@ impl Gateway {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// The gateway's metrics, in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+
     /// Follows the schema log, so that JSON is encoded under versions
     /// registered at run time too (each checked against `catalog` like a
     /// catalog file). Keep the returned tail alive.

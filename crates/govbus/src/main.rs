@@ -3,7 +3,11 @@
 
 mod catalog_source;
 mod cmd;
+mod demo;
+mod promtext;
+mod report;
 mod signals;
+mod up;
 
 use std::process::ExitCode;
 
@@ -63,6 +67,17 @@ enum Command {
     /// The grants (共享授权) in the catalog.
     #[command(subcommand)]
     Subscriptions(cmd::subscriptions::SubscriptionsCommand),
+    /// See it all work: every component, five simulated departments, subscribers,
+    /// the anti-fraud app and a live view, with nothing installed.
+    Demo(Box<demo::DemoArgs>),
+    /// Run every component in one process from one config (embedded broker when none is set).
+    Up(cmd::up::UpArgs),
+    /// Check a `govbus up` config without starting anything.
+    Check(cmd::up::CheckArgs),
+    /// Per-department scorecards (Markdown, HTML, JSON) from a running system.
+    Report(Box<cmd::report::ReportArgs>),
+    /// Run the anti-fraud app (reads the hrss_fraud_* views, publishes hrss.fraud_alert).
+    Fraud(cmd::up::FraudArgs),
     /// Verify and query the delivery ledger (_govbus.audit).
     #[command(subcommand)]
     Audit(Box<cmd::audit::AuditCommand>),
@@ -98,6 +113,11 @@ fn main() -> ExitCode {
         Command::Capture(c) => cmd::capture::run(c),
         Command::Subscriptions(c) => cmd::subscriptions::run(c),
         Command::Audit(c) => cmd::audit::run(*c),
+        Command::Up(a) => cmd::up::up(a),
+        Command::Demo(a) => demo::run(*a),
+        Command::Check(a) => cmd::up::check(a),
+        Command::Fraud(a) => cmd::up::fraud(a),
+        Command::Report(a) => cmd::report::run(*a),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Dlq(d) => cmd::dlq::run(*d),
         Command::Registry(a) => cmd::registry::run(a),

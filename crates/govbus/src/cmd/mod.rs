@@ -11,10 +11,12 @@ pub mod gateway;
 pub mod publish;
 pub mod reasons;
 pub mod registry;
+pub mod report;
 pub mod router;
 pub mod sink;
 pub mod snapshot;
 pub mod subscriptions;
+pub mod up;
 pub mod validate;
 
 use std::future::Future;

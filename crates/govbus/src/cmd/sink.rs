@@ -17,7 +17,7 @@ use govbus_sink::{Metrics, SinkConfig, Sinks};
 use crate::catalog_source;
 
 /// Development-only pseudonym secret, used when none is configured.
-const DEV_PSEUDONYM_SECRET: &[u8] = b"govbus-development-pseudonym-secret";
+pub(crate) const DEV_PSEUDONYM_SECRET: &[u8] = b"govbus-development-pseudonym-secret";
 
 #[derive(Args)]
 pub struct SinkArgs {
@@ -62,13 +62,13 @@ pub struct SinkArgs {
     kafka: Vec<String>,
 }
 
-fn humantime_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn humantime_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Re-reads `dir` every second and publishes a catalog that loads cleanly;
 /// one with problems is logged and ignored (the last good one stays).
-fn watch_catalog(dir: PathBuf, tx: tokio::sync::watch::Sender<Arc<Catalog>>) {
+pub(crate) fn watch_catalog(dir: PathBuf, tx: tokio::sync::watch::Sender<Arc<Catalog>>) {
     tokio::spawn(async move {
         let mut last_error = String::new();
         loop {

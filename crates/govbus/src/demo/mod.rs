@@ -1,0 +1,395 @@
+//! `govbus demo`: the whole bus on one machine with nothing installed.
+//!
+//! Starts every component on the embedded broker (or a given one), plays
+//! five departments' systems publishing through the gateway, Kafka and
+//! table dumps (with some invalid records from each), runs subscribers on
+//! every kind of sink and the anti-fraud app, shows it all live, and at the
+//! end checks the alerts against the planted cases and writes the
+//! department scorecards.
+
+mod generate;
+mod sources;
+mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use govbus_fraud::Rule;
+use serde::Serialize;
+
+use crate::up::{Extras, FraudSection, System, UpConfig};
+pub use generate::{Planted, STREAMS};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// How long to publish; then the demo drains, checks and reports. Ctrl-C stops earlier.
+    #[arg(long, default_value = "2m", value_parser = crate::cmd::sink::humantime_duration)]
+    duration: Duration,
+    /// Records per second of the busiest stream (pension payments).
+    #[arg(long, default_value_t = 20)]
+    rate: usize,
+    /// Fraud cases planted per rule.
+    #[arg(long, default_value_t = 3)]
+    fraud_cases: usize,
+    /// Seed of the synthetic city (same seed, same records).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Working directory: table dumps, adapter state, delivered files, the report.
+    #[arg(long, default_value = "govbus-demo")]
+    dir: PathBuf,
+    /// First of four ports: gateway, registry, metrics, live streams. 0: any free ports.
+    #[arg(long, default_value_t = 8080)]
+    port_base: u16,
+    /// Use this broker instead of the embedded one.
+    #[arg(long)]
+    bootstrap: Option<String>,
+    /// Topic namespace prefix (with --bootstrap, to keep runs apart).
+    #[arg(long, default_value = "")]
+    topic_prefix: String,
+    /// Deliver the PostgreSQL subscription into this database too.
+    #[arg(long, env = "GOVBUS_POSTGRES")]
+    postgres: Option<String>,
+    /// Do not run the anti-fraud app in this process (run `govbus fraud` yourself).
+    #[arg(long)]
+    external_fraud_app: bool,
+    /// Print a status line every few seconds instead of the live screen.
+    #[arg(long)]
+    plain: bool,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    govbus_sink::run::now_ms()
+}
+
+/// The alerts seen in `data.hrss.fraud_alert`.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// alert id → (rule, benefit dataset, benefit record).
+    pub alerts: BTreeMap<String, (String, String, String)>,
+    /// Records read (more than `alerts` means duplicates).
+    pub records: u64,
+}
+
+/// Outcome of the check at the end.
+#[derive(Debug, Serialize)]
+struct Verdict {
+    planted: BTreeMap<&'static str, usize>,
+    found: BTreeMap<&'static str, usize>,
+    missing: Vec<Planted>,
+    unexpected: usize,
+    duplicates: u64,
+    sent: BTreeMap<&'static str, SentCount>,
+    report: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct SentCount {
+    path: generate::Path,
+    valid: u64,
+    invalid: u64,
+}
+
+fn verdict(
+    planted: &[Planted],
+    seen: &Seen,
+) -> (BTreeMap<&'static str, usize>, Vec<Planted>, usize) {
+    let found_keys: BTreeSet<(String, String, String)> = seen.alerts.values().cloned().collect();
+    let mut found: BTreeMap<&'static str, usize> =
+        Rule::ALL.iter().map(|r| (r.code(), 0)).collect();
+    let mut missing = Vec::new();
+    for p in planted {
+        let key = (
+            p.rule.code().to_owned(),
+            p.benefit_dataset.to_owned(),
+            p.benefit_record.clone(),
+        );
+        if found_keys.contains(&key) {
+            *found.entry(p.rule.code()).or_default() += 1;
+        } else {
+            missing.push(p.clone());
+        }
+    }
+    let expected: BTreeSet<(String, String, String)> = planted
+        .iter()
+        .map(|p| {
+            (
+                p.rule.code().to_owned(),
+                p.benefit_dataset.to_owned(),
+                p.benefit_record.clone(),
+            )
+        })
+        .collect();
+    let unexpected = found_keys.difference(&expected).count();
+    (found, missing, unexpected)
+}
+
+fn port(base: u16, offset: u16) -> SocketAddr {
+    let p = if base == 0 { 0 } else { base + offset };
+    SocketAddr::from(([127, 0, 0, 1], p))
+}
+
+fn token(department: &str, seed: u64) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(format!("{department}/{seed}/{}", now_ms()).as_bytes());
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let catalog = crate::catalog_source::load_checked(None)?;
+    // A fresh city each run: the adapters' state belongs to the broker's data.
+    for sub in ["state", "dumps", "var", "report"] {
+        let p = args.dir.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("clear {}", p.display()))?;
+        }
+    }
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("create {}", args.dir.display()))?;
+    let dir = args.dir.canonicalize()?;
+    // The file sink writes below the working directory (the catalog's relative path).
+    std::env::set_current_dir(&dir)?;
+
+    let gateway_tokens = vec![
+        (
+            "civil_affairs".to_owned(),
+            token("civil_affairs", args.seed),
+        ),
+        ("hrss".to_owned(), token("hrss", args.seed)),
+    ];
+    let sse_token = token("public_security", args.seed);
+    let mut config = UpConfig::everything();
+    config.topic_prefix = args.topic_prefix.clone();
+    config.broker.bootstrap = args.bootstrap.clone();
+    if args.bootstrap.is_some() {
+        config
+            .broker
+            .kafka
+            .insert("session.timeout.ms".into(), "6000".into());
+    }
+    if let Some(g) = config.gateway.as_mut() {
+        g.listen = port(args.port_base, 0);
+    }
+    if let Some(r) = config.registry.as_mut() {
+        r.listen = port(args.port_base, 1);
+    }
+    config.metrics.listen = port(args.port_base, 2);
+    if let Some(s) = config.sink.as_mut() {
+        s.listen = port(args.port_base, 3);
+        s.postgres = args.postgres.clone();
+        s.heartbeat = Duration::from_secs(5);
+    }
+    if !args.external_fraud_app {
+        config.fraud = Some(FraudSection {
+            state_dir: dir.join("state/fraud"),
+        });
+    }
+    let mut extras = Extras {
+        gateway_tokens: gateway_tokens.clone(),
+        sink_tokens: vec![("public_security".to_owned(), sse_token.clone())],
+        ..Extras::default()
+    };
+    if args.postgres.is_none() {
+        extras
+            .skip_subscriptions
+            .push("hrss_deaths_pension_stop".into());
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(async move {
+        let webhook = sources::WebhookReceiver::start().await;
+        match &webhook {
+            Some(_) => {}
+            None => extras
+                .skip_subscriptions
+                .push("housing_fund_deaths_webhook".into()),
+        }
+        let system = System::start(&config, catalog.clone(), extras).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let tail = sources::tail_alerts(
+            system.bootstrap.clone(),
+            system.topics.data(govbus_fraud::ALERTS),
+            catalog.clone(),
+            seen.clone(),
+            stop.clone(),
+        );
+        let seconds = args.duration.as_secs().max(4) as usize;
+        let script = generate::script(args.seed, seconds, args.rate, args.fraud_cases, now_ms());
+        let planted = script.planted.clone();
+        let publisher = sources::Publisher::new(
+            &system,
+            &catalog,
+            &gateway_tokens,
+            dir.join("dumps"),
+            dir.join("state/snapshot"),
+        )?;
+        let mut telemetry = system.telemetry.clone();
+        telemetry.add(publisher.metrics_source());
+        if let Some(w) = &webhook {
+            telemetry.add(w.metrics_source());
+        }
+        let where_to_look = view::where_to_look(
+            &system,
+            &sse_token,
+            &dir,
+            webhook.is_some(),
+            args.postgres.is_some(),
+        );
+        let gen_stop = stop.clone();
+        let generator = tokio::task::spawn_blocking(move || publisher.play(script, &gen_stop));
+
+        let live = !args.plain && std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let mut screen = view::Screen::new(
+            live,
+            system.bootstrap.clone(),
+            system.embedded(),
+            where_to_look,
+        );
+        if !live {
+            println!("bootstrap={}", system.bootstrap);
+            screen.print_where();
+        }
+        let started = Instant::now();
+        let terminated = crate::signals::terminated();
+        tokio::pin!(terminated);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut interrupted = false;
+        let mut drain_started: Option<Instant> = None;
+        let mut all_found_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                () = &mut terminated => { interrupted = true; break; }
+                _ = tick.tick() => {}
+            }
+            if let Some(name) = system.failed() {
+                anyhow::bail!("the {name} component stopped unexpectedly; see the log");
+            }
+            let (found, _, _) = {
+                let s = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                verdict(&planted, &s)
+            };
+            let found_n: usize = found.values().sum();
+            let text = telemetry.render();
+            screen.draw(
+                &text,
+                started.elapsed(),
+                args.duration,
+                found_n,
+                planted.len(),
+                &found,
+                args.fraud_cases,
+            );
+            if generator.is_finished() && drain_started.is_none() {
+                drain_started = Some(Instant::now());
+            }
+            if let Some(d) = drain_started {
+                if found_n == planted.len() {
+                    // Wait a little longer: duplicates or extras would show now.
+                    let at = *all_found_at.get_or_insert_with(Instant::now);
+                    if at.elapsed() >= Duration::from_secs(5) {
+                        break;
+                    }
+                }
+                if d.elapsed() >= Duration::from_secs(90) {
+                    break;
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let sent = generator
+            .await
+            .map_err(|e| anyhow::anyhow!("generator: {e}"))??;
+        let _ = tail.join();
+        screen.finish();
+
+        let metrics_text = telemetry.render();
+        let report_dir = dir.join("report");
+        let catalog_for_report = catalog.clone();
+        let bootstrap = system.bootstrap.clone();
+        let topics = system.topics.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            crate::report::gather(
+                &catalog_for_report,
+                &bootstrap,
+                &topics,
+                &metrics_text,
+                now_ms(),
+            )
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("report: {e}"))??;
+        let files = report.write(&report_dir)?;
+        let ((found, missing, unexpected), duplicates) = {
+            let s = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            (
+                verdict(&planted, &s),
+                s.records.saturating_sub(s.alerts.len() as u64),
+            )
+        };
+        let mut planted_by: BTreeMap<&'static str, usize> =
+            Rule::ALL.iter().map(|r| (r.code(), 0)).collect();
+        for p in &planted {
+            *planted_by.entry(p.rule.code()).or_default() += 1;
+        }
+        let v = Verdict {
+            planted: planted_by,
+            found,
+            missing,
+            unexpected,
+            duplicates,
+            sent: STREAMS
+                .iter()
+                .map(|(ds, path)| {
+                    let (valid, invalid) = sent.get(ds).copied().unwrap_or_default();
+                    (
+                        *ds,
+                        SentCount {
+                            path: *path,
+                            valid,
+                            invalid,
+                        },
+                    )
+                })
+                .collect(),
+            report: report_dir.clone(),
+        };
+        std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&v)?)?;
+        view::print_summary(
+            &v.sent,
+            &v.planted,
+            &v.found,
+            v.unexpected,
+            v.duplicates,
+            &files,
+            interrupted,
+        );
+        system.stop().await?;
+        anyhow::Ok((v, interrupted))
+    })?;
+    let (v, interrupted) = outcome;
+    let exact = v.missing.is_empty() && v.unexpected == 0 && v.duplicates == 0;
+    if exact || interrupted {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: the alerts do not match the planted cases ({} missing, {} unexpected, {} duplicates)",
+            v.missing.len(),
+            v.unexpected,
+            v.duplicates
+        );
+        Ok(ExitCode::from(1))
+    }
+}

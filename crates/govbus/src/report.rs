@@ -1,0 +1,496 @@
+//! Department scorecards (`govbus report`): what each department declared
+//! in the catalog against what the running system shows it publishing.
+//!
+//! The counts come from the system, not the config: records published and
+//! their freshness from the canonical topics, router rejections from the
+//! dead-letter topics, gateway and table-dump rejections and deliveries from
+//! the components' `/metrics`. The catalog only names what was promised.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use govbus_catalog::Catalog;
+use govbus_kafka::headers as h;
+use govbus_kafka::topics::Topics;
+use serde::Serialize;
+
+use crate::promtext::{self, Sample};
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// When it was made (RFC 3339).
+    pub generated_at: String,
+    /// Per department, in catalog order.
+    pub departments: Vec<Card>,
+}
+
+/// One department's scorecard.
+#[derive(Debug, Serialize)]
+pub struct Card {
+    /// Department id.
+    pub id: String,
+    /// Chinese name.
+    pub name_zh: String,
+    /// English name.
+    pub name_en: String,
+    /// Datasets it owns in the catalog.
+    pub datasets_declared: usize,
+    /// Of those, how many have data on the bus.
+    pub datasets_publishing: usize,
+    /// publishing / declared (挂接率); `None` for a department that owns none.
+    pub mount_rate: Option<f64>,
+    /// Records in its canonical topics.
+    pub records_published: u64,
+    /// Records refused, at the gateway, the table-dump adapter or the router.
+    pub records_rejected: u64,
+    /// rejected / (published + rejected).
+    pub rejection_rate: Option<f64>,
+    /// Rejections by reason code.
+    pub rejections: BTreeMap<String, u64>,
+    /// Its datasets.
+    pub datasets: Vec<DatasetLine>,
+    /// Grants on its datasets, with deliveries.
+    pub subscriptions: Vec<SubscriptionLine>,
+}
+
+/// One dataset's line.
+#[derive(Debug, Serialize)]
+pub struct DatasetLine {
+    /// Dataset name.
+    pub name: String,
+    /// Title.
+    pub title_zh: String,
+    /// Records in `data.<dataset>`.
+    pub records: u64,
+    /// Age of the newest record, seconds.
+    pub newest_age_seconds: Option<f64>,
+    /// The catalog's freshness promise, seconds.
+    pub freshness_sla_seconds: u64,
+    /// Whether the newest record is within the promise.
+    pub fresh: bool,
+}
+
+/// One grant's line.
+#[derive(Debug, Serialize)]
+pub struct SubscriptionLine {
+    /// Subscription id.
+    pub id: String,
+    /// Receiving department.
+    pub subscriber: String,
+    /// Dataset.
+    pub dataset: String,
+    /// Sink type.
+    pub sink: String,
+    /// Events delivered (from the sink's metrics).
+    pub delivered: u64,
+    /// Whether the sink reports it active (`None`: no sink metrics seen).
+    pub active: Option<bool>,
+}
+
+/// What a topic holds, as far as the report cares.
+#[derive(Debug, Default, Clone)]
+struct TopicCount {
+    records: u64,
+    newest_ms: Option<i64>,
+    reasons: BTreeMap<String, u64>,
+}
+
+/// Reads each topic to its end, in parallel.
+fn count_topics(
+    bootstrap: &str,
+    topics: Vec<String>,
+) -> anyhow::Result<BTreeMap<String, TopicCount>> {
+    let handles: Vec<_> = topics
+        .into_iter()
+        .map(|topic| {
+            let bootstrap = bootstrap.to_owned();
+            std::thread::spawn(move || {
+                let mut c = TopicCount::default();
+                let r = govbus_kafka::read::each(
+                    &bootstrap,
+                    &topic,
+                    Duration::from_millis(1500),
+                    Duration::from_secs(120),
+                    |r| {
+                        c.records += 1;
+                        c.newest_ms = c.newest_ms.max(r.timestamp_ms);
+                        let reason = r.header(h::ERROR_REASON);
+                        if !reason.is_empty() {
+                            *c.reasons.entry(reason.to_owned()).or_default() += 1;
+                        }
+                    },
+                );
+                (topic, r.map(|()| c))
+            })
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    for hnd in handles {
+        let (topic, r) = hnd
+            .join()
+            .map_err(|_| anyhow::anyhow!("a topic reader panicked"))?;
+        // A topic that does not exist yet holds nothing.
+        out.insert(topic, r.unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// Builds the report from the broker and the metrics text of the components.
+pub fn gather(
+    catalog: &Catalog,
+    bootstrap: &str,
+    topics: &Topics,
+    metrics: &str,
+    now_ms: i64,
+) -> anyhow::Result<Report> {
+    let samples = promtext::parse(metrics);
+    let mut names: Vec<String> = catalog.datasets().map(|d| topics.data(&d.name)).collect();
+    names.extend(catalog.departments().map(|d| topics.dlq(&d.id)));
+    let counts = count_topics(bootstrap, names)?;
+    let count = |t: &str| counts.get(t).cloned().unwrap_or_default();
+    let has_sink_metrics = samples.iter().any(|s| s.name == "govbus_sink_active");
+    let mut departments = Vec::new();
+    for d in catalog.departments() {
+        let mut rejections = count(&topics.dlq(&d.id)).reasons;
+        for s in samples_of(&samples, "govbus_gateway_records_total", &d.id) {
+            let outcome = s.label("outcome");
+            if outcome != "accepted" && s.value > 0.0 {
+                *rejections.entry(outcome.to_owned()).or_default() += s.value as u64;
+            }
+        }
+        for s in samples_of(&samples, "govbus_snapshot_rejected_rows_total", &d.id) {
+            if s.value > 0.0 {
+                *rejections.entry(s.label("reason").to_owned()).or_default() += s.value as u64;
+            }
+        }
+        let mut datasets = Vec::new();
+        let mut subscriptions = Vec::new();
+        for ds in catalog.datasets().filter(|ds| ds.owner == d.id) {
+            let c = count(&topics.data(&ds.name));
+            let age = c.newest_ms.map(|t| ((now_ms - t).max(0) as f64) / 1000.0);
+            let sla = ds.freshness.as_secs();
+            datasets.push(DatasetLine {
+                name: ds.name.clone(),
+                title_zh: ds.title_zh.clone(),
+                records: c.records,
+                newest_age_seconds: age,
+                freshness_sla_seconds: sla,
+                fresh: age.is_some_and(|a| a <= sla as f64),
+            });
+            for s in catalog.subscriptions().filter(|s| s.dataset == ds.name) {
+                let filter = [("subscription", s.id.as_str())];
+                subscriptions.push(SubscriptionLine {
+                    id: s.id.clone(),
+                    subscriber: s.subscriber.clone(),
+                    dataset: s.dataset.clone(),
+                    sink: s.sink.kind().to_owned(),
+                    delivered: promtext::sum(&samples, "govbus_sink_delivered_total", &filter)
+                        as u64,
+                    active: has_sink_metrics
+                        .then(|| promtext::sum(&samples, "govbus_sink_active", &filter) > 0.0),
+                });
+            }
+        }
+        let declared = datasets.len();
+        let publishing = datasets.iter().filter(|l| l.records > 0).count();
+        let published: u64 = datasets.iter().map(|l| l.records).sum();
+        let rejected: u64 = rejections.values().sum();
+        let attempted = published + rejected;
+        departments.push(Card {
+            id: d.id.clone(),
+            name_zh: d.name_zh.clone(),
+            name_en: d.name_en.clone(),
+            datasets_declared: declared,
+            datasets_publishing: publishing,
+            mount_rate: (declared > 0).then(|| publishing as f64 / declared as f64),
+            records_published: published,
+            records_rejected: rejected,
+            rejection_rate: (attempted > 0).then(|| rejected as f64 / attempted as f64),
+            rejections,
+            datasets,
+            subscriptions,
+        });
+    }
+    Ok(Report {
+        generated_at: govbus_catalog::time::format_rfc3339_millis(now_ms),
+        departments,
+    })
+}
+
+fn samples_of<'s>(
+    samples: &'s [Sample],
+    name: &'s str,
+    department: &'s str,
+) -> impl Iterator<Item = &'s Sample> {
+    samples
+        .iter()
+        .filter(move |s| s.name == name && s.label("department") == department)
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or_else(|| "—".to_owned(), |v| format!("{:.1} %", v * 100.0))
+}
+
+fn age(seconds: Option<f64>) -> String {
+    match seconds {
+        None => "never".to_owned(),
+        Some(s) if s < 120.0 => format!("{s:.0} s ago"),
+        Some(s) if s < 7200.0 => format!("{:.0} min ago", s / 60.0),
+        Some(s) => format!("{:.1} h ago", s / 3600.0),
+    }
+}
+
+impl Report {
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut o = String::new();
+        o.push_str("# govbus department scorecard / 部门数据共享评分\n\n");
+        o.push_str(&format!(
+            "Generated {} from the running system: records and freshness from the canonical topics, rejections from the dead-letter topics and the components' metrics.\n\n",
+            self.generated_at
+        ));
+        o.push_str("| Department | Declared | Publishing | Mount rate | Published | Rejected | Rejection rate | Deliveries |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        for c in &self.departments {
+            let delivered: u64 = c.subscriptions.iter().map(|s| s.delivered).sum();
+            o.push_str(&format!(
+                "| {} {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                c.id,
+                c.name_zh,
+                c.datasets_declared,
+                c.datasets_publishing,
+                pct(c.mount_rate),
+                c.records_published,
+                c.records_rejected,
+                pct(c.rejection_rate),
+                delivered
+            ));
+        }
+        o.push_str("\n## Mount rate (datasets with data / declared)\n\n```\n");
+        for c in self.departments.iter().filter(|c| c.datasets_declared > 0) {
+            let rate = c.mount_rate.unwrap_or(0.0);
+            let bar = "█".repeat((rate * 30.0).round() as usize);
+            o.push_str(&format!("{:<18} {:<30} {}\n", c.id, bar, pct(c.mount_rate)));
+        }
+        o.push_str("```\n");
+        for c in &self.departments {
+            o.push_str(&format!("\n## {} {} ({})\n\n", c.name_zh, c.name_en, c.id));
+            if c.datasets_declared == 0 {
+                o.push_str("Owns no datasets (a subscriber only).\n");
+                continue;
+            }
+            o.push_str(
+                "| Dataset | Records | Newest | Freshness SLA | Fresh |\n|---|---:|---|---|---|\n",
+            );
+            for d in &c.datasets {
+                o.push_str(&format!(
+                    "| {} {} | {} | {} | {} | {} |\n",
+                    d.name,
+                    d.title_zh,
+                    d.records,
+                    age(d.newest_age_seconds),
+                    humantime::format_duration(Duration::from_secs(d.freshness_sla_seconds)),
+                    if d.fresh { "yes" } else { "**no**" }
+                ));
+            }
+            if !c.rejections.is_empty() {
+                o.push_str("\n| Rejection reason | Records |\n|---|---:|\n");
+                for (r, n) in &c.rejections {
+                    o.push_str(&format!("| `{r}` | {n} |\n"));
+                }
+            }
+            if !c.subscriptions.is_empty() {
+                o.push_str("\n| Subscription | Subscriber | Dataset | Sink | Active | Delivered |\n|---|---|---|---|---|---:|\n");
+                for s in &c.subscriptions {
+                    o.push_str(&format!(
+                        "| {} | {} | {} | {} | {} | {} |\n",
+                        s.id,
+                        s.subscriber,
+                        s.dataset,
+                        s.sink,
+                        s.active.map_or("?", |a| if a { "yes" } else { "no" }),
+                        s.delivered
+                    ));
+                }
+            }
+        }
+        o
+    }
+
+    /// The report as one self-contained HTML page with SVG charts.
+    pub fn html(&self) -> String {
+        let owners: Vec<&Card> = self
+            .departments
+            .iter()
+            .filter(|c| c.datasets_declared > 0)
+            .collect();
+        let mount: Vec<(String, f64, String)> = owners
+            .iter()
+            .map(|c| (c.id.clone(), c.mount_rate.unwrap_or(0.0), pct(c.mount_rate)))
+            .collect();
+        let published: Vec<(String, f64, String)> = owners
+            .iter()
+            .map(|c| {
+                (
+                    c.id.clone(),
+                    c.records_published as f64,
+                    c.records_published.to_string(),
+                )
+            })
+            .collect();
+        let rejected: Vec<(String, f64, String)> = owners
+            .iter()
+            .map(|c| {
+                (
+                    c.id.clone(),
+                    c.rejection_rate.unwrap_or(0.0),
+                    pct(c.rejection_rate),
+                )
+            })
+            .collect();
+        let mut o = String::from(
+            "<!doctype html>\n<html lang=\"zh\"><head><meta charset=\"utf-8\"><title>govbus department scorecard</title>\n<style>body{font-family:system-ui,'Noto Sans CJK SC',sans-serif;margin:2em;max-width:70em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}td.n{text-align:right}.bad{color:#b00;font-weight:bold}.charts{display:flex;flex-wrap:wrap;gap:2em}h2{margin-top:2em}</style></head><body>\n",
+        );
+        o.push_str("<h1>govbus department scorecard / 部门数据共享评分</h1>\n");
+        o.push_str(&format!(
+            "<p>Generated {} from the running system (canonical topics, dead-letter topics, component metrics).</p>\n<div class=\"charts\">\n",
+            esc(&self.generated_at)
+        ));
+        o.push_str(&bar_chart("Mount rate (挂接率)", &mount, 1.0));
+        let max = published.iter().map(|r| r.1).fold(1.0, f64::max);
+        o.push_str(&bar_chart("Records published", &published, max));
+        o.push_str(&bar_chart("Rejection rate", &rejected, 1.0));
+        o.push_str("</div>\n<table><tr><th>Department</th><th>Declared</th><th>Publishing</th><th>Mount rate</th><th>Published</th><th>Rejected</th><th>Rejection rate</th></tr>\n");
+        for c in &self.departments {
+            o.push_str(&format!(
+                "<tr><td>{} {}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=n>{}</td></tr>\n",
+                esc(&c.id), esc(&c.name_zh), c.datasets_declared, c.datasets_publishing, pct(c.mount_rate),
+                c.records_published, c.records_rejected, pct(c.rejection_rate)
+            ));
+        }
+        o.push_str("</table>\n");
+        for c in owners {
+            o.push_str(&format!(
+                "<h2>{} {} ({})</h2>\n<table><tr><th>Dataset</th><th>Records</th><th>Newest</th><th>Freshness SLA</th></tr>\n",
+                esc(&c.name_zh), esc(&c.name_en), esc(&c.id)
+            ));
+            for d in &c.datasets {
+                let class = if d.fresh { "" } else { " class=bad" };
+                o.push_str(&format!(
+                    "<tr><td>{} {}</td><td class=n>{}</td><td{class}>{}</td><td>{}</td></tr>\n",
+                    esc(&d.name),
+                    esc(&d.title_zh),
+                    d.records,
+                    age(d.newest_age_seconds),
+                    humantime::format_duration(Duration::from_secs(d.freshness_sla_seconds))
+                ));
+            }
+            o.push_str("</table>\n");
+            if !c.rejections.is_empty() {
+                let rows: Vec<(String, f64, String)> = c
+                    .rejections
+                    .iter()
+                    .map(|(r, n)| (r.clone(), *n as f64, n.to_string()))
+                    .collect();
+                let max = rows.iter().map(|r| r.1).fold(1.0, f64::max);
+                o.push_str(&bar_chart("Rejections by reason", &rows, max));
+            }
+            if !c.subscriptions.is_empty() {
+                o.push_str("<table><tr><th>Subscription</th><th>Subscriber</th><th>Sink</th><th>Active</th><th>Delivered</th></tr>\n");
+                for s in &c.subscriptions {
+                    o.push_str(&format!(
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=n>{}</td></tr>\n",
+                        esc(&s.id),
+                        esc(&s.subscriber),
+                        esc(&s.sink),
+                        s.active.map_or("?", |a| if a { "yes" } else { "no" }),
+                        s.delivered
+                    ));
+                }
+                o.push_str("</table>\n");
+            }
+        }
+        o.push_str("</body></html>\n");
+        o
+    }
+
+    /// Writes `report.md`, `report.html` and `report.json` into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let files = [
+            ("report.md", self.markdown()),
+            ("report.html", self.html()),
+            ("report.json", serde_json::to_string_pretty(self)?),
+        ];
+        let mut out = Vec::new();
+        for (name, text) in files {
+            let p = dir.join(name);
+            std::fs::write(&p, text).with_context(|| format!("write {}", p.display()))?;
+            out.push(p);
+        }
+        Ok(out)
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A horizontal bar chart as inline SVG: (label, value, text) per bar.
+fn bar_chart(title: &str, rows: &[(String, f64, String)], max: f64) -> String {
+    let row_h = 22;
+    let (label_w, bar_w) = (150, 260);
+    let height = 30 + rows.len() * row_h;
+    let mut o = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"{}\"><text x=\"0\" y=\"16\" font-weight=\"bold\" font-size=\"14\">{}</text>\n",
+        label_w + bar_w + 90,
+        esc(title),
+        esc(title)
+    );
+    for (i, (label, value, text)) in rows.iter().enumerate() {
+        let y = 28 + i * row_h;
+        let w = if max > 0.0 {
+            (value / max * bar_w as f64).max(0.0)
+        } else {
+            0.0
+        };
+        o.push_str(&format!(
+            "<text x=\"0\" y=\"{}\" font-size=\"12\">{}</text><rect x=\"{label_w}\" y=\"{y}\" width=\"{w:.1}\" height=\"{}\" fill=\"#3b7dd8\"/><text x=\"{}\" y=\"{}\" font-size=\"12\">{}</text>\n",
+            y + 14,
+            esc(label),
+            row_h - 6,
+            label_w as f64 + w + 6.0,
+            y + 14,
+            esc(text)
+        ));
+    }
+    o.push_str("</svg>\n");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_escape_and_scale() {
+        let svg = bar_chart(
+            "a<b",
+            &[
+                ("x&y".into(), 5.0, "5".into()),
+                ("z".into(), 10.0, "10".into()),
+            ],
+            10.0,
+        );
+        assert!(svg.contains("a&lt;b") && svg.contains("x&amp;y"));
+        assert!(
+            svg.contains("width=\"130.0\"") && svg.contains("width=\"260.0\""),
+            "{svg}"
+        );
+    }
+}

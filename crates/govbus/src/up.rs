@@ -1,0 +1,845 @@
+//! Every component in one process (`govbus up`, `govbus demo`): the config
+//! file, its check, the embedded broker and the running system.
+//!
+//! Each component is the same library code its own subcommand runs
+//! (`govbus router`, `gateway`, `registry`, `sink`, `fraud`), so a section
+//! can move to its own process — or to several, for scale-out — without
+//! changing behaviour.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use govbus_catalog::Catalog;
+use govbus_gateway::{Credentials, Gateway, GatewayConfig};
+use govbus_kafka::topics::Topics;
+use govbus_validate::Engine;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::catalog_source;
+
+/// `govbus.toml`. A section runs its component; leave a section out to run
+/// that component elsewhere. Relative paths are relative to the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpConfig {
+    /// Catalog directory; the embedded sample when absent.
+    pub catalog: Option<PathBuf>,
+    /// Topic namespace prefix (e.g. `staging.`).
+    #[serde(default)]
+    pub topic_prefix: String,
+    /// The broker; an embedded one when absent.
+    #[serde(default)]
+    pub broker: BrokerSection,
+    /// The combined `/metrics`, `/health` and `/ready` of every component here.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// The schema registry API (read-only).
+    pub registry: Option<ListenSection>,
+    /// The HTTP ingest gateway.
+    pub gateway: Option<GatewaySection>,
+    /// The schema-validating router.
+    pub router: Option<RouterSection>,
+    /// Delivery and live streams.
+    pub sink: Option<SinkSection>,
+    /// The anti-fraud app.
+    pub fraud: Option<FraudSection>,
+}
+
+/// `[broker]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSection {
+    /// Kafka bootstrap servers. Absent: an embedded in-process broker.
+    pub bootstrap: Option<String>,
+    /// Extra librdkafka settings for every client.
+    #[serde(default)]
+    pub kafka: BTreeMap<String, String>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Where to serve them.
+    #[serde(default = "default_metrics")]
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: default_metrics(),
+        }
+    }
+}
+
+/// A component that only needs an address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// Where to serve it.
+    pub listen: SocketAddr,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Where to serve it.
+    #[serde(default = "default_gateway")]
+    pub listen: SocketAddr,
+    /// Department credentials (`govbus credential new`). Without them every request is 401.
+    pub credentials: Option<PathBuf>,
+}
+
+/// `[router]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSection {
+    /// Consumer group shared by every router instance.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// `at-least-once` or `transactional`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+}
+
+/// `[sink]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    /// Where to serve the live streams.
+    #[serde(default = "default_sink")]
+    pub listen: SocketAddr,
+    /// PostgreSQL connection for `postgres` sinks that name none.
+    pub postgres: Option<String>,
+    /// Subscriber tokens for the live streams.
+    pub credentials: Option<PathBuf>,
+    /// Run only these subscriptions (default: all).
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+    /// Live-stream heartbeat, e.g. `15s`.
+    #[serde(default = "default_heartbeat", with = "humantime_serde_compat")]
+    pub heartbeat: Duration,
+}
+
+/// `[fraud]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FraudSection {
+    /// Where its checkpoint lives.
+    #[serde(default = "default_fraud_state")]
+    pub state_dir: PathBuf,
+}
+
+fn default_metrics() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+fn default_gateway() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_sink() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9465))
+}
+fn default_group() -> String {
+    "govbus-router".to_owned()
+}
+fn default_mode() -> String {
+    "at-least-once".to_owned()
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_fraud_state() -> PathBuf {
+    PathBuf::from("var/fraud")
+}
+
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl UpConfig {
+    /// Every component with its defaults, on the embedded broker and catalog.
+    pub fn everything() -> UpConfig {
+        UpConfig {
+            registry: Some(ListenSection {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            }),
+            gateway: Some(GatewaySection {
+                listen: default_gateway(),
+                credentials: None,
+            }),
+            router: Some(RouterSection {
+                group: default_group(),
+                mode: default_mode(),
+            }),
+            sink: Some(SinkSection {
+                listen: default_sink(),
+                postgres: None,
+                credentials: None,
+                subscriptions: Vec::new(),
+                heartbeat: default_heartbeat(),
+            }),
+            ..UpConfig::default()
+        }
+    }
+
+    /// Reads `path`; relative paths in it become relative to its directory.
+    pub fn load(path: &Path) -> anyhow::Result<UpConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let mut c: UpConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = c.catalog.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = c.gateway.as_mut().and_then(|g| g.credentials.as_mut()) {
+            fix(p);
+        }
+        if let Some(p) = c.sink.as_mut().and_then(|s| s.credentials.as_mut()) {
+            fix(p);
+        }
+        if let Some(f) = c.fraud.as_mut() {
+            fix(&mut f.state_dir);
+        }
+        Ok(c)
+    }
+
+    /// Everything that can be known without starting anything: the catalog,
+    /// credentials, subscriptions, connection strings, distinct addresses.
+    /// Returns the catalog and one line per component that would run.
+    pub fn check(&self) -> anyhow::Result<(Catalog, Vec<String>)> {
+        let catalog = catalog_source::load_checked(self.catalog.as_deref())?;
+        let mut problems = Vec::new();
+        let mut plan = Vec::new();
+        let mut addrs: Vec<(&str, SocketAddr)> = vec![("metrics", self.metrics.listen)];
+        let known = |d: &str| catalog.department(d).is_some();
+        plan.push(match &self.broker.bootstrap {
+            Some(b) => format!("broker    {b}"),
+            None => "broker    embedded (in-process; for trying out — see README)".to_owned(),
+        });
+        plan.push(format!(
+            "catalog   {}",
+            catalog_source::describe(self.catalog.as_deref())
+        ));
+        if let Some(r) = &self.registry {
+            addrs.push(("registry", r.listen));
+            plan.push(format!("registry  http://{}", r.listen));
+        }
+        if let Some(g) = &self.gateway {
+            addrs.push(("gateway", g.listen));
+            match &g.credentials {
+                Some(p) => {
+                    if let Err(e) = Credentials::load(p, &known) {
+                        problems.push(format!("[gateway] credentials: {e}"));
+                    }
+                    plan.push(format!("gateway   http://{}", g.listen));
+                }
+                None => plan.push(format!(
+                    "gateway   http://{} — no credentials file: every publish is refused (set credentials = \"...\"; `govbus credential new` makes entries)",
+                    g.listen
+                )),
+            }
+        }
+        if let Some(r) = &self.router {
+            if r.mode != "at-least-once" && r.mode != "transactional" {
+                problems.push(format!(
+                    "[router] mode = {:?}: expected \"at-least-once\" or \"transactional\"",
+                    r.mode
+                ));
+            }
+            plan.push(format!("router    group {} ({})", r.group, r.mode));
+        }
+        if let Some(s) = &self.sink {
+            addrs.push(("sink", s.listen));
+            for id in &s.subscriptions {
+                if catalog.subscription(id).is_none() {
+                    problems.push(format!(
+                        "[sink] subscriptions: {id} is not in the catalog (see `govbus subscriptions list`)"
+                    ));
+                }
+            }
+            if let Some(p) = &s.credentials {
+                if let Err(e) = Credentials::load(p, &known) {
+                    problems.push(format!("[sink] credentials: {e}"));
+                }
+            }
+            if let Some(pg) = &s.postgres {
+                if let Err(e) = pg.parse::<tokio_postgres::Config>() {
+                    problems.push(format!("[sink] postgres: not a connection string: {e}"));
+                }
+            }
+            let n = if s.subscriptions.is_empty() {
+                catalog.subscriptions().count()
+            } else {
+                s.subscriptions.len()
+            };
+            plan.push(format!("sink      http://{} ({n} subscriptions)", s.listen));
+        }
+        if let Some(f) = &self.fraud {
+            for id in govbus_fraud::FEEDS {
+                if catalog.subscription(id).is_none() {
+                    problems.push(format!(
+                        "[fraud] needs the subscription {id} in the catalog (see schemas/subscriptions/)"
+                    ));
+                }
+            }
+            if catalog.dataset(govbus_fraud::ALERTS).is_none() {
+                problems.push(format!(
+                    "[fraud] needs the dataset {} in the catalog",
+                    govbus_fraud::ALERTS
+                ));
+            }
+            plan.push(format!("fraud     state in {}", f.state_dir.display()));
+        }
+        plan.push(format!("metrics   http://{}/metrics", self.metrics.listen));
+        for (i, (a, x)) in addrs.iter().enumerate() {
+            for (b, y) in &addrs[i + 1..] {
+                if x == y && x.port() != 0 {
+                    problems.push(format!("[{a}] and [{b}] both listen on {x}"));
+                }
+            }
+        }
+        for k in self.broker.kafka.keys() {
+            if k.trim().is_empty() {
+                problems.push("[broker.kafka] has an empty setting name".to_owned());
+            }
+        }
+        if problems.is_empty() {
+            Ok((catalog, plan))
+        } else {
+            anyhow::bail!("the config has problems:\n  {}", problems.join("\n  "))
+        }
+    }
+}
+
+/// librdkafka's in-process mock cluster on a thread of its own (it is not
+/// `Send`), with every topic the catalog implies created up front (it has no
+/// CreateTopics). Data lives in memory and is gone when the process stops.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    bootstrap: String,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EmbeddedBroker {
+    /// Starts the cluster and creates `topics` (name, partitions).
+    pub fn start(topics: Vec<(String, i32)>) -> anyhow::Result<EmbeddedBroker> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("embedded-broker".into())
+            .spawn(move || {
+                let cluster = match rdkafka::mocking::MockCluster::new(1) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                for (t, p) in &topics {
+                    if let Err(e) = cluster.create_topic(t, *p, 1) {
+                        let _ = ready_tx.send(Err(format!("create {t}: {e}")));
+                        return;
+                    }
+                }
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                let _ = stop_rx.recv();
+                drop(cluster);
+            })?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the embedded broker thread died"))?
+            .map_err(|e| anyhow::anyhow!("start the embedded broker: {e}"))?;
+        Ok(EmbeddedBroker {
+            bootstrap,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Its bootstrap address.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Every topic the catalog implies, with partition counts.
+pub fn catalog_topics(catalog: &Catalog, topics: &Topics) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for d in catalog.departments() {
+        out.push((topics.ingest(&d.id), 3));
+        out.push((topics.dlq(&d.id), 1));
+    }
+    for ds in catalog.datasets() {
+        out.push((topics.data(&ds.name), 3));
+    }
+    for s in catalog.subscriptions() {
+        out.push((topics.view(&s.id), 3));
+        out.push((topics.subscription_dlq(&s.id), 1));
+    }
+    out.push((topics.audit(), 1));
+    out.push((govbus_kafka::schema_log::topic(topics), 1));
+    out
+}
+
+/// What the running system exposes, for the live view and the report.
+#[derive(Clone)]
+pub struct Telemetry {
+    router: Option<govbus_router::Metrics>,
+    gateway: Option<Arc<Gateway>>,
+    sink: Option<govbus_sink::Metrics>,
+    fraud: Option<govbus_fraud::Metrics>,
+    extra: Vec<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// Every component's metrics, one exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Some(m) = &self.router {
+            out.push_str(&m.render());
+        }
+        if let Some(g) = &self.gateway {
+            out.push_str(&g.render_metrics());
+        }
+        if let Some(m) = &self.sink {
+            out.push_str(&m.render());
+        }
+        if let Some(m) = &self.fraud {
+            out.push_str(&m.render());
+        }
+        for f in &self.extra {
+            out.push_str(&f());
+        }
+        out
+    }
+
+    /// Adds a source of metrics (the demo's generator).
+    pub fn add(&mut self, f: Arc<dyn Fn() -> String + Send + Sync>) {
+        self.extra.push(f);
+    }
+
+    fn ready(&self) -> bool {
+        self.router.as_ref().is_none_or(|r| r.is_ready())
+    }
+}
+
+/// Where the running system listens.
+#[derive(Debug, Clone, Default)]
+pub struct Addrs {
+    /// Combined metrics.
+    pub metrics: Option<SocketAddr>,
+    /// Schema registry.
+    pub registry: Option<SocketAddr>,
+    /// Gateway.
+    pub gateway: Option<SocketAddr>,
+    /// Live streams.
+    pub sink: Option<SocketAddr>,
+}
+
+/// Things `govbus demo` adds to a config.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// Gateway tokens in addition to the credentials file: (department, token).
+    pub gateway_tokens: Vec<(String, String)>,
+    /// Live-stream tokens in addition to the credentials file.
+    pub sink_tokens: Vec<(String, String)>,
+    /// Subscriptions not to run (their sink has nowhere to deliver).
+    pub skip_subscriptions: Vec<String>,
+    /// The pseudonym secret (the development one when absent).
+    pub pseudonym_secret: Option<Vec<u8>>,
+}
+
+/// The running components.
+pub struct System {
+    /// The broker everything talks to.
+    pub bootstrap: String,
+    /// Topic names.
+    pub topics: Topics,
+    /// Where each component listens.
+    pub addrs: Addrs,
+    /// Metrics of everything in this process.
+    pub telemetry: Telemetry,
+    stop: watch::Sender<bool>,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    fraud: Option<(Arc<AtomicBool>, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    broker: Option<EmbeddedBroker>,
+}
+
+impl std::fmt::Debug for System {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("System")
+            .field("bootstrap", &self.bootstrap)
+            .field("addrs", &self.addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("[{what}] listen on {addr} (is something else using the port?)"))
+}
+
+impl System {
+    /// Starts every component the config names. Call inside a Tokio runtime.
+    pub async fn start(
+        config: &UpConfig,
+        catalog: Catalog,
+        extras: Extras,
+    ) -> anyhow::Result<System> {
+        let topics = Topics::new(config.topic_prefix.clone());
+        let broker = match &config.broker.bootstrap {
+            Some(_) => None,
+            None => Some(EmbeddedBroker::start(catalog_topics(&catalog, &topics))?),
+        };
+        let embedded = broker.is_some();
+        let bootstrap = match (&broker, &config.broker.bootstrap) {
+            (Some(b), _) => b.bootstrap().to_owned(),
+            (None, Some(b)) => b.clone(),
+            (None, None) => unreachable!("one of the two is set"),
+        };
+        let overrides: Vec<(String, String)> = config
+            .broker
+            .kafka
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let engine = Arc::new(Engine::new(&catalog)?);
+        let known = |d: &str| catalog.department(d).is_some();
+        let (stop, stop_rx) = watch::channel(false);
+        let until = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)> =
+            Vec::new();
+        let mut addrs = Addrs::default();
+        let mut telemetry = Telemetry {
+            router: None,
+            gateway: None,
+            sink: None,
+            fraud: None,
+            extra: Vec::new(),
+        };
+
+        if let Some(r) = &config.registry {
+            let registry = Arc::new(govbus_registry::Registry::new(&catalog, &topics));
+            let listener = bind(r.listen, "registry").await?;
+            addrs.registry = Some(listener.local_addr()?);
+            let shutdown = until(stop_rx.clone());
+            tasks.push((
+                "registry",
+                tokio::spawn(async move {
+                    govbus_registry::serve(listener, registry, shutdown).await?;
+                    Ok(())
+                }),
+            ));
+        }
+
+        if let Some(g) = &config.gateway {
+            let mut credentials = match &g.credentials {
+                Some(p) => Credentials::load(p, &known)?,
+                None => Credentials::default(),
+            };
+            for (d, t) in &extras.gateway_tokens {
+                credentials = credentials.with_token(d, t);
+            }
+            let mut gc = GatewayConfig::new(bootstrap.clone());
+            gc.topics = topics.clone();
+            gc.client_overrides = overrides.clone();
+            let gateway = Arc::new(Gateway::new(engine.clone(), credentials, gc)?);
+            telemetry.gateway = Some(gateway.clone());
+            let listener = bind(g.listen, "gateway").await?;
+            addrs.gateway = Some(listener.local_addr()?);
+            let shutdown = until(stop_rx.clone());
+            tasks.push((
+                "gateway",
+                tokio::spawn(async move {
+                    govbus_gateway::serve(listener, gateway, shutdown).await?;
+                    Ok(())
+                }),
+            ));
+        }
+
+        if let Some(r) = &config.router {
+            let mut rc = govbus_router::RouterConfig::new(bootstrap.clone());
+            rc.group = r.group.clone();
+            rc.topics = topics.clone();
+            rc.mode = match r.mode.as_str() {
+                "transactional" => govbus_router::Mode::Transactional,
+                _ => govbus_router::Mode::AtLeastOnce,
+            };
+            rc.create_topics = !embedded;
+            rc.client_overrides = overrides.clone();
+            let metrics = govbus_router::Metrics::new();
+            telemetry.router = Some(metrics.clone());
+            let router = govbus_router::Router::new(engine.clone(), rc, metrics);
+            let shutdown = until(stop_rx.clone());
+            tasks.push((
+                "router",
+                tokio::spawn(async move {
+                    router.run(shutdown).await?;
+                    Ok(())
+                }),
+            ));
+        }
+
+        if let Some(s) = &config.sink {
+            let mut credentials = match &s.credentials {
+                Some(p) => Credentials::load(p, &known)?,
+                None => Credentials::default(),
+            };
+            for (d, t) in &extras.sink_tokens {
+                credentials = credentials.with_token(d, t);
+            }
+            let mut sc = govbus_sink::SinkConfig::new(bootstrap.clone());
+            sc.topics = topics.clone();
+            sc.pseudonym_secret = extras
+                .pseudonym_secret
+                .clone()
+                .unwrap_or_else(|| crate::cmd::sink::DEV_PSEUDONYM_SECRET.to_vec());
+            sc.postgres = s.postgres.clone();
+            sc.only = if s.subscriptions.is_empty() && !extras.skip_subscriptions.is_empty() {
+                catalog
+                    .subscriptions()
+                    .map(|x| x.id.clone())
+                    .filter(|id| !extras.skip_subscriptions.contains(id))
+                    .collect()
+            } else {
+                s.subscriptions.clone()
+            };
+            sc.create_topics = !embedded;
+            sc.client_overrides = overrides.clone();
+            let (cat_tx, cat_rx) = watch::channel(Arc::new(catalog.clone()));
+            if let Some(dir) = &config.catalog {
+                crate::cmd::sink::watch_catalog(dir.clone(), cat_tx);
+            }
+            let sinks = govbus_sink::Sinks::start(sc, cat_rx, govbus_sink::Metrics::new()).await?;
+            telemetry.sink = Some(sinks.metrics().clone());
+            let app = govbus_sink::sse::router(&sinks, credentials, s.heartbeat);
+            let listener = bind(s.listen, "sink").await?;
+            addrs.sink = Some(listener.local_addr()?);
+            let shutdown = until(stop_rx.clone());
+            let rx = stop_rx.clone();
+            tasks.push((
+                "sink",
+                tokio::spawn(async move {
+                    let server = tokio::spawn(async move {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(shutdown)
+                            .await
+                    });
+                    sinks.run(rx).await;
+                    server.abort();
+                    Ok(())
+                }),
+            ));
+        }
+
+        let fraud = match &config.fraud {
+            Some(f) => {
+                let mut ac = govbus_fraud::AppConfig::new(
+                    bootstrap.clone(),
+                    topics.clone(),
+                    f.state_dir.clone(),
+                );
+                ac.client_overrides = overrides.clone();
+                let metrics = govbus_fraud::Metrics::new();
+                telemetry.fraud = Some(metrics.clone());
+                let flag = Arc::new(AtomicBool::new(false));
+                let stop_flag = flag.clone();
+                let handle = tokio::task::spawn_blocking(move || {
+                    govbus_fraud::run(&ac, &metrics, &stop_flag)?;
+                    Ok(())
+                });
+                Some((flag, handle))
+            }
+            None => None,
+        };
+
+        let listener = bind(config.metrics.listen, "metrics").await?;
+        addrs.metrics = Some(listener.local_addr()?);
+        let shutdown = until(stop_rx.clone());
+        let t = telemetry.clone();
+        tasks.push((
+            "metrics",
+            tokio::spawn(async move {
+                serve_metrics(listener, t, shutdown).await?;
+                Ok(())
+            }),
+        ));
+
+        Ok(System {
+            bootstrap,
+            topics,
+            addrs,
+            telemetry,
+            stop,
+            tasks,
+            fraud,
+            broker,
+        })
+    }
+
+    /// Whether the embedded broker is in use.
+    pub fn embedded(&self) -> bool {
+        self.broker.is_some()
+    }
+
+    /// The first component that stopped by itself, with why (it should not).
+    pub fn failed(&self) -> Option<&'static str> {
+        self.tasks
+            .iter()
+            .find(|(_, t)| t.is_finished())
+            .map(|(n, _)| *n)
+            .or_else(|| {
+                self.fraud
+                    .as_ref()
+                    .filter(|(_, t)| t.is_finished())
+                    .map(|_| "fraud")
+            })
+    }
+
+    /// Stops everything (batches in hand are finished) and reports the
+    /// first component that failed.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let mut first: Option<anyhow::Error> = None;
+        if let Some((flag, handle)) = self.fraud.take() {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            match handle.await {
+                Ok(Err(e)) => first = first.or(Some(e.context("fraud"))),
+                Err(e) => first = first.or(Some(anyhow::anyhow!("fraud: {e}"))),
+                Ok(Ok(())) => {}
+            }
+        }
+        for (name, task) in self.tasks.drain(..) {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => first = first.or(Some(e.context(name))),
+                Ok(Err(e)) => first = first.or(Some(anyhow::anyhow!("{name}: {e}"))),
+                Err(_) => {
+                    first = first.or(Some(anyhow::anyhow!("{name} did not stop within 30 s")))
+                }
+            }
+        }
+        drop(self.broker.take());
+        first.map_or(Ok(()), Err)
+    }
+}
+
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    telemetry: Telemetry,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let t = telemetry.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let t = t.clone();
+                async move { ([("content-type", "text/plain; version=0.0.4")], t.render()) }
+            }),
+        )
+        .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/ready",
+            get(move || {
+                let ready = telemetry.ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not connected to the broker\n",
+                        )
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_deploy_config_checks() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/govbus.toml");
+        let c = UpConfig::load(&path).unwrap();
+        let (_, plan) = c.check().unwrap();
+        assert!(plan.iter().any(|l| l.starts_with("router")), "{plan:?}");
+    }
+
+    #[test]
+    fn problems_are_named_with_their_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "a.toml",
+            "[gateway]\nlisten = \"127.0.0.1:7000\"\n[sink]\nlisten = \"127.0.0.1:7000\"\nsubscriptions = [\"nope\"]\npostgres = \"host=x port=notaport\"\n[router]\nmode = \"fast\"\n",
+        );
+        let e = UpConfig::load(&p).unwrap().check().unwrap_err().to_string();
+        for want in [
+            "[sink] subscriptions: nope is not in the catalog",
+            "[sink] postgres: not a connection string",
+            "[router] mode = \"fast\"",
+            "[gateway] and [sink] both listen on 127.0.0.1:7000",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in:\n{e}");
+        }
+        let typo = write(dir.path(), "b.toml", "[routr]\ngroup = \"x\"\n");
+        let e = UpConfig::load(&typo).unwrap_err().to_string();
+        assert!(e.contains("unknown field `routr`"), "{e}");
+    }
+}
