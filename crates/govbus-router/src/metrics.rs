@@ -3,8 +3,8 @@
 //! department, dataset (catalog names or `unknown`), reason code, outcome.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use std::collections::HashMap;
@@ -55,6 +55,8 @@ pub struct Metrics {
     lag: IntGaugeVec,
     produce_errors: IntCounterVec,
     ready: IntGauge,
+    last_routed: GaugeVec,
+    freshness: GaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -108,7 +110,23 @@ impl Metrics {
         let ready = IntGauge::new("govbus_router_ready", "1 while connected to the broker.")
             .unwrap_or_else(|e| unreachable!("{e}"));
         let _ = registry.register(Box::new(ready.clone()));
+        let dataset_gauge = |name: &str, help: &str| {
+            let g = GaugeVec::new(Opts::new(name, help), &["dataset"])
+                .unwrap_or_else(|e| unreachable!("{e}"));
+            let _ = registry.register(Box::new(g.clone()));
+            g
+        };
+        let last_routed = dataset_gauge(
+            "govbus_router_last_routed_timestamp_seconds",
+            "When a record of the dataset was last routed (Unix time).",
+        );
+        let freshness = dataset_gauge(
+            "govbus_catalog_freshness_seconds",
+            "The catalog's freshness promise per dataset: the longest time between two records.",
+        );
         Metrics {
+            last_routed,
+            freshness,
             records_in: counter(
                 &registry,
                 "govbus_router_records_in_total",
@@ -176,7 +194,11 @@ impl Metrics {
                 .with_label_values(&[department, dataset])
                 .inc_by(n);
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         for (dataset, ages) in tally.ages {
+            self.last_routed.with_label_values(&[dataset]).set(now);
             let h = self.record_age_seconds.with_label_values(&[dataset]);
             for a in ages {
                 h.observe(a.max(0.0));
@@ -206,6 +228,16 @@ impl Metrics {
 
     pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
+    }
+
+    /// Publishes each dataset's freshness promise, so that alert rules can
+    /// compare it with `govbus_router_last_routed_timestamp_seconds`.
+    pub fn set_freshness(&self, catalog: &govbus_catalog::Catalog) {
+        for ds in catalog.datasets() {
+            self.freshness
+                .with_label_values(&[ds.name.as_str()])
+                .set(ds.freshness.as_secs_f64());
+        }
     }
 
     /// Whether the router is connected to the broker.

@@ -608,6 +608,7 @@ impl System {
             rc.create_topics = !embedded;
             rc.client_overrides = overrides.clone();
             let metrics = govbus_router::Metrics::new();
+            metrics.set_freshness(&catalog);
             telemetry.router = Some(metrics.clone());
             let router = govbus_router::Router::new(engine.clone(), rc, metrics);
             let shutdown = until(stop_rx.clone());
@@ -815,10 +816,32 @@ mod tests {
 
     #[test]
     fn the_deploy_config_checks() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/govbus.toml");
-        let c = UpConfig::load(&path).unwrap();
+        // As mounted by docker-compose.yml: the config and the catalog side by side.
+        let dir = tempfile::tempdir().unwrap();
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        std::fs::copy(deploy.join("govbus.toml"), dir.path().join("govbus.toml")).unwrap();
+        std::fs::copy(
+            deploy.join("credentials.toml"),
+            dir.path().join("credentials.toml"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            deploy.join("../schemas").canonicalize().unwrap(),
+            dir.path().join("schemas"),
+        )
+        .unwrap();
+        let c = UpConfig::load(&dir.path().join("govbus.toml")).unwrap();
         let (_, plan) = c.check().unwrap();
-        assert!(plan.iter().any(|l| l.starts_with("router")), "{plan:?}");
+        for component in ["registry", "gateway", "sink", "fraud", "metrics"] {
+            assert!(
+                plan.iter().any(|l| l.starts_with(component)),
+                "{component}: {plan:?}"
+            );
+        }
+        assert!(
+            !plan.iter().any(|l| l.starts_with("router")),
+            "the router runs as its own service: {plan:?}"
+        );
     }
 
     #[test]

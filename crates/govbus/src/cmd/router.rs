@@ -79,6 +79,7 @@ pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let metrics = Metrics::new();
+        metrics.set_freshness(&catalog);
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listen on {}", args.listen))?;
