@@ -98,6 +98,7 @@ pub struct Metrics {
     unreadable: IntCounterVec,
     alerts: IntCounterVec,
     raised: IntGauge,
+    recovered: IntGauge,
 }
 
 impl Default for Metrics {
@@ -137,7 +138,14 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
         let _ = registry.register(Box::new(raised.clone()));
+        let recovered = IntGauge::new(
+            "govbus_fraud_recovered_alerts",
+            "Alerts found in the app's own output at start that the checkpoint did not cover yet (not raised again).",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let _ = registry.register(Box::new(recovered.clone()));
         Metrics {
+            recovered,
             registry,
             inputs,
             unreadable,
@@ -244,6 +252,11 @@ pub fn run(config: &AppConfig, metrics: &Metrics, stop: &AtomicBool) -> Result<(
         found_in_output_after_checkpoint = recovered
     );
     metrics.raised.set(checkpoint.detector.raised() as i64);
+    metrics.recovered.set(recovered as i64);
+    // Fault injection for the restart test: die between the broker's
+    // acknowledgement of alerts and the checkpoint that covers them.
+    let crash_after_publish =
+        std::env::var("GOVBUS_FRAUD_FAIL_POINT").as_deref() == Ok("after_publish");
 
     let acks = Arc::new(Mutex::new(Acks::default()));
     let producer: ThreadedProducer<Ctx> = config
@@ -304,6 +317,13 @@ pub fn run(config: &AppConfig, metrics: &Metrics, stop: &AtomicBool) -> Result<(
                 checkpoint
                     .output
                     .extend(a.reached.iter().map(|(p, o)| (*p, *o)));
+            }
+            if crash_after_publish {
+                tracing::error!(
+                    message =
+                        "GOVBUS_FRAUD_FAIL_POINT=after_publish: aborting before the checkpoint."
+                );
+                std::process::abort();
             }
         }
         if dirty && (!alerts.is_empty() || last_save.elapsed() >= Duration::from_secs(1)) {
