@@ -388,8 +388,9 @@ fn recover_raised(
             from.get(&p)
                 .map_or(Offset::Beginning, |o| Offset::Offset(*o))
         },
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         Duration::from_secs(60),
+        true,
         |r| {
             let e = reached.entry(r.partition).or_default();
             *e = (*e).max(r.offset + 1);

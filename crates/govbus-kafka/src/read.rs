@@ -61,16 +61,27 @@ pub fn each(
     limit: Duration,
     f: impl FnMut(Record),
 ) -> Result<(), KafkaError> {
-    each_from(bootstrap, topic, |_| Offset::Beginning, quiet, limit, f)
+    each_from(
+        bootstrap,
+        topic,
+        |_| Offset::Beginning,
+        quiet,
+        limit,
+        false,
+        f,
+    )
 }
 
-/// Like [`each`], starting partition `p` at `start(p)`.
+/// Like [`each`], starting partition `p` at `start(p)`. With `to_end`, it
+/// also stops once every partition has reached the high watermark it had at
+/// the start (what was written before the call), however busy the topic is.
 pub fn each_from(
     bootstrap: &str,
     topic: &str,
     start: impl Fn(i32) -> Offset,
     quiet: Duration,
     limit: Duration,
+    to_end: bool,
     mut f: impl FnMut(Record),
 ) -> Result<(), KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -90,30 +101,66 @@ pub fn each_from(
         }
     }
     consumer.assign(&tpl)?;
+    // Partition → high watermark still to reach (only with `to_end`).
+    let mut ends: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
+    if to_end {
+        for e in tpl.elements() {
+            let (low, high) =
+                consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
+            let from = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => low,
+            };
+            if high > from {
+                ends.insert(e.partition(), high);
+            }
+        }
+        if ends.is_empty() {
+            return Ok(());
+        }
+    }
     let deadline = Instant::now() + limit;
     let mut last = Instant::now();
     while last.elapsed() < quiet && Instant::now() < deadline {
+        if to_end && ends.is_empty() {
+            // Whatever already arrived with the last batches, then stop.
+            let Some(m) = consumer.poll(Duration::ZERO) else {
+                break;
+            };
+            f(owned(&m?));
+            continue;
+        }
         let Some(m) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
         let m = m?;
         last = Instant::now();
-        let headers = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|x| (x.key.to_owned(), x.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        f(Record {
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp_ms: m.timestamp().to_millis(),
-            key: m.key().map(<[u8]>::to_vec),
-            value: m.payload().map(<[u8]>::to_vec),
-            headers,
-        });
+        if ends
+            .get(&m.partition())
+            .is_some_and(|high| m.offset() + 1 >= *high)
+        {
+            ends.remove(&m.partition());
+        }
+        f(owned(&m));
     }
     Ok(())
+}
+
+fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|x| (x.key.to_owned(), x.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
 }

@@ -142,6 +142,15 @@ pub struct Script {
     pub rounds: Vec<Round>,
     /// The cases the app must find.
     pub planted: Vec<Planted>,
+    /// Benefit record → the round in which the last record of its case is
+    /// published (table dumps publish every fifth round).
+    pub completes: BTreeMap<String, usize>,
+}
+
+/// The round in which a table-dump row added in `round` is published.
+pub fn dump_round(round: usize, rounds: usize) -> usize {
+    let r = round + (4 - round % 5);
+    r.min(rounds - 1)
 }
 
 #[cfg(test)]
@@ -364,6 +373,7 @@ pub fn script(seed: u64, seconds: usize, rate: usize, cases: usize, now_ms: i64)
     // Planted cases, spread over the first 60 % of the run; the two halves
     // of a case arrive in either order, up to two seconds apart.
     let mut planted = Vec::new();
+    let mut completes = BTreeMap::new();
     let span = (seconds * 6 / 10).max(1);
     for (k, rule) in Rule::ALL.into_iter().enumerate() {
         for i in 0..cases {
@@ -382,6 +392,7 @@ pub fn script(seed: u64, seconds: usize, rate: usize, cases: usize, now_ms: i64)
                     b.push(first, DEATHS, death, true);
                     let (id, after) = b.pension(&p, 5);
                     b.push(second, PENSIONS, after, true);
+                    completes.insert(id.clone(), first.max(second).min(seconds - 1));
                     planted.push(Planted {
                         rule,
                         benefit_dataset: PENSIONS,
@@ -396,6 +407,7 @@ pub fn script(seed: u64, seconds: usize, rate: usize, cases: usize, now_ms: i64)
                     b.push(second, UNEMPLOYMENT, benefit, true);
                     let (_, other) = b.unemployment(&p, 7);
                     b.push(second, UNEMPLOYMENT, other, true);
+                    completes.insert(id.clone(), first.max(second).min(seconds - 1));
                     planted.push(Planted {
                         rule,
                         benefit_dataset: UNEMPLOYMENT,
@@ -410,6 +422,9 @@ pub fn script(seed: u64, seconds: usize, rate: usize, cases: usize, now_ms: i64)
                     b.push(second, UNEMPLOYMENT, benefit, true);
                     let (_, other) = b.unemployment(&p, 8);
                     b.push(second, UNEMPLOYMENT, other, true);
+                    let last =
+                        dump_round(first.min(seconds - 1), seconds).max(second.min(seconds - 1));
+                    completes.insert(id.clone(), last);
                     planted.push(Planted {
                         rule,
                         benefit_dataset: UNEMPLOYMENT,
@@ -423,6 +438,7 @@ pub fn script(seed: u64, seconds: usize, rate: usize, cases: usize, now_ms: i64)
     Script {
         rounds: b.rounds,
         planted,
+        completes,
     }
 }
 
@@ -492,6 +508,14 @@ mod tests {
                 "{ds}: {valid} valid, {invalid} invalid"
             );
         }
+    }
+
+    #[test]
+    fn table_dumps_are_published_every_fifth_second_and_at_the_end() {
+        assert_eq!(
+            [0, 4, 5, 9, 18].map(|r| dump_round(r, 20)),
+            [4, 4, 9, 9, 19]
+        );
     }
 
     #[test]

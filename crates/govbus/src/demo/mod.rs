@@ -76,6 +76,8 @@ pub struct Seen {
     pub alerts: BTreeMap<String, (String, String, String)>,
     /// Records read (more than `alerts` means duplicates).
     pub records: u64,
+    /// Benefit record → when its first alert arrived.
+    pub arrived: BTreeMap<String, Instant>,
 }
 
 /// Outcome of the check at the end.
@@ -86,8 +88,35 @@ struct Verdict {
     missing: Vec<Planted>,
     unexpected: usize,
     duplicates: u64,
+    /// From the start of the second in which a case's last record was
+    /// published to its alert on `data.hrss.fraud_alert`, milliseconds.
+    detection_ms: Latency,
     sent: BTreeMap<&'static str, SentCount>,
     report: PathBuf,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Latency {
+    p50: u64,
+    max: u64,
+    cases: usize,
+}
+
+fn detection(seen: &Seen, completes: &BTreeMap<String, usize>, rounds: &[Instant]) -> Latency {
+    let mut ms: Vec<u64> = completes
+        .iter()
+        .filter_map(|(record, round)| {
+            let arrived = seen.arrived.get(record)?;
+            let sent = rounds.get(*round)?;
+            Some(arrived.saturating_duration_since(*sent).as_millis() as u64)
+        })
+        .collect();
+    ms.sort_unstable();
+    Latency {
+        p50: ms.get(ms.len() / 2).copied().unwrap_or(0),
+        max: ms.last().copied().unwrap_or(0),
+        cases: ms.len(),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -229,6 +258,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let seconds = args.duration.as_secs().max(4) as usize;
         let script = generate::script(args.seed, seconds, args.rate, args.fraud_cases, now_ms());
         let planted = script.planted.clone();
+        let completes = script.completes.clone();
+        let round_starts = Arc::new(Mutex::new(Vec::new()));
+        let starts = round_starts.clone();
         let publisher = sources::Publisher::new(
             &system,
             &catalog,
@@ -249,7 +281,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             args.postgres.is_some(),
         );
         let gen_stop = stop.clone();
-        let generator = tokio::task::spawn_blocking(move || publisher.play(script, &gen_stop));
+        let generator =
+            tokio::task::spawn_blocking(move || publisher.play(script, &gen_stop, &starts));
 
         let live = !args.plain && std::io::IsTerminal::is_terminal(&std::io::stdout());
         let mut screen = view::Screen::new(
@@ -332,11 +365,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| anyhow::anyhow!("report: {e}"))??;
         let files = report.write(&report_dir)?;
-        let ((found, missing, unexpected), duplicates) = {
+        let rounds = round_starts
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone();
+        let ((found, missing, unexpected), duplicates, detection_ms) = {
             let s = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             (
                 verdict(&planted, &s),
                 s.records.saturating_sub(s.alerts.len() as u64),
+                detection(&s, &completes, &rounds),
             )
         };
         let mut planted_by: BTreeMap<&'static str, usize> =
@@ -350,6 +388,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             missing,
             unexpected,
             duplicates,
+            detection_ms,
             sent: STREAMS
                 .iter()
                 .map(|(ds, path)| {
@@ -367,15 +406,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             report: report_dir.clone(),
         };
         std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&v)?)?;
-        view::print_summary(
-            &v.sent,
-            &v.planted,
-            &v.found,
-            v.unexpected,
-            v.duplicates,
-            &files,
-            interrupted,
-        );
+        view::print_summary(&v, &files, interrupted);
         system.stop().await?;
         anyhow::Ok((v, interrupted))
     })?;

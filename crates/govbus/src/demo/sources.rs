@@ -95,12 +95,14 @@ impl Publisher {
         Arc::new(move || render(&r))
     }
 
-    /// Sends the script, one round per second, until done or `stop`.
-    /// Returns the (valid, invalid) records sent per dataset.
+    /// Sends the script, one round per second, until done or `stop`, noting
+    /// when each round started in `started_at`. Returns the (valid, invalid)
+    /// records sent per dataset.
     pub fn play(
         self,
         script: Script,
         stop: &AtomicBool,
+        started_at: &Mutex<Vec<Instant>>,
     ) -> anyhow::Result<BTreeMap<&'static str, (u64, u64)>> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -118,6 +120,9 @@ impl Publisher {
                     return Ok(sent);
                 }
                 std::thread::sleep(Duration::from_millis(50));
+            }
+            if let Ok(mut v) = started_at.lock() {
+                v.push(Instant::now());
             }
             for (dataset, path) in STREAMS {
                 let Some(items) = round.items.get(dataset) else {
@@ -153,7 +158,7 @@ impl Publisher {
                 }
             }
             // Table dumps arrive every five seconds, and once more at the end.
-            if r % 5 == 4 || r == last {
+            if super::generate::dump_round(r, last + 1) == r {
                 for (dataset, path) in STREAMS {
                     if path == Path::TableDump {
                         let invalid = pending_invalid.remove(dataset).unwrap_or_default();
@@ -453,6 +458,9 @@ pub fn tail_alerts(
             let text = |k: &str| v.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
             if let Ok(mut s) = seen.lock() {
                 s.records += 1;
+                s.arrived
+                    .entry(text("benefit_record"))
+                    .or_insert_with(Instant::now);
                 s.alerts.insert(
                     text("alert_id"),
                     (

@@ -6,7 +6,6 @@ use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
 
 use super::generate::STREAMS;
-use super::SentCount;
 use crate::promtext::{self, Sample};
 use crate::up::System;
 
@@ -60,7 +59,6 @@ pub struct Screen {
     header: String,
     where_to_look: Vec<String>,
     last_routed: f64,
-    lines_drawn: usize,
     ticks: u64,
 }
 
@@ -86,7 +84,6 @@ impl Screen {
             header: broker,
             where_to_look,
             last_routed: 0.0,
-            lines_drawn: 0,
             ticks: 0,
         }
     }
@@ -224,14 +221,13 @@ impl Screen {
         out.push("\x1b[1mWHERE TO LOOK\x1b[0m".to_owned());
         out.extend(self.where_to_look.iter().map(|l| format!("  {l}")));
         let mut stdout = std::io::stdout().lock();
-        if self.lines_drawn > 0 {
-            let _ = write!(stdout, "\x1b[{}A", self.lines_drawn);
-        }
+        // Home and clear, then the frame: long lines may wrap, so counting
+        // lines to move back over would drift.
+        let _ = write!(stdout, "\x1b[H\x1b[J");
         for l in &out {
-            let _ = writeln!(stdout, "\x1b[2K{l}");
+            let _ = writeln!(stdout, "{l}");
         }
         let _ = stdout.flush();
-        self.lines_drawn = out.len();
     }
 
     /// Leaves the last frame on screen.
@@ -256,15 +252,7 @@ fn rejections_for(s: &[Sample], dataset: &str) -> f64 {
 }
 
 /// The closing summary.
-pub fn print_summary(
-    sent: &BTreeMap<&'static str, SentCount>,
-    planted: &BTreeMap<&'static str, usize>,
-    found: &BTreeMap<&'static str, usize>,
-    unexpected: usize,
-    duplicates: u64,
-    files: &[PathBuf],
-    interrupted: bool,
-) {
+pub fn print_summary(v: &super::Verdict, files: &[PathBuf], interrupted: bool) {
     println!(
         "{}",
         if interrupted {
@@ -273,7 +261,7 @@ pub fn print_summary(
             "demo finished:"
         }
     );
-    for (ds, c) in sent {
+    for (ds, c) in &v.sent {
         println!(
             "  {ds:<45} {:<10} sent {:>5} valid, {:>3} invalid",
             format!("{:?}", c.path).to_lowercase(),
@@ -281,13 +269,21 @@ pub fn print_summary(
             c.invalid
         );
     }
-    for (rule, p) in planted {
+    for (rule, p) in &v.planted {
         println!(
             "  fraud {rule:<28} found {} of {p} planted",
-            found.get(rule).copied().unwrap_or(0)
+            v.found.get(rule).copied().unwrap_or(0)
         );
     }
-    println!("  unexpected alerts: {unexpected}, duplicate alerts: {duplicates}");
+    println!(
+        "  unexpected alerts: {}, duplicate alerts: {}",
+        v.unexpected, v.duplicates
+    );
+    let d = &v.detection_ms;
+    println!(
+        "  detection latency (last matching record published → alert on the bus), {} cases: p50 {} ms, max {} ms",
+        d.cases, d.p50, d.max
+    );
     for f in files {
         println!("  report: {}", f.display());
     }
