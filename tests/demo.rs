@@ -354,7 +354,16 @@ fn check_names_each_problem_and_up_runs_a_config_on_a_real_broker() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(common::http_get(metrics, "/ready").contains("200 OK"));
+    // Readiness comes from the client's statistics (every second).
+    let started = Instant::now();
+    loop {
+        let ready = common::http_get(metrics, "/ready");
+        if ready.contains("200 OK") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "not ready:\n{ready}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
     up.kill().unwrap();
     up.wait().unwrap();
 }

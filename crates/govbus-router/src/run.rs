@@ -376,8 +376,15 @@ impl Router {
             self.settle(&producer, &consumer, b).await;
         }
         if self.config.mode == Mode::AtLeastOnce {
-            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::warn!(message = "Final commit failed; the last batch will be routed again.", %error);
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                // NoOffset: nothing was stored since the last commit.
+                Ok(())
+                | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                    rdkafka::types::RDKafkaErrorCode::NoOffset,
+                )) => {}
+                Err(error) => {
+                    tracing::warn!(message = "Final commit failed; the last batch will be routed again.", %error)
+                }
             }
         }
         tracing::info!(message = "Router stopped.");

@@ -760,7 +760,10 @@ impl System {
                 }
             }
         }
-        drop(self.broker.take());
+        // The broker goes last: clients still open when it stops log errors.
+        let broker = self.broker.take();
+        drop(self);
+        drop(broker);
         first.map_or(Ok(()), Err)
     }
 }

@@ -199,6 +199,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let sse_token = token("public_security", args.seed);
     let mut config = UpConfig::everything();
     config.topic_prefix = args.topic_prefix.clone();
+    if args.postgres.is_some() && config.topic_prefix.is_empty() {
+        // The PostgreSQL sink keeps its offsets in the database, per topic:
+        // a fresh prefix per run keeps a new broker from meeting old offsets.
+        config.topic_prefix = format!("demo{}.", now_ms() / 1000);
+    }
     config.broker.bootstrap = args.bootstrap.clone();
     if args.bootstrap.is_some() {
         config
@@ -365,6 +370,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(|e| anyhow::anyhow!("report: {e}"))??;
         let files = report.write(&report_dir)?;
+        // After Ctrl-C, only the cases whose records were all published count.
+        let published_rounds = round_starts.lock().map_or(0, |r| r.len());
+        let planted: Vec<Planted> = planted
+            .into_iter()
+            .filter(|p| {
+                completes
+                    .get(&p.benefit_record)
+                    .is_some_and(|r| *r < published_rounds)
+            })
+            .collect();
         let rounds = round_starts
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?
@@ -407,6 +422,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         };
         std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&v)?)?;
         view::print_summary(&v, &files, interrupted);
+        drop(telemetry);
         system.stop().await?;
         anyhow::Ok((v, interrupted))
     })?;
