@@ -636,7 +636,7 @@ impl Shared {
         let sub = policy.subscription();
         match target {
             Target::Webhook(w) => self.deliver_webhook(w.clone(), sub, events, shutdown).await,
-            Target::File(f) => match f.write(events) {
+            Target::File(f) => match f.write(events, &sub.policy_version) {
                 Ok(()) => Progress::all(events.len()),
                 Err(e) => Progress {
                     done: 0,

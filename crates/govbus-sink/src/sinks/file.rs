@@ -127,12 +127,12 @@ impl FileSink {
             .ok_or_else(|| std::io::Error::other("no open file"))
     }
 
-    fn encode(&self, events: &[Delivery]) -> std::io::Result<Vec<u8>> {
+    fn encode(&self, events: &[Delivery], policy_version: &str) -> std::io::Result<Vec<u8>> {
         match self.format {
             FileFormat::Jsonl => {
                 let mut buf = Vec::new();
                 for e in events {
-                    serde_json::to_writer(&mut buf, &e.cloudevent(""))?;
+                    serde_json::to_writer(&mut buf, &e.cloudevent(policy_version))?;
                     buf.push(b'\n');
                 }
                 Ok(buf)
@@ -162,8 +162,8 @@ impl FileSink {
     }
 
     /// Appends `events` and fsyncs; rolls the file when it is full or old.
-    pub fn write(&mut self, events: &[Delivery]) -> std::io::Result<()> {
-        let buf = self.encode(events)?;
+    pub fn write(&mut self, events: &[Delivery], policy_version: &str) -> std::io::Result<()> {
+        let buf = self.encode(events, policy_version)?;
         let open = self.start()?;
         open.file.write_all(&buf)?;
         open.file.sync_data()?;
@@ -230,6 +230,27 @@ mod tests {
     }
 
     #[test]
+    fn jsonl_lines_carry_the_policy_version() {
+        // Regression: JSON lines once carried an empty policy version.
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::open(
+            dir.path(),
+            "s",
+            FileFormat::Jsonl,
+            10,
+            Duration::from_secs(3600),
+            Vec::new(),
+        )
+        .unwrap();
+        sink.write(&[delivery(0, "create")], "pv9").unwrap();
+        let part = files(dir.path(), ".jsonl.part");
+        let line: Json =
+            serde_json::from_str(std::fs::read_to_string(&part[0]).unwrap().trim()).unwrap();
+        assert_eq!(line["policyversion"], "pv9");
+        assert_eq!(line["id"], "e0");
+    }
+
+    #[test]
     fn csv_files_roll_and_a_left_part_file_is_closed_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let cols = vec!["name".to_owned(), "amount".to_owned()];
@@ -242,10 +263,10 @@ mod tests {
             cols.clone(),
         )
         .unwrap();
-        sink.write(&[delivery(0, "create"), delivery(1, "create")])
+        sink.write(&[delivery(0, "create"), delivery(1, "create")], "pv1")
             .unwrap();
         assert_eq!(files(dir.path(), ".csv.part").len(), 1, "still open");
-        sink.write(&[delivery(2, "delete")]).unwrap();
+        sink.write(&[delivery(2, "delete")], "pv1").unwrap();
         let done = files(dir.path(), ".csv");
         assert_eq!(done.len(), 1, "rolled after 3 records");
         let text = std::fs::read_to_string(&done[0]).unwrap();
@@ -256,7 +277,7 @@ mod tests {
              e1,create,2026-01-01T00:00:00.000Z,1,k1,欧*,12.50\n\
              e2,delete,2026-01-01T00:00:00.000Z,1,k2,,\n"
         );
-        sink.write(&[delivery(3, "create")]).unwrap();
+        sink.write(&[delivery(3, "create")], "pv1").unwrap();
         drop(sink); // a crash: the part file stays
         let _ = FileSink::open(
             dir.path(),
