@@ -361,7 +361,10 @@ fn check_names_each_problem_and_up_runs_a_config_on_a_real_broker() {
         if ready.contains("200 OK") {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "not ready:\n{ready}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not ready:\n{ready}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     up.kill().unwrap();
