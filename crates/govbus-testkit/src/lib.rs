@@ -20,6 +20,7 @@
 //! This crate is a dev-dependency only; nothing in production links it.
 
 mod broker;
+pub mod conservation;
 mod files;
 pub mod ids;
 mod names;
