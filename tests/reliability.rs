@@ -27,7 +27,9 @@ const DATASET: &str = "civil_affairs.death_registration";
 const RATE: usize = 5_000;
 
 struct Bus {
-    cluster: rdkafka::mocking::MockCluster<'static, DefaultProducerContext>,
+    bootstrap: String,
+    /// The mock cluster, when the scenario runs on one (kept alive here).
+    mock: Option<rdkafka::mocking::MockCluster<'static, DefaultProducerContext>>,
     topics: Topics,
     dir: tempfile::TempDir,
 }
@@ -48,24 +50,47 @@ impl Bus {
             cluster.create_topic(&t, p, 1).unwrap();
         }
         Bus {
-            cluster,
+            bootstrap: cluster.bootstrap_servers(),
+            mock: Some(cluster),
             topics,
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
+    /// On `broker` (Tansu): the components create the topics they write
+    /// to, the test creates the ingest topic.
+    fn on(broker: &govbus_testkit::Broker) -> Bus {
+        let bus = Bus {
+            bootstrap: broker.bootstrap(),
+            mock: None,
+            topics: Topics::new(format!("{}.", govbus_testkit::unique("reld"))),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        bus.create_topic(&bus.topics.ingest("civil_affairs"));
+        bus
+    }
+
     fn bootstrap(&self) -> String {
-        self.cluster.bootstrap_servers()
+        self.bootstrap.clone()
+    }
+
+    fn create_topic(&self, topic: &str) {
+        match &self.mock {
+            Some(c) => c.create_topic(topic, 1, 1).unwrap(),
+            None => tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(govbus_testkit::create_topic(&self.bootstrap, topic, 4))
+                .unwrap(),
+        }
     }
 
     fn base_args(&self, command: &str) -> Vec<String> {
-        [
+        let mut args: Vec<String> = [
             command,
             "--bootstrap",
             &self.bootstrap(),
             "--topic-prefix",
             self.topics.prefix(),
-            "--no-create-topics",
             "--listen",
             "127.0.0.1:0",
             "--kafka",
@@ -74,7 +99,11 @@ impl Bus {
             "heartbeat.interval.ms=500",
         ]
         .map(String::from)
-        .to_vec()
+        .to_vec();
+        if self.mock.is_some() {
+            args.push("--no-create-topics".into()); // the mock has no CreateTopics
+        }
+        args
     }
 
     fn router(&self) -> Child {
@@ -104,7 +133,12 @@ impl Bus {
             let mut files: Vec<PathBuf> = files.flatten().map(|e| e.path()).collect();
             files.sort();
             for f in files {
-                for line in std::fs::read_to_string(&f).unwrap().lines() {
+                // A `.part` file may be renamed between listing and reading;
+                // the next look finds it under its final name.
+                let Ok(text) = std::fs::read_to_string(&f) else {
+                    continue;
+                };
+                for line in text.lines() {
                     let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                         continue; // a line cut by kill -9 is written again after the restart
                     };
@@ -181,16 +215,71 @@ fn record(key: usize, version: usize) -> String {
     )
 }
 
+/// Delivery reports of the test's producer: the numbers of the records the
+/// broker refused for good (the producer is idempotent and never times out,
+/// but a broker that lost its producer state fails the in-flight records).
+#[derive(Default)]
+struct Refused(std::sync::Mutex<Vec<usize>>);
+
+struct Reports(std::sync::Arc<Refused>);
+impl rdkafka::ClientContext for Reports {}
+impl rdkafka::producer::ProducerContext for Reports {
+    type DeliveryOpaque = Box<usize>;
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, n: Box<usize>) {
+        if result.is_err() {
+            self.0 .0.lock().unwrap().push(*n);
+        }
+    }
+}
+
+/// What the test's department published.
+struct Published {
+    /// Event ids, all acknowledged by the broker in the end.
+    ids: Vec<String>,
+    /// Records the broker refused and the publisher sent again.
+    resent: usize,
+}
+
+fn send(producer: &ThreadedProducer<Reports>, topic: &str, n: usize, keys: usize) {
+    let (key, version) = (n % keys, n / keys + 1);
+    let id = format!("rel-{n}");
+    let value = record(key, version);
+    let subject = format!("DR-2026-{key:08}");
+    let v = version.to_string();
+    let headers = h::owned([
+        (h::CE_SPECVERSION, b"1.0".as_slice()),
+        (h::CE_ID, id.as_bytes()),
+        (h::CE_SOURCE, b"/departments/civil_affairs".as_slice()),
+        (h::CE_TYPE, DATASET.as_bytes()),
+        (h::CE_SOURCEVERSION, v.as_bytes()),
+        (h::CE_OP, b"update".as_slice()),
+        (h::CONTENT_TYPE, b"application/json".as_slice()),
+    ]);
+    let mut rec = BaseRecord::with_opaque_to(topic, Box::new(n))
+        .key(subject.as_bytes())
+        .payload(value.as_bytes())
+        .headers(headers);
+    loop {
+        match producer.send(rec) {
+            Ok(()) => break,
+            Err((_, back)) => {
+                rec = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
 /// Publishes `seconds` × RATE records over `keys` keys (each key updated in
-/// turn, source versions increasing), calling `at(second)` once a second.
-/// Returns the published event ids.
-fn publish(bus: &Bus, seconds: usize, keys: usize, mut at: impl FnMut(usize)) -> Vec<String> {
-    let producer: ThreadedProducer<DefaultProducerContext> =
-        govbus_kafka::config::producer(&bus.bootstrap())
-            .create()
-            .unwrap();
+/// turn, source versions increasing), calling `at(second)` once a second;
+/// records the broker refused are sent again, as a department's system
+/// would, until every one is acknowledged.
+fn publish(bus: &Bus, seconds: usize, keys: usize, mut at: impl FnMut(usize)) -> Published {
+    let refused = std::sync::Arc::new(Refused::default());
+    let producer: ThreadedProducer<Reports> = govbus_kafka::config::producer(&bus.bootstrap())
+        .create_with_context(Reports(refused.clone()))
+        .unwrap();
     let topic = bus.topics.ingest("civil_affairs");
-    let mut ids = Vec::with_capacity(seconds * RATE);
     let started = Instant::now();
     let tick = Duration::from_millis(10);
     let per_tick = RATE / 100;
@@ -204,50 +293,81 @@ fn publish(bus: &Bus, seconds: usize, keys: usize, mut at: impl FnMut(usize)) ->
                 at(n / RATE);
             }
         }
-        let (key, version) = (n % keys, n / keys + 1);
-        let id = format!("rel-{n}");
-        let value = record(key, version);
-        let subject = format!("DR-2026-{key:08}");
-        let v = version.to_string();
-        let headers = h::owned([
-            (h::CE_SPECVERSION, b"1.0".as_slice()),
-            (h::CE_ID, id.as_bytes()),
-            (h::CE_SOURCE, b"/departments/civil_affairs".as_slice()),
-            (h::CE_TYPE, DATASET.as_bytes()),
-            (h::CE_SOURCEVERSION, v.as_bytes()),
-            (h::CE_OP, b"update".as_slice()),
-            (h::CONTENT_TYPE, b"application/json".as_slice()),
-        ]);
-        let mut rec = BaseRecord::to(&topic)
-            .key(subject.as_bytes())
-            .payload(value.as_bytes())
-            .headers(headers);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, back)) => {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-        ids.push(id);
+        send(&producer, &topic, n, keys);
     }
     producer.flush(Duration::from_secs(60)).unwrap();
-    ids
+    let mut resent = 0;
+    for _ in 0..10 {
+        let again: Vec<usize> = std::mem::take(&mut *refused.0.lock().unwrap());
+        if again.is_empty() {
+            break;
+        }
+        resent += again.len();
+        for n in again {
+            send(&producer, &topic, n, keys);
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+    }
+    assert!(
+        refused.0.lock().unwrap().is_empty(),
+        "the broker kept refusing records"
+    );
+    Published {
+        ids: (0..seconds * RATE).map(|n| format!("rel-{n}")).collect(),
+        resent,
+    }
 }
 
-/// Waits (at most `limit`) until every published id was delivered; returns
-/// the verdict and how long it took.
+/// Waits until every published id was delivered, or nothing new arrived
+/// for 30 s, or `limit`; returns the verdict and how long it took.
 fn settle(bus: &Bus, published: &[String], limit: Duration) -> (conservation::Verdict, Duration) {
     let started = Instant::now();
+    let (mut last_received, mut last_change) = (0, Instant::now());
     loop {
         let v = bus.verdict(published);
-        if v.lost_count == 0 || started.elapsed() > limit {
+        if v.received != last_received {
+            (last_received, last_change) = (v.received, Instant::now());
+        }
+        if v.lost_count == 0
+            || started.elapsed() > limit
+            || last_change.elapsed() > Duration::from_secs(30)
+        {
             return (v, started.elapsed());
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// For a failure message: how many of the lost events each topic holds.
+fn where_lost(bus: &Bus, v: &conservation::Verdict, published: &[String]) -> String {
+    let delivered: std::collections::HashSet<String> =
+        bus.delivered().concat().into_iter().map(|r| r.id).collect();
+    let lost: std::collections::HashSet<&String> = published
+        .iter()
+        .filter(|id| !delivered.contains(*id))
+        .collect();
+    let count = |topic: &str| {
+        govbus_kafka::read::read_all(
+            &bus.bootstrap(),
+            topic,
+            Duration::from_secs(3),
+            Duration::from_secs(120),
+        )
+        .map(|recs| {
+            recs.iter()
+                .filter(|r| lost.contains(&r.header(h::CE_ID).to_owned()))
+                .count()
+        })
+        .unwrap_or(0)
+    };
+    format!(
+        "{v}\nof the {} lost: {} in {}, {} in {}",
+        lost.len(),
+        count(&bus.topics.ingest("civil_affairs")),
+        bus.topics.ingest("civil_affairs"),
+        count(&bus.topics.data(DATASET)),
+        bus.topics.data(DATASET)
+    )
 }
 
 #[test]
@@ -258,7 +378,7 @@ fn kill_9_of_the_router_and_the_sink_under_5000_per_second_loses_nothing() {
     let mut faults = 0;
     let mut last_fault = Instant::now();
     // 15 s at 5,000/s; the router is killed at 3, 7 and 11 s, the sink at 5, 9 and 13 s.
-    let published = publish(&bus, 15, 2_000, |second| {
+    let run = publish(&bus, 15, 2_000, |second| {
         if [3, 7, 11].contains(&second) {
             kill9(&mut router);
             router = bus.router();
@@ -272,13 +392,14 @@ fn kill_9_of_the_router_and_the_sink_under_5000_per_second_loses_nothing() {
             last_fault = Instant::now();
         }
     });
+    let published = run.ids;
     let (v, _) = settle(&bus, &published, Duration::from_secs(180));
     let recovered = last_fault.elapsed();
     terminate(sink);
     terminate(router);
     println!(
-        "RELIABILITY kill9: events {}, faults {faults}, lost {}, duplicates {}, keys out of order {}, all delivered {:.1} s after the last fault",
-        v.published, v.lost_count, v.duplicates, v.out_of_order.len(), recovered.as_secs_f64()
+        "RELIABILITY kill9: events {}, resent by the publisher {}, faults {faults}, lost {}, duplicates {}, keys out of order {}, all delivered {:.1} s after the last fault",
+        v.published, run.resent, v.lost_count, v.duplicates, v.out_of_order.len(), recovered.as_secs_f64()
     );
     assert_eq!(faults, 6);
     assert!(v.holds(), "{v}");
@@ -292,7 +413,7 @@ fn a_rebalance_storm_of_sink_instances_1_3_1_loses_nothing() {
     let mut extra: Vec<Child> = Vec::new();
     let mut last_change = Instant::now();
     // Instances b and c join at 4 s and leave (SIGTERM) at 10 s.
-    let published = publish(&bus, 15, 2_000, |second| {
+    let run = publish(&bus, 15, 2_000, |second| {
         if second == 4 {
             extra.push(bus.sink("b"));
             extra.push(bus.sink("c"));
@@ -305,6 +426,7 @@ fn a_rebalance_storm_of_sink_instances_1_3_1_loses_nothing() {
             last_change = Instant::now();
         }
     });
+    let published = run.ids;
     let (v, _) = settle(&bus, &published, Duration::from_secs(180));
     let recovered = last_change.elapsed();
     let instances_with_deliveries = ["a", "b", "c"]
@@ -324,12 +446,186 @@ fn a_rebalance_storm_of_sink_instances_1_3_1_loses_nothing() {
     terminate(a);
     terminate(router);
     println!(
-        "RELIABILITY storm: events {}, membership changes 4 (1→3→1), instances that delivered {instances_with_deliveries}, lost {}, duplicates {}, keys out of order {}, all delivered {:.1} s after the last change",
-        v.published, v.lost_count, v.duplicates, v.out_of_order.len(), recovered.as_secs_f64()
+        "RELIABILITY storm: events {}, resent by the publisher {}, membership changes 4 (1→3→1), instances that delivered {instances_with_deliveries}, lost {}, duplicates {}, keys out of order {}, all delivered {:.1} s after the last change",
+        v.published, run.resent, v.lost_count, v.duplicates, v.out_of_order.len(), recovered.as_secs_f64()
     );
     assert!(v.holds(), "{v}");
     assert!(
         instances_with_deliveries >= 2,
         "the joining instances took partitions"
     );
+}
+
+/// The subscriber's webhook endpoint, which the test turns bad and good.
+mod endpoint {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use govbus_testkit::conservation::Received;
+
+    pub const OK: u8 = 0;
+    pub const FAIL: u8 = 1;
+    pub const HANG: u8 = 2;
+
+    #[derive(Clone, Default)]
+    pub struct Endpoint {
+        pub mode: Arc<AtomicU8>,
+        pub received: Arc<Mutex<Vec<Received>>>,
+        pub refused: Arc<Mutex<u64>>,
+    }
+
+    impl Endpoint {
+        /// Serves on a free port on its own thread; returns the port.
+        pub fn start(&self) -> u16 {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let me = self.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    let app = axum::Router::new().route(
+                        "/hook",
+                        axum::routing::post(move |body: axum::body::Bytes| {
+                            let me = me.clone();
+                            async move {
+                                match me.mode.load(Ordering::Relaxed) {
+                                    FAIL => {
+                                        *me.refused.lock().unwrap() += 1;
+                                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                                    }
+                                    HANG => {
+                                        *me.refused.lock().unwrap() += 1;
+                                        tokio::time::sleep(Duration::from_secs(5)).await;
+                                        return axum::http::StatusCode::GATEWAY_TIMEOUT;
+                                    }
+                                    _ => {}
+                                }
+                                let events: Vec<serde_json::Value> =
+                                    serde_json::from_slice(&body).unwrap_or_default();
+                                let mut got = me.received.lock().unwrap();
+                                for e in events {
+                                    got.push(Received {
+                                        id: e["id"].as_str().unwrap_or("").to_owned(),
+                                        key: e["subject"].as_str().unwrap_or("").to_owned(),
+                                        version: e["sourceversion"]
+                                            .as_str()
+                                            .and_then(|s| s.parse().ok())
+                                            .unwrap_or(-1),
+                                    });
+                                }
+                                axum::http::StatusCode::NO_CONTENT
+                            }
+                        }),
+                    );
+                    axum::serve(listener, app).await.unwrap();
+                });
+            });
+            port
+        }
+    }
+}
+
+#[test]
+fn a_webhook_that_fails_times_out_and_recovers_loses_nothing() {
+    let bus = Bus::new();
+    // The sample catalog plus a webhook grant to the test's endpoint.
+    let catalog = bus.dir.path().join("catalog");
+    govbus_testkit::copy_dir(&common::repo().join("schemas"), &catalog).unwrap();
+    let ep = endpoint::Endpoint::default();
+    let port = ep.start();
+    std::fs::write(
+        catalog.join("subscriptions/reliability_webhook.toml"),
+        format!(
+            "subscriber = \"housing_fund\"\ndataset = \"{DATASET}\"\npurpose = \"reliability test\"\n\n[fields]\ninclude = [\"death_date\"]\n\n[sink]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"whsec_cmVsaWFiaWxpdHktdGVzdC1zZWNyZXQ=\"\nallow_private = true\ntimeout = \"1s\"\nmax_attempts = 10000\nmax_backoff = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    bus.create_topic(&bus.topics.subscription_dlq("reliability_webhook"));
+    let router = bus.router();
+    let mut args = bus.base_args("sink");
+    args.extend([
+        "--subscription".into(),
+        "reliability_webhook".into(),
+        "--catalog".into(),
+        catalog.display().to_string(),
+    ]);
+    let sink = start(&args, bus.dir.path());
+    let mut last_change = Instant::now();
+    // Healthy, then 503s from 3 s, hanging past the timeout from 6 s, healthy again at 9 s.
+    let run = publish(&bus, 12, 2_000, |second| {
+        let mode = match second {
+            3 => endpoint::FAIL,
+            6 => endpoint::HANG,
+            9 => endpoint::OK,
+            _ => return,
+        };
+        ep.mode.store(mode, std::sync::atomic::Ordering::Relaxed);
+        last_change = Instant::now();
+    });
+    let published = run.ids;
+    let started = Instant::now();
+    let v = loop {
+        let v = conservation::check(&published, &ep.received.lock().unwrap());
+        if v.lost_count == 0 || started.elapsed() > Duration::from_secs(180) {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let recovered = last_change.elapsed();
+    terminate(sink);
+    terminate(router);
+    let refused = *ep.refused.lock().unwrap();
+    println!(
+        "RELIABILITY webhook: events {}, resent by the publisher {}, failed or timed-out requests {refused}, lost {}, duplicates {}, keys out of order {}, all delivered {:.1} s after the endpoint recovered",
+        v.published, run.resent, v.lost_count, v.duplicates, v.out_of_order.len(), recovered.as_secs_f64()
+    );
+    assert!(refused > 0, "the endpoint did fail");
+    assert!(v.holds(), "{v}");
+}
+
+/// Fails on Tansu 0.6.0, inside the broker: records it acknowledged are
+/// missing after the restart, or present in the ingest topic but skipped by
+/// the consumer group that resumes after it (RELIABILITY.md). Run with
+/// `--ignored`; it is the scenario to rerun against Apache Kafka or a later
+/// Tansu.
+#[test]
+#[ignore = "Tansu 0.6.0 loses records across a restart of its S3 engine (RELIABILITY.md)"]
+fn a_broker_restart_on_durable_storage_loses_nothing() {
+    let mut broker = govbus_testkit::Broker::start(govbus_testkit::Storage::Durable).unwrap();
+    let bus = Bus::on(&broker);
+    let router = bus.router();
+    let sink = bus.sink("a");
+    let mut restarted_at = None;
+    let mut downtime = Duration::ZERO;
+    // 10 s at 5,000/s; the broker is killed and restarted at 5 s.
+    let run = publish(&bus, 10, 2_000, |second| {
+        if second == 5 {
+            let t = Instant::now();
+            broker.restart().unwrap();
+            downtime = t.elapsed();
+            restarted_at = Some(Instant::now());
+        }
+    });
+    let published = run.ids;
+    let (v, _) = settle(&bus, &published, Duration::from_secs(240));
+    let recovered = restarted_at.map(|t| t.elapsed()).unwrap_or_default();
+    terminate(sink);
+    terminate(router);
+    let diagnosis = if v.holds() {
+        String::new()
+    } else {
+        where_lost(&bus, &v, &published)
+    };
+    println!(
+        "RELIABILITY broker-restart: events {}, resent by the publisher {}, restarts 1 (down {:.1} s), lost {}, duplicates {}, keys out of order {}, all delivered {:.1} s after the restart",
+        v.published, run.resent, downtime.as_secs_f64(), v.lost_count, v.duplicates, v.out_of_order.len(), recovered.as_secs_f64()
+    );
+    assert!(v.holds(), "{diagnosis}");
 }
