@@ -629,3 +629,151 @@ fn a_broker_restart_on_durable_storage_loses_nothing() {
     );
     assert!(v.holds(), "{diagnosis}");
 }
+
+/// A PostgreSQL server of the test's own (the machine's one is shared by
+/// every test), so that it can be restarted under the sink.
+struct OwnPostgres {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl OwnPostgres {
+    fn bin(tool: &str) -> PathBuf {
+        let versions = std::fs::read_dir("/usr/lib/postgresql").unwrap();
+        let mut v: Vec<PathBuf> = versions.flatten().map(|e| e.path()).collect();
+        v.sort();
+        v.last().unwrap().join("bin").join(tool)
+    }
+
+    /// `pg_ctl`/`initdb` as the `postgres` user (they refuse to run as root).
+    fn as_postgres(tool: &str, args: &[&str]) {
+        let status = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(Self::bin(tool))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{tool} {args:?}");
+    }
+
+    fn start(parent: &Path) -> OwnPostgres {
+        let dir = parent.join("pg");
+        std::fs::create_dir_all(&dir).unwrap();
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(parent)
+            .status()
+            .unwrap();
+        let port = common::free_port();
+        let d = dir.to_str().unwrap();
+        Self::as_postgres("initdb", &["-D", d, "-A", "trust", "-U", "postgres"]);
+        let pg = OwnPostgres { dir, port };
+        pg.pg_ctl("start");
+        pg
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let d = self.dir.to_str().unwrap();
+        Self::as_postgres(
+            "pg_ctl",
+            &["-D", d, "-o", &opts, "-m", "immediate", "-w", action],
+        );
+    }
+
+    fn conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let d = self.dir.to_str().unwrap_or_default().to_owned();
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(Self::bin("pg_ctl"))
+            .args(["-D", &d, "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn a_postgresql_restart_under_the_postgres_sink_loses_nothing() {
+    const GRANT: &str = "hrss_deaths_pension_stop";
+    let bus = Bus::new();
+    bus.create_topic(&bus.topics.subscription_dlq(GRANT));
+    let pg = OwnPostgres::start(bus.dir.path());
+    let router = bus.router();
+    let mut args = bus.base_args("sink");
+    args.extend([
+        "--subscription".into(),
+        GRANT.into(),
+        "--postgres".into(),
+        pg.conninfo(),
+    ]);
+    let sink = start(&args, bus.dir.path());
+    let keys = 2_000;
+    let mut restarted_at = None;
+    // 10 s at 5,000/s; PostgreSQL crashes (immediate shutdown) and restarts at 5 s.
+    let run = publish(&bus, 10, keys, |second| {
+        if second == 5 {
+            pg.pg_ctl("restart");
+            restarted_at = Some(Instant::now());
+        }
+    });
+    // The table's effect: every key at its last version, from its last event.
+    let last: std::collections::HashMap<String, (i64, String)> = (0..run.ids.len())
+        .map(|n| {
+            (
+                format!("DR-2026-{:08}", n % keys),
+                ((n / keys + 1) as i64, format!("rel-{n}")),
+            )
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let started = Instant::now();
+    let wrong = loop {
+        let rows = rt.block_on(async {
+            let Ok((client, conn)) = tokio_postgres::connect(&pg.conninfo(), tokio_postgres::NoTls).await else {
+                return Vec::new();
+            };
+            tokio::spawn(conn);
+            client
+                .query("SELECT _govbus_subject, _govbus_source_version, _govbus_event_id FROM govbus_feed.civil_affairs_deaths", &[])
+                .await
+                .map(|rows| rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, String>(2))).collect())
+                .unwrap_or_default()
+        });
+        let right = rows
+            .iter()
+            .filter(|(k, v, id)| last.get(k) == Some(&(*v, id.clone())))
+            .count();
+        let wrong = last.len() - right;
+        if wrong == 0 || started.elapsed() > Duration::from_secs(120) {
+            break wrong;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let recovered = restarted_at.map(|t| t.elapsed()).unwrap_or_default();
+    terminate(sink);
+    terminate(router);
+    println!(
+        "RELIABILITY postgres-restart: events {}, resent by the publisher {}, PostgreSQL crashes 1, keys {}, keys not at their last version {wrong}, table complete {:.1} s after the restart",
+        run.ids.len(), run.resent, last.len(), recovered.as_secs_f64()
+    );
+    assert_eq!(
+        wrong, 0,
+        "keys whose row is missing or not at the last published version"
+    );
+}
