@@ -377,15 +377,24 @@ fn kill_9_of_the_router_and_the_sink_under_5000_per_second_loses_nothing() {
     let mut sink = bus.sink("a");
     let mut faults = 0;
     let mut last_fault = Instant::now();
-    // 15 s at 5,000/s; the router is killed at 3, 7 and 11 s, the sink at 5, 9 and 13 s.
-    let run = publish(&bus, 15, 2_000, |second| {
-        if [3, 7, 11].contains(&second) {
+    // 15 s at 5,000/s (GOVBUS_SOAK_SECONDS for a longer run); every 4 s the
+    // router is killed (at 3, 7, 11 s, ...) and two seconds later the sink
+    // (5, 9, 13 s, ...), the last at least two seconds before the end.
+    let seconds: usize = std::env::var("GOVBUS_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let run = publish(&bus, seconds, 2_000, |second| {
+        if second + 2 > seconds {
+            return;
+        }
+        if second % 4 == 3 {
             kill9(&mut router);
             router = bus.router();
             faults += 1;
             last_fault = Instant::now();
         }
-        if [5, 9, 13].contains(&second) {
+        if second % 4 == 1 && second > 1 {
             kill9(&mut sink);
             sink = bus.sink("a");
             faults += 1;
@@ -401,7 +410,7 @@ fn kill_9_of_the_router_and_the_sink_under_5000_per_second_loses_nothing() {
         "RELIABILITY kill9: events {}, resent by the publisher {}, faults {faults}, lost {}, duplicates {}, keys out of order {}, all delivered {:.1} s after the last fault",
         v.published, run.resent, v.lost_count, v.duplicates, v.out_of_order.len(), recovered.as_secs_f64()
     );
-    assert_eq!(faults, 6);
+    assert!(faults >= 6, "{faults} faults");
     assert!(v.holds(), "{v}");
 }
 
