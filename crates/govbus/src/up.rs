@@ -482,8 +482,6 @@ pub struct Extras {
     pub sink_tokens: Vec<(String, String)>,
     /// Subscriptions not to run (their sink has nowhere to deliver).
     pub skip_subscriptions: Vec<String>,
-    /// The pseudonym secret (the development one when absent).
-    pub pseudonym_secret: Option<Vec<u8>>,
 }
 
 /// The running components.
@@ -631,10 +629,7 @@ impl System {
             }
             let mut sc = govbus_sink::SinkConfig::new(bootstrap.clone());
             sc.topics = topics.clone();
-            sc.pseudonym_secret = extras
-                .pseudonym_secret
-                .clone()
-                .unwrap_or_else(|| crate::cmd::sink::DEV_PSEUDONYM_SECRET.to_vec());
+            sc.pseudonym_secret = crate::cmd::sink::pseudonym_secret("GOVBUS_PSEUDONYM_SECRET")?;
             sc.postgres = s.postgres.clone();
             sc.only = if s.subscriptions.is_empty() && !extras.skip_subscriptions.is_empty() {
                 catalog

@@ -17,7 +17,7 @@ use govbus_sink::{Metrics, SinkConfig, Sinks};
 use crate::catalog_source;
 
 /// Development-only pseudonym secret, used when none is configured.
-pub(crate) const DEV_PSEUDONYM_SECRET: &[u8] = b"govbus-development-pseudonym-secret";
+const DEV_PSEUDONYM_SECRET: &[u8] = b"govbus-development-pseudonym-secret";
 
 #[derive(Args)]
 pub struct SinkArgs {
@@ -60,6 +60,19 @@ pub struct SinkArgs {
     /// Extra librdkafka setting, `key=value` (repeatable).
     #[arg(long = "kafka", value_name = "KEY=VALUE")]
     kafka: Vec<String>,
+}
+
+/// The secret pseudonyms are keyed with, from the environment variable
+/// `var`; the development secret (with a warning) when it is unset.
+pub(crate) fn pseudonym_secret(var: &str) -> anyhow::Result<Vec<u8>> {
+    match std::env::var(var) {
+        Ok(s) if s.len() >= 16 => Ok(s.into_bytes()),
+        Ok(_) => anyhow::bail!("{var} must hold at least 16 bytes"),
+        Err(_) => {
+            tracing::warn!(message = "No pseudonym secret set: using the development secret. Set it in production, or pseudonyms can be recomputed by anyone.", variable = %var);
+            Ok(DEV_PSEUDONYM_SECRET.to_vec())
+        }
+    }
 }
 
 pub(crate) fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -114,14 +127,7 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Credentials::load(path, &|d| catalog.department(d).is_some())?,
         None => Credentials::default(),
     };
-    let secret = match std::env::var(&args.pseudonym_secret_env) {
-        Ok(s) if s.len() >= 16 => s.into_bytes(),
-        Ok(_) => anyhow::bail!("{} must hold at least 16 bytes", args.pseudonym_secret_env),
-        Err(_) => {
-            tracing::warn!(message = "No pseudonym secret set: using the development secret. Set it in production, or pseudonyms can be recomputed by anyone.", variable = %args.pseudonym_secret_env);
-            DEV_PSEUDONYM_SECRET.to_vec()
-        }
-    };
+    let secret = pseudonym_secret(&args.pseudonym_secret_env)?;
     let mut config = SinkConfig::new(args.bootstrap);
     config.topics = Topics::new(args.topic_prefix);
     config.pseudonym_secret = secret;
