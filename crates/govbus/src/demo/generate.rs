@@ -28,6 +28,17 @@ pub enum Path {
     TableDump,
 }
 
+impl Path {
+    /// As shown and as a metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Gateway => "gateway",
+            Path::Kafka => "kafka",
+            Path::TableDump => "table_dump",
+        }
+    }
+}
+
 /// The path of each dataset the demo publishes.
 pub const STREAMS: [(&str, Path); 5] = [
     (DEATHS, Path::Gateway),

@@ -137,7 +137,7 @@ impl Publisher {
                     }
                     let expected = if i.valid { "accepted" } else { "rejected" };
                     self.sent
-                        .with_label_values(&[dataset, path_name(path), expected])
+                        .with_label_values(&[dataset, path.name(), expected])
                         .inc();
                 }
                 match path {
@@ -325,14 +325,6 @@ impl Publisher {
                 .inc_by(n);
         }
         Ok(())
-    }
-}
-
-fn path_name(p: Path) -> &'static str {
-    match p {
-        Path::Gateway => "gateway",
-        Path::Kafka => "kafka",
-        Path::TableDump => "table_dump",
     }
 }
 

@@ -147,7 +147,7 @@ impl Screen {
             let rejected = rejections_for(&s, ds);
             out.push(format!(
                 "{ds:<45} {:<10} {sent:>6.0} {on_bus:>9.0} {rejected:>9.0}",
-                format!("{path:?}").to_lowercase()
+                path.name()
             ));
         }
         out.push(format!("router: {routed:.0} routed ({rate:.0}/s), {rejected_router:.0} to dead-letter topics, lag {lag:.0}"));
@@ -264,7 +264,7 @@ pub fn print_summary(v: &super::Verdict, files: &[PathBuf], interrupted: bool) {
     for (ds, c) in &v.sent {
         println!(
             "  {ds:<45} {:<10} sent {:>5} valid, {:>3} invalid",
-            format!("{:?}", c.path).to_lowercase(),
+            c.path.name(),
             c.valid,
             c.invalid
         );
