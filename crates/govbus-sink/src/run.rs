@@ -239,7 +239,29 @@ impl ClientContext for LagContext {
         self.metrics.lag_records(&self.subscription, lag);
     }
 }
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    /// Before partitions go to another instance, commit what was delivered
+    /// and stored: the new owner starts there. Left to the periodic
+    /// auto-commit, it would start up to a second behind and deliver that
+    /// second again (measured in RELIABILITY.md's rebalance storm).
+    fn pre_rebalance(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(_) = rebalance {
+            match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                Ok(())
+                | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                    rdkafka::types::RDKafkaErrorCode::NoOffset,
+                )) => {}
+                Err(error) => {
+                    tracing::warn!(message = "Commit before a rebalance failed; the new owner repeats what was delivered since the last commit.", subscription = %self.subscription, %error)
+                }
+            }
+        }
+    }
+}
 
 type SubConsumer = StreamConsumer<LagContext>;
 
