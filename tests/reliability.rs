@@ -607,7 +607,13 @@ fn a_webhook_that_fails_times_out_and_recovers_loses_nothing() {
 #[test]
 #[ignore = "Tansu 0.6.0 loses records across a restart of its S3 engine (RELIABILITY.md)"]
 fn a_broker_restart_on_durable_storage_loses_nothing() {
-    let mut broker = govbus_testkit::Broker::start(govbus_testkit::Storage::Durable).unwrap();
+    // GOVBUS_TEST_DURABLE=sqlite: Tansu's libSQL engine (a broker built with
+    // `--features libsql`, named by TANSU_BIN) instead of S3.
+    let storage = match std::env::var("GOVBUS_TEST_DURABLE").as_deref() {
+        Ok("sqlite") => govbus_testkit::Storage::Sqlite,
+        _ => govbus_testkit::Storage::Durable,
+    };
+    let mut broker = govbus_testkit::Broker::start(storage).unwrap();
     let bus = Bus::on(&broker);
     let router = bus.router();
     let sink = bus.sink("a");

@@ -19,6 +19,9 @@ pub enum Storage {
     /// Tansu's `s3://` engine against a local S3-compatible server (moto),
     /// started alongside: the data outlives broker restarts.
     Durable,
+    /// Tansu's `sqlite://` (libSQL) engine on a file in a temporary
+    /// directory. Needs a broker built with `--features libsql` (`TANSU_BIN`).
+    Sqlite,
 }
 
 /// A running Tansu broker (or the suite-wide one named by `GOVBUS_TEST_BOOTSTRAP`).
@@ -29,6 +32,8 @@ pub struct Broker {
     child: Option<Child>,
     /// The S3 server and its port, for [`Storage::Durable`].
     s3: Option<(Child, u16)>,
+    /// The database file's directory, for [`Storage::Sqlite`].
+    db: Option<PathBuf>,
     external: bool,
 }
 
@@ -88,6 +93,7 @@ impl Broker {
                     storage: Storage::Memory,
                     child: None,
                     s3: None,
+                    db: None,
                     external: true,
                 };
             }
@@ -98,14 +104,23 @@ impl Broker {
     /// Starts a private broker on a free loopback port.
     pub fn start(storage: Storage) -> anyhow::Result<Broker> {
         let s3 = match storage {
-            Storage::Memory => None,
+            Storage::Memory | Storage::Sqlite => None,
             Storage::Durable => Some(start_s3()?),
+        };
+        let db = match storage {
+            Storage::Sqlite => {
+                let dir = std::env::temp_dir().join(crate::unique("tansu-db"));
+                std::fs::create_dir_all(&dir)?;
+                Some(dir)
+            }
+            _ => None,
         };
         let mut broker = Broker {
             port: 0,
             storage,
             child: None,
             s3,
+            db,
             external: false,
         };
         let mut last = None;
@@ -134,11 +149,16 @@ impl Broker {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-        match &self.s3 {
-            None => {
+        match (&self.s3, &self.db) {
+            (None, Some(dir)) => {
+                // Tansu reads the URL's path as relative: run it in the directory.
+                cmd.args(["--storage-engine", "sqlite://tansu.db"])
+                    .current_dir(dir);
+            }
+            (None, None) => {
                 cmd.args(["--storage-engine", "memory://tansu/"]);
             }
-            Some((_, s3_port)) => {
+            (Some((_, s3_port)), _) => {
                 cmd.args(["--storage-engine", "s3://tansu/"])
                     .env("AWS_ACCESS_KEY_ID", "test")
                     .env("AWS_SECRET_ACCESS_KEY", "test")
@@ -201,6 +221,9 @@ impl Drop for Broker {
         {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(dir) = &self.db {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
