@@ -367,14 +367,8 @@ fn recover_raised(
     checkpoint: &mut Checkpoint,
 ) -> Result<usize, AppError> {
     let probe: BaseConsumer = config.client(consumer_config(&config.bootstrap)).create()?;
-    let exists = probe
-        .fetch_metadata(Some(output), Duration::from_secs(10))
-        .map(|m| {
-            m.topics()
-                .iter()
-                .any(|t| t.error().is_none() && !t.partitions().is_empty())
-        })
-        .unwrap_or(false);
+    let exists =
+        !govbus_kafka::read::partitions(&probe, output, Duration::from_secs(10)).is_empty();
     if !exists {
         return Ok(0);
     }
@@ -416,16 +410,8 @@ fn assign(
     let mut waiting_logged = false;
     for view in views {
         loop {
-            let partitions: Vec<i32> = consumer
-                .fetch_metadata(Some(view), Duration::from_secs(10))
-                .map(|m| {
-                    m.topics()
-                        .iter()
-                        .filter(|t| t.error().is_none())
-                        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let partitions =
+                govbus_kafka::read::partitions(consumer, view, Duration::from_secs(10));
             if !partitions.is_empty() {
                 for p in partitions {
                     let offset = checkpoint
@@ -504,25 +490,11 @@ fn publish(
             (h::CE_OP, b"create".as_slice()),
             (h::CONTENT_TYPE, b"application/json".as_slice()),
         ]);
-        let mut record = BaseRecord::to(topic)
+        let record = BaseRecord::to(topic)
             .key(a.alert_id.as_bytes())
             .payload(body.as_bytes())
             .headers(headers);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((e, back)) => {
-                    if !matches!(
-                        e.rdkafka_error_code(),
-                        Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                    ) {
-                        return Err(e.into());
-                    }
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
+        govbus_kafka::produce::send_waiting(producer, record)?;
     }
     while producer.flush(Duration::from_secs(5)).is_err() {
         tracing::warn!(message = "Alerts not acknowledged yet; waiting for the broker.");

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod config;
 pub mod headers;
+pub mod produce;
 pub mod read;
 pub mod schema_log;
 pub mod topics;

@@ -7,6 +7,25 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+/// The partitions of `topic`, or none when it does not exist (yet) or the
+/// broker does not answer within `timeout`.
+pub fn partitions<T: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<T>,
+    topic: &str,
+    timeout: Duration,
+) -> Vec<i32> {
+    consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map(|m| {
+            m.topics()
+                .iter()
+                .filter(|t| t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One record, owned.
 #[derive(Debug, Clone)]
 pub struct Record {

@@ -104,19 +104,7 @@ impl Publisher for KafkaPublisher {
         if let Some(v) = &c.value {
             record = record.payload(v.as_slice());
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((
-                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    r,
-                )) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(50));
-                }
-                Err((e, _)) => return Err(e.to_string()),
-            }
-        }
+        govbus_kafka::produce::send_waiting(&self.producer, record).map_err(|e| e.to_string())
     }
 
     fn flush(&mut self) -> Result<(), String> {

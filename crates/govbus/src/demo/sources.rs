@@ -234,23 +234,11 @@ impl Publisher {
                 (h::CE_OP, b"create".as_slice()),
                 (h::CONTENT_TYPE, b"application/json".as_slice()),
             ]);
-            let mut record = BaseRecord::to(&topic)
+            let record = BaseRecord::to(&topic)
                 .key(key.as_bytes())
                 .payload(&body)
                 .headers(headers);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => break,
-                    Err((e, back))
-                        if e.rdkafka_error_code()
-                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                    {
-                        record = back;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => return Err(e.into()),
-                }
-            }
+            govbus_kafka::produce::send_waiting(&self.producer, record)?;
         }
         self.producer
             .flush(Duration::from_secs(30))
@@ -419,16 +407,8 @@ pub fn tail_alerts(
         let mut assigned = false;
         while !stop.load(Ordering::Relaxed) {
             if !assigned {
-                let parts: Vec<i32> = consumer
-                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                    .map(|m| {
-                        m.topics()
-                            .iter()
-                            .filter(|t| t.error().is_none())
-                            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let parts =
+                    govbus_kafka::read::partitions(&consumer, &topic, Duration::from_secs(5));
                 if parts.is_empty() {
                     std::thread::sleep(Duration::from_millis(500));
                     continue;
