@@ -284,12 +284,11 @@ fn check_names_each_problem_and_up_runs_a_config_on_a_real_broker() {
     let bootstrap = govbus_testkit::Broker::shared().bootstrap();
     let topics = govbus_kafka::topics::Topics::new(format!("{}.", govbus_testkit::unique("up")));
     let (token, creds) = common::new_credential("hrss", dir.path());
-    let (gw, metrics) = (common::free_port(), common::free_port());
     let config = dir.path().join("govbus.toml");
     std::fs::write(
         &config,
         format!(
-            "topic_prefix = \"{}\"\n[broker]\nbootstrap = \"{bootstrap}\"\nkafka = {{ \"session.timeout.ms\" = \"6000\" }}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[gateway]\nlisten = \"127.0.0.1:{gw}\"\ncredentials = \"{}\"\n[router]\ngroup = \"{}\"\n",
+            "topic_prefix = \"{}\"\n[broker]\nbootstrap = \"{bootstrap}\"\nkafka = {{ \"session.timeout.ms\" = \"6000\" }}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[gateway]\nlisten = \"127.0.0.1:0\"\ncredentials = \"{}\"\n[router]\ngroup = \"{}\"\n",
             topics.prefix(),
             creds.display(),
             govbus_testkit::unique("up-router")
@@ -315,9 +314,8 @@ fn check_names_each_problem_and_up_runs_a_config_on_a_real_broker() {
             1,
         ))
         .unwrap();
-    let mut up = common::spawn(&["up", "--config", config.to_str().unwrap()]);
-    common::wait_listening(gw);
-    common::wait_listening(metrics);
+    let up = common::Up::start(&config);
+    let (gw, metrics) = (up.port("gateway"), up.port("metrics"));
     let body = r#"[{"payment_id":"PP-UP-1","recipient_id_number":"11010519491231002X","recipient_name":"张建国","pension_type":"ENTERPRISE_EMPLOYEE","pay_month":"2026-10","amount":"3000.00","paid_at":"2026-10-15T02:00:00Z"}]"#;
     let out = Command::new("curl")
         .args([
@@ -367,6 +365,4 @@ fn check_names_each_problem_and_up_runs_a_config_on_a_real_broker() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    up.kill().unwrap();
-    up.wait().unwrap();
 }

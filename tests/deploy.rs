@@ -197,14 +197,15 @@ fn get(port: u16, path: &str) -> Json {
 #[test]
 fn a_real_prometheus_scrapes_govbus_and_evaluates_the_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = common::free_port();
     let config = dir.path().join("govbus.toml");
     // Every component on the embedded broker, on free ports.
-    std::fs::write(&config, format!(
-        "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[registry]\nlisten = \"127.0.0.1:0\"\n[gateway]\nlisten = \"127.0.0.1:0\"\n[router]\n[sink]\nlisten = \"127.0.0.1:0\"\nsubscriptions = [\"hrss_fraud_deaths\"]\n"
-    )).unwrap();
-    let mut up = common::spawn(&["up", "--config", config.to_str().unwrap()]);
-    common::wait_listening(metrics);
+    std::fs::write(
+        &config,
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[registry]\nlisten = \"127.0.0.1:0\"\n[gateway]\nlisten = \"127.0.0.1:0\"\n[router]\n[sink]\nlisten = \"127.0.0.1:0\"\nsubscriptions = [\"hrss_fraud_deaths\"]\n",
+    )
+    .unwrap();
+    let up = common::Up::start(&config);
+    let metrics = up.port("metrics");
 
     let prom = common::free_port();
     std::fs::copy(
@@ -272,6 +273,4 @@ fn a_real_prometheus_scrapes_govbus_and_evaluates_the_rules() {
     }
     prometheus.kill().unwrap();
     prometheus.wait().unwrap();
-    up.kill().unwrap();
-    up.wait().unwrap();
 }

@@ -65,6 +65,92 @@ pub fn spawn(args: &[&str]) -> Child {
     govbus_testkit::spawn(cmd).unwrap_or_else(|e| panic!("start govbus {args:?}: {e}"))
 }
 
+/// A running `govbus up`, with where each component listens — read from the
+/// lines it prints once started, so configs can use port 0 and no test races
+/// another process for a port.
+pub struct Up {
+    pub child: Child,
+    ports: std::collections::HashMap<String, u16>,
+}
+
+impl Up {
+    /// `govbus up --config CONFIG`; waits (60 s at most) until it is up.
+    pub fn start(config: &Path) -> Up {
+        use std::io::BufRead;
+        let mut cmd = Command::new(govbus_bin());
+        cmd.args(["up", "--config"])
+            .arg(config)
+            .env("GOVBUS_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child =
+            govbus_testkit::spawn(cmd).unwrap_or_else(|e| panic!("start govbus up: {e}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        // Drains stderr for the process's whole life (a full pipe would block it).
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let started = Instant::now();
+        let mut log = Vec::new();
+        let mut ports = std::collections::HashMap::new();
+        while !ports.contains_key("metrics") {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    if let Some((name, port)) = listening(&line) {
+                        ports.insert(name, port);
+                    }
+                    log.push(line);
+                }
+                Err(_) => {
+                    let exited = child.try_wait().ok().flatten();
+                    assert!(
+                        exited.is_none() && started.elapsed() < Duration::from_secs(60),
+                        "govbus up is not up ({}):\n{}",
+                        exited.map_or_else(|| "60 s".to_owned(), |s| s.to_string()),
+                        log.join("\n")
+                    );
+                }
+            }
+        }
+        Up { child, ports }
+    }
+
+    /// Where `component` (`metrics`, `gateway`, `registry`, `sink`) listens.
+    pub fn port(&self, component: &str) -> u16 {
+        *self
+            .ports
+            .get(component)
+            .unwrap_or_else(|| panic!("govbus up printed no address for {component}"))
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `  gateway   http://127.0.0.1:4321 …` → ("gateway", 4321).
+fn listening(line: &str) -> Option<(String, u16)> {
+    let (name, rest) = line.trim_start().split_once(' ')?;
+    let addr = rest.trim_start().strip_prefix("http://")?;
+    let port = addr
+        .split(['/', ' '])
+        .next()?
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()?;
+    Some((name.to_owned(), port))
+}
+
 /// Starts a router on `bootstrap` in `topics`' namespace with its own group
 /// and fast group joins, plus `extra` arguments.
 pub fn spawn_router(bootstrap: &str, topics: &Topics, extra: &[&str]) -> Child {

@@ -230,34 +230,17 @@ impl UpConfig {
     pub fn check(&self) -> anyhow::Result<(Catalog, Vec<String>)> {
         let catalog = catalog_source::load_checked(self.catalog.as_deref())?;
         let mut problems = Vec::new();
-        let mut plan = Vec::new();
         let mut addrs: Vec<(&str, SocketAddr)> = vec![("metrics", self.metrics.listen)];
         let known = |d: &str| catalog.department(d).is_some();
-        plan.push(match &self.broker.bootstrap {
-            Some(b) => format!("broker    {b}"),
-            None => "broker    embedded (in-process; for trying out — see README)".to_owned(),
-        });
-        plan.push(format!(
-            "catalog   {}",
-            catalog_source::describe(self.catalog.as_deref())
-        ));
         if let Some(r) = &self.registry {
             addrs.push(("registry", r.listen));
-            plan.push(format!("registry  http://{}", r.listen));
         }
         if let Some(g) = &self.gateway {
             addrs.push(("gateway", g.listen));
-            match &g.credentials {
-                Some(p) => {
-                    if let Err(e) = Credentials::load(p, &known) {
-                        problems.push(format!("[gateway] credentials: {e}"));
-                    }
-                    plan.push(format!("gateway   http://{}", g.listen));
+            if let Some(p) = &g.credentials {
+                if let Err(e) = Credentials::load(p, &known) {
+                    problems.push(format!("[gateway] credentials: {e}"));
                 }
-                None => plan.push(format!(
-                    "gateway   http://{} — no credentials file: every publish is refused (set credentials = \"...\"; `govbus credential new` makes entries)",
-                    g.listen
-                )),
             }
         }
         if let Some(r) = &self.router {
@@ -267,7 +250,6 @@ impl UpConfig {
                     r.mode
                 ));
             }
-            plan.push(format!("router    group {} ({})", r.group, r.mode));
         }
         if let Some(s) = &self.sink {
             addrs.push(("sink", s.listen));
@@ -288,14 +270,8 @@ impl UpConfig {
                     problems.push(format!("[sink] postgres: not a connection string: {e}"));
                 }
             }
-            let n = if s.subscriptions.is_empty() {
-                catalog.subscriptions().count()
-            } else {
-                s.subscriptions.len()
-            };
-            plan.push(format!("sink      http://{} ({n} subscriptions)", s.listen));
         }
-        if let Some(f) = &self.fraud {
+        if self.fraud.is_some() {
             for id in govbus_fraud::FEEDS {
                 if catalog.subscription(id).is_none() {
                     problems.push(format!(
@@ -309,9 +285,7 @@ impl UpConfig {
                     govbus_fraud::ALERTS
                 ));
             }
-            plan.push(format!("fraud     state in {}", f.state_dir.display()));
         }
-        plan.push(format!("metrics   http://{}/metrics", self.metrics.listen));
         for (i, (a, x)) in addrs.iter().enumerate() {
             for (b, y) in &addrs[i + 1..] {
                 if x == y && x.port() != 0 {
@@ -325,10 +299,61 @@ impl UpConfig {
             }
         }
         if problems.is_empty() {
+            let plan = self.plan(&catalog, None);
             Ok((catalog, plan))
         } else {
             anyhow::bail!("the config has problems:\n  {}", problems.join("\n  "))
         }
+    }
+
+    /// One line per component that runs: where it listens (`bound`, once
+    /// started, else as configured), what it serves.
+    pub fn plan(&self, catalog: &Catalog, bound: Option<&Addrs>) -> Vec<String> {
+        let bound = bound.cloned().unwrap_or_default();
+        let at = |configured: SocketAddr, actual: Option<SocketAddr>| actual.unwrap_or(configured);
+        let mut plan = Vec::new();
+        plan.push(match &self.broker.bootstrap {
+            Some(b) => format!("broker    {b}"),
+            None => "broker    embedded (in-process; for trying out — see README)".to_owned(),
+        });
+        plan.push(format!(
+            "catalog   {}",
+            catalog_source::describe(self.catalog.as_deref())
+        ));
+        if let Some(r) = &self.registry {
+            plan.push(format!("registry  http://{}", at(r.listen, bound.registry)));
+        }
+        if let Some(g) = &self.gateway {
+            let addr = at(g.listen, bound.gateway);
+            plan.push(match &g.credentials {
+                Some(_) => format!("gateway   http://{addr}"),
+                None => format!(
+                    "gateway   http://{addr} — no credentials file: every publish is refused (set credentials = \"...\"; `govbus credential new` makes entries)"
+                ),
+            });
+        }
+        if let Some(r) = &self.router {
+            plan.push(format!("router    group {} ({})", r.group, r.mode));
+        }
+        if let Some(s) = &self.sink {
+            let n = if s.subscriptions.is_empty() {
+                catalog.subscriptions().count()
+            } else {
+                s.subscriptions.len()
+            };
+            plan.push(format!(
+                "sink      http://{} ({n} subscriptions)",
+                at(s.listen, bound.sink)
+            ));
+        }
+        if let Some(f) = &self.fraud {
+            plan.push(format!("fraud     state in {}", f.state_dir.display()));
+        }
+        plan.push(format!(
+            "metrics   http://{}/metrics",
+            at(self.metrics.listen, bound.metrics)
+        ));
+        plan
     }
 }
 
@@ -515,6 +540,45 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpLis
         .with_context(|| format!("[{what}] listen on {addr} (is something else using the port?)"))
 }
 
+/// The sockets of every component that listens, bound up front.
+struct Listeners {
+    metrics: tokio::net::TcpListener,
+    registry: Option<tokio::net::TcpListener>,
+    gateway: Option<tokio::net::TcpListener>,
+    sink: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(config: &UpConfig) -> anyhow::Result<Listeners> {
+        Ok(Listeners {
+            metrics: bind(config.metrics.listen, "metrics").await?,
+            registry: match &config.registry {
+                Some(r) => Some(bind(r.listen, "registry").await?),
+                None => None,
+            },
+            gateway: match &config.gateway {
+                Some(g) => Some(bind(g.listen, "gateway").await?),
+                None => None,
+            },
+            sink: match &config.sink {
+                Some(s) => Some(bind(s.listen, "sink").await?),
+                None => None,
+            },
+        })
+    }
+
+    fn addrs(&self) -> std::io::Result<Addrs> {
+        let local =
+            |l: &Option<tokio::net::TcpListener>| l.as_ref().map(|l| l.local_addr()).transpose();
+        Ok(Addrs {
+            metrics: Some(self.metrics.local_addr()?),
+            registry: local(&self.registry)?,
+            gateway: local(&self.gateway)?,
+            sink: local(&self.sink)?,
+        })
+    }
+}
+
 impl System {
     /// Starts every component the config names. Call inside a Tokio runtime.
     pub async fn start(
@@ -523,6 +587,11 @@ impl System {
         extras: Extras,
     ) -> anyhow::Result<System> {
         let topics = Topics::new(config.topic_prefix.clone());
+        // Every listener before anything else: a taken port fails here, before
+        // the broker is touched, and nothing started below (the embedded
+        // broker, clients' connections) can take a port the config names.
+        let mut listeners = Listeners::bind(config).await?;
+        let addrs = listeners.addrs()?;
         let broker = match &config.broker.bootstrap {
             Some(_) => None,
             None => Some(EmbeddedBroker::start(catalog_topics(&catalog, &topics))?),
@@ -547,7 +616,6 @@ impl System {
         };
         let mut tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)> =
             Vec::new();
-        let mut addrs = Addrs::default();
         let mut telemetry = Telemetry {
             router: None,
             gateway: None,
@@ -556,10 +624,8 @@ impl System {
             extra: Vec::new(),
         };
 
-        if let Some(r) = &config.registry {
+        if let Some(listener) = listeners.registry.take() {
             let registry = Arc::new(govbus_registry::Registry::new(&catalog, &topics));
-            let listener = bind(r.listen, "registry").await?;
-            addrs.registry = Some(listener.local_addr()?);
             let shutdown = until(stop_rx.clone());
             tasks.push((
                 "registry",
@@ -570,7 +636,7 @@ impl System {
             ));
         }
 
-        if let Some(g) = &config.gateway {
+        if let (Some(g), Some(listener)) = (&config.gateway, listeners.gateway.take()) {
             let mut credentials = match &g.credentials {
                 Some(p) => Credentials::load(p, &known)?,
                 None => Credentials::default(),
@@ -583,8 +649,6 @@ impl System {
             gc.client_overrides = overrides.clone();
             let gateway = Arc::new(Gateway::new(engine.clone(), credentials, gc)?);
             telemetry.gateway = Some(gateway.clone());
-            let listener = bind(g.listen, "gateway").await?;
-            addrs.gateway = Some(listener.local_addr()?);
             let shutdown = until(stop_rx.clone());
             tasks.push((
                 "gateway",
@@ -619,7 +683,7 @@ impl System {
             ));
         }
 
-        if let Some(s) = &config.sink {
+        if let (Some(s), Some(listener)) = (&config.sink, listeners.sink.take()) {
             let mut credentials = match &s.credentials {
                 Some(p) => Credentials::load(p, &known)?,
                 None => Credentials::default(),
@@ -649,8 +713,6 @@ impl System {
             let sinks = govbus_sink::Sinks::start(sc, cat_rx, govbus_sink::Metrics::new()).await?;
             telemetry.sink = Some(sinks.metrics().clone());
             let app = govbus_sink::sse::router(&sinks, credentials, s.heartbeat);
-            let listener = bind(s.listen, "sink").await?;
-            addrs.sink = Some(listener.local_addr()?);
             let shutdown = until(stop_rx.clone());
             let rx = stop_rx.clone();
             tasks.push((
@@ -689,8 +751,7 @@ impl System {
             None => None,
         };
 
-        let listener = bind(config.metrics.listen, "metrics").await?;
-        addrs.metrics = Some(listener.local_addr()?);
+        let listener = listeners.metrics;
         let shutdown = until(stop_rx.clone());
         let t = telemetry.clone();
         tasks.push((
@@ -840,6 +901,20 @@ mod tests {
             !plan.iter().any(|l| l.starts_with("router")),
             "the router runs as its own service: {plan:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_fails_the_start_before_the_broker_is_touched() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = UpConfig::everything();
+        c.metrics.listen = taken.local_addr().unwrap();
+        // No broker exists at this address: the start must fail on the port first.
+        c.broker.bootstrap = Some("127.0.0.1:1".to_owned());
+        let (catalog, _) = c.check().unwrap();
+        let e = System::start(&c, catalog, Extras::default())
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("[metrics] listen on"), "{e:#}");
     }
 
     #[test]

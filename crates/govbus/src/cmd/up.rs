@@ -46,14 +46,15 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 /// Runs the components the config names until Ctrl-C / SIGTERM.
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let config = load(args.config.as_ref())?;
-    let (catalog, plan) = config.check()?;
+    let (catalog, _) = config.check()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let system = System::start(&config, catalog, Extras::default()).await?;
+        let system = System::start(&config, catalog.clone(), Extras::default()).await?;
         tracing::info!(message = "govbus is up.", bootstrap = %system.bootstrap, embedded_broker = system.embedded());
-        for line in plan {
+        // Bound addresses, so that port 0 ("any free port") can be found.
+        for line in config.plan(&catalog, Some(&system.addrs)) {
             eprintln!("  {line}");
         }
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
