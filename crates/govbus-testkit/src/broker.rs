@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -20,7 +20,8 @@ pub enum Storage {
     /// started alongside: the data outlives broker restarts.
     Durable,
     /// Tansu's `sqlite://` (libSQL) engine on a file in a temporary
-    /// directory. Needs a broker built with `--features libsql` (`TANSU_BIN`).
+    /// directory (the test command installs Tansu with `--features libsql`),
+    /// with one index added (see `index_headers`).
     Sqlite,
 }
 
@@ -127,7 +128,12 @@ impl Broker {
         for _ in 0..3 {
             broker.port = free_port()?;
             match broker.launch() {
-                Ok(()) => return Ok(broker),
+                Ok(()) => {
+                    if let Some(dir) = &broker.db {
+                        index_headers(&dir.join("tansu.db"))?;
+                    }
+                    return Ok(broker);
+                }
                 // Another process may have taken the port between probe and bind.
                 Err(e) => last = Some(e),
             }
@@ -149,6 +155,19 @@ impl Broker {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+        // GOVBUS_TEST_LOG_DIR keeps the broker's log (RUST_LOG, default warn).
+        if let Some(dir) = std::env::var_os("GOVBUS_TEST_LOG_DIR") {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(Path::new(&dir).join(format!("tansu-{}.log", self.port)))?;
+            cmd.env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stderr(log.try_clone()?)
+            .stdout(log);
+        }
         match (&self.s3, &self.db) {
             (None, Some(dir)) => {
                 // Tansu reads the URL's path as relative: run it in the directory.
@@ -226,6 +245,36 @@ impl Drop for Broker {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Adds the index Tansu 0.6.0's libSQL schema lacks: its `header` table has
+/// none, and every fetched record looks its headers up by (partition,
+/// offset), so each fetch scanned every header ever stored — quadratic in
+/// the data kept. A consumer with a backlog (after a broker restart) then
+/// held the single storage task for minutes and every other request (group
+/// heartbeats, metadata) timed out behind it. With the index it drains in
+/// seconds. Done once, on the idle broker, through Python's `sqlite3`.
+fn index_headers(db: &Path) -> anyhow::Result<()> {
+    let python = std::env::var("GOVBUS_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             c = sqlite3.connect(sys.argv[1], timeout=30)\n\
+             c.execute('create index if not exists header_by_record on header (topition, offset_id)')\n\
+             c.commit()",
+        ])
+        .arg(db)
+        .output()
+        .context("run python3 to index the broker's database")?;
+    if !out.status.success() {
+        bail!(
+            "indexing {}: {}",
+            db.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// Starts moto's S3 server on a free port and creates the `tansu` bucket.
