@@ -30,6 +30,15 @@ const RATE: usize = 5_000;
 /// partition's whole backlog on every fetch, and stalls at 5,000/s here.
 const RESTART_RATE: usize = 1_000;
 
+/// Scenarios run one at a time: each measures recovery on a 2-core machine,
+/// and timing-driven steps (members joining a group within seconds) do not
+/// hold when five load generators share the cores.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct Bus {
     bootstrap: String,
     /// The mock cluster, when the scenario runs on one (kept alive here).
@@ -397,6 +406,7 @@ fn where_lost(bus: &Bus, v: &conservation::Verdict, published: &[String]) -> Str
 
 #[test]
 fn kill_9_of_the_router_and_the_sink_under_5000_per_second_loses_nothing() {
+    let _alone = one_at_a_time();
     let bus = Bus::new();
     let mut router = bus.router();
     let mut sink = bus.sink("a");
@@ -441,6 +451,7 @@ fn kill_9_of_the_router_and_the_sink_under_5000_per_second_loses_nothing() {
 
 #[test]
 fn a_rebalance_storm_of_sink_instances_1_3_1_loses_nothing() {
+    let _alone = one_at_a_time();
     let bus = Bus::new();
     let router = bus.router();
     let a = bus.sink("a");
@@ -568,6 +579,7 @@ mod endpoint {
 
 #[test]
 fn a_webhook_that_fails_times_out_and_recovers_loses_nothing() {
+    let _alone = one_at_a_time();
     let bus = Bus::new();
     // The sample catalog plus a webhook grant to the test's endpoint.
     let catalog = bus.dir.path().join("catalog");
@@ -632,6 +644,7 @@ fn a_webhook_that_fails_times_out_and_recovers_loses_nothing() {
 /// `GOVBUS_RESTART_RATE` sets the rate.
 #[test]
 fn a_broker_restart_on_durable_storage_loses_nothing() {
+    let _alone = one_at_a_time();
     let storage = match std::env::var("GOVBUS_TEST_DURABLE").as_deref() {
         Ok("s3") => govbus_testkit::Storage::Durable,
         _ => govbus_testkit::Storage::Sqlite,
@@ -752,6 +765,7 @@ impl Drop for OwnPostgres {
 
 #[test]
 fn a_postgresql_restart_under_the_postgres_sink_loses_nothing() {
+    let _alone = one_at_a_time();
     const GRANT: &str = "hrss_deaths_pension_stop";
     let bus = Bus::new();
     bus.create_topic(&bus.topics.subscription_dlq(GRANT));
