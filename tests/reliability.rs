@@ -163,14 +163,7 @@ impl Bus {
                     let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                         continue; // a line cut by kill -9 is written again after the restart
                     };
-                    out.push(Received {
-                        id: v["id"].as_str().unwrap_or("").to_owned(),
-                        key: v["subject"].as_str().unwrap_or("").to_owned(),
-                        version: v["sourceversion"]
-                            .as_str()
-                            .and_then(|s| s.parse().ok())
-                            .unwrap_or(-1),
-                    });
+                    out.push(received(&v));
                 }
             }
             all.push(out);
@@ -188,6 +181,18 @@ impl Bus {
             .flat_map(|stream| conservation::check(published, stream).out_of_order)
             .collect();
         v
+    }
+}
+
+/// What the subscriber got, from one delivered CloudEvent (JSON).
+fn received(event: &serde_json::Value) -> Received {
+    Received {
+        id: event["id"].as_str().unwrap_or("").to_owned(),
+        key: event["subject"].as_str().unwrap_or("").to_owned(),
+        version: event["sourceversion"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(-1),
     }
 }
 
@@ -560,16 +565,7 @@ mod endpoint {
                                 let events: Vec<serde_json::Value> =
                                     serde_json::from_slice(&body).unwrap_or_default();
                                 let mut got = me.received.lock().unwrap();
-                                for e in events {
-                                    got.push(Received {
-                                        id: e["id"].as_str().unwrap_or("").to_owned(),
-                                        key: e["subject"].as_str().unwrap_or("").to_owned(),
-                                        version: e["sourceversion"]
-                                            .as_str()
-                                            .and_then(|s| s.parse().ok())
-                                            .unwrap_or(-1),
-                                    });
-                                }
+                                got.extend(events.iter().map(super::received));
                                 axum::http::StatusCode::NO_CONTENT
                             }
                         }),

@@ -3,9 +3,12 @@
 //! - [`Broker`]: a real Tansu broker on a free loopback port. [`Broker::shared`]
 //!   gives one memory-backed broker per test process (or the one named by
 //!   `GOVBUS_TEST_BOOTSTRAP`, which `scripts/test` starts for the whole suite);
-//!   [`Broker::start`] gives a private one, and [`Storage::Durable`] keeps its
-//!   data in S3-compatible object storage (a local `moto` server) so that
-//!   [`Broker::restart`] loses nothing.
+//!   [`Broker::start`] gives a private one. [`Storage::Sqlite`] (Tansu's
+//!   libSQL engine, with the index its schema lacks) keeps the data in a
+//!   file across [`Broker::restart`] — the reliability suite's choice;
+//!   [`Storage::Durable`] keeps it in S3-compatible object storage (a local
+//!   `moto` server), which loses records across a restart under load
+//!   (RELIABILITY.md).
 //! - [`unique`] names, and client configs ([`consumer_config`],
 //!   [`producer_config`]) tuned for Tansu: fast group joins, short fetch waits,
 //!   batching producers.
