@@ -7,13 +7,17 @@
 //! |---|---|
 //! | record | object; unknown members rejected; missing members take the field default |
 //! | `["null", T]` | `null`, a plain `T`, or Avro's `{"T": value}` |
-//! | int, long | integer number |
-//! | float, double | number |
+//! | int, long | integer number (no fraction, no exponent) |
+//! | float, double | number (nearest float; out of range or flushed to zero: rejected) |
 //! | string | string |
 //! | enum | symbol string |
 //! | date | `"YYYY-MM-DD"` or days since 1970-01-01 |
 //! | timestamp-millis/micros | RFC 3339 string or an integer in the unit |
-//! | decimal | decimal string `"1234.50"` (exact) or number; no more digits after the point than the scale |
+//! | decimal | decimal string `"1234.50"` or number (`1234.5`, `1.2345e3`), both exact from their digits; a value the decimal type cannot hold exactly is rejected, never rounded |
+//!
+//! Numbers are read from their literal text (serde_json's
+//! `arbitrary_precision`, enabled for the workspace): no decimal or integer
+//! passes through `f64`.
 //! | bytes, fixed | string of code points 0–255 (Avro JSON encoding) |
 //! | array, map | array, object |
 
@@ -113,24 +117,87 @@ impl<'p: 'j, 'j> Encoder<'p, 'j> {
     }
 
     fn integer(&self, v: &Json, lo: i64, hi: i64, what: &str) -> Result<i64, Rejection> {
-        match v {
-            Json::Number(n) => match n.as_i64() {
-                Some(i) if (lo..=hi).contains(&i) => Ok(i),
-                Some(_) => Err(self.reject(
-                    Reason::JsonNumberOutOfRange,
-                    format!("does not fit in {what}"),
-                )),
-                None if n.is_u64() => Err(self.reject(
-                    Reason::JsonNumberOutOfRange,
-                    format!("does not fit in {what}"),
-                )),
-                None => Err(self.reject(
-                    Reason::JsonTypeMismatch,
-                    format!("expected an integer for {what}"),
-                )),
-            },
-            _ => Err(self.mismatch(&format!("an integer ({what})"), v)),
+        let Json::Number(n) = v else {
+            return Err(self.mismatch(&format!("an integer ({what})"), v));
+        };
+        let text = n.to_string();
+        // An integer literal: digits only. `1E2` and `5.0` are not written as
+        // integers, whatever their value.
+        let digits = text.strip_prefix('-').unwrap_or(&text);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(self.reject(
+                Reason::JsonTypeMismatch,
+                format!("expected an integer for {what}"),
+            ));
         }
+        match text.parse::<i64>() {
+            Ok(i) if (lo..=hi).contains(&i) => Ok(i),
+            _ => Err(self.reject(
+                Reason::JsonNumberOutOfRange,
+                format!("does not fit in {what}"),
+            )),
+        }
+    }
+
+    /// A float or double: the nearest value, or a rejection when the number
+    /// is beyond the type's range or so small that it would become zero.
+    fn float(&self, n: &serde_json::Number, single: bool) -> Result<[u8; 8], Rejection> {
+        let text = n.to_string();
+        let what = if single { "float" } else { "double" };
+        let out_of_range = || {
+            self.reject(
+                Reason::JsonNumberOutOfRange,
+                format!("does not fit in {what}"),
+            )
+        };
+        let f: f64 = text.parse().map_err(|_| out_of_range())?;
+        let nonzero = literal_is_nonzero(&text);
+        let mut buf = [0u8; 8];
+        if single {
+            let g = f as f32;
+            if !g.is_finite() || (g == 0.0 && nonzero) {
+                return Err(out_of_range());
+            }
+            buf[..4].copy_from_slice(&g.to_le_bytes());
+        } else {
+            if !f.is_finite() || (f == 0.0 && nonzero) {
+                return Err(out_of_range());
+            }
+            buf = f.to_le_bytes();
+        }
+        Ok(buf)
+    }
+
+    /// A decimal from a JSON number's or string's digits, exactly at the
+    /// field's scale, or a rejection saying why it cannot be.
+    fn decimal(&self, v: &Json, precision: u32, scale: u32) -> Result<Decimal, Rejection> {
+        let literal = match v {
+            Json::String(s) => Literal::parse(s.trim(), false),
+            Json::Number(n) => Literal::parse(&n.to_string(), true),
+            _ => return Err(self.mismatch("a decimal string like \"1234.50\"", v)),
+        };
+        let literal = literal.ok_or_else(|| {
+            self.reject(
+                Reason::JsonTypeMismatch,
+                "expected a decimal like \"1234.50\" (an exponent only in a JSON number)",
+            )
+        })?;
+        let why = |reason, what: String| {
+            self.reject(
+                reason,
+                format!("cannot be represented exactly at scale {scale} / precision {precision}: {what}"),
+            )
+        };
+        literal.at_scale(precision, scale).map_err(|e| match e {
+            Inexact::Scale => why(
+                Reason::DecimalScale,
+                format!("more than {scale} digits after the point"),
+            ),
+            Inexact::Precision => why(
+                Reason::DecimalPrecision,
+                format!("more than {precision} digits"),
+            ),
+        })
     }
 
     fn value(&mut self, node: NodeId, v: &'j Json) -> Result<(), Rejection> {
@@ -161,18 +228,10 @@ impl<'p: 'j, 'j> Encoder<'p, 'j> {
                 let Json::Number(n) = v else {
                     return Err(self.mismatch("a number", v));
                 };
-                let f = n.as_f64().unwrap_or(f64::NAN);
-                if matches!(prog.nodes[node], Node::Float) {
-                    let f32v = f as f32;
-                    if !f32v.is_finite() {
-                        return Err(
-                            self.reject(Reason::JsonNumberOutOfRange, "does not fit in float")
-                        );
-                    }
-                    self.out.extend_from_slice(&f32v.to_le_bytes());
-                } else {
-                    self.out.extend_from_slice(&f.to_le_bytes());
-                }
+                let single = matches!(prog.nodes[node], Node::Float);
+                let bytes = self.float(n, single)?;
+                self.out
+                    .extend_from_slice(&bytes[..if single { 4 } else { 8 }]);
                 Ok(())
             }
             Node::String => match v {
@@ -266,29 +325,7 @@ impl<'p: 'j, 'j> Encoder<'p, 'j> {
                 scale,
                 fixed,
             } => {
-                let parsed = match v {
-                    Json::String(s) => Decimal::parse(s.trim()),
-                    Json::Number(n) => Decimal::parse(&n.to_string()),
-                    _ => return Err(self.mismatch("a decimal string like \"1234.50\"", v)),
-                };
-                let d = parsed.ok_or_else(|| {
-                    self.reject(
-                        Reason::JsonTypeMismatch,
-                        "expected a decimal like \"1234.50\" (no exponent)",
-                    )
-                })?;
-                let d = d.rescale(*scale).ok_or_else(|| {
-                    self.reject(
-                        Reason::DecimalScale,
-                        format!("more than {scale} digits after the point"),
-                    )
-                })?;
-                if d.digits() > *precision {
-                    return Err(self.reject(
-                        Reason::DecimalPrecision,
-                        format!("more than {precision} digits"),
-                    ));
-                }
+                let d = self.decimal(v, *precision, *scale)?;
                 let bytes = d.to_be_bytes();
                 match fixed {
                     None => {
@@ -474,3 +511,118 @@ impl<'p: 'j, 'j> Encoder<'p, 'j> {
         }
     }
 }
+
+/// Whether a JSON number's text has a nonzero digit before its exponent.
+fn literal_is_nonzero(text: &str) -> bool {
+    text.bytes()
+        .take_while(|b| !matches!(b, b'e' | b'E'))
+        .any(|b| matches!(b, b'1'..=b'9'))
+}
+
+/// A number as written: `digits × 10^exp`, the digits without leading or
+/// trailing zeros (empty for zero). Exact for any length of text.
+#[derive(Debug, PartialEq, Eq)]
+struct Literal {
+    negative: bool,
+    digits: String,
+    exp: i64,
+}
+
+/// Why a literal is not a value of a decimal type.
+#[derive(Debug, PartialEq, Eq)]
+enum Inexact {
+    /// More digits after the point than the scale (they are not zeros).
+    Scale,
+    /// More digits in all than the precision.
+    Precision,
+}
+
+/// Exponents beyond this are all "huge": the answer no longer depends on them.
+const EXP_LIMIT: i64 = 1 << 40;
+
+impl Literal {
+    /// `-12.50`, `+7`, `.25`, `5.`; with `exponent`, also `1.5e3`, `1E-2`.
+    fn parse(text: &str, exponent: bool) -> Option<Literal> {
+        let (negative, body) = match text.as_bytes().first()? {
+            b'-' => (true, &text[1..]),
+            b'+' => (false, &text[1..]),
+            _ => (false, text),
+        };
+        let (mantissa, exp) = match body.find(['e', 'E']) {
+            Some(i) if exponent => (&body[..i], parse_exponent(&body[i + 1..])?),
+            Some(_) => return None,
+            None => (body, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if (int.is_empty() && frac.is_empty())
+            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let all = format!("{int}{frac}");
+        let trimmed = all.trim_start_matches('0').trim_end_matches('0');
+        if trimmed.is_empty() {
+            return Some(Literal {
+                negative,
+                digits: String::new(),
+                exp: 0,
+            });
+        }
+        let trailing_zeros = all.len() - all.trim_end_matches('0').len();
+        let exp = exp - i64::try_from(frac.len()).ok()? + i64::try_from(trailing_zeros).ok()?;
+        Some(Literal {
+            negative,
+            digits: trimmed.to_owned(),
+            exp,
+        })
+    }
+
+    /// The value as a decimal of `scale`, if `decimal(precision, scale)` holds it exactly.
+    fn at_scale(&self, precision: u32, scale: u32) -> Result<Decimal, Inexact> {
+        if self.digits.is_empty() {
+            return Ok(Decimal { unscaled: 0, scale });
+        }
+        // The unscaled value is digits × 10^shift.
+        let shift = self.exp + i64::from(scale);
+        if shift < 0 {
+            return Err(Inexact::Scale);
+        }
+        let len = i64::try_from(self.digits.len()).unwrap_or(i64::MAX);
+        if len.saturating_add(shift) > i64::from(precision) {
+            return Err(Inexact::Precision);
+        }
+        let mut unscaled: i128 = 0;
+        for b in self.digits.bytes().chain(std::iter::repeat_n(
+            b'0',
+            usize::try_from(shift).unwrap_or(usize::MAX),
+        )) {
+            unscaled = unscaled
+                .checked_mul(10)
+                .and_then(|u| u.checked_add(i128::from(b - b'0')))
+                .ok_or(Inexact::Precision)?;
+        }
+        Ok(Decimal {
+            unscaled: if self.negative { -unscaled } else { unscaled },
+            scale,
+        })
+    }
+}
+
+/// `+12`, `-3`, `7`, saturating at ±[`EXP_LIMIT`].
+fn parse_exponent(text: &str) -> Option<i64> {
+    let (negative, digits) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let magnitude = digits.bytes().fold(0i64, |acc, b| {
+        (acc * 10 + i64::from(b - b'0')).min(EXP_LIMIT)
+    });
+    Some(if negative { -magnitude } else { magnitude })
+}
+
+#[cfg(test)]
+mod tests;
