@@ -7,39 +7,62 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use govbus_kafka::headers as h;
-use govbus_validate::{Context, Reason};
+use govbus_validate::envelope;
+use govbus_validate::{Context, Reason, Rejection};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use serde_json::{json, Value as Json};
 
-use crate::Gateway;
+use crate::{idempotency, Gateway};
 
 fn problem(status: StatusCode, error: &str, detail: impl Into<String>) -> Response {
     let body = json!({"error": error, "detail": detail.into()}).to_string();
     (status, [("content-type", "application/json")], body).into_response()
 }
 
-/// One record of a request, with the CloudEvents attributes that came with it.
+/// One record of a request, with the CloudEvents attributes that came with
+/// it — checked by [`envelope::attributes`], the router's own function, so
+/// that a record the gateway accepts is never dead-lettered by the router.
 struct Item {
-    record: Result<Json, String>,
-    id: Option<String>,
-    time: Option<String>,
-    op: Option<String>,
+    record: Result<Json, Rejection>,
+    attributes: envelope::Attributes,
 }
 
 fn plain(record: Json) -> Item {
     Item {
         record: Ok(record),
-        id: None,
-        time: None,
-        op: None,
+        attributes: envelope::Attributes::default(),
+    }
+}
+
+/// One event of a CloudEvents batch: its checked attributes and its `data`.
+fn event(dataset: &str, e: Json) -> Item {
+    let Json::Object(mut e) = e else {
+        return plain(Json::Null);
+    };
+    let checked = envelope::attributes(&e, false).and_then(|a| match &a.dataset {
+        Some(t) if t != dataset => Err(envelope::error(
+            "type",
+            "must be the dataset named in the path (or absent)",
+        )),
+        _ => Ok(a),
+    });
+    match checked {
+        Ok(attributes) => Item {
+            record: Ok(e.remove("data").unwrap_or(Json::Null)),
+            attributes,
+        },
+        Err(r) => Item {
+            record: Err(r),
+            attributes: envelope::Attributes::default(),
+        },
     }
 }
 
 /// Splits the body by content type: a JSON array (or one object), NDJSON
 /// (each line on its own, a bad line rejects only that record), or a
 /// CloudEvents batch (`application/cloudevents-batch+json`).
-fn items(content_type: &str, body: &[u8]) -> Result<Vec<Item>, Box<Response>> {
+fn items(content_type: &str, dataset: &str, body: &[u8]) -> Result<Vec<Item>, Box<Response>> {
     let bad = |e: serde_json::Error| {
         problem(
             StatusCode::BAD_REQUEST,
@@ -54,12 +77,13 @@ fn items(content_type: &str, body: &[u8]) -> Result<Vec<Item>, Box<Response>> {
             .split(|b| *b == b'\n')
             .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
             .map(|l| Item {
-                record: serde_json::from_slice(l).map_err(|e| {
-                    format!("line {} column {}: not valid JSON", e.line(), e.column())
+                record: serde_json::from_slice(l).map_err(|e| Rejection {
+                    reason: Reason::JsonInvalid,
+                    field: None,
+                    detail: format!("line {} column {}: not valid JSON", e.line(), e.column())
+                        .into(),
                 }),
-                id: None,
-                time: None,
-                op: None,
+                attributes: envelope::Attributes::default(),
             })
             .collect());
     }
@@ -102,18 +126,7 @@ fn items(content_type: &str, body: &[u8]) -> Result<Vec<Item>, Box<Response>> {
                 "a CloudEvents batch is a JSON array of events",
             )));
         };
-        return Ok(events
-            .into_iter()
-            .map(|e| {
-                let text = |k: &str| e.get(k).and_then(Json::as_str).map(str::to_owned);
-                Item {
-                    id: text("id"),
-                    time: text("time"),
-                    op: text("op"),
-                    record: Ok(e.get("data").cloned().unwrap_or(Json::Null)),
-                }
-            })
-            .collect());
+        return Ok(events.into_iter().map(|e| event(dataset, e)).collect());
     }
     Ok(match parsed {
         Json::Array(records) => records.into_iter().map(plain).collect(),
@@ -151,8 +164,10 @@ pub(crate) async fn publish(
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        // The scheme is case-insensitive (RFC 7235).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
     let Some(department) = token
         .and_then(|t| g.credentials.department(t))
         .map(str::to_owned)
@@ -180,6 +195,9 @@ pub(crate) async fn publish(
     response
 }
 
+/// Runs `publish_records` under the request's idempotency key, if any: a
+/// replay answers from the kept answer, a concurrent duplicate waits for the
+/// first one's answer, and a kept answer is durable before it is sent.
 async fn publish_as(
     g: &Gateway,
     department: &str,
@@ -202,14 +220,28 @@ async fn publish_as(
             format!("{dataset} is published only by {}", ds.owner()),
         );
     }
-    let idem = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
+    let mut keys = headers.get_all("idempotency-key").iter();
+    let key = match (keys.next(), keys.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "idempotency_key_invalid",
+                "send at most one Idempotency-Key header",
+            )
+        }
+        (Some(v), None) => match idempotency::key_hash(department, v.as_bytes()) {
+            Ok(k) => Some(k),
+            Err(why) => return problem(StatusCode::BAD_REQUEST, "idempotency_key_invalid", why),
+        },
+    };
+    let Some(key) = key else {
+        return publish_records(g, department, ds, content_type, body).await;
+    };
     let request: [u8; 32] = {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
@@ -220,27 +252,84 @@ async fn publish_as(
         h.update(body);
         h.finalize().into()
     };
-    if let Some(key) = &idem {
-        if let Some(r) = g.remembered(department, key) {
-            if r.request != request {
-                return problem(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used for a different request; use a new key per request",
-                );
-            }
-            let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
-            return (
-                status,
-                [
-                    ("content-type", "application/json"),
-                    ("idempotent-replayed", "true"),
-                ],
-                r.body,
-            )
-                .into_response();
-        }
+    if !g.idempotency_loaded().await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("content-type", "application/json"), ("retry-after", "2")],
+            json!({"error": "unavailable", "detail": "the gateway is still reading its idempotency keys from the broker; retry shortly"}).to_string(),
+        )
+            .into_response();
     }
+    let deadline = tokio::time::Instant::now() + g.config.ack_timeout * 2;
+    let reservation = loop {
+        match g.idempotency.begin(key) {
+            idempotency::Begin::Replay(a) => {
+                if a.request != idempotency::hex(&request) {
+                    return problem(
+                        StatusCode::CONFLICT,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was used for a different request; use a new key per request",
+                    );
+                }
+                let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK);
+                return (
+                    status,
+                    [
+                        ("content-type", "application/json"),
+                        ("idempotent-replayed", "true"),
+                    ],
+                    a.body,
+                )
+                    .into_response();
+            }
+            idempotency::Begin::Wait(mut rx) => {
+                // Woken when the first request answers or gives up; then ask again.
+                if tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_err()
+                {
+                    return (
+                        StatusCode::CONFLICT,
+                        [("content-type", "application/json"), ("retry-after", "5")],
+                        json!({"error": "idempotency_key_in_flight", "detail": "a request with this Idempotency-Key is still being processed; retry later"}).to_string(),
+                    )
+                        .into_response();
+                }
+            }
+            idempotency::Begin::Owner(r) => break r,
+        }
+    };
+    let response = publish_records(g, department, ds, content_type, body).await;
+    // Only a processed batch (200, whatever its records' fates) is kept: a
+    // 4xx/5xx answer leaves the key free for a corrected retry.
+    if response.status() != StatusCode::OK {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "could not buffer the answer",
+        );
+    };
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let answer = idempotency::answer_now(parts.status.as_u16(), text, &request);
+    g.persist_answer(reservation.key(), &answer).await;
+    reservation.finish(answer);
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// Validates and publishes a request's records; answers per record after the
+/// broker acknowledged every accepted one.
+async fn publish_records(
+    g: &Gateway,
+    department: &str,
+    ds: govbus_validate::DatasetRef<'_>,
+    content_type: &str,
+    body: &[u8],
+) -> Response {
+    let dataset = ds.name();
     let Ok(_permit) = g.permits.try_acquire() else {
         return (
             StatusCode::TOO_MANY_REQUESTS,
@@ -250,7 +339,7 @@ async fn publish_as(
         )
             .into_response();
     };
-    let items = match items(content_type, body) {
+    let items = match items(content_type, dataset, body) {
         Ok(i) => i,
         Err(r) => return *r,
     };
@@ -270,23 +359,26 @@ async fn publish_as(
     let ingest = g.config.topics.ingest(department);
     let mut results: Vec<Json> = Vec::with_capacity(items.len());
     let mut pending = Vec::new();
-    let request_id = idem
-        .clone()
-        .unwrap_or_else(|| format!("{:x}", ctx.now_millis));
     for (index, item) in items.iter().enumerate() {
         let accepted = match &item.record {
             Ok(record) => ds
                 .validate_json_value(record, &ctx)
                 .map_err(|r| (r.reason, r.field, r.detail.into_owned())),
-            Err(detail) => Err((Reason::JsonInvalid, None, detail.clone())),
+            Err(r) => Err((r.reason, r.field.clone(), r.detail.clone().into_owned())),
         };
         match accepted {
             Ok(a) => {
-                let id = item
+                let a_ = &item.attributes;
+                // A caller's CloudEvent id is its own event id; otherwise a
+                // UUIDv7 — unique across requests, instances and restarts,
+                // and never made of caller text (an Idempotency-Key may be
+                // personal data).
+                let id = a_
                     .id
                     .clone()
-                    .unwrap_or_else(|| format!("gw-{department}-{request_id}-{index}"));
-                let mut hs = OwnedHeaders::new_with_capacity(5)
+                    .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+                let version = a_.source_version.map(|v| v.to_string());
+                let mut hs = OwnedHeaders::new_with_capacity(6)
                     .insert(Header {
                         key: h::CE_TYPE,
                         value: Some(dataset),
@@ -299,16 +391,22 @@ async fn publish_as(
                         key: h::CONTENT_TYPE,
                         value: Some(h::AVRO_CONTENT_TYPE),
                     });
-                if let Some(t) = &item.time {
+                if let Some((t, _)) = &a_.time {
                     hs = hs.insert(Header {
                         key: h::CE_TIME,
                         value: Some(t.as_str()),
                     });
                 }
-                if let Some(op) = &item.op {
+                if let Some(op) = a_.op {
                     hs = hs.insert(Header {
                         key: h::CE_OP,
                         value: Some(op.as_str()),
+                    });
+                }
+                if let Some(v) = &version {
+                    hs = hs.insert(Header {
+                        key: h::CE_SOURCEVERSION,
+                        value: Some(v.as_str()),
                     });
                 }
                 let rec = FutureRecord::to(&ingest)
@@ -322,7 +420,7 @@ async fn publish_as(
                         return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], json!({"error": "unavailable", "detail": "the broker is not keeping up; nothing was accepted, retry the whole request"}).to_string()).into_response();
                     }
                 }
-                results.push(json!({"index": index, "status": "accepted"}));
+                results.push(json!({"index": index, "status": "accepted", "id": id}));
                 g.metrics
                     .records
                     .with_label_values(&[department, dataset, "accepted"])
@@ -357,9 +455,5 @@ async fn publish_as(
             .into_response();
     }
     // A processed batch is a 200 whatever its records' fates: the answer is per record.
-    let status = StatusCode::OK;
-    if let Some(key) = &idem {
-        g.remember(department, key, request, status.as_u16(), &body);
-    }
-    (status, [("content-type", "application/json")], body).into_response()
+    (StatusCode::OK, [("content-type", "application/json")], body).into_response()
 }

@@ -10,17 +10,21 @@
 //! request and concurrent requests are bounded (413, 429 with `Retry-After`);
 //! a broker that does not acknowledge in time is a 503 with `Retry-After`.
 //!
+//! Idempotency keys are race-free, durable and shared by every instance
+//! through the compacted topic `_govbus.idempotency` ([`idempotency`]).
+//! Records without a CloudEvent id get a UUIDv7 event id.
+//!
 //! Key types: [`Gateway`], [`GatewayConfig`], [`Credentials`], [`app`].
-//! Not here (yet): mTLS client certificates; idempotency keys shared across
-//! instances (the cache is per instance).
+//! Not here (yet): mTLS client certificates.
 
 mod credentials;
 mod handler;
+mod idempotency;
 mod openapi;
 
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::{get, post};
@@ -47,8 +51,10 @@ pub struct GatewayConfig {
     pub max_concurrent: usize,
     /// How long to wait for the broker's acknowledgement before answering 503. Default 30 s.
     pub ack_timeout: Duration,
-    /// Idempotency keys remembered (per instance, oldest forgotten first). Default 10,000.
-    pub idempotency_capacity: usize,
+    /// How long an idempotency key's answer is kept. Default 24 h.
+    pub idempotency_ttl: Duration,
+    /// Bytes of kept answers per instance (oldest forgotten first). Default 256 MiB.
+    pub idempotency_max_bytes: usize,
     /// Extra librdkafka settings for the producer.
     pub client_overrides: Vec<(String, String)>,
 }
@@ -63,27 +69,12 @@ impl GatewayConfig {
             max_records: 10_000,
             max_concurrent: 64,
             ack_timeout: Duration::from_secs(30),
-            idempotency_capacity: 10_000,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            idempotency_max_bytes: 256 << 20,
             client_overrides: Vec::new(),
         }
     }
 }
-
-/// A remembered response for an idempotency key.
-#[derive(Debug, Clone)]
-pub(crate) struct Remembered {
-    status: u16,
-    body: String,
-    /// SHA-256 of what was asked (dataset, content type, body): a key reused
-    /// for a different request is refused instead of answered from the cache.
-    request: [u8; 32],
-}
-
-/// Idempotency keys per (department, key), and their insertion order for eviction.
-type IdempotencyCache = (
-    HashMap<(String, String), Remembered>,
-    VecDeque<(String, String)>,
-);
 
 /// The gateway's shared state.
 pub struct Gateway {
@@ -93,7 +84,9 @@ pub struct Gateway {
     producer: FutureProducer,
     config: GatewayConfig,
     permits: tokio::sync::Semaphore,
-    idempotency: Mutex<IdempotencyCache>,
+    idempotency: Arc<idempotency::Store>,
+    /// Set once `_govbus.idempotency` has been read to its end.
+    idempotency_loaded: AtomicBool,
     metrics: GatewayMetrics,
 }
 
@@ -110,6 +103,7 @@ struct GatewayMetrics {
     registry: Registry,
     requests: IntCounterVec,
     records: IntCounterVec,
+    idempotency_unsaved: prometheus::IntCounter,
 }
 
 impl GatewayMetrics {
@@ -131,12 +125,19 @@ impl GatewayMetrics {
             &["department", "dataset", "outcome"],
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
+        let idempotency_unsaved = prometheus::IntCounter::new(
+            "govbus_gateway_idempotency_unsaved_total",
+            "Idempotency answers the broker did not acknowledge (a retry through another instance or after a restart would publish again).",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
         let _ = registry.register(Box::new(requests.clone()));
         let _ = registry.register(Box::new(records.clone()));
+        let _ = registry.register(Box::new(idempotency_unsaved.clone()));
         GatewayMetrics {
             registry,
             requests,
             records,
+            idempotency_unsaved,
         }
     }
 
@@ -168,8 +169,12 @@ impl Gateway {
             credentials,
             producer,
             permits: tokio::sync::Semaphore::new(config.max_concurrent),
+            idempotency: idempotency::Store::new(
+                config.idempotency_ttl,
+                config.idempotency_max_bytes,
+            ),
+            idempotency_loaded: AtomicBool::new(false),
             config,
-            idempotency: Mutex::new((HashMap::new(), VecDeque::new())),
             metrics: GatewayMetrics::new(),
         })
     }
@@ -201,43 +206,112 @@ impl Gateway {
         )
     }
 
-    pub(crate) fn remembered(&self, department: &str, key: &str) -> Option<Remembered> {
-        let guard = self.idempotency.lock().ok()?;
-        guard
-            .0
-            .get(&(department.to_owned(), key.to_owned()))
-            .cloned()
+    /// Waits (at most 15 s) until the kept idempotency answers have been
+    /// read from the broker; false if they have not.
+    pub(crate) async fn idempotency_loaded(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !self.idempotency_loaded.load(Ordering::Acquire) {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
-    pub(crate) fn remember(
+    /// Writes a kept answer to `_govbus.idempotency` and waits for the
+    /// broker's acknowledgement, so that a retry after a restart or through
+    /// another instance is answered from it. A failure is logged: the records
+    /// are published either way, only a later retry could publish them again.
+    pub(crate) async fn persist_answer(
         &self,
-        department: &str,
-        key: &str,
-        request: [u8; 32],
-        status: u16,
-        body: &str,
+        key: idempotency::KeyHash,
+        answer: &idempotency::Answer,
     ) {
-        let Ok(mut guard) = self.idempotency.lock() else {
+        let topic = self.config.topics.idempotency();
+        let (Ok(value), id) = (serde_json::to_vec(answer), idempotency::hex(&key)) else {
             return;
         };
-        let k = (department.to_owned(), key.to_owned());
-        if guard
-            .0
-            .insert(
-                k.clone(),
-                Remembered {
-                    status,
-                    body: body.to_owned(),
-                    request,
-                },
-            )
-            .is_none()
-        {
-            guard.1.push_back(k);
+        let rec = rdkafka::producer::FutureRecord::to(&topic)
+            .key(id.as_bytes())
+            .payload(&value);
+        let ok = match self.producer.send_result(rec) {
+            Ok(f) => matches!(f.await, Ok(Ok(_))),
+            Err(_) => false,
+        };
+        if !ok {
+            self.metrics.idempotency_unsaved.inc();
+            tracing::warn!(message = "Idempotency answer not saved; a retry of this request through another instance or after a restart would publish again.", %topic);
         }
-        while guard.1.len() > self.config.idempotency_capacity {
-            if let Some(old) = guard.1.pop_front() {
-                guard.0.remove(&old);
+    }
+
+    /// Reads `_govbus.idempotency` from the beginning into the store, marks
+    /// the gateway loaded when it reached the end it had at the start (or the
+    /// topic is empty or missing), then follows it until `stop`.
+    fn follow_idempotency(self: Arc<Self>, stop: Arc<AtomicBool>) {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Message;
+        let topic = self.config.topics.idempotency();
+        let loaded = |g: &Gateway| g.idempotency_loaded.store(true, Ordering::Release);
+        let consumer: BaseConsumer = match ClientConfig::new()
+            .set("bootstrap.servers", &self.config.bootstrap)
+            .set("group.id", "govbus-gateway-idempotency")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+        {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(message = "Cannot read idempotency keys; keys are kept by this instance only.", %error);
+                loaded(&self);
+                return;
+            }
+        };
+        let parts = govbus_kafka::read::partitions(&consumer, &topic, Duration::from_secs(10));
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut ends = std::collections::HashMap::new();
+        for p in &parts {
+            let _ = tpl.add_partition_offset(&topic, *p, rdkafka::Offset::Beginning);
+            if let Ok((low, high)) = consumer.fetch_watermarks(&topic, *p, Duration::from_secs(10))
+            {
+                if high > low {
+                    ends.insert(*p, high);
+                }
+            }
+        }
+        if parts.is_empty() || consumer.assign(&tpl).is_err() {
+            tracing::warn!(message = "Idempotency topic not found; keys are kept by this instance only.", %topic);
+            loaded(&self);
+            return;
+        }
+        if ends.is_empty() {
+            loaded(&self);
+        }
+        let started = std::time::Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+                // Tansu reports a partition's end as its last batch's first
+                // offset + 1; a quiet topic after the start is read to its end.
+                if !ends.is_empty() && started.elapsed() > Duration::from_secs(10) {
+                    ends.clear();
+                    loaded(&self);
+                }
+                continue;
+            };
+            let Ok(m) = m else { continue };
+            if let (Some(k), Some(v)) = (m.key().and_then(idempotency::unhex), m.payload()) {
+                if let Ok(a) = serde_json::from_slice::<idempotency::Answer>(v) {
+                    self.idempotency.keep(k, a);
+                }
+            }
+            if ends
+                .get(&m.partition())
+                .is_some_and(|end| m.offset() + 1 >= *end - 1)
+            {
+                ends.remove(&m.partition());
+                if ends.is_empty() {
+                    loaded(&self);
+                }
             }
         }
     }
@@ -282,7 +356,23 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(gateway))
+    let topic = gateway.config.topics.idempotency();
+    govbus_kafka::admin::ensure_topics_configured(
+        &gateway.config.bootstrap,
+        &[(topic, 1, govbus_kafka::admin::COMPACTED)],
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let follower = {
+        let (g, stop) = (gateway.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("gateway-idempotency".into())
+            .spawn(move || g.follow_idempotency(stop))?
+    };
+    let served = axum::serve(listener, app(gateway))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || follower.join()).await;
+    served
 }

@@ -26,12 +26,17 @@ struct Running {
 }
 
 async fn start(config: impl FnOnce(&mut GatewayConfig)) -> Running {
-    let catalog = Catalog::load(&repo().join("schemas")).unwrap();
-    let engine = Arc::new(Engine::new(&catalog).unwrap());
     let topics = Topics::new(format!("{}.", unique("gw")));
     create_topic(&Broker::shared().bootstrap(), &topics.ingest("hrss"), 1)
         .await
         .unwrap();
+    start_on(topics, config).await
+}
+
+/// Another gateway instance on the same topics (a restart, or a second instance).
+async fn start_on(topics: Topics, config: impl FnOnce(&mut GatewayConfig)) -> Running {
+    let catalog = Catalog::load(&repo().join("schemas")).unwrap();
+    let engine = Arc::new(Engine::new(&catalog).unwrap());
     let mut cfg = GatewayConfig::new(Broker::shared().bootstrap());
     cfg.topics = topics.clone();
     config(&mut cfg);
@@ -357,4 +362,315 @@ async fn an_idempotency_key_makes_a_retry_safe() {
         "published once: {:?}",
         got.iter().map(|g| &g.0).collect::<Vec<_>>()
     );
+}
+
+/// Every message on `ingest.hrss`, with its headers: until `n` arrived or `wait` passed.
+async fn ingested_messages(
+    topics: &Topics,
+    n: usize,
+    wait: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: StreamConsumer =
+        consumer_config(&Broker::shared().bootstrap(), &unique("reader"))
+            .create()
+            .unwrap();
+    consumer
+        .subscribe(&[topics.ingest("hrss").as_str()])
+        .unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while out.len() < n {
+        let Ok(Ok(m)) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        out.push(m.detach());
+    }
+    out
+}
+
+fn ce_id(m: &rdkafka::message::OwnedMessage) -> String {
+    m.headers()
+        .and_then(|hs| h::get_str(hs, h::CE_ID))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// What the gateway accepts, the router routes: every record the gateway
+/// wrote is put through the router's own decision, and none is dead-lettered.
+fn assert_router_routes_all(topics: &Topics, got: &[rdkafka::message::OwnedMessage]) {
+    let catalog = Catalog::load(&repo().join("schemas")).unwrap();
+    let engine = Engine::new(&catalog).unwrap();
+    let ctx = govbus_validate::Context::now();
+    let ingest = topics.ingest("hrss");
+    for m in got {
+        let incoming = govbus_router::gate::Incoming {
+            topic: &ingest,
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: None,
+            key: m.key(),
+            value: m.payload(),
+            headers: m.headers(),
+        };
+        match govbus_router::gate::decide(&engine, topics, &incoming, &ctx) {
+            govbus_router::gate::Decision::Route(_) => {}
+            govbus_router::gate::Decision::Reject(d) => {
+                panic!("the gateway accepted what the router dead-letters: {d:?}")
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_cloudevent_attribute_is_checked_at_the_gateway_as_the_router_does() {
+    let g = start(|_| {}).await;
+    let record = pensions()[0].clone();
+    let mut other = pensions()[1].clone();
+    let ev = |extra: Value, data: &Value| {
+        let mut e = json!({"specversion": "1.0", "source": "/departments/hrss", "data": data});
+        for (k, v) in extra.as_object().unwrap() {
+            e[k] = v.clone();
+        }
+        e
+    };
+    // Index → the field the rejection must name; the rest are accepted.
+    let cases: Vec<(Value, Option<&str>)> = vec![
+        (json!({"id": "a b"}), Some("id")),
+        (json!({"id": "x".repeat(300)}), Some("id")),
+        (json!({"id": "身份证"}), Some("id")),
+        (json!({"id": 42}), Some("id")),
+        (json!({"time": "yesterday"}), Some("time")),
+        (json!({"time": "2026-13-01T00:00:00Z"}), Some("time")),
+        (json!({"op": "frobnicate"}), Some("op")),
+        (json!({"sourceversion": -1}), Some("sourceversion")),
+        (json!({"sourceversion": "v2"}), Some("sourceversion")),
+        (json!({"specversion": "0.3"}), Some("specversion")),
+        (
+            json!({"type": "civil_affairs.death_registration"}),
+            Some("type"),
+        ),
+        (
+            json!({"id": "evt-1", "time": "2026-10-15T09:30:00+08:00", "op": "update", "sourceversion": 7}),
+            None,
+        ),
+    ];
+    let batch: Vec<Value> = cases
+        .iter()
+        .map(|(extra, bad)| {
+            if bad.is_some() {
+                ev(extra.clone(), &record)
+            } else {
+                other["payment_id"] = json!("PP202610000109");
+                ev(extra.clone(), &other)
+            }
+        })
+        .collect();
+    let (s, _, b) = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/cloudevents-batch+json",
+        &[],
+        json!(batch).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let answer: Value = serde_json::from_str(&b).unwrap();
+    for (i, (_, bad)) in cases.iter().enumerate() {
+        let r = &answer["results"][i];
+        match bad {
+            Some(field) => {
+                assert_eq!(r["status"], "rejected", "case {i}: {r}");
+                assert_eq!(r["reason"], "envelope_invalid", "case {i}: {r}");
+                assert_eq!(r["field"], *field, "case {i}: {r}");
+            }
+            None => assert_eq!(r["status"], "accepted", "case {i}: {r}"),
+        }
+    }
+    let got = ingested_messages(&g.topics, 2, Duration::from_secs(8)).await;
+    assert_eq!(got.len(), 1, "only the valid event is published");
+    assert_eq!(ce_id(&got[0]), "evt-1");
+    assert_eq!(
+        got[0]
+            .headers()
+            .and_then(|hs| h::get_str(hs, h::CE_SOURCEVERSION)),
+        Some("7"),
+        "the source version is carried, not dropped"
+    );
+    assert_router_routes_all(&g.topics, &got);
+}
+
+#[tokio::test]
+async fn event_ids_are_unique_across_concurrent_requests_and_never_carry_caller_text() {
+    let g = start(|_| {}).await;
+    let port = g.port;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let mut r = pensions()[0].clone();
+        r["payment_id"] = json!(format!("PP2026100002{i:02}"));
+        // Half of them with an Idempotency-Key that is personal data.
+        let key = format!("51010719720815{i:04}");
+        tasks.push(tokio::spawn(async move {
+            let extra: Vec<(&str, &str)> = if i % 2 == 0 {
+                vec![("Idempotency-Key", key.as_str())]
+            } else {
+                vec![]
+            };
+            request(
+                port,
+                PATH,
+                Some("hrss-secret"),
+                "application/json",
+                &extra,
+                json!([r]).to_string().as_bytes(),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        let (s, _, b) = t.await.unwrap();
+        assert_eq!(s, 200, "{b}");
+    }
+    let got = ingested_messages(&g.topics, 40, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 40);
+    let ids: std::collections::HashSet<String> = got.iter().map(ce_id).collect();
+    assert_eq!(ids.len(), 40, "every record its own id: {ids:?}");
+    for id in &ids {
+        assert!(
+            uuid::Uuid::parse_str(id).is_ok_and(|u| u.get_version_num() == 7),
+            "a UUIDv7: {id}"
+        );
+        assert!(!id.contains("510107"), "no caller text in an id: {id}");
+    }
+    assert_router_routes_all(&g.topics, &got);
+}
+
+#[tokio::test]
+async fn a_bad_idempotency_key_is_refused_never_ignored() {
+    let g = start(|_| {}).await;
+    let body = json!(pensions()).to_string();
+    let long = "k".repeat(256);
+    for key in ["a b", long.as_str(), "身份证号", "tab\tkey"] {
+        let (s, _, b) = request(
+            g.port,
+            PATH,
+            Some("hrss-secret"),
+            "application/json",
+            &[("Idempotency-Key", key)],
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(s, 400, "{key:?}: {b}");
+        assert!(b.contains("idempotency_key_invalid"), "{b}");
+    }
+    let (s, _, b) = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &[("Idempotency-Key", "one"), ("Idempotency-Key", "two")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 400, "two keys: {b}");
+    let got = ingested_messages(&g.topics, 1, Duration::from_secs(5)).await;
+    assert!(got.is_empty(), "nothing published");
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_with_one_key_publish_once_and_get_one_answer() {
+    let g = start(|_| {}).await;
+    let body = json!(pensions()).to_string();
+    let port = g.port;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let body = body.clone();
+            tokio::spawn(async move {
+                request(
+                    port,
+                    PATH,
+                    Some("hrss-secret"),
+                    "application/json",
+                    &[("Idempotency-Key", "race-2026-10-15")],
+                    body.as_bytes(),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut bodies = std::collections::HashSet::new();
+    for t in tasks {
+        let (s, _, b) = t.await.unwrap();
+        assert_eq!(s, 200, "{b}");
+        bodies.insert(b);
+    }
+    assert_eq!(bodies.len(), 1, "one answer for all: {bodies:?}");
+    let got = ingested_messages(&g.topics, 3, Duration::from_secs(8)).await;
+    assert_eq!(got.len(), 2, "published once");
+}
+
+#[tokio::test]
+async fn idempotency_keys_survive_a_restart_and_are_shared_by_instances() {
+    let first = start(|_| {}).await;
+    let body = json!(pensions()).to_string();
+    let key = [("Idempotency-Key", "durable-2026-10-15-001")];
+    let a = request(
+        first.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &key,
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(a.0, 200, "{}", a.2);
+    // A second instance (or the first one restarted) on the same topics.
+    let second = start_on(first.topics.clone(), |_| {}).await;
+    let b = request(
+        second.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &key,
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(b.0, 200, "{}", b.2);
+    assert!(b.1.contains("idempotent-replayed: true"), "{}", b.1);
+    assert_eq!(a.2, b.2, "the first answer, with the same event ids");
+    // The same key for another request is a conflict there too.
+    let c = request(
+        second.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &key,
+        json!([pensions()[0]]).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(c.0, 409, "{}", c.2);
+    let got = ingested_messages(&first.topics, 3, Duration::from_secs(8)).await;
+    assert_eq!(got.len(), 2, "published once across instances");
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let g = start(|_| {}).await;
+    let body = json!(pensions()).to_string();
+    let (s, _, b) = tokio::task::spawn_blocking({
+        let port = g.port;
+        move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let head = format!("POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nauthorization: bearer hrss-secret\r\n\r\n", body.len());
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(body.as_bytes()).unwrap();
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            let status: u16 = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+            (status, (), resp)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{b}");
 }

@@ -61,6 +61,12 @@ impl Topics {
         format!("{}_govbus.audit", self.prefix)
     }
 
+    /// `<prefix>_govbus.idempotency`: the gateway's kept answers per
+    /// idempotency key (compacted; key = hash of department and key).
+    pub fn idempotency(&self) -> String {
+        format!("{}_govbus.idempotency", self.prefix)
+    }
+
     /// The department an ingest topic belongs to.
     pub fn department_of_ingest<'t>(&self, topic: &'t str) -> Option<&'t str> {
         topic

@@ -18,7 +18,7 @@ use serde_json::Value as Json;
 /// Most headers a message may carry.
 pub const MAX_HEADERS: usize = 64;
 /// Longest accepted `ce_id`.
-pub const MAX_ID_LEN: usize = 256;
+pub use govbus_validate::envelope::MAX_ID_LEN;
 
 /// One message read from `ingest.<dept>`.
 #[derive(Debug, Clone, Copy)]
@@ -77,40 +77,7 @@ impl Stage {
     }
 }
 
-/// The change operation (`ce_op`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// A new record.
-    Create,
-    /// A changed record (full after-image).
-    Update,
-    /// A removed record: routed as a tombstone.
-    Delete,
-    /// A record read by an initial snapshot.
-    Snapshot,
-}
-
-impl Op {
-    fn parse(s: &str) -> Option<Op> {
-        match s {
-            "create" | "c" => Some(Op::Create),
-            "update" | "u" => Some(Op::Update),
-            "delete" | "d" => Some(Op::Delete),
-            "snapshot" | "r" => Some(Op::Snapshot),
-            _ => None,
-        }
-    }
-
-    /// The canonical name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Create => "create",
-            Op::Update => "update",
-            Op::Delete => "delete",
-            Op::Snapshot => "snapshot",
-        }
-    }
-}
+pub use govbus_validate::envelope::Op;
 
 /// A record for `data.<dataset>`.
 #[derive(Debug)]
@@ -169,33 +136,10 @@ fn header_str<'a>(value: Option<&'a [u8]>, name: &'static str) -> Result<&'a str
         .ok_or_else(|| envelope_error(name, "is not UTF-8 text"))
 }
 
+use govbus_validate::envelope;
+
 fn envelope_error(field: &'static str, detail: &'static str) -> Rejection {
-    Rejection {
-        reason: Reason::EnvelopeInvalid,
-        field: Some(field.to_owned()),
-        detail: Cow::Borrowed(detail),
-    }
-}
-
-fn parse_id(s: &str, field: &'static str) -> Result<(), Rejection> {
-    if s.is_empty() || s.len() > MAX_ID_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(envelope_error(
-            field,
-            "must be 1-256 visible ASCII characters",
-        ));
-    }
-    Ok(())
-}
-
-fn parse_time(s: &str, field: &'static str) -> Result<i64, Rejection> {
-    time::parse_rfc3339_micros(s)
-        .map(|us| us.div_euclid(1000))
-        .ok_or_else(|| envelope_error(field, "is not an RFC 3339 timestamp"))
-}
-
-fn parse_version(s: &str, field: &'static str) -> Result<u64, Rejection> {
-    s.parse::<u64>()
-        .map_err(|_| envelope_error(field, "must be a non-negative integer"))
+    envelope::error(field, detail)
 }
 
 fn read_headers<'a, H: Headers>(headers: Option<&'a H>) -> Result<Envelope<'a>, Rejection> {
@@ -216,23 +160,21 @@ fn read_headers<'a, H: Headers>(headers: Option<&'a H>) -> Result<Envelope<'a>, 
             h::CE_TYPE => env.dataset = Some(Cow::Borrowed(header_str(header.value, h::CE_TYPE)?)),
             h::CE_OP => {
                 let s = header_str(header.value, h::CE_OP)?;
-                env.op = Op::parse(s).ok_or_else(|| {
-                    envelope_error(h::CE_OP, "must be create, update, delete or snapshot")
-                })?;
+                env.op = envelope::op(s, h::CE_OP)?;
             }
             h::CE_ID => {
                 let s = header_str(header.value, h::CE_ID)?;
-                parse_id(s, h::CE_ID)?;
+                envelope::id(s, h::CE_ID)?;
                 env.id = Some(Cow::Borrowed(s));
             }
             h::CE_TIME => {
-                env.time_ms = Some(parse_time(
+                env.time_ms = Some(envelope::time_ms(
                     header_str(header.value, h::CE_TIME)?,
                     h::CE_TIME,
                 )?)
             }
             h::CE_SOURCEVERSION => {
-                env.source_version = Some(parse_version(
+                env.source_version = Some(envelope::source_version(
                     header_str(header.value, h::CE_SOURCEVERSION)?,
                     h::CE_SOURCEVERSION,
                 )?)
@@ -260,41 +202,21 @@ fn read_structured<'a>(env: &mut Envelope<'a>, value: &[u8]) -> Result<Json, Rej
             "a structured CloudEvent is a JSON object",
         ));
     };
-    let text = |ce: &serde_json::Map<String, Json>, k: &str| {
-        ce.get(k).and_then(Json::as_str).map(str::to_owned)
-    };
-    if text(&ce, "specversion").as_deref() != Some("1.0") {
-        return Err(envelope_error("specversion", "must be \"1.0\""));
-    }
-    if let Some(t) = text(&ce, "type") {
+    let a = envelope::attributes(&ce, true)?;
+    if let Some(t) = a.dataset {
         env.dataset = Some(Cow::Owned(t));
     }
-    if let Some(id) = text(&ce, "id") {
-        parse_id(&id, "id")?;
+    if let Some(id) = a.id {
         env.id = Some(Cow::Owned(id));
     }
-    if let Some(t) = text(&ce, "time") {
-        env.time_ms = Some(parse_time(&t, "time")?);
+    if let Some((_, ms)) = a.time {
+        env.time_ms = Some(ms);
     }
-    if let Some(op) = text(&ce, "op") {
-        env.op = Op::parse(&op)
-            .ok_or_else(|| envelope_error("op", "must be create, update, delete or snapshot"))?;
+    if let Some(op) = a.op {
+        env.op = op;
     }
-    match ce.get("sourceversion") {
-        None => {}
-        Some(Json::Number(n)) => {
-            env.source_version =
-                Some(n.as_u64().ok_or_else(|| {
-                    envelope_error("sourceversion", "must be a non-negative integer")
-                })?)
-        }
-        Some(Json::String(s)) => env.source_version = Some(parse_version(s, "sourceversion")?),
-        Some(_) => {
-            return Err(envelope_error(
-                "sourceversion",
-                "must be a non-negative integer",
-            ))
-        }
+    if let Some(v) = a.source_version {
+        env.source_version = Some(v);
     }
     Ok(ce.remove("data").unwrap_or(Json::Null))
 }

@@ -28,6 +28,7 @@
 //!
 //! See [`Reason::ALL`]; each code's meaning is [`Reason::description`].
 
+pub mod envelope;
 mod ids;
 mod json;
 mod plan;
