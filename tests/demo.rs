@@ -270,7 +270,7 @@ fn check_names_each_problem_and_up_runs_a_config_on_a_real_broker() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("[sink] subscriptions: no_such_grant is not in the catalog"),
         "{err}"

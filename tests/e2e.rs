@@ -159,7 +159,11 @@ fn unknown_dataset_is_a_clear_error() {
         "civil_affairs.nope",
         "examples/records/bad-deaths.ndjson",
     ]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an error exits 1, not 2 (published with rejections)"
+    );
     let err = text(&out.stderr);
     assert!(
         err.contains("unknown dataset `civil_affairs.nope`")

@@ -90,8 +90,8 @@ async fn publish_a_csv_through_the_gateway_and_the_router() {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         out.status.code(),
-        Some(1),
-        "a rejected row makes the exit code 1: {stdout}{}",
+        Some(2),
+        "published with a rejected row: exit code 2: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(

@@ -127,9 +127,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // 1 = failed, nothing (more) done; 2 is reserved for "done, but some
+        // records were rejected" (publish, snapshot), which commands return as Ok.
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::FAILURE
         }
     }
 }

@@ -212,9 +212,13 @@ pub fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         rejections.len(),
         args.dataset
     );
+    // The README's exit codes: 0 all published, 2 published with some
+    // records rejected, 1 nothing published.
     Ok(if rejections.is_empty() {
         ExitCode::SUCCESS
+    } else if accepted > 0 {
+        ExitCode::from(2)
     } else {
-        ExitCode::from(1)
+        ExitCode::FAILURE
     })
 }
