@@ -16,6 +16,14 @@
 //! source version, so whatever the first attempt delivered is a harmless
 //! duplicate downstream. A different dump is refused until the state is
 //! rebuilt from the canonical topic ([`rebuild`]).
+//!
+//! Careless input publishes nothing wrong: a dump whose header lacks the key
+//! column or a mapped column is refused before any row is read; so is a file
+//! without a readable header (see [`table`]). A dump that would delete more
+//! than [`Options::max_delete_fraction`] of the previous generation's records
+//! — a header-only or truncated file — has its deletes withheld, whatever the
+//! absolute count. A dry run reads the state but creates and writes nothing
+//! in the state directory.
 
 pub mod mapping;
 pub mod normalize;
@@ -379,7 +387,9 @@ pub fn run(
         .dataset(&opts.dataset)
         .ok_or_else(|| SnapshotError::UnknownDataset(opts.dataset.clone()))?;
     let st = StateDir::new(&opts.state_dir);
-    std::fs::create_dir_all(&opts.state_dir).map_err(st.err())?;
+    if !opts.dry_run {
+        std::fs::create_dir_all(&opts.state_dir).map_err(st.err())?;
+    }
 
     let committed: Committed = st.read_json(&st.committed())?.unwrap_or_default();
     if let Some(other) = committed.dataset.as_ref().filter(|d| **d != opts.dataset) {
@@ -415,18 +425,42 @@ pub fn run(
         },
     };
 
-    // 1. Read, map, validate, sort.
-    let _ = std::fs::remove_dir_all(st.runs());
-    let mut runs = Runs::new(&st.runs(), opts.sort_memory).map_err(st.err())?;
+    // 1. Read, map, validate, sort. A dry run sorts in a temporary directory
+    // and leaves the state directory as it was (or absent).
+    let scratch = if opts.dry_run {
+        Some(
+            tempfile::Builder::new()
+                .prefix("govbus-snapshot-")
+                .tempdir()
+                .map_err(st.err())?,
+        )
+    } else {
+        None
+    };
+    let sort_dir = match &scratch {
+        Some(t) => t.path().join("sort"),
+        None => st.runs(),
+    };
+    let _ = std::fs::remove_dir_all(&sort_dir);
+    let mut runs = Runs::new(&sort_dir, opts.sort_memory).map_err(st.err())?;
     let mut summary = Summary {
         generation: this.generation,
         ..Summary::default()
     };
     let mut kept: HashSet<String> = HashSet::new();
     let ctx = Context::now();
-    let tabular = matches!(format, Format::Csv | Format::Xlsx);
-    let mut first = true;
-    for row in table::open(&opts.file, format, opts.mapping.encoding)? {
+    let dump = table::open(&opts.file, format, opts.mapping.encoding)?;
+    // The header is checked before any row: a dump of another table, or one
+    // without its key column, must not turn into deletes.
+    let columns_error = |message| SnapshotError::Columns {
+        file: shown.clone(),
+        message,
+    };
+    if let Some(columns) = &dump.columns {
+        mapper.check_header(columns).map_err(columns_error)?;
+    }
+    let mut first = dump.columns.is_none();
+    for row in dump.rows {
         let row = match row? {
             Ok(r) => r,
             Err(RowError { line, message }) => {
@@ -436,12 +470,7 @@ pub fn run(
             }
         };
         if first {
-            mapper
-                .check_columns(&row, tabular)
-                .map_err(|message| SnapshotError::Columns {
-                    file: shown.clone(),
-                    message,
-                })?;
+            mapper.check_columns(&row).map_err(columns_error)?;
             first = false;
         }
         summary.rows += 1;
@@ -512,11 +541,13 @@ pub fn run(
             summary.unreadable.len()
         ));
         false
-    } else if summary.deletes > 10
+    } else if summary.deletes > 0
         && summary.deletes as f64 > opts.max_delete_fraction * state_count as f64
     {
+        // Proportional, with no absolute floor: a header-only or truncated
+        // dump of a small dataset is as wrong as one of a large dataset.
         summary.deletes_withheld = Some(format!(
-            "{} of {} records would be deleted, more than the limit of {:.0} % (--max-deletes); check the dump, or raise the limit",
+            "{} of {} records of the previous generation would be deleted, more than the limit of {:.0} % (--max-deletes); check the dump, or raise the limit",
             summary.deletes,
             state_count,
             opts.max_delete_fraction * 100.0
@@ -526,7 +557,7 @@ pub fn run(
         true
     };
     if opts.dry_run {
-        let _ = std::fs::remove_dir_all(st.runs());
+        drop(scratch);
         return Ok(summary);
     }
 

@@ -14,17 +14,19 @@
 //! ```
 //!
 //! Without a mapping file, every field is read from the column of the same
-//! name. Values are normalised by the field's type: full-width characters
-//! become ASCII; dates such as `2023/6/1`, `20230601` or `2023年6月1日`
-//! become `2023-06-01`; local date-times get the time zone; numbers are typed;
-//! an empty cell in a nullable field is null. Validation then checks the
-//! record exactly as the gateway would.
+//! name. Values are normalised by the field's type, and only there: in
+//! identity fields (ID number, credit code, phone, account number — by their
+//! rules or personal-data tags) full-width digits and letters become ASCII;
+//! numbers, dates such as `2023/6/1`, `20230601` or `2023年6月1日` and local
+//! date-times (which get the time zone) are parsed; an empty cell in a
+//! nullable field is null. Any other text is kept exactly as written.
+//! Validation then checks the record exactly as the gateway would.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use govbus_catalog::fields::{top_level, FieldKind};
-use govbus_catalog::Dataset;
+use govbus_catalog::{Check, Dataset, PiiTag};
 use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
@@ -60,6 +62,31 @@ struct FieldMap {
     column: String,
     kind: FieldKind,
     nullable: bool,
+    identity: bool,
+}
+
+/// Whether a field holds an identity value — an ID number, credit code,
+/// phone or account number, by its rules or its personal-data tag — whose
+/// full-width digits and letters are written in ASCII.
+fn is_identity(dataset: &Dataset, field: &str) -> bool {
+    dataset.rules.iter().any(|r| {
+        r.field == field
+            && matches!(
+                r.check,
+                Check::ResidentId | Check::CreditCode | Check::MobilePhone
+            )
+    }) || matches!(
+        dataset.personal_data.get(field),
+        Some(PiiTag::IdNumber | PiiTag::Phone | PiiTag::BankAccount)
+    )
+}
+
+/// At most `n` characters of a column name, for messages about garbage.
+fn short(name: &str, n: usize) -> String {
+    match name.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &name[..i]),
+        None => name.to_owned(),
+    }
 }
 
 /// A compiled mapping for one dataset.
@@ -127,6 +154,7 @@ impl Mapper {
                     name.to_owned()
                 };
                 Some(FieldMap {
+                    identity: is_identity(dataset, name),
                     field: name.to_owned(),
                     column,
                     kind: info.kind,
@@ -142,25 +170,52 @@ impl Mapper {
         })
     }
 
-    /// Checks the first row's columns: a dump without a key column cannot be
-    /// diffed at all. With an explicit mapping, every mapped column must exist.
-    pub fn check_columns(&self, row: &Row, tabular: bool) -> Result<(), String> {
-        let has = |c: &str| row.cells.iter().any(|(n, _)| n == c);
-        let present: Vec<&str> = row.cells.iter().map(|(n, _)| n.as_str()).collect();
+    /// Checks a dump's columns before any row is read: every key field's
+    /// column must be there (a dump without its key cannot be diffed: every
+    /// record would look deleted), and with an explicit mapping every mapped
+    /// column too. Names every missing column at once.
+    pub fn check_header(&self, columns: &[String]) -> Result<(), String> {
+        self.check(columns.iter().map(String::as_str), true)
+    }
+
+    /// The same check on the first row of a dump without a header row (JSON,
+    /// NDJSON): only the key fields, since an object may leave out a field
+    /// that is null.
+    pub fn check_columns(&self, row: &Row) -> Result<(), String> {
+        self.check(row.cells.iter().map(|(n, _)| n.as_str()), false)
+            .map_err(|m| format!("line {}: {m}", row.line))
+    }
+
+    fn check<'a>(
+        &self,
+        columns: impl Iterator<Item = &'a str> + Clone,
+        tabular: bool,
+    ) -> Result<(), String> {
+        let mut missing = Vec::new();
         for f in &self.fields {
             let is_key = self.key.contains(&f.field);
-            if !has(&f.column) && (is_key || (tabular && self.explicit)) {
-                return Err(format!(
-                    "line {}: the dump has no column `{}` for {} field `{}`; its columns are: {}",
-                    row.line,
+            if (is_key || (tabular && self.explicit)) && !columns.clone().any(|c| c == f.column) {
+                missing.push(format!(
+                    "no column `{}` for {} field `{}`",
                     f.column,
                     if is_key { "key" } else { "mapped" },
-                    f.field,
-                    present.join(", ")
+                    f.field
                 ));
             }
         }
-        Ok(())
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let all: Vec<String> = columns.map(|c| format!("`{}`", short(c, 40))).collect();
+        let shown = if all.len() > 30 {
+            format!("{}, … ({} in all)", all[..30].join(", "), all.len())
+        } else {
+            all.join(", ")
+        };
+        Err(format!(
+            "the dump does not match the mapping: {}; its columns are: {shown}",
+            missing.join(", ")
+        ))
     }
 
     /// The record the row stands for, typed and normalised.
@@ -179,25 +234,64 @@ impl Mapper {
                 }
                 continue;
             };
-            out.insert(f.field.clone(), self.value(f, cell));
+            let value = self.value(f, cell).map_err(|message| RowError {
+                line: row.line,
+                message: format!("column `{}`: {message}", f.column),
+            })?;
+            out.insert(f.field.clone(), value);
         }
         Ok(out)
     }
 
-    fn value(&self, f: &FieldMap, cell: &Cell) -> Json {
-        let text = match cell {
-            Cell::Json(Json::String(s)) | Cell::Text(s) => normalize::halfwidth(s),
+    /// A cell as the field's value. Only identity fields and fields parsed
+    /// by type are normalised; any other text goes on exactly as written.
+    fn value(&self, f: &FieldMap, cell: &Cell) -> Result<Json, String> {
+        let raw = match cell {
+            Cell::Json(Json::String(s)) | Cell::Text(s) => s.clone(),
             Cell::Json(Json::Number(n)) if f.kind == FieldKind::Date => n.to_string(),
-            Cell::Json(v) => return v.clone(),
-            Cell::Serial(s) => {
-                let Some(dt) = normalize::excel_serial(*s) else {
-                    return Json::Null;
-                };
-                dt
-            }
+            Cell::Json(v) => return Ok(v.clone()),
+            Cell::Serial { value, date1904 } => normalize::excel_serial(*value, *date1904)
+                .ok_or_else(|| {
+                    format!(
+                        "Excel date serial {value} is not a day in 1900..=9999{}",
+                        if *date1904 {
+                            ""
+                        } else {
+                            " (serial 60 is Excel's 1900-02-29, which does not exist)"
+                        }
+                    )
+                })?,
         };
+        if raw.is_empty() && f.nullable {
+            return Ok(Json::Null);
+        }
+        let typed = matches!(
+            f.kind,
+            FieldKind::Int
+                | FieldKind::Long
+                | FieldKind::Float
+                | FieldKind::Double
+                | FieldKind::Boolean
+                | FieldKind::Date
+                | FieldKind::TimestampMillis
+                | FieldKind::TimestampMicros
+                | FieldKind::Decimal { .. }
+        );
+        if !typed {
+            let text = if f.identity {
+                normalize::identity(&raw)
+            } else {
+                raw
+            };
+            return Ok(if text.is_empty() && f.nullable {
+                Json::Null
+            } else {
+                Json::String(text)
+            });
+        }
+        let text = normalize::halfwidth(&raw);
         if text.is_empty() && f.nullable {
-            return Json::Null;
+            return Ok(Json::Null);
         }
         let parsed = match &f.kind {
             FieldKind::Int | FieldKind::Long => {
@@ -222,8 +316,8 @@ impl Mapper {
             FieldKind::Decimal { .. } => Some(Json::String(text.replace([',', '¥', '￥'], ""))),
             _ => None,
         };
-        // Unparseable values go on as text: validation names the field and why.
-        parsed.unwrap_or(Json::String(text))
+        // Unparseable values go on as written: validation names the field and why.
+        Ok(parsed.unwrap_or(Json::String(raw)))
     }
 
     /// The record key (fields joined with `/`, escaped as the engine does),

@@ -1,11 +1,34 @@
-//! What department dumps look like, turned into what the catalog expects:
-//! full-width characters, dates like `2023/6/1`, `20230601` or `2023年6月1日`,
-//! local date-times without an offset, Excel serial dates.
+//! What department dumps look like, turned into what the catalog expects —
+//! and nothing more: full-width digits and letters in identity fields
+//! ([`identity`]), numbers, dates like `2023/6/1`, `20230601` or
+//! `2023年6月1日`, local date-times without an offset and Excel serial dates
+//! in fields of those types. Free text is never rewritten: `（滨江分公司）`
+//! stays full-width, as the department wrote it and as the gateway would
+//! publish it.
 
 use govbus_catalog::time;
 
+/// An identity value (ID number, credit code, phone, account number): the
+/// full-width digits `０`–`９` and Latin letters (`Ｘ`, the letters of a
+/// credit code) to ASCII; surrounding whitespace, ideographic space
+/// included, trimmed. Nothing else changes.
+pub fn identity(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\u{FF10}'..='\u{FF19}' | '\u{FF21}'..='\u{FF3A}' | '\u{FF41}'..='\u{FF5A}' => {
+                char::from_u32(c as u32 - 0xFEE0).unwrap_or(c)
+            }
+            other => other,
+        })
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
 /// Full-width ASCII variants (U+FF01–U+FF5E) to ASCII, the ideographic space
 /// to a space; everything else unchanged. Trims surrounding whitespace.
+/// Only for text about to be parsed as a number, date or time — never for a
+/// value that is published as text.
 pub fn halfwidth(s: &str) -> String {
     let mapped: String = s
         .chars()
@@ -112,22 +135,45 @@ pub fn timestamp(text: &str, offset: &str) -> Option<String> {
     time::parse_rfc3339_micros(&out).map(|_| out)
 }
 
-/// An Excel serial day number (days since 1899-12-30, fraction = time of day)
-/// as a date-time string `YYYY-MM-DD HH:MM:SS`.
-pub fn excel_serial(serial: f64) -> Option<String> {
-    if !serial.is_finite() || !(1.0..2_958_466.0).contains(&serial) {
+/// An Excel serial number (whole days, fraction = time of day) as a
+/// date-time string `YYYY-MM-DD HH:MM:SS`, exact in both of Excel's date
+/// systems:
+///
+/// - 1904 system: serial 0 is 1904-01-01.
+/// - 1900 system: serial 1 is 1900-01-01 and 59 is 1900-02-28; serial 60 is
+///   1900-02-29, a day that does not exist (Excel's leap-year bug, kept for
+///   Lotus 1-2-3) and is refused; from 61 (1900-03-01) on, days count from
+///   1899-12-30. Serial 0 ("1900-01-00") is refused too.
+///
+/// `None` for a day that does not exist or lies outside 1900..=9999.
+pub fn excel_serial(serial: f64, date1904: bool) -> Option<String> {
+    if !serial.is_finite() || !(0.0..2_958_466.0).contains(&serial) {
         return None;
     }
-    let days = serial.floor() as i64;
-    let secs = ((serial - serial.floor()) * 86_400.0).round() as i64;
-    let epoch = time::days_from_civil(1899, 12, 30);
-    let (y, m, d) = time::civil_from_days(epoch + days + secs / 86_400);
-    let s = secs % 86_400;
+    let mut days = serial.floor() as i64;
+    let mut secs = ((serial - serial.floor()) * 86_400.0).round() as i64;
+    if secs >= 86_400 {
+        days += 1;
+        secs -= 86_400;
+    }
+    let day = if date1904 {
+        time::days_from_civil(1904, 1, 1) + days
+    } else {
+        match days {
+            1..=59 => time::days_from_civil(1899, 12, 31) + days,
+            61.. => time::days_from_civil(1899, 12, 30) + days,
+            _ => return None,
+        }
+    };
+    let (y, m, d) = time::civil_from_days(day);
+    if y > 9999 {
+        return None;
+    }
     Some(format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
     ))
 }
 
@@ -196,15 +242,65 @@ mod tests {
     }
 
     #[test]
-    fn excel_serials() {
+    fn identity_fields_get_ascii_digits_and_letters_only() {
         assert_eq!(
-            excel_serial(45078.0).as_deref(),
-            Some("2023-06-01 00:00:00")
+            identity("\u{3000}１１０１０５１９４９１２３１００２Ｘ "),
+            "11010519491231002X"
         );
+        assert_eq!(identity("９１３３０１０６ＭＡ２Ｈ"), "91330106MA2H");
         assert_eq!(
-            excel_serial(45078.5).as_deref(),
-            Some("2023-06-01 12:00:00")
+            identity("１３８－００１３"),
+            "138－0013",
+            "only digits and letters"
         );
-        assert_eq!(excel_serial(f64::NAN), None);
+    }
+
+    fn check_serial(serial: f64, date1904: bool, expected: Option<&str>) {
+        assert_eq!(
+            excel_serial(serial, date1904).as_deref(),
+            expected,
+            "serial {serial}, 1904 system: {date1904}"
+        );
+    }
+
+    #[test]
+    fn excel_serials_in_both_date_systems() {
+        check_serial(45078.0, false, Some("2023-06-01 00:00:00"));
+        check_serial(45078.5, false, Some("2023-06-01 12:00:00"));
+        check_serial(45296.0, false, Some("2024-01-05 00:00:00"));
+        check_serial(43834.0, true, Some("2024-01-05 00:00:00"));
+        check_serial(0.0, true, Some("1904-01-01 00:00:00"));
+        check_serial(1.0, false, Some("1900-01-01 00:00:00"));
+        check_serial(59.0, false, Some("1900-02-28 00:00:00"));
+        check_serial(59.999_999_999, false, None);
+        check_serial(60.0, false, None);
+        check_serial(61.0, false, Some("1900-03-01 00:00:00"));
+        check_serial(0.5, false, None);
+        check_serial(2_958_465.0, false, Some("9999-12-31 00:00:00"));
+        check_serial(2_958_465.0, true, None);
+        check_serial(f64::NAN, false, None);
+        check_serial(-1.0, true, None);
+    }
+
+    /// calamine's own conversion is the judge for every day it gets right
+    /// (it reports the phantom 1900-02-29 for serial 60, which we refuse).
+    #[test]
+    fn excel_serials_agree_with_calamine() {
+        use calamine::{ExcelDateTime, ExcelDateTimeType};
+        for date1904 in [false, true] {
+            for serial in (0..80).chain((1..200).map(|i| i * 7919)) {
+                if !date1904 && (serial == 0 || serial == 60) {
+                    continue;
+                }
+                let v = f64::from(serial) + 0.75;
+                let (y, m, d, h, mi, s, _) =
+                    ExcelDateTime::new(v, ExcelDateTimeType::DateTime, date1904).to_ymd_hms_milli();
+                check_serial(
+                    v,
+                    date1904,
+                    Some(&format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}")),
+                );
+            }
+        }
     }
 }

@@ -37,6 +37,7 @@ impl ProducerContext for Ctx {
 /// Publishes to Kafka with an idempotent producer.
 pub struct KafkaPublisher {
     producer: ThreadedProducer<Ctx>,
+    bootstrap: String,
     acks: Arc<Acks>,
     topic: String,
     dataset: String,
@@ -71,11 +72,33 @@ impl KafkaPublisher {
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
         Ok(KafkaPublisher {
             producer,
+            bootstrap: bootstrap.to_owned(),
             acks,
             topic: topic.to_owned(),
             dataset: dataset.to_owned(),
             time: govbus_catalog::time::format_rfc3339_millis(ms),
         })
+    }
+}
+
+impl KafkaPublisher {
+    /// Fails unless a broker at the bootstrap address answers a metadata
+    /// request within `timeout`. The producer itself would wait for an
+    /// unreachable broker forever (`message.timeout.ms=0`, so that a slow
+    /// broker never loses a change), so a run checks this before it reads the
+    /// dump and before anything is written.
+    pub fn check_reachable(&self, timeout: Duration) -> Result<(), String> {
+        self.producer
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "no Kafka broker answered at {} within {}s ({e}); check --bootstrap and that the broker is up",
+                    self.bootstrap,
+                    timeout.as_secs()
+                )
+            })
     }
 }
 

@@ -1,6 +1,14 @@
 //! Reading a dump: CSV (UTF-8 or GBK/GB 18030), JSON (an array), NDJSON, or
 //! XLSX (the first sheet), as rows of named cells with their line numbers.
 //! CSV and NDJSON stream; a JSON array and a workbook are read whole.
+//!
+//! What is refused before any row is read: a CSV whose first line is longer
+//! than [`MAX_HEADER_BYTES`] (garbage, or a file without line breaks — it
+//! has no header), any line longer than [`MAX_LINE_BYTES`], a `.json` file
+//! that does not start with `[`, and a file declared GBK / GB 18030 whose
+//! bytes are valid UTF-8 with non-ASCII text (decoding it as GBK would
+//! publish mojibake). Memory stays bounded by these limits for streamed
+//! formats.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -15,8 +23,13 @@ pub enum Cell {
     Text(String),
     /// A typed JSON value (JSON input, numbers and booleans from a workbook).
     Json(Json),
-    /// An Excel date/time serial number.
-    Serial(f64),
+    /// An Excel date/time serial number and the workbook's date system.
+    Serial {
+        /// Days since the epoch of the date system, fraction = time of day.
+        value: f64,
+        /// The workbook uses the 1904 date system (`<workbookPr date1904="1"/>`).
+        date1904: bool,
+    },
 }
 
 /// A row: its line (1-based; the row number in a workbook) and its cells by
@@ -57,6 +70,14 @@ pub enum TableError {
         /// The line where decoding failed.
         line: u64,
         /// What was expected.
+        encoding: &'static str,
+    },
+    /// The file is UTF-8 but the mapping declares a GBK-family encoding.
+    #[error("{path}: the file is UTF-8 (it holds non-ASCII text that is valid UTF-8), but the mapping declares {encoding}; read as {encoding} it would be garbled. Set encoding = \"utf-8\" in the mapping file")]
+    Utf8DeclaredGbk {
+        /// The file.
+        path: String,
+        /// What the mapping declares.
         encoding: &'static str,
     },
     /// Anything else that stops the whole file (bad JSON, bad workbook).
@@ -185,6 +206,134 @@ impl<R: Read> Read for Transcoder<R> {
 /// Rows of a dump, in file order.
 pub type Rows = Box<dyn Iterator<Item = Result<Result<Row, RowError>, TableError>>>;
 
+/// An opened dump: its header (CSV and XLSX) and its rows.
+pub struct Table {
+    /// The column names of the header row; `None` for JSON and NDJSON,
+    /// whose rows name their own fields.
+    pub columns: Option<Vec<String>>,
+    /// The rows after the header.
+    pub rows: Rows,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("columns", &self.columns)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The longest first line of a CSV dump: a header naming a few hundred
+/// columns fits many times over; anything longer is not a header.
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
+/// The longest line of any streamed dump (a row, or an NDJSON object).
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// Stops a reader at a line longer than the limit, so that a file without
+/// line breaks is refused after reading a bounded amount, never buffered whole
+/// (the CSV and line readers grow their buffer to the longest line).
+struct LineLimit<R> {
+    inner: R,
+    /// Bytes since the last line break.
+    run: usize,
+    /// Line breaks seen.
+    lines: u64,
+    /// Limit of the first line (a CSV header), then of every line.
+    first: usize,
+    limit: usize,
+}
+
+impl<R: Read> Read for LineLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let got = &buf[..n];
+        match got.iter().position(|b| *b == b'\n') {
+            None => self.run += n,
+            Some(first) => {
+                self.run += first;
+                self.check()?;
+                self.lines += got.iter().filter(|b| **b == b'\n').count() as u64;
+                let last = got.iter().rposition(|b| *b == b'\n').unwrap_or(first);
+                self.run = n - 1 - last;
+            }
+        }
+        self.check()?;
+        Ok(n)
+    }
+}
+
+impl<R> LineLimit<R> {
+    fn new(inner: R, first: usize, limit: usize) -> LineLimit<R> {
+        LineLimit {
+            inner,
+            run: 0,
+            lines: 0,
+            first,
+            limit,
+        }
+    }
+    fn check(&self) -> std::io::Result<()> {
+        let limit = if self.lines == 0 {
+            self.first
+        } else {
+            self.limit
+        };
+        if self.run <= limit {
+            return Ok(());
+        }
+        let mib = limit >> 20;
+        Err(std::io::Error::other(
+            if self.lines == 0 && self.first < self.limit {
+                format!("no header row: the first line is longer than {mib} MiB (a dump starts with one header line naming its columns); not a table dump")
+            } else {
+                format!(
+                    "line {} is longer than {mib} MiB; not a table dump",
+                    self.lines + 1
+                )
+            },
+        ))
+    }
+}
+
+/// Whether the file is valid UTF-8 and holds non-ASCII text: then it is not
+/// GBK (real GBK text is almost never valid UTF-8), and decoding it as GBK
+/// would turn every Chinese character into mojibake.
+fn utf8_with_non_ascii(path: &Path) -> std::io::Result<bool> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut carry = 0usize;
+    let mut non_ascii = false;
+    loop {
+        let n = f.read(&mut buf[carry..])?;
+        if n == 0 {
+            return Ok(carry == 0 && non_ascii);
+        }
+        let end = carry + n;
+        non_ascii |= !buf[..end].is_ascii();
+        match std::str::from_utf8(&buf[..end]) {
+            Ok(_) => carry = 0,
+            // An invalid sequence: not UTF-8.
+            Err(e) if e.error_len().is_some() => return Ok(false),
+            // A sequence cut by the buffer's end: keep it for the next read.
+            Err(e) => {
+                let valid = e.valid_up_to();
+                buf.copy_within(valid..end, 0);
+                carry = end - valid;
+            }
+        }
+    }
+}
+
+/// Whether the first non-blank byte (after a byte-order mark) is `[`.
+fn starts_with_bracket(path: &Path) -> std::io::Result<bool> {
+    let mut head = Vec::new();
+    BufReader::new(File::open(path)?)
+        .take(MAX_HEADER_BYTES as u64)
+        .read_to_end(&mut head)?;
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&head);
+    Ok(head.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'['))
+}
+
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TableError + '_ {
     move |source| TableError::Io {
         path: path.display().to_string(),
@@ -194,12 +343,33 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> TableError + '_ {
 
 /// Opens a dump. Row-level problems come back as `Ok(Err(RowError))`;
 /// problems that stop the whole file as `Err(TableError)`.
-pub fn open(path: &Path, format: Format, encoding: Encoding) -> Result<Rows, TableError> {
+pub fn open(path: &Path, format: Format, encoding: Encoding) -> Result<Table, TableError> {
     let file = File::open(path).map_err(io(path))?;
     let shown = path.display().to_string();
+    if encoding != Encoding::Utf8
+        && format != Format::Xlsx
+        && utf8_with_non_ascii(path).map_err(io(path))?
+    {
+        return Err(TableError::Utf8DeclaredGbk {
+            path: shown,
+            encoding: encoding.name(),
+        });
+    }
+    let rows = |rows: Rows| Table {
+        columns: None,
+        rows,
+    };
     match format {
         Format::Xlsx => xlsx(path),
         Format::Json => {
+            if !starts_with_bracket(path).map_err(io(path))? {
+                return Err(TableError::Format {
+                    path: shown,
+                    message:
+                        "expected a JSON array of objects (use .ndjson for one object per line)"
+                            .into(),
+                });
+            }
             let bytes = read_text(file, encoding, &shown)?;
             let v: Json = serde_json::from_slice(&bytes).map_err(|e| TableError::Format {
                 path: shown.clone(),
@@ -213,21 +383,22 @@ pub fn open(path: &Path, format: Format, encoding: Encoding) -> Result<Rows, Tab
                             .into(),
                 });
             };
-            Ok(Box::new(
+            Ok(rows(Box::new(
                 items
                     .into_iter()
                     .enumerate()
                     .map(|(i, v)| Ok(object_row(i as u64 + 1, v, "element"))),
-            ))
+            )))
         }
         Format::Ndjson => {
-            let reader: Box<dyn BufRead> = match encoding {
-                Encoding::Utf8 => Box::new(BufReader::new(file)),
-                e => Box::new(BufReader::new(transcoder(file, e))),
+            let source: Box<dyn Read> = match encoding {
+                Encoding::Utf8 => Box::new(file),
+                e => Box::new(transcoder(file, e)),
             };
+            let reader = BufReader::new(LineLimit::new(source, MAX_LINE_BYTES, MAX_LINE_BYTES));
             let mut line = 0u64;
             let enc = encoding;
-            Ok(Box::new(reader.split(b'\n').filter_map(move |l| {
+            Ok(rows(Box::new(reader.split(b'\n').filter_map(move |l| {
                 line += 1;
                 match l {
                     Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -257,7 +428,7 @@ pub fn open(path: &Path, format: Format, encoding: Encoding) -> Result<Rows, Tab
                         })),
                     },
                 }
-            })))
+            }))))
         }
         Format::Csv => csv_rows(file, encoding, shown),
     }
@@ -317,11 +488,12 @@ fn kind(v: &Json) -> &'static str {
     }
 }
 
-fn csv_rows(file: File, encoding: Encoding, shown: String) -> Result<Rows, TableError> {
+fn csv_rows(file: File, encoding: Encoding, shown: String) -> Result<Table, TableError> {
     let source: Box<dyn Read> = match encoding {
         Encoding::Utf8 => Box::new(BufReader::new(file)),
         e => Box::new(transcoder(file, e)),
     };
+    let source = LineLimit::new(source, MAX_HEADER_BYTES, MAX_LINE_BYTES);
     let reader = csv::ReaderBuilder::new()
         .flexible(true)
         .has_headers(false)
@@ -351,7 +523,8 @@ fn csv_rows(file: File, encoding: Encoding, shown: String) -> Result<Rows, Table
         })?;
         names.push(name.trim().to_owned());
     }
-    Ok(Box::new(records.map(move |r| {
+    let columns = Some(names.clone());
+    let rows: Rows = Box::new(records.map(move |r| {
         let r = r.map_err(|e| csv_error(&shown, e, encoding))?;
         let line = r.position().map_or(0, |p| p.line());
         if r.len() != names.len() {
@@ -374,7 +547,8 @@ fn csv_rows(file: File, encoding: Encoding, shown: String) -> Result<Rows, Table
             cells.push((name.clone(), Cell::Text(text.to_owned())));
         }
         Ok(Ok(Row { line, cells }))
-    })))
+    }));
+    Ok(Table { columns, rows })
 }
 
 fn csv_error(path: &str, e: csv::Error, encoding: Encoding) -> TableError {
@@ -403,8 +577,8 @@ fn malformed_line(e: &std::io::Error) -> Option<u64> {
     e.to_string().rsplit(' ').next()?.parse().ok()
 }
 
-fn xlsx(path: &Path) -> Result<Rows, TableError> {
-    use calamine::{Data, Reader};
+fn xlsx(path: &Path) -> Result<Table, TableError> {
+    use calamine::{Data, Reader, Sheets};
     let shown = path.display().to_string();
     let fail = |message: String| TableError::Format {
         path: shown.clone(),
@@ -412,6 +586,13 @@ fn xlsx(path: &Path) -> Result<Rows, TableError> {
     };
     let mut book = calamine::open_workbook_auto(path)
         .map_err(|e| fail(format!("not a readable workbook: {e}")))?;
+    // Serials count days from 1899-12-30 or, in the 1904 system (Excel for
+    // Mac's old default), from 1904-01-01: 1462 days apart.
+    let date1904 = match &book {
+        Sheets::Xlsx(x) => x.has_1904_epoch(),
+        Sheets::Xls(x) => x.has_1904_epoch(),
+        Sheets::Xlsb(_) | Sheets::Ods(_) => false,
+    };
     let range = book
         .worksheet_range_at(0)
         .ok_or_else(|| fail("the workbook has no sheet".into()))?
@@ -443,7 +624,10 @@ fn xlsx(path: &Path) -> Result<Rows, TableError> {
                         Cell::Text(s.clone())
                     }
                     Data::Bool(b) => Cell::Json(Json::Bool(*b)),
-                    Data::DateTime(d) => Cell::Serial(d.as_f64()),
+                    Data::DateTime(d) => Cell::Serial {
+                        value: d.as_f64(),
+                        date1904,
+                    },
                     Data::Empty => Cell::Text(String::new()),
                     Data::Error(e) => {
                         return Ok(Err(RowError {
@@ -457,5 +641,8 @@ fn xlsx(path: &Path) -> Result<Rows, TableError> {
             Ok(Ok(Row { line, cells }))
         })
         .collect();
-    Ok(Box::new(body.into_iter()))
+    Ok(Table {
+        columns: Some(header),
+        rows: Box::new(body.into_iter()),
+    })
 }
