@@ -6,6 +6,7 @@
 //! expiring (`valid_until`) or deleting the file stops delivery as soon as a
 //! sink reloads the catalog.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
+use crate::decimal::Decimal;
+use crate::fields::{FieldInfo, FieldKind};
 use crate::load::{is_ident, toml_problem, Collector};
 use crate::model::{Dataset, Department};
 use crate::time;
@@ -62,16 +65,332 @@ pub enum Op {
     In,
 }
 
-/// One row-filter predicate, `field OP value`; a record is delivered when
-/// every predicate of its subscription holds.
+impl Op {
+    /// The operator as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Eq => "==",
+            Op::Ne => "!=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::In => "in",
+        }
+    }
+
+    /// Whether it orders values (`<`, `<=`, `>`, `>=`).
+    pub fn is_ordering(self) -> bool {
+        matches!(self, Op::Lt | Op::Le | Op::Gt | Op::Ge)
+    }
+}
+
+/// One row-filter predicate as written, `field OP value`: checked for syntax
+/// only. [`Condition`] is the same predicate checked against its field's type.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Predicate {
     /// A top-level field of the dataset.
     pub field: String,
     /// The comparison.
     pub op: Op,
-    /// A JSON literal (a bare word is a string); a list for `in`.
+    /// A JSON literal (a bare word or a `'quoted'` word is a string); a list for `in`.
     pub value: Json,
+}
+
+/// A value of a filtered field's type: a filter's literal, or a record's value
+/// (the sink reads it from the delivered JSON with [`Scalar::from_record`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    /// `null`.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// An `int` or `long`.
+    Int(i64),
+    /// A `float` or `double`.
+    Float(f64),
+    /// A decimal, exact.
+    Decimal(Decimal),
+    /// A date, days since 1970-01-01.
+    Date(i64),
+    /// A timestamp, microseconds since the epoch.
+    Timestamp(i64),
+    /// A string or an enum symbol.
+    Text(String),
+}
+
+impl Scalar {
+    /// Compares two values of one field; `None` when they do not compare
+    /// (null, or different types).
+    pub fn compare(&self, other: &Scalar) -> Option<Ordering> {
+        match (self, other) {
+            (Scalar::Bool(a), Scalar::Bool(b)) => Some(a.cmp(b)),
+            (Scalar::Int(a), Scalar::Int(b))
+            | (Scalar::Date(a), Scalar::Date(b))
+            | (Scalar::Timestamp(a), Scalar::Timestamp(b)) => Some(a.cmp(b)),
+            (Scalar::Float(a), Scalar::Float(b)) => a.partial_cmp(b),
+            (Scalar::Decimal(a), Scalar::Decimal(b)) => Some(a.cmp(b)),
+            (Scalar::Text(a), Scalar::Text(b)) => Some(a.cmp(b)),
+            _ => None,
+        }
+    }
+
+    /// A record's value of a field of `kind`, as the sink delivers it (dates
+    /// `YYYY-MM-DD`, timestamps RFC 3339, decimals as exact strings). `None`
+    /// when it is not a value of that kind.
+    pub fn from_record(kind: &FieldKind, v: &Json) -> Option<Scalar> {
+        Some(match (kind, v) {
+            (_, Json::Null) => Scalar::Null,
+            (FieldKind::Boolean, Json::Bool(b)) => Scalar::Bool(*b),
+            (FieldKind::Int | FieldKind::Long, Json::Number(n)) => Scalar::Int(n.as_i64()?),
+            (FieldKind::Float | FieldKind::Double, Json::Number(n)) => {
+                Scalar::Float(n.as_f64().filter(|f| f.is_finite())?)
+            }
+            (FieldKind::Decimal { .. }, Json::String(s)) => Scalar::Decimal(Decimal::parse(s)?),
+            (FieldKind::Decimal { .. }, Json::Number(n)) => {
+                Scalar::Decimal(Decimal::parse(&n.to_string())?)
+            }
+            (FieldKind::Date, Json::String(s)) => Scalar::Date(time::parse_date(s)?),
+            (FieldKind::TimestampMillis | FieldKind::TimestampMicros, Json::String(s)) => {
+                Scalar::Timestamp(time::parse_rfc3339_micros(s)?)
+            }
+            (FieldKind::String | FieldKind::Enum(_), Json::String(s)) => Scalar::Text(s.clone()),
+            _ => return None,
+        })
+    }
+
+    /// A filter's literal as a value of a field of `kind`, or why it is not one.
+    fn literal(kind: &FieldKind, v: &Json) -> Result<Scalar, String> {
+        let text = match v {
+            Json::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let grouped = text.contains(',') && text.bytes().any(|b| b.is_ascii_digit());
+        if grouped
+            && matches!(
+                kind,
+                FieldKind::Int
+                    | FieldKind::Long
+                    | FieldKind::Float
+                    | FieldKind::Double
+                    | FieldKind::Decimal { .. }
+            )
+        {
+            return Err(format!(
+                "`{text}`: write {} (no digit grouping: a comma in a number is ambiguous)",
+                text.replace(',', "")
+            ));
+        }
+        match kind {
+            FieldKind::Boolean => match v {
+                Json::Bool(b) => Ok(Scalar::Bool(*b)),
+                _ => Err(format!("`{text}`: expected true or false")),
+            },
+            FieldKind::Int | FieldKind::Long => {
+                let bits = if *kind == FieldKind::Int {
+                    "int"
+                } else {
+                    "long"
+                };
+                let (lo, hi) = if *kind == FieldKind::Int {
+                    (i64::from(i32::MIN), i64::from(i32::MAX))
+                } else {
+                    (i64::MIN, i64::MAX)
+                };
+                match v {
+                    Json::Number(_) => text
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|i| (lo..=hi).contains(i))
+                        .map(Scalar::Int)
+                        .ok_or_else(|| {
+                            format!("`{text}`: expected an integer that fits in {bits}")
+                        }),
+                    _ => Err(format!("`{text}`: expected an integer ({bits})")),
+                }
+            }
+            FieldKind::Float | FieldKind::Double => match v {
+                Json::Number(n) => n
+                    .as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(Scalar::Float)
+                    .ok_or_else(|| format!("`{text}`: out of range")),
+                _ => Err(format!("`{text}`: expected a number")),
+            },
+            FieldKind::Decimal { precision, scale } => {
+                let what = format!("decimal({precision},{scale})");
+                let d = match v {
+                    Json::Number(_) | Json::String(_) => Decimal::parse(&text),
+                    _ => None,
+                }
+                .ok_or_else(|| {
+                    format!("`{text}`: expected a decimal like 1000 or 1234.50 (no exponent)")
+                })?;
+                if !d.has_at_most_scale(*scale) {
+                    return Err(format!(
+                        "`{text}` has more than {scale} digits after the point; the field is {what}"
+                    ));
+                }
+                match d.rescale(*scale) {
+                    Some(r) if r.digits() <= *precision => Ok(Scalar::Decimal(d)),
+                    _ => Err(format!(
+                        "`{text}` has more than {precision} digits; the field is {what}"
+                    )),
+                }
+            }
+            FieldKind::Date => match v {
+                Json::String(s) => time::parse_date(s).map(Scalar::Date).ok_or_else(|| {
+                    format!("`{text}`: expected a date as YYYY-MM-DD, like 2024-01-05")
+                }),
+                _ => Err(format!(
+                    "`{text}`: write the date as YYYY-MM-DD, like 2024-01-05"
+                )),
+            },
+            FieldKind::TimestampMillis | FieldKind::TimestampMicros => {
+                let us = match v {
+                    Json::String(s) => time::parse_rfc3339_micros(s),
+                    _ => None,
+                }
+                .ok_or_else(|| {
+                    format!("`{text}`: expected an RFC 3339 time with its offset, like 2024-01-05T08:00:00+08:00")
+                })?;
+                if us % 1000 != 0 {
+                    return Err(format!(
+                        "`{text}`: at most millisecond precision (deliveries carry milliseconds)"
+                    ));
+                }
+                Ok(Scalar::Timestamp(us))
+            }
+            FieldKind::String => match v {
+                Json::String(s) => Ok(Scalar::Text(s.clone())),
+                _ => Err(format!(
+                    "`{text}`: the field is a string; quote the value: \"{text}\""
+                )),
+            },
+            FieldKind::Enum(symbols) => match v {
+                Json::String(s) if symbols.contains(s) => Ok(Scalar::Text(s.clone())),
+                _ => Err(format!(
+                    "`{text}` is not a symbol of the field (symbols: {})",
+                    symbols.join(", ")
+                )),
+            },
+            FieldKind::Null | FieldKind::Bytes | FieldKind::Complex => {
+                Err("filters compare scalar fields only".to_owned())
+            }
+        }
+    }
+}
+
+/// A row-filter predicate checked against its field's type: its literals are
+/// values of that type, and its operator applies to it. A record is delivered
+/// when every condition of its subscription holds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Condition {
+    /// The predicate as written.
+    #[serde(flatten)]
+    pub predicate: Predicate,
+    /// The field's type (in the latest schema version that has the field).
+    #[serde(skip)]
+    pub kind: FieldKind,
+    /// The literal as a value of that type; for `in`, each item of the list.
+    #[serde(skip)]
+    pub operands: Vec<Scalar>,
+}
+
+impl Condition {
+    /// Checks `predicate` against its field, or says why it does not apply.
+    pub fn new(predicate: Predicate, field: &FieldInfo) -> Result<Condition, String> {
+        let name = &predicate.field;
+        let op = predicate.op;
+        let type_name = kind_name(&field.kind);
+        let comparable = matches!(
+            field.kind,
+            FieldKind::Boolean
+                | FieldKind::Int
+                | FieldKind::Long
+                | FieldKind::Float
+                | FieldKind::Double
+                | FieldKind::Decimal { .. }
+                | FieldKind::Date
+                | FieldKind::TimestampMillis
+                | FieldKind::TimestampMicros
+                | FieldKind::String
+                | FieldKind::Enum(_)
+        );
+        if !comparable {
+            return Err(format!(
+                "`{name}` is {type_name}; filters compare scalar fields only"
+            ));
+        }
+        let ordered = field.kind.is_numeric() || field.kind.is_temporal();
+        if op.is_ordering() && !ordered {
+            return Err(format!(
+                "`{}` does not apply to `{name}` ({type_name}): use ==, != or in",
+                op.as_str()
+            ));
+        }
+        let items: Vec<&Json> = match (&predicate.value, op) {
+            (Json::Array(items), Op::In) if !items.is_empty() => items.iter().collect(),
+            (Json::Array(_), Op::In) => return Err("`in` needs at least one value".to_owned()),
+            (Json::Array(_), _) => {
+                return Err(format!(
+                    "a list applies to `in` only, not `{}`",
+                    op.as_str()
+                ))
+            }
+            (v, _) => vec![v],
+        };
+        let mut operands = Vec::with_capacity(items.len());
+        for item in items {
+            if item.is_null() {
+                if !field.nullable {
+                    return Err(format!("`{name}` is never null"));
+                }
+                if op.is_ordering() {
+                    return Err(format!("`{}` does not compare with null", op.as_str()));
+                }
+                operands.push(Scalar::Null);
+                continue;
+            }
+            let v = Scalar::literal(&field.kind, item)
+                .map_err(|e| format!("{e} (`{name}` is {type_name})"))?;
+            operands.push(v);
+        }
+        Ok(Condition {
+            kind: field.kind.clone(),
+            predicate,
+            operands,
+        })
+    }
+
+    /// The field it tests.
+    pub fn field(&self) -> &str {
+        &self.predicate.field
+    }
+
+    /// The comparison.
+    pub fn op(&self) -> Op {
+        self.predicate.op
+    }
+}
+
+/// "a decimal(18,2)", "a date", ... for messages.
+fn kind_name(kind: &FieldKind) -> String {
+    match kind {
+        FieldKind::Null => "always null".to_owned(),
+        FieldKind::Boolean => "a boolean".to_owned(),
+        FieldKind::Int => "an int".to_owned(),
+        FieldKind::Long => "a long".to_owned(),
+        FieldKind::Float => "a float".to_owned(),
+        FieldKind::Double => "a double".to_owned(),
+        FieldKind::String => "a string".to_owned(),
+        FieldKind::Bytes => "bytes".to_owned(),
+        FieldKind::Enum(_) => "an enum".to_owned(),
+        FieldKind::Date => "a date".to_owned(),
+        FieldKind::TimestampMillis | FieldKind::TimestampMicros => "a timestamp".to_owned(),
+        FieldKind::Decimal { precision, scale } => format!("a decimal({precision},{scale})"),
+        FieldKind::Complex => "a record, array, map or union".to_owned(),
+    }
 }
 
 /// Where a subscription's records go.
@@ -202,7 +521,7 @@ pub struct Subscription {
     /// Treatment of each delivered personal-data field (default: mask).
     pub treatments: BTreeMap<String, Treatment>,
     /// Row filter; empty delivers every record.
-    pub filter: Vec<Predicate>,
+    pub filter: Vec<Condition>,
     /// Delivery target.
     pub sink: SinkSpec,
     /// Short hash of dataset, selection, treatments and filter: recorded in
@@ -302,8 +621,22 @@ fn parse_instant(text: &str) -> Option<i64> {
     time::parse_rfc3339_micros(text).map(|us| us.div_euclid(1000))
 }
 
+/// The operators, longest first so that `<=` is not read as `<`.
+const OPS: [(&str, Op); 7] = [
+    ("==", Op::Eq),
+    ("!=", Op::Ne),
+    ("<=", Op::Le),
+    (">=", Op::Ge),
+    ("<", Op::Lt),
+    (">", Op::Gt),
+    ("in ", Op::In),
+];
+
 /// Parses one row-filter predicate: `field OP value`, OP one of
-/// `== != < <= > >= in`; the value is a JSON literal or a bare word.
+/// `== != < <= > >= in`. The value is a JSON literal (`1000`, `"text"`,
+/// `true`, `null`, `["a", "b"]`), a `'quoted'` string, or a bare word of
+/// letters, digits and `_ - . : +` (`ACTIVE`, `2024-01-05`). This checks
+/// syntax only; [`Condition::new`] checks the value against the field's type.
 pub fn parse_predicate(text: &str) -> Result<Predicate, String> {
     let text = text.trim();
     let field_end = text
@@ -316,29 +649,25 @@ pub fn parse_predicate(text: &str) -> Result<Predicate, String> {
         ));
     }
     let rest = text[field_end..].trim_start();
-    let ops = [
-        ("==", Op::Eq),
-        ("!=", Op::Ne),
-        ("<=", Op::Le),
-        (">=", Op::Ge),
-        ("<", Op::Lt),
-        (">", Op::Gt),
-        ("in ", Op::In),
-    ];
-    let Some((sym, op)) = ops.iter().find(|(s, _)| rest.starts_with(s)) else {
+    let Some((sym, op)) = OPS.iter().find(|(s, _)| rest.starts_with(s)) else {
         return Err(format!(
             "`{text}`: expected an operator after `{field}` (== != < <= > >= in)"
         ));
     };
     let literal = rest[sym.len()..].trim();
+    if let Some(c) = literal.chars().next().filter(|c| "=<>!".contains(*c)) {
+        return Err(format!(
+            "`{text}`: `{}{c}` is not an operator (== != < <= > >= in)",
+            sym.trim()
+        ));
+    }
     if literal.is_empty() {
         return Err(format!(
             "`{text}`: missing the value after `{}`",
             sym.trim()
         ));
     }
-    let value = serde_json::from_str::<Json>(literal)
-        .unwrap_or_else(|_| Json::String(literal.trim_matches('\'').to_owned()));
+    let value = parse_literal(literal).map_err(|e| format!("`{text}`: {e}"))?;
     if *op == Op::In && !value.is_array() {
         return Err(format!("`{text}`: `in` needs a list, like [\"a\", \"b\"]"));
     }
@@ -347,6 +676,41 @@ pub fn parse_predicate(text: &str) -> Result<Predicate, String> {
         op: *op,
         value,
     })
+}
+
+/// A filter value: JSON, `'quoted'`, or a bare word. Anything else — a quote
+/// left open, an object, a word with spaces or symbols — is refused rather
+/// than guessed at.
+fn parse_literal(literal: &str) -> Result<Json, String> {
+    if let Some(inner) = literal.strip_prefix('\'') {
+        return match inner.strip_suffix('\'') {
+            Some(word) if !word.contains('\'') => Ok(Json::String(word.to_owned())),
+            _ => Err(format!("`{literal}`: unbalanced quotes")),
+        };
+    }
+    match serde_json::from_str::<Json>(literal) {
+        Ok(Json::Object(_)) => Err(format!("`{literal}`: an object is not a filter value")),
+        Ok(Json::Array(items)) if items.iter().any(|i| i.is_array() || i.is_object()) => {
+            Err(format!("`{literal}`: a list holds plain values only"))
+        }
+        Ok(v) => Ok(v),
+        Err(_) if literal.contains(['"', '\'']) => Err(format!("`{literal}`: unbalanced quotes")),
+        Err(_) if literal.starts_with('[') => Err(format!(
+            "`{literal}`: a list is written in JSON, like [\"a\", \"b\"] or [1, 2]"
+        )),
+        Err(_) => {
+            let bare = literal
+                .chars()
+                .all(|c| c.is_alphanumeric() || "_-.:+,".contains(c));
+            if bare {
+                Ok(Json::String(literal.to_owned()))
+            } else {
+                Err(format!(
+                    "`{literal}`: quote a value with spaces or symbols: \"...\""
+                ))
+            }
+        }
+    }
 }
 
 fn duration(
@@ -669,18 +1033,28 @@ pub(crate) fn load_subscription(
     }
     let mut filter = Vec::new();
     for (i, p) in spec.filter.iter().enumerate() {
-        match parse_predicate(p) {
-            Ok(pred) => {
-                if !known(&pred.field) {
-                    check_fields(
-                        c,
-                        &format!("filter[{i}]"),
-                        std::slice::from_ref(&pred.field),
-                    );
-                }
-                filter.push(pred);
+        let path = format!("filter[{i}]");
+        let pred = match parse_predicate(p) {
+            Ok(pred) => pred,
+            Err(e) => {
+                c.push(&file, path, e);
+                continue;
             }
-            Err(e) => c.push(&file, format!("filter[{i}]"), e),
+        };
+        // The field as the latest version that has it defines it.
+        let info = ds.versions.iter().rev().find_map(|v| {
+            crate::fields::top_level(&v.schema)
+                .into_iter()
+                .find(|(n, _)| *n == pred.field)
+                .map(|(_, info)| info)
+        });
+        let Some(info) = info else {
+            check_fields(c, &path, std::slice::from_ref(&pred.field));
+            continue;
+        };
+        match Condition::new(pred, &info) {
+            Ok(cond) => filter.push(cond),
+            Err(e) => c.push(&file, path, format!("`{}`: {e}", p.trim())),
         }
     }
     let sink = sink_spec(c, &file, spec.sink);

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 
+mod filters;
+
 fn sample_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
 }
