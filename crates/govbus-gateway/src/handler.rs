@@ -357,6 +357,13 @@ async fn publish_records(
 
     let ctx = Context::now();
     let ingest = g.config.topics.ingest(department);
+    if g.topic_exists(&ingest).await == Some(false) {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "topic_missing",
+            format!("the topic `{ingest}` does not exist on the broker; nothing was accepted. Create the catalog's topics with `govbus topics ensure` (the gateway, router and `govbus up` create them at start unless --no-create-topics)"),
+        );
+    }
     let mut results: Vec<Json> = Vec::with_capacity(items.len());
     let mut pending = Vec::new();
     for (index, item) in items.iter().enumerate() {

@@ -87,6 +87,8 @@ pub struct Gateway {
     idempotency: Arc<idempotency::Store>,
     /// Set once `_govbus.idempotency` has been read to its end.
     idempotency_loaded: AtomicBool,
+    /// Ingest topics seen in the broker's metadata.
+    known_topics: std::sync::Mutex<std::collections::HashSet<String>>,
     metrics: GatewayMetrics,
 }
 
@@ -174,6 +176,7 @@ impl Gateway {
                 config.idempotency_max_bytes,
             ),
             idempotency_loaded: AtomicBool::new(false),
+            known_topics: Default::default(),
             config,
             metrics: GatewayMetrics::new(),
         })
@@ -204,6 +207,40 @@ impl Gateway {
             catalog,
             self.engine.clone(),
         )
+    }
+
+    /// Whether `topic` exists on the broker: `Some(false)` only when the
+    /// broker says it does not (a publish to it would wait and then fail as
+    /// "not acknowledged"); `None` when the broker did not answer.
+    pub(crate) async fn topic_exists(&self, topic: &str) -> Option<bool> {
+        use rdkafka::producer::Producer;
+        if self.known_topics.lock().is_ok_and(|k| k.contains(topic)) {
+            return Some(true);
+        }
+        let (producer, t) = (self.producer.clone(), topic.to_owned());
+        let answer = tokio::task::spawn_blocking(move || {
+            let m = producer
+                .client()
+                .fetch_metadata(Some(&t), Duration::from_secs(3))
+                .ok()?;
+            let found = m.topics().iter().find(|x| x.name() == t)?;
+            Some(match found.error() {
+                None => true,
+                Some(e) => !matches!(
+                    rdkafka::types::RDKafkaRespErr::from(e),
+                    rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART
+                ),
+            })
+        })
+        .await
+        .ok()
+        .flatten();
+        if answer == Some(true) {
+            if let Ok(mut k) = self.known_topics.lock() {
+                k.insert(topic.to_owned());
+            }
+        }
+        answer
     }
 
     /// Waits (at most 15 s) until the kept idempotency answers have been

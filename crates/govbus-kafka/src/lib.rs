@@ -5,6 +5,7 @@
 //! - [`headers`]: the CloudEvents binary-mode headers on canonical records and
 //!   the `govbus.error.*` headers on dead letters, with readers for both.
 //! - [`admin`]: creating the topics a component writes to.
+//! - [`provision`]: every topic the catalog implies, and creating the missing ones.
 //! - [`config`]: consumer and producer settings that every component starts from.
 //!
 //! - [`read`]: a whole topic, for the operator tools.
@@ -17,6 +18,7 @@ pub mod admin;
 pub mod config;
 pub mod headers;
 pub mod produce;
+pub mod provision;
 pub mod read;
 pub mod schema_log;
 pub mod topics;

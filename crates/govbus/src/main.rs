@@ -35,6 +35,9 @@ enum Command {
     /// Check and list the data catalog (数据目录).
     #[command(subcommand)]
     Catalog(cmd::catalog::CatalogCommand),
+    /// Create the topics the catalog implies (`ensure`, `ensure --dry-run`).
+    #[command(subcommand)]
+    Topics(cmd::topics::TopicsCommand),
     /// Validate records (JSON array or NDJSON) against a dataset, offline.
     Validate(cmd::validate::ValidateArgs),
     /// List the rejection reason codes and what each means.
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Catalog(c) => cmd::catalog::run(c),
+        Command::Topics(c) => cmd::topics::run(c),
         Command::Validate(a) => cmd::validate::run(a),
         Command::Reasons(a) => cmd::reasons::run(a),
         Command::Router(a) => cmd::router::run(*a),

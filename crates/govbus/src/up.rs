@@ -52,7 +52,7 @@ pub struct UpConfig {
 }
 
 /// `[broker]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSection {
     /// Kafka bootstrap servers. Absent: an embedded in-process broker.
@@ -60,6 +60,24 @@ pub struct BrokerSection {
     /// Extra librdkafka settings for every client.
     #[serde(default)]
     pub kafka: BTreeMap<String, String>,
+    /// Create the catalog's missing topics at start (`govbus topics ensure`).
+    /// Default true; `govbus up --no-create-topics` sets it false.
+    #[serde(default = "yes")]
+    pub create_topics: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        BrokerSection {
+            bootstrap: None,
+            kafka: BTreeMap::new(),
+            create_topics: true,
+        }
+    }
 }
 
 /// `[metrics]`.
@@ -420,21 +438,10 @@ impl Drop for EmbeddedBroker {
 
 /// Every topic the catalog implies, with partition counts.
 pub fn catalog_topics(catalog: &Catalog, topics: &Topics) -> Vec<(String, i32)> {
-    let mut out = Vec::new();
-    for d in catalog.departments() {
-        out.push((topics.ingest(&d.id), 3));
-        out.push((topics.dlq(&d.id), 1));
-    }
-    for ds in catalog.datasets() {
-        out.push((topics.data(&ds.name), 3));
-    }
-    for s in catalog.subscriptions() {
-        out.push((topics.view(&s.id), 3));
-        out.push((topics.subscription_dlq(&s.id), 1));
-    }
-    out.push((topics.audit(), 1));
-    out.push((govbus_kafka::schema_log::topic(topics), 1));
-    out
+    govbus_kafka::provision::plan(catalog, topics)
+        .into_iter()
+        .map(|t| (t.name, t.partitions))
+        .collect()
 }
 
 /// What the running system exposes, for the live view and the report.
@@ -597,6 +604,13 @@ impl System {
             None => Some(EmbeddedBroker::start(catalog_topics(&catalog, &topics))?),
         };
         let embedded = broker.is_some();
+        if !embedded && config.broker.create_topics {
+            crate::cmd::topics::ensure_logged(
+                config.broker.bootstrap.as_deref().unwrap_or_default(),
+                &govbus_kafka::provision::plan(&catalog, &topics),
+            )
+            .await;
+        }
         let bootstrap = match (&broker, &config.broker.bootstrap) {
             (Some(b), _) => b.bootstrap().to_owned(),
             (None, Some(b)) => b.clone(),

@@ -33,6 +33,9 @@ pub struct GatewayArgs {
     /// Also encode under schema versions registered at run time (follow the schema log).
     #[arg(long)]
     follow_schema_log: bool,
+    /// Do not create the catalog's missing topics at start (`govbus topics ensure` lists them).
+    #[arg(long)]
+    no_create_topics: bool,
 }
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
@@ -41,28 +44,49 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(Engine::new(&catalog)?);
     let mut config = GatewayConfig::new(args.bootstrap);
     config.topics = Topics::new(args.topic_prefix);
+    let create = (!args.no_create_topics).then(|| {
+        (
+            config.bootstrap.clone(),
+            govbus_kafka::provision::plan(&catalog, &config.topics),
+        )
+    });
     let gateway = Arc::new(Gateway::new(engine, credentials, config)?);
     let _tail = if args.follow_schema_log {
         gateway.follow_schema_log(catalog)
     } else {
         None
     };
-    super::serve_until_terminated(args.listen, "ingest gateway", |listener| {
-        serve(listener, gateway, crate::signals::terminated())
+    super::serve_until_terminated(args.listen, "ingest gateway", |listener| async move {
+        if let Some((bootstrap, plan)) = create {
+            super::topics::ensure_logged(&bootstrap, &plan).await;
+        }
+        serve(listener, gateway, crate::signals::terminated()).await
     })
 }
 
 #[derive(Args)]
 pub struct NewCredentialArgs {
-    /// The department the token is for.
+    /// The department the token is for (a department of the catalog).
     #[arg(long)]
     department: String,
+    /// Catalog directory. Default: the embedded sample catalog.
+    #[arg(long, env = "GOVBUS_CATALOG")]
+    catalog: Option<PathBuf>,
 }
 
 /// Prints a new random token (give it to the department) and the line for
 /// the credentials file (keep it; it holds only the hash).
 pub fn new_credential(args: NewCredentialArgs) -> anyhow::Result<ExitCode> {
     use std::io::Read;
+    let catalog = catalog_source::load_checked(args.catalog.as_deref())?;
+    if catalog.department(&args.department).is_none() {
+        let known: Vec<&str> = catalog.departments().map(|d| d.id.as_str()).collect();
+        anyhow::bail!(
+            "`{}` is not a department of the catalog; the departments are: {}",
+            crate::cmd::escape(&args.department),
+            known.join(", ")
+        );
+    }
     let mut bytes = [0u8; 24];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))

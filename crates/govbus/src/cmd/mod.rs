@@ -16,6 +16,7 @@ pub mod router;
 pub mod sink;
 pub mod snapshot;
 pub mod subscriptions;
+pub mod topics;
 pub mod up;
 pub mod validate;
 
@@ -111,4 +112,24 @@ fn display_width(s: &str) -> usize {
             }
         })
         .sum()
+}
+
+/// Text from input (a department id, a field name, a file name) made safe
+/// for an operator's terminal: control characters — newlines, escape
+/// sequences — are shown escaped, so input cannot forge or clear output.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }

@@ -35,7 +35,7 @@ pub struct RouterArgs {
     /// This instance's name (transactional id, logs). Default: host-pid.
     #[arg(long)]
     instance: Option<String>,
-    /// Do not create missing data.* and dlq.* topics (they are provisioned, or auto-created).
+    /// Do not create the catalog's missing topics at start (`govbus topics ensure` lists them).
     #[arg(long)]
     no_create_topics: bool,
     /// Also accept schema versions registered at run time (follow the schema log).
@@ -74,10 +74,19 @@ pub fn run(args: RouterArgs) -> anyhow::Result<ExitCode> {
         config.instance = i;
     }
     config.client_overrides = super::kafka_overrides(&args.kafka)?;
+    let create = config.create_topics.then(|| {
+        (
+            config.bootstrap.clone(),
+            govbus_kafka::provision::plan(&catalog, &config.topics),
+        )
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        if let Some((bootstrap, plan)) = create {
+            super::topics::ensure_logged(&bootstrap, &plan).await;
+        }
         let metrics = Metrics::new();
         metrics.set_freshness(&catalog);
         let listener = tokio::net::TcpListener::bind(args.listen)

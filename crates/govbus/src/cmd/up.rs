@@ -17,6 +17,9 @@ pub struct UpArgs {
     /// component with its default address, on an embedded broker.
     #[arg(long, env = "GOVBUS_CONFIG")]
     config: Option<PathBuf>,
+    /// Do not create the catalog's missing topics on `[broker] bootstrap` at start.
+    #[arg(long)]
+    no_create_topics: bool,
 }
 
 #[derive(Args)]
@@ -45,7 +48,10 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs the components the config names until Ctrl-C / SIGTERM.
 pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let config = load(args.config.as_ref())?;
+    let mut config = load(args.config.as_ref())?;
+    if args.no_create_topics {
+        config.broker.create_topics = false;
+    }
     let (catalog, _) = config.check()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
