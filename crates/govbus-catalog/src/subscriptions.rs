@@ -212,6 +212,14 @@ impl Scalar {
             FieldKind::Float | FieldKind::Double => match v {
                 Json::Number(n) => n
                     .as_f64()
+                    // A float field holds f32 values: `== 0.1` means the f32 nearest 0.1.
+                    .map(|f| {
+                        if *kind == FieldKind::Float {
+                            f64::from(f as f32)
+                        } else {
+                            f
+                        }
+                    })
                     .filter(|f| f.is_finite())
                     .map(Scalar::Float)
                     .ok_or_else(|| format!("`{text}`: out of range")),
