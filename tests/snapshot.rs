@@ -272,3 +272,237 @@ async fn a_dump_killed_half_way_loses_nothing_and_repeats_identically() {
         data.len() - n
     );
 }
+
+// ------------------------------------------- messy and careless publishers
+
+/// `govbus snapshot <args>` against a port where no broker listens.
+fn offline(dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut c = Command::new(govbus_bin());
+    c.arg("snapshot")
+        .args(args)
+        .args(["--bootstrap", "127.0.0.1:1"])
+        .args(["--mapping", dir.join("mapping.toml").to_str().unwrap()])
+        .args(["--state-dir", dir.join("state").to_str().unwrap()])
+        .env("GOVBUS_LOG", "debug");
+    c
+}
+
+/// Runs `c`, killing it after `limit`: (output, elapsed, whether it ended by
+/// itself). Output goes to files, not pipes: a child blocked on a full pipe
+/// would look hung.
+fn run_bounded(mut c: Command, limit: Duration) -> (Output, Duration, bool) {
+    let out_dir = tempfile::tempdir().unwrap();
+    let (o, e) = (out_dir.path().join("out"), out_dir.path().join("err"));
+    let started = Instant::now();
+    let mut child = c
+        .stdout(std::fs::File::create(&o).unwrap())
+        .stderr(std::fs::File::create(&e).unwrap())
+        .spawn()
+        .unwrap();
+    let mut ended = true;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            ended = false;
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = started.elapsed();
+    let out = Output {
+        status,
+        stdout: std::fs::read(&o).unwrap(),
+        stderr: std::fs::read(&e).unwrap(),
+    };
+    (out, took, ended)
+}
+
+#[test]
+fn a_dry_run_connects_to_nothing_and_creates_no_state() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mapping.toml"), MAPPING).unwrap();
+    let dump = dir.path().join("v1.csv");
+    std::fs::write(
+        &dump,
+        format!(
+            "{HEADER}\n{}\n",
+            (1..=5)
+                .map(|n| row(n, "100.00"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    )
+    .unwrap();
+    let (out, took, ended) = run_bounded(
+        offline(
+            dir.path(),
+            &["publish", "--dry-run", dump.to_str().unwrap()],
+        ),
+        Duration::from_secs(60),
+    );
+    assert!(ended && out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("5 creates"), "{}", text(&out));
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(
+        !dir.path().join("state").exists(),
+        "a dry run created the state directory"
+    );
+    // librdkafka says when it tries to connect; a dry run never does.
+    assert!(
+        !text(&out).contains("127.0.0.1:1"),
+        "a dry run tried to reach the broker: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn publishing_to_an_unreachable_broker_fails_within_the_stated_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mapping.toml"), MAPPING).unwrap();
+    let dump = dir.path().join("v1.csv");
+    std::fs::write(&dump, format!("{HEADER}\n{}\n", row(1, "100.00"))).unwrap();
+    let mut c = offline(dir.path(), &["publish", dump.to_str().unwrap()]);
+    c.env("GOVBUS_LOG", "warn");
+    // The documented default bound is 30 s; allow for start-up.
+    let (out, took, ended) = run_bounded(c, Duration::from_secs(60));
+    assert!(ended, "still running after {took:?}: {}", text(&out));
+    assert!(took < Duration::from_secs(45), "took {took:?}");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("127.0.0.1:1") && text(&out).contains("30s"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path().join("state/pending.json").exists());
+}
+
+#[test]
+fn a_utf8_dump_declared_gbk_is_refused_not_garbled() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mapping.toml"),
+        MAPPING.replace("[columns]", "encoding = \"gbk\"\n[columns]"),
+    )
+    .unwrap();
+    let dump = dir.path().join("utf8.csv");
+    std::fs::write(&dump, format!("{HEADER}\n{}\n", row(1, "100.00"))).unwrap();
+    let (out, _, ended) = run_bounded(
+        offline(
+            dir.path(),
+            &["publish", "--dry-run", dump.to_str().unwrap()],
+        ),
+        Duration::from_secs(60),
+    );
+    assert!(ended && !out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("encoding = \"utf-8\""),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("creates"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_only_and_mismatched_dumps_delete_nothing() {
+    let s = Setup::new().await;
+    let v1 = s.dump(
+        "v1.csv",
+        &(1..=5).map(|n| row(n, "100.00")).collect::<Vec<_>>(),
+    );
+    let out = s.run(&["publish", v1.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The right header and no rows: deletes withheld, exit 2.
+    let empty = s.dir.path().join("empty.csv");
+    std::fs::write(&empty, format!("{HEADER}\n")).unwrap();
+    let out = s.run(&["publish", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("deletes withheld: 5 of 5"),
+        "{}",
+        text(&out)
+    );
+    // Another table's header: refused before any row, naming the columns.
+    let other = s.dir.path().join("other.csv");
+    std::fs::write(&other, "统一社会信用代码,企业名称\n").unwrap();
+    let out = s.run(&["publish", other.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("no column `发放流水号` for key field `payment_id`")
+            && text(&out).contains("`金额`"),
+        "{}",
+        text(&out)
+    );
+    // The state is intact: v1 again changes nothing; no delete ever reached the topic.
+    let out = s.run(&["publish", v1.to_str().unwrap()]);
+    assert!(text(&out).contains("5 unchanged"), "{}", text(&out));
+    let data = s.data(5);
+    assert_eq!(data.len(), 5);
+    assert!(data.iter().all(|d| d.2 == "create"), "{data:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_takes_a_dump_only_once_it_is_complete() {
+    let s = Setup::new().await;
+    let v1 = s.dump(
+        "v1.csv",
+        &(1..=100).map(|n| row(n, "100.00")).collect::<Vec<_>>(),
+    );
+    let out = s.run(&["publish", v1.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let inbox = s.dir.path().join("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    let log = std::fs::File::create(s.dir.path().join("watch.out")).unwrap();
+    let mut watch = s
+        .cmd(&[
+            "watch",
+            "--interval",
+            "100ms",
+            "--settle",
+            "3s",
+            inbox.to_str().unwrap(),
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // Tonight every amount changes: 60 rows written, then a pause shorter
+    // than the settle period, then the other 40.
+    let rows: Vec<String> = (1..=100).map(|n| row(n, "120.00")).collect();
+    let nightly = inbox.join("nightly.csv");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&nightly).unwrap();
+        writeln!(f, "{HEADER}\n{}", rows[..60].join("\n")).unwrap();
+        f.sync_all().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            nightly.exists() && !inbox.join("done/nightly.csv").exists(),
+            "taken before it settled"
+        );
+        writeln!(f, "{}", rows[60..].join("\n")).unwrap();
+    }
+    // A file being written under a temporary name is never taken.
+    let part = inbox.join("second.csv.part");
+    std::fs::write(&part, format!("{HEADER}\n{}\n", rows[..10].join("\n"))).unwrap();
+    let started = Instant::now();
+    while !inbox.join("done/nightly.csv").exists() {
+        assert!(started.elapsed() < Duration::from_secs(90), "never taken");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(part.exists(), "a .part file was taken");
+    watch.kill().unwrap();
+    let _ = watch.wait();
+    let said = std::fs::read_to_string(s.dir.path().join("watch.out")).unwrap();
+    assert!(
+        said.contains("100 rows: 0 creates, 100 updates, 0 deletes"),
+        "{said}"
+    );
+    let data = s.data(200);
+    let ops = |op: &str| data.iter().filter(|d| d.2 == op).count();
+    assert_eq!((ops("create"), ops("update"), ops("delete")), (100, 100, 0));
+}

@@ -58,6 +58,10 @@ pub struct Common {
     /// Partitions of the owner's ingest topic, when it has to be created.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// How long to wait for the broker to answer before giving up (nothing
+    /// is read or published until it has).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    connect_timeout: Duration,
     /// Extra librdkafka setting, `key=value` (repeatable).
     #[arg(long = "kafka", value_name = "KEY=VALUE")]
     kafka: Vec<String>,
@@ -77,14 +81,26 @@ pub struct PublishArgs {
     file: PathBuf,
 }
 
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// A dump is taken once it is complete: either its writer says so — it
+/// writes `<name>.part` / `<name>.tmp` (or a name starting with `.`) and
+/// renames it when done, or drops an empty `<name>.done` marker next to it —
+/// or its size and modification time have not changed for `--settle`.
 #[derive(Args)]
 pub struct WatchArgs {
     #[command(flatten)]
     common: Common,
     /// How often to look for new dumps.
-    #[arg(long, default_value = "2s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+    #[arg(long, default_value = "2s", value_parser = duration)]
     interval: Duration,
-    /// Process the dumps already there, then exit.
+    /// How long a dump's size and modification time must hold still before
+    /// it is taken (a dump with a `<name>.done` marker is taken at once).
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    settle: Duration,
+    /// Process the dumps already there (each once it has settled), then exit.
     #[arg(long)]
     once: bool,
     /// The directory departments drop dumps into.
@@ -172,6 +188,31 @@ fn bar() -> Bar {
     Bar(b)
 }
 
+/// The broker did not answer: nothing was read or published. `watch` leaves
+/// the dump where it is and tries again; `publish` exits with the message.
+#[derive(Debug)]
+struct Unreachable(String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// Stands in for Kafka in a dry run: nothing connects, nothing is sent.
+struct NoPublisher;
+
+impl govbus_snapshot::Publisher for NoPublisher {
+    fn publish(&mut self, _: &govbus_snapshot::Change) -> Result<(), String> {
+        Err("a dry run publishes nothing".into())
+    }
+    fn flush(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 fn publish_one(s: &Setup, c: &Common, file: &Path, dry_run: bool) -> anyhow::Result<Summary> {
     let owner = s
         .catalog
@@ -189,7 +230,14 @@ fn publish_one(s: &Setup, c: &Common, file: &Path, dry_run: bool) -> anyhow::Res
         max_delete_fraction: c.max_deletes / 100.0,
         sort_memory: c.sort_memory_mib << 20,
     };
-    if !dry_run {
+    let mut publisher: Box<dyn govbus_snapshot::Publisher> = if dry_run {
+        // No producer, no connection, no state directory.
+        Box::new(NoPublisher)
+    } else {
+        let publisher = KafkaPublisher::new(&c.bootstrap, &topic, &s.dataset, &s.overrides)?;
+        publisher
+            .check_reachable(c.connect_timeout)
+            .map_err(Unreachable)?;
         // The owner's ingest topic must exist before an idempotent producer
         // writes to it; the router picks a new one up by its pattern.
         tokio::runtime::Builder::new_current_thread()
@@ -199,10 +247,10 @@ fn publish_one(s: &Setup, c: &Common, file: &Path, dry_run: bool) -> anyhow::Res
                 &c.bootstrap,
                 &[(topic.clone(), c.partitions)],
             ));
-    }
-    let mut publisher = KafkaPublisher::new(&c.bootstrap, &topic, &s.dataset, &s.overrides)?;
+        Box::new(publisher)
+    };
     let progress = bar();
-    let result = govbus_snapshot::run(&s.catalog, &s.engine, &opts, &progress, &mut publisher);
+    let result = govbus_snapshot::run(&s.catalog, &s.engine, &opts, &progress, publisher.as_mut());
     progress.0.finish_and_clear();
     Ok(result?)
 }
@@ -324,32 +372,31 @@ fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         });
     }
-    // A file is taken once its size and mtime held still for one interval.
-    let mut seen: std::collections::HashMap<PathBuf, (u64, std::time::SystemTime)> =
-        std::collections::HashMap::new();
+    // A file is taken once it is complete (see `WatchArgs`).
+    let mut seen: std::collections::HashMap<PathBuf, Seen> = std::collections::HashMap::new();
     let mut worst = ExitCode::SUCCESS;
     loop {
+        let now = std::time::Instant::now();
         let mut ready = Vec::new();
         let mut entries: Vec<PathBuf> = std::fs::read_dir(&a.dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .filter(|p| {
-                !p.file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or(".")
-                    .starts_with('.')
-            })
-            .filter(|p| govbus_snapshot::table::Format::of(p).is_some())
+            .filter(|p| p.is_file() && is_dump(p))
             .collect();
         entries.sort();
+        seen.retain(|p, _| entries.contains(p));
         for p in entries {
             let meta = std::fs::metadata(&p)?;
             let sig = (meta.len(), meta.modified()?);
-            if a.once || seen.get(&p) == Some(&sig) {
-                ready.push(p.clone());
+            let marker = done_marker(&p);
+            let entry = seen.entry(p.clone()).or_insert(Seen { sig, since: now });
+            if entry.sig != sig {
+                *entry = Seen { sig, since: now };
             }
-            seen.insert(p, sig);
+            if marker.exists() || now.duration_since(entry.since) >= a.settle {
+                ready.push(p);
+            }
         }
+        let unsettled = seen.len() - ready.len();
         for file in ready {
             seen.remove(&file);
             let name = file.file_name().map(PathBuf::from).unwrap_or_default();
@@ -360,6 +407,14 @@ fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
                         worst = ExitCode::from(2);
                     }
                     std::fs::rename(&file, done.join(&name))?;
+                    let _ = std::fs::remove_file(done_marker(&file));
+                }
+                Err(e) if e.is::<Unreachable>() => {
+                    tracing::error!(message = "Broker unreachable; the dump stays and is tried again.", file = %file.display(), error = %e);
+                    worst = ExitCode::from(1);
+                    if a.once {
+                        return Err(e);
+                    }
                 }
                 Err(e) => {
                     tracing::error!(message = "Dump not published; moved to failed/.", file = %file.display(), error = %e);
@@ -368,13 +423,41 @@ fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
                         format!("{e:#}\n"),
                     )?;
                     std::fs::rename(&file, failed.join(&name))?;
+                    let _ = std::fs::remove_file(done_marker(&file));
                     worst = ExitCode::from(1);
                 }
             }
         }
-        if a.once || stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if (a.once && unsettled == 0) || stop.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(worst);
         }
-        std::thread::sleep(a.interval);
+        std::thread::sleep(if a.once {
+            a.interval.min(Duration::from_millis(200))
+        } else {
+            a.interval
+        });
     }
+}
+
+/// When a file's signature (size, modification time) was first seen as it is.
+struct Seen {
+    sig: (u64, std::time::SystemTime),
+    since: std::time::Instant,
+}
+
+/// A dump format, and not a file being written: names ending `.part` or
+/// `.tmp`, and names starting with `.` (or `~$`, an office lock file), are
+/// left alone until renamed.
+fn is_dump(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+    !name.starts_with('.')
+        && !name.starts_with("~$")
+        && govbus_snapshot::table::Format::of(p).is_some()
+}
+
+/// `<dump>.done`: the writer's word that the dump is complete.
+fn done_marker(p: &Path) -> PathBuf {
+    let mut m = p.as_os_str().to_owned();
+    m.push(".done");
+    PathBuf::from(m)
 }
