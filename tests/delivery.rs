@@ -996,3 +996,235 @@ fn sigterm(child: &Child) {
         .unwrap();
     assert!(status.success());
 }
+
+const ENTERPRISES: &str = "market_regulation.enterprise_registration";
+
+/// `POST path` with a bearer token and a JSON body over HTTP/1.1 on loopback:
+/// the whole response.
+fn post_json(port: u16, path: &str, token: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Issue #13: a decimal(18,2) sent as the JSON number 1234567890123456.78
+/// reaches the subscriber as exactly those digits (not ...456.80), and the
+/// row filters `registered_capital > 1000` and `established_date >= 2024-01-05`
+/// compare as a decimal and as a date — through the real gateway, router and sink.
+#[tokio::test(flavor = "multi_thread")]
+async fn exact_decimals_and_typed_row_filters_from_the_gateway_to_the_subscriber() {
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::new(format!("{}.", unique("ex")));
+    create_topic(&bootstrap, &topics.ingest("market_regulation"), 1)
+        .await
+        .unwrap();
+    create_topic(&bootstrap, &topics.data(ENTERPRISES), 1)
+        .await
+        .unwrap();
+    let catalog = tempfile::tempdir().unwrap();
+    govbus_testkit::copy_dir(&repo().join("schemas"), catalog.path()).unwrap();
+    std::fs::remove_dir_all(catalog.path().join("subscriptions")).unwrap();
+    std::fs::create_dir(catalog.path().join("subscriptions")).unwrap();
+    let grant = |filter: &str| {
+        format!(
+            "subscriber = \"data_bureau\"\ndataset = \"{ENTERPRISES}\"\npurpose = \"test\"\nfilter = [{filter}]\n\n[sink]\ntype = \"kafka_view\"\n"
+        )
+    };
+    write_subscription(catalog.path(), "all", &grant(""));
+    write_subscription(
+        catalog.path(),
+        "cap",
+        &grant("\"registered_capital > 1000\""),
+    );
+    write_subscription(
+        catalog.path(),
+        "since",
+        &grant("\"established_date >= 2024-01-05\""),
+    );
+    let dir = catalog.path().to_str().unwrap().to_owned();
+    let router = spawn_router(&bootstrap, &topics, &["--catalog", &dir]);
+    let d = Deployment {
+        topics,
+        catalog,
+        logs: tempfile::tempdir().unwrap(),
+        _router: router,
+    };
+    let creds_dir = tempfile::tempdir().unwrap();
+    let (token, creds) = common::new_credential("market_regulation", creds_dir.path());
+    let port = free_port();
+    let mut gateway = common::spawn(&[
+        "gateway",
+        "--bootstrap",
+        &bootstrap,
+        "--credentials",
+        creds.to_str().unwrap(),
+        "--catalog",
+        &dir,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--topic-prefix",
+        d.topics.prefix(),
+    ]);
+    wait_listening(port);
+    let (_sink, _) = d.sink("sink", &[]);
+
+    // (credit code, registered_capital as JSON text, established_date,
+    //  delivered exactly as, admitted by `cap`, admitted by `since`)
+    let rows = [
+        (
+            "91330100MA2X00000K",
+            "1234567890123456.78",
+            "2024-01-05",
+            "1234567890123456.78",
+            true,
+            true,
+        ),
+        (
+            "91330100MA2X00001N",
+            "500.00",
+            "2024-01-04",
+            "500.00",
+            false,
+            false,
+        ),
+        (
+            "91330100MA2X00002R",
+            "999.99",
+            "2024-10-01",
+            "999.99",
+            false,
+            true,
+        ),
+        (
+            "91330100MA2X00003W",
+            "1000.00",
+            "2023-12-31",
+            "1000.00",
+            false,
+            false,
+        ),
+        (
+            "91330100MA2X000040",
+            "1000.01",
+            "2025-01-01",
+            "1000.01",
+            true,
+            true,
+        ),
+        (
+            "91330100MA2X000053",
+            "\"9999999999999999.99\"",
+            "1999-09-09",
+            "9999999999999999.99",
+            true,
+            false,
+        ),
+        (
+            "91330100MA2X000066",
+            "0.1",
+            "2024-12-31",
+            "0.10",
+            false,
+            true,
+        ),
+        (
+            "91330100MA2X000079",
+            "1E3",
+            "2024-01-06",
+            "1000.00",
+            false,
+            true,
+        ),
+    ];
+    let record = |code: &str, capital: &str, date: &str| {
+        format!(
+            r#"{{"credit_code": "{code}", "enterprise_name": "杭州某某网络有限公司", "legal_representative": "陈思远", "enterprise_type": "limited_liability", "registered_capital": {capital}, "status": "ACTIVE", "established_date": "{date}", "address": "杭州市余杭区文一西路969号", "business_scope": "软件开发", "contact_phone": null}}"#
+        )
+    };
+    // Written as text: the numbers' digits are exactly what a publisher sends.
+    let mut body: Vec<String> = rows.iter().map(|r| record(r.0, r.1, r.2)).collect();
+    body.push(record(
+        "91330100716105852F",
+        "1234567890123456.789",
+        "2024-01-05",
+    ));
+    let answer = post_json(
+        port,
+        &format!("/v1/datasets/{ENTERPRISES}/records"),
+        &token,
+        &format!("[{}]", body.join(",")),
+    );
+    assert!(
+        answer.contains("decimal_scale")
+            && answer.contains("cannot be represented exactly at scale 2 / precision 18")
+            && answer.contains("registered_capital"),
+        "a third digit after the point is refused, not rounded: {answer}"
+    );
+    assert!(!answer.contains("456.789"), "no value echoed: {answer}");
+
+    let view = |id: &str| {
+        let topic = format!("{}view.{id}", d.topics.prefix());
+        govbus_kafka::read::read_all(
+            &Broker::shared().bootstrap(),
+            &topic,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r.value.as_deref())
+        .map(|v| serde_json::from_slice::<Json>(v).unwrap())
+        .map(|v| {
+            (
+                v["credit_code"].as_str().unwrap().to_owned(),
+                v["registered_capital"].clone(),
+            )
+        })
+        .collect::<BTreeMap<String, Json>>()
+    };
+    let mut all = BTreeMap::new();
+    wait_until(
+        "the 8 accepted records in view.all",
+        Duration::from_secs(60),
+        || {
+            all = view("all");
+            all.len() >= rows.len()
+        },
+    );
+    let want: BTreeMap<String, Json> = rows.iter().map(|r| (r.0.to_owned(), json!(r.3))).collect();
+    assert_eq!(all, want, "every decimal arrives with exactly its digits");
+    // `all` is complete, so the filtered views (same sink, same batches) are too.
+    let keys = |pick: fn(&(&str, &str, &str, &str, bool, bool)) -> bool| {
+        rows.iter()
+            .filter(|r| pick(r))
+            .map(|r| r.0.to_owned())
+            .collect::<BTreeSet<String>>()
+    };
+    let mut cap = BTreeSet::new();
+    let mut since = BTreeSet::new();
+    wait_until("the filtered views", Duration::from_secs(30), || {
+        cap = view("cap").into_keys().collect();
+        since = view("since").into_keys().collect();
+        cap.len() >= keys(|r| r.4).len() && since.len() >= keys(|r| r.5).len()
+    });
+    assert_eq!(
+        cap,
+        keys(|r| r.4),
+        "`registered_capital > 1000` delivers neither 500.00 nor 999.99 nor 1000.00"
+    );
+    assert_eq!(
+        since,
+        keys(|r| r.5),
+        "`established_date >= 2024-01-05` compares dates"
+    );
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+}
