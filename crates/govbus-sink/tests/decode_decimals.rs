@@ -38,7 +38,10 @@ fn framed(catalog: &Catalog, capital_unscaled: i128) -> Vec<u8> {
     ]);
     let mut out = vec![0];
     out.extend_from_slice(&sv.id.0.to_be_bytes());
-    out.extend(apache_avro::to_avro_datum(&sv.schema, record).unwrap());
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&sv.schema)
+        .build()
+        .unwrap();
+    out.extend(writer.write_value_to_vec(record).unwrap());
     out
 }
 
