@@ -242,3 +242,110 @@ fn a_credential_for_an_unknown_department_is_refused() {
     );
     assert!(!text(&out).contains("token_sha256"), "no entry printed");
 }
+
+/// `govbus check --config` on the shipped file and on each misconfiguration:
+/// exit 0, or exit 1 with the specific problem.
+#[test]
+fn check_config_catches_what_up_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(repo().join("schemas"), dir.path().join("schemas")).unwrap();
+    std::fs::create_dir(dir.path().join("deploy")).unwrap();
+    std::fs::copy(
+        repo().join("deploy/credentials.toml"),
+        dir.path().join("deploy/credentials.toml"),
+    )
+    .unwrap();
+    // The shipped file, with port 0 so the check does not race other tests for 8080.
+    let shipped = std::fs::read_to_string(repo().join("deploy/govbus.toml")).unwrap();
+    let with_ports = |text: &str| {
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.starts_with("listen = ") {
+                out.push_str("listen = \"127.0.0.1:0\"\n");
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    };
+    let config = dir.path().join("deploy/govbus.toml");
+    let check = |text: &str, env: &[(&str, &str)]| {
+        std::fs::write(&config, text).unwrap();
+        let mut c = Command::new(govbus_bin());
+        c.args(["check", "--config"]).arg(&config);
+        c.env_remove("GOVBUS_PSEUDONYM_SECRET")
+            .env_remove("GOVBUS_HOUSING_FUND_WEBHOOK_SECRET");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let secrets = [
+        ("GOVBUS_PSEUDONYM_SECRET", "0123456789abcdef0123"),
+        (
+            "GOVBUS_HOUSING_FUND_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ),
+    ];
+    let ok = check(&with_ports(&shipped), &secrets);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+
+    // Run from the repository root on the real file too: paths resolve from the file.
+    let mut c = Command::new(govbus_bin());
+    c.args(["check", "--config", "deploy/govbus.toml"])
+        .current_dir(repo());
+    let real = c.output().unwrap();
+    assert!(
+        !text(&real).contains("deploy/schemas: -: cannot read"),
+        "{}",
+        text(&real)
+    );
+
+    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+        (
+            with_ports(&shipped),
+            vec![secrets[1]],
+            "GOVBUS_PSEUDONYM_SECRET is not set",
+        ),
+        (
+            with_ports(&shipped),
+            vec![("GOVBUS_PSEUDONYM_SECRET", "short"), secrets[1]],
+            "holds 5 bytes; it needs at least 16",
+        ),
+        (
+            with_ports(&shipped),
+            vec![secrets[0]],
+            "GOVBUS_HOUSING_FUND_WEBHOOK_SECRET is not set",
+        ),
+        (
+            with_ports(&shipped).replace("catalog = \"../schemas\"", "catalog = \"schemas\""),
+            secrets.to_vec(),
+            "relative to the config file",
+        ),
+        (
+            with_ports(&shipped).replace(
+                "credentials = \"credentials.toml\"",
+                "credentials = \"missing.toml\"",
+            ),
+            secrets.to_vec(),
+            "missing.toml",
+        ),
+    ];
+    for (text_, env, expected) in cases {
+        let out = check(&text_, &env);
+        assert_eq!(out.status.code(), Some(1), "{expected}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{expected}: {}", text(&out));
+    }
+    // A port another process holds.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let taken = with_ports(&shipped).replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        1,
+    );
+    let out = check(&taken, &secrets);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cannot bind it now"), "{}", text(&out));
+}

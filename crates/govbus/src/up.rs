@@ -246,8 +246,17 @@ impl UpConfig {
     /// credentials, subscriptions, connection strings, distinct addresses.
     /// Returns the catalog and one line per component that would run.
     pub fn check(&self) -> anyhow::Result<(Catalog, Vec<String>)> {
+        if let Some(dir) = &self.catalog {
+            if !dir.is_dir() {
+                anyhow::bail!(
+                    "catalog = {}: no such directory (a relative path is relative to the config file, not to where the command runs)",
+                    dir.display()
+                );
+            }
+        }
         let catalog = catalog_source::load_checked(self.catalog.as_deref())?;
         let mut problems = Vec::new();
+        self.check_secrets(&catalog, &mut problems);
         let mut addrs: Vec<(&str, SocketAddr)> = vec![("metrics", self.metrics.listen)];
         let known = |d: &str| catalog.department(d).is_some();
         if let Some(r) = &self.registry {
@@ -316,11 +325,63 @@ impl UpConfig {
                 problems.push("[broker.kafka] has an empty setting name".to_owned());
             }
         }
+        // Ports: each must be free now (a running govbus, or another
+        // program, holding one would make `up` fail at start).
+        for (what, addr) in &addrs {
+            if addr.port() != 0 {
+                if let Err(e) = std::net::TcpListener::bind(addr) {
+                    problems.push(format!("[{what}] listen = {addr}: cannot bind it now ({e}); is another process using it?"));
+                }
+            }
+        }
         if problems.is_empty() {
             let plan = self.plan(&catalog, None);
             Ok((catalog, plan))
         } else {
             anyhow::bail!("the config has problems:\n  {}", problems.join("\n  "))
+        }
+    }
+
+    /// Secrets come from the environment: each one the configured
+    /// components need must be set, and long enough.
+    fn check_secrets(&self, catalog: &Catalog, problems: &mut Vec<String>) {
+        const MIN: usize = 16;
+        let Some(sink) = &self.sink else {
+            return;
+        };
+        let production = self.broker.bootstrap.is_some();
+        match std::env::var("GOVBUS_PSEUDONYM_SECRET") {
+            Ok(v) if v.len() < MIN => problems.push(format!(
+                "[sink] GOVBUS_PSEUDONYM_SECRET holds {} bytes; it needs at least {MIN}",
+                v.len()
+            )),
+            Err(_) if production => problems.push(
+                "[sink] GOVBUS_PSEUDONYM_SECRET is not set: pseudonyms would use the public development secret (set at least 16 random bytes)".to_owned(),
+            ),
+            _ => {}
+        }
+        for sub in catalog.subscriptions() {
+            if !sink.subscriptions.is_empty() && !sink.subscriptions.contains(&sub.id) {
+                continue;
+            }
+            if let govbus_catalog::SinkSpec::Webhook {
+                secret: govbus_catalog::SecretSource::Env(var),
+                ..
+            } = &sub.sink
+            {
+                match std::env::var(var) {
+                    Ok(v) if v.len() >= MIN => {}
+                    Ok(v) => problems.push(format!(
+                        "[sink] subscription {}: its webhook secret {var} holds {} bytes; it needs at least {MIN}",
+                        sub.id,
+                        v.len()
+                    )),
+                    Err(_) => problems.push(format!(
+                        "[sink] subscription {}: its webhook secret {var} is not set in the environment",
+                        sub.id
+                    )),
+                }
+            }
         }
     }
 

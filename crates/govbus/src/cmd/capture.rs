@@ -35,7 +35,7 @@ pub struct PostgresArgs {
     #[arg(long, env = "GOVBUS_CATALOG")]
     catalog: Option<PathBuf>,
     /// Where to serve /metrics and /health.
-    #[arg(long, default_value = "127.0.0.1:9466")]
+    #[arg(long, default_value = "127.0.0.1:9467")]
     listen: std::net::SocketAddr,
     /// Extra librdkafka setting, `key=value` (repeatable).
     #[arg(long = "kafka", value_name = "KEY=VALUE")]
