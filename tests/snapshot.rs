@@ -370,7 +370,12 @@ fn publishing_to_an_unreachable_broker_fails_within_the_stated_bound() {
     let (out, took, ended) = run_bounded(c, Duration::from_secs(60));
     assert!(ended, "still running after {took:?}: {}", text(&out));
     assert!(took < Duration::from_secs(45), "took {took:?}");
-    assert!(!out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "nothing published: {}",
+        text(&out)
+    );
     assert!(
         text(&out).contains("127.0.0.1:1") && text(&out).contains("30s"),
         "{}",
@@ -396,7 +401,8 @@ fn a_utf8_dump_declared_gbk_is_refused_not_garbled() {
         ),
         Duration::from_secs(60),
     );
-    assert!(ended && !out.status.success(), "{}", text(&out));
+    assert!(ended, "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("encoding = \"utf-8\""),
         "{}",
@@ -428,7 +434,7 @@ async fn header_only_and_mismatched_dumps_delete_nothing() {
     let other = s.dir.path().join("other.csv");
     std::fs::write(&other, "统一社会信用代码,企业名称\n").unwrap();
     let out = s.run(&["publish", other.to_str().unwrap()]);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("no column `发放流水号` for key field `payment_id`")
             && text(&out).contains("`金额`"),
