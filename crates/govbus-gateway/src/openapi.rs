@@ -11,7 +11,8 @@ pub fn document(datasets: &[&str]) -> String {
             "index": {"type": "integer"},
             "status": {"type": "string", "enum": ["accepted", "rejected", "not_acknowledged"]},
             "reason": {"type": "string", "description": "A reason code (`govbus reasons`)."},
-            "field": {"type": ["string", "null"]},
+            "field": {"type": "string", "nullable": true},
+            "id": {"type": "string", "description": "The event id of an accepted record: the CloudEvent's `id`, or a UUIDv7."},
             "detail": {"type": "string"}
         },
         "required": ["index", "status"]
@@ -43,8 +44,9 @@ pub fn document(datasets: &[&str]) -> String {
                 "parameters": [
                     {"name": "dataset", "in": "path", "required": true, "schema": {"type": "string", "enum": datasets},
                      "description": "A dataset of the catalog; a department may publish only the ones it owns (403 otherwise)."},
-                    {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string"},
-                     "description": "Retrying a request with the same key returns the first answer and publishes nothing again."}
+                    {"name": "Idempotency-Key", "in": "header", "required": false,
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]{1,255}$"},
+                     "description": "Retrying a request with the same key returns the first answer and publishes nothing again — through any gateway instance, after a restart, for 24 hours. A concurrent duplicate waits for the first answer. 1-255 visible ASCII characters; anything else is refused with 400 (never ignored). The key is never part of an event id."}
                 ],
                 "requestBody": {"required": true, "content": {
                     "application/json": {"schema": {"oneOf": [{"type": "array", "items": {"type": "object"}}, {"type": "object"}]}},
@@ -53,14 +55,14 @@ pub fn document(datasets: &[&str]) -> String {
                 }},
                 "responses": {
                     "200": {"description": "Processed: per-record results (accepted records are acknowledged by the broker; rejected ones carry a reason code).", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BatchResult"}}}},
-                    "400": err("The body is not valid JSON."),
+                    "400": err("The body is not valid JSON, or the Idempotency-Key is malformed."),
                     "401": err("Missing or unknown token."),
                     "403": err("The department does not own the dataset."),
                     "404": err("The dataset is not in the catalog."),
                     "413": err("Too large a body or too many records."),
-                    "409": err("The Idempotency-Key was already used for a different request."),
+                    "409": err("The Idempotency-Key was already used for a different request, or a request with it is still in flight."),
                     "429": err("Too many requests in progress; see Retry-After."),
-                    "503": err("The broker did not acknowledge; see Retry-After.")
+                    "503": err("The broker did not acknowledge, or the ingest topic does not exist (`topic_missing`); see Retry-After.")
                 }
             }},
             "/health": {"get": {"security": [], "responses": {"200": {"description": "The process is up."}}}},
