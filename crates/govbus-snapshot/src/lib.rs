@@ -12,8 +12,8 @@
 //! Idempotent re-runs: before publishing, a run writes `pending.json` (its
 //! generation, source version and the dump's SHA-256). A run killed half way
 //! and started again on the same dump finds it and publishes the same changes
-//! with the same event ids (`snap-<dataset>-<generation>-<n>`) and the same
-//! source version, so whatever the first attempt delivered is a harmless
+//! with the same event ids (`snap-<dataset>-<version>-<dump hash>-<n>`,
+//! unique across state directories) and the same source version, so whatever the first attempt delivered is a harmless
 //! duplicate downstream. A different dump is refused until the state is
 //! rebuilt from the canonical topic ([`rebuild`]).
 //!
@@ -588,7 +588,15 @@ pub fn run(
                     key: entry.key.clone(),
                     value: (op != "delete").then(|| std::mem::take(&mut entry.value)),
                     version: this.version,
-                    id: format!("snap-{dataset}-{}-{n}", this.generation),
+                    // Deterministic for a re-run of this pending dump (its
+                    // version and hash are kept in pending.json), and unique
+                    // across state directories: a lost or rebuilt state
+                    // starts its generations again, but never its versions.
+                    id: format!(
+                        "snap-{dataset}-{}-{}-{n}",
+                        this.version,
+                        &this.input_sha256[..this.input_sha256.len().min(12)]
+                    ),
                 };
                 publisher.publish(&change).map_err(SnapshotError::Publish)?;
                 if n % 1000 == 0 {

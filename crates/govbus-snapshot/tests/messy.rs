@@ -576,3 +576,22 @@ fn a_dry_run_leaves_no_state_directory() {
         .collect();
     assert_eq!(before, after);
 }
+
+// ------------------------------------------------------------ event ids
+
+/// Event ids never repeat for different changes: a second state directory
+/// (a lost or rebuilt state) starts its generations again, but its ids do
+/// not collide with the first one's; a killed run's re-run repeats its own.
+#[test]
+fn event_ids_are_unique_across_state_directories() {
+    let a = Dir::new();
+    let b = Dir::new();
+    let dump = a.csv("v1.csv", 1..=5);
+    let (_, first) = a.run(&dump);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let (_, second) = b.run(&dump);
+    assert_eq!((first.len(), second.len()), (5, 5));
+    let ids: std::collections::HashSet<&str> =
+        first.iter().chain(&second).map(|c| c.id.as_str()).collect();
+    assert_eq!(ids.len(), 10, "{ids:?}");
+}
