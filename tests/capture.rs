@@ -333,3 +333,32 @@ async fn the_polling_fallback_gives_the_same_events() {
     cap.kill().unwrap();
     let _ = cap.wait();
 }
+
+/// Rows that share a version (an `updated_at` of the same instant, a bulk
+/// UPDATE stamping one value) are distinct changes with distinct event ids:
+/// a subscriber that drops repeated ids loses none of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn polled_rows_sharing_a_version_get_distinct_ids() {
+    let s = Setup::new("poll").await;
+    let db = s.pg.client().await.unwrap();
+    db.batch_execute("ALTER TABLE payments DISABLE TRIGGER bump")
+        .await
+        .unwrap();
+    for i in 0..4 {
+        db.batch_execute(
+            &insert(i)
+                .replace("paid_at) VALUES (", "paid_at, row_version) VALUES (")
+                .replace("+08')", "+08', 42)"),
+        )
+        .await
+        .unwrap();
+    }
+    let mut cap = s.capture();
+    let data = s.data(4);
+    let ids: std::collections::HashSet<&str> = data.iter().map(|d| d.3.as_str()).collect();
+    let keys: std::collections::HashSet<&str> = data.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(keys.len(), 4, "{data:?}");
+    assert_eq!(ids.len(), 4, "one id per change: {data:?}");
+    cap.kill().unwrap();
+    let _ = cap.wait();
+}

@@ -743,17 +743,28 @@ impl Capture {
                     .get(&spec.table)
                     .copied()
                     .unwrap_or(i64::MIN);
-                let rows = self
+                let mut rows = self
                     .select_all(
                         t,
                         &format!(
-                            "WHERE {} > $1 ORDER BY {} LIMIT 5000",
+                            "WHERE {} > $1 ORDER BY {} LIMIT {POLL_LIMIT}",
                             ident(&vcol),
                             ident(&vcol)
                         ),
                         &[&from],
                     )
                     .await?;
+                // A full page may have cut the last version's rows in two:
+                // the position moves past that version, so read all of them
+                // now, or the rest would never be seen.
+                if rows.len() == POLL_LIMIT {
+                    let last = rows.last().map_or(from, |r| row_version(r, &vcol, from));
+                    rows.retain(|r| row_version(r, &vcol, from) != last);
+                    let rest = self
+                        .select_all(t, &format!("WHERE {} = $1", ident(&vcol)), &[&last])
+                        .await?;
+                    rows.extend(rest);
+                }
                 if rows.is_empty() {
                     continue;
                 }
@@ -767,19 +778,10 @@ impl Capture {
                     .unwrap_or_default();
                 let mut new_keys = Vec::new();
                 for cells in rows {
-                    let v: i64 = cells
-                        .iter()
-                        .find(|(c, _)| *c == vcol)
-                        .and_then(|(_, cell)| match cell {
-                            Cell::Text(s) => s.parse().ok(),
-                            _ => None,
-                        })
-                        .unwrap_or(from);
+                    let v = row_version(&cells, &vcol, from);
                     top = top.max(v);
                     let version = u64::try_from(v).unwrap_or(0);
-                    if let Some(c) =
-                        self.change(t, cells, "update", version, format!("cdc-{name}-{t}-{v}"))
-                    {
+                    if let Some(c) = self.change(t, cells, "update", version, String::new()) {
                         let op = if known.contains(&c.key) {
                             "update"
                         } else {
@@ -788,6 +790,17 @@ impl Capture {
                         new_keys.push(c.key.clone());
                         changes.push((t, Change { op, ..c }));
                     }
+                }
+                // Rows sharing a version (an `updated_at` of the same
+                // millisecond) get distinct ids: their rank by key within
+                // the version — the same on a re-read.
+                changes.sort_by(|(_, a), (_, b)| (a.version, &a.key).cmp(&(b.version, &b.key)));
+                let mut rank = 0;
+                for i in 0..changes.len() {
+                    let same = i > 0 && changes[i - 1].1.version == changes[i].1.version;
+                    rank = if same { rank + 1 } else { 0 };
+                    let v = changes[i].1.version;
+                    changes[i].1.id = format!("cdc-{name}-{t}-{v}-{rank}");
                 }
                 self.publish_all(publishers, &changes)?;
                 state.positions.insert(spec.table.clone(), top);
@@ -884,4 +897,19 @@ pub fn parse_lsn(s: &str) -> u64 {
 /// Formats an LSN as PostgreSQL writes it.
 pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Rows a poll reads at most at once (more sharing the last version are read too).
+const POLL_LIMIT: usize = 5000;
+
+/// A polled row's version column, or `default`.
+fn row_version(cells: &[(String, Cell)], vcol: &str, default: i64) -> i64 {
+    cells
+        .iter()
+        .find(|(c, _)| c == vcol)
+        .and_then(|(_, cell)| match cell {
+            Cell::Text(s) => s.parse().ok(),
+            _ => None,
+        })
+        .unwrap_or(default)
 }
