@@ -227,7 +227,7 @@ impl Gateway {
             Some(match found.error() {
                 None => true,
                 Some(e) => !matches!(
-                    rdkafka::types::RDKafkaRespErr::from(e),
+                    e,
                     rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART
                 ),
             })
@@ -393,12 +393,19 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let topic = gateway.config.topics.idempotency();
-    govbus_kafka::admin::ensure_topics_configured(
+    // The topic of kept answers: created here too, so a gateway started
+    // with --no-create-topics on a provisioned cluster still finds it.
+    let spec = govbus_kafka::provision::idempotency(&gateway.config.topics);
+    if let Err(error) = govbus_kafka::provision::ensure(
         &gateway.config.bootstrap,
-        &[(topic, 1, govbus_kafka::admin::COMPACTED)],
+        &[spec],
+        1,
+        Duration::from_secs(10),
     )
-    .await;
+    .await
+    {
+        tracing::warn!(message = "Cannot create the idempotency topic.", %error);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let follower = {
         let (g, stop) = (gateway.clone(), stop.clone());

@@ -13,19 +13,6 @@ use rdkafka::ClientConfig;
 /// fine; the call gives up after about 12 seconds and says so in the log.
 /// Needs a Tokio runtime with timers.
 pub async fn ensure_topics(bootstrap: &str, topics: &[(String, i32)]) {
-    let configured: Vec<(String, i32, &[(&str, &str)])> = topics
-        .iter()
-        .map(|(t, p)| (t.clone(), *p, &[][..]))
-        .collect();
-    ensure_topics_configured(bootstrap, &configured).await
-}
-
-/// Topic settings for a compacted topic: the newest record per key is kept.
-pub const COMPACTED: &[(&str, &str)] = &[("cleanup.policy", "compact")];
-
-/// Like [`ensure_topics`], each topic created with its settings (brokers
-/// that ignore topic settings, as Tansu does, create it plain).
-pub async fn ensure_topics_configured(bootstrap: &str, topics: &[(String, i32, &[(&str, &str)])]) {
     let Ok(admin) = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create::<AdminClient<DefaultClientContext>>()
@@ -34,12 +21,7 @@ pub async fn ensure_topics_configured(bootstrap: &str, topics: &[(String, i32, &
     };
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(t, p, settings)| {
-            settings.iter().fold(
-                NewTopic::new(t, *p, TopicReplication::Fixed(1)),
-                |n, (k, v)| n.set(k, v),
-            )
-        })
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
         .collect();
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))

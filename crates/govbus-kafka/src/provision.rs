@@ -107,15 +107,20 @@ pub fn plan(catalog: &Catalog, topics: &Topics) -> Vec<TopicSpec> {
         1,
         &compact,
     ));
-    out.push(TopicSpec::new(
+    out.push(idempotency(topics));
+    out
+}
+
+/// `_govbus.idempotency`: compacted, and kept a day (the gateway's answers).
+pub fn idempotency(topics: &Topics) -> TopicSpec {
+    TopicSpec::new(
         topics.idempotency(),
         1,
         &[
             ("cleanup.policy", "compact,delete".into()),
             ("retention.ms", DAY_MS.to_string()),
         ],
-    ));
-    out
+    )
 }
 
 /// What [`ensure`] did.

@@ -92,15 +92,50 @@ enum CredentialCommand {
     New(cmd::gateway::NewCredentialArgs),
 }
 
+/// The one-shot commands whose output is read by people and pipes
+/// (`govbus catalog list --format json | head`).
+fn prints_to_a_pipe(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Catalog(_)
+            | Command::Validate(_)
+            | Command::Reasons(_)
+            | Command::Subscriptions(_)
+            | Command::Audit(_)
+            | Command::Dlq(_)
+            | Command::Topics(_)
+            | Command::Check(_)
+            | Command::Report(_)
+    )
+}
+
+/// Lets a closed pipe end the process quietly, as it ends `cat` or `grep`,
+/// instead of `println!` panicking on EPIPE. Only for the one-shot commands:
+/// servers keep SIGPIPE ignored, so a client that goes away is an error
+/// value on its socket, not the end of the process.
+#[allow(unsafe_code)]
+fn quiet_broken_pipe() {
+    // SAFETY: called once at start, before any thread is spawned; restores
+    // the default disposition of one signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Logs go to stderr; GOVBUS_LOG / RUST_LOG set the filter, GOVBUS_LOG_FORMAT=json for JSON lines.
     let filter = tracing_subscriber::EnvFilter::try_from_env("GOVBUS_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only on a terminal: a log file or a pipe gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    if prints_to_a_pipe(&cli.command) {
+        quiet_broken_pipe();
+    }
     if std::env::var("GOVBUS_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {

@@ -256,7 +256,6 @@ impl UpConfig {
         }
         let catalog = catalog_source::load_checked(self.catalog.as_deref())?;
         let mut problems = Vec::new();
-        self.check_secrets(&catalog, &mut problems);
         let mut addrs: Vec<(&str, SocketAddr)> = vec![("metrics", self.metrics.listen)];
         let known = |d: &str| catalog.department(d).is_some();
         if let Some(r) = &self.registry {
@@ -325,15 +324,6 @@ impl UpConfig {
                 problems.push("[broker.kafka] has an empty setting name".to_owned());
             }
         }
-        // Ports: each must be free now (a running govbus, or another
-        // program, holding one would make `up` fail at start).
-        for (what, addr) in &addrs {
-            if addr.port() != 0 {
-                if let Err(e) = std::net::TcpListener::bind(addr) {
-                    problems.push(format!("[{what}] listen = {addr}: cannot bind it now ({e}); is another process using it?"));
-                }
-            }
-        }
         if problems.is_empty() {
             let plan = self.plan(&catalog, None);
             Ok((catalog, plan))
@@ -342,8 +332,26 @@ impl UpConfig {
         }
     }
 
-    /// Secrets come from the environment: each one the configured
-    /// components need must be set, and long enough.
+    /// What `govbus check` adds to [`UpConfig::check`]: this machine's
+    /// environment — the secrets the configured components need (set, and
+    /// long enough) and the ports (free now). Every problem, with its section.
+    pub fn check_environment(&self, catalog: &Catalog) -> Vec<String> {
+        let mut problems = Vec::new();
+        self.check_secrets(catalog, &mut problems);
+        let mut addrs = vec![("metrics", self.metrics.listen)];
+        addrs.extend(self.registry.as_ref().map(|r| ("registry", r.listen)));
+        addrs.extend(self.gateway.as_ref().map(|g| ("gateway", g.listen)));
+        addrs.extend(self.sink.as_ref().map(|s| ("sink", s.listen)));
+        for (what, addr) in addrs {
+            if addr.port() != 0 {
+                if let Err(e) = std::net::TcpListener::bind(addr) {
+                    problems.push(format!("[{what}] listen = {addr}: cannot bind it now ({e}); is another process using it?"));
+                }
+            }
+        }
+        problems
+    }
+
     fn check_secrets(&self, catalog: &Catalog, problems: &mut Vec<String>) {
         const MIN: usize = 16;
         let Some(sink) = &self.sink else {
@@ -950,13 +958,18 @@ mod tests {
 
     #[test]
     fn the_deploy_config_checks() {
-        // As mounted by docker-compose.yml: the config and the catalog side by side.
+        // As mounted by docker-compose.yml: the repository's layout.
         let dir = tempfile::tempdir().unwrap();
         let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
-        std::fs::copy(deploy.join("govbus.toml"), dir.path().join("govbus.toml")).unwrap();
+        std::fs::create_dir(dir.path().join("deploy")).unwrap();
+        std::fs::copy(
+            deploy.join("govbus.toml"),
+            dir.path().join("deploy/govbus.toml"),
+        )
+        .unwrap();
         std::fs::copy(
             deploy.join("credentials.toml"),
-            dir.path().join("credentials.toml"),
+            dir.path().join("deploy/credentials.toml"),
         )
         .unwrap();
         std::os::unix::fs::symlink(
@@ -964,7 +977,7 @@ mod tests {
             dir.path().join("schemas"),
         )
         .unwrap();
-        let c = UpConfig::load(&dir.path().join("govbus.toml")).unwrap();
+        let c = UpConfig::load(&dir.path().join("deploy/govbus.toml")).unwrap();
         let (_, plan) = c.check().unwrap();
         for component in ["registry", "gateway", "sink", "fraud", "metrics"] {
             assert!(

@@ -38,7 +38,12 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<UpConfig> {
 
 /// Validates the config without starting anything.
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let (_, plan) = load(Some(&args.config))?.check()?;
+    let config = load(Some(&args.config))?;
+    let (catalog, plan) = config.check()?;
+    let problems = config.check_environment(&catalog);
+    if !problems.is_empty() {
+        anyhow::bail!("the config has problems:\n  {}", problems.join("\n  "));
+    }
     println!("config OK: {}", args.config.display());
     for line in plan {
         println!("  {line}");
