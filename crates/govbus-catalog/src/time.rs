@@ -153,9 +153,46 @@ pub fn format_rfc3339_millis(millis: i64) -> String {
     format!("{}T{h:02}:{m:02}:{s:02}.{ms:03}Z", format_date(days))
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.ffffff` (micro) or `.fffffffff` (nano) plus `Z`, or
+/// without a zone for Avro's local timestamps: every digit the value has,
+/// so a delivered timestamp is the one that was published.
+pub fn format_rfc3339_fraction(value: i64, per_second: i64, zulu: bool) -> String {
+    let secs = value.div_euclid(per_second);
+    let frac = value.rem_euclid(per_second);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (h, m, s) = (rem / 3600, rem / 60 % 60, rem % 60);
+    let width = match per_second {
+        1_000 => 3,
+        1_000_000 => 6,
+        _ => 9,
+    };
+    let zone = if zulu { "Z" } else { "" };
+    format!(
+        "{}T{h:02}:{m:02}:{s:02}.{frac:0width$}{zone}",
+        format_date(days)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fractions_keep_every_digit() {
+        assert_eq!(
+            format_rfc3339_fraction(1_700_000_000_123_456, 1_000_000, true),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        assert_eq!(
+            format_rfc3339_fraction(-1, 1_000_000_000, false),
+            "1969-12-31T23:59:59.999999999"
+        );
+        assert_eq!(
+            format_rfc3339_fraction(1_700_000_000_123, 1_000, true),
+            format_rfc3339_millis(1_700_000_000_123)
+        );
+    }
 
     #[test]
     fn round_trips_days() {

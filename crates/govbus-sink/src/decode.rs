@@ -105,14 +105,23 @@ fn convert(schema: &Schema, value: Value) -> Json {
             Json::Object(out)
         }
         Value::Date(d) => Json::String(time::format_date(i64::from(d))),
-        Value::TimestampMillis(ms) | Value::LocalTimestampMillis(ms) => {
-            Json::String(time::format_rfc3339_millis(ms))
+        // Every digit the value has (micro- and nanoseconds were cut to
+        // milliseconds); a local timestamp has no zone, so none is added.
+        Value::TimestampMillis(ms) => Json::String(time::format_rfc3339_millis(ms)),
+        Value::LocalTimestampMillis(ms) => {
+            Json::String(time::format_rfc3339_fraction(ms, 1_000, false))
         }
-        Value::TimestampMicros(us) | Value::LocalTimestampMicros(us) => {
-            Json::String(time::format_rfc3339_millis(us.div_euclid(1000)))
+        Value::TimestampMicros(us) => {
+            Json::String(time::format_rfc3339_fraction(us, 1_000_000, true))
         }
-        Value::TimestampNanos(ns) | Value::LocalTimestampNanos(ns) => {
-            Json::String(time::format_rfc3339_millis(ns.div_euclid(1_000_000)))
+        Value::LocalTimestampMicros(us) => {
+            Json::String(time::format_rfc3339_fraction(us, 1_000_000, false))
+        }
+        Value::TimestampNanos(ns) => {
+            Json::String(time::format_rfc3339_fraction(ns, 1_000_000_000, true))
+        }
+        Value::LocalTimestampNanos(ns) => {
+            Json::String(time::format_rfc3339_fraction(ns, 1_000_000_000, false))
         }
         Value::TimeMillis(t) => Json::from(t),
         Value::TimeMicros(t) => Json::from(t),
@@ -127,6 +136,51 @@ fn convert(schema: &Schema, value: Value) -> Json {
         }
         Value::BigDecimal(b) => Json::String(b.to_string()),
         Value::Uuid(u) => Json::String(u.to_string()),
-        Value::Duration(_) => Json::Null,
+        // Was null: a value that was published is delivered, never dropped.
+        Value::Duration(d) => serde_json::json!({
+            "months": u32::from(d.months()),
+            "days": u32::from(d.days()),
+            "millis": u32::from(d.millis()),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn timestamps_and_durations_keep_everything_they_hold() {
+        let s = Schema::Null;
+        let us = 1_700_000_000_123_456_i64;
+        for (value, expected) in [
+            (
+                Value::TimestampMicros(us),
+                json!("2023-11-14T22:13:20.123456Z"),
+            ),
+            (
+                Value::LocalTimestampMicros(us),
+                json!("2023-11-14T22:13:20.123456"),
+            ),
+            (
+                Value::TimestampNanos(us * 1000 + 789),
+                json!("2023-11-14T22:13:20.123456789Z"),
+            ),
+            (
+                Value::TimestampMillis(1_700_000_000_123),
+                json!("2023-11-14T22:13:20.123Z"),
+            ),
+            (
+                Value::Duration(apache_avro::Duration::new(
+                    apache_avro::Months::new(1),
+                    apache_avro::Days::new(2),
+                    apache_avro::Millis::new(3),
+                )),
+                json!({"months": 1, "days": 2, "millis": 3}),
+            ),
+        ] {
+            assert_eq!(convert(&s, value), expected);
+        }
     }
 }
