@@ -783,12 +783,8 @@ fn sink_spec(c: &mut Collector, file: &Path, s: SinkSpecFile) -> Option<SinkSpec
     match kind {
         "webhook" => {
             let url = s.url.unwrap_or_default();
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-                c.push(
-                    file,
-                    "sink.url",
-                    format!("`{url}`: a webhook needs an http:// or https:// URL"),
-                );
+            if let Err(why) = webhook_target(&url, s.allow_private) {
+                c.push(file, "sink.url", format!("`{}`: {why}", url.escape_debug()));
             }
             let secret = match (s.secret, s.secret_env) {
                 (Some(_), Some(_)) => {
@@ -864,6 +860,13 @@ fn sink_spec(c: &mut Collector, file: &Path, s: SinkSpecFile) -> Option<SinkSpec
                 c.push(file, "sink.dir", "a file sink needs `dir`");
                 return None;
             };
+            if let Err(why) = contained_dir(&dir) {
+                c.push(
+                    file,
+                    "sink.dir",
+                    format!("`{}`: {why}", dir.display().to_string().escape_debug()),
+                );
+            }
             let roll_records = s.roll_records.unwrap_or(10_000);
             if roll_records == 0 {
                 c.push(file, "sink.roll_records", "must be at least 1");
@@ -890,6 +893,199 @@ fn sink_spec(c: &mut Collector, file: &Path, s: SinkSpecFile) -> Option<SinkSpec
                 ),
             );
             None
+        }
+    }
+}
+
+/// Checks a file sink's `dir`: relative to the sink's working directory
+/// (its base) and still inside it after `.` and `..` are resolved, so a
+/// grant cannot make the sink write over files elsewhere on the host.
+pub fn contained_dir(dir: &Path) -> Result<(), String> {
+    use std::path::Component;
+    let mut depth = 0usize;
+    for part in dir.components() {
+        match part {
+            Component::Prefix(_) | Component::RootDir => {
+                return Err("a file sink's `dir` must be relative to the sink's working directory, not absolute; write e.g. `dir = \"var/deliveries/<subscription>\"` and start the sink where the files belong".into());
+            }
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth = depth.checked_sub(1).ok_or(
+                    "a file sink's `dir` must stay inside the sink's working directory: `..` here leaves it; name a directory below it, e.g. `dir = \"var/deliveries/<subscription>\"`",
+                )?;
+            }
+            Component::Normal(_) => depth += 1,
+        }
+    }
+    if dir.as_os_str().is_empty() {
+        return Err("a file sink's `dir` must not be empty; name a directory below the sink's working directory".into());
+    }
+    Ok(())
+}
+
+/// Checks a webhook `url` the way the sink will see it: `http://` or
+/// `https://` with a host, and — unless `allow_private` — a host that is not
+/// a literal loopback, private, link-local, unique-local or otherwise
+/// non-public address in any spelling (`127.0.0.1`, `2130706433`,
+/// `0x7f.1`, `0177.0.0.1`, `[::1]`, `[::ffff:10.0.0.1]`), nor `localhost`.
+/// The sink's SSRF guard refuses those at delivery time; here they are
+/// refused at `catalog check` instead. A host *name* can only be checked
+/// when the sink resolves it, so names other than `localhost` pass here
+/// and are still refused at run time if they resolve to such an address.
+pub fn webhook_target(url: &str, allow_private: bool) -> Result<(), String> {
+    const NEED: &str = "a webhook needs an http:// or https:// URL with a host, e.g. `https://receiver.example.gov.cn/govbus`";
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or(NEED)?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, _) = v6.split_once(']').ok_or(NEED)?;
+        h
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    if host.is_empty() {
+        return Err(NEED.into());
+    }
+    if host.chars().any(|ch| {
+        ch.is_control() || ch.is_whitespace() || matches!(ch, '\\' | '%' | '<' | '>' | '"')
+    }) && !authority.starts_with('[')
+    {
+        return Err(format!(
+            "the host `{}` is neither a DNS name nor an IP address; {NEED}",
+            host.escape_debug()
+        ));
+    }
+    let lower = host.to_ascii_lowercase();
+    let name = lower.strip_suffix('.').unwrap_or(&lower);
+    let ip = if authority.starts_with('[') {
+        let bare = host.split('%').next().unwrap_or_default();
+        match bare.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => Some(std::net::IpAddr::V6(v6)),
+            Err(_) => {
+                return Err(format!(
+                    "`[{}]` is not an IPv6 address; {NEED}",
+                    host.escape_debug()
+                ))
+            }
+        }
+    } else {
+        match ipv4_literal(name) {
+            Ipv4Literal::Address(v4) => Some(std::net::IpAddr::V4(v4)),
+            Ipv4Literal::Invalid => {
+                return Err(format!(
+                    "`{name}` looks like an IPv4 address but is not a valid one; {NEED}"
+                ))
+            }
+            Ipv4Literal::Name => None,
+        }
+    };
+    if allow_private {
+        return Ok(());
+    }
+    let refuse = |what: &str| {
+        Err(format!(
+            "{what}, which the webhook sink's SSRF guard refuses at delivery time; point the webhook at the receiver's public address, or set `allow_private = true` in [sink] if this target is trusted (host names are checked only when the sink resolves them)"
+        ))
+    };
+    if name == "localhost" || name.ends_with(".localhost") {
+        return refuse(&format!("`{name}` is the loopback host"));
+    }
+    let Some(ip) = ip else {
+        return Ok(());
+    };
+    if is_public_ip(ip) {
+        Ok(())
+    } else {
+        refuse(&format!(
+            "{ip} is a loopback, private, link-local, unique-local or otherwise non-public address"
+        ))
+    }
+}
+
+enum Ipv4Literal {
+    Address(std::net::Ipv4Addr),
+    /// All parts numeric, but out of range: resolvers and URL parsers
+    /// disagree on it, so it is refused.
+    Invalid,
+    /// A host name.
+    Name,
+}
+
+/// An IPv4 host in every spelling `inet_aton` and URL parsers accept: one to
+/// four parts, each decimal, octal (leading `0`) or hex (`0x`), the last
+/// filling the remaining bytes (`127.1`, `2130706433`, `0x7f.1`).
+fn ipv4_literal(host: &str) -> Ipv4Literal {
+    let parts: Vec<&str> = host.split('.').collect();
+    let numbers: Vec<Option<u64>> = parts
+        .iter()
+        .map(|p| {
+            let (digits, radix) = if let Some(h) = p.strip_prefix("0x") {
+                (h, 16)
+            } else if p.len() > 1 && p.starts_with('0') {
+                (&p[1..], 8)
+            } else {
+                (*p, 10)
+            };
+            if radix == 16 && digits.is_empty() {
+                return Some(0);
+            }
+            if digits.is_empty() || !digits.chars().all(|ch| ch.is_digit(radix)) {
+                return None;
+            }
+            Some(u64::from_str_radix(digits, radix).unwrap_or(u64::MAX))
+        })
+        .collect();
+    if numbers.last().is_none_or(Option::is_none) {
+        // The last part decides: a name's last label is never all digits.
+        return Ipv4Literal::Name;
+    }
+    if parts.len() > 4 || numbers.iter().any(Option::is_none) {
+        return Ipv4Literal::Invalid;
+    }
+    let numbers: Vec<u64> = numbers.into_iter().flatten().collect();
+    let (last, init) = numbers.split_last().unwrap_or((&0, &[]));
+    if init.iter().any(|n| *n > 255) || *last >= 1u64 << (8 * (5 - numbers.len())) {
+        return Ipv4Literal::Invalid;
+    }
+    let mut value = *last;
+    for (i, n) in init.iter().enumerate() {
+        value |= n << (8 * (3 - i));
+    }
+    Ipv4Literal::Address(std::net::Ipv4Addr::from(u32::try_from(value).unwrap_or(0)))
+}
+
+/// Whether `ip` is a public unicast address — the same classification as
+/// the webhook sink's SSRF guard (`govbus_sink::sinks::webhook::is_public`).
+pub fn is_public_ip(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
+                || o[0] >= 240)
+        }
+        std::net::IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_ip(std::net::IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8))
         }
     }
 }

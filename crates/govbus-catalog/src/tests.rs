@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use super::*;
 
 mod filters;
+mod sinks;
 
 fn sample_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
