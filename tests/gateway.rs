@@ -147,3 +147,83 @@ async fn publish_a_csv_through_the_gateway_and_the_router() {
         let _ = c.wait();
     }
 }
+
+/// The gateway's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// 60 unauthenticated clients each sending a 15 MiB body at once (the
+/// outside check raised RSS from 52 to 1,120 MiB): the gateway answers 401
+/// from the headers and buffers none of it. RSS growth is printed and bounded.
+#[test]
+fn unauthenticated_floods_do_not_grow_the_gateway() {
+    use std::io::{Read, Write};
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::new(format!("{}.", unique("flood")));
+    let dir = tempfile::tempdir().unwrap();
+    let (_token, creds) = common::new_credential("hrss", dir.path());
+    let port = common::free_port();
+    let mut gateway = spawn(&[
+        "gateway",
+        "--bootstrap",
+        &bootstrap,
+        "--credentials",
+        creds.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--topic-prefix",
+        topics.prefix(),
+    ]);
+    common::wait_listening(port);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = rss_kib(gateway.id());
+    let body = vec![b'['; 15 << 20];
+    let clients: Vec<_> = (0..60)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let head = format!("POST /v1/datasets/hrss.pension_payment/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes());
+                // The server may close before all of it is sent: that is the point.
+                let _ = s.write_all(&body);
+                let mut answer = String::new();
+                let _ = s.read_to_string(&mut answer);
+                answer
+            })
+        })
+        .collect();
+    let mut peak = before;
+    let mut answers = Vec::new();
+    for c in clients {
+        peak = peak.max(rss_kib(gateway.id()));
+        answers.push(c.join().unwrap());
+    }
+    peak = peak.max(rss_kib(gateway.id()));
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    let answered = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 401"))
+        .count();
+    eprintln!(
+        "60 × 15 MiB unauthenticated: RSS {} → peak {} MiB; {answered} answered 401",
+        before / 1024,
+        peak / 1024
+    );
+    assert!(answered >= 50, "answered 401: {answered} of 60");
+    assert!(
+        peak < before + 64 * 1024,
+        "RSS grew from {} to {} MiB",
+        before / 1024,
+        peak / 1024
+    );
+}

@@ -159,7 +159,7 @@ pub(crate) async fn publish(
     State(g): State<Arc<Gateway>>,
     Path(dataset): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let token = headers
         .get("authorization")
@@ -187,12 +187,73 @@ pub(crate) async fn publish(
         );
         return r;
     };
+    // The body is read only now, for a known department: an unauthenticated
+    // client never gets a byte of its body buffered.
+    let body = match read_body(&g, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => {
+            g.metrics
+                .requests
+                .with_label_values(&[&department, r.status().as_str()])
+                .inc();
+            return r;
+        }
+    };
     let response = publish_as(&g, &department, &dataset, &headers, &body).await;
     g.metrics
         .requests
         .with_label_values(&[&department, response.status().as_str()])
         .inc();
     response
+}
+
+/// The request body, within the size and time limits: 413 and 408 as JSON
+/// problems like every other answer.
+async fn read_body(
+    g: &Gateway,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Bytes, Response> {
+    let limit = g.config.max_body_bytes;
+    let too_large = || {
+        problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is over the limit of {limit} bytes; send fewer records per request"),
+        )
+    };
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(g.config.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) if is_length_limit(&e) => Err(too_large()),
+        Ok(Err(_)) => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "body_unreadable",
+            "the body ended early or was malformed",
+        )),
+        Err(_) => Err(problem(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the body did not arrive within {:?}", g.config.body_timeout),
+        )),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Runs `publish_records` under the request's idempotency key, if any: a

@@ -21,6 +21,7 @@ mod credentials;
 mod handler;
 mod idempotency;
 mod openapi;
+mod server;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +46,12 @@ pub struct GatewayConfig {
     pub topics: Topics,
     /// Largest request body. Default 16 MiB.
     pub max_body_bytes: usize,
+    /// Open connections at once; one more is closed at accept. Default 1,024.
+    pub max_connections: usize,
+    /// Time for a request's headers to arrive. Default 10 s.
+    pub header_timeout: Duration,
+    /// Time for a request's body to arrive, once its token is accepted. Default 30 s.
+    pub body_timeout: Duration,
     /// Most records in one request. Default 10,000.
     pub max_records: usize,
     /// Requests processed at once; more get 429. Default 64.
@@ -66,6 +73,9 @@ impl GatewayConfig {
             bootstrap: bootstrap.into(),
             topics: Topics::default(),
             max_body_bytes: 16 << 20,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             max_records: 10_000,
             max_concurrent: 64,
             ack_timeout: Duration::from_secs(30),
@@ -106,6 +116,7 @@ struct GatewayMetrics {
     requests: IntCounterVec,
     records: IntCounterVec,
     idempotency_unsaved: prometheus::IntCounter,
+    connections_refused: prometheus::IntCounter,
 }
 
 impl GatewayMetrics {
@@ -134,12 +145,19 @@ impl GatewayMetrics {
         .unwrap_or_else(|e| unreachable!("{e}"));
         let _ = registry.register(Box::new(requests.clone()));
         let _ = registry.register(Box::new(records.clone()));
+        let connections_refused = prometheus::IntCounter::new(
+            "govbus_gateway_connections_refused_total",
+            "Connections closed at accept because max_connections were open.",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
         let _ = registry.register(Box::new(idempotency_unsaved.clone()));
+        let _ = registry.register(Box::new(connections_refused.clone()));
         GatewayMetrics {
             registry,
             requests,
             records,
             idempotency_unsaved,
+            connections_refused,
         }
     }
 
@@ -413,9 +431,13 @@ pub async fn serve(
             .name("gateway-idempotency".into())
             .spawn(move || g.follow_idempotency(stop))?
     };
-    let served = axum::serve(listener, app(gateway))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = server::Limits {
+        max_connections: gateway.config.max_connections.max(1),
+        header_timeout: gateway.config.header_timeout,
+        drain: gateway.config.ack_timeout + Duration::from_secs(5),
+    };
+    let refused = gateway.metrics.connections_refused.clone();
+    let served = server::run(listener, app(gateway), limits, refused, shutdown).await;
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || follower.join()).await;
     served

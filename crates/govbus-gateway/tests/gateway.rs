@@ -284,18 +284,19 @@ async fn malformed_and_oversized_requests_are_refused_clearly() {
     assert_eq!(s, 400, "records are JSON objects: {b}");
     assert!(b.contains("record 0 is a boolean"), "{b}");
     let big = vec![b' '; 10_000];
-    assert_eq!(
-        request(
-            g.port,
-            PATH,
-            Some("hrss-secret"),
-            "application/json",
-            &[],
-            &big
-        )
-        .await
-        .0,
-        413
+    let (s, head, b) = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &[],
+        &big,
+    )
+    .await;
+    assert_eq!(s, 413, "{b}");
+    assert!(
+        head.contains("content-type: application/json") && b.contains("body_too_large"),
+        "the documented JSON problem, not axum's text: {head}{b}"
     );
     let three = json!([pensions()[0], pensions()[1], pensions()[0]]).to_string();
     let (s, _, b) = request(
@@ -673,4 +674,103 @@ async fn the_bearer_scheme_is_case_insensitive() {
     .await
     .unwrap();
     assert_eq!(s, 200, "{b}");
+}
+
+/// Writes `head` (no body) on a new connection and reads what comes back
+/// within `wait`: the answer, or "" if the server closed without one, or
+/// None if it neither answered nor closed.
+fn raw(port: u16, head: &str, wait: Duration) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&out).into_owned())
+            }
+            Err(_) => return (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unauthenticated_body_is_never_read() {
+    let g = start(|_| {}).await;
+    let port = g.port;
+    // A 15 MiB body announced, not one byte of it sent: the 401 comes at once.
+    for token in ["", "Authorization: Bearer wrong\r\n"] {
+        let head = format!(
+            "POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{token}Content-Length: 15728640\r\n\r\n"
+        );
+        let answer = tokio::task::spawn_blocking(move || raw(port, &head, Duration::from_secs(5)))
+            .await
+            .unwrap();
+        let answer = answer.expect("answered before the body was sent");
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_and_connections_are_capped() {
+    let g = start(|c| {
+        c.header_timeout = Duration::from_secs(1);
+        c.max_connections = 8;
+    })
+    .await;
+    let port = g.port;
+    tokio::task::spawn_blocking(move || {
+        // 8 connections that never finish their headers (slowloris) ...
+        let slow: Vec<std::net::TcpStream> = (0..8)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.write_all(b"POST /v1/datasets/x/records HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
+                s
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        // ... fill the cap: a ninth is closed at once, unanswered.
+        let ninth = raw(
+            port,
+            "GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_secs(3),
+        );
+        assert_eq!(ninth.as_deref(), Some(""), "closed at accept: {ninth:?}");
+        // The slow ones are closed by the header timeout.
+        for mut s in slow {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 1024];
+            let started = std::time::Instant::now();
+            let n = s.read(&mut buf).unwrap_or(0);
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(
+                n == 0 || text.starts_with("HTTP/1.1 408"),
+                "closed, or 408: {text}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(4));
+        }
+        // With them gone, a normal request is served again.
+        let ok = raw(
+            port,
+            "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        );
+        assert!(ok.unwrap_or_default().starts_with("HTTP/1.1 200"));
+        let m = raw(
+            port,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .unwrap_or_default();
+        assert!(
+            m.contains("govbus_gateway_connections_refused_total 1"),
+            "{m}"
+        );
+    })
+    .await
+    .unwrap();
 }

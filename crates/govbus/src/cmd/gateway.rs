@@ -36,6 +36,15 @@ pub struct GatewayArgs {
     /// Do not create the catalog's missing topics at start (`govbus topics ensure` lists them).
     #[arg(long)]
     no_create_topics: bool,
+    /// Open connections at once; more are closed at accept.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Time for a request's headers to arrive, e.g. `10s`.
+    #[arg(long, default_value = "10s", value_parser = super::sink::humantime_duration)]
+    header_timeout: std::time::Duration,
+    /// Time for an authenticated request's body to arrive, e.g. `30s`.
+    #[arg(long, default_value = "30s", value_parser = super::sink::humantime_duration)]
+    body_timeout: std::time::Duration,
 }
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
@@ -44,6 +53,9 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(Engine::new(&catalog)?);
     let mut config = GatewayConfig::new(args.bootstrap);
     config.topics = Topics::new(args.topic_prefix);
+    config.max_connections = args.max_connections.max(1);
+    config.header_timeout = args.header_timeout;
+    config.body_timeout = args.body_timeout;
     let create = (!args.no_create_topics).then(|| {
         (
             config.bootstrap.clone(),
