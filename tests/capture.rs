@@ -164,7 +164,16 @@ impl Drop for Setup {
 }
 
 fn insert(i: usize) -> String {
-    format!("INSERT INTO payments (id, id_no, name, kind, month, amount, paid_at) VALUES ('PP{i:06}', '11010519491231002X', '张建国', 'ENTERPRISE_EMPLOYEE', '2026-10', {}.50, '2026-10-15 10:00:00+08')", 100 + i)
+    format!(
+        "INSERT INTO payments (id, id_no, name, kind, month, amount, paid_at) VALUES ('PP{i:06}', '11010519491231002X', '张建国', 'ENTERPRISE_EMPLOYEE', '2026-10', {}.50, '2026-10-15 10:00:00+08')",
+        100 + i
+    )
+}
+
+/// `16/B374D848` as a number (PostgreSQL's text form of an LSN).
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
 fn ops(data: &[(String, String, u64, String)], key: &str) -> Vec<String> {
@@ -293,6 +302,73 @@ async fn logical_capture_streams_changes_resumes_after_kill_and_bounds_wal() {
     }
     println!("WAL retained by the slot: {before} bytes before the heartbeat, {after} after");
     assert!(after < 1_000_000, "retained {after} bytes");
+    cap.kill().unwrap();
+    let _ = cap.wait();
+}
+
+/// `govbus_capture_position_lsn` in logical mode is the slot's confirmed
+/// position: set at start and moved with every advance (issue #19: it stayed 0).
+#[tokio::test(flavor = "multi_thread")]
+async fn logical_capture_reports_the_slot_position_in_metrics() {
+    let s = Setup::new("logical").await;
+    let db = s.pg.client().await.unwrap();
+    db.batch_execute(&insert(0)).await.unwrap();
+    let port = common::free_port();
+    let mut cap = s.capture_on(port);
+    let _ = s.data(1);
+    db.batch_execute(&insert(1)).await.unwrap();
+    let data = s.data(2);
+    let created = data.iter().find(|d| d.1 == "create").unwrap().2;
+    common::wait_listening(port);
+    let position = |port: u16| {
+        let text = common::http_get(port, "/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("govbus_capture_position_lsn "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no govbus_capture_position_lsn in {text}")) as u64
+    };
+    let confirmed = || async {
+        let row = db
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&s.name],
+            )
+            .await
+            .unwrap();
+        lsn(&row.get::<_, String>(0))
+    };
+    // The slot moves past the change once it is acknowledged; the gauge
+    // follows (a heartbeat may move both again, so compare until they agree).
+    let start = Instant::now();
+    let (mut seen, mut slot) = (0, 0);
+    while start.elapsed() < Duration::from_secs(15) {
+        slot = confirmed().await;
+        seen = position(port);
+        if seen == slot && seen > created {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen > 0, "govbus_capture_position_lsn stayed 0");
+    assert!(
+        seen > created,
+        "position {seen} is past the published change at {created}"
+    );
+    assert_eq!(seen, slot, "the gauge is the slot's confirmed position");
+    cap.kill().unwrap();
+    let _ = cap.wait();
+    // A restart reports the slot's position at once, before any change.
+    let port = common::free_port();
+    let mut cap = s.capture_on(port);
+    common::wait_listening(port);
+    let start = Instant::now();
+    while position(port) == 0 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        position(port) >= slot,
+        "restart reports the confirmed position"
+    );
     cap.kill().unwrap();
     let _ = cap.wait();
 }

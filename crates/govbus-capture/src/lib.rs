@@ -499,6 +499,9 @@ impl Capture {
             state.snapshot_done = None;
             parse_lsn(&row.get::<_, String>(0))
         };
+        // The slot's confirmed position is the resume point: report it before
+        // anything moves it, so a restarted capture is never shown at 0.
+        self.metrics.position(start);
         if state.snapshot_done.is_none() {
             // Initial snapshot, versioned at the slot's position: every later change is newer.
             let mut changes = Vec::new();
@@ -600,12 +603,19 @@ impl Capture {
                 self.publish_all(publishers, &changes)?;
             }
             if let Some(lsn) = safe {
-                self.client
-                    .query(
-                        "SELECT pg_replication_slot_advance($1::text::name, $2::text::pg_lsn)",
+                // `end_lsn` is where the slot now is (it never moves back), which
+                // is what the gauge promises: the confirmed position.
+                let row = self
+                    .client
+                    .query_one(
+                        "SELECT end_lsn::text FROM pg_replication_slot_advance($1::text::name, $2::text::pg_lsn)",
                         &[&name, &format_lsn(lsn)],
                     )
                     .await?;
+                let confirmed = row
+                    .get::<_, Option<String>>(0)
+                    .map_or(lsn, |t| parse_lsn(&t));
+                self.metrics.position(confirmed);
             }
             if rows.is_empty() {
                 if idle_since.elapsed() >= self.config.heartbeat {

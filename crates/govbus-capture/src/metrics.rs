@@ -43,7 +43,7 @@ impl Metrics {
             rejected: reg(&r, vec("govbus_capture_rejected_total", "Rows rejected at the edge.", &["table", "reason"])),
             heartbeats: reg(&r, IntCounter::new("govbus_capture_heartbeats_total", "Heartbeats written to move an idle slot.").unwrap_or_else(|e| unreachable!("{e}"))),
             retained: reg(&r, gauge("govbus_capture_slot_retained_bytes", "WAL the replication slot holds back (current WAL position minus confirmed position).")),
-            position: reg(&r, gauge("govbus_capture_position_lsn", "The slot's confirmed position (logical) or the highest version read (poll).")),
+            position: reg(&r, gauge("govbus_capture_position_lsn", "Logical: the replication slot's confirmed position as a number (set at start from the slot, then on every advance); poll: the highest version read.")),
             last_change: reg(&r, gauge("govbus_capture_last_change_timestamp_seconds", "When the last change was published (Unix time).")),
             registry: r,
         }
