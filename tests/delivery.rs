@@ -781,6 +781,94 @@ async fn a_live_stream_client_that_disconnects_and_resumes_loses_nothing() {
         .contains("********"));
 }
 
+/// The subscription's line in `govbus report`'s report.json.
+fn reported_subscription(report: &Json, id: &str) -> Json {
+    report["departments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|d| d["subscriptions"].as_array().unwrap().clone())
+        .find(|s| s["id"] == json!(id))
+        .unwrap_or_else(|| panic!("no subscription {id} in {report}"))
+}
+
+/// Issue #19: a live-stream grant is active while its grant is valid and the
+/// sink serves its endpoint — with a client connected, on the scorecard too,
+/// and still between clients; a revoked grant is inactive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_stream_grant_is_reported_active_while_it_streams() {
+    let sub = format!(
+        "subscriber = \"public_security\"\ndataset = \"{DEATHS}\"\npurpose = \"test\"\n\n[sink]\ntype = \"sse\"\n"
+    );
+    let d = Deployment::start(&[("live", sub.clone())]).await;
+    let (token, creds) = common::new_credential("public_security", d.logs.path());
+    let (_sink, port) = d.sink(
+        "sink",
+        &[
+            "--credentials",
+            creds.to_str().unwrap(),
+            "--heartbeat",
+            "1s",
+        ],
+    );
+    let url = format!("http://127.0.0.1:{port}/v1/subscriptions/live/events");
+    let mut client = Command::new("python3")
+        .arg(repo().join("tests/python/sse_client.py"))
+        .args([&url, &token, "idle", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("one live-stream client", Duration::from_secs(20), || {
+        metric(port, "govbus_sink_sse_clients", "live") == 1.0
+    });
+    wait_until(
+        "the live stream reported active",
+        Duration::from_secs(5),
+        || metric(port, "govbus_sink_active", "live") == 1.0,
+    );
+    // What the operator reads: the scorecard.
+    let out_dir = d.logs.path().join("report");
+    let out = d.govbus(&[
+        "report",
+        "--catalog",
+        d.catalog_dir().to_str().unwrap(),
+        "--metrics",
+        &format!("http://127.0.0.1:{port}/metrics"),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Json =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    let line = reported_subscription(&report, "live");
+    assert_eq!(line["sink"], json!("sse"), "{line}");
+    assert_eq!(line["active"], json!(true), "{line}");
+    // Between clients the grant is still active: the endpoint serves it.
+    let _ = client.kill();
+    let _ = client.wait();
+    wait_until("the client gone", Duration::from_secs(20), || {
+        metric(port, "govbus_sink_sse_clients", "live") == 0.0
+    });
+    assert_eq!(metric(port, "govbus_sink_active", "live"), 1.0);
+    // Revoked: inactive.
+    write_subscription(
+        d.catalog_dir(),
+        "live",
+        &sub.replace("purpose = \"test\"", "purpose = \"test\"\nrevoked = true"),
+    );
+    wait_until(
+        "the revoked stream reported inactive",
+        Duration::from_secs(5),
+        || metric(port, "govbus_sink_active", "live") == 0.0,
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_view_and_file_sinks_hold_the_masked_filtered_stream() {
     let files = tempfile::tempdir().unwrap();

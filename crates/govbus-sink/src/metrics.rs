@@ -62,7 +62,7 @@ impl Metrics {
             lag_records: gauge(&r, "govbus_sink_lag_records", "Records in data.<dataset> not yet consumed by the subscription."),
             lag_seconds: fgauge(&r, "govbus_sink_lag_seconds", "Age of the newest delivered record when it was delivered (0 when caught up)."),
             oldest_undelivered: fgauge(&r, "govbus_sink_oldest_undelivered_seconds", "Age of the oldest consumed, not yet delivered record (0 when none)."),
-            active: gauge(&r, "govbus_sink_active", "1 while the subscription's grant is valid and its sink runs; 0 when revoked, expired or disabled."),
+            active: gauge(&r, "govbus_sink_active", "1 while the subscription's grant is valid and its sink runs (a live stream: while the grant is valid and this process serves its endpoint, whether or not a client is connected; clients: govbus_sink_sse_clients); 0 when revoked, expired or disabled."),
             sse_clients: gauge(&r, "govbus_sink_sse_clients", "Connected live-stream clients."),
             ledger_entries: counter(&r, "govbus_audit_entries_total", "Entries appended to the delivery ledger.", &["outcome"]),
             registry: r,

@@ -187,8 +187,12 @@ impl Sinks {
     /// finishes the batches in hand and closes the ledger chain.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut live_streams: HashSet<String> = HashSet::new();
         loop {
             let catalog = self.shared.catalog.borrow().clone();
+            // A task ends only at shutdown or when its subscription became a
+            // live stream; forget it, so a later switch back starts a new one.
+            running.retain(|_, task| !task.is_finished());
             for sub in catalog.subscriptions() {
                 let selected = if self.shared.config.only.is_empty() {
                     sub.sink != SinkSpec::Sse
@@ -205,6 +209,8 @@ impl Sinks {
                     );
                 }
             }
+            self.shared
+                .report_live_streams(&catalog, &mut live_streams, &running);
             tokio::select! {
                 _ = shutdown.changed() => break,
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -343,6 +349,32 @@ impl Shared {
         Ok((sub.clone(), ds.clone()))
     }
 
+    /// `govbus_sink_active` for live streams, refreshed every second by the
+    /// supervisor: a live-stream subscription has no task of its own — the
+    /// process's HTTP endpoint serves every one in the catalog — so it is
+    /// active while its grant allows delivery, whether or not a client is
+    /// connected (`govbus_sink_sse_clients` counts those). Subscriptions that
+    /// stopped being live streams are reported inactive unless a task now
+    /// runs them (it reports for itself).
+    fn report_live_streams(
+        &self,
+        catalog: &Catalog,
+        seen: &mut HashSet<String>,
+        running: &HashMap<String, tokio::task::JoinHandle<()>>,
+    ) {
+        let mut now = HashSet::new();
+        for sub in catalog.subscriptions().filter(|s| s.sink == SinkSpec::Sse) {
+            self.metrics.active(&sub.id, self.grant(&sub.id).is_ok());
+            now.insert(sub.id.clone());
+        }
+        for gone in seen.difference(&now) {
+            if !running.contains_key(gone) {
+                self.metrics.active(gone, false);
+            }
+        }
+        *seen = now;
+    }
+
     async fn run_subscription(self: Arc<Self>, id: String, mut shutdown: watch::Receiver<bool>) {
         let mut disabled: Option<SinkSpec> = None;
         let mut last_state = "";
@@ -351,6 +383,10 @@ impl Shared {
                 return;
             }
             let granted = self.grant(&id);
+            if matches!(&granted, Ok((sub, _)) if sub.sink == SinkSpec::Sse) {
+                // Now served by the live-stream endpoint; the supervisor reports it.
+                return;
+            }
             let ready = match &granted {
                 Ok((sub, _)) if disabled.as_ref() == Some(&sub.sink) => Err("disabled (HTTP 410)"),
                 Ok(g) => Ok(g.clone()),
