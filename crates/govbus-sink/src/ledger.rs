@@ -16,6 +16,20 @@
 //!
 //! Entries hold event ids, never keys or values: the ledger is not a second
 //! copy of personal data.
+//!
+//! **Authenticated entries.** A hash chain alone proves nothing against
+//! someone who can write the topic: they can rewrite an entry and recompute
+//! the rest of the chain, append a forged chain, or cut an open chain's tail.
+//! So each entry also carries `mac`, HMAC-SHA256 of its hash under the
+//! *ledger key* that only the writers (sink processes) and the auditor hold
+//! (`GOVBUS_LEDGER_KEY`): without the key no entry can be forged or
+//! rewritten. Against an insider who holds the key, and against truncation,
+//! the auditor keeps **checkpoints** outside the bus ([`Checkpoint`]: every
+//! chain's head — writer, seq, hash — at a moment, MAC'd, from
+//! `govbus audit checkpoint`); [`verify`] against a kept checkpoint finds a
+//! chain cut below its checkpointed head and any entry at or below it that
+//! differs. What stays undetectable: an insider with the key rewriting what
+//! was written after the auditor's last checkpoint.
 
 use std::time::Duration;
 
@@ -56,8 +70,12 @@ pub struct Entry {
     pub outcome: String,
     /// `ce_id`s of the events in the delivery.
     pub events: Vec<String>,
-    /// SHA-256 over `prev` and the entry with an empty `hash`.
+    /// SHA-256 over `prev` and the entry with an empty `hash` and `mac`.
     pub hash: String,
+    /// HMAC-SHA256 of `hash` under the ledger key (hex); empty in entries
+    /// written before entries were authenticated.
+    #[serde(default)]
+    pub mac: String,
 }
 
 impl Entry {
@@ -65,8 +83,83 @@ impl Entry {
     pub fn compute_hash(&self) -> String {
         let mut copy = self.clone();
         copy.hash = String::new();
+        copy.mac = String::new();
         let body = serde_json::to_vec(&copy).unwrap_or_default();
         sha256_hex(&[self.prev.as_bytes(), b"\n", &body])
+    }
+
+    /// The MAC this entry should carry under `key`.
+    pub fn compute_mac(&self, key: &[u8]) -> String {
+        mac(key, &[b"govbus-ledger-entry\n", self.hash.as_bytes()])
+    }
+}
+
+fn mac(key: &[u8], parts: &[&[u8]]) -> String {
+    crate::crypto::hex(&crate::crypto::hmac_sha256(key, parts))
+}
+
+/// The ledger key used when none is configured: for development only (anyone
+/// can forge entries under it). `govbus sink` and `govbus up` warn when they
+/// use it, and `govbus check` refuses it with a broker configured.
+pub const DEV_LEDGER_KEY: &[u8] = b"govbus-development-ledger-key-not-secret";
+
+/// Every chain's head at one moment, authenticated with the ledger key:
+/// what an auditor keeps outside the bus (`govbus audit checkpoint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// When it was taken (RFC 3339).
+    pub taken: String,
+    /// Entries in the ledger then.
+    pub entries: u64,
+    /// Each chain's last entry then.
+    pub heads: Vec<Head>,
+    /// HMAC-SHA256 of the above under the ledger key.
+    pub mac: String,
+}
+
+/// A chain's last entry at a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// The writer.
+    pub writer: String,
+    /// Its last seq.
+    pub seq: u64,
+    /// That entry's hash.
+    pub hash: String,
+}
+
+impl Checkpoint {
+    fn compute_mac(&self, key: &[u8]) -> String {
+        let mut copy = self.clone();
+        copy.mac = String::new();
+        let body = serde_json::to_vec(&copy).unwrap_or_default();
+        mac(key, &[b"govbus-ledger-checkpoint\n", &body])
+    }
+
+    /// The heads of every chain in `entries` (which should verify first).
+    pub fn take(entries: &[(u64, Option<Entry>)], key: &[u8]) -> Checkpoint {
+        let mut heads: std::collections::BTreeMap<&str, (u64, &str)> = Default::default();
+        for e in entries.iter().filter_map(|(_, e)| e.as_ref()) {
+            let h = heads.entry(&e.writer).or_insert((e.seq, &e.hash));
+            if e.seq >= h.0 {
+                *h = (e.seq, &e.hash);
+            }
+        }
+        let mut c = Checkpoint {
+            taken: now_rfc3339(),
+            entries: entries.len() as u64,
+            heads: heads
+                .into_iter()
+                .map(|(w, (seq, hash))| Head {
+                    writer: w.to_owned(),
+                    seq,
+                    hash: hash.to_owned(),
+                })
+                .collect(),
+            mac: String::new(),
+        };
+        c.mac = c.compute_mac(key);
+        c
     }
 }
 
@@ -99,6 +192,7 @@ pub struct Ledger {
     producer: FutureProducer,
     topic: String,
     writer: String,
+    key: Vec<u8>,
     chain: Mutex<Chain>,
 }
 
@@ -141,8 +235,9 @@ fn new_writer_id() -> String {
 }
 
 impl Ledger {
-    /// Opens a new chain on `topic` and writes its `open` entry.
-    pub async fn open(bootstrap: &str, topic: &str) -> Result<Ledger, LedgerError> {
+    /// Opens a new chain on `topic` and writes its `open` entry; entries are
+    /// authenticated with `key`.
+    pub async fn open(bootstrap: &str, topic: &str, key: &[u8]) -> Result<Ledger, LedgerError> {
         let producer: FutureProducer = govbus_kafka::config::producer(bootstrap)
             .set("linger.ms", "2")
             .create()
@@ -154,6 +249,7 @@ impl Ledger {
             producer,
             topic: topic.to_owned(),
             writer: new_writer_id(),
+            key: key.to_vec(),
             chain: Mutex::new(Chain {
                 seq: 0,
                 prev: GENESIS.to_owned(),
@@ -195,8 +291,10 @@ impl Ledger {
             outcome: r.outcome.to_owned(),
             events: r.events.clone(),
             hash: String::new(),
+            mac: String::new(),
         };
         entry.hash = entry.compute_hash();
+        entry.mac = entry.compute_mac(&self.key);
         let body = serde_json::to_vec(&entry).unwrap_or_default();
         loop {
             let record = FutureRecord::to(&self.topic)
@@ -257,9 +355,25 @@ pub struct Verified {
     pub findings: Vec<Finding>,
 }
 
+/// What to check entries against.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Against<'a> {
+    /// The ledger key: every entry's MAC must verify under it.
+    pub key: Option<&'a [u8]>,
+    /// A checkpoint the auditor kept: every chain it names must still reach
+    /// its head, with the same entry there.
+    pub checkpoint: Option<&'a Checkpoint>,
+}
+
 /// Checks every chain in `entries` (in log order; `None` for a value that
-/// is not a ledger entry).
+/// is not a ledger entry): the links, and with [`Against`] the entries'
+/// MACs and a kept checkpoint.
 pub fn verify(entries: &[(u64, Option<Entry>)]) -> Verified {
+    verify_against(entries, Against::default())
+}
+
+/// [`verify`], against a key and a checkpoint.
+pub fn verify_against(entries: &[(u64, Option<Entry>)], against: Against<'_>) -> Verified {
     use std::collections::BTreeMap;
     struct State {
         seq: u64,
@@ -293,6 +407,17 @@ pub fn verify(entries: &[(u64, Option<Entry>)]) -> Verified {
                 &e.writer,
                 format!("seq {}: content does not match its hash (modified)", e.seq),
             );
+        } else if let Some(key) = against.key {
+            if e.mac != e.compute_mac(key) {
+                find(
+                    *pos,
+                    &e.writer,
+                    format!(
+                        "seq {}: not authenticated by the ledger key (forged, rewritten, or written under another key)",
+                        e.seq
+                    ),
+                );
+            }
         }
         match chains.get_mut(&e.writer) {
             None => {
@@ -358,6 +483,9 @@ pub fn verify(entries: &[(u64, Option<Entry>)]) -> Verified {
             }
         }
     }
+    if let Some(c) = against.checkpoint {
+        check_checkpoint(entries, c, against.key, &mut v);
+    }
     v.chains = chains.len() as u64;
     v.open_chains = chains
         .iter()
@@ -367,9 +495,79 @@ pub fn verify(entries: &[(u64, Option<Entry>)]) -> Verified {
     v
 }
 
+/// Every head of a kept checkpoint must still be in the ledger, unchanged.
+fn check_checkpoint(
+    entries: &[(u64, Option<Entry>)],
+    c: &Checkpoint,
+    key: Option<&[u8]>,
+    v: &mut Verified,
+) {
+    let mut find = |writer: &str, problem: String| {
+        v.findings.push(Finding {
+            position: 0,
+            writer: writer.to_owned(),
+            problem,
+        });
+    };
+    if let Some(key) = key {
+        if c.mac != c.compute_mac(key) {
+            find(
+                "-",
+                "the checkpoint is not authenticated by the ledger key (altered, or another key)"
+                    .into(),
+            );
+        }
+    }
+    for head in &c.heads {
+        let chain: Vec<&Entry> = entries
+            .iter()
+            .filter_map(|(_, e)| e.as_ref())
+            .filter(|e| e.writer == head.writer)
+            .collect();
+        match chain.iter().find(|e| e.seq == head.seq) {
+            Some(e) if e.hash == head.hash => {}
+            Some(_) => find(
+                &head.writer,
+                format!(
+                    "seq {} differs from the checkpoint of {} (rewritten)",
+                    head.seq, c.taken
+                ),
+            ),
+            None => {
+                let last = chain.iter().map(|e| e.seq).max();
+                find(
+                    &head.writer,
+                    match last {
+                        Some(l) => format!(
+                            "the chain ends at seq {l}, but the checkpoint of {} saw seq {} (tail removed)",
+                            c.taken, head.seq
+                        ),
+                        None => format!(
+                            "the chain is gone; the checkpoint of {} saw it up to seq {} (removed)",
+                            c.taken, head.seq
+                        ),
+                    },
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEY: &[u8] = b"the writers' ledger key, 32 bytes";
+
+    fn keyed(l: &[(u64, Option<Entry>)], c: Option<&Checkpoint>) -> Verified {
+        verify_against(
+            l,
+            Against {
+                key: Some(KEY),
+                checkpoint: c,
+            },
+        )
+    }
 
     fn chain(writer: &str, n: u64) -> Vec<Entry> {
         let mut prev = GENESIS.to_owned();
@@ -394,8 +592,10 @@ mod tests {
                     outcome: "delivered".into(),
                     events: vec![format!("e{seq}")],
                     hash: String::new(),
+                    mac: String::new(),
                 };
                 e.hash = e.compute_hash();
+                e.mac = e.compute_mac(KEY);
                 prev = e.hash.clone();
                 e
             })
@@ -520,5 +720,99 @@ mod tests {
         let v = verify(&log(l));
         assert!(v.findings.is_empty());
         assert_eq!(v.open_chains, vec!["a".to_owned()]);
+    }
+
+    /// The three attacks of issue #14, each against the key and a kept
+    /// checkpoint. Chain "a" is still open (no close entry) when the
+    /// checkpoint is taken.
+    #[test]
+    fn rewriting_forging_and_truncating_are_found_with_the_key_and_a_checkpoint() {
+        let mut a = chain("a", 6);
+        a.pop(); // open: seq 0..=4
+        let b = chain("b", 4);
+        let mut all: Vec<Entry> = a.iter().chain(&b).cloned().collect();
+        let checkpoint = Checkpoint::take(&log(all.clone()), KEY);
+        assert!(keyed(&log(all.clone()), Some(&checkpoint))
+            .findings
+            .is_empty());
+
+        // 1. Truncate the open chain's tail: links and MACs are fine, the checkpoint is not.
+        let mut cut = all.clone();
+        cut.retain(|e| !(e.writer == "a" && e.seq >= 3));
+        assert!(
+            verify(&log(cut.clone())).findings.is_empty(),
+            "a hash chain alone cannot see it"
+        );
+        let v = keyed(&log(cut), Some(&checkpoint));
+        assert!(
+            v.findings
+                .iter()
+                .any(|f| f.problem.contains("tail removed")),
+            "{:?}",
+            v.findings
+        );
+
+        // 2. Rewrite an entry and recompute the rest of the chain, without the key.
+        let mut rewritten = all.clone();
+        let mut prev = rewritten[1].prev.clone();
+        for e in rewritten
+            .iter_mut()
+            .filter(|e| e.writer == "a" && e.seq >= 1)
+        {
+            if e.seq == 1 {
+                e.events = vec!["someone-else".into()];
+            }
+            e.prev = prev.clone();
+            e.hash = e.compute_hash();
+            prev = e.hash.clone();
+        }
+        assert!(
+            verify(&log(rewritten.clone())).findings.is_empty(),
+            "an unkeyed chain verifies"
+        );
+        let v = keyed(&log(rewritten.clone()), None);
+        assert!(
+            v.findings
+                .iter()
+                .any(|f| f.problem.contains("not authenticated")),
+            "{:?}",
+            v.findings
+        );
+        //    ... and by an insider with the key: the checkpoint catches it.
+        for e in rewritten.iter_mut() {
+            e.mac = e.compute_mac(KEY);
+        }
+        let v = keyed(&log(rewritten), Some(&checkpoint));
+        assert!(
+            v.findings.iter().any(|f| f.problem.contains("rewritten")),
+            "{:?}",
+            v.findings
+        );
+
+        // 3. Append a forged chain (without the key).
+        let mut forged = chain("c", 3);
+        for e in &mut forged {
+            e.mac = e.compute_mac(b"a guessed key");
+        }
+        all.extend(forged);
+        let v = keyed(&log(all), Some(&checkpoint));
+        assert_eq!(
+            v.findings
+                .iter()
+                .filter(|f| f.problem.contains("not authenticated"))
+                .count(),
+            3,
+            "{:?}",
+            v.findings
+        );
+
+        // An altered checkpoint is refused too.
+        let mut bad = checkpoint.clone();
+        bad.heads[0].seq = 1;
+        let v = keyed(&log(a.iter().chain(&b).cloned().collect()), Some(&bad));
+        assert!(v
+            .findings
+            .iter()
+            .any(|f| f.problem.contains("checkpoint is not authenticated")));
     }
 }

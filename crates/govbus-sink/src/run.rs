@@ -33,6 +33,8 @@ pub struct SinkConfig {
     pub topics: Topics,
     /// Secret from which per-subscriber pseudonym keys are derived.
     pub pseudonym_secret: Vec<u8>,
+    /// Key authenticating the delivery ledger's entries (`GOVBUS_LEDGER_KEY`).
+    pub ledger_key: Vec<u8>,
     /// Default PostgreSQL connection for `postgres` sinks without `conninfo`.
     pub postgres: Option<String>,
     /// Run only these subscriptions (empty: every non-SSE subscription).
@@ -55,6 +57,7 @@ impl SinkConfig {
             bootstrap: bootstrap.into(),
             topics: Topics::default(),
             pseudonym_secret: Vec::new(),
+            ledger_key: crate::ledger::DEV_LEDGER_KEY.to_vec(),
             postgres: None,
             only: Vec::new(),
             max_batch: 1000,
@@ -162,7 +165,8 @@ impl Sinks {
         metrics: Metrics,
     ) -> Result<Sinks, SinkError> {
         ensure_topics(&config, &[(config.audit(), 1)]).await;
-        let ledger = Arc::new(Ledger::open(&config.bootstrap, &config.audit()).await?);
+        let ledger =
+            Arc::new(Ledger::open(&config.bootstrap, &config.audit(), &config.ledger_key).await?);
         let producer: FutureProducer = config
             .client(govbus_kafka::config::producer(&config.bootstrap))
             .create()?;

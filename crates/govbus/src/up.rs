@@ -368,6 +368,16 @@ impl UpConfig {
             ),
             _ => {}
         }
+        match std::env::var(crate::cmd::sink::LEDGER_KEY_ENV) {
+            Ok(v) if v.len() < MIN => problems.push(format!(
+                "[sink] GOVBUS_LEDGER_KEY holds {} bytes; it needs at least {MIN}",
+                v.len()
+            )),
+            Err(_) if production => problems.push(
+                "[sink] GOVBUS_LEDGER_KEY is not set: ledger entries would be authenticated with the public development key (set at least 16 random bytes; the auditor needs the same key)".to_owned(),
+            ),
+            _ => {}
+        }
         for sub in catalog.subscriptions() {
             if !sink.subscriptions.is_empty() && !sink.subscriptions.contains(&sub.id) {
                 continue;
@@ -777,6 +787,7 @@ impl System {
             let mut sc = govbus_sink::SinkConfig::new(bootstrap.clone());
             sc.topics = topics.clone();
             sc.pseudonym_secret = crate::cmd::sink::pseudonym_secret("GOVBUS_PSEUDONYM_SECRET")?;
+            sc.ledger_key = crate::cmd::sink::ledger_key()?;
             sc.postgres = s.postgres.clone();
             sc.only = if s.subscriptions.is_empty() && !extras.skip_subscriptions.is_empty() {
                 catalog

@@ -62,6 +62,24 @@ pub struct SinkArgs {
     kafka: Vec<String>,
 }
 
+/// The key the delivery ledger's entries are authenticated with, from
+/// `GOVBUS_LEDGER_KEY` (at least 16 bytes); the development key, with a
+/// warning, when it is unset. Writers and the auditor (`govbus audit
+/// verify`) must hold the same key.
+pub(crate) fn ledger_key() -> anyhow::Result<Vec<u8>> {
+    match std::env::var(LEDGER_KEY_ENV) {
+        Ok(s) if s.len() >= 16 => Ok(s.into_bytes()),
+        Ok(_) => anyhow::bail!("{LEDGER_KEY_ENV} must hold at least 16 bytes"),
+        Err(_) => {
+            tracing::warn!(message = "No ledger key set: using the development key. Set it in production, or anyone who can write the audit topic can forge ledger entries.", variable = LEDGER_KEY_ENV);
+            Ok(govbus_sink::ledger::DEV_LEDGER_KEY.to_vec())
+        }
+    }
+}
+
+/// The environment variable holding the ledger key.
+pub(crate) const LEDGER_KEY_ENV: &str = "GOVBUS_LEDGER_KEY";
+
 /// The secret pseudonyms are keyed with, from the environment variable
 /// `var`; the development secret (with a warning) when it is unset.
 pub(crate) fn pseudonym_secret(var: &str) -> anyhow::Result<Vec<u8>> {
@@ -131,6 +149,7 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
     let mut config = SinkConfig::new(args.bootstrap);
     config.topics = Topics::new(args.topic_prefix);
     config.pseudonym_secret = secret;
+    config.ledger_key = ledger_key()?;
     config.postgres = args.postgres;
     config.only = args.subscriptions;
     config.max_batch = args.max_batch.max(1);
