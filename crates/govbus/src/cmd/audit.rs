@@ -12,7 +12,7 @@ use govbus_kafka::topics::Topics;
 use govbus_sink::ledger::{self, Entry};
 
 use crate::catalog_source;
-use crate::cmd::{print_table, Format};
+use crate::cmd::{escape, print_table, to_json_line, to_json_pretty, Format};
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
@@ -83,7 +83,7 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Export(a) => {
             for (_, e) in read(&a)? {
                 match e {
-                    Some(e) => println!("{}", serde_json::to_string(&e)?),
+                    Some(e) => println!("{}", to_json_line(&e)?),
                     None => println!("null"),
                 }
             }
@@ -94,8 +94,8 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
 
 fn read(a: &SourceArgs) -> anyhow::Result<Vec<(u64, Option<Entry>)>> {
     if let Some(path) = &a.file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read {}", escape(&path.display().to_string())))?;
         return Ok(text
             .lines()
             .enumerate()
@@ -115,7 +115,7 @@ fn read(a: &SourceArgs) -> anyhow::Result<Vec<(u64, Option<Entry>)>> {
         Duration::from_secs(2),
         Duration::from_secs(300),
     )
-    .with_context(|| format!("read the ledger {topic}"))?;
+    .with_context(|| format!("read the ledger {}", escape(&topic)))?;
     Ok(records
         .into_iter()
         .map(|r| {
@@ -132,19 +132,21 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let entries = read(&a.source)?;
     let v = ledger::verify(&entries);
     if a.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", to_json_pretty(&v)?);
     } else {
         for f in &v.findings {
             println!(
                 "TAMPERED  offset {}  writer {}: {}",
-                f.position, f.writer, f.problem
+                f.position,
+                escape(&f.writer),
+                escape(&f.problem)
             );
         }
         if !v.open_chains.is_empty() {
             println!(
                 "note: {} chain(s) have no close entry (a sink still running, or stopped without a clean shutdown): {}",
                 v.open_chains.len(),
-                v.open_chains.join(", ")
+                escape(&v.open_chains.join(", "))
             );
         }
         if v.findings.is_empty() {
@@ -178,7 +180,10 @@ fn parse_since(s: &str) -> anyhow::Result<String> {
         ));
     }
     let us = govbus_catalog::time::parse_rfc3339_micros(s).with_context(|| {
-        format!("--since {s}: expected RFC 3339, YYYY-MM-DD or a duration like 2h")
+        format!(
+            "--since {}: expected RFC 3339, YYYY-MM-DD or a duration like 2h",
+            escape(s)
+        )
     })?;
     Ok(govbus_catalog::time::format_rfc3339_millis(
         us.div_euclid(1000),
@@ -193,7 +198,7 @@ fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
         let sub = catalog.subscription(&a.subscription).with_context(|| {
             format!(
                 "--key needs subscription `{}` in the catalog",
-                a.subscription
+                escape(&a.subscription)
             )
         })?;
         let topic = Topics::new(a.source.topic_prefix.clone()).data(&sub.dataset);
@@ -203,14 +208,14 @@ fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
             Duration::from_secs(2),
             Duration::from_secs(300),
         )
-        .with_context(|| format!("read {topic}"))?;
+        .with_context(|| format!("read {}", escape(&topic)))?;
         let ids: Vec<String> = records
             .iter()
             .filter(|r| r.header(h::CE_SUBJECT) == key)
             .map(|r| r.header(h::CE_ID).to_owned())
             .collect();
         if ids.is_empty() {
-            println!("no record with that key in {topic}");
+            println!("no record with that key in {}", escape(&topic));
             return Ok(ExitCode::from(1));
         }
         wanted = Some(ids);
@@ -256,7 +261,7 @@ fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
         }));
     }
     if a.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        println!("{}", to_json_pretty(&json)?);
     } else {
         print_table(
             &[

@@ -18,7 +18,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::ClientConfig;
 use serde_json::{json, Value as Json};
 
-use super::{print_table, Format};
+use super::{escape, print_table, to_json_pretty, Format};
 use crate::catalog_source;
 
 #[derive(Subcommand)]
@@ -129,7 +129,7 @@ fn read_all(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<Dead>> {
         Duration::from_secs(1),
         Duration::from_secs(120),
     )
-    .with_context(|| format!("read {topic}"))
+    .with_context(|| format!("read {}", escape(topic)))
 }
 
 fn load(common: &Common) -> anyhow::Result<(Catalog, Topics, Vec<Dead>)> {
@@ -156,7 +156,7 @@ fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            println!("{}", to_json_pretty(&v)?);
         }
         Format::Table => {
             let table: Vec<Vec<String>> = rows
@@ -186,7 +186,7 @@ fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
                 "{} of {} dead letters in {}",
                 rows.len(),
                 dead.len(),
-                Topics::new(a.common.topic_prefix.clone()).dlq(&a.common.department)
+                escape(&Topics::new(a.common.topic_prefix.clone()).dlq(&a.common.department))
             );
         }
     }
@@ -238,11 +238,12 @@ fn masked_record(catalog: &Catalog, dataset: Option<&str>, value: &[u8]) -> Json
 fn parse_at(at: &str) -> anyhow::Result<(i32, i64)> {
     let (p, o) = at
         .split_once(':')
-        .with_context(|| format!("`{at}`: expected PARTITION:OFFSET"))?;
+        .with_context(|| format!("`{}`: expected PARTITION:OFFSET", escape(at)))?;
     Ok((
         p.parse()
-            .with_context(|| format!("`{at}`: bad partition"))?,
-        o.parse().with_context(|| format!("`{at}`: bad offset"))?,
+            .with_context(|| format!("`{}`: bad partition", escape(at)))?,
+        o.parse()
+            .with_context(|| format!("`{}`: bad offset", escape(at)))?,
     ))
 }
 
@@ -252,7 +253,13 @@ fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
     let d = dead
         .iter()
         .find(|d| d.partition == partition && d.offset == offset)
-        .with_context(|| format!("no dead letter at {} in dlq.{}", a.at, a.common.department))?;
+        .with_context(|| {
+            format!(
+                "no dead letter at {} in dlq.{}",
+                escape(&a.at),
+                escape(&a.common.department)
+            )
+        })?;
     let errors: serde_json::Map<String, Json> = d
         .headers
         .iter()
@@ -274,7 +281,7 @@ fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
         "key_bytes": d.key.as_ref().map_or(0, Vec::len),
         "record": d.value.as_deref().map(|v| masked_record(&catalog, dataset, v)),
     });
-    println!("{}", serde_json::to_string_pretty(&view)?);
+    println!("{}", to_json_pretty(&view)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -294,19 +301,21 @@ fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     for d in &selected {
         if d.header(h::ERROR_TOPIC) != ingest {
             anyhow::bail!(
-                "dead letter {} came from `{}`, not {ingest}; refusing to replay it elsewhere",
+                "dead letter {} came from `{}`, not {}; refusing to replay it elsewhere",
                 d.at(),
-                d.header(h::ERROR_TOPIC)
+                escape(d.header(h::ERROR_TOPIC)),
+                escape(&ingest)
             );
         }
     }
     if !a.execute {
         for d in &selected {
             println!(
-                "would replay {} ({} {}) to {ingest}",
+                "would replay {} ({} {}) to {}",
                 d.at(),
-                d.header(h::ERROR_DATASET),
-                d.header(h::ERROR_REASON)
+                escape(d.header(h::ERROR_DATASET)),
+                escape(d.header(h::ERROR_REASON)),
+                escape(&ingest)
             );
         }
         println!(
@@ -348,8 +357,10 @@ fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     producer.flush(Duration::from_secs(30))?;
     println!(
-        "replayed {} dead letter(s) from {dlq} to {ingest}",
-        selected.len()
+        "replayed {} dead letter(s) from {} to {}",
+        selected.len(),
+        escape(&dlq),
+        escape(&ingest)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ use clap::Args;
 use govbus_validate::{Context, Engine};
 
 use crate::catalog_source;
+use crate::cmd::escape;
 
 #[derive(Args)]
 pub struct ValidateArgs {
@@ -29,13 +30,15 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         let known: Vec<String> = catalog.datasets().map(|d| d.name.clone()).collect();
         anyhow::bail!(
             "unknown dataset `{}`; the catalog has: {}",
-            args.dataset,
-            known.join(", ")
+            escape(&args.dataset),
+            escape(&known.join(", "))
         );
     };
-    let text =
-        std::fs::read(&args.file).with_context(|| format!("read {}", args.file.display()))?;
-    let records = split_records(&text).with_context(|| format!("parse {}", args.file.display()))?;
+    // The file's name is input too (a department chose it).
+    let file_name = args.file.display().to_string();
+    let file_name = escape(&file_name);
+    let text = std::fs::read(&args.file).with_context(|| format!("read {file_name}"))?;
+    let records = split_records(&text).with_context(|| format!("parse {file_name}"))?;
     let ctx = Context::now();
     let (mut accepted, mut rejected) = (0usize, 0usize);
     for (line, record) in &records {
@@ -47,14 +50,13 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             Ok(_) => accepted += 1,
             Err(r) => {
                 rejected += 1;
-                println!("{}:{line}: rejected: {r}", args.file.display());
+                println!("{file_name}:{line}: rejected: {}", escape(&r.to_string()));
             }
         }
     }
     println!(
-        "{}: {accepted} accepted, {rejected} rejected ({})",
-        args.file.display(),
-        dataset.name()
+        "{file_name}: {accepted} accepted, {rejected} rejected ({})",
+        escape(dataset.name())
     );
     Ok(if rejected == 0 {
         ExitCode::SUCCESS
