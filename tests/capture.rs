@@ -373,6 +373,61 @@ async fn logical_capture_reports_the_slot_position_in_metrics() {
     let _ = cap.wait();
 }
 
+/// The slot and the publication outlive the capture (a restart resumes);
+/// `--drop` removes both, and again finds nothing to remove.
+#[tokio::test(flavor = "multi_thread")]
+async fn drop_removes_the_slot_and_the_publication_a_stopped_capture_keeps() {
+    let s = Setup::new("logical").await;
+    let db = s.pg.client().await.unwrap();
+    db.batch_execute(&insert(0)).await.unwrap();
+    let mut cap = s.capture();
+    let _ = s.data(1);
+    cap.kill().unwrap();
+    let _ = cap.wait();
+    let count = |sql: &'static str| {
+        let db = &db;
+        let name = s.name.clone();
+        async move { db.query_one(sql, &[&name]).await.unwrap().get::<_, i64>(0) }
+    };
+    let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1";
+    let publications = "SELECT count(*) FROM pg_publication WHERE pubname = $1";
+    assert_eq!(
+        count(slots).await,
+        1,
+        "the slot stays after the capture stops"
+    );
+    assert_eq!(count(publications).await, 1, "so does the publication");
+    let drop = || {
+        Command::new(govbus_bin())
+            .args(["capture", "postgres", "--drop", "--config"])
+            .arg(s.dir.path().join("capture.toml"))
+            .env("GOVBUS_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = drop();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("replication slot {}: dropped", s.name)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("publication {}: dropped", s.name)),
+        "{text}"
+    );
+    assert_eq!(count(slots).await, 0);
+    assert_eq!(count(publications).await, 0);
+    let out = drop();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("not found"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_polling_fallback_gives_the_same_events() {
     let s = Setup::new("poll").await;

@@ -222,17 +222,7 @@ impl Capture {
         catalog: &Catalog,
         metrics: Metrics,
     ) -> Result<Capture, CaptureError> {
-        if config.name.is_empty()
-            || !config
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            return Err(CaptureError::Config(format!(
-                "name `{}`: use [a-z0-9_]",
-                config.name
-            )));
-        }
+        check_name(&config.name)?;
         let engine = Engine::new(catalog).map_err(|e| CaptureError::Config(e.to_string()))?;
         let mut tables = Vec::new();
         for t in &config.tables {
@@ -891,6 +881,66 @@ impl Capture {
             }
         }
     }
+}
+
+/// What [`drop_replication`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// The replication slot existed and was dropped.
+    pub slot: bool,
+    /// The publication existed and was dropped.
+    pub publication: bool,
+}
+
+/// Drops the replication slot and the publication a logical capture named
+/// `config.name` created (both are kept when it stops, so that a restart
+/// resumes where it was). Idempotent: what does not exist is left alone. The
+/// capture must be stopped; a slot in use is an error. The local state is
+/// kept: without a slot, the next start creates one and publishes a new
+/// initial snapshot.
+pub async fn drop_replication(config: &Config) -> Result<Dropped, CaptureError> {
+    check_name(&config.name)?;
+    let (client, connection) = tokio_postgres::connect(&config.conninfo, NoTls).await?;
+    let connection = tokio::spawn(connection);
+    let slot = client
+        .query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1::text::name",
+            &[&config.name],
+        )
+        .await?
+        .len()
+        == 1;
+    let publication = !client
+        .query(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1::text::name",
+            &[&config.name],
+        )
+        .await?
+        .is_empty();
+    if publication {
+        client
+            .batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                ident(&config.name)
+            ))
+            .await?;
+    }
+    drop(client);
+    let _ = connection.await;
+    Ok(Dropped { slot, publication })
+}
+
+fn check_name(name: &str) -> Result<(), CaptureError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(CaptureError::Config(format!(
+            "name `{name}`: use [a-z0-9_]"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses `16/B374D848` into a number.

@@ -40,12 +40,20 @@ pub struct PostgresArgs {
     /// Extra librdkafka setting, `key=value` (repeatable).
     #[arg(long = "kafka", value_name = "KEY=VALUE")]
     kafka: Vec<String>,
+    /// Drop the replication slot and the publication named by the config's
+    /// `name`, then exit (decommissioning: a slot left behind holds WAL on
+    /// the database forever). Stop the capture first.
+    #[arg(long)]
+    drop: bool,
 }
 
 pub fn run(cmd: CaptureCommand) -> anyhow::Result<ExitCode> {
     let CaptureCommand::Postgres(a) = cmd;
-    let catalog = catalog_source::load_checked(a.catalog.as_deref())?;
     let config = Config::load(&a.config)?;
+    if a.drop {
+        return drop_replication(&config);
+    }
+    let catalog = catalog_source::load_checked(a.catalog.as_deref())?;
     let overrides = super::kafka_overrides(&a.kafka)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -108,5 +116,28 @@ pub fn run(cmd: CaptureCommand) -> anyhow::Result<ExitCode> {
             }
         }
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn drop_replication(config: &Config) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let dropped = runtime
+        .block_on(govbus_capture::drop_replication(config))
+        .with_context(|| {
+            format!(
+                "drop replication slot and publication `{}` (is the capture still running?)",
+                config.name
+            )
+        })?;
+    let said = |done: bool| if done { "dropped" } else { "not found" };
+    println!(
+        "replication slot {}: {}\npublication {}: {}",
+        config.name,
+        said(dropped.slot),
+        config.name,
+        said(dropped.publication)
+    );
     Ok(ExitCode::SUCCESS)
 }
