@@ -1,4 +1,5 @@
-//! Department credentials: bearer tokens stored as SHA-256 hashes.
+//! Department credentials: bearer tokens stored as SHA-256 hashes, and
+//! client certificates (mTLS) stored as the SHA-256 of their DER.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -6,10 +7,11 @@ use std::path::Path;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// Which department each token belongs to. Only hashes are kept.
+/// Which department each token or client certificate belongs to. Only hashes are kept.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     by_hash: HashMap<String, String>,
+    by_certificate: HashMap<String, String>,
 }
 
 /// A credentials file that cannot be used; every problem is listed.
@@ -32,19 +34,38 @@ struct File {
 struct Entry {
     department: String,
     /// Hex SHA-256 of the token (`govbus credential new` prints it).
-    token_sha256: String,
+    #[serde(default)]
+    token_sha256: Option<String>,
+    /// Hex SHA-256 of a client certificate's DER (`govbus credential
+    /// fingerprint` prints it). Exactly one of the two per entry.
+    #[serde(default)]
+    certificate_sha256: Option<String>,
 }
 
 /// Hex SHA-256 of a token.
 pub fn hash_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
+    hex_sha256(token.as_bytes())
+}
+
+/// Hex SHA-256 of a certificate's DER: its `certificate_sha256`.
+pub fn certificate_fingerprint(der: &[u8]) -> String {
+    hex_sha256(der)
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 impl Credentials {
-    /// Parses a credentials file (`[[credential]] department = "...", token_sha256 = "..."`),
+    /// Parses a credentials file (`[[credential]] department = "...", token_sha256 = "..."`
+    /// or `certificate_sha256 = "..."`),
     /// checking departments against `known`.
     pub fn parse(
         path: &Path,
@@ -58,6 +79,7 @@ impl Credentials {
         let file: File = toml::from_str(text).map_err(|e| fail(e.message().to_owned()))?;
         let mut problems = Vec::new();
         let mut by_hash = HashMap::new();
+        let mut by_certificate = HashMap::new();
         for (i, c) in file.credential.into_iter().enumerate() {
             if !known(&c.department) {
                 problems.push(format!(
@@ -65,19 +87,40 @@ impl Credentials {
                     c.department
                 ));
             }
-            let hash = c.token_sha256.to_ascii_lowercase();
-            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let (field, map, what) = match (c.token_sha256, c.certificate_sha256) {
+                (Some(t), None) => (("token_sha256", t), &mut by_hash, "token"),
+                (None, Some(h)) => (
+                    ("certificate_sha256", h),
+                    &mut by_certificate,
+                    "certificate",
+                ),
+                (Some(_), Some(_)) => {
+                    problems.push(format!(
+                        "credential[{i}]: give token_sha256 or certificate_sha256, not both"
+                    ));
+                    continue;
+                }
+                (None, None) => {
+                    problems.push(format!(
+                        "credential[{i}]: missing token_sha256 or certificate_sha256"
+                    ));
+                    continue;
+                }
+            };
+            let (name, hash) = (field.0, field.1.to_ascii_lowercase());
+            if !is_sha256_hex(&hash) {
+                problems.push(format!("credential[{i}].{name}: expected 64 hex digits"));
+            } else if map.insert(hash, c.department).is_some() {
                 problems.push(format!(
-                    "credential[{i}].token_sha256: expected 64 hex digits"
-                ));
-            } else if by_hash.insert(hash, c.department).is_some() {
-                problems.push(format!(
-                    "credential[{i}].token_sha256: the same token is listed twice"
+                    "credential[{i}].{name}: the same {what} is listed twice"
                 ));
             }
         }
         if problems.is_empty() {
-            Ok(Credentials { by_hash })
+            Ok(Credentials {
+                by_hash,
+                by_certificate,
+            })
         } else {
             Err(fail(problems.join("; ")))
         }
@@ -100,6 +143,20 @@ impl Credentials {
         self.by_hash
             .insert(hash_token(token), department.to_owned());
         self
+    }
+
+    /// Adds a client certificate (DER) for a department (tests).
+    pub fn with_certificate(mut self, department: &str, der: &[u8]) -> Credentials {
+        self.by_certificate
+            .insert(certificate_fingerprint(der), department.to_owned());
+        self
+    }
+
+    /// The department a verified client certificate (DER) belongs to.
+    pub fn department_for_certificate(&self, der: &[u8]) -> Option<&str> {
+        self.by_certificate
+            .get(&certificate_fingerprint(der))
+            .map(String::as_str)
     }
 
     /// The department a bearer token belongs to.

@@ -158,6 +158,7 @@ pub(crate) async fn ready(State(g): State<Arc<Gateway>>) -> Response {
 pub(crate) async fn publish(
     State(g): State<Arc<Gateway>>,
     Path(dataset): Path<String>,
+    peer: Option<axum::Extension<govbus_http::PeerCertificate>>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
@@ -168,10 +169,14 @@ pub(crate) async fn publish(
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim());
-    let Some(department) = token
-        .and_then(|t| g.credentials.department(t))
-        .map(str::to_owned)
-    else {
+    // A token, when sent, decides; otherwise a verified client certificate
+    // listed in the credentials (mTLS) does.
+    let department = match (token, &peer) {
+        (Some(t), _) => g.credentials.department(t),
+        (None, Some(axum::Extension(cert))) => g.credentials.department_for_certificate(&cert.0),
+        (None, None) => None,
+    };
+    let Some(department) = department.map(str::to_owned) else {
         g.metrics
             .requests
             .with_label_values(&["unknown", "401"])
@@ -179,7 +184,7 @@ pub(crate) async fn publish(
         let mut r = problem(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "send `Authorization: Bearer <your department's token>`",
+            "send `Authorization: Bearer <your department's token>`, or connect with a client certificate listed in the gateway's credentials",
         );
         r.headers_mut().insert(
             "www-authenticate",

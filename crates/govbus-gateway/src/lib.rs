@@ -14,14 +14,25 @@
 //! through the compacted topic `_govbus.idempotency` ([`idempotency`]).
 //! Records without a CloudEvent id get a UUIDv7 event id.
 //!
+//! A department that runs a PKI may authenticate with a client certificate
+//! instead (mTLS, `GatewayConfig::tls` with a client CA bundle): a verified
+//! certificate whose SHA-256 is listed as a `certificate_sha256` credential
+//! publishes as that department with no token.
+//!
+//! It is served through [`govbus_http::serve`]: connections capped, the TLS
+//! handshake and headers bounded by `header_timeout`, and the body read only
+//! after the department is known (the handler takes the body stream, not
+//! bytes), within `body_timeout` and `max_body_bytes`. So an unauthenticated
+//! client costs at most one connection's header buffer; the bodies buffered
+//! at once are bounded by `max_concurrent × max_body_bytes`, and only for
+//! departments holding a credential.
+//!
 //! Key types: [`Gateway`], [`GatewayConfig`], [`Credentials`], [`app`].
-//! Not here (yet): mTLS client certificates.
 
 mod credentials;
 mod handler;
 mod idempotency;
 mod openapi;
-mod server;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +46,7 @@ use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
-pub use credentials::{hash_token, Credentials, CredentialsError};
+pub use credentials::{certificate_fingerprint, hash_token, Credentials, CredentialsError};
 
 /// Gateway settings.
 #[derive(Debug, Clone)]
@@ -64,6 +75,9 @@ pub struct GatewayConfig {
     pub idempotency_max_bytes: usize,
     /// Extra librdkafka settings for the producer.
     pub client_overrides: Vec<(String, String)>,
+    /// Serve HTTPS; with a client CA bundle, client certificates listed in
+    /// the credentials authenticate their department. Default: plain HTTP.
+    pub tls: Option<govbus_http::Tls>,
 }
 
 impl GatewayConfig {
@@ -82,6 +96,7 @@ impl GatewayConfig {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             idempotency_max_bytes: 256 << 20,
             client_overrides: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -431,13 +446,15 @@ pub async fn serve(
             .name("gateway-idempotency".into())
             .spawn(move || g.follow_idempotency(stop))?
     };
-    let limits = server::Limits {
+    let refused = gateway.metrics.connections_refused.clone();
+    let options = govbus_http::Options {
         max_connections: gateway.config.max_connections.max(1),
         header_timeout: gateway.config.header_timeout,
         drain: gateway.config.ack_timeout + Duration::from_secs(5),
+        tls: gateway.config.tls.clone(),
+        on_refused: Some(Arc::new(move || refused.inc())),
     };
-    let refused = gateway.metrics.connections_refused.clone();
-    let served = server::run(listener, app(gateway), limits, refused, shutdown).await;
+    let served = govbus_http::serve(listener, app(gateway), options, shutdown).await;
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || follower.join()).await;
     served

@@ -231,10 +231,30 @@ fn subject_not_found(s: &str) -> ApiError {
 
 type Shared = Arc<Registry>;
 
-/// Serves the registry API on `listener` until `shutdown` completes.
+/// Serves the registry API on `listener` until `shutdown` completes (plain
+/// HTTP, default bounds).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(
+        listener,
+        registry,
+        govbus_http::Options::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves the registry API on `listener` until `shutdown` completes, with
+/// the given bounds and TLS (a client certificate is accepted if the
+/// options verify them, never required: the registry's API is read by every
+/// serializer).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    options: govbus_http::Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = axum::Router::new()
@@ -262,9 +282,7 @@ pub async fn serve(
         )
         .route("/mode", get(mode))
         .with_state(registry);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    govbus_http::serve(listener, app, options, shutdown).await
 }
 
 /// Starts tailing the schema log (READWRITE mode): versions registered by any

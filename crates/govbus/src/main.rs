@@ -90,6 +90,8 @@ enum Command {
 enum CredentialCommand {
     /// Make a new bearer token for a department and print its credentials-file entry.
     New(cmd::gateway::NewCredentialArgs),
+    /// Print the credentials-file entry for a client certificate (mTLS): its SHA-256.
+    Fingerprint(cmd::gateway::FingerprintArgs),
 }
 
 /// The one-shot commands whose output is read by people and pipes
@@ -163,6 +165,7 @@ fn main() -> ExitCode {
         Command::Gateway(a) => cmd::gateway::run(*a),
         Command::Publish(a) => cmd::publish::run(*a),
         Command::Credential(CredentialCommand::New(a)) => cmd::gateway::new_credential(a),
+        Command::Credential(CredentialCommand::Fingerprint(a)) => cmd::gateway::fingerprint(a),
     };
     match result {
         Ok(code) => code,

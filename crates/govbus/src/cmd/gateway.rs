@@ -1,4 +1,5 @@
-//! `govbus gateway` and `govbus credential new`.
+//! `govbus gateway`, `govbus credential new` and `govbus credential fingerprint`,
+//! and the TLS options the gateway, the registry and the sink share.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
-use govbus_gateway::{hash_token, serve, Credentials, Gateway, GatewayConfig};
+use govbus_gateway::{
+    certificate_fingerprint, hash_token, serve, Credentials, Gateway, GatewayConfig,
+};
 use govbus_kafka::topics::Topics;
 use govbus_validate::Engine;
 
@@ -45,6 +48,52 @@ pub struct GatewayArgs {
     /// Time for an authenticated request's body to arrive, e.g. `30s`.
     #[arg(long, default_value = "30s", value_parser = super::sink::humantime_duration)]
     body_timeout: std::time::Duration,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// HTTPS for a server command: `--tls-cert FILE --tls-key FILE [--client-ca FILE]`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// Serve HTTPS with this certificate chain (PEM). Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept client certificates issued by these CAs (PEM bundle); a client
+    /// without one still connects (and uses a token). Needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS configuration, if HTTPS was asked for.
+    pub fn load(&self) -> anyhow::Result<Option<govbus_http::Tls>> {
+        tls_from_files(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.client_ca.as_deref(),
+        )
+    }
+}
+
+/// The TLS configuration from PEM files (the CLI flags or `govbus up`'s
+/// `tls_cert`/`tls_key`/`client_ca` keys); none without a certificate.
+pub fn tls_from_files(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    client_ca: Option<&std::path::Path>,
+) -> anyhow::Result<Option<govbus_http::Tls>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(
+            govbus_http::Tls::load(cert, key, client_ca).context("load the TLS configuration")?,
+        )),
+        (None, None) if client_ca.is_none() => Ok(None),
+        _ => {
+            anyhow::bail!("TLS needs both a certificate and a key (and a client CA only with them)")
+        }
+    }
 }
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
@@ -56,6 +105,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     config.max_connections = args.max_connections.max(1);
     config.header_timeout = args.header_timeout;
     config.body_timeout = args.body_timeout;
+    config.tls = args.tls.load()?;
     let create = (!args.no_create_topics).then(|| {
         (
             config.bootstrap.clone(),
@@ -112,6 +162,32 @@ pub fn new_credential(args: NewCredentialArgs) -> anyhow::Result<ExitCode> {
         "\n[[credential]]\ndepartment = \"{}\"\ntoken_sha256 = \"{}\"",
         args.department,
         hash_token(&token)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct FingerprintArgs {
+    /// The department's client certificate (PEM; the first certificate is used).
+    #[arg(long, value_name = "FILE")]
+    cert: PathBuf,
+    /// The department the certificate authenticates.
+    #[arg(long)]
+    department: Option<String>,
+}
+
+/// Prints the credentials-file entry for a client certificate: the SHA-256
+/// of its DER.
+pub fn fingerprint(args: FingerprintArgs) -> anyhow::Result<ExitCode> {
+    let certs = govbus_http::read_certificates(&args.cert)?;
+    let Some(leaf) = certs.first() else {
+        anyhow::bail!("{}: no certificate", args.cert.display());
+    };
+    let department = args.department.as_deref().unwrap_or("<department>");
+    println!(
+        "[[credential]]\ndepartment = {}\ncertificate_sha256 = \"{}\"",
+        toml::Value::String(department.to_owned()),
+        certificate_fingerprint(leaf.as_ref())
     );
     Ok(ExitCode::SUCCESS)
 }

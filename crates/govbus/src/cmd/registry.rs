@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use govbus_kafka::topics::Topics;
-use govbus_registry::{follow_log, serve, Mode, Registry};
+use govbus_registry::{follow_log, serve_with, Mode, Registry};
 
 use crate::catalog_source;
 
@@ -26,6 +26,8 @@ pub struct RegistryArgs {
     /// (routers follow it with `--follow-schema-log`). Without it the registry is read-only.
     #[arg(long, value_name = "BOOTSTRAP")]
     read_write: Option<String>,
+    #[command(flatten)]
+    tls: super::gateway::TlsArgs,
 }
 
 pub fn run(args: RegistryArgs) -> anyhow::Result<ExitCode> {
@@ -42,6 +44,10 @@ pub fn run(args: RegistryArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    let options = govbus_http::Options {
+        tls: args.tls.load()?,
+        ..govbus_http::Options::default()
+    };
     let registry = Arc::new(Registry::with_mode(&catalog, &topics, mode));
     // Versions registered earlier (by any instance) are served before the first request.
     let tail = follow_log(&registry);
@@ -51,7 +57,7 @@ pub fn run(args: RegistryArgs) -> anyhow::Result<ExitCode> {
         }
     }
     super::serve_until_terminated(args.listen, "schema registry", |listener| {
-        serve(listener, registry, crate::signals::terminated())
+        serve_with(listener, registry, options, crate::signals::terminated())
     })
 }
 
