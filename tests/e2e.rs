@@ -185,3 +185,56 @@ fn reasons_lists_the_bounded_code_list() {
     assert!(codes.contains(&"resident_id_checksum") && codes.contains(&"avro_trailing_bytes"));
     assert!(codes.len() >= 40);
 }
+
+/// `govbus validate` reads a CSV file as `govbus publish` sends it: the same
+/// typed cells, the same line numbers, the same rejection — and a column
+/// that is not a field is refused before any row is checked.
+#[test]
+fn validate_reads_csv_as_publish_sends_it() {
+    let out = govbus(&[
+        "validate",
+        "--dataset",
+        "hrss.pension_payment",
+        "examples/records/hrss.pension_payment.csv",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "examples/records/hrss.pension_payment.csv:4: rejected: resident_id_checksum at `recipient_id_number`: A resident ID number's check character is wrong (GB 11643).\n\
+         examples/records/hrss.pension_payment.csv: 2 accepted, 1 rejected (hrss.pension_payment)\n"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.csv");
+    let csv =
+        std::fs::read_to_string(repo().join("examples/records/hrss.pension_payment.csv")).unwrap();
+    let header_and_first_two: String = csv.lines().take(3).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&good, header_and_first_two).unwrap();
+    let out = govbus(&[
+        "validate",
+        "--dataset",
+        "hrss.pension_payment",
+        good.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).ends_with(": 2 accepted, 0 rejected (hrss.pension_payment)\n"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "payment_id,colour\nPP1,red\n").unwrap();
+    let out = govbus(&[
+        "validate",
+        "--dataset",
+        "hrss.pension_payment",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("CSV column `colour` is not a field of hrss.pension_payment"),
+        "{}",
+        text(&out.stderr)
+    );
+}

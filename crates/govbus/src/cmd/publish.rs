@@ -78,14 +78,30 @@ fn read_records(args: &PublishArgs) -> anyhow::Result<Vec<(usize, Json)>> {
     }
 }
 
-/// CSV cells are text; numbers and booleans are typed by the dataset's schema,
-/// and an empty cell in a nullable field is null.
 fn csv_records(args: &PublishArgs, bytes: &[u8]) -> anyhow::Result<Vec<(usize, Json)>> {
     let catalog =
         catalog_source::load(args.catalog.as_deref()).map_err(|p| anyhow::anyhow!("{p}"))?;
     let ds = catalog
         .dataset(&args.dataset)
         .with_context(|| format!("unknown dataset `{}`", args.dataset))?;
+    read_csv(ds, bytes)
+}
+
+/// Whether `file` is read as CSV (by its extension, as `publish` decides).
+pub(crate) fn is_csv(file: &std::path::Path) -> bool {
+    file.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+}
+
+/// A CSV file (a header row naming `ds`'s fields) as JSON records, each with
+/// the line its row starts on. Cells are text; numbers and booleans are typed
+/// by the dataset's schema, and an empty cell in a nullable field is null —
+/// `publish` sends, and `validate` checks, exactly these records.
+pub(crate) fn read_csv(
+    ds: &govbus_catalog::Dataset,
+    bytes: &[u8],
+) -> anyhow::Result<Vec<(usize, Json)>> {
     let kinds: std::collections::HashMap<String, (FieldKind, bool)> =
         top_level(&ds.latest().schema)
             .into_iter()
@@ -97,7 +113,7 @@ fn csv_records(args: &PublishArgs, bytes: &[u8]) -> anyhow::Result<Vec<(usize, J
         if !kinds.contains_key(h) {
             anyhow::bail!(
                 "CSV column `{h}` is not a field of {}; fields: {}",
-                args.dataset,
+                ds.name,
                 kinds.keys().cloned().collect::<Vec<_>>().join(", ")
             );
         }

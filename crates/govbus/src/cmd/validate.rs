@@ -1,5 +1,6 @@
 //! `govbus validate`: check a file of records against a dataset, offline,
-//! exactly as the gateway and router will.
+//! exactly as the gateway and router will. JSON, NDJSON or CSV, read as
+//! `govbus publish` reads them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,13 +11,15 @@ use govbus_validate::{Context, Engine};
 
 use crate::catalog_source;
 use crate::cmd::escape;
+use crate::cmd::publish::{is_csv, read_csv};
 
 #[derive(Args)]
 pub struct ValidateArgs {
     /// Dataset name, `<owner>.<name>`.
     #[arg(long)]
     dataset: String,
-    /// A JSON array of records, or NDJSON (one record per line).
+    /// A JSON array of records, NDJSON (one record per line), or `.csv` (a
+    /// header row naming the fields; cells typed as `govbus publish` types them).
     file: PathBuf,
     /// Catalog directory. Default: the embedded sample catalog.
     #[arg(long)]
@@ -38,7 +41,19 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     let file_name = args.file.display().to_string();
     let file_name = escape(&file_name);
     let text = std::fs::read(&args.file).with_context(|| format!("read {file_name}"))?;
-    let records = split_records(&text).with_context(|| format!("parse {file_name}"))?;
+    let records = if is_csv(&args.file) {
+        // Typed exactly as `govbus publish` types them before sending.
+        let ds = catalog
+            .dataset(dataset.name())
+            .context("the dataset is in the catalog")?;
+        read_csv(ds, &text)
+            .with_context(|| format!("parse {file_name}"))?
+            .into_iter()
+            .map(|(line, v)| (line, Record::Value(v)))
+            .collect()
+    } else {
+        split_records(&text).with_context(|| format!("parse {file_name}"))?
+    };
     let ctx = Context::now();
     let (mut accepted, mut rejected) = (0usize, 0usize);
     for (line, record) in &records {
