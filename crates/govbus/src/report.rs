@@ -250,15 +250,15 @@ impl Report {
         o.push_str("# govbus department scorecard / 部门数据共享评分\n\n");
         o.push_str(&format!(
             "Generated {} from the running system: records and freshness from the canonical topics, rejections from the dead-letter topics and the components' metrics.\n\n",
-            self.generated_at
+            md(&self.generated_at)
         ));
         o.push_str("| Department | Declared | Publishing | Mount rate | Published | Rejected | Rejection rate | Deliveries |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
         for c in &self.departments {
             let delivered: u64 = c.subscriptions.iter().map(|s| s.delivered).sum();
             o.push_str(&format!(
                 "| {} {} | {} | {} | {} | {} | {} | {} | {} |\n",
-                c.id,
-                c.name_zh,
+                md(&c.id),
+                md(&c.name_zh),
                 c.datasets_declared,
                 c.datasets_publishing,
                 pct(c.mount_rate),
@@ -272,11 +272,18 @@ impl Report {
         for c in self.departments.iter().filter(|c| c.datasets_declared > 0) {
             let rate = c.mount_rate.unwrap_or(0.0);
             let bar = "█".repeat((rate * 30.0).round() as usize);
-            o.push_str(&format!("{:<18} {:<30} {}\n", c.id, bar, pct(c.mount_rate)));
+            // Inside a code block only a line break could escape it.
+            let id = crate::cmd::escape(&c.id);
+            o.push_str(&format!("{id:<18} {bar:<30} {}\n", pct(c.mount_rate)));
         }
         o.push_str("```\n");
         for c in &self.departments {
-            o.push_str(&format!("\n## {} {} ({})\n\n", c.name_zh, c.name_en, c.id));
+            o.push_str(&format!(
+                "\n## {} {} ({})\n\n",
+                md(&c.name_zh),
+                md(&c.name_en),
+                md(&c.id)
+            ));
             if c.datasets_declared == 0 {
                 o.push_str("Owns no datasets (a subscriber only).\n");
                 continue;
@@ -287,8 +294,8 @@ impl Report {
             for d in &c.datasets {
                 o.push_str(&format!(
                     "| {} {} | {} | {} | {} | {} |\n",
-                    d.name,
-                    d.title_zh,
+                    md(&d.name),
+                    md(&d.title_zh),
                     d.records,
                     age(d.newest_age_seconds),
                     humantime::format_duration(Duration::from_secs(d.freshness_sla_seconds)),
@@ -298,7 +305,7 @@ impl Report {
             if !c.rejections.is_empty() {
                 o.push_str("\n| Rejection reason | Records |\n|---|---:|\n");
                 for (r, n) in &c.rejections {
-                    o.push_str(&format!("| `{r}` | {n} |\n"));
+                    o.push_str(&format!("| `{}` | {n} |\n", md(r)));
                 }
             }
             if !c.subscriptions.is_empty() {
@@ -306,10 +313,10 @@ impl Report {
                 for s in &c.subscriptions {
                     o.push_str(&format!(
                         "| {} | {} | {} | {} | {} | {} |\n",
-                        s.id,
-                        s.subscriber,
-                        s.dataset,
-                        s.sink,
+                        md(&s.id),
+                        md(&s.subscriber),
+                        md(&s.dataset),
+                        md(&s.sink),
                         s.active.map_or("?", |a| if a { "yes" } else { "no" }),
                         s.delivered
                     ));
@@ -434,11 +441,35 @@ impl Report {
     }
 }
 
+/// Text for HTML: markup characters as entities, and control and bidi
+/// characters shown escaped (the page is also read with `cat` and `less`).
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
+    crate::cmd::escape(s)
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// Text for a Markdown line or table cell: control and bidi characters shown
+/// escaped (so input cannot start a line of its own: a heading, a row), and
+/// the characters that would end a cell or a code span or open a link
+/// backslash-escaped, `<` and `>` as entities (no raw HTML).
+fn md(s: &str) -> String {
+    let mut out = String::new();
+    for c in crate::cmd::escape(s).chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\\' | '|' | '`' | '[' | ']' | '*' | '&' => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// A horizontal bar chart as inline SVG: (label, value, text) per bar.
@@ -476,6 +507,83 @@ fn bar_chart(title: &str, rows: &[(String, f64, String)], max: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A report whose every text field is `text`.
+    fn report_of(text: &str) -> Report {
+        Report {
+            generated_at: text.to_owned(),
+            departments: vec![Card {
+                id: text.to_owned(),
+                name_zh: text.to_owned(),
+                name_en: text.to_owned(),
+                datasets_declared: 1,
+                datasets_publishing: 1,
+                mount_rate: Some(1.0),
+                records_published: 1,
+                records_rejected: 1,
+                rejection_rate: Some(0.5),
+                rejections: BTreeMap::from([(text.to_owned(), 1)]),
+                datasets: vec![DatasetLine {
+                    name: text.to_owned(),
+                    title_zh: text.to_owned(),
+                    records: 1,
+                    newest_age_seconds: Some(1.0),
+                    freshness_sla_seconds: 60,
+                    fresh: true,
+                }],
+                subscriptions: vec![SubscriptionLine {
+                    id: text.to_owned(),
+                    subscriber: text.to_owned(),
+                    dataset: text.to_owned(),
+                    sink: text.to_owned(),
+                    delivered: 1,
+                    active: Some(true),
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn input_text_cannot_forge_report_lines_markup_or_terminal_output() {
+        let hostile = "a\n\u{1b}[2J|</td><script>alert(1)</script>`\r\u{202e}## forged";
+        let plain = report_of("plain");
+        let bad = report_of(hostile);
+        for (what, good, text) in [
+            ("markdown", plain.markdown(), bad.markdown()),
+            ("html", plain.html(), bad.html()),
+        ] {
+            assert_eq!(
+                text.lines().count(),
+                good.lines().count(),
+                "{what}: input forged lines:\n{text}"
+            );
+            assert!(
+                !text.contains(['\u{1b}', '\r', '\u{202e}']),
+                "{what}: raw control text:\n{text}"
+            );
+            // Outside code blocks (where markup is shown as text).
+            let markup = text
+                .split("```")
+                .step_by(2)
+                .any(|outside| outside.contains("<script"));
+            assert!(!markup, "{what}: raw markup:\n{text}");
+            assert!(
+                !text.lines().any(|l| l.starts_with("## forged")),
+                "{what}:\n{text}"
+            );
+        }
+        // Markdown table rows keep their cell count: `|` in input is escaped.
+        let md = bad.markdown();
+        let cells = |l: &str| l.replace("\\|", "").matches('|').count();
+        for (good, bad) in plain
+            .markdown()
+            .lines()
+            .zip(md.lines())
+            .filter(|(good, _)| good.starts_with('|'))
+        {
+            assert_eq!(cells(good), cells(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn charts_escape_and_scale() {

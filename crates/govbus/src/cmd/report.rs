@@ -64,7 +64,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         govbus_sink::run::now_ms(),
     )?;
     for p in report.write(&args.out)? {
-        println!("wrote {}", p.display());
+        println!("wrote {}", super::escape(&p.display().to_string()));
     }
     Ok(ExitCode::SUCCESS)
 }
