@@ -164,3 +164,74 @@ impl Credentials {
         self.by_hash.get(&hash_token(token)).map(String::as_str)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12";
+
+    /// Parses `text` (departments `hrss` and `civil_affairs` exist) and
+    /// compares the error text, or "ok".
+    fn check(text: &str, expected: &str) {
+        let got = match Credentials::parse(Path::new("c.toml"), text, &|d| {
+            d == "hrss" || d == "civil_affairs"
+        }) {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(got, expected, "{text}");
+    }
+
+    #[test]
+    fn entries_take_exactly_one_of_token_or_certificate() {
+        let entry = |dept: &str, fields: &str| {
+            format!("[[credential]]\ndepartment = \"{dept}\"\n{fields}\n")
+        };
+        check(&entry("hrss", &format!("token_sha256 = \"{HEX}\"")), "ok");
+        check(
+            &entry("hrss", &format!("certificate_sha256 = \"{HEX}\"")),
+            "ok",
+        );
+        check(
+            &(entry("hrss", &format!("token_sha256 = \"{HEX}\""))
+                + &entry("hrss", &format!("certificate_sha256 = \"{HEX}\""))),
+            "ok",
+        );
+        check(
+            &entry(
+                "hrss",
+                &format!("token_sha256 = \"{HEX}\"\ncertificate_sha256 = \"{HEX}\""),
+            ),
+            "c.toml: credential[0]: give token_sha256 or certificate_sha256, not both",
+        );
+        check(
+            &(entry("nobody", "") + &entry("hrss", "certificate_sha256 = \"xyz\"")),
+            "c.toml: credential[0].department: `nobody` is not a department in the catalog; \
+             credential[0]: missing token_sha256 or certificate_sha256; \
+             credential[1].certificate_sha256: expected 64 hex digits",
+        );
+        check(
+            &(entry("hrss", &format!("certificate_sha256 = \"{HEX}\""))
+                + &entry(
+                    "civil_affairs",
+                    &format!("certificate_sha256 = \"{}\"", HEX.to_uppercase()),
+                )),
+            "c.toml: credential[1].certificate_sha256: the same certificate is listed twice",
+        );
+    }
+
+    #[test]
+    fn a_certificate_is_looked_up_by_the_sha256_of_its_der() {
+        let der = b"not really DER, but hashed all the same";
+        let file = format!(
+            "[[credential]]\ndepartment = \"hrss\"\ncertificate_sha256 = \"{}\"\n",
+            certificate_fingerprint(der).to_uppercase()
+        );
+        let c = Credentials::parse(Path::new("c.toml"), &file, &|_| true).unwrap_or_default();
+        assert_eq!(c.department_for_certificate(der), Some("hrss"));
+        assert_eq!(c.department_for_certificate(b"another"), None);
+        // A certificate's fingerprint is not a token.
+        assert_eq!(c.department(&certificate_fingerprint(der)), None);
+    }
+}

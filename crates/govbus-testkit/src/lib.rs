@@ -16,6 +16,8 @@
 //!   the catalog on purpose.
 //! - [`PgSchema`]: a throwaway schema in the machine's PostgreSQL, dropped
 //!   when the value is.
+//! - [`pki::Pki`]: a throwaway CA with server and client certificates, and
+//!   [`pki::Https`], requests through Python `httpx`, for TLS tests.
 //!
 //! Child processes are started from one long-lived thread with
 //! `PR_SET_PDEATHSIG`, so a crashed or killed test never leaves a broker behind.
@@ -28,6 +30,7 @@ mod files;
 pub mod ids;
 mod names;
 mod pg;
+pub mod pki;
 mod spawn;
 
 pub use broker::{tansu_binary, Broker, Storage};
