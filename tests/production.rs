@@ -398,6 +398,18 @@ fn commands(block: &str) -> Vec<(String, Vec<String>)> {
     out
 }
 
+/// A README command without its trailing comment, so arguments can follow.
+fn bare(command: &str) -> String {
+    let command = command.trim_end();
+    let (head, last) = command.rsplit_once('\n').unwrap_or(("", command));
+    let last = last.split_once("  #").map_or(last, |(c, _)| c).trim_end();
+    if head.is_empty() {
+        last.to_owned()
+    } else {
+        format!("{head}\n{last}")
+    }
+}
+
 /// Whether `line` matches `pattern`, in which `...` and `…` stand for anything.
 fn matches(pattern: &str, line: &str) -> bool {
     let pattern = pattern.replace('…', "...");
@@ -519,7 +531,7 @@ async fn the_readme_production_flow_runs_as_written_from_router_to_report() {
         "router",
         &format!(
             "{}{ns} --group {} --kafka session.timeout.ms=6000",
-            here(&router_cmd, router_port, "127.0.0.1:9464").trim(),
+            bare(&here(&router_cmd, router_port, "127.0.0.1:9464")),
             unique("router")
         ),
         work,
@@ -560,7 +572,7 @@ async fn the_readme_production_flow_runs_as_written_from_router_to_report() {
         "gateway",
         &format!(
             "{}{ns}",
-            here(gateway_cmd, gw_port, "127.0.0.1:8080").trim()
+            bare(&here(gateway_cmd, gw_port, "127.0.0.1:8080"))
         ),
         work,
         &[],
@@ -614,7 +626,7 @@ async fn the_readme_production_flow_runs_as_written_from_router_to_report() {
     let reg_port = common::free_port();
     let mut registry = spawn_sh(
         "registry",
-        &format!("{}{ns}", here(&reg_cmd, reg_port, "127.0.0.1:8081").trim()),
+        &format!("{}{ns}", bare(&here(&reg_cmd, reg_port, "127.0.0.1:8081"))),
         work,
         &[],
     );
@@ -715,7 +727,7 @@ async fn the_readme_production_flow_runs_as_written_from_router_to_report() {
         "sink",
         &format!(
             "{}{ns} --listen 127.0.0.1:{sink_port} --kafka session.timeout.ms=6000",
-            sink_cmd.trim()
+            bare(&sink_cmd)
         ),
         work,
         &env_refs,
