@@ -1,7 +1,9 @@
 //! The live stream: `GET /v1/subscriptions/{id}/events` as Server-Sent Events.
 //!
 //! - Authenticated per subscriber: `Authorization: Bearer <token>` of the
-//!   subscription's department (the gateway's credentials file format).
+//!   subscription's department (the gateway's credentials file format), or,
+//!   served over TLS with a client CA ([`govbus_http`]), a verified client
+//!   certificate listed there as the department's `certificate_sha256`.
 //! - Every event's `id` is an offset cursor (`partition:next_offset,...`);
 //!   a client that reconnects with `Last-Event-ID` (or `?cursor=`) resumes
 //!   exactly after the last event it saw. A new client starts at the end
@@ -128,16 +130,24 @@ async fn events(
     State(st): State<Arc<SseState>>,
     Path(id): Path<String>,
     Query(q): Query<StreamQuery>,
+    peer: Option<axum::Extension<govbus_http::PeerCertificate>>,
     headers: HeaderMap,
 ) -> Response {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(department) = token.and_then(|t| st.credentials.department(t)) else {
+    // A token, when sent, decides; otherwise a verified client certificate.
+    let department = match (token, &peer) {
+        (Some(t), _) => st.credentials.department(t),
+        (None, Some(axum::Extension(cert))) => st.credentials.department_for_certificate(&cert.0),
+        (None, None) => None,
+    };
+    let Some(department) = department else {
         return problem(
             StatusCode::UNAUTHORIZED,
-            "send `Authorization: Bearer <token>` with a token of the subscribing department",
+            "send `Authorization: Bearer <token>` with a token of the subscribing department, \
+             or connect with a client certificate listed for it",
         );
     };
     let catalog = st.shared.catalog.borrow().clone();

@@ -41,6 +41,8 @@ pub struct SinkArgs {
     /// Where to serve the live streams, /metrics and /health.
     #[arg(long, default_value = "127.0.0.1:9465")]
     listen: SocketAddr,
+    #[command(flatten)]
+    tls: super::gateway::TlsArgs,
     /// Subscriber tokens for the live streams (`govbus credential new` format).
     #[arg(long, env = "GOVBUS_CREDENTIALS")]
     credentials: Option<PathBuf>,
@@ -145,6 +147,7 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Credentials::load(path, &|d| catalog.department(d).is_some())?,
         None => Credentials::default(),
     };
+    let tls = args.tls.load()?;
     let secret = pseudonym_secret(&args.pseudonym_secret_env)?;
     let mut config = SinkConfig::new(args.bootstrap);
     config.topics = Topics::new(args.topic_prefix);
@@ -165,6 +168,10 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
         }
         let sinks = Sinks::start(config, cat_rx, Metrics::new()).await?;
         let app = govbus_sink::sse::router(&sinks, credentials, args.heartbeat);
+        let options = govbus_http::Options {
+            tls,
+            ..govbus_http::Options::default()
+        };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listen on {}", args.listen))?;
@@ -172,11 +179,10 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut http_stop = stop_rx.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.wait_for(|s| *s).await;
-                })
-                .await
+            let stopped = async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            };
+            govbus_http::serve(listener, app, options, stopped).await
         });
         tokio::spawn(async move {
             crate::signals::terminated().await;
