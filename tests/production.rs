@@ -705,6 +705,7 @@ async fn the_readme_production_flow_runs_as_written_from_router_to_report() {
     for var in [
         "GOVBUS_PSEUDONYM_SECRET",
         "GOVBUS_HOUSING_FUND_WEBHOOK_SECRET",
+        "GOVBUS_LEDGER_KEY",
     ] {
         assert!(
             exported.iter().any(|(k, v)| k == var && v.len() >= 16),
