@@ -225,6 +225,35 @@ fn hostile_text_in_a_file_is_escaped_by_validate() {
     assert!(lines[2].contains("0 accepted, 2 rejected"), "{lines:#?}");
     assert_eq!(out.status.code(), Some(1));
 
+    // A CSV file: a hostile column name is refused, and the refusal quotes
+    // it escaped; a hostile cell is rejected, and the rejection quotes it
+    // escaped.
+    let csv = dir.path().join(format!("rows-{HOSTILE}.csv"));
+    let quoted = format!("\"{}\"", HOSTILE.replace('"', "\"\""));
+    std::fs::write(&csv, format!("payment_id,{quoted}\nP1,1\n")).unwrap();
+    let out = govbus(&[
+        "validate",
+        "--dataset",
+        "hrss.pension_payment",
+        csv.to_str().unwrap(),
+    ]);
+    safe_lines("validate (CSV header)", &out);
+    assert!(!out.status.success());
+    std::fs::write(
+        &csv,
+        format!("payment_id,recipient_id_number\nP1,{quoted}\n"),
+    )
+    .unwrap();
+    let out = govbus(&[
+        "validate",
+        "--dataset",
+        "hrss.pension_payment",
+        csv.to_str().unwrap(),
+    ]);
+    let lines = safe_lines("validate (CSV cell)", &out);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[1].contains("0 accepted, 1 rejected"), "{lines:#?}");
+
     // A hostile dataset name on the command line (pasted from a message).
     let out = govbus(&["validate", "--dataset", HOSTILE, file.to_str().unwrap()]);
     safe_lines("validate --dataset", &out);

@@ -46,7 +46,9 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
         let ds = catalog
             .dataset(dataset.name())
             .context("the dataset is in the catalog")?;
+        // Its errors quote the file's header cells: input, so escaped.
         read_csv(ds, &text)
+            .map_err(|e| anyhow::anyhow!("{}", escape(&format!("{e:#}"))))
             .with_context(|| format!("parse {file_name}"))?
             .into_iter()
             .map(|(line, v)| (line, Record::Value(v)))
