@@ -243,6 +243,9 @@ fn a_credential_for_an_unknown_department_is_refused() {
     assert!(!text(&out).contains("token_sha256"), "no entry printed");
 }
 
+/// A config text, its environment, and the problem `govbus check` names.
+type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+
 /// `govbus check --config` on the shipped file and on each misconfiguration:
 /// exit 0, or exit 1 with the specific problem.
 #[test]
@@ -307,7 +310,8 @@ fn check_config_catches_what_up_would_refuse() {
         text(&real)
     );
 
-    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+    // (config text, environment, the problem `check` names)
+    let cases: Vec<Case> = vec![
         (
             with_ports(&shipped),
             vec![secrets[1]],
@@ -463,8 +467,7 @@ fn sh(script: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> Command {
 }
 
 fn run_sh(script: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> Output {
-    let out = sh(script, dir, env).output().unwrap();
-    out
+    sh(script, dir, env).output().unwrap()
 }
 
 /// Starts `script` in the background; its output goes to `<dir>/<name>.log`.
