@@ -927,11 +927,12 @@ pub fn contained_dir(dir: &Path) -> Result<(), String> {
 /// `https://` with a host, and — unless `allow_private` — a host that is not
 /// a literal loopback, private, link-local, unique-local or otherwise
 /// non-public address in any spelling (`127.0.0.1`, `2130706433`,
-/// `0x7f.1`, `0177.0.0.1`, `[::1]`, `[::ffff:10.0.0.1]`), nor `localhost`.
+/// `0x7f.1`, `0177.0.0.1`, `[::1]`, `[::ffff:10.0.0.1]`).
 /// The sink's SSRF guard refuses those at delivery time; here they are
-/// refused at `catalog check` instead. A host *name* can only be checked
-/// when the sink resolves it, so names other than `localhost` pass here
-/// and are still refused at run time if they resolve to such an address.
+/// refused at `catalog check` instead. A host *name* (`localhost`
+/// included) can only be checked when the sink resolves it, so names pass
+/// here and are still refused at run time if they resolve to such an
+/// address.
 pub fn webhook_target(url: &str, allow_private: bool) -> Result<(), String> {
     const NEED: &str = "a webhook needs an http:// or https:// URL with a host, e.g. `https://receiver.example.gov.cn/govbus`";
     let rest = url
@@ -990,9 +991,6 @@ pub fn webhook_target(url: &str, allow_private: bool) -> Result<(), String> {
             "{what}, which the webhook sink's SSRF guard refuses at delivery time; point the webhook at the receiver's public address, or set `allow_private = true` in [sink] if this target is trusted (host names are checked only when the sink resolves them)"
         ))
     };
-    if name == "localhost" || name.ends_with(".localhost") {
-        return refuse(&format!("`{name}` is the loopback host"));
-    }
     let Some(ip) = ip else {
         return Ok(());
     };

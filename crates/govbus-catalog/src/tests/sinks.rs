@@ -121,9 +121,6 @@ fn a_webhook_to_a_non_public_literal_address_is_refused_unless_allowed() {
         "http://0xa9.0xfe.0xa9.0xfe/",
         "http://127.0.0.1./",
         "http://user:pw@127.0.0.1/",
-        "http://localhost:8080/",
-        "http://LOCALHOST/",
-        "http://api.localhost/",
         "http://224.0.0.1/",
         "http://255.255.255.255/",
     ] {
@@ -137,8 +134,9 @@ fn a_webhook_to_a_non_public_literal_address_is_refused_unless_allowed() {
         "https://[2606:4700::1111]/x",
         "http://[::ffff:1.1.1.1]/",
         "https://hooks.example:8443/a?b#c",
-        // A host name: only the sink can resolve it (and refuse it then).
+        // Host names: only the sink can resolve them (and refuse them then).
         "http://internal.example/",
+        "http://localhost:8080/",
     ] {
         check(&webhook(good, false), None);
     }
