@@ -1074,6 +1074,95 @@ async fn the_audit_verifier_catches_each_tamper_case_on_a_real_ledger() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+
+    // The attacks a hash chain alone cannot see (issue #14), against the
+    // ledger key and a checkpoint the auditor kept outside the bus.
+    use govbus_sink::ledger::{Entry, DEV_LEDGER_KEY};
+    let file = |lines: &[String]| {
+        let path = tmp.path().join(unique("ledger"));
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        path
+    };
+    let out = Command::new(govbus_bin())
+        .args(["audit", "checkpoint", "--file"])
+        .arg(file(&intact))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kept = tmp.path().join("checkpoint.json");
+    std::fs::write(&kept, &out.stdout).unwrap();
+    let verify_kept = |lines: &[String]| -> (bool, String) {
+        let out = Command::new(govbus_bin())
+            .args(["audit", "verify", "--file"])
+            .arg(file(lines))
+            .arg("--checkpoint")
+            .arg(&kept)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert!(verify_kept(&intact).0, "{}", verify_kept(&intact).1);
+    // 1. The tail cut off (the close entry and the last delivery): the chain
+    //    just looks open — only the checkpoint tells.
+    let cut = intact[..intact.len() - 2].to_vec();
+    let (ok, text) = verify(&cut);
+    assert!(ok && text.contains("no close entry"), "{text}");
+    let (ok, text) = verify_kept(&cut);
+    assert!(!ok && text.contains("tail removed"), "{text}");
+    // 2. An entry rewritten and the rest of the chain recomputed.
+    let rechain = |lines: &[String], key: &[u8]| -> Vec<String> {
+        let mut entries: Vec<Entry> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        entries[3].events = vec!["evt-someone-else".into()];
+        let mut prev = entries[3].prev.clone();
+        for e in entries.iter_mut().skip(3) {
+            e.prev = prev.clone();
+            e.hash = e.compute_hash();
+            e.mac = e.compute_mac(key);
+            prev = e.hash.clone();
+        }
+        entries
+            .iter()
+            .map(|e| serde_json::to_string(e).unwrap())
+            .collect()
+    };
+    let (ok, text) = verify(&rechain(&intact, b"not the ledger key at all"));
+    assert!(
+        !ok && text.contains("not authenticated"),
+        "without the key: {text}"
+    );
+    let insider = rechain(&intact, DEV_LEDGER_KEY);
+    assert!(verify(&insider).0, "with the key, the chain alone verifies");
+    let (ok, text) = verify_kept(&insider);
+    assert!(
+        !ok && text.contains("rewritten"),
+        "the checkpoint catches it: {text}"
+    );
+    // 3. A forged chain appended under another writer id, well formed
+    //    (links and hashes recomputed) but without the key.
+    let mut forged = intact.clone();
+    let mut prev = govbus_sink::ledger::GENESIS.to_owned();
+    for l in &intact {
+        let mut e: Entry = serde_json::from_str(l).unwrap();
+        e.writer = "feedfacefeedface".into();
+        e.prev = prev.clone();
+        e.hash = e.compute_hash();
+        e.mac = e.compute_mac(b"not the ledger key at all");
+        prev = e.hash.clone();
+        forged.push(serde_json::to_string(&e).unwrap());
+    }
+    assert!(!verify(&forged).0, "the key alone finds it");
+    let (ok, text) = verify_kept(&forged);
+    assert!(!ok && text.contains("not authenticated"), "{text}");
 }
 
 /// SIGTERM through the `kill` command (no `unsafe` libc call).
@@ -1290,7 +1379,7 @@ async fn exact_decimals_and_typed_row_filters_from_the_gateway_to_the_subscriber
     let want: BTreeMap<String, Json> = rows.iter().map(|r| (r.0.to_owned(), json!(r.3))).collect();
     assert_eq!(all, want, "every decimal arrives with exactly its digits");
     // `all` is complete, so the filtered views (same sink, same batches) are too.
-    let keys = |pick: fn(&(&str, &str, &str, &str, bool, bool)) -> bool| {
+    let keys = |pick: fn(&Row) -> bool| {
         rows.iter()
             .filter(|r| pick(r))
             .map(|r| r.0.to_owned())
@@ -1316,3 +1405,7 @@ async fn exact_decimals_and_typed_row_filters_from_the_gateway_to_the_subscriber
     let _ = gateway.kill();
     let _ = gateway.wait();
 }
+
+/// A test record of the exact-decimals test: key, name, capital text,
+/// capital as delivered, inside `cap`, inside `since`.
+type Row<'a> = (&'a str, &'a str, &'a str, &'a str, bool, bool);
