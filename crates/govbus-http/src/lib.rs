@@ -53,12 +53,12 @@ pub struct PeerCertificate(pub Vec<u8>);
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file that cannot be read or parsed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Pem {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: rustls::pki_types::pem::Error,
+        error: rustls::pki_types::pem::Error,
     },
     /// A PEM file with no certificate in it.
     #[error("{path}: no CERTIFICATE in the file")]
@@ -67,12 +67,12 @@ pub enum TlsError {
         path: PathBuf,
     },
     /// The client CA bundle has a certificate rustls cannot use as a root.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     ClientCa {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: rustls::Error,
+        error: rustls::Error,
     },
     /// The client certificate verifier cannot be built.
     #[error("client CA bundle: {0}")]
@@ -99,9 +99,9 @@ impl fmt::Debug for Tls {
 
 /// Every certificate in a PEM file, in order (a chain or a CA bundle).
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = |source| TlsError::Pem {
+    let pem = |error| TlsError::Pem {
         path: path.to_owned(),
-        source,
+        error,
     };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(pem)?
@@ -120,18 +120,18 @@ impl Tls {
     /// optionally, a bundle of CAs whose client certificates are accepted.
     pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Tls, TlsError> {
         let chain = read_certificates(cert)?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|error| TlsError::Pem {
             path: key.to_owned(),
-            source,
+            error,
         })?;
         let roots = match client_ca {
             None => None,
             Some(path) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for c in read_certificates(path)? {
-                    roots.add(c).map_err(|source| TlsError::ClientCa {
+                    roots.add(c).map_err(|error| TlsError::ClientCa {
                         path: path.to_owned(),
-                        source,
+                        error,
                     })?;
                 }
                 Some(roots)

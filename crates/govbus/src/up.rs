@@ -40,7 +40,7 @@ pub struct UpConfig {
     #[serde(default)]
     pub metrics: MetricsSection,
     /// The schema registry API (read-only).
-    pub registry: Option<ListenSection>,
+    pub registry: Option<RegistrySection>,
     /// The HTTP ingest gateway.
     pub gateway: Option<GatewaySection>,
     /// The schema-validating router.
@@ -97,12 +97,18 @@ impl Default for MetricsSection {
     }
 }
 
-/// A component that only needs an address.
+/// `[registry]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenSection {
+pub struct RegistrySection {
     /// Where to serve it.
     pub listen: SocketAddr,
+    /// HTTPS: certificate chain (PEM). With `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// HTTPS: the certificate's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CAs whose client certificates are accepted (PEM bundle); optional.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[gateway]`.
@@ -114,6 +120,12 @@ pub struct GatewaySection {
     pub listen: SocketAddr,
     /// Department credentials (`govbus credential new`). Without them every request is 401.
     pub credentials: Option<PathBuf>,
+    /// HTTPS: certificate chain (PEM). With `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// HTTPS: the certificate's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CAs whose client certificates are accepted (PEM bundle); optional.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[router]`.
@@ -145,6 +157,12 @@ pub struct SinkSection {
     /// Live-stream heartbeat, e.g. `15s`.
     #[serde(default = "default_heartbeat", with = "humantime_serde_compat")]
     pub heartbeat: Duration,
+    /// HTTPS: certificate chain (PEM). With `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// HTTPS: the certificate's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CAs whose client certificates are accepted (PEM bundle); optional.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[fraud]`.
@@ -193,12 +211,18 @@ impl UpConfig {
     /// Every component with its defaults, on the embedded broker and catalog.
     pub fn everything() -> UpConfig {
         UpConfig {
-            registry: Some(ListenSection {
+            registry: Some(RegistrySection {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+                tls_cert: None,
+                tls_key: None,
+                client_ca: None,
             }),
             gateway: Some(GatewaySection {
                 listen: default_gateway(),
                 credentials: None,
+                tls_cert: None,
+                tls_key: None,
+                client_ca: None,
             }),
             router: Some(RouterSection {
                 group: default_group(),
@@ -210,6 +234,9 @@ impl UpConfig {
                 credentials: None,
                 subscriptions: Vec::new(),
                 heartbeat: default_heartbeat(),
+                tls_cert: None,
+                tls_key: None,
+                client_ca: None,
             }),
             ..UpConfig::default()
         }
@@ -239,6 +266,20 @@ impl UpConfig {
         if let Some(f) = c.fraud.as_mut() {
             fix(&mut f.state_dir);
         }
+        let tls_files = [
+            c.registry
+                .as_mut()
+                .map(|r| [&mut r.tls_cert, &mut r.tls_key, &mut r.client_ca]),
+            c.gateway
+                .as_mut()
+                .map(|g| [&mut g.tls_cert, &mut g.tls_key, &mut g.client_ca]),
+            c.sink
+                .as_mut()
+                .map(|s| [&mut s.tls_cert, &mut s.tls_key, &mut s.client_ca]),
+        ];
+        for p in tls_files.into_iter().flatten().flatten().flatten() {
+            fix(p);
+        }
         Ok(c)
     }
 
@@ -258,6 +299,25 @@ impl UpConfig {
         let mut problems = Vec::new();
         let mut addrs: Vec<(&str, SocketAddr)> = vec![("metrics", self.metrics.listen)];
         let known = |d: &str| catalog.department(d).is_some();
+        let mut tls = |section: &str,
+                       cert: &Option<PathBuf>,
+                       key: &Option<PathBuf>,
+                       ca: &Option<PathBuf>| {
+            if let Err(e) =
+                crate::cmd::gateway::tls_from_files(cert.as_deref(), key.as_deref(), ca.as_deref())
+            {
+                problems.push(format!("[{section}] tls_cert, tls_key, client_ca: {e:#}"));
+            }
+        };
+        if let Some(r) = &self.registry {
+            tls("registry", &r.tls_cert, &r.tls_key, &r.client_ca);
+        }
+        if let Some(g) = &self.gateway {
+            tls("gateway", &g.tls_cert, &g.tls_key, &g.client_ca);
+        }
+        if let Some(s) = &self.sink {
+            tls("sink", &s.tls_cert, &s.tls_key, &s.client_ca);
+        }
         if let Some(r) = &self.registry {
             addrs.push(("registry", r.listen));
         }
@@ -719,11 +779,22 @@ impl System {
 
         if let Some(listener) = listeners.registry.take() {
             let registry = Arc::new(govbus_registry::Registry::new(&catalog, &topics));
+            let options = govbus_http::Options {
+                tls: match &config.registry {
+                    Some(r) => crate::cmd::gateway::tls_from_files(
+                        r.tls_cert.as_deref(),
+                        r.tls_key.as_deref(),
+                        r.client_ca.as_deref(),
+                    )?,
+                    None => None,
+                },
+                ..govbus_http::Options::default()
+            };
             let shutdown = until(stop_rx.clone());
             tasks.push((
                 "registry",
                 tokio::spawn(async move {
-                    govbus_registry::serve(listener, registry, shutdown).await?;
+                    govbus_registry::serve_with(listener, registry, options, shutdown).await?;
                     Ok(())
                 }),
             ));
@@ -740,6 +811,11 @@ impl System {
             let mut gc = GatewayConfig::new(bootstrap.clone());
             gc.topics = topics.clone();
             gc.client_overrides = overrides.clone();
+            gc.tls = crate::cmd::gateway::tls_from_files(
+                g.tls_cert.as_deref(),
+                g.tls_key.as_deref(),
+                g.client_ca.as_deref(),
+            )?;
             let gateway = Arc::new(Gateway::new(engine.clone(), credentials, gc)?);
             telemetry.gateway = Some(gateway.clone());
             let shutdown = until(stop_rx.clone());
@@ -807,16 +883,20 @@ impl System {
             let sinks = govbus_sink::Sinks::start(sc, cat_rx, govbus_sink::Metrics::new()).await?;
             telemetry.sink = Some(sinks.metrics().clone());
             let app = govbus_sink::sse::router(&sinks, credentials, s.heartbeat);
+            let options = govbus_http::Options {
+                tls: crate::cmd::gateway::tls_from_files(
+                    s.tls_cert.as_deref(),
+                    s.tls_key.as_deref(),
+                    s.client_ca.as_deref(),
+                )?,
+                ..govbus_http::Options::default()
+            };
             let shutdown = until(stop_rx.clone());
             let rx = stop_rx.clone();
             tasks.push((
                 "sink",
                 tokio::spawn(async move {
-                    let server = tokio::spawn(async move {
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(shutdown)
-                            .await
-                    });
+                    let server = tokio::spawn(govbus_http::serve(listener, app, options, shutdown));
                     sinks.run(rx).await;
                     server.abort();
                     Ok(())
