@@ -19,7 +19,7 @@ use govbus_testkit::{create_topic, unique, Broker};
 const SUB: &str = "public_security_deaths_live";
 
 #[tokio::test]
-async fn a_subscriber_certificate_opens_the_live_stream_over_tls() {
+async fn a_subscriber_certificate_streams_the_live_stream_over_tls() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
     let catalog = Catalog::load(&dir).unwrap();
     let pki = Pki::new().unwrap();
@@ -41,6 +41,42 @@ async fn a_subscriber_certificate_opens_the_live_stream_over_tls() {
     let bootstrap = Broker::shared().bootstrap();
     let ds = catalog.subscription(SUB).unwrap().dataset.clone();
     create_topic(&bootstrap, &topics.data(&ds), 1)
+        .await
+        .unwrap();
+    // One canonical record on the dataset's topic, as the router writes it.
+    let engine = govbus_validate::Engine::new(&catalog).unwrap();
+    let records: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(
+            dir.join("../examples/records/civil_affairs.death_registration.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let accepted = engine
+        .dataset(&ds)
+        .unwrap()
+        .validate_json_value(&records[0], &govbus_validate::Context::now())
+        .unwrap();
+    let producer: rdkafka::producer::FutureProducer = govbus_testkit::producer_config(&bootstrap)
+        .create()
+        .unwrap();
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header {
+            key: govbus_kafka::headers::CE_ID,
+            value: Some("sse-tls-1"),
+        })
+        .insert(rdkafka::message::Header {
+            key: govbus_kafka::headers::CE_OP,
+            value: Some("create"),
+        });
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&topics.data(&ds))
+                .key(&accepted.key)
+                .payload(&accepted.value)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
         .await
         .unwrap();
     let mut config = SinkConfig::new(bootstrap);
@@ -70,14 +106,21 @@ async fn a_subscriber_certificate_opens_the_live_stream_over_tls() {
             url: format!("https://localhost:{port}/v1/subscriptions/{SUB}/events?from=beginning"),
             ca: Some(pki.ca_pem.clone()),
             client,
-            lines: Some(2),
+            lines: Some(8),
             ..Https::default()
         };
         tokio::task::spawn_blocking(move || req.send().unwrap())
     };
     match get(Some(subscriber)).await.unwrap() {
         Answer::Response(200, body) => {
-            assert!(body.contains("heartbeat"), "the stream is open: {body:?}");
+            assert!(
+                body.contains("event: create") && body.contains("sse-tls-1"),
+                "the record is streamed: {body:?}"
+            );
+            assert!(
+                !body.contains("11010519491231002X"),
+                "the ID number stays masked: {body:?}"
+            );
         }
         other => panic!("expected a stream, got {other:?}"),
     }
