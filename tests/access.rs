@@ -66,10 +66,11 @@ async fn each_department_receives_exactly_its_grants_and_nothing_personal_leaks(
             if next() % 2 == 0 || (i == d && !grants.contains_key(dept)) {
                 grants.entry(dept).or_default().insert(ds);
                 let id = format!("g_{dept}_{}", ds.replace('.', "_"));
-                let dir = tmp.path().join("out").join(dept);
+                // Below the sink's --file-root (the catalog admits no absolute dir).
+                let dir = format!("out/{dept}");
                 std::fs::write(
                     catalog.join(format!("subscriptions/{id}.toml")),
-                    format!("subscriber = \"{dept}\"\ndataset = \"{ds}\"\npurpose = \"access matrix test\"\n\n[sink]\ntype = \"file\"\ndir = \"{}\"\nroll_records = 1\nroll_interval = \"1s\"\n", dir.display()),
+                    format!("subscriber = \"{dept}\"\ndataset = \"{ds}\"\npurpose = \"access matrix test\"\n\n[sink]\ntype = \"file\"\ndir = \"{dir}\"\nroll_records = 1\nroll_interval = \"1s\"\n"),
                 )
                 .unwrap();
             }
@@ -120,6 +121,8 @@ async fn each_department_receives_exactly_its_grants_and_nothing_personal_leaks(
             &cat,
             "--listen",
             &format!("127.0.0.1:{sport}"),
+            "--file-root",
+            tmp.path().to_str().unwrap(),
             "--kafka",
             "session.timeout.ms=6000",
         ],

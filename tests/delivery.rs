@@ -414,8 +414,14 @@ async fn refused_redirected_gone_and_exhausted_webhooks() {
         ),
         (
             "private",
-            webhook_sub("housing_fund", &private.url(), "")
-                .replace("allow_private = true", "allow_private = false"),
+            // A host name, so the catalog admits it and the runtime guard
+            // (which resolves it to 127.0.0.1) is what refuses it.
+            webhook_sub(
+                "housing_fund",
+                &private.url().replace("127.0.0.1", "localhost"),
+                "",
+            )
+            .replace("allow_private = true", "allow_private = false"),
         ),
     ])
     .await;
@@ -876,11 +882,10 @@ async fn kafka_view_and_file_sinks_hold_the_masked_filtered_stream() {
         "subscriber = \"data_bureau\"\ndataset = \"{DEATHS}\"\npurpose = \"test\"\nfilter = [\"death_cause_category != disease\"]\n\n[fields.treatment]\ndeceased_id_number = \"pseudonym\"\n\n[sink]\ntype = \"kafka_view\"\n"
     );
     let file = format!(
-        "subscriber = \"health\"\ndataset = \"{DEATHS}\"\npurpose = \"test\"\n\n[fields]\ninclude = [\"death_date\", \"deceased_id_number\"]\n\n[fields.treatment]\ndeceased_id_number = \"pseudonym\"\n\n[sink]\ntype = \"file\"\ndir = \"{}\"\nroll_records = 10\nroll_interval = \"2s\"\n",
-        files.path().display()
+        "subscriber = \"health\"\ndataset = \"{DEATHS}\"\npurpose = \"test\"\n\n[fields]\ninclude = [\"death_date\", \"deceased_id_number\"]\n\n[fields.treatment]\ndeceased_id_number = \"pseudonym\"\n\n[sink]\ntype = \"file\"\ndir = \"out\"\nroll_records = 10\nroll_interval = \"2s\"\n"
     );
     let d = Deployment::start(&[("view", view), ("files", file)]).await;
-    let (_sink, _) = d.sink("sink", &[]);
+    let (_sink, _) = d.sink("sink", &["--file-root", files.path().to_str().unwrap()]);
     // v1 causes are "disease" (filtered from the view); v2 updates are "accident".
     let mut changes = creates(0..30);
     changes.extend((0..10).map(|i| Change {
@@ -931,7 +936,7 @@ async fn kafka_view_and_file_sinks_hold_the_masked_filtered_stream() {
     // Files: closed files only (no .part after the roll interval), 41 lines in all.
     let mut lines = Vec::new();
     wait_until("41 lines in closed files", Duration::from_secs(60), || {
-        lines = std::fs::read_dir(files.path())
+        lines = std::fs::read_dir(files.path().join("out"))
             .unwrap()
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))

@@ -35,6 +35,8 @@ pub struct SinkConfig {
     pub pseudonym_secret: Vec<u8>,
     /// Key authenticating the delivery ledger's entries (`GOVBUS_LEDGER_KEY`).
     pub ledger_key: Vec<u8>,
+    /// The directory file sinks' `dir`s are below. Default: the working directory.
+    pub file_root: std::path::PathBuf,
     /// Default PostgreSQL connection for `postgres` sinks without `conninfo`.
     pub postgres: Option<String>,
     /// Run only these subscriptions (empty: every non-SSE subscription).
@@ -58,6 +60,7 @@ impl SinkConfig {
             topics: Topics::default(),
             pseudonym_secret: Vec::new(),
             ledger_key: crate::ledger::DEV_LEDGER_KEY.to_vec(),
+            file_root: std::path::PathBuf::from("."),
             postgres: None,
             only: Vec::new(),
             max_batch: 1000,
@@ -461,8 +464,11 @@ impl Shared {
                     .into_iter()
                     .map(|(c, _)| c)
                     .collect();
+                // The catalog admits only relative dirs that stay below the
+                // root (`catalog check`); the root is the operator's.
+                let dir = self.config.file_root.join(dir);
                 Target::File(
-                    FileSink::open(dir, &sub.id, *format, *roll_records, *roll_interval, cols)
+                    FileSink::open(&dir, &sub.id, *format, *roll_records, *roll_interval, cols)
                         .map_err(|e| format!("file sink {}: {e}", dir.display()))?,
                 )
             }

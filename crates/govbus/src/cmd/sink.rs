@@ -55,6 +55,9 @@ pub struct SinkArgs {
     /// Most records per batch.
     #[arg(long, default_value_t = 1000)]
     max_batch: usize,
+    /// The directory file sinks write below (a grant's `dir` is relative to it).
+    #[arg(long, default_value = ".")]
+    file_root: PathBuf,
     /// Do not create missing `_govbus.audit`, `dlq.sub.*` and `view.*` topics
     /// (they are provisioned, or the broker has no CreateTopics).
     #[arg(long)]
@@ -153,6 +156,7 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
     config.topics = Topics::new(args.topic_prefix);
     config.pseudonym_secret = secret;
     config.ledger_key = ledger_key()?;
+    config.file_root = args.file_root;
     config.postgres = args.postgres;
     config.only = args.subscriptions;
     config.max_batch = args.max_batch.max(1);
