@@ -30,8 +30,8 @@ pub use model::{
 };
 pub use rules::{Check, Rule};
 pub use subscriptions::{
-    parse_predicate, Condition, FileFormat, Op, Predicate, Scalar, SecretSource, Selection,
-    SinkSpec, Subscription, Treatment,
+    is_public_ip, parse_predicate, Condition, FileFormat, Op, Predicate, Scalar, SecretSource,
+    Selection, SinkSpec, Subscription, Treatment,
 };
 
 #[cfg(test)]

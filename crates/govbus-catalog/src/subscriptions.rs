@@ -1055,8 +1055,8 @@ fn ipv4_literal(host: &str) -> Ipv4Literal {
     Ipv4Literal::Address(std::net::Ipv4Addr::from(u32::try_from(value).unwrap_or(0)))
 }
 
-/// Whether `ip` is a public unicast address — the same classification as
-/// the webhook sink's SSRF guard (`govbus_sink::sinks::webhook::is_public`).
+/// Whether `ip` is a public unicast address: the one classification, used
+/// by `catalog check` and by the webhook sink's SSRF guard at delivery time.
 pub fn is_public_ip(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => {

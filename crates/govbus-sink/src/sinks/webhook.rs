@@ -113,36 +113,10 @@ pub fn message_id(subscription: &str, event_ids: &[&str]) -> String {
     format!("msg_{}", &sha256_hex(&parts)[..32])
 }
 
-/// Whether `ip` is a public unicast address.
+/// Whether `ip` is a public unicast address: the catalog's own rule, so
+/// `catalog check` and this guard refuse the same literal addresses.
 pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-                || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
-                || o[0] >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] == 0x2001 && s[1] == 0x0db8))
-        }
-    }
+    govbus_catalog::is_public_ip(ip)
 }
 
 fn split_host(url: &str) -> Option<(String, u16)> {
