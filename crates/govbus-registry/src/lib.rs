@@ -5,7 +5,8 @@
 //!
 //! Key types: [`Registry`] (the subjects and versions derived from a
 //! [`govbus_catalog::Catalog`]) and [`serve`] (the HTTP API, content type
-//! `application/vnd.schemaregistry.v1+json`, Confluent error codes).
+//! `application/vnd.schemaregistry.v1+json`, Confluent error codes) or
+//! [`serve_with`] (the same through [`govbus_http`], over TLS if configured).
 //!
 //! Subjects, for a dataset `D` owned by department `O` whose record's full
 //! name is `R`:
