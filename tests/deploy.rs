@@ -111,11 +111,14 @@ fn defined_metrics() -> BTreeSet<String> {
     }
     let mut src = String::new();
     walk(&common::repo().join("crates"), &mut src);
-    src.split('"')
-        .skip(1)
-        .step_by(2)
-        .filter(|s| s.starts_with("govbus_") && !s.contains(' '))
-        .map(str::to_owned)
+    // Every `"govbus_…"` literal: found by its opening quote, not by the
+    // parity of quotes (a `'"'` char literal anywhere would flip it).
+    src.match_indices("\"govbus_")
+        .filter_map(|(i, _)| {
+            let name = &src[i + 1..];
+            let end = name.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))?;
+            (name[end..].starts_with('"')).then(|| name[..end].to_owned())
+        })
         .collect()
 }
 
