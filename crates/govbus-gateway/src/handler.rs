@@ -192,6 +192,22 @@ pub(crate) async fn publish(
         );
         return r;
     };
+    // A permit before the body is read: at most `max_concurrent` bodies are
+    // buffered at once (the owner of an idempotency key keeps its permit
+    // until it has answered, even if its client went away).
+    let Ok(permit) = g.permits.clone().try_acquire_owned() else {
+        g.metrics
+            .requests
+            .with_label_values(&[&department, "429"])
+            .inc();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("content-type", "application/json"), ("retry-after", "1")],
+            json!({"error": "busy", "detail": "too many requests in progress; retry after 1 s"})
+                .to_string(),
+        )
+            .into_response();
+    };
     // The body is read only now, for a known department: an unauthenticated
     // client never gets a byte of its body buffered.
     let body = match read_body(&g, &headers, body).await {
@@ -204,7 +220,7 @@ pub(crate) async fn publish(
             return r;
         }
     };
-    let response = publish_as(&g, &department, &dataset, &headers, &body).await;
+    let response = publish_as(&g, permit, &department, &dataset, &headers, body).await;
     g.metrics
         .requests
         .with_label_values(&[&department, response.status().as_str()])
@@ -265,11 +281,12 @@ fn is_length_limit(e: &axum::Error) -> bool {
 /// replay answers from the kept answer, a concurrent duplicate waits for the
 /// first one's answer, and a kept answer is durable before it is sent.
 async fn publish_as(
-    g: &Gateway,
+    g: &Arc<Gateway>,
+    permit: tokio::sync::OwnedSemaphorePermit,
     department: &str,
     dataset: &str,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Bytes,
 ) -> Response {
     let engine = g.engine();
     let Some(ds) = engine.dataset(dataset) else {
@@ -306,7 +323,9 @@ async fn publish_as(
         },
     };
     let Some(key) = key else {
-        return publish_records(g, department, ds, content_type, body).await;
+        let response = publish_records(g, department, ds, content_type, &body).await;
+        drop(permit);
+        return response;
     };
     let request: [u8; 32] = {
         use sha2::Digest;
@@ -315,7 +334,7 @@ async fn publish_as(
         h.update([0]);
         h.update(content_type.as_bytes());
         h.update([0]);
-        h.update(body);
+        h.update(&body);
         h.finalize().into()
     };
     if !g.idempotency_loaded().await {
@@ -365,25 +384,52 @@ async fn publish_as(
             idempotency::Begin::Owner(r) => break r,
         }
     };
-    let response = publish_records(g, department, ds, content_type, body).await;
-    // Only a processed batch (200, whatever its records' fates) is kept: a
-    // 4xx/5xx answer leaves the key free for a corrected retry.
-    if response.status() != StatusCode::OK {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
-        return problem(
+    // The owner's publish runs to its end in a task of its own: a client that
+    // disconnects drops this request's future, and with it the reservation
+    // — its retry would then publish the same records again.
+    let (g2, department, dataset, content_type) = (
+        g.clone(),
+        department.to_owned(),
+        dataset.to_owned(),
+        content_type.to_owned(),
+    );
+    let owner = tokio::spawn(async move {
+        let _permit = permit;
+        let engine = g2.engine();
+        let Some(ds) = engine.dataset(&dataset) else {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "dataset_unknown",
+                format!("`{dataset}` is not in the catalog"),
+            );
+        };
+        let response = publish_records(&g2, &department, ds, &content_type, &body).await;
+        // Only a processed batch (200, whatever its records' fates) is kept: a
+        // 4xx/5xx answer leaves the key free for a corrected retry.
+        if response.status() != StatusCode::OK {
+            return response;
+        }
+        let (parts, body) = response.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "could not buffer the answer",
+            );
+        };
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let answer = idempotency::answer_now(parts.status.as_u16(), text, &request);
+        g2.persist_answer(reservation.key(), &answer).await;
+        reservation.finish(answer);
+        Response::from_parts(parts, axum::body::Body::from(bytes))
+    });
+    owner.await.unwrap_or_else(|_| {
+        problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            "could not buffer the answer",
-        );
-    };
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let answer = idempotency::answer_now(parts.status.as_u16(), text, &request);
-    g.persist_answer(reservation.key(), &answer).await;
-    reservation.finish(answer);
-    Response::from_parts(parts, axum::body::Body::from(bytes))
+            "the publish task failed; retry with the same Idempotency-Key",
+        )
+    })
 }
 
 /// Validates and publishes a request's records; answers per record after the
@@ -396,15 +442,19 @@ async fn publish_records(
     body: &[u8],
 ) -> Response {
     let dataset = ds.name();
-    let Ok(_permit) = g.permits.try_acquire() else {
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [("retry-after", "1")],
-            json!({"error": "busy", "detail": "too many requests in progress; retry after 1 s"})
-                .to_string(),
-        )
-            .into_response();
-    };
+    // Counted before parsing: a body of millions of `{}` would otherwise be
+    // parsed and split whole before the limit applied.
+    let counted = count_records(content_type, body);
+    if counted > g.config.max_records {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_records",
+            format!(
+                "{counted} records; the limit per request is {}",
+                g.config.max_records
+            ),
+        );
+    }
     let items = match items(content_type, dataset, body) {
         Ok(i) => i,
         Err(r) => return *r,
@@ -432,6 +482,7 @@ async fn publish_records(
     }
     let mut results: Vec<Json> = Vec::with_capacity(items.len());
     let mut pending = Vec::new();
+    let mut queue_full = false;
     for (index, item) in items.iter().enumerate() {
         let accepted = match &item.record {
             Ok(record) => ds
@@ -486,11 +537,19 @@ async fn publish_records(
                     .key(a.key.as_bytes())
                     .payload(&a.value)
                     .headers(hs);
+                if queue_full {
+                    // Not sent: answered as not acknowledged, like a record
+                    // the broker did not confirm (the ones before it were sent).
+                    results.push(json!({"index": index, "status": "not_acknowledged"}));
+                    continue;
+                }
                 match g.producer.send_result(rec) {
                     Ok(f) => pending.push((index, f)),
                     Err((e, _)) => {
                         tracing::warn!(message = "Broker queue full or unavailable.", error = %e);
-                        return (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], json!({"error": "unavailable", "detail": "the broker is not keeping up; nothing was accepted, retry the whole request"}).to_string()).into_response();
+                        queue_full = true;
+                        results.push(json!({"index": index, "status": "not_acknowledged"}));
+                        continue;
                     }
                 }
                 results.push(json!({"index": index, "status": "accepted", "id": id}));
@@ -509,7 +568,10 @@ async fn publish_records(
         }
     }
     // Answer only after the broker has acknowledged every accepted record.
-    let mut unacknowledged = 0;
+    let mut unacknowledged = results
+        .iter()
+        .filter(|r| r["status"] == "not_acknowledged")
+        .count();
     for (index, f) in pending {
         if !matches!(f.await, Ok(Ok(_))) {
             unacknowledged += 1;
@@ -529,4 +591,88 @@ async fn publish_records(
     }
     // A processed batch is a 200 whatever its records' fates: the answer is per record.
     (StatusCode::OK, [("content-type", "application/json")], body).into_response()
+}
+
+/// How many records a body holds, counted without parsing it: non-blank
+/// lines of NDJSON; elements of a top-level JSON array (commas at depth 1
+/// outside strings); 1 for anything else. Malformed JSON is counted as far
+/// as it goes (the parser then says what is wrong).
+fn count_records(content_type: &str, body: &[u8]) -> usize {
+    if content_type.starts_with("application/x-ndjson")
+        || content_type.starts_with("application/jsonl")
+    {
+        return body
+            .split(|b| *b == b'\n')
+            .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+            .count();
+    }
+    let mut bytes = body.iter().skip_while(|b| b.is_ascii_whitespace());
+    if bytes.next() != Some(&b'[') {
+        return 1;
+    }
+    let (mut depth, mut in_string, mut escaped) = (1usize, false, false);
+    let (mut commas, mut any) = (0usize, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                any = true;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                any = true;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    break;
+                }
+            }
+            b',' if depth == 1 => commas += 1,
+            b if !b.is_ascii_whitespace() => any = true,
+            _ => {}
+        }
+    }
+    if any {
+        commas + 1
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_records;
+
+    #[test]
+    fn records_are_counted_without_parsing() {
+        for (ct, body, n) in [
+            ("application/json", "[]", 0),
+            ("application/json", " [ ] ", 0),
+            ("application/json", "[{}]", 1),
+            ("application/json", "[{},{},{}]", 3),
+            (
+                "application/json",
+                r#"[{"a":"x,y]"},{"b":[1,2,{"c":3}]}]"#,
+                2,
+            ),
+            ("application/json", r#"[{"a":"\",\""}]"#, 1),
+            ("application/json", r#"{"a":1}"#, 1),
+            ("application/cloudevents-batch+json", "[{},{}]", 2),
+            ("application/x-ndjson", "{}\n\n{}\n  \n{}", 3),
+        ] {
+            assert_eq!(count_records(ct, body.as_bytes()), n, "{body}");
+        }
+        let big = format!("[{}{{}}]", "{},".repeat(1_000_000));
+        assert_eq!(count_records("application/json", big.as_bytes()), 1_000_001);
+    }
 }

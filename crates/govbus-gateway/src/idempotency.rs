@@ -76,8 +76,9 @@ enum Entry {
 #[derive(Default)]
 struct Inner {
     entries: HashMap<KeyHash, Entry>,
-    /// Done keys in the order they were kept, with their body sizes.
-    order: VecDeque<(KeyHash, usize)>,
+    /// Done keys in the order they were kept, with their body sizes and
+    /// `at_ms` (an entry is forgotten only if it is still that answer).
+    order: VecDeque<(KeyHash, usize, u64)>,
     bytes: usize,
 }
 
@@ -152,19 +153,18 @@ impl Store {
                 return;
             }
         }
+        let at = answer.at_ms;
         inner.entries.insert(key, Entry::Done(answer));
-        inner.order.push_back((key, size));
+        inner.order.push_back((key, size, at));
         inner.bytes += size;
         while inner.bytes > self.max_bytes {
-            let Some((old, size)) = inner.order.pop_front() else {
+            let Some((old, size, at)) = inner.order.pop_front() else {
                 break;
             };
             inner.bytes -= size;
-            // Only forget a key whose newest answer is this one.
-            if !inner.order.iter().any(|(k, _)| *k == old) {
-                if let Some(Entry::Done(_)) = inner.entries.get(&old) {
-                    inner.entries.remove(&old);
-                }
+            // Only forget a key whose kept answer is this one (O(1)).
+            if matches!(inner.entries.get(&old), Some(Entry::Done(a)) if a.at_ms == at) {
+                inner.entries.remove(&old);
             }
         }
     }

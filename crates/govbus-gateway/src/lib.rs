@@ -108,7 +108,7 @@ pub struct Gateway {
     credentials: Credentials,
     producer: FutureProducer,
     config: GatewayConfig,
-    permits: tokio::sync::Semaphore,
+    permits: Arc<tokio::sync::Semaphore>,
     idempotency: Arc<idempotency::Store>,
     /// Set once `_govbus.idempotency` has been read to its end.
     idempotency_loaded: AtomicBool,
@@ -203,7 +203,7 @@ impl Gateway {
             engine: Arc::new(std::sync::RwLock::new(engine)),
             credentials,
             producer,
-            permits: tokio::sync::Semaphore::new(config.max_concurrent),
+            permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent)),
             idempotency: idempotency::Store::new(
                 config.idempotency_ttl,
                 config.idempotency_max_bytes,

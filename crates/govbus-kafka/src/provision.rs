@@ -13,7 +13,7 @@
 //! | `dlq.sub.<subscription>` | 1 | delete, 30 days | deliveries that exhausted their retries |
 //! | `_govbus.audit` | 1 | delete, unlimited | the delivery ledger is never deleted by the broker |
 //! | `_govbus.schemas` | 1 | compact | the schema log (key = dataset) |
-//! | `_govbus.idempotency` | 1 | compact, 1 day | the gateway's kept answers |
+//! | `_govbus.idempotency` | 1 | compact, 7 days | the gateway's kept answers (honoured for its TTL, 24 h by default) |
 //!
 //! Replication is 1 unless `replication` says otherwise (the production
 //! compose file runs one broker; a real cluster passes 3).
@@ -111,14 +111,15 @@ pub fn plan(catalog: &Catalog, topics: &Topics) -> Vec<TopicSpec> {
     out
 }
 
-/// `_govbus.idempotency`: compacted, and kept a day (the gateway's answers).
+/// `_govbus.idempotency`: compacted, and kept 7 days (the gateway's answers;
+/// its `idempotency_ttl`, default 24 h, decides which it honours, up to this).
 pub fn idempotency(topics: &Topics) -> TopicSpec {
     TopicSpec::new(
         topics.idempotency(),
         1,
         &[
             ("cleanup.policy", "compact,delete".into()),
-            ("retention.ms", DAY_MS.to_string()),
+            ("retention.ms", (7 * DAY_MS).to_string()),
         ],
     )
 }

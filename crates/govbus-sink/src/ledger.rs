@@ -351,6 +351,10 @@ pub struct Verified {
     /// Chains without a `close` entry (still running, or stopped uncleanly;
     /// a lost tail would look the same).
     pub open_chains: Vec<String>,
+    /// Chains written before entries were authenticated (no MAC from their
+    /// first entry on): their links are checked, their content cannot be
+    /// authenticated. After an upgrade there should be no new ones.
+    pub legacy_chains: Vec<String>,
     /// Every problem found; empty means the ledger is intact.
     pub findings: Vec<Finding>,
 }
@@ -381,6 +385,7 @@ pub fn verify_against(entries: &[(u64, Option<Entry>)], against: Against<'_>) ->
         closed: bool,
     }
     let mut chains: BTreeMap<String, State> = BTreeMap::new();
+    let mut legacy_chains: BTreeMap<String, bool> = BTreeMap::new();
     let mut v = Verified {
         entries: entries.len() as u64,
         ..Verified::default()
@@ -408,7 +413,18 @@ pub fn verify_against(entries: &[(u64, Option<Entry>)], against: Against<'_>) ->
                 format!("seq {}: content does not match its hash (modified)", e.seq),
             );
         } else if let Some(key) = against.key {
-            if e.mac != e.compute_mac(key) {
+            // A chain whose first entry carries no MAC was written before
+            // entries were authenticated; in any other chain a missing MAC
+            // is a finding like a wrong one.
+            let legacy = match legacy_chains.get(e.writer.as_str()) {
+                Some(l) => *l,
+                None => {
+                    let l = e.mac.is_empty() && e.seq == 0;
+                    legacy_chains.insert(e.writer.clone(), l);
+                    l
+                }
+            };
+            if !(legacy && e.mac.is_empty()) && e.mac != e.compute_mac(key) {
                 find(
                     *pos,
                     &e.writer,
@@ -486,6 +502,11 @@ pub fn verify_against(entries: &[(u64, Option<Entry>)], against: Against<'_>) ->
     if let Some(c) = against.checkpoint {
         check_checkpoint(entries, c, against.key, &mut v);
     }
+    v.legacy_chains = legacy_chains
+        .into_iter()
+        .filter(|(_, l)| *l)
+        .map(|(w, _)| w)
+        .collect();
     v.chains = chains.len() as u64;
     v.open_chains = chains
         .iter()
@@ -814,5 +835,23 @@ mod tests {
             .findings
             .iter()
             .any(|f| f.problem.contains("checkpoint is not authenticated")));
+    }
+
+    #[test]
+    fn chains_from_before_authentication_are_noted_not_failed() {
+        let mut old = chain("old", 4);
+        for e in &mut old {
+            e.mac = String::new();
+        }
+        let mut new = chain("new", 3);
+        new[1].mac = String::new();
+        let all: Vec<Entry> = old.into_iter().chain(new).collect();
+        let v = keyed(&log(all), None);
+        assert_eq!(v.legacy_chains, vec!["old".to_owned()]);
+        assert_eq!(v.findings.len(), 1, "{:?}", v.findings);
+        assert_eq!(
+            v.findings[0].writer, "new",
+            "a stripped MAC in an authenticated chain"
+        );
     }
 }

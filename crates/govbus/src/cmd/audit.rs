@@ -203,6 +203,13 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 escape(&v.open_chains.join(", "))
             );
         }
+        if !v.legacy_chains.is_empty() {
+            println!(
+                "note: {} chain(s) were written before ledger entries were authenticated (links checked, content not authenticable): {}",
+                v.legacy_chains.len(),
+                escape(&v.legacy_chains.join(", "))
+            );
+        }
         if v.findings.is_empty() {
             println!("ledger OK: {} entries in {} chains", v.entries, v.chains);
         } else {
