@@ -774,3 +774,38 @@ async fn slow_headers_are_cut_off_and_connections_are_capped() {
     .await
     .unwrap();
 }
+
+/// A client that sends a keyed request and hangs up before the answer, then
+/// retries at once with the same key: the first request still finishes and
+/// keeps its answer, so the retry is answered from it and nothing is
+/// published twice.
+#[tokio::test]
+async fn a_retry_after_the_client_hung_up_publishes_nothing_twice() {
+    let g = start(|_| {}).await;
+    let body = json!(pensions()).to_string();
+    let port = g.port;
+    let b = body.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let head = format!("POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer hrss-secret\r\nIdempotency-Key: hangup-2026-10-15\r\nContent-Length: {}\r\n\r\n", b.len());
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(b.as_bytes()).unwrap();
+        // Hang up without reading the answer.
+    })
+    .await
+    .unwrap();
+    let (s, head, b) = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &[("Idempotency-Key", "hangup-2026-10-15")],
+        body.as_bytes(),
+    )
+    .await;
+    // Either request may be read first; whichever owns the key, the other
+    // is answered from it.
+    assert_eq!(s, 200, "{head}{b}");
+    let got = ingested(&g.topics, 3, Duration::from_secs(8)).await;
+    assert_eq!(got.len(), 2, "published once");
+}
