@@ -1,32 +1,34 @@
-//! The app around the [`Detector`]: reads the four Kafka views, publishes
-//! alerts to `ingest.<owner>` (the router checks them like any record), and
-//! keeps its state in a checkpoint file.
+//! The app around the rules: reads the four Kafka views, keeps its state in
+//! a `govbus-state` store, publishes alert changes to `ingest.<owner>` (the
+//! router checks them like any record).
 //!
-//! Restart safety. The checkpoint holds the detector, the next input offset
-//! of every view partition and the output offsets reached when it was
-//! written. Alerts are acknowledged by the broker before the checkpoint that
-//! covers them is written, so a crash can only lose checkpoints, never
-//! alerts: the restarted app re-reads the inputs from the checkpoint (nothing
-//! missed) and, before raising anything, reads its own output from the
-//! checkpoint's output offsets and marks every alert id found there as raised
-//! (nothing repeated).
+//! One batch is one store transaction: the records it changed, the alerts
+//! it raised, updated or withdrew, the input offsets it consumed and the
+//! output offsets its alerts reached commit together. The alerts are
+//! acknowledged by the broker *before* that commit, so a crash can only lose
+//! a commit, never an alert: the restarted app resumes from the last commit
+//! (nothing missed) and, before anything else, reads its own output from the
+//! committed output offsets and records every alert found there as
+//! published (nothing repeated). Restart time depends on the uncommitted
+//! tail, not on the size of the state.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use govbus_kafka::headers as h;
 use govbus_kafka::topics::Topics;
+use govbus_state::{StateError, Store, DEFAULT_CACHE_BYTES};
 use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 
-use crate::detect::{Alert, Detector, Input, ALERTS};
+use crate::detect::{Alert, Change, Feed, Input, Rule, RuleParams, ALERTS};
+use crate::state::{self, AlertRow, Outcome, Reason, Status, TxnKv};
 
 /// The subscriptions (in the sample catalog) whose views feed the app.
 pub const FEEDS: [&str; 4] = [
@@ -35,6 +37,12 @@ pub const FEEDS: [&str; 4] = [
     "hrss_fraud_unemployment",
     "hrss_fraud_contributions",
 ];
+
+/// The store file in the state directory.
+pub const STORE_FILE: &str = "fraud.redb";
+
+const META_STANDING: &str = "fraud.standing";
+const META_WITHDRAWN: &str = "fraud.withdrawn";
 
 /// What the app needs to run.
 #[derive(Debug, Clone)]
@@ -47,8 +55,14 @@ pub struct AppConfig {
     pub feeds: Vec<String>,
     /// The department publishing the alerts (the owner of `hrss.fraud_alert`).
     pub department: String,
-    /// Where the checkpoint lives.
+    /// Where the state store lives ([`STORE_FILE`] inside).
     pub state_dir: PathBuf,
+    /// Rule parameters (default: [`RuleParams::default`]).
+    pub params: RuleParams,
+    /// Records per batch (one store commit each); default 2,000.
+    pub batch: usize,
+    /// Page cache of the store, bytes (default [`DEFAULT_CACHE_BYTES`]).
+    pub cache_bytes: usize,
     /// Extra librdkafka settings.
     pub client_overrides: Vec<(String, String)>,
 }
@@ -62,6 +76,9 @@ impl AppConfig {
             feeds: FEEDS.iter().map(|s| (*s).to_owned()).collect(),
             department: "hrss".to_owned(),
             state_dir,
+            params: RuleParams::default(),
+            batch: 2000,
+            cache_bytes: DEFAULT_CACHE_BYTES,
             client_overrides: Vec::new(),
         }
     }
@@ -80,14 +97,12 @@ pub enum AppError {
     /// A Kafka client could not be created or failed for good.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    /// The checkpoint could not be read or written.
-    #[error("checkpoint {path}: {detail}")]
-    Checkpoint {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        detail: String,
-    },
+    /// The state store failed.
+    #[error("{0}")]
+    State(#[from] StateError),
+    /// The broker refused an alert.
+    #[error("an alert could not be published: {0}")]
+    Publish(String),
 }
 
 /// The app's metrics.
@@ -96,8 +111,13 @@ pub struct Metrics {
     registry: Registry,
     inputs: IntCounterVec,
     unreadable: IntCounterVec,
+    stale: IntCounterVec,
     alerts: IntCounterVec,
+    updated: IntCounterVec,
+    withdrawn: IntCounterVec,
     raised: IntGauge,
+    standing: IntGauge,
+    withdrawn_now: IntGauge,
     recovered: IntGauge,
 }
 
@@ -111,52 +131,84 @@ impl Metrics {
     /// Registers the metrics.
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let vec = |name: &str, help: &str, label: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &[label])
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
                 .unwrap_or_else(|e| unreachable!("{e}"));
             let _ = registry.register(Box::new(c.clone()));
             c
         };
-        let inputs = vec(
-            "govbus_fraud_inputs_total",
-            "Feed records read, by dataset.",
-            "dataset",
-        );
-        let unreadable = vec(
-            "govbus_fraud_unreadable_total",
-            "Feed records the rules could not read (a field missing from the grant), by dataset.",
-            "dataset",
-        );
-        let alerts = vec(
-            "govbus_fraud_alerts_total",
-            "Alerts published, by rule.",
-            "rule",
-        );
-        let raised = IntGauge::new(
-            "govbus_fraud_alerts_raised",
-            "Distinct alerts raised so far (kept across restarts).",
-        )
-        .unwrap_or_else(|e| unreachable!("{e}"));
-        let _ = registry.register(Box::new(raised.clone()));
-        let recovered = IntGauge::new(
-            "govbus_fraud_recovered_alerts",
-            "Alerts found in the app's own output at start that the checkpoint did not cover yet (not raised again).",
-        )
-        .unwrap_or_else(|e| unreachable!("{e}"));
-        let _ = registry.register(Box::new(recovered.clone()));
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("{e}"));
+            let _ = registry.register(Box::new(g.clone()));
+            g
+        };
         Metrics {
-            recovered,
+            inputs: vec(
+                "govbus_fraud_inputs_total",
+                "Feed records read, by dataset.",
+                &["dataset"],
+            ),
+            unreadable: vec(
+                "govbus_fraud_unreadable_total",
+                "Feed records the rules could not read (a field missing from the grant), by dataset.",
+                &["dataset"],
+            ),
+            stale: vec(
+                "govbus_fraud_stale_total",
+                "Feed records older (by source version) than the version held, ignored, by dataset.",
+                &["dataset"],
+            ),
+            alerts: vec(
+                "govbus_fraud_alerts_total",
+                "Alerts raised (published as standing: new, or again after a withdrawal) by this process, by rule.",
+                &["rule"],
+            ),
+            updated: vec(
+                "govbus_fraud_alerts_updated_total",
+                "Standing alerts republished with other content (evidence or amount corrected) by this process, by rule.",
+                &["rule"],
+            ),
+            withdrawn: vec(
+                "govbus_fraud_alerts_withdrawn_total",
+                "Alerts withdrawn (the records no longer support them) by this process, by rule and reason.",
+                &["rule", "reason"],
+            ),
+            raised: gauge(
+                "govbus_fraud_alerts_raised",
+                "Distinct alerts ever raised, standing or withdrawn (kept across restarts).",
+            ),
+            standing: gauge(
+                "govbus_fraud_alerts_standing",
+                "Alerts standing now (kept across restarts).",
+            ),
+            withdrawn_now: gauge(
+                "govbus_fraud_alerts_withdrawn",
+                "Alerts withdrawn now (kept across restarts).",
+            ),
+            recovered: gauge(
+                "govbus_fraud_recovered_alerts",
+                "Alert publications found in the app's own output at start that the last commit did not cover (not published again).",
+            ),
             registry,
-            inputs,
-            unreadable,
-            alerts,
-            raised,
         }
     }
 
-    /// Alerts published by this process, by rule.
+    /// Alerts raised by this process, by rule.
     pub fn alerts(&self, rule: &str) -> u64 {
         self.alerts.with_label_values(&[rule]).get()
+    }
+
+    /// Alerts withdrawn by this process, by rule (every reason).
+    pub fn withdrawn(&self, rule: &str) -> u64 {
+        Reason::ALL
+            .iter()
+            .map(|r| self.withdrawn.with_label_values(&[rule, r.code()]).get())
+            .sum()
+    }
+
+    /// Alerts standing and withdrawn now (kept in the store).
+    pub fn standing_and_withdrawn(&self) -> (i64, i64) {
+        (self.standing.get(), self.withdrawn_now.get())
     }
 
     /// The Prometheus text exposition.
@@ -165,52 +217,65 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
-}
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Checkpoint {
-    /// topic → partition → next offset to read.
-    inputs: BTreeMap<String, BTreeMap<i32, i64>>,
-    /// Output partition → offset after the last acknowledged alert.
-    output: BTreeMap<i32, i64>,
-    detector: Detector,
-}
-
-impl Checkpoint {
-    fn path(dir: &Path) -> PathBuf {
-        dir.join("fraud-checkpoint.json")
-    }
-
-    fn load(dir: &Path) -> Result<Checkpoint, AppError> {
-        let path = Checkpoint::path(dir);
-        let err = |detail: String| AppError::Checkpoint {
-            path: path.clone(),
-            detail,
-        };
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| err(format!("not a checkpoint: {e}")))
+    fn count(&self, outcomes: &[Outcome]) {
+        for o in outcomes {
+            let rule = o.after.alert.rule.code();
+            if o.raises() {
+                self.alerts.with_label_values(&[rule]).inc();
+            } else if o.withdraws() {
+                if let Status::Withdrawn(r) = o.after.status {
+                    self.withdrawn.with_label_values(&[rule, r.code()]).inc();
+                }
+            } else if o.after.status == Status::Standing {
+                self.updated.with_label_values(&[rule]).inc();
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint::default()),
-            Err(e) => Err(err(e.to_string())),
         }
     }
 
-    /// Writes a temporary file, syncs it and renames it over the old one.
-    fn save(&self, dir: &Path) -> Result<(), AppError> {
-        use std::io::Write as _;
-        let path = Checkpoint::path(dir);
-        let err = |e: std::io::Error| AppError::Checkpoint {
-            path: path.clone(),
-            detail: e.to_string(),
+    fn set_counts(&self, c: Counts) {
+        self.standing.set(c.standing);
+        self.withdrawn_now.set(c.withdrawn);
+        self.raised.set(c.standing + c.withdrawn);
+    }
+}
+
+/// Alerts standing and withdrawn, kept in the store's metadata.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    standing: i64,
+    withdrawn: i64,
+}
+
+impl Counts {
+    fn read(tx: &govbus_state::WriteTxn) -> Result<Counts, StateError> {
+        let get = |k| -> Result<i64, StateError> {
+            Ok(tx
+                .meta(k)?
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, i64::from_be_bytes))
         };
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = dir.join("fraud-checkpoint.json.tmp");
-        let bytes = serde_json::to_vec(self).map_err(|e| err(std::io::Error::other(e)))?;
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &path).map_err(err)
+        Ok(Counts {
+            standing: get(META_STANDING)?,
+            withdrawn: get(META_WITHDRAWN)?,
+        })
+    }
+
+    fn write(self, tx: &govbus_state::WriteTxn) -> Result<(), StateError> {
+        tx.set_meta(META_STANDING, &self.standing.to_be_bytes())?;
+        tx.set_meta(META_WITHDRAWN, &self.withdrawn.to_be_bytes())
+    }
+
+    fn add(&mut self, o: &Outcome) {
+        let delta = |s: Option<Status>| match s {
+            Some(Status::Standing) => (1, 0),
+            Some(Status::Withdrawn(_)) => (0, 1),
+            None => (0, 0),
+        };
+        let (bs, bw) = delta(o.before.as_ref().map(|b| b.status));
+        let (as_, aw) = delta(Some(o.after.status));
+        self.standing += as_ - bs;
+        self.withdrawn += aw - bw;
     }
 }
 
@@ -241,20 +306,26 @@ impl ProducerContext for Ctx {
     }
 }
 
-/// Runs until `stop` is set: a clean stop writes a last checkpoint.
+/// Runs until `stop` is set.
 pub fn run(config: &AppConfig, metrics: &Metrics, stop: &AtomicBool) -> Result<(), AppError> {
-    let mut checkpoint = Checkpoint::load(&config.state_dir)?;
+    let path = config.state_dir.join(STORE_FILE);
+    let (store, rebuilt) = Store::open_or_rebuild(&path, config.cache_bytes)?;
+    if let Some(why) = rebuilt {
+        tracing::warn!(message = "The fraud state store was damaged; rebuilding it from the feeds.", %why);
+    }
     let output = config.topics.ingest(&config.department);
-    let recovered = recover_raised(config, &output, &mut checkpoint)?;
+    let recovered = recover(config, &store, &output)?;
+    let counts = Counts::read(&store.write()?)?;
+    metrics.set_counts(counts);
+    metrics.recovered.set(recovered as i64);
     tracing::info!(
         message = "Anti-fraud app starting.",
-        raised_before = checkpoint.detector.raised(),
-        found_in_output_after_checkpoint = recovered
+        standing = counts.standing,
+        withdrawn = counts.withdrawn,
+        found_in_output_after_commit = recovered
     );
-    metrics.raised.set(checkpoint.detector.raised() as i64);
-    metrics.recovered.set(recovered as i64);
-    // Fault injection for the restart test: die between the broker's
-    // acknowledgement of alerts and the checkpoint that covers them.
+    // Fault injection for the restart tests: die between the broker's
+    // acknowledgement of alerts and the commit that covers them.
     let crash_after_publish =
         std::env::var("GOVBUS_FRAUD_FAIL_POINT").as_deref() == Ok("after_publish");
 
@@ -264,89 +335,140 @@ pub fn run(config: &AppConfig, metrics: &Metrics, stop: &AtomicBool) -> Result<(
         .create_with_context(Ctx(acks.clone()))?;
     let consumer: BaseConsumer = config.client(consumer_config(&config.bootstrap)).create()?;
     let views: Vec<String> = config.feeds.iter().map(|f| config.topics.view(f)).collect();
-    assign(&consumer, &views, &checkpoint, stop)?;
-
-    let mut last_save = Instant::now();
-    let mut dirty = false;
+    if !assign(&consumer, &views, &store, stop)? {
+        return Ok(());
+    }
     while !stop.load(Ordering::Relaxed) {
-        let batch = poll_batch(&consumer, 500, Duration::from_millis(200));
-        let mut alerts = Vec::new();
-        for m in &batch {
-            let m = match m {
-                Ok(m) => m,
-                Err(error) => {
-                    tracing::warn!(message = "Reading a feed failed; retrying.", %error);
-                    continue;
-                }
-            };
-            let topic = m.topic().to_owned();
-            checkpoint
-                .inputs
-                .entry(topic)
-                .or_default()
-                .insert(m.partition(), m.offset() + 1);
-            dirty = true;
-            let headers = m.headers();
-            let dataset = headers
-                .and_then(|hs| h::get_str(hs, h::CE_TYPE))
-                .unwrap_or("");
-            metrics.inputs.with_label_values(&[label(dataset)]).inc();
-            // Deletes carry no value: an alert, once raised, stands.
-            let Some(value) = m.payload() else { continue };
-            let read = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(value)
-                .map_err(|e| e.to_string())
-                .and_then(|v| Input::from_json(dataset, &v).map_err(|e| e.to_string()));
-            match read {
-                Ok(input) => alerts.extend(checkpoint.detector.observe(input)),
-                Err(problem) => {
-                    metrics
-                        .unreadable
-                        .with_label_values(&[label(dataset)])
-                        .inc();
-                    tracing::warn!(message = "A feed record could not be read; skipped.", dataset = label(dataset), %problem);
-                }
-            }
+        let batch = poll_batch(&consumer, config.batch.max(1), Duration::from_millis(200));
+        if batch.is_empty() {
+            continue;
         }
-        if !alerts.is_empty() {
-            publish(&producer, &acks, &output, &config.department, &alerts)?;
-            for a in &alerts {
-                metrics.alerts.with_label_values(&[a.rule.code()]).inc();
-            }
-            metrics.raised.set(checkpoint.detector.raised() as i64);
+        let tx = store.write()?;
+        let mut counts = Counts::read(&tx)?;
+        let net = apply_batch(config, metrics, &tx, &batch)?;
+        if !net.is_empty() {
+            publish(&producer, &acks, &output, &config.department, &net)?;
             if let Ok(a) = acks.lock() {
-                checkpoint
-                    .output
-                    .extend(a.reached.iter().map(|(p, o)| (*p, *o)));
+                for (p, o) in &a.reached {
+                    tx.set_offset(&output, *p, *o)?;
+                }
             }
+            for o in &net {
+                counts.add(o);
+            }
+            counts.write(&tx)?;
             if crash_after_publish {
                 tracing::error!(
-                    message =
-                        "GOVBUS_FRAUD_FAIL_POINT=after_publish: aborting before the checkpoint."
+                    message = "GOVBUS_FRAUD_FAIL_POINT=after_publish: aborting before the commit."
                 );
                 std::process::abort();
             }
         }
-        if dirty && (!alerts.is_empty() || last_save.elapsed() >= Duration::from_secs(1)) {
-            checkpoint.save(&config.state_dir)?;
-            last_save = Instant::now();
-            dirty = false;
+        tx.commit()?;
+        metrics.count(&net);
+        metrics.set_counts(counts);
+    }
+    tracing::info!(message = "Anti-fraud app stopped.");
+    Ok(())
+}
+
+/// Applies a batch inside `tx`: records, alert rows, input offsets. Returns
+/// each alert that changed, once, as it was before the batch and after it.
+fn apply_batch(
+    config: &AppConfig,
+    metrics: &Metrics,
+    tx: &govbus_state::WriteTxn,
+    batch: &[rdkafka::error::KafkaResult<BorrowedMessage<'_>>],
+) -> Result<Vec<Outcome>, AppError> {
+    let mut kv = TxnKv::open(tx)?;
+    let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut net: Vec<Outcome> = Vec::new();
+    let mut at: BTreeMap<String, usize> = BTreeMap::new();
+    for m in batch {
+        let m = match m {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(message = "Reading a feed failed; retrying.", %error);
+                continue;
+            }
+        };
+        offsets.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+        let dataset = m
+            .headers()
+            .and_then(|hs| h::get_str(hs, h::CE_TYPE))
+            .unwrap_or("");
+        metrics.inputs.with_label_values(&[label(dataset)]).inc();
+        let change = match read_change(m, dataset) {
+            Ok(c) => c,
+            Err(problem) => {
+                metrics
+                    .unreadable
+                    .with_label_values(&[label(dataset)])
+                    .inc();
+                tracing::warn!(message = "A feed record could not be read; skipped.", dataset = label(dataset), %problem);
+                continue;
+            }
+        };
+        let applied = state::apply(&mut kv, &config.params, &change)?;
+        if applied.stale {
+            metrics.stale.with_label_values(&[label(dataset)]).inc();
+        }
+        for o in applied.outcomes {
+            match at.get(&o.after.alert.alert_id) {
+                Some(&i) => net[i].after = o.after,
+                None => {
+                    at.insert(o.after.alert.alert_id.clone(), net.len());
+                    net.push(o);
+                }
+            }
         }
     }
-    checkpoint.save(&config.state_dir)?;
-    tracing::info!(
-        message = "Anti-fraud app stopped.",
-        raised = checkpoint.detector.raised()
-    );
-    Ok(())
+    drop(kv);
+    for ((topic, p), next) in offsets {
+        tx.set_offset(&topic, p, next)?;
+    }
+    // An alert that went and came back within the batch is not published.
+    net.retain(|o| {
+        o.before
+            .as_ref()
+            .is_none_or(|b| b.status != o.after.status || b.alert != o.after.alert)
+    });
+    Ok(net)
+}
+
+/// Reads one view message as a change: the Kafka key names the record, the
+/// value (none for a delete) is the record, `ce_sourceversion` its version.
+fn read_change(m: &BorrowedMessage<'_>, dataset: &str) -> Result<Change, String> {
+    let feed = Feed::of(dataset).ok_or_else(|| format!("not a feed of this app: {dataset}"))?;
+    let version = m
+        .headers()
+        .and_then(|hs| h::get_str(hs, h::CE_SOURCEVERSION))
+        .map_or(Ok(0), str::parse::<u64>)
+        .map_err(|_| "ce_sourceversion is not a number".to_owned())?;
+    let value = match m.payload() {
+        None => None,
+        Some(bytes) => {
+            let v: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            Some(Input::from_json(dataset, &v).map_err(|e| e.to_string())?)
+        }
+    };
+    let key = match (m.key().map(std::str::from_utf8), &value) {
+        (Some(Ok(k)), _) if !k.is_empty() => k.to_owned(),
+        (_, Some(v)) => v.record().to_owned(),
+        _ => return Err("a delete without a record key".to_owned()),
+    };
+    Ok(Change {
+        feed,
+        key,
+        version,
+        value,
+    })
 }
 
 /// Metric label for a dataset header: a feed name, or `other`.
 fn label(dataset: &str) -> &str {
-    use crate::detect::{CONTRIBUTIONS, DEATHS, PENSIONS, UNEMPLOYMENT};
-    match dataset {
-        DEATHS | PENSIONS | UNEMPLOYMENT | CONTRIBUTIONS => dataset,
-        _ => "other",
-    }
+    Feed::of(dataset).map_or("other", Feed::dataset)
 }
 
 fn consumer_config(bootstrap: &str) -> ClientConfig {
@@ -359,22 +481,16 @@ fn consumer_config(bootstrap: &str) -> ClientConfig {
     c
 }
 
-/// Reads the app's own output after the checkpoint and marks the alerts found
-/// there as raised. Returns how many it found.
-fn recover_raised(
-    config: &AppConfig,
-    output: &str,
-    checkpoint: &mut Checkpoint,
-) -> Result<usize, AppError> {
+/// Reads the app's own output after the committed output offsets and
+/// records every alert publication found there. Returns how many it found.
+fn recover(config: &AppConfig, store: &Store, output: &str) -> Result<usize, AppError> {
     let probe: BaseConsumer = config.client(consumer_config(&config.bootstrap)).create()?;
-    let exists =
-        !govbus_kafka::read::partitions(&probe, output, Duration::from_secs(10)).is_empty();
-    if !exists {
+    if govbus_kafka::read::partitions(&probe, output, Duration::from_secs(10)).is_empty() {
         return Ok(0);
     }
-    let mut found = 0;
-    let mut reached = checkpoint.output.clone();
-    let from = checkpoint.output.clone();
+    let from = store.read()?.offsets(output)?;
+    let mut reached = from.clone();
+    let mut rows = Vec::new();
     govbus_kafka::read::each_from(
         &config.bootstrap,
         output,
@@ -389,42 +505,90 @@ fn recover_raised(
             let e = reached.entry(r.partition).or_default();
             *e = (*e).max(r.offset + 1);
             if r.header(h::CE_TYPE) == ALERTS {
-                checkpoint.detector.already_raised(r.header(h::CE_ID));
-                found += 1;
+                let version = r.header(h::CE_SOURCEVERSION).parse().unwrap_or(1);
+                if let Some(row) = r.value.as_deref().and_then(|v| parse_alert(v, version)) {
+                    rows.push(row);
+                }
             }
         },
     )?;
-    checkpoint.output = reached;
-    Ok(found)
+    let tx = store.write()?;
+    let mut counts = Counts::read(&tx)?;
+    {
+        let mut kv = TxnKv::open(&tx)?;
+        for row in &rows {
+            if let Some(o) = state::recover_alert(&mut kv, row)? {
+                counts.add(&o);
+            }
+        }
+    }
+    counts.write(&tx)?;
+    for (p, o) in reached {
+        tx.set_offset(output, p, o)?;
+    }
+    tx.commit()?;
+    Ok(rows.len())
 }
 
-/// Assigns every partition of the views at the checkpoint's offsets, waiting
+/// An alert publication, as the app writes it (older ones have no status:
+/// they stood).
+fn parse_alert(body: &[u8], version: u64) -> Option<AlertRow> {
+    let v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+    let status = match s("status").as_deref() {
+        Some("withdrawn") => Status::Withdrawn(
+            s("withdrawn_reason")
+                .as_deref()
+                .and_then(Reason::from_code)
+                .unwrap_or(Reason::EvidenceCorrected),
+        ),
+        _ => Status::Standing,
+    };
+    Some(AlertRow {
+        version,
+        status,
+        alert: Alert {
+            alert_id: s("alert_id")?,
+            rule: Rule::from_code(&s("rule")?)?,
+            person_ref: s("person_ref")?,
+            month: s("month")?,
+            benefit_dataset: s("benefit_dataset")?,
+            benefit_record: s("benefit_record")?,
+            amount: s("amount")?,
+            evidence_dataset: s("evidence_dataset")?,
+            evidence_record: s("evidence_record")?,
+        },
+    })
+}
+
+/// Assigns every partition of the views at the committed offsets, waiting
 /// for views that do not exist yet (the sink creates them when it starts).
+/// `false` when stopped while waiting.
 fn assign(
     consumer: &BaseConsumer,
     views: &[String],
-    checkpoint: &Checkpoint,
+    store: &Store,
     stop: &AtomicBool,
-) -> Result<(), AppError> {
+) -> Result<bool, AppError> {
     let mut tpl = TopicPartitionList::new();
     let mut waiting_logged = false;
+    let read = store.read()?;
     for view in views {
+        let committed = read.offsets(view)?;
         loop {
             let partitions =
                 govbus_kafka::read::partitions(consumer, view, Duration::from_secs(10));
             if !partitions.is_empty() {
                 for p in partitions {
-                    let offset = checkpoint
-                        .inputs
-                        .get(view)
-                        .and_then(|m| m.get(&p))
+                    let offset = committed
+                        .get(&p)
                         .map_or(Offset::Beginning, |o| Offset::Offset(*o));
                     tpl.add_partition_offset(view, p, offset)?;
                 }
                 break;
             }
             if stop.load(Ordering::Relaxed) {
-                return Ok(());
+                return Ok(false);
             }
             if !waiting_logged {
                 tracing::info!(message = "Waiting for a feed's Kafka view to exist (is the sink running?).", topic = %view);
@@ -434,14 +598,14 @@ fn assign(
         }
     }
     consumer.assign(&tpl)?;
-    Ok(())
+    Ok(true)
 }
 
 fn poll_batch(
     consumer: &BaseConsumer,
     max: usize,
     wait: Duration,
-) -> Vec<rdkafka::error::KafkaResult<rdkafka::message::BorrowedMessage<'_>>> {
+) -> Vec<rdkafka::error::KafkaResult<BorrowedMessage<'_>>> {
     let mut out = Vec::new();
     if let Some(first) = consumer.poll(wait) {
         out.push(first);
@@ -455,43 +619,63 @@ fn poll_batch(
     out
 }
 
-/// Publishes the alerts as JSON records of `hrss.fraud_alert` and waits
-/// until the broker acknowledged every one.
+/// The JSON record of `hrss.fraud_alert` for an alert as it is now.
+pub(crate) fn alert_body(row: &AlertRow, detected_at: &str) -> serde_json::Value {
+    let a = &row.alert;
+    let reason = match row.status {
+        Status::Standing => serde_json::Value::Null,
+        Status::Withdrawn(r) => r.code().into(),
+    };
+    serde_json::json!({
+        "alert_id": a.alert_id,
+        "rule": a.rule.code(),
+        "person_ref": a.person_ref,
+        "month": a.month,
+        "benefit_dataset": a.benefit_dataset,
+        "benefit_record": a.benefit_record,
+        "amount": a.amount,
+        "evidence_dataset": a.evidence_dataset,
+        "evidence_record": a.evidence_record,
+        "detected_at": detected_at,
+        "status": row.status.code(),
+        "withdrawn_reason": reason,
+    })
+}
+
+/// Publishes each changed alert as a record of `hrss.fraud_alert` (a create
+/// the first time, an update after) and waits until the broker
+/// acknowledged every one.
 fn publish(
     producer: &ThreadedProducer<Ctx>,
     acks: &Mutex<Acks>,
     topic: &str,
     department: &str,
-    alerts: &[Alert],
+    changed: &[Outcome],
 ) -> Result<(), AppError> {
-    let now = now_ms();
-    let time = govbus_catalog::time::format_rfc3339_millis(now);
+    let time = govbus_catalog::time::format_rfc3339_millis(now_ms());
     let source = format!("/departments/{department}");
-    for a in alerts {
-        let body = serde_json::json!({
-            "alert_id": a.alert_id,
-            "rule": a.rule.code(),
-            "person_ref": a.person_ref,
-            "month": a.month,
-            "benefit_dataset": a.benefit_dataset,
-            "benefit_record": a.benefit_record,
-            "amount": two_places(&a.amount),
-            "evidence_dataset": a.evidence_dataset,
-            "evidence_record": a.evidence_record,
-            "detected_at": time,
-        })
-        .to_string();
+    for o in changed {
+        let row = &o.after;
+        let body = alert_body(row, &time).to_string();
+        let id = format!("{}-{}", row.alert.alert_id, row.version);
+        let version = row.version.to_string();
+        let op: &[u8] = if o.before.is_none() {
+            b"create"
+        } else {
+            b"update"
+        };
         let headers = h::owned([
             (h::CE_SPECVERSION, b"1.0".as_slice()),
-            (h::CE_ID, a.alert_id.as_bytes()),
+            (h::CE_ID, id.as_bytes()),
             (h::CE_SOURCE, source.as_bytes()),
             (h::CE_TYPE, ALERTS.as_bytes()),
             (h::CE_TIME, time.as_bytes()),
-            (h::CE_OP, b"create".as_slice()),
+            (h::CE_OP, op),
+            (h::CE_SOURCEVERSION, version.as_bytes()),
             (h::CONTENT_TYPE, b"application/json".as_slice()),
         ]);
         let record = BaseRecord::to(topic)
-            .key(a.alert_id.as_bytes())
+            .key(row.alert.alert_id.as_bytes())
             .payload(body.as_bytes())
             .headers(headers);
         govbus_kafka::produce::send_waiting(producer, record)?;
@@ -503,34 +687,10 @@ fn publish(
         if a.failed > 0 {
             let detail = a.first_error.take().unwrap_or_default();
             a.failed = 0;
-            return Err(AppError::Kafka(
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::Fail,
-                ),
-            ))
-            .inspect_err(
-                |_| tracing::error!(message = "An alert could not be published.", %detail),
-            );
+            return Err(AppError::Publish(detail));
         }
     }
     Ok(())
-}
-
-/// A decimal string with at most two places (payments are whole cents; the
-/// feeds may carry trailing zeros, `1234.5000`).
-fn two_places(amount: &str) -> String {
-    match amount.split_once('.') {
-        Some((whole, frac)) => {
-            let frac = frac.trim_end_matches('0');
-            let frac = if frac.len() < 2 {
-                format!("{frac:0<2}")
-            } else {
-                frac.to_owned()
-            };
-            format!("{whole}.{frac}")
-        }
-        None => format!("{amount}.00"),
-    }
 }
 
 fn now_ms() -> i64 {
@@ -545,27 +705,75 @@ mod tests {
     use super::*;
 
     #[test]
-    fn amounts_keep_two_places() {
-        assert_eq!(two_places("1234.5000"), "1234.50");
-        assert_eq!(two_places("1234.0000"), "1234.00");
-        assert_eq!(two_places("7"), "7.00");
-        assert_eq!(two_places("0.125"), "0.125");
+    fn a_published_alert_reads_back_as_the_same_row() {
+        let row = AlertRow {
+            version: 3,
+            status: Status::Withdrawn(Reason::PaymentCorrected),
+            alert: Alert {
+                alert_id: crate::alert_id(Rule::PaidAfterDeath, crate::PENSIONS, "P-1"),
+                rule: Rule::PaidAfterDeath,
+                person_ref: "ps_1".into(),
+                month: "2026-04".into(),
+                benefit_dataset: crate::PENSIONS.into(),
+                benefit_record: "P-1".into(),
+                amount: "10.00".into(),
+                evidence_dataset: crate::DEATHS.into(),
+                evidence_record: "DR-1".into(),
+            },
+        };
+        let body = alert_body(&row, "2026-05-01T00:00:00.000Z").to_string();
+        assert_eq!(parse_alert(body.as_bytes(), 3), Some(row.clone()));
+        let standing = AlertRow {
+            status: Status::Standing,
+            ..row
+        };
+        let body = alert_body(&standing, "2026-05-01T00:00:00.000Z");
+        assert_eq!(body["withdrawn_reason"], serde_json::Value::Null);
+        assert_eq!(parse_alert(body.to_string().as_bytes(), 3), Some(standing));
     }
 
+    /// The catalog's checks (the router's) accept what the app publishes,
+    /// standing and withdrawn, under the latest schema version.
     #[test]
-    fn a_checkpoint_survives_a_round_trip_and_a_torn_write_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = Checkpoint::default();
-        c.inputs.entry("view.x".into()).or_default().insert(3, 42);
-        c.output.insert(0, 7);
-        c.detector.already_raised("fa-1");
-        c.save(dir.path()).unwrap();
-        let back = Checkpoint::load(dir.path()).unwrap();
-        assert_eq!(back.inputs["view.x"][&3], 42);
-        assert_eq!(back.output[&0], 7);
-        assert_eq!(back.detector.raised(), 1);
-        std::fs::write(Checkpoint::path(dir.path()), b"{\"inputs\": {").unwrap();
-        let e = Checkpoint::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("not a checkpoint"), "{e}");
+    fn the_catalog_accepts_standing_and_withdrawn_alerts() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+        let catalog = govbus_catalog::Catalog::load(&dir).unwrap_or_else(|p| panic!("{p}"));
+        let engine = govbus_validate::Engine::new(&catalog).unwrap();
+        let now = now_ms();
+        let ctx = govbus_validate::Context::at(now);
+        let time = govbus_catalog::time::format_rfc3339_millis(now);
+        let mut row = AlertRow {
+            version: 1,
+            status: Status::Standing,
+            alert: Alert {
+                alert_id: crate::alert_id(
+                    Rule::UnemploymentWithPension,
+                    crate::UNEMPLOYMENT,
+                    "U-1",
+                ),
+                rule: Rule::UnemploymentWithPension,
+                person_ref: "ps_1".into(),
+                month: "2026-04".into(),
+                benefit_dataset: crate::UNEMPLOYMENT.into(),
+                benefit_record: "U-1".into(),
+                amount: "1800.50".into(),
+                evidence_dataset: crate::PENSIONS.into(),
+                evidence_record: "P-1".into(),
+            },
+        };
+        for status in [
+            Status::Standing,
+            Status::Withdrawn(Reason::PaymentDeleted),
+            Status::Withdrawn(Reason::EvidenceCorrected),
+        ] {
+            row.status = status;
+            let body = alert_body(&row, &time).to_string();
+            let verdict = engine.validate_json(ALERTS, body.as_bytes(), &ctx);
+            assert!(verdict.is_ok(), "{body}: {:?}", verdict.err());
+        }
+        let mut bad = alert_body(&row, &time);
+        bad["status"] = "maybe".into();
+        let verdict = engine.validate_json(ALERTS, bad.to_string().as_bytes(), &ctx);
+        assert!(verdict.is_err(), "an unknown status passed");
     }
 }

@@ -1,13 +1,13 @@
-//! The matching rules, free of Kafka: records go in, alerts come out.
+//! The matching rules, free of Kafka and of storage: what the feeds say,
+//! what an alert is, and the rules as pure functions of the current records.
 //!
-//! Every record is matched against what arrived before it, in whichever
-//! order the four feeds deliver: a death that arrives after the payments it
-//! contradicts raises the same alerts as one that arrives first. An alert is
-//! named by its rule and the benefit payment it concerns, so one payment
-//! raises at most one alert per rule, whatever the number of matching
-//! records and however often the input is replayed.
+//! An alert is named by its rule and the benefit payment it concerns, so one
+//! payment has at most one alert per rule. Whether it *stands* depends only
+//! on the current version of every record (see [`oracle`], the batch form of
+//! the rules, and `state::apply`, the incremental form the app runs): the
+//! order in which creates, corrections and deletions arrive does not matter.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -58,6 +58,49 @@ impl Rule {
     }
 }
 
+/// One of the four feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Feed {
+    /// [`DEATHS`].
+    Deaths,
+    /// [`PENSIONS`].
+    Pensions,
+    /// [`UNEMPLOYMENT`].
+    Unemployment,
+    /// [`CONTRIBUTIONS`].
+    Contributions,
+}
+
+impl Feed {
+    /// Every feed.
+    pub const ALL: [Feed; 4] = [
+        Feed::Deaths,
+        Feed::Pensions,
+        Feed::Unemployment,
+        Feed::Contributions,
+    ];
+
+    /// The dataset name.
+    pub fn dataset(self) -> &'static str {
+        match self {
+            Feed::Deaths => DEATHS,
+            Feed::Pensions => PENSIONS,
+            Feed::Unemployment => UNEMPLOYMENT,
+            Feed::Contributions => CONTRIBUTIONS,
+        }
+    }
+
+    /// The feed of a dataset name.
+    pub fn of(dataset: &str) -> Option<Feed> {
+        Feed::ALL.into_iter().find(|f| f.dataset() == dataset)
+    }
+
+    /// Whether its records are benefit payments (the records alerts are about).
+    pub fn is_benefit(self) -> bool {
+        matches!(self, Feed::Pensions | Feed::Unemployment)
+    }
+}
+
 /// One record of a feed, reduced to what the rules need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
@@ -91,6 +134,8 @@ pub enum Input {
         person: String,
         /// `YYYY-MM` it was paid for.
         month: String,
+        /// The employer's share, when the grant includes `employer_amount`.
+        employer_amount: Option<String>,
     },
 }
 
@@ -112,23 +157,19 @@ pub enum InputError {
     },
 }
 
+type Object = serde_json::Map<String, serde_json::Value>;
+
+fn text(v: &Object, dataset: &'static str, field: &'static str) -> Result<String, InputError> {
+    match v.get(field) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+        _ => Err(InputError::Field { dataset, field }),
+    }
+}
+
 impl Input {
     /// Reads a delivered record (the JSON a Kafka view carries) of `dataset`.
-    pub fn from_json(
-        dataset: &str,
-        value: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Input, InputError> {
-        fn text(
-            v: &serde_json::Map<String, serde_json::Value>,
-            dataset: &'static str,
-            field: &'static str,
-        ) -> Result<String, InputError> {
-            match v.get(field) {
-                Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-                Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
-                _ => Err(InputError::Field { dataset, field }),
-            }
-        }
+    pub fn from_json(dataset: &str, value: &Object) -> Result<Input, InputError> {
         fn month_of(date: String) -> String {
             date.chars().take(7).collect()
         }
@@ -156,10 +197,92 @@ impl Input {
                 record: text(value, CONTRIBUTIONS, "contribution_id")?,
                 person: text(value, CONTRIBUTIONS, "insured_id_number")?,
                 month: text(value, CONTRIBUTIONS, "contribution_month")?,
+                employer_amount: text(value, CONTRIBUTIONS, "employer_amount").ok(),
             },
             other => return Err(InputError::UnknownDataset(other.to_owned())),
         })
     }
+
+    /// The feed it came from.
+    pub fn feed(&self) -> Feed {
+        match self {
+            Input::Death { .. } => Feed::Deaths,
+            Input::Benefit { dataset, .. } if *dataset == PENSIONS => Feed::Pensions,
+            Input::Benefit { .. } => Feed::Unemployment,
+            Input::Contribution { .. } => Feed::Contributions,
+        }
+    }
+
+    /// The record's key in its feed.
+    pub fn record(&self) -> &str {
+        match self {
+            Input::Death { record, .. }
+            | Input::Benefit { record, .. }
+            | Input::Contribution { record, .. } => record,
+        }
+    }
+
+    /// The person it is about.
+    pub fn person(&self) -> &str {
+        match self {
+            Input::Death { person, .. }
+            | Input::Benefit { person, .. }
+            | Input::Contribution { person, .. } => person,
+        }
+    }
+
+    /// Its month (`YYYY-MM`).
+    pub fn month(&self) -> &str {
+        match self {
+            Input::Death { month, .. }
+            | Input::Benefit { month, .. }
+            | Input::Contribution { month, .. } => month,
+        }
+    }
+}
+
+/// A change to one record of a feed: a create or update (`value`) or a
+/// delete (`None`), at a source version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The feed.
+    pub feed: Feed,
+    /// The record's key (the Kafka key of the view: the record id).
+    pub key: String,
+    /// The source version (`ce_sourceversion`): an older one never
+    /// overwrites a newer one; an equal one does (arrival order decides).
+    pub version: u64,
+    /// The record after the change; `None` for a delete.
+    pub value: Option<Input>,
+}
+
+/// Rule parameters that are a department's decision, not the app's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleParams {
+    /// Whether a contribution shows employment only when its employer share
+    /// (`employer_amount`) is above zero. Default `false`: every
+    /// contribution counts. A contribution whose amount is not in the grant
+    /// (the sample grant `hrss_fraud_contributions` leaves it out) counts
+    /// either way: to use this parameter, add `employer_amount` to the grant.
+    #[serde(default)]
+    pub employed_needs_employer_amount: bool,
+}
+
+impl RuleParams {
+    /// Whether a contribution shows that the person was employed that month.
+    pub fn shows_employment(&self, employer_amount: Option<&str>) -> bool {
+        match employer_amount {
+            Some(a) if self.employed_needs_employer_amount => is_positive(a),
+            _ => true,
+        }
+    }
+}
+
+/// Whether a decimal string is above zero.
+fn is_positive(amount: &str) -> bool {
+    let a = amount.trim();
+    !a.starts_with('-') && a.bytes().any(|b| (b'1'..=b'9').contains(&b))
 }
 
 /// A match, as published in `hrss.fraud_alert`.
@@ -177,11 +300,13 @@ pub struct Alert {
     pub benefit_dataset: String,
     /// The payment's key.
     pub benefit_record: String,
-    /// The payment's amount.
+    /// The payment's amount, with at least two decimal places (as published).
     pub amount: String,
     /// The contradicting record's dataset.
     pub evidence_dataset: String,
-    /// The contradicting record's key.
+    /// The contradicting record's key: of several, the first (earliest
+    /// death month, then smallest key), so the choice does not depend on
+    /// arrival order.
     pub evidence_record: String,
 }
 
@@ -197,291 +322,136 @@ pub fn alert_id(rule: Rule, benefit_dataset: &str, benefit_record: &str) -> Stri
     format!("fa-{hex}")
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Payment {
-    dataset: String,
-    record: String,
-    month: String,
-    amount: String,
+/// A benefit payment, as the rules see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Payment<'a> {
+    /// Pensions or unemployment.
+    pub feed: Feed,
+    /// Payment id.
+    pub record: &'a str,
+    /// The person.
+    pub person: &'a str,
+    /// `YYYY-MM`.
+    pub month: &'a str,
+    /// Amount.
+    pub amount: &'a str,
 }
 
-/// Everything the rules remember; serialisable, so that a restart resumes it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Detector {
-    /// person → (death month, registration).
-    deaths: BTreeMap<String, (String, String)>,
-    /// person → payments (pension and unemployment).
-    payments: BTreeMap<String, Vec<Payment>>,
-    /// person → month → first contribution id.
-    contributions: BTreeMap<String, BTreeMap<String, String>>,
-    /// Alerts already raised.
-    raised: BTreeSet<String>,
+/// The other records of the payment's person that the rules read, already
+/// chosen by the caller: `death` is the person's earliest death as
+/// `(month, registration)`; `pension` and `contribution` the smallest key of
+/// a pension and of a contribution showing employment in the payment's month.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Evidence<'a> {
+    /// The earliest death registration of the person.
+    pub death: Option<(&'a str, &'a str)>,
+    /// The first pension in the payment's month.
+    pub pension: Option<&'a str>,
+    /// The first contribution showing employment in the payment's month.
+    pub contribution: Option<&'a str>,
 }
 
-impl Detector {
-    /// Takes in one record; returns the alerts it raises that were not raised before.
-    pub fn observe(&mut self, input: Input) -> Vec<Alert> {
-        let mut found = Vec::new();
-        match input {
-            Input::Death {
-                record,
-                person,
-                month,
-            } => {
-                for p in self.payments.get(&person).into_iter().flatten() {
-                    if p.month > month {
-                        found.push(alert(Rule::PaidAfterDeath, &person, p, DEATHS, &record));
-                    }
+/// The alerts a payment should have, one slot per rule in [`Rule::ALL`] order.
+pub fn judge(p: &Payment<'_>, e: &Evidence<'_>) -> [Option<Alert>; 3] {
+    let alert = |rule: Rule, evidence: Feed, record: &str| Alert {
+        alert_id: alert_id(rule, p.feed.dataset(), p.record),
+        rule,
+        person_ref: p.person.to_owned(),
+        month: p.month.to_owned(),
+        benefit_dataset: p.feed.dataset().to_owned(),
+        benefit_record: p.record.to_owned(),
+        amount: two_places(p.amount),
+        evidence_dataset: evidence.dataset().to_owned(),
+        evidence_record: record.to_owned(),
+    };
+    let unemployment = p.feed == Feed::Unemployment;
+    [
+        e.death
+            .filter(|(month, _)| p.month > *month)
+            .map(|(_, reg)| alert(Rule::PaidAfterDeath, Feed::Deaths, reg)),
+        e.pension
+            .filter(|_| unemployment)
+            .map(|r| alert(Rule::UnemploymentWithPension, Feed::Pensions, r)),
+        e.contribution
+            .filter(|_| unemployment)
+            .map(|r| alert(Rule::UnemploymentWhileEmployed, Feed::Contributions, r)),
+    ]
+}
+
+/// A decimal string with at least two places (payments are whole cents; the
+/// feeds may carry trailing zeros, `1234.5000`).
+pub fn two_places(amount: &str) -> String {
+    match amount.split_once('.') {
+        Some((whole, frac)) => {
+            let frac = frac.trim_end_matches('0');
+            let frac = if frac.len() < 2 {
+                format!("{frac:0<2}")
+            } else {
+                frac.to_owned()
+            };
+            format!("{whole}.{frac}")
+        }
+        None => format!("{amount}.00"),
+    }
+}
+
+/// The rules applied to a whole set of current records at once: every
+/// alert that stands, by id. The app computes the same incrementally; this
+/// is the reference it is tested against (and what a batch re-run gives).
+pub fn oracle(records: &[Input], params: &RuleParams) -> BTreeMap<String, Alert> {
+    let mut out = BTreeMap::new();
+    for r in records {
+        let Input::Benefit {
+            record,
+            person,
+            month,
+            amount,
+            ..
+        } = r
+        else {
+            continue;
+        };
+        let p = Payment {
+            feed: r.feed(),
+            record,
+            person,
+            month,
+            amount,
+        };
+        let mut e = Evidence::default();
+        for o in records.iter().filter(|o| o.person() == person.as_str()) {
+            let key = o.record();
+            match o {
+                Input::Death { month, .. } => {
+                    let this = (month.as_str(), key);
+                    e.death = Some(e.death.map_or(this, |d| d.min(this)));
                 }
-                let entry = self
-                    .deaths
-                    .entry(person)
-                    .or_insert_with(|| (month.clone(), record.clone()));
-                if month < entry.0 {
-                    *entry = (month, record);
+                Input::Benefit {
+                    dataset, month: m, ..
+                } if *dataset == PENSIONS && m == month => {
+                    e.pension = Some(e.pension.map_or(key, |x| x.min(key)));
                 }
-            }
-            Input::Benefit {
-                dataset,
-                record,
-                person,
-                month,
-                amount,
-            } => {
-                let p = Payment {
-                    dataset: dataset.to_owned(),
-                    record,
-                    month,
-                    amount,
-                };
-                if let Some((death_month, registration)) = self.deaths.get(&person) {
-                    if p.month > *death_month {
-                        found.push(alert(
-                            Rule::PaidAfterDeath,
-                            &person,
-                            &p,
-                            DEATHS,
-                            registration,
-                        ));
-                    }
+                Input::Contribution {
+                    month: m,
+                    employer_amount,
+                    ..
+                } if m == month && params.shows_employment(employer_amount.as_deref()) => {
+                    e.contribution = Some(e.contribution.map_or(key, |x| x.min(key)));
                 }
-                let others = self.payments.get(&person).into_iter().flatten();
-                for other in others.filter(|o| o.month == p.month && o.dataset != p.dataset) {
-                    // The unemployment payment is the one in question.
-                    let (benefit, evidence) = if p.dataset == UNEMPLOYMENT {
-                        (&p, other)
-                    } else {
-                        (other, &p)
-                    };
-                    found.push(alert(
-                        Rule::UnemploymentWithPension,
-                        &person,
-                        benefit,
-                        PENSIONS,
-                        &evidence.record,
-                    ));
-                }
-                if p.dataset == UNEMPLOYMENT {
-                    if let Some(c) = self
-                        .contributions
-                        .get(&person)
-                        .and_then(|m| m.get(&p.month))
-                    {
-                        found.push(alert(
-                            Rule::UnemploymentWhileEmployed,
-                            &person,
-                            &p,
-                            CONTRIBUTIONS,
-                            c,
-                        ));
-                    }
-                }
-                let list = self.payments.entry(person).or_default();
-                if !list
-                    .iter()
-                    .any(|o| o.dataset == p.dataset && o.record == p.record)
-                {
-                    list.push(p);
-                }
-            }
-            Input::Contribution {
-                record,
-                person,
-                month,
-            } => {
-                for p in self.payments.get(&person).into_iter().flatten() {
-                    if p.dataset == UNEMPLOYMENT && p.month == month {
-                        found.push(alert(
-                            Rule::UnemploymentWhileEmployed,
-                            &person,
-                            p,
-                            CONTRIBUTIONS,
-                            &record,
-                        ));
-                    }
-                }
-                self.contributions
-                    .entry(person)
-                    .or_default()
-                    .entry(month)
-                    .or_insert(record);
+                _ => {}
             }
         }
-        found.retain(|a| self.raised.insert(a.alert_id.clone()));
-        found
+        for a in judge(&p, &e).into_iter().flatten() {
+            out.insert(a.alert_id.clone(), a);
+        }
     }
-
-    /// Marks an alert as raised (it was found in the output after a restart).
-    pub fn already_raised(&mut self, alert_id: &str) {
-        self.raised.insert(alert_id.to_owned());
-    }
-
-    /// How many alerts have been raised.
-    pub fn raised(&self) -> usize {
-        self.raised.len()
-    }
-}
-
-fn alert(rule: Rule, person: &str, p: &Payment, evidence_dataset: &str, evidence: &str) -> Alert {
-    Alert {
-        alert_id: alert_id(rule, &p.dataset, &p.record),
-        rule,
-        person_ref: person.to_owned(),
-        month: p.month.clone(),
-        benefit_dataset: p.dataset.clone(),
-        benefit_record: p.record.clone(),
-        amount: p.amount.clone(),
-        evidence_dataset: evidence_dataset.to_owned(),
-        evidence_record: evidence.to_owned(),
-    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    fn death(person: &str, month: &str) -> Input {
-        Input::Death {
-            record: format!("DR-{person}"),
-            person: person.into(),
-            month: month.into(),
-        }
-    }
-    fn benefit(dataset: &'static str, id: &str, person: &str, month: &str) -> Input {
-        Input::Benefit {
-            dataset,
-            record: id.into(),
-            person: person.into(),
-            month: month.into(),
-            amount: "100.00".into(),
-        }
-    }
-    fn contribution(id: &str, person: &str, month: &str) -> Input {
-        Input::Contribution {
-            record: id.into(),
-            person: person.into(),
-            month: month.into(),
-        }
-    }
-    fn rules(alerts: &[Alert]) -> Vec<Rule> {
-        alerts.iter().map(|a| a.rule).collect()
-    }
-
-    #[test]
-    fn a_payment_after_death_is_flagged_in_either_order() {
-        let mut d = Detector::default();
-        assert!(d.observe(death("p1", "2026-03")).is_empty());
-        assert!(
-            d.observe(benefit(PENSIONS, "P-1", "p1", "2026-03"))
-                .is_empty(),
-            "same month is fine"
-        );
-        let a = d.observe(benefit(PENSIONS, "P-2", "p1", "2026-04"));
-        assert_eq!(rules(&a), [Rule::PaidAfterDeath]);
-        assert_eq!(a[0].evidence_record, "DR-p1");
-
-        let mut late = Detector::default();
-        assert!(late
-            .observe(benefit(UNEMPLOYMENT, "U-2", "p1", "2026-04"))
-            .is_empty());
-        let b = late.observe(death("p1", "2026-03"));
-        assert_eq!(rules(&b), [Rule::PaidAfterDeath]);
-        assert_eq!(b[0].benefit_record, "U-2");
-    }
-
-    #[test]
-    fn unemployment_with_a_pension_in_the_same_month_is_flagged_once() {
-        let mut d = Detector::default();
-        assert!(d
-            .observe(benefit(UNEMPLOYMENT, "U-1", "p2", "2026-05"))
-            .is_empty());
-        assert!(d
-            .observe(benefit(PENSIONS, "P-9", "p2", "2026-06"))
-            .is_empty());
-        let a = d.observe(benefit(PENSIONS, "P-1", "p2", "2026-05"));
-        assert_eq!(rules(&a), [Rule::UnemploymentWithPension]);
-        assert_eq!(
-            (a[0].benefit_record.as_str(), a[0].evidence_record.as_str()),
-            ("U-1", "P-1")
-        );
-        // A second pension that month does not raise the same alert again.
-        assert!(d
-            .observe(benefit(PENSIONS, "P-2", "p2", "2026-05"))
-            .is_empty());
-        // Replaying the unemployment payment neither.
-        assert!(d
-            .observe(benefit(UNEMPLOYMENT, "U-1", "p2", "2026-05"))
-            .is_empty());
-        assert_eq!(d.raised(), 1);
-    }
-
-    #[test]
-    fn unemployment_while_an_employer_paid_contributions_is_flagged() {
-        let mut d = Detector::default();
-        assert!(d.observe(contribution("C-1", "p3", "2026-02")).is_empty());
-        assert!(d
-            .observe(benefit(UNEMPLOYMENT, "U-7", "p3", "2026-03"))
-            .is_empty());
-        let a = d.observe(benefit(UNEMPLOYMENT, "U-8", "p3", "2026-02"));
-        assert_eq!(rules(&a), [Rule::UnemploymentWhileEmployed]);
-        let b = d.observe(contribution("C-2", "p3", "2026-03"));
-        assert_eq!(rules(&b), [Rule::UnemploymentWhileEmployed]);
-        assert_eq!(b[0].benefit_record, "U-7");
-        assert!(d.observe(contribution("C-3", "p3", "2026-03")).is_empty());
-    }
-
-    #[test]
-    fn other_people_and_other_months_raise_nothing() {
-        let mut d = Detector::default();
-        d.observe(death("a", "2026-01"));
-        d.observe(contribution("C", "b", "2026-05"));
-        d.observe(benefit(PENSIONS, "P", "c", "2026-05"));
-        assert!(d
-            .observe(benefit(UNEMPLOYMENT, "U", "d", "2026-05"))
-            .is_empty());
-        assert!(d
-            .observe(benefit(PENSIONS, "P2", "b", "2026-05"))
-            .is_empty());
-    }
-
-    #[test]
-    fn ids_are_stable_and_state_round_trips() {
-        let mut d = Detector::default();
-        d.observe(death("p1", "2026-03"));
-        let a = d.observe(benefit(PENSIONS, "P-2", "p1", "2026-04"));
-        assert_eq!(
-            a[0].alert_id,
-            alert_id(Rule::PaidAfterDeath, PENSIONS, "P-2")
-        );
-        assert!(a[0].alert_id.starts_with("fa-") && a[0].alert_id.len() == 27);
-        let saved = serde_json::to_string(&d).unwrap();
-        let mut back: Detector = serde_json::from_str(&saved).unwrap();
-        assert_eq!(back, d);
-        assert!(back
-            .observe(benefit(PENSIONS, "P-2", "p1", "2026-04"))
-            .is_empty());
-    }
 
     #[test]
     fn feed_records_are_read_with_clear_errors() {
@@ -498,5 +468,47 @@ mod tests {
         let e = Input::from_json(PENSIONS, missing.as_object().unwrap()).unwrap_err();
         assert!(e.to_string().contains("recipient_id_number"), "{e}");
         assert!(Input::from_json("x.y", missing.as_object().unwrap()).is_err());
+        let c = serde_json::json!({"contribution_id": "C", "insured_id_number": "p", "contribution_month": "2026-01", "employer_amount": "0.00"});
+        match Input::from_json(CONTRIBUTIONS, c.as_object().unwrap()).unwrap() {
+            Input::Contribution {
+                employer_amount, ..
+            } => assert_eq!(employer_amount.as_deref(), Some("0.00")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_employer_amount_parameter_decides_what_shows_employment() {
+        let default = RuleParams::default();
+        let strict = RuleParams {
+            employed_needs_employer_amount: true,
+        };
+        for (amount, by_default, strictly) in [
+            (None, true, true),
+            (Some("0.00"), true, false),
+            (Some("0"), true, false),
+            (Some("-5.00"), true, false),
+            (Some("0.01"), true, true),
+            (Some("1200.00"), true, true),
+        ] {
+            assert_eq!(default.shows_employment(amount), by_default, "{amount:?}");
+            assert_eq!(strict.shows_employment(amount), strictly, "{amount:?}");
+        }
+    }
+
+    #[test]
+    fn amounts_keep_two_places() {
+        assert_eq!(two_places("1234.5000"), "1234.50");
+        assert_eq!(two_places("1234.0000"), "1234.00");
+        assert_eq!(two_places("7"), "7.00");
+        assert_eq!(two_places("0.125"), "0.125");
+    }
+
+    #[test]
+    fn ids_are_stable() {
+        let a = alert_id(Rule::PaidAfterDeath, PENSIONS, "P-2");
+        assert!(a.starts_with("fa-") && a.len() == 27);
+        assert_eq!(a, alert_id(Rule::PaidAfterDeath, PENSIONS, "P-2"));
+        assert_ne!(a, alert_id(Rule::PaidAfterDeath, UNEMPLOYMENT, "P-2"));
     }
 }
