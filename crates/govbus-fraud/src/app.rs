@@ -28,7 +28,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::detect::{Alert, Change, Feed, Input, Rule, RuleParams, ALERTS};
-use crate::state::{self, AlertRow, Outcome, Reason, Status, TxnKv};
+use crate::state::{self, AlertRow, Kv as _, Outcome, Reason, Status, Tbl, TxnKv};
 
 /// The subscriptions (in the sample catalog) whose views feed the app.
 pub const FEEDS: [&str; 4] = [
@@ -248,10 +248,11 @@ struct Counts {
 }
 
 impl Counts {
-    fn read(tx: &govbus_state::WriteTxn) -> Result<Counts, StateError> {
+    fn read(
+        meta: impl Fn(&str) -> Result<Option<Vec<u8>>, StateError>,
+    ) -> Result<Counts, StateError> {
         let get = |k| -> Result<i64, StateError> {
-            Ok(tx
-                .meta(k)?
+            Ok(meta(k)?
                 .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
                 .map_or(0, i64::from_be_bytes))
         };
@@ -315,7 +316,9 @@ pub fn run(config: &AppConfig, metrics: &Metrics, stop: &AtomicBool) -> Result<(
     }
     let output = config.topics.ingest(&config.department);
     let recovered = recover(config, &store, &output)?;
-    let counts = Counts::read(&store.write()?)?;
+    let read = store.read()?;
+    let counts = Counts::read(|k| read.meta(k))?;
+    drop(read);
     metrics.set_counts(counts);
     metrics.recovered.set(recovered as i64);
     tracing::info!(
@@ -344,7 +347,7 @@ pub fn run(config: &AppConfig, metrics: &Metrics, stop: &AtomicBool) -> Result<(
             continue;
         }
         let tx = store.write()?;
-        let mut counts = Counts::read(&tx)?;
+        let mut counts = Counts::read(|k| tx.meta(k))?;
         let net = apply_batch(config, metrics, &tx, &batch)?;
         if !net.is_empty() {
             publish(&producer, &acks, &output, &config.department, &net)?;
@@ -423,17 +426,24 @@ fn apply_batch(
             }
         }
     }
+    // An alert raised and withdrawn within the batch was never seen: it is
+    // forgotten, as if never raised. One that went and came back within the
+    // batch is not published again.
+    let mut kept = Vec::with_capacity(net.len());
+    for o in net {
+        match &o.before {
+            None if o.after.status != Status::Standing => {
+                kv.delete(Tbl::Alerts, o.after.alert.alert_id.as_bytes())?;
+            }
+            Some(b) if b.status == o.after.status && b.alert == o.after.alert => {}
+            _ => kept.push(o),
+        }
+    }
     drop(kv);
     for ((topic, p), next) in offsets {
         tx.set_offset(&topic, p, next)?;
     }
-    // An alert that went and came back within the batch is not published.
-    net.retain(|o| {
-        o.before
-            .as_ref()
-            .is_none_or(|b| b.status != o.after.status || b.alert != o.after.alert)
-    });
-    Ok(net)
+    Ok(kept)
 }
 
 /// Reads one view message as a change: the Kafka key names the record, the
@@ -513,7 +523,7 @@ fn recover(config: &AppConfig, store: &Store, output: &str) -> Result<usize, App
         },
     )?;
     let tx = store.write()?;
-    let mut counts = Counts::read(&tx)?;
+    let mut counts = Counts::read(|k| tx.meta(k))?;
     {
         let mut kv = TxnKv::open(&tx)?;
         for row in &rows {
