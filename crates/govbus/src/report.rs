@@ -25,6 +25,20 @@ pub struct Report {
     pub generated_at: String,
     /// Per department, in catalog order.
     pub departments: Vec<Card>,
+    /// The anti-fraud app's alerts, when its metrics were given.
+    pub fraud: Option<FraudLine>,
+}
+
+/// The anti-fraud app's alerts, from its gauges (kept in its store, so
+/// they survive restarts): raised = standing + withdrawn.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FraudLine {
+    /// Alerts ever raised.
+    pub raised: u64,
+    /// Alerts the current records support.
+    pub standing: u64,
+    /// Alerts withdrawn after a correction or deletion of their records.
+    pub withdrawn: u64,
 }
 
 /// One department's scorecard.
@@ -214,9 +228,22 @@ pub fn gather(
             subscriptions,
         });
     }
+    let fraud = samples
+        .iter()
+        .any(|s| s.name == "govbus_fraud_alerts_standing")
+        .then(|| {
+            let standing = promtext::sum(&samples, "govbus_fraud_alerts_standing", &[]) as u64;
+            let withdrawn = promtext::sum(&samples, "govbus_fraud_alerts_withdrawn", &[]) as u64;
+            FraudLine {
+                raised: standing + withdrawn,
+                standing,
+                withdrawn,
+            }
+        });
     Ok(Report {
         generated_at: govbus_catalog::time::format_rfc3339_millis(now_ms),
         departments,
+        fraud,
     })
 }
 
@@ -277,6 +304,12 @@ impl Report {
             o.push_str(&format!("{id:<18} {bar:<30} {}\n", pct(c.mount_rate)));
         }
         o.push_str("```\n");
+        if let Some(f) = &self.fraud {
+            o.push_str(&format!(
+                "\n## Fraud alerts / 社保待遇疑点\n\n| Raised | Standing | Withdrawn |\n|---:|---:|---:|\n| {} | {} | {} |\n",
+                f.raised, f.standing, f.withdrawn
+            ));
+        }
         for c in &self.departments {
             o.push_str(&format!(
                 "\n## {} {} ({})\n\n",
@@ -540,7 +573,21 @@ mod tests {
                     active: Some(true),
                 }],
             }],
+            fraud: None,
         }
+    }
+
+    #[test]
+    fn the_fraud_line_shows_raised_standing_and_withdrawn() {
+        let mut r = report_of("x");
+        assert!(!r.markdown().contains("Fraud alerts"));
+        r.fraud = Some(FraudLine {
+            raised: 5,
+            standing: 3,
+            withdrawn: 2,
+        });
+        assert!(r.markdown().contains("| Raised | Standing | Withdrawn |"));
+        assert!(r.markdown().contains("| 5 | 3 | 2 |"));
     }
 
     #[test]
