@@ -26,12 +26,13 @@ pub mod time;
 pub use decimal::{Decimal, MAX_SCALE};
 pub use load::{is_dataset_name, Catalog, Problem, Problems, CONFIG_KEY_PREFIX};
 pub use model::{
-    Classification, Compatibility, Dataset, Department, PiiTag, SchemaId, SchemaVersion,
+    Classification, Compatibility, Dataset, Department, LookupField, PiiTag, SchemaId,
+    SchemaVersion,
 };
 pub use rules::{Check, Rule};
 pub use subscriptions::{
-    is_public_ip, parse_predicate, Condition, FileFormat, Op, Predicate, Scalar, SecretSource,
-    Selection, SinkSpec, Subscription, Treatment,
+    is_public_ip, parse_predicate, ApiOperation, Condition, FileFormat, Op, Predicate, Scalar,
+    SecretSource, Selection, SinkSpec, Subscription, Treatment,
 };
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ use serde::Deserialize;
 use crate::fields::{self, FieldInfo, FieldKind};
 use crate::ids::schema_id;
 use crate::model::{
-    Classification, Compatibility, Dataset, Department, PiiTag, SchemaId, SchemaVersion,
+    Classification, Compatibility, Dataset, Department, LookupField, PiiTag, SchemaId,
+    SchemaVersion,
 };
 use crate::rules::{Check, Rule, RuleSpec};
 use crate::subscriptions::{load_subscription, Subscription};
@@ -115,6 +116,16 @@ struct DatasetSpec {
     personal_data: BTreeMap<String, PiiTag>,
     #[serde(default, rename = "rule")]
     rules: Vec<toml::Value>,
+    #[serde(default)]
+    lookup: Vec<LookupSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupSpec {
+    field: String,
+    #[serde(default)]
+    unique: bool,
 }
 
 pub(crate) fn is_ident(s: &str) -> bool {
@@ -564,6 +575,49 @@ fn load_dataset(
         }
     }
 
+    let mut lookup: Vec<LookupField> = Vec::new();
+    for (i, l) in spec.lookup.iter().enumerate() {
+        let path = format!("lookup[{i}].field");
+        match latest_fields.get(l.field.as_str()) {
+            None => c.push(
+                &file,
+                path,
+                format!(
+                    "field `{}` does not exist in v{}",
+                    l.field.escape_debug(),
+                    latest.version
+                ),
+            ),
+            Some(info)
+                if !(info.kind.is_key_kind() || info.kind == crate::fields::FieldKind::Date) =>
+            {
+                c.push(
+                    &file,
+                    path,
+                    format!(
+                        "`{}`: a lookup field is a string, int, long, enum or date",
+                        l.field
+                    ),
+                )
+            }
+            Some(_) if spec.key == [l.field.clone()] => c.push(
+                &file,
+                path,
+                format!(
+                    "`{}` is the key: records are looked up by key already",
+                    l.field
+                ),
+            ),
+            Some(_) if lookup.iter().any(|x| x.field == l.field) => {
+                c.push(&file, path, format!("`{}` is declared twice", l.field))
+            }
+            Some(_) => lookup.push(LookupField {
+                field: l.field.clone(),
+                unique: l.unique,
+            }),
+        }
+    }
+
     let rules = load_rules(&file, &spec.rules, &versions, c);
     check_compatibility(spec.compatibility, &versions, c);
 
@@ -581,6 +635,7 @@ fn load_dataset(
         compatibility: spec.compatibility,
         personal_data: spec.personal_data,
         rules,
+        lookup,
         versions,
         file,
     })

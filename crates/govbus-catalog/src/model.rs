@@ -182,6 +182,19 @@ pub struct SchemaVersion {
     pub file: PathBuf,
 }
 
+/// A field a live interface may look records up by (`[[lookup]]` in
+/// `dataset.toml`): a top-level string, int, long, enum or date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupField {
+    /// The field.
+    pub field: String,
+    /// Whether one value names at most one record (an ID number in a death
+    /// registration): a lookup answers one record, and verification by it is
+    /// allowed. The state does not enforce it; two live records with one
+    /// value of a unique field answer 409.
+    pub unique: bool,
+}
+
 /// A dataset (数据资源): one authoritative source, many versions, quality rules.
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -205,6 +218,8 @@ pub struct Dataset {
     pub personal_data: BTreeMap<String, PiiTag>,
     /// Quality rules, checked on every record at the edge and in the router.
     pub rules: Vec<Rule>,
+    /// Fields besides the key that live interfaces may look records up by.
+    pub lookup: Vec<LookupField>,
     /// Schema versions, oldest first; never empty.
     pub versions: Vec<SchemaVersion>,
     /// The `dataset.toml` it was loaded from.

@@ -437,6 +437,17 @@ pub enum SinkSpec {
     Sse,
     /// The masked, filtered stream in the Kafka topic `view.<id>`.
     KafkaView,
+    /// Live interfaces (数据调用接口): the subscriber looks up or verifies
+    /// single records against the current state (`govbus query`), instead of
+    /// receiving the stream.
+    Api {
+        /// What the subscriber may call.
+        operations: Vec<ApiOperation>,
+        /// Requests per second (the burst is as large); above it: 429.
+        rate: u32,
+        /// Most keys or values in one batch lookup.
+        batch_max: usize,
+    },
     /// Rolling files in a directory.
     File {
         /// Where the files go (created if missing).
@@ -460,6 +471,34 @@ impl SinkSpec {
             SinkSpec::Sse => "sse",
             SinkSpec::KafkaView => "kafka_view",
             SinkSpec::File { .. } => "file",
+            SinkSpec::Api { .. } => "api",
+        }
+    }
+
+    /// Whether it is served over HTTP to callers (a live stream or a live
+    /// interface) rather than run as a delivery task.
+    pub fn is_served(&self) -> bool {
+        matches!(self, SinkSpec::Sse | SinkSpec::Api { .. })
+    }
+}
+
+/// An operation a live-interface grant allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiOperation {
+    /// Read records (by key, or by a declared lookup field), through the policy.
+    Lookup,
+    /// Compare values the caller holds with the stored ones: match or not,
+    /// never a stored value.
+    Verify,
+}
+
+impl ApiOperation {
+    /// The name used in files, metrics and the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiOperation::Lookup => "lookup",
+            ApiOperation::Verify => "verify",
         }
     }
 }
@@ -619,6 +658,8 @@ struct SinkSpecFile {
     format: Option<FileFormat>,
     roll_records: Option<usize>,
     roll_interval: Option<String>,
+    operations: Option<Vec<String>>,
+    rate: Option<u32>,
 }
 
 /// Parses `YYYY-MM-DD` (midnight UTC) or RFC 3339 into epoch milliseconds.
@@ -752,6 +793,13 @@ fn sink_spec(c: &mut Collector, file: &Path, s: SinkSpecFile) -> Option<SinkSpec
         }
     };
     let kind = s.kind.as_str();
+    if kind != "api" {
+        unused("operations", s.operations.is_some(), kind);
+        unused("rate", s.rate.is_some(), kind);
+    }
+    if kind != "webhook" && kind != "api" {
+        unused("batch_max", s.batch_max.is_some(), kind);
+    }
     if kind != "webhook" {
         for (name, present) in [
             ("url", s.url.is_some()),
@@ -761,7 +809,6 @@ fn sink_spec(c: &mut Collector, file: &Path, s: SinkSpecFile) -> Option<SinkSpec
             ("timeout", s.timeout.is_some()),
             ("max_attempts", s.max_attempts.is_some()),
             ("max_backoff", s.max_backoff.is_some()),
-            ("batch_max", s.batch_max.is_some()),
         ] {
             unused(name, present, kind);
         }
@@ -855,6 +902,45 @@ fn sink_spec(c: &mut Collector, file: &Path, s: SinkSpecFile) -> Option<SinkSpec
         }
         "sse" => Some(SinkSpec::Sse),
         "kafka_view" => Some(SinkSpec::KafkaView),
+        "api" => {
+            let mut operations = Vec::new();
+            for op in s.operations.unwrap_or_default() {
+                match op.as_str() {
+                    "lookup" => operations.push(ApiOperation::Lookup),
+                    "verify" => operations.push(ApiOperation::Verify),
+                    other => c.push(
+                        file,
+                        "sink.operations",
+                        format!(
+                            "unknown operation `{}`: use lookup, verify",
+                            other.escape_debug()
+                        ),
+                    ),
+                }
+            }
+            operations.sort();
+            operations.dedup();
+            if operations.is_empty() {
+                c.push(
+                    file,
+                    "sink.operations",
+                    "an api grant names what it allows: `operations = [\"lookup\", \"verify\"]` (or one of them)",
+                );
+            }
+            let rate = s.rate.unwrap_or(20);
+            if rate == 0 || rate > 100_000 {
+                c.push(file, "sink.rate", "requests per second, 1..=100000");
+            }
+            let batch_max = s.batch_max.unwrap_or(100);
+            if batch_max == 0 || batch_max > 1000 {
+                c.push(file, "sink.batch_max", "keys per batch lookup, 1..=1000");
+            }
+            Some(SinkSpec::Api {
+                operations,
+                rate,
+                batch_max,
+            })
+        }
         "file" => {
             let Some(dir) = s.dir else {
                 c.push(file, "sink.dir", "a file sink needs `dir`");
@@ -889,7 +975,7 @@ fn sink_spec(c: &mut Collector, file: &Path, s: SinkSpecFile) -> Option<SinkSpec
                 file,
                 "sink.type",
                 format!(
-                    "unknown sink type `{other}`: use webhook, postgres, sse, kafka_view or file"
+                    "unknown sink type `{other}`: use webhook, postgres, sse, kafka_view, file or api"
                 ),
             );
             None

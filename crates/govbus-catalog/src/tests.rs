@@ -486,7 +486,7 @@ table = "t"
     std::fs::remove_file(subs.join("bad.toml")).expect("rm");
     std::fs::remove_file(subs.join("unknown_sink.toml")).expect("rm");
     let catalog = Catalog::load(dir.path()).expect("sample catalog");
-    assert_eq!(catalog.subscriptions().count(), 9);
+    assert_eq!(catalog.subscriptions().count(), 10);
     let s = catalog
         .subscription("hrss_deaths_pension_stop")
         .expect("sub");
@@ -494,5 +494,91 @@ table = "t"
     assert_eq!(
         s.inactive_reason(crate::time::days_from_civil(2028, 1, 1) * crate::time::MILLIS_PER_DAY),
         Some("expired")
+    );
+}
+
+#[test]
+fn live_interface_grants_and_lookup_fields_are_checked() {
+    let dir = broken_copy();
+    let subs = dir.path().join("subscriptions");
+    let api = |ops: &str, extra: &str| {
+        format!(
+            "subscriber = \"hrss\"\ndataset = \"civil_affairs.death_registration\"\npurpose = \"x\"\n[sink]\ntype = \"api\"\noperations = {ops}\n{extra}"
+        )
+    };
+    for (name, text) in [
+        ("api_no_ops.toml", api("[]", "")),
+        ("api_bad_op.toml", api("[\"lookup\", \"delete\"]", "")),
+        ("api_rate.toml", api("[\"lookup\"]", "rate = 0\nbatch_max = 5000\n")),
+        ("api_url.toml", api("[\"verify\"]", "url = \"https://example.org\"\n")),
+        (
+            "webhook_ops.toml",
+            "subscriber = \"hrss\"\ndataset = \"civil_affairs.death_registration\"\npurpose = \"x\"\n[sink]\ntype = \"webhook\"\nurl = \"https://example.org/h\"\nsecret_env = \"X\"\noperations = [\"lookup\"]\nrate = 3\n".to_owned(),
+        ),
+    ] {
+        std::fs::write(subs.join(name), text).expect("write");
+    }
+    let found = problems(dir.path());
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+    for (file, path, msg) in [
+        ("api_no_ops.toml", "sink.operations", "names what it allows"),
+        (
+            "api_bad_op.toml",
+            "sink.operations",
+            "unknown operation `delete`",
+        ),
+        ("api_rate.toml", "sink.rate", "1..=100000"),
+        ("api_rate.toml", "sink.batch_max", "1..=1000"),
+        ("api_url.toml", "sink.url", "does not apply to a `api` sink"),
+        (
+            "webhook_ops.toml",
+            "sink.operations",
+            "does not apply to a `webhook` sink",
+        ),
+        (
+            "webhook_ops.toml",
+            "sink.rate",
+            "does not apply to a `webhook` sink",
+        ),
+    ] {
+        assert!(
+            has(&found, file, path, msg),
+            "{file} {path} {msg}:\n{shown:#?}"
+        );
+    }
+    let ds = dir
+        .path()
+        .join("datasets/civil_affairs.death_registration/dataset.toml");
+    let mut text = std::fs::read_to_string(&ds).expect("read");
+    text.push_str(
+        "\n[[lookup]]\nfield = \"no_such\"\n\n[[lookup]]\nfield = \"registration_no\"\n\n[[lookup]]\nfield = \"deceased_id_number\"\n\n[[lookup]]\nfield = \"death_place\"\nunique = false\n",
+    );
+    std::fs::write(&ds, text).expect("write");
+    let found = problems(dir.path());
+    let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+    for (file, path, msg) in [
+        ("dataset.toml", "lookup[1].field", "does not exist"),
+        ("dataset.toml", "lookup[2].field", "is the key"),
+        ("dataset.toml", "lookup[3].field", "declared twice"),
+    ] {
+        assert!(
+            has(&found, file, path, msg),
+            "{file} {path} {msg}:\n{shown:#?}"
+        );
+    }
+    assert!(
+        !shown.iter().any(|s| s.contains("lookup[4]")),
+        "a plain string field may be a lookup field:\n{shown:#?}"
+    );
+    let mut text = std::fs::read_to_string(&ds).expect("read");
+    text.push_str("\n[[lookup]]\nfield = \"death_date\"\nextra = 1\n");
+    std::fs::write(&ds, text).expect("write");
+    let shown: Vec<String> = problems(dir.path())
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        shown.iter().any(|s| s.contains("unknown field `extra`")),
+        "an unknown lookup key is refused:\n{shown:#?}"
     );
 }

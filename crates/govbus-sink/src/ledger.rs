@@ -70,6 +70,10 @@ pub struct Entry {
     pub outcome: String,
     /// `ce_id`s of the events in the delivery.
     pub events: Vec<String>,
+    /// Live-interface calls answered (sink `api`); absent otherwise, so
+    /// entries written before calls existed hash as they did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<Call>,
     /// SHA-256 over `prev` and the entry with an empty `hash` and `mac`.
     pub hash: String,
     /// HMAC-SHA256 of `hash` under the ledger key (hex); empty in entries
@@ -163,6 +167,32 @@ impl Checkpoint {
     }
 }
 
+/// One live-interface call, as the ledger keeps it: what was asked and how
+/// it was answered, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    /// When it was answered (RFC 3339, UTC).
+    pub time: String,
+    /// `lookup` or `verify`.
+    pub operation: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// Keys or values asked for.
+    pub keys: u32,
+    /// Count of each result (`found`, `absent`, `match`, `no_match`, ...).
+    pub outcomes: std::collections::BTreeMap<String, u32>,
+    /// Per looked-up value, the first 16 hex digits of its HMAC-SHA256 under
+    /// the ledger key ([`lookup_hash`]): an auditor holding the key can tell
+    /// whether a given value was looked up; nobody else learns the value.
+    pub lookups: Vec<String>,
+}
+
+/// The ledger's keyed hash of one looked-up value (see [`Call::lookups`]).
+pub fn lookup_hash(key: &[u8], value: &str) -> String {
+    let h = crate::crypto::hmac_sha256(key, &[b"govbus-query-lookup\n", value.as_bytes()]);
+    crate::crypto::hex(&h[..8])
+}
+
 /// What a delivery entry records.
 #[derive(Debug, Clone, Default)]
 pub struct Record<'a> {
@@ -180,6 +210,8 @@ pub struct Record<'a> {
     pub outcome: &'a str,
     /// Event ids.
     pub events: Vec<String>,
+    /// Live-interface calls (sink `api`).
+    pub calls: Vec<Call>,
 }
 
 struct Chain {
@@ -264,6 +296,11 @@ impl Ledger {
         &self.writer
     }
 
+    /// The key entries are authenticated with (also keys [`lookup_hash`]).
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
     /// Appends a delivery entry; returns once the broker has it.
     pub async fn append(&self, record: &Record<'_>) -> Result<(), LedgerError> {
         self.write("delivery", record).await
@@ -290,6 +327,7 @@ impl Ledger {
             policy: r.policy.to_owned(),
             outcome: r.outcome.to_owned(),
             events: r.events.clone(),
+            calls: r.calls.clone(),
             hash: String::new(),
             mac: String::new(),
         };
@@ -612,6 +650,7 @@ mod tests {
                     policy: "abc".into(),
                     outcome: "delivered".into(),
                     events: vec![format!("e{seq}")],
+                    calls: Vec::new(),
                     hash: String::new(),
                     mac: String::new(),
                 };

@@ -202,11 +202,11 @@ impl Sinks {
             running.retain(|_, task| !task.is_finished());
             for sub in catalog.subscriptions() {
                 let selected = if self.shared.config.only.is_empty() {
-                    sub.sink != SinkSpec::Sse
+                    !sub.sink.is_served()
                 } else {
                     self.shared.config.only.contains(&sub.id)
                 };
-                if selected && !running.contains_key(&sub.id) && sub.sink != SinkSpec::Sse {
+                if selected && !running.contains_key(&sub.id) && !sub.sink.is_served() {
                     let shared = self.shared.clone();
                     let id = sub.id.clone();
                     let sd = shutdown.clone();
@@ -390,8 +390,9 @@ impl Shared {
                 return;
             }
             let granted = self.grant(&id);
-            if matches!(&granted, Ok((sub, _)) if sub.sink == SinkSpec::Sse) {
-                // Now served by the live-stream endpoint; the supervisor reports it.
+            if matches!(&granted, Ok((sub, _)) if sub.sink.is_served()) {
+                // Now served over HTTP (a live stream or a live interface);
+                // the process serving it reports it.
                 return;
             }
             let ready = match &granted {
@@ -488,7 +489,9 @@ impl Shared {
                         .map_err(|e| format!("PostgreSQL: {e}"))?,
                 )
             }
-            SinkSpec::Sse => return Err("SSE subscriptions are served, not run".into()),
+            SinkSpec::Sse | SinkSpec::Api { .. } => {
+                return Err("live streams and live interfaces are served, not run".into())
+            }
         })
     }
 
@@ -640,6 +643,7 @@ impl Shared {
                     policy: &policy.subscription().policy_version,
                     outcome,
                     events,
+                    calls: Vec::new(),
                 };
                 if let Err(e) = self.ledger.append(&entry).await {
                     return Ended::Failed(e.to_string());
@@ -734,6 +738,7 @@ impl Shared {
                         policy: &sub.policy_version,
                         outcome: "delivered",
                         events: events.iter().map(|e| e.id.clone()).collect(),
+                        calls: Vec::new(),
                     };
                     if let Err(e) = self.ledger.append(&entry).await {
                         return Progress {

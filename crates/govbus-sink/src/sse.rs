@@ -309,6 +309,7 @@ async fn stream(
                 policy: &sub.policy_version,
                 outcome: "streamed",
                 events: sent,
+                calls: Vec::new(),
             };
             shared
                 .ledger

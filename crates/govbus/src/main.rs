@@ -67,6 +67,9 @@ enum Command {
     Snapshot(Box<cmd::snapshot::SnapshotCommand>),
     /// Deliver subscriptions (webhook, PostgreSQL, Kafka view, file) and serve live streams.
     Sink(Box<cmd::sink::SinkArgs>),
+    /// Serve the live interfaces: look up and verify records against the
+    /// current state of each dataset with an `api` grant.
+    Query(Box<cmd::query::QueryArgs>),
     /// The grants (共享授权) in the catalog.
     #[command(subcommand)]
     Subscriptions(cmd::subscriptions::SubscriptionsCommand),
@@ -150,6 +153,7 @@ fn main() -> ExitCode {
         Command::Reasons(a) => cmd::reasons::run(a),
         Command::Router(a) => cmd::router::run(*a),
         Command::Sink(a) => cmd::sink::run(*a),
+        Command::Query(a) => cmd::query::run(*a),
         Command::Snapshot(c) => cmd::snapshot::run(*c),
         Command::Capture(c) => cmd::capture::run(c),
         Command::Subscriptions(c) => cmd::subscriptions::run(c),

@@ -49,6 +49,8 @@ pub struct UpConfig {
     pub sink: Option<SinkSection>,
     /// The anti-fraud app.
     pub fraud: Option<FraudSection>,
+    /// The live interfaces (lookup and verification).
+    pub query: Option<QuerySection>,
 }
 
 /// `[broker]`.
@@ -165,6 +167,33 @@ pub struct SinkSection {
     pub client_ca: Option<PathBuf>,
 }
 
+/// `[query]`: the live interfaces, as `govbus query` runs them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuerySection {
+    /// Where to serve the API.
+    #[serde(default = "default_query")]
+    pub listen: SocketAddr,
+    /// Subscriber tokens (`govbus credential new` format).
+    pub credentials: Option<PathBuf>,
+    /// Where the state store lives (one per instance).
+    #[serde(default = "default_query_state")]
+    pub state_dir: PathBuf,
+    /// HTTPS: certificate chain (PEM). With `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// HTTPS: the certificate's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CAs whose client certificates are accepted (PEM bundle); optional.
+    pub client_ca: Option<PathBuf>,
+}
+
+fn default_query() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9468))
+}
+fn default_query_state() -> PathBuf {
+    PathBuf::from("var/query")
+}
+
 /// `[fraud]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -266,6 +295,12 @@ impl UpConfig {
         if let Some(f) = c.fraud.as_mut() {
             fix(&mut f.state_dir);
         }
+        if let Some(q) = c.query.as_mut() {
+            fix(&mut q.state_dir);
+            if let Some(p) = q.credentials.as_mut() {
+                fix(p);
+            }
+        }
         let tls_files = [
             c.registry
                 .as_mut()
@@ -276,6 +311,9 @@ impl UpConfig {
             c.sink
                 .as_mut()
                 .map(|s| [&mut s.tls_cert, &mut s.tls_key, &mut s.client_ca]),
+            c.query
+                .as_mut()
+                .map(|q| [&mut q.tls_cert, &mut q.tls_key, &mut q.client_ca]),
         ];
         for p in tls_files.into_iter().flatten().flatten().flatten() {
             fix(p);
@@ -336,6 +374,9 @@ impl UpConfig {
                     r.mode
                 ));
             }
+        }
+        if let Some(q) = &self.query {
+            addrs.push(("query", q.listen));
         }
         if let Some(s) = &self.sink {
             addrs.push(("sink", s.listen));
@@ -402,6 +443,7 @@ impl UpConfig {
         addrs.extend(self.registry.as_ref().map(|r| ("registry", r.listen)));
         addrs.extend(self.gateway.as_ref().map(|g| ("gateway", g.listen)));
         addrs.extend(self.sink.as_ref().map(|s| ("sink", s.listen)));
+        addrs.extend(self.query.as_ref().map(|q| ("query", q.listen)));
         for (what, addr) in addrs {
             if addr.port() != 0 {
                 if let Err(e) = std::net::TcpListener::bind(addr) {
@@ -506,6 +548,13 @@ impl UpConfig {
         if let Some(f) = &self.fraud {
             plan.push(format!("fraud     state in {}", f.state_dir.display()));
         }
+        if let Some(q) = &self.query {
+            plan.push(format!(
+                "query     http://{}/v1/query/ (state in {})",
+                at(q.listen, bound.query),
+                q.state_dir.display()
+            ));
+        }
         plan.push(format!(
             "metrics   http://{}/metrics",
             at(self.metrics.listen, bound.metrics)
@@ -590,6 +639,7 @@ pub struct Telemetry {
     gateway: Option<Arc<Gateway>>,
     sink: Option<govbus_sink::Metrics>,
     fraud: Option<govbus_fraud::Metrics>,
+    query: Option<govbus_query::Metrics>,
     extra: Vec<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
@@ -613,6 +663,9 @@ impl Telemetry {
             out.push_str(&m.render());
         }
         if let Some(m) = &self.fraud {
+            out.push_str(&m.render());
+        }
+        if let Some(m) = &self.query {
             out.push_str(&m.render());
         }
         for f in &self.extra {
@@ -642,6 +695,8 @@ pub struct Addrs {
     pub gateway: Option<SocketAddr>,
     /// Live streams.
     pub sink: Option<SocketAddr>,
+    /// Live interfaces.
+    pub query: Option<SocketAddr>,
 }
 
 /// Things `govbus demo` adds to a config.
@@ -692,6 +747,7 @@ struct Listeners {
     registry: Option<tokio::net::TcpListener>,
     gateway: Option<tokio::net::TcpListener>,
     sink: Option<tokio::net::TcpListener>,
+    query: Option<tokio::net::TcpListener>,
 }
 
 impl Listeners {
@@ -710,6 +766,10 @@ impl Listeners {
                 Some(s) => Some(bind(s.listen, "sink").await?),
                 None => None,
             },
+            query: match &config.query {
+                Some(q) => Some(bind(q.listen, "query").await?),
+                None => None,
+            },
         })
     }
 
@@ -721,6 +781,7 @@ impl Listeners {
             registry: local(&self.registry)?,
             gateway: local(&self.gateway)?,
             sink: local(&self.sink)?,
+            query: local(&self.query)?,
         })
     }
 }
@@ -774,6 +835,7 @@ impl System {
             gateway: None,
             sink: None,
             fraud: None,
+            query: None,
             extra: Vec::new(),
         };
 
@@ -898,6 +960,50 @@ impl System {
                 tokio::spawn(async move {
                     let server = tokio::spawn(govbus_http::serve(listener, app, options, shutdown));
                     sinks.run(rx).await;
+                    server.abort();
+                    Ok(())
+                }),
+            ));
+        }
+
+        if let (Some(q), Some(listener)) = (&config.query, listeners.query.take()) {
+            let mut credentials = match &q.credentials {
+                Some(p) => Credentials::load(p, &known)?,
+                None => Credentials::default(),
+            };
+            for (d, t) in &extras.sink_tokens {
+                credentials = credentials.with_token(d, t);
+            }
+            let mut qc = govbus_query::QueryConfig::new(bootstrap.clone(), &q.state_dir);
+            qc.topics = topics.clone();
+            qc.pseudonym_secret = crate::cmd::sink::pseudonym_secret("GOVBUS_PSEUDONYM_SECRET")?;
+            qc.ledger_key = crate::cmd::sink::ledger_key()?;
+            qc.client_overrides = overrides.clone();
+            let (cat_tx, cat_rx) = watch::channel(Arc::new(catalog.clone()));
+            if let Some(dir) = &config.catalog {
+                crate::cmd::sink::watch_catalog(dir.clone(), cat_tx);
+            }
+            let query =
+                govbus_query::Query::start(qc, cat_rx, credentials, govbus_query::Metrics::new())
+                    .await
+                    .context("[query] start the live interfaces")?;
+            telemetry.query = Some(query.metrics().clone());
+            let app = govbus_query::api::router(&query);
+            let options = govbus_http::Options {
+                tls: crate::cmd::gateway::tls_from_files(
+                    q.tls_cert.as_deref(),
+                    q.tls_key.as_deref(),
+                    q.client_ca.as_deref(),
+                )?,
+                ..govbus_http::Options::default()
+            };
+            let shutdown = until(stop_rx.clone());
+            let rx = stop_rx.clone();
+            tasks.push((
+                "query",
+                tokio::spawn(async move {
+                    let server = tokio::spawn(govbus_http::serve(listener, app, options, shutdown));
+                    query.supervise(rx).await;
                     server.abort();
                     Ok(())
                 }),

@@ -79,6 +79,10 @@ pub struct QueryArgs {
     /// Catalog directory (for --key). Default: the embedded sample.
     #[arg(long, env = "GOVBUS_CATALOG")]
     catalog: Option<PathBuf>,
+    /// Only live-interface calls that looked this key or value up (matched
+    /// by its keyed hash under GOVBUS_LEDGER_KEY; the ledger never holds it).
+    #[arg(long, value_name = "VALUE", conflicts_with_all = ["key", "event"])]
+    looked_up: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     format: Format,
@@ -281,13 +285,26 @@ fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
         }
         wanted = Some(ids);
     }
+    let looked_up = match &a.looked_up {
+        Some(v) => Some(govbus_sink::ledger::lookup_hash(
+            &crate::cmd::sink::ledger_key()?,
+            v,
+        )),
+        None => None,
+    };
     let entries = read(&a.source)?;
     let mut rows = Vec::new();
     let mut json = Vec::new();
     for (pos, e) in entries {
-        let Some(e) = e else { continue };
+        let Some(mut e) = e else { continue };
         if e.kind != "delivery" || e.subscription != a.subscription {
             continue;
+        }
+        if let Some(h) = &looked_up {
+            e.calls.retain(|c| c.lookups.contains(h));
+            if e.calls.is_empty() {
+                continue;
+            }
         }
         if since.as_deref().is_some_and(|s| e.time.as_str() < s) {
             continue;
@@ -311,6 +328,13 @@ fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
                     .join(" ")
+            } else if !e.calls.is_empty() {
+                let mut ops: std::collections::BTreeMap<&str, usize> = Default::default();
+                for c in &e.calls {
+                    *ops.entry(c.operation.as_str()).or_default() += 1;
+                }
+                let ops: Vec<String> = ops.iter().map(|(o, n)| format!("{o} {n}")).collect();
+                format!("{} calls ({})", e.calls.len(), ops.join(", "))
             } else {
                 format!("{} events", e.events.len())
             },
@@ -318,7 +342,7 @@ fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
         ]);
         json.push(serde_json::json!({
             "time": e.time, "subscriber": e.subscriber, "outcome": e.outcome, "sink": e.sink,
-            "policy": e.policy, "events": matched, "ledger_offset": pos,
+            "policy": e.policy, "events": matched, "calls": e.calls, "ledger_offset": pos,
         }));
     }
     if a.format == Format::Json {
@@ -338,9 +362,11 @@ fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
         );
         println!("{} deliveries", rows.len());
     }
-    Ok(if rows.is_empty() && wanted.is_some() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if rows.is_empty() && (wanted.is_some() || looked_up.is_some()) {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod dlq;
 pub mod gateway;
 pub mod publish;
+pub mod query;
 pub mod reasons;
 pub mod registry;
 pub mod report;

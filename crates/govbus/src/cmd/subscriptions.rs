@@ -76,6 +76,15 @@ pub fn run(cmd: SubscriptionsCommand) -> anyhow::Result<ExitCode> {
                 SinkSpec::File { dir, .. } => format!("file {}", dir.display()),
                 SinkSpec::Sse => format!("sse /v1/subscriptions/{}/events", s.id),
                 SinkSpec::KafkaView => format!("kafka view.{}", s.id),
+                SinkSpec::Api { operations, .. } => format!(
+                    "api /v1/query/{}/ ({})",
+                    s.id,
+                    operations
+                        .iter()
+                        .map(|o| o.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             };
             vec![
                 s.id.clone(),

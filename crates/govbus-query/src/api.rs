@@ -1,0 +1,1270 @@
+//! The HTTP API of the live interfaces, under `/v1/query/<subscription>/`:
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET records/<key>` (`?min_version=N&wait=5s`) | the record through the grant's policy, its source version, the state's freshness; 404 absent or filtered out |
+//! | `GET by/<field>/<value>` | the records whose declared lookup field holds the value |
+//! | `POST batch` `{"keys": [..]}` or `{"field": f, "values": [..]}` | one result per key or value, at most the grant's `batch_max` |
+//! | `POST verify` `{"key"\|"field"+"value", "fields": {..}}` | per field `match`, `no_match` or `no_such_record` — never a stored value |
+//!
+//! Every call names the subscription and carries the subscriber's bearer
+//! token (or client certificate). Checks, in order: 401 no or unknown
+//! credential; 404 no such live-interface subscription; 403 another
+//! department's grant, a grant not active now (revoked, expired, not yet
+//! valid) or an operation it does not allow; 429 over the grant's rate, with
+//! `Retry-After`; 400 a malformed request; 413 too many keys or too large a
+//! body. A record outside the grant's row filter is answered exactly as an
+//! absent one. Each answered call is appended to the delivery ledger —
+//! operation, counts, a keyed hash of each looked-up value — before the
+//! answer leaves; if the ledger cannot be written the call gets 503.
+
+// An early answer is a `Response`: boxing it buys nothing on a path that
+// ends the request.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Query as UrlQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use govbus_catalog::fields::{top_level, FieldKind};
+use govbus_catalog::{ApiOperation, Catalog, Dataset, PiiTag, Scalar, SinkSpec, Subscription};
+use govbus_sink::ledger::{lookup_hash, Call, Ledger, Record};
+use govbus_sink::policy::Policy;
+use govbus_state::records::{self, Entry};
+use serde::Deserialize;
+use serde_json::{json, Map, Value as Json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::builder::{now_ms, DatasetState};
+use crate::{index_text, Inner, Query};
+
+/// Largest request body (a batch of keys, a verification).
+pub const MAX_BODY: usize = 1 << 20;
+/// Longest key or value accepted.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Most fields one verification compares.
+pub const MAX_VERIFY_FIELDS: usize = 32;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+fn problem(status: StatusCode, error: &str, detail: impl Into<String>) -> Response {
+    let body = json!({"error": error, "detail": detail.into()}).to_string();
+    let mut r = (status, [("content-type", "application/json")], body).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// The routes, `/metrics`, `/health` and `/ready`.
+pub fn router(query: &Query) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/query/openapi.json", get(openapi))
+        .route("/v1/query/{sub}/records/{key}", get(lookup_one))
+        .route("/v1/query/{sub}/by/{field}/{value}", get(lookup_by))
+        .route("/v1/query/{sub}/batch", post(batch))
+        .route("/v1/query/{sub}/verify", post(verify))
+        .route("/metrics", get(metrics))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .with_state(query.inner.clone())
+}
+
+async fn openapi() -> Response {
+    ([("content-type", "application/json")], OPENAPI).into_response()
+}
+
+async fn metrics(State(st): State<Arc<Inner>>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn ready(State(st): State<Arc<Inner>>) -> Response {
+    let q = Query { inner: st };
+    if q.ready() {
+        "ready\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "catching up: a dataset's state has not reached the end of its topic yet\n",
+        )
+            .into_response()
+    }
+}
+
+// ---------------------------------------------------------------- audit ----
+
+struct Pending {
+    sub: Subscription,
+    call: Call,
+    done: oneshot::Sender<bool>,
+}
+
+enum AuditMsg {
+    Call(Box<Pending>),
+    Close,
+}
+
+/// Appends calls to the ledger: every call waiting while one append is in
+/// flight goes into the next (one entry per subscription), so throughput
+/// does not depend on the broker's round trip, and no answer leaves before
+/// its entry is acknowledged.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    tx: mpsc::Sender<AuditMsg>,
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for AuditMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditMsg")
+    }
+}
+
+impl Audit {
+    pub(crate) fn start(ledger: Ledger) -> Audit {
+        let key = ledger.key().to_vec();
+        let (tx, mut rx) = mpsc::channel::<AuditMsg>(65_536);
+        tokio::spawn(async move {
+            let mut closing = false;
+            while !closing {
+                let Some(first) = rx.recv().await else { break };
+                let mut batch = Vec::new();
+                let mut push = |m: AuditMsg, closing: &mut bool| match m {
+                    AuditMsg::Call(p) => batch.push(*p),
+                    AuditMsg::Close => *closing = true,
+                };
+                push(first, &mut closing);
+                while let Ok(m) = rx.try_recv() {
+                    push(m, &mut closing);
+                }
+                let mut groups: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
+                for p in batch {
+                    groups.entry(p.sub.id.clone()).or_default().push(p);
+                }
+                for pending in groups.into_values() {
+                    let sub = &pending[0].sub;
+                    let record = Record {
+                        subscription: &sub.id,
+                        subscriber: &sub.subscriber,
+                        dataset: &sub.dataset,
+                        sink: "api",
+                        policy: &sub.policy_version,
+                        outcome: "answered",
+                        events: Vec::new(),
+                        calls: pending.iter().map(|p| p.call.clone()).collect(),
+                    };
+                    let ok = match ledger.append(&record).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::error!(message = "Cannot record live-interface calls in the ledger; they are refused.", subscription = %sub.id, error = %e);
+                            false
+                        }
+                    };
+                    for p in pending {
+                        let _ = p.done.send(ok);
+                    }
+                }
+            }
+            if let Err(e) = ledger.close().await {
+                tracing::warn!(message = "Cannot close the query ledger chain.", error = %e);
+            }
+        });
+        Audit { tx, key }
+    }
+
+    /// Records `call`; true once the ledger has it.
+    async fn record(&self, sub: &Subscription, call: Call) -> bool {
+        let (done, wait) = oneshot::channel();
+        let msg = AuditMsg::Call(Box::new(Pending {
+            sub: sub.clone(),
+            call,
+            done,
+        }));
+        if self.tx.send(msg).await.is_err() {
+            return false;
+        }
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(false)
+    }
+
+    pub(crate) fn close(&self) {
+        let _ = self.tx.try_send(AuditMsg::Close);
+    }
+}
+
+// ----------------------------------------------------------- rate limit ----
+
+/// Token buckets, one per subscription: `rate` a second, bursts of `rate`.
+#[derive(Debug, Default)]
+pub struct Limits {
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl Limits {
+    /// Takes one token; how long until one is available when there is none.
+    fn take(&self, sub: &str, rate: u32) -> Result<(), Duration> {
+        let rate = f64::from(rate.max(1));
+        let now = Instant::now();
+        let Ok(mut b) = self.buckets.lock() else {
+            return Ok(());
+        };
+        let (tokens, last) = b.entry(sub.to_owned()).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / rate))
+        }
+    }
+}
+
+// -------------------------------------------------------- authorization ----
+
+/// A call that may go ahead: its grant, compiled.
+struct Granted {
+    sub: Subscription,
+    ds: Dataset,
+    policy: Policy,
+    state: Arc<DatasetState>,
+    catalog: Arc<Catalog>,
+    batch_max: usize,
+    started: Instant,
+}
+
+fn authorize(
+    st: &Inner,
+    headers: &HeaderMap,
+    peer: Option<&govbus_http::PeerCertificate>,
+    id: &str,
+    op: ApiOperation,
+) -> Result<Granted, Response> {
+    let started = Instant::now();
+    let auth = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap_or(""));
+    let department = match (auth, peer) {
+        (Some(v), _) => match v.strip_prefix("Bearer ").map(str::trim) {
+            Some(t) if !t.is_empty() => st.credentials.department(t),
+            _ => {
+                return Err(problem(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the Authorization header must be `Bearer <token>` with a token of the subscribing department",
+                ))
+            }
+        },
+        (None, Some(cert)) => st.credentials.department_for_certificate(&cert.0),
+        (None, None) => None,
+    };
+    let Some(department) = department else {
+        return Err(problem(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send `Authorization: Bearer <token>` with a token of the subscribing department, or connect with a client certificate listed for it",
+        ));
+    };
+    let catalog = st.catalog.borrow().clone();
+    let Some(sub) = catalog
+        .subscription(id)
+        .filter(|s| matches!(s.sink, SinkSpec::Api { .. }))
+    else {
+        return Err(problem(
+            StatusCode::NOT_FOUND,
+            "no_such_subscription",
+            format!("no live-interface subscription `{}`", id.escape_debug()),
+        ));
+    };
+    if sub.subscriber != department {
+        tracing::warn!(message = "A department called another department's live interface.", subscription = %sub.id, caller = %department);
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("subscription `{id}` belongs to another department"),
+        ));
+    }
+    let SinkSpec::Api {
+        operations,
+        rate,
+        batch_max,
+    } = &sub.sink
+    else {
+        return Err(problem(
+            StatusCode::NOT_FOUND,
+            "no_such_subscription",
+            "not a live interface",
+        ));
+    };
+    if let Some(reason) = sub.inactive_reason(now_ms()) {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "grant_inactive",
+            format!("subscription `{id}` does not allow calls: {reason}"),
+        ));
+    }
+    if !operations.contains(&op) {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "operation_not_granted",
+            format!(
+                "subscription `{id}` allows {}, not {}",
+                operations
+                    .iter()
+                    .map(|o| o.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                op.as_str()
+            ),
+        ));
+    }
+    if let Err(wait) = st.limits.take(&sub.id, *rate) {
+        st.metrics.call(&sub.id, op.as_str(), 429, 0.0);
+        let secs = wait.as_secs_f64().ceil().max(1.0);
+        let mut r = problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("subscription `{id}` allows {rate} requests a second; retry after {secs} s"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&format!("{secs}")) {
+            r.headers_mut().insert("retry-after", v);
+        }
+        return Err(r);
+    }
+    let Some(ds) = catalog.dataset(&sub.dataset).cloned() else {
+        return Err(problem(
+            StatusCode::NOT_FOUND,
+            "no_such_dataset",
+            "the grant's dataset is not in the catalog",
+        ));
+    };
+    let state = st
+        .datasets
+        .read()
+        .ok()
+        .and_then(|d| d.get(&sub.dataset).cloned());
+    let Some(state) = state else {
+        let mut r = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_starting",
+            "this dataset's state is being started; retry in a few seconds",
+        );
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("2"));
+        return Err(r);
+    };
+    let policy = Policy::new(sub, &ds, &st.config.pseudonym_secret);
+    let (sub, batch_max) = (sub.clone(), *batch_max);
+    Ok(Granted {
+        sub,
+        ds,
+        policy,
+        state,
+        catalog,
+        batch_max,
+        started,
+    })
+}
+
+// ------------------------------------------------------------- answers ----
+
+fn check_text(what: &str, s: &str) -> Result<(), Response> {
+    if s.is_empty() {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{what} is empty"),
+        ));
+    }
+    if s.len() > MAX_KEY_BYTES {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{what} is {} bytes; at most {MAX_KEY_BYTES}", s.len()),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{what} contains a control character"),
+        ));
+    }
+    Ok(())
+}
+
+fn freshness(state: &DatasetState) -> Json {
+    let f = state.freshness();
+    json!({
+        "applied_until": if f.newest_ms > 0 { Json::String(govbus_catalog::time::format_rfc3339_millis(f.newest_ms)) } else { Json::Null },
+        "age_ms": if f.newest_ms > 0 { Json::from((now_ms() - f.newest_ms).max(0)) } else { Json::Null },
+        "lag": f.lag,
+        "caught_up": f.caught_up,
+    })
+}
+
+enum Seen {
+    /// Live and inside the row filter, under the policy.
+    Record(Json),
+    /// Absent, deleted or filtered out: indistinguishable to the caller.
+    Absent,
+}
+
+/// The stored record (decoded, clear) if it is live and inside the row filter.
+fn visible(g: &Granted, entry: Option<&Entry>) -> Result<Option<Map<String, Json>>, Response> {
+    let Some(value) = entry.and_then(|e| e.value.as_ref()) else {
+        return Ok(None);
+    };
+    let record = govbus_sink::decode::to_json(&g.catalog, value).map_err(|e| {
+        tracing::error!(message = "A stored record does not decode with this catalog.", dataset = %g.sub.dataset, error = %e);
+        problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "undecodable",
+            "the stored record does not decode with this process's catalog (a newer schema version?); the operator is alerted",
+        )
+    })?;
+    Ok(g.policy.admits(&record).then_some(record))
+}
+
+fn render(g: &Granted, key: &str, entry: Option<&Entry>) -> Result<Seen, Response> {
+    let (Some(e), Some(record)) = (entry, visible(g, entry)?) else {
+        return Ok(Seen::Absent);
+    };
+    Ok(Seen::Record(json!({
+        "key": g.policy.subject(key),
+        "sourceversion": e.version.to_string(),
+        "id": e.id,
+        "time": govbus_catalog::time::format_rfc3339_millis(e.time_ms),
+        "data": Json::Object(g.policy.apply(record)),
+    })))
+}
+
+fn read_entry(st: &Inner, dataset: &str, key: &str) -> Result<Option<Entry>, Response> {
+    let r = st.store.read().map_err(store_error)?;
+    records::get(&r, dataset, key).map_err(store_error)
+}
+
+fn store_error(e: govbus_state::StateError) -> Response {
+    tracing::error!(message = "State store read failed.", error = %e);
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "state_unavailable",
+        "the state store cannot be read; retry shortly",
+    )
+}
+
+/// Records the call, counts it, and answers `body` — or 503 when the ledger
+/// does not take it.
+async fn answer(
+    st: &Inner,
+    g: &Granted,
+    op: ApiOperation,
+    looked_up: &[&str],
+    outcomes: BTreeMap<String, u32>,
+    status: StatusCode,
+    body: Json,
+) -> Response {
+    let call = Call {
+        time: govbus_catalog::time::format_rfc3339_millis(now_ms()),
+        operation: op.as_str().to_owned(),
+        status: status.as_u16(),
+        keys: u32::try_from(looked_up.len()).unwrap_or(u32::MAX),
+        outcomes: outcomes.clone(),
+        lookups: looked_up
+            .iter()
+            .map(|v| lookup_hash(&st.audit.key, v))
+            .collect(),
+    };
+    let recorded = st.audit.record(&g.sub, call).await;
+    let (status, body) = if recorded {
+        for (result, n) in &outcomes {
+            st.metrics
+                .result(&g.sub.id, op.as_str(), result, u64::from(*n));
+        }
+        (status, body)
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "audit_unavailable", "detail": "the call could not be recorded in the audit ledger, so it is not answered; retry shortly"}),
+        )
+    };
+    st.metrics.call(
+        &g.sub.id,
+        op.as_str(),
+        status.as_u16(),
+        g.started.elapsed().as_secs_f64(),
+    );
+    let mut r = (
+        status,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("2"));
+    }
+    r
+}
+
+fn count(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+    pairs
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| ((*k).to_owned(), *n))
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    min_version: Option<String>,
+    wait: Option<String>,
+}
+
+type Peer = Option<axum::Extension<govbus_http::PeerCertificate>>;
+
+fn path_error(e: axum::extract::rejection::PathRejection) -> Response {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        format!("the path does not decode: {e} (percent-encode keys as UTF-8)"),
+    )
+}
+
+async fn lookup_one(
+    State(st): State<Arc<Inner>>,
+    path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    q: Result<UrlQuery<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    let Path((id, key)) = match path {
+        Ok(p) => p,
+        Err(e) => return path_error(e),
+    };
+    let g = match authorize(
+        &st,
+        &headers,
+        peer.as_ref().map(|p| &p.0),
+        &id,
+        ApiOperation::Lookup,
+    ) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_text("the key", &key) {
+        return r;
+    }
+    let UrlQuery(q) = match q {
+        Ok(q) => q,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
+    let min_version = match q.min_version.as_deref().map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "min_version is a non-negative integer (the source version you published)",
+            )
+        }
+    };
+    let wait = match q.wait.as_deref().map(humantime_parse) {
+        None => Duration::from_secs(5).min(st.config.max_wait),
+        Some(Some(d)) if d <= st.config.max_wait => d,
+        Some(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "wait is a duration like `2s`, at most {}",
+                    humantime_format(st.config.max_wait)
+                ),
+            )
+        }
+    };
+    let mut commits = g.state.commits();
+    let deadline = tokio::time::Instant::now() + wait;
+    let entry = loop {
+        let entry = match read_entry(&st, &g.sub.dataset, &key) {
+            Ok(e) => e,
+            Err(r) => return r,
+        };
+        let Some(min) = min_version else { break entry };
+        if entry.as_ref().is_some_and(|e| e.version >= min) {
+            break entry;
+        }
+        let changed = tokio::time::timeout_at(deadline, commits.changed()).await;
+        if !matches!(changed, Ok(Ok(()))) {
+            let body = json!({
+                "error": "version_not_reached",
+                "detail": format!("after {}, the state does not hold version {min} of this key yet", humantime_format(wait)),
+                "freshness": freshness(&g.state),
+            });
+            let mut r = answer(
+                &st,
+                &g,
+                ApiOperation::Lookup,
+                &[&key],
+                count(&[("not_reached", 1)]),
+                StatusCode::CONFLICT,
+                body,
+            )
+            .await;
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            return r;
+        }
+    };
+    match render(&g, &key, entry.as_ref()) {
+        Err(r) => r,
+        Ok(Seen::Absent) => {
+            let body = json!({"error": "not_found", "detail": "no record with this key", "freshness": freshness(&g.state)});
+            answer(
+                &st,
+                &g,
+                ApiOperation::Lookup,
+                &[&key],
+                count(&[("absent", 1)]),
+                StatusCode::NOT_FOUND,
+                body,
+            )
+            .await
+        }
+        Ok(Seen::Record(mut rec)) => {
+            if let Json::Object(o) = &mut rec {
+                o.insert("subscription".into(), Json::String(g.sub.id.clone()));
+                o.insert("dataset".into(), Json::String(g.sub.dataset.clone()));
+                o.insert("freshness".into(), freshness(&g.state));
+            }
+            answer(
+                &st,
+                &g,
+                ApiOperation::Lookup,
+                &[&key],
+                count(&[("found", 1)]),
+                StatusCode::OK,
+                rec,
+            )
+            .await
+        }
+    }
+}
+
+fn humantime_parse(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(secs))
+}
+
+fn humantime_format(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// The declared lookup field `field` of the grant's dataset, checked: it
+/// must be declared and delivered by the grant.
+fn lookup_field<'a>(
+    g: &'a Granted,
+    field: &str,
+) -> Result<&'a govbus_catalog::LookupField, Response> {
+    let Some(l) = g.ds.lookup.iter().find(|l| l.field == field) else {
+        let declared: Vec<&str> = g.ds.lookup.iter().map(|l| l.field.as_str()).collect();
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "unknown_lookup_field",
+            format!(
+                "`{}` is not a lookup field of {}; declared: {}",
+                field.escape_debug(),
+                g.ds.name,
+                if declared.is_empty() {
+                    "none (look up by key)".to_owned()
+                } else {
+                    declared.join(", ")
+                }
+            ),
+        ));
+    };
+    if !g.sub.delivers(field, &g.ds.key) {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "field_not_granted",
+            format!("`{field}` is not among the fields your grant delivers"),
+        ));
+    }
+    Ok(l)
+}
+
+fn tag_of(ds: &Dataset, field: &str) -> Option<PiiTag> {
+    ds.personal_data.get(field).copied()
+}
+
+/// The live, visible records whose `field` holds `value`, at most `limit`
+/// (plus whether there were more).
+fn find_by(
+    st: &Inner,
+    g: &Granted,
+    field: &str,
+    value: &str,
+    limit: usize,
+) -> Result<(Vec<(String, Entry)>, bool), Response> {
+    let text =
+        index_text(tag_of(&g.ds, field), &Json::String(value.to_owned())).unwrap_or_default();
+    let r = st.store.read().map_err(store_error)?;
+    let keys =
+        records::keys_by(&r, &g.sub.dataset, field, &text, limit + 1).map_err(store_error)?;
+    let more = keys.len() > limit;
+    let mut out = Vec::new();
+    for k in keys.into_iter().take(limit) {
+        if let Some(e) = records::get(&r, &g.sub.dataset, &k).map_err(store_error)? {
+            out.push((k, e));
+        }
+    }
+    Ok((out, more))
+}
+
+async fn lookup_by(
+    State(st): State<Arc<Inner>>,
+    path: Result<Path<(String, String, String)>, axum::extract::rejection::PathRejection>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    let Path((id, field, value)) = match path {
+        Ok(p) => p,
+        Err(e) => return path_error(e),
+    };
+    let g = match authorize(
+        &st,
+        &headers,
+        peer.as_ref().map(|p| &p.0),
+        &id,
+        ApiOperation::Lookup,
+    ) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_text("the value", &value) {
+        return r;
+    }
+    let unique = match lookup_field(&g, &field) {
+        Ok(l) => l.unique,
+        Err(r) => return r,
+    };
+    let (found, more) = match find_by(&st, &g, &field, &value, g.batch_max) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let mut out = Vec::new();
+    for (k, e) in &found {
+        match render(&g, k, Some(e)) {
+            Err(r) => return r,
+            Ok(Seen::Record(rec)) => out.push(rec),
+            Ok(Seen::Absent) => {}
+        }
+    }
+    if unique && out.len() > 1 {
+        let body = json!({"error": "ambiguous", "detail": format!("`{field}` is declared unique but {} records hold this value; the source must correct its data", out.len())});
+        return answer(
+            &st,
+            &g,
+            ApiOperation::Lookup,
+            &[&value],
+            count(&[("ambiguous", 1)]),
+            StatusCode::CONFLICT,
+            body,
+        )
+        .await;
+    }
+    let n = u32::try_from(out.len()).unwrap_or(u32::MAX);
+    let (status, outcomes) = if out.is_empty() {
+        (StatusCode::NOT_FOUND, count(&[("absent", 1)]))
+    } else {
+        (StatusCode::OK, count(&[("found", n)]))
+    };
+    let body = json!({
+        "subscription": g.sub.id,
+        "dataset": g.sub.dataset,
+        "field": field,
+        "records": out,
+        "truncated": more,
+        "freshness": freshness(&g.state),
+    });
+    answer(
+        &st,
+        &g,
+        ApiOperation::Lookup,
+        &[&value],
+        outcomes,
+        status,
+        body,
+    )
+    .await
+}
+
+async fn read_body(body: Body) -> Result<Json, Response> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than {MAX_BODY} bytes"),
+        )
+    })?;
+    serde_json::from_slice::<Json>(&bytes).map_err(|e| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
+
+fn strings(v: &Json, what: &str) -> Result<Vec<String>, Response> {
+    let Json::Array(items) = v else {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("`{what}` is a list of strings"),
+        ));
+    };
+    items
+        .iter()
+        .map(|i| match i {
+            Json::String(s) => {
+                check_text(&format!("an element of `{what}`"), s).map(|()| s.clone())
+            }
+            Json::Number(n) => Ok(n.to_string()),
+            _ => Err(problem(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("`{what}` holds strings only"),
+            )),
+        })
+        .collect()
+}
+
+fn only_keys(o: &Map<String, Json>, allowed: &[&str]) -> Result<(), Response> {
+    match o.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "unknown member `{}`; expected {}",
+                k.escape_debug(),
+                allowed.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+async fn batch(
+    State(st): State<Arc<Inner>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Path(id) = match path {
+        Ok(p) => p,
+        Err(e) => return path_error(e),
+    };
+    let g = match authorize(
+        &st,
+        &headers,
+        peer.as_ref().map(|p| &p.0),
+        &id,
+        ApiOperation::Lookup,
+    ) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let req =
+        match read_body(body).await {
+            Ok(Json::Object(o)) => o,
+            Ok(_) => return problem(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the body is an object: {\"keys\": [..]} or {\"field\": \"..\", \"values\": [..]}",
+            ),
+            Err(r) => return r,
+        };
+    if let Err(r) = only_keys(&req, &["keys", "field", "values"]) {
+        return r;
+    }
+    let (field, items) = match (req.get("keys"), req.get("field"), req.get("values")) {
+        (Some(k), None, None) => (None, strings(k, "keys")),
+        (None, Some(Json::String(f)), Some(v)) => (Some(f.clone()), strings(v, "values")),
+        _ => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give `keys`, or `field` and `values`",
+            )
+        }
+    };
+    let items = match items {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    if items.is_empty() {
+        return problem(StatusCode::BAD_REQUEST, "bad_request", "nothing to look up");
+    }
+    if items.len() > g.batch_max {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_keys",
+            format!(
+                "{} keys; this grant allows at most {} per batch",
+                items.len(),
+                g.batch_max
+            ),
+        );
+    }
+    let mut results = Vec::with_capacity(items.len());
+    let (mut found, mut absent) = (0u32, 0u32);
+    if let Some(field) = &field {
+        if let Err(r) = lookup_field(&g, field) {
+            return r;
+        }
+        for v in &items {
+            let (hits, more) = match find_by(&st, &g, field, v, g.batch_max) {
+                Ok(f) => f,
+                Err(r) => return r,
+            };
+            let mut recs = Vec::new();
+            for (k, e) in &hits {
+                match render(&g, k, Some(e)) {
+                    Err(r) => return r,
+                    Ok(Seen::Record(rec)) => recs.push(rec),
+                    Ok(Seen::Absent) => {}
+                }
+            }
+            if recs.is_empty() {
+                absent += 1
+            } else {
+                found += 1
+            }
+            results.push(json!({"value": v, "records": recs, "truncated": more}));
+        }
+    } else {
+        let r = match st.store.read() {
+            Ok(r) => r,
+            Err(e) => return store_error(e),
+        };
+        for k in &items {
+            let entry = match records::get(&r, &g.sub.dataset, k) {
+                Ok(e) => e,
+                Err(e) => return store_error(e),
+            };
+            match render(&g, k, entry.as_ref()) {
+                Err(r) => return r,
+                Ok(Seen::Record(rec)) => {
+                    found += 1;
+                    results.push(json!({"key": k, "found": true, "record": rec}));
+                }
+                Ok(Seen::Absent) => {
+                    absent += 1;
+                    results.push(json!({"key": k, "found": false}));
+                }
+            }
+        }
+    }
+    let body = json!({
+        "subscription": g.sub.id,
+        "dataset": g.sub.dataset,
+        "results": results,
+        "freshness": freshness(&g.state),
+    });
+    let looked: Vec<&str> = items.iter().map(String::as_str).collect();
+    answer(
+        &st,
+        &g,
+        ApiOperation::Lookup,
+        &looked,
+        count(&[("found", found), ("absent", absent)]),
+        StatusCode::OK,
+        body,
+    )
+    .await
+}
+
+/// Whether the caller's value equals the stored one, as values of the
+/// field's type (decimals exactly, dates as dates; an ID number's `x` as
+/// `X`). Surrounding spaces in the caller's text are ignored.
+fn same(kind: &FieldKind, tag: Option<PiiTag>, stored: &Json, given: &Json) -> bool {
+    let norm = |v: &Json| match v {
+        Json::String(s) => {
+            let t = s.trim();
+            Json::String(if tag == Some(PiiTag::IdNumber) {
+                t.to_uppercase()
+            } else {
+                t.to_owned()
+            })
+        }
+        other => other.clone(),
+    };
+    let (a, b) = (norm(stored), norm(given));
+    match (Scalar::from_record(kind, &a), Scalar::from_record(kind, &b)) {
+        (Some(Scalar::Null), Some(Scalar::Null)) => true,
+        (Some(x), Some(y)) => x.compare(&y) == Some(std::cmp::Ordering::Equal),
+        _ => false,
+    }
+}
+
+async fn verify(
+    State(st): State<Arc<Inner>>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Path(id) = match path {
+        Ok(p) => p,
+        Err(e) => return path_error(e),
+    };
+    let g = match authorize(
+        &st,
+        &headers,
+        peer.as_ref().map(|p| &p.0),
+        &id,
+        ApiOperation::Verify,
+    ) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let req = match read_body(body).await {
+        Ok(Json::Object(o)) => o,
+        Ok(_) => return problem(StatusCode::BAD_REQUEST, "bad_request", "the body is an object: {\"key\": \"..\", \"fields\": {..}} or {\"field\": \"..\", \"value\": \"..\", \"fields\": {..}}"),
+        Err(r) => return r,
+    };
+    if let Err(r) = only_keys(&req, &["key", "field", "value", "fields"]) {
+        return r;
+    }
+    let Some(Json::Object(fields)) = req.get("fields") else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`fields` is an object of the values you hold: {\"deceased_name\": \"..\"}",
+        );
+    };
+    if fields.is_empty() || fields.len() > MAX_VERIFY_FIELDS {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("`fields` names 1 to {MAX_VERIFY_FIELDS} fields"),
+        );
+    }
+    let schema_fields = top_level(&g.ds.latest().schema);
+    let mut kinds = Vec::new();
+    for (name, v) in fields {
+        let Some((_, info)) = schema_fields.iter().find(|(n, _)| *n == name) else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "unknown_field",
+                format!("`{}` is not a field of {}", name.escape_debug(), g.ds.name),
+            );
+        };
+        if !g.sub.delivers(name, &g.ds.key) {
+            return problem(
+                StatusCode::FORBIDDEN,
+                "field_not_granted",
+                format!("`{name}` is not among the fields your grant delivers"),
+            );
+        }
+        if matches!(v, Json::Object(_) | Json::Array(_)) {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("`{name}`: give a plain value"),
+            );
+        }
+        kinds.push((name.clone(), info.kind.clone()));
+    }
+    let (key, by) = match (req.get("key"), req.get("field"), req.get("value")) {
+        (Some(Json::String(k)), None, None) => (k.clone(), None),
+        (None, Some(Json::String(f)), Some(Json::String(v))) => (v.clone(), Some(f.clone())),
+        _ => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "name the record by `key`, or by a unique lookup `field` and its `value`",
+            )
+        }
+    };
+    if let Err(r) = check_text("the key or value", &key) {
+        return r;
+    }
+    let entry = match &by {
+        None => match read_entry(&st, &g.sub.dataset, &key) {
+            Ok(e) => e,
+            Err(r) => return r,
+        },
+        Some(field) => {
+            match lookup_field(&g, field) {
+                Ok(l) if l.unique => {}
+                Ok(_) => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "not_unique",
+                        format!("`{field}` is not a unique lookup field: verify by key"),
+                    )
+                }
+                Err(r) => return r,
+            }
+            match find_by(&st, &g, field, &key, 2) {
+                Ok((hits, _)) if hits.iter().filter(|(_, e)| e.is_live()).count() > 1 => {
+                    let body = json!({"error": "ambiguous", "detail": format!("`{field}` is declared unique but several records hold this value; the source must correct its data")});
+                    return answer(
+                        &st,
+                        &g,
+                        ApiOperation::Verify,
+                        &[&key],
+                        count(&[("ambiguous", 1)]),
+                        StatusCode::CONFLICT,
+                        body,
+                    )
+                    .await;
+                }
+                Ok((hits, _)) => hits.into_iter().next().map(|(_, e)| e),
+                Err(r) => return r,
+            }
+        }
+    };
+    let record = match visible(&g, entry.as_ref()) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut out = Map::new();
+    let (mut m, mut nm) = (0u32, 0u32);
+    for (name, kind) in &kinds {
+        let word = match &record {
+            None => "no_such_record",
+            Some(rec) => {
+                let stored = rec.get(name).unwrap_or(&Json::Null);
+                if same(kind, tag_of(&g.ds, name), stored, &fields[name]) {
+                    m += 1;
+                    "match"
+                } else {
+                    nm += 1;
+                    "no_match"
+                }
+            }
+        };
+        out.insert(name.clone(), Json::String(word.into()));
+    }
+    let found = record.is_some();
+    let body = json!({
+        "subscription": g.sub.id,
+        "dataset": g.sub.dataset,
+        "record": if found { "found" } else { "no_such_record" },
+        "fields": out,
+        "freshness": freshness(&g.state),
+    });
+    let outcomes = if found {
+        count(&[("match", m), ("no_match", nm)])
+    } else {
+        count(&[("no_such_record", 1)])
+    };
+    answer(
+        &st,
+        &g,
+        ApiOperation::Verify,
+        &[&key],
+        outcomes,
+        StatusCode::OK,
+        body,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comparison_is_by_type() {
+        let d = FieldKind::Decimal {
+            precision: 10,
+            scale: 2,
+        };
+        assert!(same(&d, None, &json!("12.50"), &json!("12.5")));
+        assert!(same(&d, None, &json!("12.50"), &json!(12.5)));
+        assert!(!same(&d, None, &json!("12.50"), &json!("12.51")));
+        assert!(same(
+            &FieldKind::String,
+            Some(PiiTag::IdNumber),
+            &json!("11010519491231002X"),
+            &json!(" 11010519491231002x ")
+        ));
+        assert!(!same(
+            &FieldKind::String,
+            Some(PiiTag::Name),
+            &json!("张三"),
+            &json!("张 三")
+        ));
+        assert!(same(
+            &FieldKind::Date,
+            None,
+            &json!("2024-01-05"),
+            &json!("2024-01-05")
+        ));
+        assert!(!same(
+            &FieldKind::Date,
+            None,
+            &json!("2024-01-05"),
+            &json!("2024-1-5x")
+        ));
+        assert!(same(&FieldKind::String, None, &Json::Null, &Json::Null));
+        assert!(!same(&FieldKind::String, None, &Json::Null, &json!("")));
+    }
+
+    #[test]
+    fn waits_parse_strictly() {
+        assert_eq!(humantime_parse("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(humantime_parse("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(humantime_parse("1h"), None);
+        assert_eq!(humantime_parse("-1s"), None);
+        assert_eq!(humantime_parse("nan"), None);
+    }
+
+    #[test]
+    fn buckets_refill_at_the_rate() {
+        let l = Limits::default();
+        for _ in 0..5 {
+            assert!(l.take("s", 5).is_ok());
+        }
+        let wait = l.take("s", 5).unwrap_err();
+        assert!(wait <= Duration::from_millis(200));
+    }
+}

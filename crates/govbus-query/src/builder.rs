@@ -1,0 +1,425 @@
+//! The state builder of one dataset: reads `data.<dataset>` and applies it to
+//! the store, one transaction per batch, the batch's offsets inside it.
+//!
+//! Every instance reads every partition itself (assigned, no consumer group,
+//! nothing committed to Kafka): its position is the store's, so a restart
+//! resumes after the last committed batch and a lost store starts again from
+//! the beginning of the (compacted) topic.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use govbus_catalog::{time, Catalog};
+use govbus_kafka::headers as h;
+use govbus_state::records::{self, Change};
+use govbus_state::{StateError, Store};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// How current one dataset's state is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Freshness {
+    /// Time of the newest change applied (milliseconds since the epoch; 0: none).
+    pub newest_ms: i64,
+    /// Records in the topic not yet applied (at the last check, every 2 s).
+    pub lag: i64,
+    /// Live keys.
+    pub keys: u64,
+    /// Whether the builder has reached the end of the topic once since start.
+    pub caught_up: bool,
+}
+
+/// A dataset's state as the API sees it: its freshness, and a signal bumped
+/// after every commit (wait-for-version waits on it).
+#[derive(Debug)]
+pub struct DatasetState {
+    /// The dataset.
+    pub dataset: String,
+    freshness: Mutex<Freshness>,
+    commits: watch::Sender<u64>,
+}
+
+impl DatasetState {
+    /// Its current freshness.
+    pub fn freshness(&self) -> Freshness {
+        self.freshness.lock().map(|f| *f).unwrap_or_default()
+    }
+
+    /// A receiver that changes after every commit.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Freshness)) {
+        if let Ok(mut g) = self.freshness.lock() {
+            f(&mut g);
+        }
+    }
+}
+
+/// What a builder needs.
+#[derive(Debug, Clone)]
+pub struct BuilderConfig {
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// The canonical topic.
+    pub topic: String,
+    /// The dataset.
+    pub dataset: String,
+    /// Most records per transaction.
+    pub max_batch: usize,
+    /// Extra librdkafka settings.
+    pub client_overrides: Vec<(String, String)>,
+}
+
+/// Starts the builder of one dataset on its own thread.
+pub fn spawn(
+    config: BuilderConfig,
+    store: Store,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    metrics: Metrics,
+    stop: Arc<AtomicBool>,
+) -> Arc<DatasetState> {
+    let state = Arc::new(DatasetState {
+        dataset: config.dataset.clone(),
+        freshness: Mutex::new(Freshness::default()),
+        commits: watch::channel(0).0,
+    });
+    if let Ok(r) = store.read() {
+        if let Ok((keys, newest_ms)) = records::stats(&r, &config.dataset) {
+            state.update(|f| {
+                f.keys = keys;
+                f.newest_ms = newest_ms;
+            });
+        }
+    }
+    let st = state.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("state-{}", config.dataset))
+        .spawn(move || {
+            let mut b = Builder {
+                config,
+                store,
+                catalog,
+                metrics,
+                state: st,
+                layout: String::new(),
+            };
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = b.run(&stop) {
+                    b.metrics.error(&b.config.dataset);
+                    tracing::error!(message = "State builder failed; restarting it from the store's position in 1 s.", dataset = %b.config.dataset, error = %e);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(message = "Cannot start a state builder thread.", error = %e);
+    }
+    state
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BuildError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+struct Builder {
+    config: BuilderConfig,
+    store: Store,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    metrics: Metrics,
+    state: Arc<DatasetState>,
+    layout: String,
+}
+
+/// The lookup fields of `dataset` as one string: when it changes, the
+/// indexes are rebuilt.
+fn layout_of(catalog: &Catalog, dataset: &str) -> String {
+    catalog.dataset(dataset).map_or(String::new(), |d| {
+        d.lookup
+            .iter()
+            .map(|l| l.field.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
+impl Builder {
+    /// Makes the stored layout equal the catalog's; a change clears the
+    /// dataset's state and position (it is rebuilt from the topic).
+    fn check_layout(&mut self) -> Result<bool, StateError> {
+        let layout = layout_of(&self.catalog.borrow(), &self.config.dataset);
+        if layout == self.layout {
+            return Ok(false);
+        }
+        let key = format!("layout:{}", self.config.dataset);
+        let tx = self.store.write()?;
+        let stored = tx.meta(&key)?;
+        let rebuilt = match stored {
+            Some(s) if s == layout.as_bytes() => false,
+            None => {
+                // A new store (or one from before layouts): whatever it holds
+                // was indexed by nothing; start clean.
+                let had = !tx.offsets(&self.config.topic)?.is_empty();
+                if had {
+                    records::clear(&tx, &self.config.dataset)?;
+                    tx.clear_offsets(&self.config.topic)?;
+                }
+                had
+            }
+            Some(_) => {
+                records::clear(&tx, &self.config.dataset)?;
+                tx.clear_offsets(&self.config.topic)?;
+                true
+            }
+        };
+        tx.set_meta(&key, layout.as_bytes())?;
+        tx.commit()?;
+        if rebuilt {
+            tracing::warn!(message = "The dataset's lookup fields changed: rebuilding its state from the topic.", dataset = %self.config.dataset, lookup = %layout);
+            self.state.update(|f| *f = Freshness::default());
+        }
+        self.layout = layout;
+        Ok(rebuilt)
+    }
+
+    fn consumer(&self) -> Result<BaseConsumer, BuildError> {
+        let mut c: ClientConfig = govbus_kafka::config::consumer(
+            &self.config.bootstrap,
+            &format!("govbus.query.{}", self.config.dataset),
+        );
+        c.set("enable.auto.commit", "false")
+            .set("statistics.interval.ms", "0")
+            .set("fetch.wait.max.ms", "50");
+        for (k, v) in &self.config.client_overrides {
+            c.set(k, v);
+        }
+        Ok(c.create()?)
+    }
+
+    /// Assigns every partition at the store's position (the beginning where
+    /// it has none). Returns the positions.
+    fn assign(&self, consumer: &BaseConsumer) -> Result<BTreeMap<i32, i64>, BuildError> {
+        let topic = &self.config.topic;
+        let stored = self.store.read()?.offsets(topic)?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let mut tpl = TopicPartitionList::new();
+        let mut positions = BTreeMap::new();
+        for t in metadata.topics() {
+            if t.error().is_some() {
+                continue;
+            }
+            for p in t.partitions() {
+                let offset = stored.get(&p.id()).copied();
+                tpl.add_partition_offset(
+                    topic,
+                    p.id(),
+                    offset.map_or(Offset::Beginning, Offset::Offset),
+                )?;
+                positions.insert(p.id(), offset.unwrap_or(0));
+            }
+        }
+        consumer.assign(&tpl)?;
+        Ok(positions)
+    }
+
+    fn run(&mut self, stop: &AtomicBool) -> Result<(), BuildError> {
+        self.check_layout()?;
+        let consumer = self.consumer()?;
+        let mut positions = self.assign(&consumer)?;
+        while positions.is_empty() && !stop.load(Ordering::Relaxed) {
+            tracing::warn!(message = "The dataset's canonical topic does not exist yet; waiting for it.", topic = %self.config.topic);
+            std::thread::sleep(Duration::from_secs(2));
+            positions = self.assign(&consumer)?;
+        }
+        tracing::info!(message = "State builder started.", dataset = %self.config.dataset, resume = %positions.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(","));
+        let mut last_lag = Instant::now() - Duration::from_secs(10);
+        while !stop.load(Ordering::Relaxed) {
+            if self.check_layout()? {
+                positions = self.assign(&consumer)?;
+            }
+            let batch = self.poll(&consumer)?;
+            if !batch.is_empty() {
+                self.apply(&batch)?;
+                for c in &batch {
+                    positions.insert(c.partition, c.offset + 1);
+                }
+            }
+            if last_lag.elapsed() >= Duration::from_secs(2)
+                || (batch.is_empty() && !self.state.freshness().caught_up)
+            {
+                last_lag = Instant::now();
+                self.measure_lag(&consumer, &positions);
+            }
+        }
+        Ok(())
+    }
+
+    fn poll(&self, consumer: &BaseConsumer) -> Result<Vec<Consumed>, BuildError> {
+        let mut out = Vec::new();
+        let mut timeout = Duration::from_millis(100);
+        while out.len() < self.config.max_batch {
+            match consumer.poll(timeout) {
+                None => break,
+                Some(Err(e)) => {
+                    if out.is_empty() {
+                        return Err(e.into());
+                    }
+                    break;
+                }
+                Some(Ok(m)) => out.push(Consumed::from(&m)),
+            }
+            timeout = Duration::ZERO;
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, batch: &[Consumed]) -> Result<(), BuildError> {
+        let catalog = self.catalog.borrow().clone();
+        let dataset = catalog.dataset(&self.config.dataset);
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for c in batch {
+            next.insert(c.partition, c.offset + 1);
+            let mut index = Vec::new();
+            if let (Some(ds), Some(v)) = (dataset, &c.value) {
+                if !ds.lookup.is_empty() {
+                    match govbus_sink::decode::to_json(&catalog, v) {
+                        Ok(record) => {
+                            for l in &ds.lookup {
+                                let tag = ds.personal_data.get(&l.field).copied();
+                                if let Some(text) =
+                                    record.get(&l.field).and_then(|v| crate::index_text(tag, v))
+                                {
+                                    index.push((l.field.clone(), text));
+                                }
+                            }
+                        }
+                        Err(_) => self.metrics.undecodable(&self.config.dataset),
+                    }
+                }
+            }
+            changes.push(Change {
+                key: c.key.clone(),
+                version: c.version,
+                value: c.value.clone(),
+                time_ms: c.time_ms,
+                id: c.id.clone(),
+                index,
+            });
+        }
+        let tx = self.store.write()?;
+        let applied = records::apply(&tx, &self.config.dataset, &changes)?;
+        for (p, o) in &next {
+            tx.set_offset(&self.config.topic, *p, *o)?;
+        }
+        tx.commit()?;
+        self.metrics.applied(
+            &self.config.dataset,
+            applied.written,
+            applied.deleted,
+            applied.stale,
+        );
+        self.state.update(|f| {
+            f.keys = applied.live;
+            f.newest_ms = applied.newest_ms;
+        });
+        self.publish_state();
+        self.state.commits.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    fn publish_state(&self) {
+        let f = self.state.freshness();
+        let age = if f.newest_ms > 0 {
+            (now_ms() - f.newest_ms).max(0) as f64 / 1000.0
+        } else {
+            0.0
+        };
+        self.metrics.state(&self.config.dataset, f.keys, age);
+    }
+
+    fn measure_lag(&self, consumer: &BaseConsumer, positions: &BTreeMap<i32, i64>) {
+        let mut lag = 0;
+        for (p, pos) in positions {
+            match consumer.fetch_watermarks(&self.config.topic, *p, Duration::from_secs(5)) {
+                Ok((low, high)) => lag += (high - (*pos).max(low)).max(0),
+                Err(_) => return,
+            }
+        }
+        self.metrics.lag(&self.config.dataset, lag);
+        self.publish_state();
+        let first = !self.state.freshness().caught_up && lag == 0;
+        self.state.update(|f| {
+            f.lag = lag;
+            f.caught_up |= lag == 0;
+        });
+        if first {
+            tracing::info!(message = "State caught up with the topic.", dataset = %self.config.dataset, keys = self.state.freshness().keys);
+            self.state.commits.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// One consumed record, owned.
+struct Consumed {
+    partition: i32,
+    offset: i64,
+    key: String,
+    version: u64,
+    value: Option<Vec<u8>>,
+    time_ms: i64,
+    id: String,
+}
+
+impl From<&BorrowedMessage<'_>> for Consumed {
+    fn from(m: &BorrowedMessage<'_>) -> Consumed {
+        let header = |name: &str| -> Option<&str> {
+            m.headers().and_then(|hs| {
+                hs.iter()
+                    .find(|x| x.key == name)
+                    .and_then(|x| x.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+            })
+        };
+        let key = header(h::CE_SUBJECT)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .or_else(|| {
+                m.key()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let kafka_ms = m.timestamp().to_millis().unwrap_or(0);
+        Consumed {
+            partition: m.partition(),
+            offset: m.offset(),
+            key,
+            version: header(h::CE_SOURCEVERSION)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            value: m.payload().map(<[u8]>::to_vec),
+            time_ms: header(h::CE_TIME)
+                .and_then(time::parse_rfc3339_micros)
+                .map_or(kafka_ms, |us| us.div_euclid(1000)),
+            id: header(h::CE_ID).unwrap_or("").to_owned(),
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,200 @@
+//! Prometheus metrics of the live interfaces. Labels are subscription ids,
+//! dataset names, operations, statuses and result words: never a key or a
+//! value.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric `govbus query` exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    calls: IntCounterVec,
+    results: IntCounterVec,
+    latency: HistogramVec,
+    keys: IntGaugeVec,
+    lag: IntGaugeVec,
+    age: prometheus::GaugeVec,
+    applied: IntCounterVec,
+    undecodable: IntCounterVec,
+    errors: IntCounterVec,
+    active: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[allow(clippy::expect_used)] // metric definitions are constants
+impl Metrics {
+    /// A fresh registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let calls = IntCounterVec::new(
+            Opts::new(
+                "govbus_query_calls_total",
+                "Live-interface calls, by subscription, operation and HTTP status.",
+            ),
+            &["subscription", "operation", "status"],
+        )
+        .expect("metric");
+        let results = IntCounterVec::new(
+            Opts::new(
+                "govbus_query_results_total",
+                "Keys answered, by subscription, operation and result (found, absent, match, no_match, no_such_record).",
+            ),
+            &["subscription", "operation", "result"],
+        )
+        .expect("metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "govbus_query_latency_seconds",
+                "Time to answer a live-interface call, audit record included.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+            ]),
+            &["operation"],
+        )
+        .expect("metric");
+        let keys = IntGaugeVec::new(
+            Opts::new(
+                "govbus_query_state_keys",
+                "Live records in the state of a dataset.",
+            ),
+            &["dataset"],
+        )
+        .expect("metric");
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "govbus_query_state_lag_records",
+                "Records in data.<dataset> not yet applied to the state.",
+            ),
+            &["dataset"],
+        )
+        .expect("metric");
+        let age = prometheus::GaugeVec::new(
+            Opts::new(
+                "govbus_query_state_age_seconds",
+                "Age of the newest change applied to the state of a dataset.",
+            ),
+            &["dataset"],
+        )
+        .expect("metric");
+        let applied = IntCounterVec::new(
+            Opts::new(
+                "govbus_query_state_applied_total",
+                "Changes applied to the state since start, by outcome (written, deleted, stale).",
+            ),
+            &["dataset", "outcome"],
+        )
+        .expect("metric");
+        let undecodable = IntCounterVec::new(
+            Opts::new(
+                "govbus_query_state_undecodable_total",
+                "Canonical values this process's catalog cannot decode (stored, not indexed).",
+            ),
+            &["dataset"],
+        )
+        .expect("metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "govbus_query_state_errors_total",
+                "State store or Kafka errors of a dataset's state builder (it retries).",
+            ),
+            &["dataset"],
+        )
+        .expect("metric");
+        let active = IntGaugeVec::new(
+            Opts::new(
+                "govbus_query_grant_active",
+                "1 when a live-interface grant allows calls now, else 0.",
+            ),
+            &["subscription"],
+        )
+        .expect("metric");
+        for c in [&calls, &results, &applied, &undecodable, &errors] {
+            registry.register(Box::new(c.clone())).expect("metric");
+        }
+        for g in [&keys, &lag, &active] {
+            registry.register(Box::new(g.clone())).expect("metric");
+        }
+        registry.register(Box::new(age.clone())).expect("metric");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("metric");
+        Metrics {
+            registry,
+            calls,
+            results,
+            latency,
+            keys,
+            lag,
+            age,
+            applied,
+            undecodable,
+            errors,
+            active,
+        }
+    }
+
+    pub(crate) fn call(&self, sub: &str, op: &str, status: u16, seconds: f64) {
+        self.calls
+            .with_label_values(&[sub, op, &status.to_string()])
+            .inc();
+        self.latency.with_label_values(&[op]).observe(seconds);
+    }
+
+    pub(crate) fn result(&self, sub: &str, op: &str, result: &str, n: u64) {
+        self.results.with_label_values(&[sub, op, result]).inc_by(n);
+    }
+
+    pub(crate) fn state(&self, dataset: &str, keys: u64, age_s: f64) {
+        self.keys
+            .with_label_values(&[dataset])
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
+        self.age.with_label_values(&[dataset]).set(age_s);
+    }
+
+    pub(crate) fn lag(&self, dataset: &str, lag: i64) {
+        self.lag.with_label_values(&[dataset]).set(lag);
+    }
+
+    pub(crate) fn applied(&self, dataset: &str, written: u64, deleted: u64, stale: u64) {
+        for (o, n) in [("written", written), ("deleted", deleted), ("stale", stale)] {
+            if n > 0 {
+                self.applied.with_label_values(&[dataset, o]).inc_by(n);
+            }
+        }
+    }
+
+    /// Changes applied to `dataset`'s state since start, all outcomes.
+    pub fn applied_total(&self, dataset: &str) -> u64 {
+        ["written", "deleted", "stale"]
+            .iter()
+            .map(|o| self.applied.with_label_values(&[dataset, o]).get())
+            .sum()
+    }
+
+    pub(crate) fn undecodable(&self, dataset: &str) {
+        self.undecodable.with_label_values(&[dataset]).inc();
+    }
+
+    pub(crate) fn error(&self, dataset: &str) {
+        self.errors.with_label_values(&[dataset]).inc();
+    }
+
+    pub(crate) fn active(&self, sub: &str, on: bool) {
+        self.active.with_label_values(&[sub]).set(i64::from(on));
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,909 @@
+//! Live interfaces end to end: records published to `ingest.civil_affairs`
+//! → router → `data.*` → `govbus query`'s state → lookups and verifications
+//! over real HTTP, under each grant's policy, recorded in the ledger; and the
+//! state store's recovery (kill -9 during a catch-up, a deleted store).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, govbus_bin, new_credential, repo, spawn_router, wait_listening};
+use govbus_kafka::headers as h;
+use govbus_kafka::topics::Topics;
+use govbus_testkit::{create_topic, producer_config, unique, Broker};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{json, Value as Json};
+
+const DEATHS: &str = "civil_affairs.death_registration";
+
+fn id_number(i: usize) -> String {
+    govbus_testkit::ids::with_check(&format!("{:06}19500101{:03}", 110_105 + i / 1000, i % 1000))
+}
+
+fn death(i: usize, v: u64) -> Json {
+    json!({
+        "registration_no": format!("DR-2026-{i:08}"),
+        "deceased_id_number": id_number(i),
+        "deceased_name": "欧阳娜娜",
+        "gender": "FEMALE",
+        "birth_date": "1950-01-01",
+        "death_date": format!("2026-01-{:02}", 1 + v),
+        "death_place": "北京市朝阳区",
+        "death_cause_category": if i % 2 == 0 { "natural" } else { "accident" },
+        "registering_office": "朝阳区民政局",
+        "registered_at": "2026-01-20T08:00:00.000Z",
+        "informant_phone": "13800138000",
+    })
+}
+
+fn key(i: usize) -> String {
+    format!("DR-2026-{i:08}")
+}
+
+/// A raw HTTP/1.1 exchange on loopback: (status, headers, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: {t}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    if let Some(b) = body {
+        let _ = s.write_all(b);
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    // A chunked body: take the JSON between the chunk sizes.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, head.to_owned(), body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn json_of(body: &str) -> Json {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+struct Deployment {
+    topics: Topics,
+    catalog: tempfile::TempDir,
+    state: tempfile::TempDir,
+    token: String,
+    other_token: String,
+    credentials: std::path::PathBuf,
+}
+
+const GRANT: &str = r#"
+subscriber = "hrss"
+dataset = "civil_affairs.death_registration"
+purpose = "养老金领取资格核验 / pension counter check"
+
+[fields]
+include = ["deceased_id_number", "deceased_name", "death_date"]
+
+[sink]
+type = "api"
+operations = ["lookup", "verify"]
+rate = 100000
+batch_max = 100
+"#;
+
+impl Deployment {
+    async fn start(grants: &[(&str, String)]) -> Deployment {
+        let bootstrap = Broker::shared().bootstrap();
+        let topics = Topics::new(format!("{}.", unique("q")));
+        create_topic(&bootstrap, &topics.ingest("civil_affairs"), 2)
+            .await
+            .unwrap();
+        create_topic(&bootstrap, &topics.data(DEATHS), 3)
+            .await
+            .unwrap();
+        let catalog = tempfile::tempdir().unwrap();
+        govbus_testkit::copy_dir(&repo().join("schemas"), catalog.path()).unwrap();
+        std::fs::remove_dir_all(catalog.path().join("subscriptions")).unwrap();
+        std::fs::create_dir(catalog.path().join("subscriptions")).unwrap();
+        for (id, text) in grants {
+            write_grant(catalog.path(), id, text);
+        }
+        let state = tempfile::tempdir().unwrap();
+        let (token, credentials) = new_credential("hrss", state.path());
+        let (other_token, other) = new_credential("housing_fund", catalog.path());
+        let mut both = std::fs::read_to_string(&credentials).unwrap();
+        both.push_str(&std::fs::read_to_string(&other).unwrap());
+        std::fs::write(&credentials, both).unwrap();
+        Deployment {
+            topics,
+            catalog,
+            state,
+            token: format!("Bearer {token}"),
+            other_token: format!("Bearer {other_token}"),
+            credentials,
+        }
+    }
+
+    fn query(&self) -> (Child, u16) {
+        let port = free_port();
+        let log = std::fs::File::create(self.state.path().join("query.log")).unwrap();
+        let mut cmd = Command::new(govbus_bin());
+        cmd.args(["query", "--bootstrap", &Broker::shared().bootstrap()])
+            .args(["--topic-prefix", self.topics.prefix()])
+            .args(["--catalog", self.catalog.path().to_str().unwrap()])
+            .args([
+                "--state-dir",
+                self.state.path().join("state").to_str().unwrap(),
+            ])
+            .args(["--credentials", self.credentials.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("GOVBUS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = govbus_testkit::spawn(cmd).unwrap();
+        wait_listening(port);
+        (child, port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("query.log")).unwrap_or_default()
+    }
+
+    /// Publishes through the router, one acknowledged record at a time.
+    async fn publish(&self, changes: &[(usize, u64, &str)]) {
+        let producer: FutureProducer = producer_config(&Broker::shared().bootstrap())
+            .create()
+            .unwrap();
+        for (i, v, op) in changes {
+            let (id, version) = (format!("evt-{i}-{v}"), v.to_string());
+            let headers = h::owned([
+                (h::CE_TYPE, DEATHS.as_bytes()),
+                (h::CE_ID, id.as_bytes()),
+                (h::CE_OP, op.as_bytes()),
+                (h::CE_SOURCEVERSION, version.as_bytes()),
+            ]);
+            let body = (*op != "delete").then(|| death(*i, *v).to_string());
+            let k = key(*i);
+            let topic = self.topics.ingest("civil_affairs");
+            let mut r = FutureRecord::to(&topic).key(k.as_bytes()).headers(headers);
+            if let Some(b) = &body {
+                r = r.payload(b.as_bytes());
+            }
+            producer
+                .send(r, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    }
+}
+
+fn write_grant(catalog: &Path, id: &str, text: &str) {
+    std::fs::write(
+        catalog.join("subscriptions").join(format!("{id}.toml")),
+        text,
+    )
+    .unwrap();
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    let (_, _, body) = http(port, "GET", "/metrics", None, None);
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lookups_and_verifications_answer_under_the_grant_and_are_audited() {
+    let filtered = GRANT
+        .replace(
+            "[fields]",
+            "filter = [\"death_cause_category == natural\"]\n\n[fields]",
+        )
+        .replace("\"lookup\", \"verify\"", "\"verify\"");
+    let slow = GRANT.replace("rate = 100000", "rate = 3");
+    let d = Deployment::start(&[
+        ("counter", GRANT.to_owned()),
+        ("natural_only", filtered),
+        ("slow", slow),
+        ("revocable", GRANT.to_owned()),
+    ])
+    .await;
+    let dir = d.catalog.path().to_str().unwrap().to_owned();
+    let _router = spawn_router(
+        &Broker::shared().bootstrap(),
+        &d.topics,
+        &["--catalog", &dir],
+    );
+    d.publish(&[(1, 1, "create"), (2, 1, "create"), (3, 1, "create")])
+        .await;
+    let (_q, port) = d.query();
+    let t = Some(d.token.as_str());
+    wait_until(
+        "the state to hold record 3",
+        Duration::from_secs(60),
+        || {
+            http(
+                port,
+                "GET",
+                &format!("/v1/query/counter/records/{}", key(3)),
+                t,
+                None,
+            )
+            .0 == 200
+        },
+    );
+
+    // One record by key: through the policy (ID number and name masked, the
+    // phone not delivered), with version and freshness.
+    let (status, _, body) = http(
+        port,
+        "GET",
+        &format!("/v1/query/counter/records/{}", key(2)),
+        t,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let rec = json_of(&body);
+    assert_eq!(rec["sourceversion"], "1");
+    assert_eq!(rec["data"]["death_date"], "2026-01-02");
+    assert!(rec["data"].get("informant_phone").is_none(), "{body}");
+    assert!(rec["freshness"]["lag"].is_number(), "{body}");
+    assert!(
+        govbus_testkit::ids::valid_ids_in(&body).is_empty(),
+        "a clear ID number left: {body}"
+    );
+    assert!(!body.contains("欧阳娜娜"), "a clear name left: {body}");
+
+    // By the declared lookup field (the caller holds the ID number).
+    let (status, _, body) = http(
+        port,
+        "GET",
+        &format!("/v1/query/counter/by/deceased_id_number/{}", id_number(1)),
+        t,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body)["records"].as_array().unwrap().len(), 1);
+    assert!(
+        govbus_testkit::ids::valid_ids_in(&body).is_empty(),
+        "{body}"
+    );
+    // x/X is one ID number.
+    let lower = id_number(1).to_lowercase();
+    if lower != id_number(1) {
+        assert_eq!(
+            http(
+                port,
+                "GET",
+                &format!("/v1/query/counter/by/deceased_id_number/{lower}"),
+                t,
+                None
+            )
+            .0,
+            200
+        );
+    }
+
+    // Absent: 404; batch: per key.
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            &format!("/v1/query/counter/records/{}", key(99)),
+            t,
+            None
+        )
+        .0,
+        404
+    );
+    let req = json!({"keys": [key(1), key(99), key(3)]}).to_string();
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/v1/query/counter/batch",
+        t,
+        Some(req.as_bytes()),
+    );
+    assert_eq!(status, 200, "{body}");
+    let found: Vec<bool> = json_of(&body)["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["found"].as_bool().unwrap())
+        .collect();
+    assert_eq!(found, [true, false, true]);
+    assert!(
+        govbus_testkit::ids::valid_ids_in(&body).is_empty(),
+        "{body}"
+    );
+
+    // Verify: per field, never a stored value.
+    let req = json!({"key": key(1), "fields": {"deceased_name": "欧阳娜娜", "death_date": "2026-01-09", "deceased_id_number": id_number(1)}}).to_string();
+    let (status, _, body) = http(
+        port,
+        "POST",
+        "/v1/query/counter/verify",
+        t,
+        Some(req.as_bytes()),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["record"], "found");
+    assert_eq!(
+        v["fields"],
+        json!({"deceased_name": "match", "death_date": "no_match", "deceased_id_number": "match"})
+    );
+    assert!(
+        !body.contains("2026-01-02")
+            && !body.contains("欧阳")
+            && !body.contains(&id_number(1)[..6]),
+        "a stored value left: {body}"
+    );
+    let req = json!({"field": "deceased_id_number", "value": id_number(2), "fields": {"deceased_name": "张三"}}).to_string();
+    let v = json_of(
+        &http(
+            port,
+            "POST",
+            "/v1/query/counter/verify",
+            t,
+            Some(req.as_bytes()),
+        )
+        .2,
+    );
+    assert_eq!(v["fields"]["deceased_name"], "no_match");
+
+    // The row filter: record 1 (accident) is outside `natural_only`: it
+    // verifies as no such record, exactly as an absent one.
+    let req = |k: String| json!({"key": k, "fields": {"deceased_name": "欧阳娜娜"}}).to_string();
+    let v1 = json_of(
+        &http(
+            port,
+            "POST",
+            "/v1/query/natural_only/verify",
+            t,
+            Some(req(key(1)).as_bytes()),
+        )
+        .2,
+    );
+    let v99 = json_of(
+        &http(
+            port,
+            "POST",
+            "/v1/query/natural_only/verify",
+            t,
+            Some(req(key(99)).as_bytes()),
+        )
+        .2,
+    );
+    assert_eq!(v1["record"], "no_such_record");
+    assert_eq!(v1["fields"], v99["fields"]);
+    let v2 = json_of(
+        &http(
+            port,
+            "POST",
+            "/v1/query/natural_only/verify",
+            t,
+            Some(req(key(2)).as_bytes()),
+        )
+        .2,
+    );
+    assert_eq!(v2["fields"]["deceased_name"], "match");
+    // ... and that grant allows verify only.
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            &format!("/v1/query/natural_only/records/{}", key(2)),
+            t,
+            None
+        )
+        .0,
+        403
+    );
+
+    // Bad input and wrong credentials: each a clear error, nothing served.
+    let bad: Vec<(&str, &str, Option<&str>, Option<Vec<u8>>, u16)> = vec![
+        (
+            "GET",
+            "/v1/query/counter/records/DR-2026-00000001",
+            None,
+            None,
+            401,
+        ),
+        (
+            "GET",
+            "/v1/query/counter/records/DR-2026-00000001",
+            Some("Basic aHJzczp4"),
+            None,
+            401,
+        ),
+        (
+            "GET",
+            "/v1/query/counter/records/DR-2026-00000001",
+            Some("Bearer not-a-token"),
+            None,
+            401,
+        ),
+        (
+            "GET",
+            "/v1/query/counter/records/DR-2026-00000001",
+            Some(d.other_token.as_str()),
+            None,
+            403,
+        ),
+        (
+            "GET",
+            "/v1/query/nope/records/DR-2026-00000001",
+            t,
+            None,
+            404,
+        ),
+        ("GET", "/v1/query/counter/by/deceased_name/x", t, None, 400),
+        (
+            "GET",
+            "/v1/query/counter/by/informant_phone/13800138000",
+            t,
+            None,
+            400,
+        ),
+        ("GET", "/v1/query/counter/records/a%00b", t, None, 400),
+        ("GET", "/v1/query/counter/records/%FF%FE", t, None, 400),
+        (
+            "GET",
+            "/v1/query/counter/records/..%2F..%2Fmetrics",
+            t,
+            None,
+            404,
+        ),
+        (
+            "GET",
+            "/v1/query/counter/records/DR?min_version=x",
+            t,
+            None,
+            400,
+        ),
+        (
+            "GET",
+            "/v1/query/counter/records/DR?min_version=1&wait=1h",
+            t,
+            None,
+            400,
+        ),
+        (
+            "POST",
+            "/v1/query/counter/batch",
+            t,
+            Some(b"{not json".to_vec()),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/query/counter/batch",
+            t,
+            Some(b"{\"keys\": [], \"extra\": 1}".to_vec()),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/query/counter/batch",
+            t,
+            Some(
+                json!({"keys": (0..101).map(key).collect::<Vec<_>>()})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            413,
+        ),
+        (
+            "POST",
+            "/v1/query/counter/batch",
+            t,
+            Some(vec![b' '; 2 << 20]),
+            413,
+        ),
+        (
+            "POST",
+            "/v1/query/counter/verify",
+            t,
+            Some(
+                json!({"key": key(1), "fields": {"informant_phone": "13800138000"}})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            403,
+        ),
+        (
+            "POST",
+            "/v1/query/counter/verify",
+            t,
+            Some(
+                json!({"key": key(1), "fields": {"no_such": "x"}})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/query/counter/verify",
+            t,
+            Some(json!({"key": key(1)}).to_string().into_bytes()),
+            400,
+        ),
+    ];
+    for (method, path, token, body, want) in bad {
+        let (status, _, text) = http(port, method, path, token, body.as_deref());
+        assert_eq!(status, want, "{method} {path}: {text}");
+        let v = json_of(&text);
+        assert!(
+            v["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{method} {path}: no detail: {text}"
+        );
+        assert!(
+            v.get("data").is_none() && v.get("records").is_none(),
+            "{text}"
+        );
+    }
+
+    // Publish, then read the new version consistently; a delete reads as absent.
+    d.publish(&[(2, 2, "update")]).await;
+    let (status, _, body) = http(
+        port,
+        "GET",
+        &format!(
+            "/v1/query/counter/records/{}?min_version=2&wait=10s",
+            key(2)
+        ),
+        t,
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body)["sourceversion"], "2");
+    d.publish(&[(2, 3, "delete")]).await;
+    let (status, _, body) = http(
+        port,
+        "GET",
+        &format!(
+            "/v1/query/counter/records/{}?min_version=3&wait=10s",
+            key(2)
+        ),
+        t,
+        None,
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, head, _) = http(
+        port,
+        "GET",
+        &format!(
+            "/v1/query/counter/records/{}?min_version=9&wait=300ms",
+            key(3)
+        ),
+        t,
+        None,
+    );
+    assert_eq!(status, 409);
+    assert!(head.to_ascii_lowercase().contains("retry-after"), "{head}");
+
+    // The grant's rate: above it, 429 with Retry-After.
+    let statuses: Vec<(u16, String)> = (0..10)
+        .map(|_| {
+            let (s, head, _) = http(
+                port,
+                "GET",
+                &format!("/v1/query/slow/records/{}", key(1)),
+                t,
+                None,
+            );
+            (s, head)
+        })
+        .collect();
+    let limited: Vec<_> = statuses.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(
+        !limited.is_empty(),
+        "no 429 in {:?}",
+        statuses.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
+    assert!(limited
+        .iter()
+        .all(|(_, h)| h.to_ascii_lowercase().contains("retry-after")));
+
+    // Revocation stops answers within 5 s.
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            &format!("/v1/query/revocable/records/{}", key(1)),
+            t,
+            None
+        )
+        .0,
+        200
+    );
+    write_grant(
+        d.catalog.path(),
+        "revocable",
+        &GRANT.replace("[fields]", "revoked = true\n\n[fields]"),
+    );
+    let revoked_at = Instant::now();
+    wait_until(
+        "the revoked grant to stop answering",
+        Duration::from_secs(5),
+        || {
+            http(
+                port,
+                "GET",
+                &format!("/v1/query/revocable/records/{}", key(1)),
+                t,
+                None,
+            )
+            .0 == 403
+        },
+    );
+    eprintln!("revocation took effect in {:?}", revoked_at.elapsed());
+
+    // The OpenAPI document is served.
+    let (status, _, body) = http(port, "GET", "/v1/query/openapi.json", None, None);
+    assert_eq!(status, 200);
+    assert!(json_of(&body)["paths"]
+        .get("/v1/query/{sub}/verify")
+        .is_some());
+
+    // Every answered call is in the ledger, by keyed hash, never by value.
+    assert!(metric(port, "govbus_query_calls_total") >= 10.0);
+    let out = Command::new(govbus_bin())
+        .args([
+            "audit",
+            "query",
+            "--bootstrap",
+            &Broker::shared().bootstrap(),
+            "--topic-prefix",
+            d.topics.prefix(),
+        ])
+        .args([
+            "--subscription",
+            "counter",
+            "--looked-up",
+            &id_number(2),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls: Vec<Json> = json_of(&text)
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["calls"].as_array().unwrap().clone())
+        .collect();
+    assert!(calls.iter().any(|c| c["operation"] == "verify"), "{text}");
+    let ledger = Command::new(govbus_bin())
+        .args([
+            "audit",
+            "export",
+            "--bootstrap",
+            &Broker::shared().bootstrap(),
+            "--topic-prefix",
+            d.topics.prefix(),
+        ])
+        .output()
+        .unwrap();
+    let ledger = String::from_utf8_lossy(&ledger.stdout);
+    assert!(ledger.contains("\"sink\":\"api\""), "{ledger}");
+    assert!(
+        !ledger.contains(&id_number(1)) && !ledger.contains(&key(1)),
+        "a looked-up value in the ledger"
+    );
+    let log = d.log();
+    assert!(
+        !log.contains(&id_number(1)) && !log.contains("欧阳"),
+        "personal data in the log:\n{log}"
+    );
+}
+
+/// Produces `n` canonical records straight into `data.<deaths>`: keys
+/// `0..keys`, versions growing, every seventh change a delete. Returns the
+/// last-write-wins model: key → Some(version) live, None deleted.
+async fn produce_canonical(topics: &Topics, n: usize, keys: usize) -> BTreeMap<usize, Option<u64>> {
+    let catalog = govbus_catalog::Catalog::load(&repo().join("schemas")).unwrap();
+    let engine = govbus_validate::Engine::new(&catalog).unwrap();
+    let ctx = govbus_validate::Context::now();
+    let producer: FutureProducer = producer_config(&Broker::shared().bootstrap())
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let topic = topics.data(DEATHS);
+    let mut model = BTreeMap::new();
+    let mut pending = Vec::new();
+    for j in 0..n {
+        let i = j % keys;
+        let v = (j / keys) as u64 + 1;
+        let delete = j % 7 == 6;
+        let value = (!delete).then(|| {
+            engine
+                .validate_json(DEATHS, death(i, v % 20).to_string().as_bytes(), &ctx)
+                .unwrap()
+                .value
+        });
+        model.insert(i, (!delete).then_some(v));
+        let (id, version, k) = (format!("c-{j}"), v.to_string(), key(i));
+        let op = if delete { "delete" } else { "update" };
+        let headers = h::owned([
+            (h::CE_ID, id.as_bytes()),
+            (h::CE_SUBJECT, k.as_bytes()),
+            (h::CE_SOURCEVERSION, version.as_bytes()),
+            (h::CE_OP, op.as_bytes()),
+        ]);
+        let mut r = FutureRecord::to(&topic).key(k.as_bytes()).headers(headers);
+        if let Some(v) = &value {
+            r = r.payload(v);
+        }
+        pending.push(producer.send_result(r).map_err(|(e, _)| e).unwrap());
+        if pending.len() >= 5000 {
+            for p in pending.drain(..) {
+                p.await.unwrap().map_err(|(e, _)| e).unwrap();
+            }
+        }
+    }
+    for p in pending {
+        p.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    model
+}
+
+/// Checks every key of `model` through batch lookups.
+fn state_equals(port: u16, token: &str, model: &BTreeMap<usize, Option<u64>>) {
+    let keys: Vec<usize> = model.keys().copied().collect();
+    for chunk in keys.chunks(100) {
+        let req = json!({"keys": chunk.iter().map(|i| key(*i)).collect::<Vec<_>>()}).to_string();
+        let (status, _, body) = http(
+            port,
+            "POST",
+            "/v1/query/counter/batch",
+            Some(token),
+            Some(req.as_bytes()),
+        );
+        assert_eq!(status, 200, "{body}");
+        for (i, r) in chunk
+            .iter()
+            .zip(json_of(&body)["results"].as_array().unwrap())
+        {
+            let got = r["found"].as_bool().unwrap().then(|| {
+                r["record"]["sourceversion"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            });
+            assert_eq!(got, model[i], "key {i}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_state_resumes_after_kill_9_without_starting_over_and_a_lost_store_is_rebuilt() {
+    const N: usize = 200_000;
+    let d = Deployment::start(&[("counter", GRANT.to_owned())]).await;
+    let model = produce_canonical(&d.topics, N, 20_000).await;
+    let t = d.token.clone();
+
+    // Kill -9 in the middle of the catch-up.
+    let (mut q, port) = d.query();
+    wait_until("some of the catch-up", Duration::from_secs(120), || {
+        metric(port, "govbus_query_state_applied_total") >= 30_000.0
+    });
+    q.kill().unwrap();
+    q.wait().unwrap();
+    let before = committed_offsets(&d);
+    assert!(before > 0, "nothing was committed before the kill");
+
+    // Restarted: it resumes from the store's offsets, not from the beginning.
+    let (mut q, port) = d.query();
+    wait_until("the catch-up to finish", Duration::from_secs(300), || {
+        http(port, "GET", "/ready", None, None).0 == 200
+    });
+    let applied = metric(port, "govbus_query_state_applied_total");
+    assert!(
+        applied <= (N - before) as f64 + 5_000.0,
+        "applied {applied} after the restart: it started over (resumed at {before})"
+    );
+    assert!(d.log().contains("State builder started."), "{}", d.log());
+    state_equals(port, &t, &model);
+    q.kill().unwrap();
+    q.wait().unwrap();
+
+    // A lost store is rebuilt from the topic: the same state.
+    std::fs::remove_dir_all(d.state.path().join("state")).unwrap();
+    let (mut q, port) = d.query();
+    wait_until("the rebuild", Duration::from_secs(300), || {
+        http(port, "GET", "/ready", None, None).0 == 200
+    });
+    assert_eq!(metric(port, "govbus_query_state_applied_total") as usize, N);
+    state_equals(port, &t, &model);
+    // A damaged store too.
+    q.kill().unwrap();
+    q.wait().unwrap();
+    let file = d.state.path().join("state").join("query-state.redb");
+    let len = std::fs::metadata(&file).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.set_len(len / 3).unwrap();
+    drop(f);
+    let (_q, port) = d.query();
+    wait_until(
+        "the rebuild of a damaged store",
+        Duration::from_secs(300),
+        || http(port, "GET", "/ready", None, None).0 == 200,
+    );
+    state_equals(port, &t, &model);
+}
+
+/// Records applied before the kill, by the offsets the store committed
+/// (the position a restart resumes from), read from the query log line.
+fn committed_offsets(d: &Deployment) -> usize {
+    // The next start logs its resume position; start-and-stop is not needed:
+    // the offsets are in the store, read them directly.
+    let path = d.state.path().join("state").join("query-state.redb");
+    let store = govbus_state::Store::open(&path, 1 << 20).unwrap();
+    let offsets = store
+        .read()
+        .unwrap()
+        .offsets(&d.topics.data(DEATHS))
+        .unwrap();
+    offsets.values().map(|o| usize::try_from(*o).unwrap()).sum()
+}
