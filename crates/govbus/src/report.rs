@@ -27,6 +27,20 @@ pub struct Report {
     pub departments: Vec<Card>,
     /// The anti-fraud app's alerts, when its metrics were given.
     pub fraud: Option<FraudLine>,
+    /// How much of what is published is used (the city's 8.5 % figure).
+    pub usage: Usage,
+}
+
+/// Datasets actually consumed — delivered to a subscriber or called through
+/// a live interface — over datasets with data on the bus.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Usage {
+    /// Datasets with records in their canonical topic.
+    pub datasets_published: usize,
+    /// Of those, datasets with at least one delivery or answered call.
+    pub datasets_used: usize,
+    /// used / published; `None` when nothing is published.
+    pub rate: Option<f64>,
 }
 
 /// The anti-fraud app's alerts, from its gauges (kept in its store, so
@@ -100,6 +114,8 @@ pub struct SubscriptionLine {
     pub sink: String,
     /// Events delivered (from the sink's metrics).
     pub delivered: u64,
+    /// Live-interface calls answered (from `govbus query`'s metrics).
+    pub calls: u64,
     /// Whether the sink reports it active (`None`: no sink metrics seen).
     pub active: Option<bool>,
 }
@@ -203,8 +219,22 @@ pub fn gather(
                     sink: s.sink.kind().to_owned(),
                     delivered: promtext::sum(&samples, "govbus_sink_delivered_total", &filter)
                         as u64,
-                    active: has_sink_metrics
-                        .then(|| promtext::sum(&samples, "govbus_sink_active", &filter) > 0.0),
+                    calls: promtext::sum(
+                        &samples,
+                        "govbus_query_calls_total",
+                        &[("subscription", s.id.as_str()), ("status", "200")],
+                    ) as u64,
+                    active: if s.sink.kind() == "api" {
+                        samples
+                            .iter()
+                            .any(|x| x.name == "govbus_query_grant_active")
+                            .then(|| {
+                                promtext::sum(&samples, "govbus_query_grant_active", &filter) > 0.0
+                            })
+                    } else {
+                        has_sink_metrics
+                            .then(|| promtext::sum(&samples, "govbus_sink_active", &filter) > 0.0)
+                    },
                 });
             }
         }
@@ -240,10 +270,30 @@ pub fn gather(
                 withdrawn,
             }
         });
+    let lines = || departments.iter().flat_map(|c| c.datasets.iter());
+    let published: Vec<&str> = lines()
+        .filter(|l| l.records > 0)
+        .map(|l| l.name.as_str())
+        .collect();
+    let used = published
+        .iter()
+        .filter(|ds| {
+            departments
+                .iter()
+                .flat_map(|c| c.subscriptions.iter())
+                .any(|s| s.dataset == **ds && (s.delivered > 0 || s.calls > 0))
+        })
+        .count();
+    let usage = Usage {
+        datasets_published: published.len(),
+        datasets_used: used,
+        rate: (!published.is_empty()).then(|| used as f64 / published.len() as f64),
+    };
     Ok(Report {
         generated_at: govbus_catalog::time::format_rfc3339_millis(now_ms),
         departments,
         fraud,
+        usage,
     })
 }
 
@@ -295,6 +345,12 @@ impl Report {
                 delivered
             ));
         }
+        o.push_str(&format!(
+            "\nUsage rate (datasets delivered or called / datasets published): {} ({} of {})\n",
+            pct(self.usage.rate),
+            self.usage.datasets_used,
+            self.usage.datasets_published
+        ));
         o.push_str("\n## Mount rate (datasets with data / declared)\n\n```\n");
         for c in self.departments.iter().filter(|c| c.datasets_declared > 0) {
             let rate = c.mount_rate.unwrap_or(0.0);
@@ -342,16 +398,17 @@ impl Report {
                 }
             }
             if !c.subscriptions.is_empty() {
-                o.push_str("\n| Subscription | Subscriber | Dataset | Sink | Active | Delivered |\n|---|---|---|---|---|---:|\n");
+                o.push_str("\n| Subscription | Subscriber | Dataset | Sink | Active | Delivered | Calls |\n|---|---|---|---|---|---:|---:|\n");
                 for s in &c.subscriptions {
                     o.push_str(&format!(
-                        "| {} | {} | {} | {} | {} | {} |\n",
+                        "| {} | {} | {} | {} | {} | {} | {} |\n",
                         md(&s.id),
                         md(&s.subscriber),
                         md(&s.dataset),
                         md(&s.sink),
                         s.active.map_or("?", |a| if a { "yes" } else { "no" }),
-                        s.delivered
+                        s.delivered,
+                        s.calls
                     ));
                 }
             }
@@ -570,10 +627,16 @@ mod tests {
                     dataset: text.to_owned(),
                     sink: text.to_owned(),
                     delivered: 1,
+                    calls: 1,
                     active: Some(true),
                 }],
             }],
             fraud: None,
+            usage: Usage {
+                datasets_published: 1,
+                datasets_used: 1,
+                rate: Some(1.0),
+            },
         }
     }
 
