@@ -32,6 +32,9 @@ pub enum BenchCommand {
     Sink(super::bench_sink::SinkBench),
     /// PostgreSQL change capture: bulk throughput and commit → acknowledged lag.
     Capture(super::bench_capture::CaptureBench),
+    /// Live interfaces: catch-up, lookups and batch lookups on a large state,
+    /// against a PostgreSQL table behind an equivalent HTTP handler.
+    Query(super::bench_query::QueryBench),
 }
 
 #[derive(Args)]
@@ -75,6 +78,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Gateway(b) => rt.block_on(gateway_bench(b))?,
         BenchCommand::Sink(b) => rt.block_on(super::bench_sink::run(b))?,
         BenchCommand::Capture(b) => rt.block_on(super::bench_capture::run(b))?,
+        BenchCommand::Query(b) => rt.block_on(super::bench_query::run(b))?,
     }
     Ok(ExitCode::SUCCESS)
 }

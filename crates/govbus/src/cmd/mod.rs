@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod bench;
 pub mod bench_capture;
+pub mod bench_query;
 pub mod bench_sink;
 pub mod capture;
 pub mod catalog;

@@ -7,6 +7,7 @@
 //! end checks the alerts against the planted cases and writes the
 //! department scorecards.
 
+mod counter;
 mod generate;
 mod sources;
 mod view;
@@ -24,7 +25,7 @@ use clap::Args;
 use govbus_fraud::Rule;
 use serde::Serialize;
 
-use crate::up::{Extras, FraudSection, System, UpConfig};
+use crate::up::{Extras, FraudSection, QuerySection, System, UpConfig};
 pub use generate::{Planted, STREAMS};
 
 #[derive(Args)]
@@ -44,7 +45,7 @@ pub struct DemoArgs {
     /// Working directory: table dumps, adapter state, delivered files, the report.
     #[arg(long, default_value = "govbus-demo")]
     dir: PathBuf,
-    /// First of four ports: gateway, registry, metrics, live streams. 0: any free ports.
+    /// First of five ports: gateway, registry, metrics, live streams, live interfaces. 0: any free ports.
     #[arg(long, default_value_t = 8080)]
     port_base: u16,
     /// Use this broker instead of the embedded one.
@@ -93,6 +94,8 @@ struct Verdict {
     detection_ms: Latency,
     sent: BTreeMap<&'static str, SentCount>,
     report: PathBuf,
+    /// The pension counter's live verification, when it ran.
+    counter: Option<counter::CounterCheck>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -197,6 +200,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ("hrss".to_owned(), token("hrss", args.seed)),
     ];
     let sse_token = token("public_security", args.seed);
+    let counter_token = token("hrss-counter", args.seed);
     let mut config = UpConfig::everything();
     config.topic_prefix = args.topic_prefix.clone();
     if args.postgres.is_some() && config.topic_prefix.is_empty() {
@@ -223,6 +227,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         s.postgres = args.postgres.clone();
         s.heartbeat = Duration::from_secs(5);
     }
+    config.query = Some(QuerySection {
+        listen: port(args.port_base, 4),
+        credentials: None,
+        state_dir: dir.join("state/query"),
+        tls_cert: None,
+        tls_key: None,
+        client_ca: None,
+    });
     if !args.external_fraud_app {
         config.fraud = Some(FraudSection {
             state_dir: dir.join("state/fraud"),
@@ -230,7 +242,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     let mut extras = Extras {
         gateway_tokens: gateway_tokens.clone(),
-        sink_tokens: vec![("public_security".to_owned(), sse_token.clone())],
+        sink_tokens: vec![
+            ("public_security".to_owned(), sse_token.clone()),
+            ("hrss".to_owned(), counter_token.clone()),
+        ],
         ..Extras::default()
     };
     if args.postgres.is_none() {
@@ -281,6 +296,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let where_to_look = view::where_to_look(
             &system,
             &sse_token,
+            &counter_token,
             &dir,
             webhook.is_some(),
             args.postgres.is_some(),
@@ -352,6 +368,29 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("generator: {e}"))??;
         let _ = tail.join();
         screen.finish();
+        let counter = match system.addrs.query {
+            Some(addr) if !interrupted => {
+                let (bootstrap, topics, catalog, token) = (
+                    system.bootstrap.clone(),
+                    system.topics.clone(),
+                    catalog.clone(),
+                    counter_token.clone(),
+                );
+                let checked = tokio::task::spawn_blocking(move || {
+                    counter::check(addr, &token, &bootstrap, &topics, &catalog)
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("counter check: {e}"))?;
+                match checked {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        eprintln!("counter check failed: {e:#}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
 
         let metrics_text = telemetry.render();
         let report_dir = dir.join("report");
@@ -419,6 +458,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 })
                 .collect(),
             report: report_dir.clone(),
+            counter,
         };
         std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&v)?)?;
         view::print_summary(&v, &files, interrupted);

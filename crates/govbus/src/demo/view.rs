@@ -13,6 +13,7 @@ use crate::up::System;
 pub fn where_to_look(
     system: &System,
     sse_token: &str,
+    counter_token: &str,
     dir: &FsPath,
     webhook: bool,
     postgres: bool,
@@ -26,6 +27,11 @@ pub fn where_to_look(
     }
     if let Some(r) = system.addrs.registry {
         out.push(format!("registry   http://{r}/subjects"));
+    }
+    if let Some(q) = system.addrs.query {
+        out.push(format!(
+            "counter    curl -H 'Authorization: Bearer {counter_token}' http://{q}/v1/query/hrss_deaths_counter_check/by/deceased_id_number/<ID>"
+        ));
     }
     if let Some(s) = system.addrs.sink {
         out.push(format!(
@@ -284,6 +290,12 @@ pub fn print_summary(v: &super::Verdict, files: &[PathBuf], interrupted: bool) {
         "  detection latency (last matching record published → alert on the bus), {} cases: p50 {} ms, max {} ms",
         d.cases, d.p50, d.max
     );
+    if let Some(c) = &v.counter {
+        println!(
+            "  pension counter (live interface, 核验): a registered death → {}; a living claimant → {}; answered in {} ms",
+            c.deceased, c.living, c.answer_ms
+        );
+    }
     for f in files {
         println!("  report: {}", f.display());
     }
