@@ -251,11 +251,20 @@ async fn lookups_and_verifications_answer_under_the_grant_and_are_audited() {
             "filter = [\"death_cause_category == natural\"]\n\n[fields]",
         )
         .replace("\"lookup\", \"verify\"", "\"verify\"");
+    let natural_lookup = GRANT.replace(
+        "[fields]",
+        "filter = [\"death_cause_category == natural\"]\n\n[fields]",
+    );
+    let expired = GRANT.replace("[fields]", "valid_until = \"2020-01-01\"\n\n[fields]");
+    let future = GRANT.replace("[fields]", "valid_from = \"2099-01-01\"\n\n[fields]");
     let slow = GRANT.replace("rate = 100000", "rate = 3");
     let d = Deployment::start(&[
         ("counter", GRANT.to_owned()),
         ("natural_only", filtered),
         ("slow", slow),
+        ("natural_lookup", natural_lookup),
+        ("expired", expired),
+        ("future", future),
         ("revocable", GRANT.to_owned()),
     ])
     .await;
@@ -596,6 +605,75 @@ async fn lookups_and_verifications_answer_under_the_grant_and_are_audited() {
         );
     }
 
+    // Outside the row filter is exactly absent: by key, by field, and when
+    // waiting for a version (a filtered key waits like one never published).
+    let (s1, _, b1) = http(
+        port,
+        "GET",
+        &format!("/v1/query/natural_lookup/records/{}", key(1)),
+        t,
+        None,
+    );
+    let (s99, _, b99) = http(
+        port,
+        "GET",
+        &format!("/v1/query/natural_lookup/records/{}", key(99)),
+        t,
+        None,
+    );
+    assert_eq!((s1, s99), (404, 404));
+    assert_eq!(json_of(&b1)["detail"], json_of(&b99)["detail"]);
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            &format!(
+                "/v1/query/natural_lookup/by/deceased_id_number/{}",
+                id_number(1)
+            ),
+            t,
+            None
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            &format!(
+                "/v1/query/natural_lookup/by/deceased_id_number/{}",
+                id_number(2)
+            ),
+            t,
+            None
+        )
+        .0,
+        200
+    );
+    for k in [key(1), key(99)] {
+        let (s, _, _) = http(
+            port,
+            "GET",
+            &format!("/v1/query/natural_lookup/records/{k}?min_version=1&wait=300ms"),
+            t,
+            None,
+        );
+        assert_eq!(s, 409, "{k}");
+    }
+    // The validity window.
+    for id in ["expired", "future"] {
+        let (s, _, body) = http(
+            port,
+            "GET",
+            &format!("/v1/query/{id}/records/{}", key(1)),
+            t,
+            None,
+        );
+        assert_eq!(s, 403, "{id}: {body}");
+        assert_eq!(json_of(&body)["error"], "grant_inactive", "{body}");
+    }
+
     // Publish, then read the new version consistently; a delete reads as absent.
     d.publish(&[(2, 2, "update")]).await;
     let (status, _, body) = http(
@@ -611,17 +689,16 @@ async fn lookups_and_verifications_answer_under_the_grant_and_are_audited() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(json_of(&body)["sourceversion"], "2");
     d.publish(&[(2, 3, "delete")]).await;
-    let (status, _, body) = http(
-        port,
-        "GET",
-        &format!(
-            "/v1/query/counter/records/{}?min_version=3&wait=10s",
-            key(2)
-        ),
-        t,
-        None,
-    );
-    assert_eq!(status, 404, "{body}");
+    wait_until("the delete to apply", Duration::from_secs(10), || {
+        http(
+            port,
+            "GET",
+            &format!("/v1/query/counter/records/{}", key(2)),
+            t,
+            None,
+        )
+        .0 == 404
+    });
     let (status, head, _) = http(
         port,
         "GET",

@@ -1346,6 +1346,21 @@ pub(crate) fn load_subscription(
         }
     }
     let sink = sink_spec(c, &file, spec.sink);
+    if matches!(sink, Some(SinkSpec::Api { .. })) {
+        // A caller asks by the clear key or lookup value it holds; answering
+        // with its pseudonym would hand it the clear ↔ pseudonym table that
+        // pseudonyms exist to withhold.
+        let asked_by = ds.key.iter().chain(ds.lookup.iter().map(|l| &l.field));
+        for field in asked_by {
+            if treatments.get(field) == Some(&Treatment::Pseudonym) {
+                c.push(
+                    &file,
+                    format!("fields.treatment.{field}"),
+                    format!("`{field}` is what callers of a live interface look records up by: it cannot be pseudonymised (the answer would link clear values to pseudonyms); use mask or clear"),
+                );
+            }
+        }
+    }
     if c.problems.len() > before {
         return None;
     }

@@ -512,6 +512,13 @@ fn live_interface_grants_and_lookup_fields_are_checked() {
         ("api_rate.toml", api("[\"lookup\"]", "rate = 0\nbatch_max = 5000\n")),
         ("api_url.toml", api("[\"verify\"]", "url = \"https://example.org\"\n")),
         (
+            "api_pseudonym.toml",
+            api("[\"lookup\"]", "").replace(
+                "[sink]",
+                "[fields.treatment]\ndeceased_id_number = \"pseudonym\"\n\n[sink]",
+            ),
+        ),
+        (
             "webhook_ops.toml",
             "subscriber = \"hrss\"\ndataset = \"civil_affairs.death_registration\"\npurpose = \"x\"\n[sink]\ntype = \"webhook\"\nurl = \"https://example.org/h\"\nsecret_env = \"X\"\noperations = [\"lookup\"]\nrate = 3\n".to_owned(),
         ),
@@ -530,6 +537,11 @@ fn live_interface_grants_and_lookup_fields_are_checked() {
         ("api_rate.toml", "sink.rate", "1..=100000"),
         ("api_rate.toml", "sink.batch_max", "1..=1000"),
         ("api_url.toml", "sink.url", "does not apply to a `api` sink"),
+        (
+            "api_pseudonym.toml",
+            "fields.treatment.deceased_id_number",
+            "cannot be pseudonymised",
+        ),
         (
             "webhook_ops.toml",
             "sink.operations",

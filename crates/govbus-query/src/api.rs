@@ -149,7 +149,9 @@ impl Audit {
                     push(m, &mut closing);
                 }
                 let mut groups: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
-                for p in batch {
+                // A caller that gave up (and was answered 503) was not
+                // served: its call is not recorded as answered.
+                for p in batch.into_iter().filter(|p| !p.done.is_closed()) {
                     groups.entry(p.sub.id.clone()).or_default().push(p);
                 }
                 for pending in groups.into_values() {
@@ -191,8 +193,9 @@ impl Audit {
             call,
             done,
         }));
-        if self.tx.send(msg).await.is_err() {
-            return false;
+        match tokio::time::timeout(Duration::from_secs(5), self.tx.send(msg)).await {
+            Ok(Ok(())) => {}
+            _ => return false,
         }
         tokio::time::timeout(Duration::from_secs(10), wait)
             .await
@@ -367,6 +370,21 @@ fn authorize(
             .insert("retry-after", HeaderValue::from_static("2"));
         return Err(r);
     };
+    let f = state.freshness();
+    if !f.caught_up || f.failing {
+        let mut r = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_not_current",
+            if f.failing {
+                "this dataset's state is not being updated (the operator is alerted); an answer now could be wrong, so none is given; retry shortly"
+            } else {
+                "this dataset's state is still catching up with its topic; an answer now could be wrong, so none is given; retry shortly"
+            },
+        );
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("2"));
+        return Err(r);
+    }
     let policy = Policy::new(sub, &ds, &st.config.pseudonym_secret);
     let (sub, batch_max) = (sub.clone(), *batch_max);
     Ok(Granted {
@@ -600,15 +618,30 @@ async fn lookup_one(
     };
     let mut commits = g.state.commits();
     let deadline = tokio::time::Instant::now() + wait;
+    let mut g = g;
+    let mut waited = false;
     let entry = loop {
+        if waited {
+            // The grant may have been revoked or changed while we waited.
+            g = match still_granted(&st, &g, ApiOperation::Lookup) {
+                Ok(g) => g,
+                Err(r) => return r,
+            };
+        }
         let entry = match read_entry(&st, &g.sub.dataset, &key) {
             Ok(e) => e,
             Err(r) => return r,
         };
         let Some(min) = min_version else { break entry };
-        if entry.as_ref().is_some_and(|e| e.version >= min) {
+        // Only a record this grant may see ends the wait: a deleted or
+        // filtered-out key waits like one never published, so the wait
+        // tells nothing about records outside the grant.
+        let reached = entry.as_ref().is_some_and(|e| e.version >= min)
+            && matches!(visible(&g, entry.as_ref()), Ok(Some(_)));
+        if reached {
             break entry;
         }
+        waited = true;
         let changed = tokio::time::timeout_at(deadline, commits.changed()).await;
         if !matches!(changed, Ok(Ok(()))) {
             let body = json!({
@@ -666,6 +699,69 @@ async fn lookup_one(
     }
 }
 
+/// `g` again from the current catalog (after a wait): still the caller's,
+/// still active, still allowing `op`; the policy as it is now.
+fn still_granted(st: &Inner, g: &Granted, op: ApiOperation) -> Result<Granted, Response> {
+    let catalog = st.catalog.borrow().clone();
+    let sub = catalog
+        .subscription(&g.sub.id)
+        .filter(|s| s.subscriber == g.sub.subscriber)
+        .ok_or_else(|| {
+            problem(
+                StatusCode::FORBIDDEN,
+                "grant_inactive",
+                "the subscription was removed",
+            )
+        })?;
+    let SinkSpec::Api {
+        operations,
+        batch_max,
+        ..
+    } = &sub.sink
+    else {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "grant_inactive",
+            "the subscription is no longer a live interface",
+        ));
+    };
+    if let Some(reason) = sub.inactive_reason(now_ms()) {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "grant_inactive",
+            format!("subscription `{}` does not allow calls: {reason}", sub.id),
+        ));
+    }
+    if !operations.contains(&op) {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "operation_not_granted",
+            format!("subscription `{}` no longer allows {}", sub.id, op.as_str()),
+        ));
+    }
+    let ds = catalog.dataset(&sub.dataset).cloned().ok_or_else(|| {
+        problem(
+            StatusCode::NOT_FOUND,
+            "no_such_dataset",
+            "the grant's dataset is not in the catalog",
+        )
+    })?;
+    let (policy, sub, batch_max) = (
+        Policy::new(sub, &ds, &st.config.pseudonym_secret),
+        sub.clone(),
+        *batch_max,
+    );
+    Ok(Granted {
+        policy,
+        sub,
+        ds,
+        state: g.state.clone(),
+        catalog,
+        batch_max,
+        started: g.started,
+    })
+}
+
 fn humantime_parse(s: &str) -> Option<Duration> {
     let s = s.trim();
     let (num, unit) = s.split_at(
@@ -682,7 +778,7 @@ fn humantime_parse(s: &str) -> Option<Duration> {
         "m" => n * 60.0,
         _ => return None,
     };
-    Some(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 fn humantime_format(d: Duration) -> String {
@@ -730,8 +826,10 @@ fn tag_of(ds: &Dataset, field: &str) -> Option<PiiTag> {
     ds.personal_data.get(field).copied()
 }
 
-/// The live, visible records whose `field` holds `value`, at most `limit`
-/// (plus whether there were more).
+/// The records whose `field` holds `value` that this grant may see (live,
+/// inside the row filter), at most `limit`, and whether there are more
+/// such records. Records the grant may not see count for nothing: they
+/// neither fill the page nor set `more`.
 fn find_by(
     st: &Inner,
     g: &Granted,
@@ -739,19 +837,31 @@ fn find_by(
     value: &str,
     limit: usize,
 ) -> Result<(Vec<(String, Entry)>, bool), Response> {
+    const PAGE: usize = 256;
     let text =
         index_text(tag_of(&g.ds, field), &Json::String(value.to_owned())).unwrap_or_default();
     let r = st.store.read().map_err(store_error)?;
-    let keys =
-        records::keys_by(&r, &g.sub.dataset, field, &text, limit + 1).map_err(store_error)?;
-    let more = keys.len() > limit;
     let mut out = Vec::new();
-    for k in keys.into_iter().take(limit) {
-        if let Some(e) = records::get(&r, &g.sub.dataset, &k).map_err(store_error)? {
-            out.push((k, e));
+    let mut after = String::new();
+    loop {
+        let keys = records::keys_by_after(&r, &g.sub.dataset, field, &text, &after, PAGE)
+            .map_err(store_error)?;
+        let last = keys.len() < PAGE;
+        for k in keys {
+            if let Some(e) = records::get(&r, &g.sub.dataset, &k).map_err(store_error)? {
+                if visible(g, Some(&e))?.is_some() {
+                    if out.len() == limit {
+                        return Ok((out, true));
+                    }
+                    out.push((k.clone(), e));
+                }
+            }
+            after = k;
+        }
+        if last {
+            return Ok((out, false));
         }
     }
-    Ok((out, more))
 }
 
 async fn lookup_by(
@@ -957,11 +1067,23 @@ async fn batch(
         if let Err(r) = lookup_field(&g, field) {
             return r;
         }
+        let mut budget = g.batch_max;
         for v in &items {
-            let (hits, more) = match find_by(&st, &g, field, v, g.batch_max) {
+            let (hits, more) = match find_by(&st, &g, field, v, budget) {
                 Ok(f) => f,
                 Err(r) => return r,
             };
+            if more {
+                return problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_many_records",
+                    format!(
+                        "these values name more than {} records in all (this grant's batch_max); ask for fewer values",
+                        g.batch_max
+                    ),
+                );
+            }
+            budget -= hits.len();
             let mut recs = Vec::new();
             for (k, e) in &hits {
                 match render(&g, k, Some(e)) {
@@ -975,7 +1097,7 @@ async fn batch(
             } else {
                 found += 1
             }
-            results.push(json!({"value": v, "records": recs, "truncated": more}));
+            results.push(json!({"value": v, "records": recs}));
         }
     } else {
         let r = match st.store.read() {
@@ -1142,8 +1264,8 @@ async fn verify(
                 }
                 Err(r) => return r,
             }
-            match find_by(&st, &g, field, &key, 2) {
-                Ok((hits, _)) if hits.iter().filter(|(_, e)| e.is_live()).count() > 1 => {
+            match find_by(&st, &g, field, &key, 1) {
+                Ok((_, true)) => {
                     let body = json!({"error": "ambiguous", "detail": format!("`{field}` is declared unique but several records hold this value; the source must correct its data")});
                     return answer(
                         &st,
@@ -1156,7 +1278,7 @@ async fn verify(
                     )
                     .await;
                 }
-                Ok((hits, _)) => hits.into_iter().next().map(|(_, e)| e),
+                Ok((hits, false)) => hits.into_iter().next().map(|(_, e)| e),
                 Err(r) => return r,
             }
         }

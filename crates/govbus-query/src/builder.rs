@@ -33,6 +33,9 @@ pub struct Freshness {
     pub keys: u64,
     /// Whether the builder has reached the end of the topic once since start.
     pub caught_up: bool,
+    /// Whether the builder's last attempt failed (it retries every second):
+    /// answers would come from a state that may be missing changes.
+    pub failing: bool,
 }
 
 /// A dataset's state as the API sees it: its freshness, and a signal bumped
@@ -112,11 +115,17 @@ pub fn spawn(
                 layout: String::new(),
             };
             while !stop.load(Ordering::Relaxed) {
-                if let Err(e) = b.run(&stop) {
-                    b.metrics.error(&b.config.dataset);
-                    tracing::error!(message = "State builder failed; restarting it from the store's position in 1 s.", dataset = %b.config.dataset, error = %e);
-                    std::thread::sleep(Duration::from_secs(1));
-                }
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.run(&stop)));
+                let error = match outcome {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "the builder panicked (a bug); see the log above".to_owned(),
+                };
+                b.metrics.error(&b.config.dataset);
+                b.state.update(|f| f.failing = true);
+                tracing::error!(message = "State builder failed; restarting it from the store's position in 1 s. Until it succeeds the dataset's calls answer 503.", dataset = %b.config.dataset, error = %error);
+                std::thread::sleep(Duration::from_secs(1));
             }
         });
     if let Err(e) = spawned {
@@ -131,6 +140,12 @@ enum BuildError {
     State(#[from] StateError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("the record at partition {partition} offset {offset} does not decode with this process's catalog ({detail}); its lookup fields cannot be indexed, so the state stops here until the catalog has its schema")]
+    Undecodable {
+        partition: i32,
+        offset: i64,
+        detail: String,
+    },
 }
 
 struct Builder {
@@ -243,7 +258,7 @@ impl Builder {
             positions = self.assign(&consumer)?;
         }
         tracing::info!(message = "State builder started.", dataset = %self.config.dataset, resume = %positions.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(","));
-        let mut last_lag = Instant::now() - Duration::from_secs(10);
+        let mut last_lag: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             if self.check_layout()? {
                 positions = self.assign(&consumer)?;
@@ -255,10 +270,9 @@ impl Builder {
                     positions.insert(c.partition, c.offset + 1);
                 }
             }
-            if last_lag.elapsed() >= Duration::from_secs(2)
-                || (batch.is_empty() && !self.state.freshness().caught_up)
-            {
-                last_lag = Instant::now();
+            let due = last_lag.is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
+            if due || (batch.is_empty() && !self.state.freshness().caught_up) {
+                last_lag = Some(Instant::now());
                 self.measure_lag(&consumer, &positions);
             }
         }
@@ -305,7 +319,14 @@ impl Builder {
                                 }
                             }
                         }
-                        Err(_) => self.metrics.undecodable(&self.config.dataset),
+                        Err(e) => {
+                            self.metrics.undecodable(&self.config.dataset);
+                            return Err(BuildError::Undecodable {
+                                partition: c.partition,
+                                offset: c.offset,
+                                detail: e.to_string(),
+                            });
+                        }
                     }
                 }
             }
@@ -333,6 +354,7 @@ impl Builder {
         self.state.update(|f| {
             f.keys = applied.live;
             f.newest_ms = applied.newest_ms;
+            f.failing = false;
         });
         self.publish_state();
         self.state.commits.send_modify(|n| *n += 1);
@@ -363,6 +385,7 @@ impl Builder {
         self.state.update(|f| {
             f.lag = lag;
             f.caught_up |= lag == 0;
+            f.failing = false;
         });
         if first {
             tracing::info!(message = "State caught up with the topic.", dataset = %self.config.dataset, keys = self.state.freshness().keys);

@@ -162,7 +162,12 @@ impl Query {
         self.inner
             .datasets
             .read()
-            .map(|d| d.values().all(|s| s.freshness().caught_up))
+            .map(|d| {
+                d.values().all(|s| {
+                    let f = s.freshness();
+                    f.caught_up && !f.failing
+                })
+            })
             .unwrap_or(false)
     }
 

@@ -57,7 +57,7 @@ impl Metrics {
             .buckets(vec![
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
             ]),
-            &["operation"],
+            &["subscription", "operation"],
         )
         .expect("metric");
         let keys = IntGaugeVec::new(
@@ -145,7 +145,7 @@ impl Metrics {
         self.calls
             .with_label_values(&[sub, op, &status.to_string()])
             .inc();
-        self.latency.with_label_values(&[op]).observe(seconds);
+        self.latency.with_label_values(&[sub, op]).observe(seconds);
     }
 
     pub(crate) fn result(&self, sub: &str, op: &str, result: &str, n: u64) {

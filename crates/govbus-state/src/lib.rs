@@ -43,6 +43,15 @@ pub enum StateError {
         /// What the engine said.
         detail: String,
     },
+    /// The store file cannot be read or written (permissions, disk): not a
+    /// reason to throw it away.
+    #[error("state store {path}: {detail}")]
+    Io {
+        /// The store file.
+        path: PathBuf,
+        /// What the system said.
+        detail: String,
+    },
     /// Another process holds the store (two instances on one directory).
     #[error(
         "state store {0} is in use by another process; give each instance its own --state-dir"
@@ -90,16 +99,35 @@ impl Store {
                 detail: e.to_string(),
             })?;
         }
-        let db = redb::Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StateError::InUse(path.to_owned()),
-                other => StateError::Open {
+        // redb's debug builds panic on some damage instead of returning
+        // `Corrupted`: a panic while opening is damage too.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            redb::Database::builder()
+                .set_cache_size(cache_bytes)
+                .create(path)
+        }))
+        .map_err(|_| StateError::Open {
+            path: path.to_owned(),
+            detail: "the file is damaged (the engine gave up reading it)".into(),
+        })?;
+        let db = opened.map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StateError::InUse(path.to_owned()),
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if !matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                StateError::Io {
                     path: path.to_owned(),
-                    detail: other.to_string(),
-                },
-            })?;
+                    detail: io.to_string(),
+                }
+            }
+            other => StateError::Open {
+                path: path.to_owned(),
+                detail: other.to_string(),
+            },
+        })?;
         let store = Store {
             db: std::sync::Arc::new(db),
             path: path.to_owned(),
@@ -112,8 +140,9 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens the store at `path`; one that cannot be opened (damaged, or
-    /// written by an incompatible version) is renamed to
+    /// Opens the store at `path`; one that cannot be opened because it is
+    /// damaged or written by an incompatible version (not for want of
+    /// permission or disk, [`StateError::Io`]) is renamed to
     /// `<path>.broken-<unix seconds>` and a new, empty one is created, so the
     /// caller rebuilds it from the topics. Returns why it was rebuilt.
     pub fn open_or_rebuild(
@@ -122,7 +151,7 @@ impl Store {
     ) -> Result<(Store, Option<String>), StateError> {
         match Store::open(path, cache_bytes) {
             Ok(s) => Ok((s, None)),
-            Err(e @ StateError::InUse(_)) => Err(e),
+            Err(e @ (StateError::InUse(_) | StateError::Io { .. })) => Err(e),
             Err(e) => {
                 let secs = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -391,6 +420,32 @@ impl Table {
     /// Up to `limit` entries whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> Result<Vec<Row>, StateError> {
         scan(&self.t, prefix, limit)
+    }
+
+    /// Up to `limit` entries whose key starts with `prefix` and comes after
+    /// `after` (the key a previous page ended with), in key order.
+    pub fn scan_prefix_after(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Row>, StateError> {
+        let mut out = Vec::new();
+        let range = (
+            std::ops::Bound::Excluded(after),
+            std::ops::Bound::Unbounded::<&[u8]>,
+        );
+        for row in self.t.range::<&[u8]>(range).map_err(storage)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row.map_err(storage)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// Number of entries.

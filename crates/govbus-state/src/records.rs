@@ -243,6 +243,29 @@ pub fn keys_by(
         .collect()
 }
 
+/// Up to `limit` keys whose lookup field `field` holds `value`, after the
+/// key `after` (the last of a previous page), in key order.
+pub fn keys_by_after(
+    r: &ReadTxn,
+    dataset: &str,
+    field: &str,
+    value: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<String>, StateError> {
+    let Some(t) = r.table(&idx_table(dataset))? else {
+        return Ok(Vec::new());
+    };
+    let prefix = index_prefix(field, value);
+    t.scan_prefix_after(&prefix, &index_key(field, value, after), limit)?
+        .into_iter()
+        .map(|(k, _)| {
+            String::from_utf8(k[prefix.len()..].to_vec())
+                .map_err(|_| StateError::Corrupt("index key is not UTF-8".into()))
+        })
+        .collect()
+}
+
 /// Live keys and the newest applied change time (milliseconds) of `dataset`.
 pub fn stats(r: &ReadTxn, dataset: &str) -> Result<(u64, i64), StateError> {
     let live = meta_i64(r.meta(&format!("count:{dataset}"))?);
@@ -300,6 +323,13 @@ mod tests {
         );
         assert!(!get(&r, "d.x", "j").unwrap().unwrap().is_live());
         assert_eq!(keys_by(&r, "d.x", "city", "a", 10).unwrap(), vec!["k"]);
+        assert!(keys_by_after(&r, "d.x", "city", "a", "k", 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            keys_by_after(&r, "d.x", "city", "a", "", 10).unwrap(),
+            vec!["k"]
+        );
         assert!(keys_by(&r, "d.x", "city", "b", 10).unwrap().is_empty());
         assert_eq!(stats(&r, "d.x").unwrap(), (1, 30));
     }
