@@ -250,7 +250,26 @@ struct Granted {
     started: Instant,
 }
 
+/// [`check_call`], with every refusal counted (a subscription id the
+/// catalog does not have is counted as `-`: no caller text in labels).
 fn authorize(
+    st: &Inner,
+    headers: &HeaderMap,
+    peer: Option<&govbus_http::PeerCertificate>,
+    id: &str,
+    op: ApiOperation,
+) -> Result<Granted, Response> {
+    check_call(st, headers, peer, id, op).inspect_err(|r| {
+        let status = r.status().as_u16();
+        if status != 429 {
+            let known = st.catalog.borrow().subscription(id).is_some();
+            st.metrics
+                .refused(if known { id } else { "-" }, op.as_str(), status);
+        }
+    })
+}
+
+fn check_call(
     st: &Inner,
     headers: &HeaderMap,
     peer: Option<&govbus_http::PeerCertificate>,
@@ -336,7 +355,7 @@ fn authorize(
         ));
     }
     if let Err(wait) = st.limits.take(&sub.id, *rate) {
-        st.metrics.call(&sub.id, op.as_str(), 429, 0.0);
+        st.metrics.refused(&sub.id, op.as_str(), 429);
         let secs = wait.as_secs_f64().ceil().max(1.0);
         let mut r = problem(
             StatusCode::TOO_MANY_REQUESTS,

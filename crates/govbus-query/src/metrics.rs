@@ -148,6 +148,13 @@ impl Metrics {
         self.latency.with_label_values(&[sub, op]).observe(seconds);
     }
 
+    /// A call refused before it was answered (no latency observed).
+    pub(crate) fn refused(&self, sub: &str, op: &str, status: u16) {
+        self.calls
+            .with_label_values(&[sub, op, &status.to_string()])
+            .inc();
+    }
+
     pub(crate) fn result(&self, sub: &str, op: &str, result: &str, n: u64) {
         self.results.with_label_values(&[sub, op, result]).inc_by(n);
     }
