@@ -574,6 +574,21 @@ struct WaitQuery {
 
 type Peer = Option<axum::Extension<govbus_http::PeerCertificate>>;
 
+/// The steps every handler starts with: the path decoded, then the call
+/// authorized for `op` on the subscription `id_of(path)` names.
+fn begin<T>(
+    st: &Inner,
+    path: Result<Path<T>, axum::extract::rejection::PathRejection>,
+    peer: &Peer,
+    headers: &HeaderMap,
+    op: ApiOperation,
+    id_of: impl Fn(&T) -> &str,
+) -> Result<(T, Granted), Response> {
+    let Path(p) = path.map_err(path_error)?;
+    let g = authorize(st, headers, peer.as_ref().map(|x| &x.0), id_of(&p), op)?;
+    Ok((p, g))
+}
+
 fn path_error(e: axum::extract::rejection::PathRejection) -> Response {
     problem(
         StatusCode::BAD_REQUEST,
@@ -589,18 +604,10 @@ async fn lookup_one(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    let Path((id, key)) = match path {
-        Ok(p) => p,
-        Err(e) => return path_error(e),
-    };
-    let g = match authorize(
-        &st,
-        &headers,
-        peer.as_ref().map(|p| &p.0),
-        &id,
-        ApiOperation::Lookup,
-    ) {
-        Ok(g) => g,
+    let ((_, key), g) = match begin(&st, path, &peer, &headers, ApiOperation::Lookup, |p| {
+        p.0.as_str()
+    }) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     if let Err(r) = check_text("the key", &key) {
@@ -889,20 +896,13 @@ async fn lookup_by(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    let Path((id, field, value)) = match path {
-        Ok(p) => p,
-        Err(e) => return path_error(e),
-    };
-    let g = match authorize(
-        &st,
-        &headers,
-        peer.as_ref().map(|p| &p.0),
-        &id,
-        ApiOperation::Lookup,
-    ) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
+    let ((_, field, value), g) =
+        match begin(&st, path, &peer, &headers, ApiOperation::Lookup, |p| {
+            p.0.as_str()
+        }) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
     if let Err(r) = check_text("the value", &value) {
         return r;
     }
@@ -1024,18 +1024,15 @@ async fn batch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Path(id) = match path {
-        Ok(p) => p,
-        Err(e) => return path_error(e),
-    };
-    let g = match authorize(
+    let (_, g) = match begin(
         &st,
+        path,
+        &peer,
         &headers,
-        peer.as_ref().map(|p| &p.0),
-        &id,
         ApiOperation::Lookup,
+        String::as_str,
     ) {
-        Ok(g) => g,
+        Ok(x) => x,
         Err(r) => return r,
     };
     let req =
@@ -1190,18 +1187,15 @@ async fn verify(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Path(id) = match path {
-        Ok(p) => p,
-        Err(e) => return path_error(e),
-    };
-    let g = match authorize(
+    let (_, g) = match begin(
         &st,
+        path,
+        &peer,
         &headers,
-        peer.as_ref().map(|p| &p.0),
-        &id,
         ApiOperation::Verify,
+        String::as_str,
     ) {
-        Ok(g) => g,
+        Ok(x) => x,
         Err(r) => return r,
     };
     let req = match read_body(body).await {

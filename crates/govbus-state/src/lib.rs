@@ -193,6 +193,23 @@ fn offset_key(topic: &str, partition: i32) -> String {
     format!("{topic}\u{0}{partition}")
 }
 
+/// The offsets of `topic` in an offsets table (of a read or a write transaction).
+fn offsets_in<T: ReadableTable<&'static str, i64>>(
+    t: &T,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, StateError> {
+    let prefix = format!("{topic}\u{0}");
+    let rows = t
+        .range(prefix.as_str()..)
+        .map_err(storage)?
+        .map(|r| {
+            r.map(|(k, v)| (k.value().to_owned(), v.value()))
+                .map_err(storage)
+        })
+        .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)));
+    parse_offsets(topic, rows)
+}
+
 fn parse_offsets<'a>(
     topic: &str,
     rows: impl Iterator<Item = Result<(String, i64), StateError>> + 'a,
@@ -255,17 +272,7 @@ impl WriteTxn {
 
     /// The committed-or-pending offsets of `topic`: partition → next offset.
     pub fn offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>, StateError> {
-        let t = self.tx.open_table(OFFSETS).map_err(storage)?;
-        let prefix = format!("{topic}\u{0}");
-        let rows = t
-            .range(prefix.as_str()..)
-            .map_err(storage)?
-            .map(|r| {
-                r.map(|(k, v)| (k.value().to_owned(), v.value()))
-                    .map_err(storage)
-            })
-            .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)));
-        parse_offsets(topic, rows)
+        offsets_in(&self.tx.open_table(OFFSETS).map_err(storage)?, topic)
     }
 
     /// A metadata value.
@@ -369,17 +376,7 @@ impl ReadTxn {
 
     /// The committed offsets of `topic`: partition → next offset.
     pub fn offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>, StateError> {
-        let t = self.tx.open_table(OFFSETS).map_err(storage)?;
-        let prefix = format!("{topic}\u{0}");
-        let rows = t
-            .range(prefix.as_str()..)
-            .map_err(storage)?
-            .map(|r| {
-                r.map(|(k, v)| (k.value().to_owned(), v.value()))
-                    .map_err(storage)
-            })
-            .take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)));
-        parse_offsets(topic, rows)
+        offsets_in(&self.tx.open_table(OFFSETS).map_err(storage)?, topic)
     }
 
     /// A metadata value.
