@@ -150,8 +150,10 @@ impl Deployment {
             write_grant(catalog.path(), id, text);
         }
         let state = tempfile::tempdir().unwrap();
+        let other_dir = state.path().join("other");
+        std::fs::create_dir(&other_dir).unwrap();
         let (token, credentials) = new_credential("hrss", state.path());
-        let (other_token, other) = new_credential("housing_fund", catalog.path());
+        let (other_token, other) = new_credential("housing_fund", &other_dir);
         let mut both = std::fs::read_to_string(&credentials).unwrap();
         both.push_str(&std::fs::read_to_string(&other).unwrap());
         std::fs::write(&credentials, both).unwrap();

@@ -51,6 +51,9 @@ pub struct QueryConfig {
     pub max_batch: usize,
     /// Extra librdkafka settings.
     pub client_overrides: Vec<(String, String)>,
+    /// Create `_govbus.audit` when it is missing (off when topics are
+    /// provisioned, or the broker has no CreateTopics).
+    pub create_topics: bool,
 }
 
 impl QueryConfig {
@@ -66,6 +69,7 @@ impl QueryConfig {
             max_wait: std::time::Duration::from_secs(10),
             max_batch: 5000,
             client_overrides: Vec::new(),
+            create_topics: true,
         }
     }
 }
@@ -118,6 +122,10 @@ impl Query {
                 .map_err(|e| govbus_state::StateError::Storage(e.to_string()))??;
         if let Some(why) = rebuilt {
             tracing::warn!(message = "The state store could not be opened; rebuilding it from the topics.", reason = %why);
+        }
+        if config.create_topics {
+            govbus_kafka::admin::ensure_topics(&config.bootstrap, &[(config.topics.audit(), 1)])
+                .await;
         }
         let ledger = govbus_sink::ledger::Ledger::open(
             &config.bootstrap,

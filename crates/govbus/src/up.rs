@@ -979,6 +979,7 @@ impl System {
             qc.pseudonym_secret = crate::cmd::sink::pseudonym_secret("GOVBUS_PSEUDONYM_SECRET")?;
             qc.ledger_key = crate::cmd::sink::ledger_key()?;
             qc.client_overrides = overrides.clone();
+            qc.create_topics = !embedded;
             let (cat_tx, cat_rx) = watch::channel(Arc::new(catalog.clone()));
             if let Some(dir) = &config.catalog {
                 crate::cmd::sink::watch_catalog(dir.clone(), cat_tx);

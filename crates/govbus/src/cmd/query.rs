@@ -51,6 +51,10 @@ pub struct QueryArgs {
     /// Longest wait-for-version a caller may ask for.
     #[arg(long, default_value = "10s", value_parser = humantime_duration)]
     max_wait: Duration,
+    /// Do not create a missing `_govbus.audit` (it is provisioned, or the
+    /// broker has no CreateTopics).
+    #[arg(long)]
+    no_create_topics: bool,
     /// Extra librdkafka setting, `key=value` (repeatable).
     #[arg(long = "kafka", value_name = "KEY=VALUE")]
     kafka: Vec<String>,
@@ -70,6 +74,7 @@ pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     config.cache_bytes = args.cache_mib.max(1) << 20;
     config.max_wait = args.max_wait;
     config.client_overrides = super::kafka_overrides(&args.kafka)?;
+    config.create_topics = !args.no_create_topics;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
