@@ -242,6 +242,23 @@ fn deliver(s: &Setup, changes: &[Change]) {
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30)).unwrap();
+    // What the app will read: every change, none lost on the way in.
+    let mut n = 0;
+    for f in FEEDS {
+        govbus_kafka::read::each(
+            &s.bootstrap,
+            &s.topics.view(f),
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+            |_| n += 1,
+        )
+        .unwrap();
+    }
+    assert!(
+        n >= changes.len(),
+        "the views hold {n} records, {} delivered",
+        changes.len()
+    );
 }
 
 fn config(s: &Setup, state: &Path, batch: usize) -> AppConfig {
@@ -279,10 +296,37 @@ fn run_until_read(config: &AppConfig, n: u64) -> Metrics {
         );
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "read {} of {n} records in 120 s",
-            inputs_read(&metrics)
+            "read {} of {n} records in 120 s:\n{}",
+            inputs_read(&metrics),
+            metrics.render()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    handle.join().unwrap().unwrap();
+    metrics
+}
+
+/// Runs the app in this process until it has read nothing for 5 s.
+fn run_until_quiet(config: &AppConfig) -> Metrics {
+    let metrics = Metrics::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = {
+        let (config, metrics, stop) = (config.clone(), metrics.clone(), stop.clone());
+        std::thread::spawn(move || govbus_fraud::run(&config, &metrics, &stop))
+    };
+    let (mut last, mut since) = (u64::MAX, Instant::now());
+    while since.elapsed() < Duration::from_secs(5) {
+        assert!(
+            !handle.is_finished(),
+            "the app stopped: {:?}",
+            handle.join()
+        );
+        let n = inputs_read(&metrics);
+        if n != last {
+            (last, since) = (n, Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
     stop.store(true, Ordering::Relaxed);
     handle.join().unwrap().unwrap();
@@ -428,7 +472,8 @@ fn child(spec: &str) {
         bootstrap: v["bootstrap"].as_str().unwrap().to_owned(),
         topics: Topics::new(v["prefix"].as_str().unwrap()),
     };
-    let c = config(&s, &PathBuf::from(v["state"].as_str().unwrap()), 3);
+    // One record per commit: many commits to be killed between.
+    let c = config(&s, &PathBuf::from(v["state"].as_str().unwrap()), 1);
     let stop = AtomicBool::new(false);
     govbus_fraud::run(&c, &Metrics::new(), &stop).unwrap();
 }
@@ -465,7 +510,7 @@ fn killed_again_and_again_during_corrections_it_neither_loses_nor_repeats_an_ale
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     // Few keys, many versions of each: mostly corrections and deletions.
-    let changes = history(4242, 600, 5, 5);
+    let changes = history(4242, 1500, 5, 5);
     deliver(&s, &changes);
     // First run: dies right after the broker acknowledged its first
     // alerts, before the commit that covers them (the worst moment).
@@ -485,18 +530,17 @@ fn killed_again_and_again_during_corrections_it_neither_loses_nor_repeats_an_ale
     assert!(output_len(&s) > 0, "it published before aborting");
     // Then kill -9 at arbitrary moments, each after it published more.
     let mut kills = 0;
-    for pause_ms in [700, 350, 1100, 500] {
-        let before = output_len(&s);
+    let aborted_with = output_len(&s);
+    for pause_ms in [900, 400, 1300, 600] {
         let mut app = spawn_child(&s, &state, "");
         std::thread::sleep(Duration::from_millis(pause_ms));
-        let started = Instant::now();
-        while output_len(&s) == before && started.elapsed() < Duration::from_secs(20) {}
         // SIGKILL (std's kill is kill -9 on Unix).
         app.kill().unwrap();
         app.wait().unwrap();
         kills += 1;
     }
     assert_eq!(kills, 4);
+    assert!(output_len(&s) > aborted_with, "the killed runs published");
     // Last run, in this process, to the end of the input.
     let committed: u64 = {
         let (store, _) =
@@ -519,7 +563,12 @@ fn killed_again_and_again_during_corrections_it_neither_loses_nor_repeats_an_ale
         "the kills came before the end of the input ({committed} of {})",
         changes.len()
     );
-    let m = run_until_read(&config(&s, &state, 3), changes.len() as u64 - committed);
+    let m = run_until_quiet(&config(&s, &state, 3));
+    println!(
+        "  committed before the last run: {committed} of {}; read by the last run: {}",
+        changes.len(),
+        inputs_read(&m)
+    );
     let out = published(&s);
     check_against_oracle(&out, &changes);
     let text = m.render();
