@@ -317,32 +317,6 @@ fn run_until_read(config: &AppConfig, n: u64) -> Metrics {
     metrics
 }
 
-/// Runs the app in this process until it has read nothing for 5 s.
-fn run_until_quiet(config: &AppConfig) -> Metrics {
-    let metrics = Metrics::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let handle = {
-        let (config, metrics, stop) = (config.clone(), metrics.clone(), stop.clone());
-        std::thread::spawn(move || govbus_fraud::run(&config, &metrics, &stop))
-    };
-    let (mut last, mut since) = (u64::MAX, Instant::now());
-    while since.elapsed() < Duration::from_secs(5) {
-        assert!(
-            !handle.is_finished(),
-            "the app stopped: {:?}",
-            handle.join()
-        );
-        let n = inputs_read(&metrics);
-        if n != last {
-            (last, since) = (n, Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    stop.store(true, Ordering::Relaxed);
-    handle.join().unwrap().unwrap();
-    metrics
-}
-
 /// One publication of an alert, as read back from the app's output.
 #[derive(Debug, Clone)]
 struct Published {
