@@ -50,6 +50,9 @@ pub const MAX_KEY_BYTES: usize = 512;
 /// Most fields one verification compares.
 pub const MAX_VERIFY_FIELDS: usize = 32;
 
+/// Ledger appends of calls in flight at once.
+const IN_FLIGHT: usize = 32;
+
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
@@ -135,6 +138,8 @@ impl Audit {
     pub(crate) fn start(ledger: Ledger) -> Audit {
         let key = ledger.key().to_vec();
         let (tx, mut rx) = mpsc::channel::<AuditMsg>(65_536);
+        let ledger = Arc::new(ledger);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         tokio::spawn(async move {
             let mut closing = false;
             while !closing {
@@ -155,29 +160,40 @@ impl Audit {
                     groups.entry(p.sub.id.clone()).or_default().push(p);
                 }
                 for pending in groups.into_values() {
-                    let sub = &pending[0].sub;
-                    let record = Record {
-                        subscription: &sub.id,
-                        subscriber: &sub.subscriber,
-                        dataset: &sub.dataset,
-                        sink: "api",
-                        policy: &sub.policy_version,
-                        outcome: "answered",
-                        events: Vec::new(),
-                        calls: pending.iter().map(|p| p.call.clone()).collect(),
+                    // Appends are pipelined: many in flight, each answered
+                    // when its own entry is acknowledged.
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        break;
                     };
-                    let ok = match ledger.append(&record).await {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::error!(message = "Cannot record live-interface calls in the ledger; they are refused.", subscription = %sub.id, error = %e);
-                            false
+                    let ledger = ledger.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let sub = &pending[0].sub;
+                        let record = Record {
+                            subscription: &sub.id,
+                            subscriber: &sub.subscriber,
+                            dataset: &sub.dataset,
+                            sink: "api",
+                            policy: &sub.policy_version,
+                            outcome: "answered",
+                            events: Vec::new(),
+                            calls: pending.iter().map(|p| p.call.clone()).collect(),
+                        };
+                        let ok = match ledger.append(&record).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::error!(message = "Cannot record live-interface calls in the ledger; they are refused.", subscription = %sub.id, error = %e);
+                                false
+                            }
+                        };
+                        for p in pending {
+                            let _ = p.done.send(ok);
                         }
-                    };
-                    for p in pending {
-                        let _ = p.done.send(ok);
-                    }
+                    });
                 }
             }
+            // Every append in flight finishes before the chain is closed.
+            let _ = in_flight.acquire_many(IN_FLIGHT as u32).await;
             if let Err(e) = ledger.close().await {
                 tracing::warn!(message = "Cannot close the query ledger chain.", error = %e);
             }

@@ -312,49 +312,68 @@ impl Ledger {
     }
 
     async fn write(&self, kind: &str, r: &Record<'_>) -> Result<(), LedgerError> {
-        // Held across the send: entries reach the one-partition topic in seq order.
-        let mut chain = self.chain.lock().await;
-        let mut entry = Entry {
-            writer: self.writer.clone(),
-            seq: chain.seq,
-            prev: chain.prev.clone(),
-            time: now_rfc3339(),
-            kind: kind.to_owned(),
-            subscription: r.subscription.to_owned(),
-            subscriber: r.subscriber.to_owned(),
-            dataset: r.dataset.to_owned(),
-            sink: r.sink.to_owned(),
-            policy: r.policy.to_owned(),
-            outcome: r.outcome.to_owned(),
-            events: r.events.clone(),
-            calls: r.calls.clone(),
-            hash: String::new(),
-            mac: String::new(),
+        // The lock covers building the entry and *enqueueing* it, not its
+        // acknowledgement: entries reach the one-partition topic in seq order
+        // (the producer is idempotent, which keeps the order of messages in
+        // flight), and many writers' entries can be in flight at once.
+        let delivery = {
+            let mut chain = self.chain.lock().await;
+            let mut entry = Entry {
+                writer: self.writer.clone(),
+                seq: chain.seq,
+                prev: chain.prev.clone(),
+                time: now_rfc3339(),
+                kind: kind.to_owned(),
+                subscription: r.subscription.to_owned(),
+                subscriber: r.subscriber.to_owned(),
+                dataset: r.dataset.to_owned(),
+                sink: r.sink.to_owned(),
+                policy: r.policy.to_owned(),
+                outcome: r.outcome.to_owned(),
+                events: r.events.clone(),
+                calls: r.calls.clone(),
+                hash: String::new(),
+                mac: String::new(),
+            };
+            entry.hash = entry.compute_hash();
+            entry.mac = entry.compute_mac(&self.key);
+            let body = serde_json::to_vec(&entry).unwrap_or_default();
+            let delivery = loop {
+                let record = FutureRecord::to(&self.topic)
+                    .key(self.writer.as_bytes())
+                    .payload(&body);
+                match self.producer.send_result(record) {
+                    Ok(d) => break d,
+                    Err((e, _)) if is_retriable(&e) => {
+                        tracing::warn!(topic = %self.topic, error = %e, "ledger write not accepted by the producer; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err((source, _)) => {
+                        return Err(LedgerError {
+                            topic: self.topic.clone(),
+                            source,
+                        })
+                    }
+                }
+            };
+            chain.seq += 1;
+            chain.prev = entry.hash;
+            delivery
         };
-        entry.hash = entry.compute_hash();
-        entry.mac = entry.compute_mac(&self.key);
-        let body = serde_json::to_vec(&entry).unwrap_or_default();
-        loop {
-            let record = FutureRecord::to(&self.topic)
-                .key(self.writer.as_bytes())
-                .payload(&body);
-            match self.producer.send(record, Duration::from_secs(30)).await {
-                Ok(_) => break,
-                Err((e, _)) if is_retriable(&e) => {
-                    tracing::warn!(topic = %self.topic, error = %e, "ledger write failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err((source, _)) => {
-                    return Err(LedgerError {
-                        topic: self.topic.clone(),
-                        source,
-                    })
-                }
-            }
+        // The producer never gives up on a message (message.timeout.ms = 0):
+        // an error here is fatal, and the entry is missing from the chain —
+        // which `govbus audit verify` then reports as a broken link.
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((source, _))) => Err(LedgerError {
+                topic: self.topic.clone(),
+                source,
+            }),
+            Err(_) => Err(LedgerError {
+                topic: self.topic.clone(),
+                source: rdkafka::error::KafkaError::Canceled,
+            }),
         }
-        chain.seq += 1;
-        chain.prev = entry.hash;
-        Ok(())
     }
 }
 
