@@ -255,7 +255,12 @@ pub async fn run(b: QueryBench) -> anyhow::Result<()> {
         "RSS now {rss:.0} MiB, peak {peak:.0} MiB (state on disk: {} MiB)",
         disk >> 20
     );
-    let _ = pg;
+    if let (Some(conninfo), Some(_)) = (&b.postgres, pg) {
+        let (c, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        c.batch_execute(&format!("DROP TABLE IF EXISTS benchq_{stamp}"))
+            .await?;
+    }
     let _ = stop_tx.send(true);
     query.stop();
     tokio::time::sleep(Duration::from_millis(300)).await;
