@@ -221,6 +221,9 @@ impl Deployment {
     }
 }
 
+/// Method, path, Authorization, body, expected status.
+type BadCall<'a> = (&'a str, &'a str, Option<&'a str>, Option<Vec<u8>>, u16);
+
 fn write_grant(catalog: &Path, id: &str, text: &str) {
     std::fs::write(
         catalog.join("subscriptions").join(format!("{id}.toml")),
@@ -271,7 +274,7 @@ async fn lookups_and_verifications_answer_under_the_grant_and_are_audited() {
     ])
     .await;
     let dir = d.catalog.path().to_str().unwrap().to_owned();
-    let _router = spawn_router(
+    let mut router = spawn_router(
         &Broker::shared().bootstrap(),
         &d.topics,
         &["--catalog", &dir],
@@ -464,7 +467,7 @@ async fn lookups_and_verifications_answer_under_the_grant_and_are_audited() {
     );
 
     // Bad input and wrong credentials: each a clear error, nothing served.
-    let bad: Vec<(&str, &str, Option<&str>, Option<Vec<u8>>, u16)> = vec![
+    let bad: Vec<BadCall> = vec![
         (
             "GET",
             "/v1/query/counter/records/DR-2026-00000001",
@@ -834,6 +837,8 @@ async fn lookups_and_verifications_answer_under_the_grant_and_are_audited() {
         !log.contains(&id_number(1)) && !log.contains("欧阳"),
         "personal data in the log:\n{log}"
     );
+    let _ = router.kill();
+    let _ = router.wait();
 }
 
 /// Produces `n` canonical records straight into `data.<deaths>`: keys
