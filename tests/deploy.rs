@@ -265,7 +265,7 @@ fn a_real_prometheus_scrapes_govbus_and_evaluates_the_rules() {
             .flatten()
             .flat_map(|g| g["rules"].as_array().unwrap())
             .collect();
-        if all.len() == 7 && all.iter().all(|r| r["health"] == "ok") {
+        if all.len() == 9 && all.iter().all(|r| r["health"] == "ok") {
             break;
         }
         assert!(
