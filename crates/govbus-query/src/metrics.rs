@@ -178,14 +178,6 @@ impl Metrics {
         }
     }
 
-    /// Changes applied to `dataset`'s state since start, all outcomes.
-    pub fn applied_total(&self, dataset: &str) -> u64 {
-        ["written", "deleted", "stale"]
-            .iter()
-            .map(|o| self.applied.with_label_values(&[dataset, o]).get())
-            .sum()
-    }
-
     pub(crate) fn undecodable(&self, dataset: &str) {
         self.undecodable.with_label_values(&[dataset]).inc();
     }
