@@ -345,6 +345,10 @@ async fn webhooks_are_signed_masked_retried_and_recorded_in_the_ledger() {
     assert_eq!(data["deceased_id_number"], json!(id_number(i)));
     assert_eq!(data.len(), 4, "{data:?}");
     assert!(metric(port, "govbus_sink_retried_total", "housing") >= 3.0);
+    // Counted once the ledger holds the delivery, which is after the receiver answered 200.
+    wait_until("20 deliveries counted", Duration::from_secs(30), || {
+        metric(port, "govbus_sink_delivered_total", "housing") == 20.0
+    });
     assert_eq!(metric(port, "govbus_sink_delivered_total", "housing"), 20.0);
 
     // The ledger: every delivery recorded, chains intact, and a record's delivery can be looked up.
