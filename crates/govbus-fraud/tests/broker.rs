@@ -42,12 +42,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    // Not yet passing, so not in the suite: run it by name. After the kills
-    // the last run reads fewer records than the views hold past the
-    // committed offsets and one alert ends withdrawn that should stand
-    // (RELIABILITY.md, "Not covered yet"); its kill timing also depends on
-    // the machine's load.
-    let by_name_only = ["killed_again_and_again"];
+    let by_name_only: [&str; 0] = [];
     for (name, test) in tests {
         if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
             continue;
@@ -211,7 +206,12 @@ fn setup() -> Setup {
 
 /// Writes changes to the views as the Kafka-view sink does.
 fn deliver(s: &Setup, changes: &[Change]) {
+    // One record per batch: the kill test resumes at arbitrary offsets, and
+    // Tansu 0.6.0 skips the rest of a batch when a fetch starts inside it
+    // (ARCHITECTURE.md, "Tansu 0.6.0 skips the rest of a batch"); Kafka
+    // serves the batch and the client drops the records below the offset.
     let producer: BaseProducer = govbus_testkit::producer_config(&s.bootstrap)
+        .set("batch.num.messages", "1")
         .create()
         .unwrap();
     for c in changes {
