@@ -144,7 +144,6 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 #[test]
-#[ignore = "flaky since the anti-fraud rewrite (2026-12-02): 1 of 2 full-suite runs counted 2 alerts published twice after the kill -9; cause open (RELIABILITY.md)"]
 fn the_fraud_app_killed_mid_run_neither_misses_nor_repeats_an_alert() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("fraud-state");

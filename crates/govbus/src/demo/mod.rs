@@ -24,6 +24,7 @@ use anyhow::Context as _;
 use clap::Args;
 use govbus_fraud::Rule;
 use serde::Serialize;
+use serde_json::Value as Json;
 
 use crate::up::{Extras, FraudSection, QuerySection, System, UpConfig};
 pub use generate::{Planted, STREAMS};
@@ -73,12 +74,52 @@ pub fn now_ms() -> i64 {
 /// The alerts seen in `data.hrss.fraud_alert`.
 #[derive(Debug, Default)]
 pub struct Seen {
-    /// alert id → (rule, benefit dataset, benefit record).
+    /// alert id → (rule, benefit dataset, benefit record), while it stands.
     pub alerts: BTreeMap<String, (String, String, String)>,
-    /// Records read (more than `alerts` means duplicates).
+    /// alert id → its last publication, without `detected_at`.
+    pub last: BTreeMap<String, Json>,
+    /// Records read.
     pub records: u64,
+    /// Publications equal to the one before them (status and content): duplicates.
+    pub repeats: u64,
+    /// Publications that changed a published alert (evidence, status).
+    pub updates: u64,
     /// Benefit record → when its first alert arrived.
     pub arrived: BTreeMap<String, Instant>,
+}
+
+impl Seen {
+    /// Takes one publication of an alert: a repeat of the last one, an
+    /// update of it, or a new alert.
+    pub fn take(&mut self, mut body: Json) {
+        let text = |v: &Json, k: &str| v.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
+        self.records += 1;
+        if let Some(o) = body.as_object_mut() {
+            o.remove("detected_at");
+        }
+        let id = text(&body, "alert_id");
+        match self.last.get(&id) {
+            Some(prev) if *prev == body => self.repeats += 1,
+            Some(_) => self.updates += 1,
+            None => {}
+        }
+        if text(&body, "status") == "withdrawn" {
+            self.alerts.remove(&id);
+        } else {
+            self.arrived
+                .entry(text(&body, "benefit_record"))
+                .or_insert_with(Instant::now);
+            self.alerts.insert(
+                id.clone(),
+                (
+                    text(&body, "rule"),
+                    text(&body, "benefit_dataset"),
+                    text(&body, "benefit_record"),
+                ),
+            );
+        }
+        self.last.insert(id, body);
+    }
 }
 
 /// Outcome of the check at the end.
@@ -88,7 +129,10 @@ struct Verdict {
     found: BTreeMap<&'static str, usize>,
     missing: Vec<Planted>,
     unexpected: usize,
+    /// Publications equal to the alert's previous one.
     duplicates: u64,
+    /// Publications that changed an alert already published (evidence or status).
+    updates: u64,
     /// From the start of the second in which a case's last record was
     /// published to its alert on `data.hrss.fraud_alert`, milliseconds.
     detection_ms: Latency,
@@ -423,11 +467,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?
             .clone();
-        let ((found, missing, unexpected), duplicates, detection_ms) = {
+        let ((found, missing, unexpected), duplicates, updates, detection_ms) = {
             let s = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             (
                 verdict(&planted, &s),
-                s.records.saturating_sub(s.alerts.len() as u64),
+                s.repeats,
+                s.updates,
                 detection(&s, &completes, &rounds),
             )
         };
@@ -442,6 +487,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             missing,
             unexpected,
             duplicates,
+            updates,
             detection_ms,
             sent: STREAMS
                 .iter()

@@ -427,20 +427,8 @@ pub fn tail_alerts(
             let Ok(v) = govbus_sink::decode::to_json(&catalog, value) else {
                 continue;
             };
-            let text = |k: &str| v.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
             if let Ok(mut s) = seen.lock() {
-                s.records += 1;
-                s.arrived
-                    .entry(text("benefit_record"))
-                    .or_insert_with(Instant::now);
-                s.alerts.insert(
-                    text("alert_id"),
-                    (
-                        text("rule"),
-                        text("benefit_dataset"),
-                        text("benefit_record"),
-                    ),
-                );
+                s.take(Json::Object(v));
             }
         }
     })

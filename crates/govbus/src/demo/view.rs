@@ -282,8 +282,8 @@ pub fn print_summary(v: &super::Verdict, files: &[PathBuf], interrupted: bool) {
         );
     }
     println!(
-        "  unexpected alerts: {}, duplicate alerts: {}",
-        v.unexpected, v.duplicates
+        "  unexpected alerts: {}, duplicate alerts: {} (alert updates: {})",
+        v.unexpected, v.duplicates, v.updates
     );
     let d = &v.detection_ms;
     println!(
