@@ -108,7 +108,7 @@ async fn ready(State(st): State<Arc<Inner>>) -> Response {
 // ---------------------------------------------------------------- audit ----
 
 struct Pending {
-    sub: Subscription,
+    sub: Arc<Subscription>,
     call: Call,
     done: oneshot::Sender<bool>,
 }
@@ -202,7 +202,7 @@ impl Audit {
     }
 
     /// Records `call`; true once the ledger has it.
-    async fn record(&self, sub: &Subscription, call: Call) -> bool {
+    async fn record(&self, sub: &Arc<Subscription>, call: Call) -> bool {
         let (done, wait) = oneshot::channel();
         let msg = AuditMsg::Call(Box::new(Pending {
             sub: sub.clone(),
@@ -255,11 +255,60 @@ impl Limits {
 
 // -------------------------------------------------------- authorization ----
 
+/// Each grant's subscription, dataset and compiled policy, built once per
+/// catalog version rather than per call (cloning a dataset's schemas was
+/// the largest cost of a lookup).
+#[derive(Debug, Default)]
+pub struct Prepared {
+    inner: Mutex<PreparedInner>,
+}
+
+#[derive(Debug, Default)]
+struct PreparedInner {
+    catalog: Option<Arc<Catalog>>,
+    grants: HashMap<String, PreparedGrant>,
+}
+
+type PreparedGrant = (Arc<Subscription>, Arc<Dataset>, Arc<Policy>);
+
+impl Prepared {
+    /// The grant `sub` under `catalog` (the catalog holds `sub`); `None`
+    /// when the catalog lacks the grant's dataset.
+    fn get(
+        &self,
+        catalog: &Arc<Catalog>,
+        sub: &Subscription,
+        secret: &[u8],
+    ) -> Option<PreparedGrant> {
+        let build = || {
+            let ds = catalog.dataset(&sub.dataset)?;
+            Some((
+                Arc::new(sub.clone()),
+                Arc::new(ds.clone()),
+                Arc::new(Policy::new(sub, ds, secret)),
+            ))
+        };
+        let Ok(mut p) = self.inner.lock() else {
+            return build();
+        };
+        if !p.catalog.as_ref().is_some_and(|c| Arc::ptr_eq(c, catalog)) {
+            p.catalog = Some(catalog.clone());
+            p.grants.clear();
+        }
+        if let Some(g) = p.grants.get(&sub.id) {
+            return Some(g.clone());
+        }
+        let g = build()?;
+        p.grants.insert(sub.id.clone(), g.clone());
+        Some(g)
+    }
+}
+
 /// A call that may go ahead: its grant, compiled.
 struct Granted {
-    sub: Subscription,
-    ds: Dataset,
-    policy: Policy,
+    sub: Arc<Subscription>,
+    ds: Arc<Dataset>,
+    policy: Arc<Policy>,
     state: Arc<DatasetState>,
     catalog: Arc<Catalog>,
     batch_max: usize,
@@ -383,7 +432,9 @@ fn check_call(
         }
         return Err(r);
     }
-    let Some(ds) = catalog.dataset(&sub.dataset).cloned() else {
+    let Some((prepared_sub, ds, policy)) =
+        st.prepared.get(&catalog, sub, &st.config.pseudonym_secret)
+    else {
         return Err(problem(
             StatusCode::NOT_FOUND,
             "no_such_dataset",
@@ -420,10 +471,9 @@ fn check_call(
             .insert("retry-after", HeaderValue::from_static("2"));
         return Err(r);
     }
-    let policy = Policy::new(sub, &ds, &st.config.pseudonym_secret);
-    let (sub, batch_max) = (sub.clone(), *batch_max);
+    let batch_max = *batch_max;
     Ok(Granted {
-        sub,
+        sub: prepared_sub,
         ds,
         policy,
         state,
@@ -781,18 +831,17 @@ fn still_granted(st: &Inner, g: &Granted, op: ApiOperation) -> Result<Granted, R
             format!("subscription `{}` no longer allows {}", sub.id, op.as_str()),
         ));
     }
-    let ds = catalog.dataset(&sub.dataset).cloned().ok_or_else(|| {
-        problem(
-            StatusCode::NOT_FOUND,
-            "no_such_dataset",
-            "the grant's dataset is not in the catalog",
-        )
-    })?;
-    let (policy, sub, batch_max) = (
-        Policy::new(sub, &ds, &st.config.pseudonym_secret),
-        sub.clone(),
-        *batch_max,
-    );
+    let batch_max = *batch_max;
+    let (sub, ds, policy) = st
+        .prepared
+        .get(&catalog, sub, &st.config.pseudonym_secret)
+        .ok_or_else(|| {
+            problem(
+                StatusCode::NOT_FOUND,
+                "no_such_dataset",
+                "the grant's dataset is not in the catalog",
+            )
+        })?;
     Ok(Granted {
         policy,
         sub,

@@ -101,6 +101,7 @@ pub(crate) struct Inner {
     pub(crate) datasets: RwLock<HashMap<String, Arc<builder::DatasetState>>>,
     pub(crate) audit: api::Audit,
     pub(crate) limits: api::Limits,
+    pub(crate) prepared: api::Prepared,
     stop: Arc<AtomicBool>,
 }
 
@@ -138,6 +139,7 @@ impl Query {
             inner: Arc::new(Inner {
                 audit: api::Audit::start(ledger),
                 limits: api::Limits::default(),
+                prepared: api::Prepared::default(),
                 config,
                 store,
                 catalog,

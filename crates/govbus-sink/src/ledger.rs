@@ -271,7 +271,7 @@ impl Ledger {
     /// authenticated with `key`.
     pub async fn open(bootstrap: &str, topic: &str, key: &[u8]) -> Result<Ledger, LedgerError> {
         let producer: FutureProducer = govbus_kafka::config::producer(bootstrap)
-            .set("linger.ms", "2")
+            .set("linger.ms", "0.5")
             .create()
             .map_err(|source| LedgerError {
                 topic: topic.to_owned(),
