@@ -366,3 +366,122 @@ fn check_names_each_problem_and_up_runs_a_config_on_a_real_broker() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// The HTTP status of a request (a live stream is cut after 2 s; its status
+/// is what the server answered first).
+fn status(method: &str, url: &str, token: &str, body: Option<&str>) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "2",
+    ])
+    .args(["-X", method, "-H"])
+    .arg(format!("Authorization: Bearer {token}"));
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data", b]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every component that takes subscriber or publisher tokens (gateway, live
+/// streams, live interfaces) follows the credentials file while it runs: a
+/// token removed from it is refused within seconds, without a restart.
+#[test]
+fn a_token_removed_from_the_credentials_file_is_refused_everywhere_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = govbus_testkit::Broker::shared().bootstrap();
+    let topics = govbus_kafka::topics::Topics::new(format!("{}.", govbus_testkit::unique("cred")));
+    let (hrss, creds) = common::new_credential("hrss", dir.path());
+    let (police_dir, spare_dir) = (dir.path().join("police"), dir.path().join("spare"));
+    std::fs::create_dir_all(&police_dir).unwrap();
+    std::fs::create_dir_all(&spare_dir).unwrap();
+    let (police, police_creds) = common::new_credential("public_security", &police_dir);
+    let (_, spare_creds) = common::new_credential("hrss", &spare_dir);
+    let both = std::fs::read_to_string(&creds).unwrap()
+        + "\n"
+        + &std::fs::read_to_string(&police_creds).unwrap();
+    std::fs::write(&creds, &both).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for t in [
+        topics.ingest("hrss"),
+        topics.data("civil_affairs.death_registration"),
+    ] {
+        rt.block_on(govbus_testkit::create_topic(&bootstrap, &t, 1))
+            .unwrap();
+    }
+    let config = dir.path().join("govbus.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "topic_prefix = \"{prefix}\"\n[broker]\nbootstrap = \"{bootstrap}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [gateway]\nlisten = \"127.0.0.1:0\"\ncredentials = \"{c}\"\n\
+             [sink]\nlisten = \"127.0.0.1:0\"\ncredentials = \"{c}\"\nsubscriptions = [\"public_security_deaths_live\"]\n\
+             [query]\nlisten = \"127.0.0.1:0\"\ncredentials = \"{c}\"\nstate_dir = \"{q}\"\n",
+            prefix = topics.prefix(),
+            c = creds.display(),
+            q = dir.path().join("query").display(),
+        ),
+    )
+    .unwrap();
+    let up = common::Up::start(&config);
+    let body = r#"[{"payment_id":"PP-CRED-1","recipient_id_number":"11010519491231002X","recipient_name":"张建国","pension_type":"ENTERPRISE_EMPLOYEE","pay_month":"2026-10","amount":"3000.00","paid_at":"2026-10-15T02:00:00Z"}]"#;
+    let gateway = format!(
+        "http://127.0.0.1:{}/v1/datasets/hrss.pension_payment/records",
+        up.port("gateway")
+    );
+    let stream = format!(
+        "http://127.0.0.1:{}/v1/subscriptions/public_security_deaths_live/events",
+        up.port("sink")
+    );
+    let lookup = format!(
+        "http://127.0.0.1:{}/v1/query/hrss_deaths_counter_check/records/DR-1",
+        up.port("query")
+    );
+    let calls = || {
+        [
+            status("POST", &gateway, &hrss, Some(body)),
+            status("GET", &stream, &police, None),
+            status("GET", &lookup, &hrss, None),
+        ]
+    };
+    let before = calls();
+    assert!(
+        before.iter().all(|s| s != "401" && s != "000"),
+        "the listed tokens are accepted (gateway, live stream, live interface): {before:?}"
+    );
+    // The department's tokens are revoked: the file now lists another one.
+    std::fs::write(&creds, std::fs::read_to_string(&spare_creds).unwrap()).unwrap();
+    let revoked = Instant::now();
+    loop {
+        let now = calls();
+        if now.iter().all(|s| s == "401") {
+            break;
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(5),
+            "5 s after the tokens were removed: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "refused everywhere {:.1} s after the file changed",
+        revoked.elapsed().as_secs_f64()
+    );
+    // A broken file is not applied: the tokens it would drop keep working.
+    std::fs::write(&creds, both).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(calls().iter().all(|s| s != "401"), "the tokens are back");
+    std::fs::write(&creds, "[[credential]]\ndepartment = \"no_such\"\n").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = calls();
+    assert!(
+        after.iter().all(|s| s != "401"),
+        "an unusable file keeps the previous credentials: {after:?}"
+    );
+}

@@ -2,14 +2,26 @@
 //! client certificates (mTLS) stored as the SHA-256 of their DER.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// Which department each token or client certificate belongs to. Only hashes are kept.
+/// Which department each token or client certificate belongs to. Only hashes
+/// are kept. Clones share the table a [`Credentials::watch`] keeps current:
+/// a token removed from the file stops working within the watch interval.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
+    /// From the file (replaced whole on a reload).
+    file: Arc<RwLock<Table>>,
+    /// Added in code (`govbus demo`, tests); kept across reloads.
+    extra: Table,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Table {
     by_hash: HashMap<String, String>,
     by_certificate: HashMap<String, String>,
 }
@@ -121,8 +133,11 @@ impl Credentials {
         }
         if problems.is_empty() {
             Ok(Credentials {
-                by_hash,
-                by_certificate,
+                file: Arc::new(RwLock::new(Table {
+                    by_hash,
+                    by_certificate,
+                })),
+                extra: Table::default(),
             })
         } else {
             Err(fail(problems.join("; ")))
@@ -141,30 +156,87 @@ impl Credentials {
         Credentials::parse(path, &text, known)
     }
 
+    /// Re-reads `path` every `every` while any clone of these credentials
+    /// lives, and replaces what it loaded when the file changed (its
+    /// modification time or length). A file that no longer parses, or names
+    /// a department `known` does not, is refused with an error in the log
+    /// and the previous credentials stay in force.
+    pub fn watch(
+        &self,
+        path: PathBuf,
+        known: impl Fn(&str) -> bool + Send + 'static,
+        every: Duration,
+    ) {
+        let table: Weak<RwLock<Table>> = Arc::downgrade(&self.file);
+        let stamp = |p: &Path| -> Option<(SystemTime, u64)> {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        };
+        let mut seen = stamp(&path);
+        let spawned = std::thread::Builder::new()
+            .name("govbus-credentials".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                let Some(table) = table.upgrade() else {
+                    return;
+                };
+                let now = stamp(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match Credentials::load(&path, &known) {
+                    Ok(c) => {
+                        let fresh = c.file.read().map(|t| t.clone()).unwrap_or_default();
+                        let (tokens, certificates) =
+                            (fresh.by_hash.len(), fresh.by_certificate.len());
+                        if let Ok(mut t) = table.write() {
+                            *t = fresh;
+                        }
+                        tracing::info!(message = "Credentials file changed; reloaded.", path = %path.display(), tokens, certificates);
+                    }
+                    Err(error) => {
+                        tracing::error!(message = "Credentials file changed but cannot be used; the previous credentials stay in force.", %error);
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(message = "Cannot watch the credentials file; changes need a restart.", %error);
+        }
+    }
+
     /// Adds a token for a department (tests, `govbus demo`).
     pub fn with_token(mut self, department: &str, token: &str) -> Credentials {
-        self.by_hash
+        self.extra
+            .by_hash
             .insert(hash_token(token), department.to_owned());
         self
     }
 
     /// Adds a client certificate (DER) for a department (tests).
     pub fn with_certificate(mut self, department: &str, der: &[u8]) -> Credentials {
-        self.by_certificate
+        self.extra
+            .by_certificate
             .insert(certificate_fingerprint(der), department.to_owned());
         self
     }
 
     /// The department a verified client certificate (DER) belongs to.
-    pub fn department_for_certificate(&self, der: &[u8]) -> Option<&str> {
-        self.by_certificate
-            .get(&certificate_fingerprint(der))
-            .map(String::as_str)
+    pub fn department_for_certificate(&self, der: &[u8]) -> Option<String> {
+        self.find(&certificate_fingerprint(der), |t| &t.by_certificate)
     }
 
     /// The department a bearer token belongs to.
-    pub fn department(&self, token: &str) -> Option<&str> {
-        self.by_hash.get(&hash_token(token)).map(String::as_str)
+    pub fn department(&self, token: &str) -> Option<String> {
+        self.find(&hash_token(token), |t| &t.by_hash)
+    }
+
+    fn find(&self, hash: &str, map: impl Fn(&Table) -> &HashMap<String, String>) -> Option<String> {
+        if let Some(d) = map(&self.extra).get(hash) {
+            return Some(d.clone());
+        }
+        let file = self.file.read().ok()?;
+        map(&file).get(hash).cloned()
     }
 }
 
@@ -232,9 +304,54 @@ mod tests {
             certificate_fingerprint(der).to_uppercase()
         );
         let c = Credentials::parse(Path::new("c.toml"), &file, &|_| true).unwrap_or_default();
-        assert_eq!(c.department_for_certificate(der), Some("hrss"));
+        assert_eq!(c.department_for_certificate(der).as_deref(), Some("hrss"));
         assert_eq!(c.department_for_certificate(b"another"), None);
         // A certificate's fingerprint is not a token.
         assert_eq!(c.department(&certificate_fingerprint(der)), None);
+    }
+
+    #[test]
+    fn a_watched_file_is_followed_and_an_unusable_one_is_not_applied() {
+        let dir = std::env::temp_dir().join(format!(
+            "govbus-cred-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        let path = dir.join("credentials.toml");
+        let entry = |token: &str| {
+            format!(
+                "[[credential]]\ndepartment = \"hrss\"\ntoken_sha256 = \"{}\"\n",
+                hash_token(token)
+            )
+        };
+        std::fs::write(&path, entry("first")).unwrap_or_default();
+        let c = Credentials::load(&path, &|_| true)
+            .unwrap_or_default()
+            .with_token("demo", "extra");
+        let clone = c.clone();
+        c.watch(path.clone(), |d| d == "hrss", Duration::from_millis(20));
+        let eventually = |want: &dyn Fn() -> bool| {
+            let start = std::time::Instant::now();
+            while !want() && start.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            want()
+        };
+        assert_eq!(clone.department("first").as_deref(), Some("hrss"));
+        std::fs::write(&path, entry("second")).unwrap_or_default();
+        assert!(eventually(&|| clone.department("first").is_none()));
+        assert_eq!(clone.department("second").as_deref(), Some("hrss"));
+        // Tokens added in code survive a reload.
+        assert_eq!(clone.department("extra").as_deref(), Some("demo"));
+        // A file naming an unknown department is not applied.
+        std::fs::write(
+            &path,
+            "[[credential]]\ndepartment = \"nobody\"\ntoken_sha256 = \"00\"\n",
+        )
+        .unwrap_or_default();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(clone.department("second").as_deref(), Some("hrss"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

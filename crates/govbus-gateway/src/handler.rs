@@ -176,7 +176,7 @@ pub(crate) async fn publish(
         (None, Some(axum::Extension(cert))) => g.credentials.department_for_certificate(&cert.0),
         (None, None) => None,
     };
-    let Some(department) = department.map(str::to_owned) else {
+    let Some(department) = department else {
         g.metrics
             .requests
             .with_label_values(&["unknown", "401"])

@@ -824,6 +824,20 @@ impl System {
             .collect();
         let engine = Arc::new(Engine::new(&catalog)?);
         let known = |d: &str| catalog.department(d).is_some();
+        // Credentials files are re-read every second: a removed token stops
+        // working within seconds, without a restart.
+        let departments: std::collections::BTreeSet<String> =
+            catalog.departments().map(|d| d.id.clone()).collect();
+        let live_credentials = |p: &PathBuf| -> anyhow::Result<Credentials> {
+            let c = Credentials::load(p, &known)?;
+            let departments = departments.clone();
+            c.watch(
+                p.clone(),
+                move |d: &str| departments.contains(d),
+                Duration::from_secs(1),
+            );
+            Ok(c)
+        };
         let (stop, stop_rx) = watch::channel(false);
         let until = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -864,7 +878,7 @@ impl System {
 
         if let (Some(g), Some(listener)) = (&config.gateway, listeners.gateway.take()) {
             let mut credentials = match &g.credentials {
-                Some(p) => Credentials::load(p, &known)?,
+                Some(p) => live_credentials(p)?,
                 None => Credentials::default(),
             };
             for (d, t) in &extras.gateway_tokens {
@@ -916,7 +930,7 @@ impl System {
 
         if let (Some(s), Some(listener)) = (&config.sink, listeners.sink.take()) {
             let mut credentials = match &s.credentials {
-                Some(p) => Credentials::load(p, &known)?,
+                Some(p) => live_credentials(p)?,
                 None => Credentials::default(),
             };
             for (d, t) in &extras.sink_tokens {
@@ -968,7 +982,7 @@ impl System {
 
         if let (Some(q), Some(listener)) = (&config.query, listeners.query.take()) {
             let mut credentials = match &q.credentials {
-                Some(p) => Credentials::load(p, &known)?,
+                Some(p) => live_credentials(p)?,
                 None => Credentials::default(),
             };
             for (d, t) in &extras.sink_tokens {
