@@ -2,9 +2,9 @@
 //! client certificates (mTLS) stored as the SHA-256 of their DER.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -156,23 +156,28 @@ impl Credentials {
         Credentials::parse(path, &text, known)
     }
 
-    /// Re-reads `path` every `every` while any clone of these credentials
-    /// lives, and replaces what it loaded when the file changed (its
-    /// modification time or length). A file that no longer parses, or names
-    /// a department `known` does not, is refused with an error in the log
-    /// and the previous credentials stay in force.
-    pub fn watch(
-        &self,
-        path: PathBuf,
+    /// Reads a credentials file, then follows it every `every` while any
+    /// clone of these credentials lives: a change is applied once the file
+    /// has read the same twice in a row (an editor's truncate-then-write is
+    /// never applied half-written). At start an entry naming a department
+    /// `known` does not is an error; in a later change it is left out, with
+    /// an error in the log, and the rest applies, so removing a token always
+    /// takes effect. A file that no longer parses is refused with an error
+    /// in the log, and the previous credentials stay in force.
+    pub fn load_and_watch(
+        path: &Path,
         known: impl Fn(&str) -> bool + Send + 'static,
         every: Duration,
-    ) {
-        let table: Weak<RwLock<Table>> = Arc::downgrade(&self.file);
-        let stamp = |p: &Path| -> Option<(SystemTime, u64)> {
-            let m = std::fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len()))
-        };
-        let mut seen = stamp(&path);
+    ) -> Result<Credentials, CredentialsError> {
+        let read = |p: &Path| std::fs::read(p).map(|b| (Sha256::digest(&b).to_vec(), b));
+        let (mut applied, bytes) = read(path).map_err(|e| CredentialsError {
+            path: path.display().to_string(),
+            problems: e.to_string(),
+        })?;
+        let creds = Credentials::parse(path, &String::from_utf8_lossy(&bytes), &known)?;
+        let table: Weak<RwLock<Table>> = Arc::downgrade(&creds.file);
+        let path = path.to_owned();
+        let mut pending: Option<Vec<u8>> = None;
         let spawned = std::thread::Builder::new()
             .name("govbus-credentials".into())
             .spawn(move || loop {
@@ -180,29 +185,44 @@ impl Credentials {
                 let Some(table) = table.upgrade() else {
                     return;
                 };
-                let now = stamp(&path);
-                if now == seen {
+                let Ok((hash, bytes)) = read(&path) else {
+                    continue;
+                };
+                if hash == applied {
+                    pending = None;
                     continue;
                 }
-                seen = now;
-                match Credentials::load(&path, &known) {
+                if pending.as_ref() != Some(&hash) {
+                    pending = Some(hash);
+                    continue;
+                }
+                applied = hash;
+                pending = None;
+                match Credentials::parse(&path, &String::from_utf8_lossy(&bytes), &|_| true) {
                     Ok(c) => {
-                        let fresh = c.file.read().map(|t| t.clone()).unwrap_or_default();
+                        let mut fresh = c.file.read().map(|t| t.clone()).unwrap_or_default();
+                        let listed = fresh.by_hash.len() + fresh.by_certificate.len();
+                        fresh.by_hash.retain(|_, d| known(d));
+                        fresh.by_certificate.retain(|_, d| known(d));
                         let (tokens, certificates) =
                             (fresh.by_hash.len(), fresh.by_certificate.len());
+                        if tokens + certificates < listed {
+                            tracing::error!(message = "The credentials file names departments the catalog does not have; those entries are left out.", path = %path.display(), left_out = listed - tokens - certificates);
+                        }
                         if let Ok(mut t) = table.write() {
                             *t = fresh;
                         }
                         tracing::info!(message = "Credentials file changed; reloaded.", path = %path.display(), tokens, certificates);
                     }
                     Err(error) => {
-                        tracing::error!(message = "Credentials file changed but cannot be used; the previous credentials stay in force.", %error);
+                        tracing::error!(message = "The credentials file changed but does not parse; the previous credentials stay in force.", %error);
                     }
                 }
             });
         if let Err(error) = spawned {
-            tracing::error!(message = "Cannot watch the credentials file; changes need a restart.", %error);
+            tracing::error!(message = "Cannot follow the credentials file; changes need a restart.", %error);
         }
+        Ok(creds)
     }
 
     /// Adds a token for a department (tests, `govbus demo`).
@@ -326,11 +346,9 @@ mod tests {
             )
         };
         std::fs::write(&path, entry("first")).unwrap_or_default();
-        let c = Credentials::load(&path, &|_| true)
+        let clone = Credentials::load_and_watch(&path, |d| d == "hrss", Duration::from_millis(20))
             .unwrap_or_default()
             .with_token("demo", "extra");
-        let clone = c.clone();
-        c.watch(path.clone(), |d| d == "hrss", Duration::from_millis(20));
         let eventually = |want: &dyn Fn() -> bool| {
             let start = std::time::Instant::now();
             while !want() && start.elapsed() < Duration::from_secs(5) {
@@ -344,14 +362,20 @@ mod tests {
         assert_eq!(clone.department("second").as_deref(), Some("hrss"));
         // Tokens added in code survive a reload.
         assert_eq!(clone.department("extra").as_deref(), Some("demo"));
-        // A file naming an unknown department is not applied.
+        // A file that does not parse is not applied.
         std::fs::write(
             &path,
-            "[[credential]]\ndepartment = \"nobody\"\ntoken_sha256 = \"00\"\n",
+            "[[credential]]\ndepartment = \"hrss\"\ntoken_sha256 = \"00\"\n",
         )
         .unwrap_or_default();
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(clone.department("second").as_deref(), Some("hrss"));
+        // An entry naming an unknown department is left out; the rest applies.
+        let mixed = entry("third") + &entry("fourth").replace("\"hrss\"", "\"nobody\"");
+        std::fs::write(&path, mixed).unwrap_or_default();
+        assert!(eventually(&|| clone.department("second").is_none()));
+        assert_eq!(clone.department("third").as_deref(), Some("hrss"));
+        assert_eq!(clone.department("fourth"), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -823,20 +823,14 @@ impl System {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let engine = Arc::new(Engine::new(&catalog)?);
-        let known = |d: &str| catalog.department(d).is_some();
         // Credentials files are re-read every second: a removed token stops
         // working within seconds, without a restart.
-        let departments: std::collections::BTreeSet<String> =
-            catalog.departments().map(|d| d.id.clone()).collect();
         let live_credentials = |p: &PathBuf| -> anyhow::Result<Credentials> {
-            let c = Credentials::load(p, &known)?;
-            let departments = departments.clone();
-            c.watch(
-                p.clone(),
-                move |d: &str| departments.contains(d),
+            Ok(Credentials::load_and_watch(
+                p,
+                department_check(&catalog),
                 Duration::from_secs(1),
-            );
-            Ok(c)
+            )?)
         };
         let (stop, stop_rx) = watch::channel(false);
         let until = |mut rx: watch::Receiver<bool>| async move {
@@ -1155,6 +1149,14 @@ async fn serve_metrics(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Whether a department is in `catalog` (as it was at start), for
+/// credentials files followed while running.
+pub(crate) fn department_check(catalog: &Catalog) -> impl Fn(&str) -> bool + Send + 'static {
+    let departments: std::collections::BTreeSet<String> =
+        catalog.departments().map(|d| d.id.clone()).collect();
+    move |d: &str| departments.contains(d)
 }
 
 #[cfg(test)]

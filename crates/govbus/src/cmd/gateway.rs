@@ -98,7 +98,11 @@ pub fn tls_from_files(
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let catalog = catalog_source::load_checked(args.catalog.as_deref())?;
-    let credentials = Credentials::load(&args.credentials, &|d| catalog.department(d).is_some())?;
+    let credentials = Credentials::load_and_watch(
+        &args.credentials,
+        crate::up::department_check(&catalog),
+        std::time::Duration::from_secs(1),
+    )?;
     let engine = Arc::new(Engine::new(&catalog)?);
     let mut config = GatewayConfig::new(args.bootstrap);
     config.topics = Topics::new(args.topic_prefix);

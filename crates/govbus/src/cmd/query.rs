@@ -63,7 +63,11 @@ pub struct QueryArgs {
 pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
     let catalog = catalog_source::load_checked(args.catalog.as_deref())?;
     let credentials = match &args.credentials {
-        Some(path) => Credentials::load(path, &|d| catalog.department(d).is_some())?,
+        Some(path) => Credentials::load_and_watch(
+            path,
+            crate::up::department_check(&catalog),
+            std::time::Duration::from_secs(1),
+        )?,
         None => Credentials::default(),
     };
     let tls = args.tls.load()?;

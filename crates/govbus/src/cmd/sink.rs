@@ -147,7 +147,11 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let credentials = match &args.credentials {
-        Some(path) => Credentials::load(path, &|d| catalog.department(d).is_some())?,
+        Some(path) => Credentials::load_and_watch(
+            path,
+            crate::up::department_check(&catalog),
+            std::time::Duration::from_secs(1),
+        )?,
         None => Credentials::default(),
     };
     let tls = args.tls.load()?;
