@@ -238,8 +238,13 @@ fn the_fraud_app_killed_mid_run_neither_misses_nor_repeats_an_alert() {
     app.wait().unwrap();
     let text = rest.join("\n");
     assert!(status.success(), "{text}");
+    for l in text.lines().filter(|l| l.contains("duplicate alerts")) {
+        println!("{}", l.trim());
+    }
+    // The demo corrects nothing, so an alert that changed after the kills
+    // flapped: the restart published a state the killed run had moved past.
     assert!(
-        text.contains("unexpected alerts: 0, duplicate alerts: 0"),
+        text.contains("unexpected alerts: 0, duplicate alerts: 0 (alert updates: 0)"),
         "{text}"
     );
     for rule in [

@@ -41,6 +41,14 @@ pub const FEEDS: [&str; 4] = [
 /// The store file in the state directory.
 pub const STORE_FILE: &str = "fraud.redb";
 
+/// Header on each alert publication: the input positions (`topic:partition:next`,
+/// comma-separated) of the batch that produced it. A restart after a crash
+/// re-reads at least that far before it publishes anything, so the
+/// re-processed records never publish a state the crashed run had already
+/// moved past (an alert withdrawn and raised again only because the feeds
+/// interleaved differently the second time).
+const INPUTS_HEADER: &str = "govbus.fraud.inputs";
+
 const META_STANDING: &str = "fraud.standing";
 const META_WITHDRAWN: &str = "fraud.withdrawn";
 
@@ -315,7 +323,7 @@ pub fn run(config: &AppConfig, metrics: &Metrics, stop: &AtomicBool) -> Result<(
         tracing::warn!(message = "The fraud state store was damaged; rebuilding it from the feeds.", %why);
     }
     let output = config.topics.ingest(&config.department);
-    let recovered = recover(config, &store, &output)?;
+    let (recovered, mut frontier) = recover(config, &store, &output)?;
     let read = store.read()?;
     let counts = Counts::read(|k| read.meta(k))?;
     drop(read);
@@ -341,16 +349,33 @@ pub fn run(config: &AppConfig, metrics: &Metrics, stop: &AtomicBool) -> Result<(
     if !assign(&consumer, &views, &store, stop)? {
         return Ok(());
     }
+    let mut positions = committed_positions(&store, &views)?;
     while !stop.load(Ordering::Relaxed) {
-        let batch = poll_batch(&consumer, config.batch.max(1), Duration::from_millis(200));
+        let mut batch = poll_batch(&consumer, config.batch.max(1), Duration::from_millis(200));
         if batch.is_empty() {
             continue;
         }
+        if !frontier.is_empty() {
+            // After a crash: one batch up to where the crashed run had read
+            // when it last published (see INPUTS_HEADER).
+            let waiting = std::time::Instant::now();
+            advance(&mut positions, &batch);
+            while !reached(&positions, &frontier) && !stop.load(Ordering::Relaxed) {
+                let more = poll_batch(&consumer, config.batch.max(1), Duration::from_millis(200));
+                advance(&mut positions, &more);
+                batch.extend(more);
+                if waiting.elapsed() > Duration::from_secs(60) {
+                    tracing::warn!(message = "The feeds did not reach the positions of the last publication within 60 s; going on (an alert may be published again).");
+                    break;
+                }
+            }
+            frontier.clear();
+        }
         let tx = store.write()?;
         let mut counts = Counts::read(|k| tx.meta(k))?;
-        let net = apply_batch(config, metrics, &tx, &batch)?;
+        let (net, inputs) = apply_batch(config, metrics, &tx, &batch)?;
         if !net.is_empty() {
-            publish(&producer, &acks, &output, &config.department, &net)?;
+            publish(&producer, &acks, &output, &config.department, &net, &inputs)?;
             if let Ok(a) = acks.lock() {
                 for (p, o) in &a.reached {
                     tx.set_offset(&output, *p, *o)?;
@@ -382,7 +407,7 @@ fn apply_batch(
     metrics: &Metrics,
     tx: &govbus_state::WriteTxn,
     batch: &[rdkafka::error::KafkaResult<BorrowedMessage<'_>>],
-) -> Result<Vec<Outcome>, AppError> {
+) -> Result<(Vec<Outcome>, String), AppError> {
     let mut kv = TxnKv::open(tx)?;
     let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut net: Vec<Outcome> = Vec::new();
@@ -440,10 +465,56 @@ fn apply_batch(
         }
     }
     drop(kv);
+    let mut inputs = Vec::with_capacity(offsets.len());
     for ((topic, p), next) in offsets {
         tx.set_offset(&topic, p, next)?;
+        inputs.push(format!("{topic}:{p}:{next}"));
     }
-    Ok(kept)
+    Ok((kept, inputs.join(",")))
+}
+
+type Positions = BTreeMap<(String, i32), i64>;
+
+/// The store's committed input positions of `views`.
+fn committed_positions(store: &Store, views: &[String]) -> Result<Positions, AppError> {
+    let read = store.read()?;
+    let mut out = Positions::new();
+    for v in views {
+        for (p, o) in read.offsets(v)? {
+            out.insert((v.clone(), p), o);
+        }
+    }
+    Ok(out)
+}
+
+fn advance(positions: &mut Positions, batch: &[rdkafka::error::KafkaResult<BorrowedMessage<'_>>]) {
+    for m in batch.iter().flatten() {
+        let e = positions
+            .entry((m.topic().to_owned(), m.partition()))
+            .or_default();
+        *e = (*e).max(m.offset() + 1);
+    }
+}
+
+fn reached(positions: &Positions, frontier: &Positions) -> bool {
+    frontier
+        .iter()
+        .all(|(k, want)| positions.get(k).is_some_and(|have| have >= want))
+}
+
+/// Parses an [`INPUTS_HEADER`] value into `into` (the furthest position wins).
+fn merge_inputs(value: &str, into: &mut Positions) {
+    for item in value.split(',') {
+        let mut parts = item.rsplitn(3, ':');
+        let (Some(next), Some(p), Some(topic)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(next), Ok(p)) = (next.parse::<i64>(), p.parse::<i32>()) else {
+            continue;
+        };
+        let e = into.entry((topic.to_owned(), p)).or_default();
+        *e = (*e).max(next);
+    }
 }
 
 /// Reads one view message as a change: the Kafka key names the record, the
@@ -498,10 +569,15 @@ fn consumer_config(bootstrap: &str) -> ClientConfig {
 
 /// Reads the app's own output after the committed output offsets and
 /// records every alert publication found there. Returns how many it found.
-fn recover(config: &AppConfig, store: &Store, output: &str) -> Result<usize, AppError> {
+fn recover(
+    config: &AppConfig,
+    store: &Store,
+    output: &str,
+) -> Result<(usize, Positions), AppError> {
     let probe: BaseConsumer = config.client(consumer_config(&config.bootstrap)).create()?;
+    let mut frontier = Positions::new();
     if govbus_kafka::read::partitions(&probe, output, Duration::from_secs(10)).is_empty() {
-        return Ok(0);
+        return Ok((0, frontier));
     }
     let from = store.read()?.offsets(output)?;
     let mut reached = from.clone();
@@ -520,6 +596,7 @@ fn recover(config: &AppConfig, store: &Store, output: &str) -> Result<usize, App
             let e = reached.entry(r.partition).or_default();
             *e = (*e).max(r.offset + 1);
             if r.header(h::CE_TYPE) == ALERTS {
+                merge_inputs(r.header(INPUTS_HEADER), &mut frontier);
                 let version = r.header(h::CE_SOURCEVERSION).parse().unwrap_or(1);
                 if let Some(row) = r.value.as_deref().and_then(|v| parse_alert(v, version)) {
                     rows.push(row);
@@ -542,7 +619,7 @@ fn recover(config: &AppConfig, store: &Store, output: &str) -> Result<usize, App
         tx.set_offset(output, p, o)?;
     }
     tx.commit()?;
-    Ok(rows.len())
+    Ok((rows.len(), frontier))
 }
 
 /// An alert publication, as the app writes it (older ones have no status:
@@ -666,6 +743,7 @@ fn publish(
     topic: &str,
     department: &str,
     changed: &[Outcome],
+    inputs: &str,
 ) -> Result<(), AppError> {
     let time = govbus_catalog::time::format_rfc3339_millis(now_ms());
     let source = format!("/departments/{department}");
@@ -688,6 +766,7 @@ fn publish(
             (h::CE_OP, op),
             (h::CE_SOURCEVERSION, version.as_bytes()),
             (h::CONTENT_TYPE, b"application/json".as_slice()),
+            (INPUTS_HEADER, inputs.as_bytes()),
         ]);
         let record = BaseRecord::to(topic)
             .key(row.alert.alert_id.as_bytes())
@@ -718,6 +797,30 @@ fn now_ms() -> i64 {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn input_positions_read_back_and_the_furthest_wins() {
+        let mut f = Positions::new();
+        merge_inputs("p.view.hrss_fraud_deaths:0:12,p.view.x:2:5", &mut f);
+        merge_inputs(
+            "p.view.hrss_fraud_deaths:0:9,garbage,:1:,p.view.x:2:7",
+            &mut f,
+        );
+        merge_inputs("", &mut f);
+        let want: Positions = [
+            (("p.view.hrss_fraud_deaths".to_owned(), 0), 12),
+            (("p.view.x".to_owned(), 2), 7),
+        ]
+        .into();
+        assert_eq!(f, want);
+        let mut at = Positions::new();
+        assert!(!reached(&at, &want));
+        at.insert(("p.view.hrss_fraud_deaths".to_owned(), 0), 12);
+        at.insert(("p.view.x".to_owned(), 2), 6);
+        assert!(!reached(&at, &want));
+        at.insert(("p.view.x".to_owned(), 2), 8);
+        assert!(reached(&at, &want));
+    }
 
     #[test]
     fn a_published_alert_reads_back_as_the_same_row() {
