@@ -837,6 +837,23 @@ async fn lookups_and_verifications_answer_under_the_grant_and_are_audited() {
         !log.contains(&id_number(1)) && !log.contains("欧阳"),
         "personal data in the log:\n{log}"
     );
+
+    // The standalone `govbus query` follows its credentials file: the hrss
+    // token removed (housing_fund's kept), it is refused within seconds.
+    let path = "/v1/query/counter/records/DR-2026-00000001";
+    assert_ne!(http(port, "GET", path, t, None).0, 401);
+    let text = std::fs::read_to_string(&d.credentials).unwrap();
+    let kept = &text[text.rfind("[[credential]]").unwrap()..];
+    assert!(kept.contains("housing_fund"), "{kept}");
+    std::fs::write(&d.credentials, kept).unwrap();
+    wait_until("the removed token refused", Duration::from_secs(5), || {
+        http(port, "GET", path, t, None).0 == 401
+    });
+    assert_ne!(
+        http(port, "GET", path, Some(d.other_token.as_str()), None).0,
+        401,
+        "the token left in the file still works"
+    );
     let _ = router.kill();
     let _ = router.wait();
 }

@@ -74,12 +74,12 @@ pub fn now_ms() -> i64 {
 /// The alerts seen in `data.hrss.fraud_alert`.
 #[derive(Debug, Default)]
 pub struct Seen {
-    /// alert id → (rule, benefit dataset, benefit record), while it stands.
+    /// alert id → (rule, benefit dataset, benefit record), for every alert
+    /// ever published (one raised by mistake and withdrawn later was still
+    /// seen by investigators).
     pub alerts: BTreeMap<String, (String, String, String)>,
     /// alert id → its last publication, without `detected_at`.
     pub last: BTreeMap<String, Json>,
-    /// Records read.
-    pub records: u64,
     /// Publications equal to the one before them (status and content): duplicates.
     pub repeats: u64,
     /// Publications that changed a published alert (evidence, status).
@@ -93,7 +93,6 @@ impl Seen {
     /// update of it, or a new alert.
     pub fn take(&mut self, mut body: Json) {
         let text = |v: &Json, k: &str| v.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
-        self.records += 1;
         if let Some(o) = body.as_object_mut() {
             o.remove("detected_at");
         }
@@ -103,21 +102,19 @@ impl Seen {
             Some(_) => self.updates += 1,
             None => {}
         }
-        if text(&body, "status") == "withdrawn" {
-            self.alerts.remove(&id);
-        } else {
+        if text(&body, "status") != "withdrawn" {
             self.arrived
                 .entry(text(&body, "benefit_record"))
                 .or_insert_with(Instant::now);
-            self.alerts.insert(
-                id.clone(),
-                (
-                    text(&body, "rule"),
-                    text(&body, "benefit_dataset"),
-                    text(&body, "benefit_record"),
-                ),
-            );
         }
+        self.alerts.insert(
+            id.clone(),
+            (
+                text(&body, "rule"),
+                text(&body, "benefit_dataset"),
+                text(&body, "benefit_record"),
+            ),
+        );
         self.last.insert(id, body);
     }
 }
@@ -177,7 +174,20 @@ fn verdict(
     planted: &[Planted],
     seen: &Seen,
 ) -> (BTreeMap<&'static str, usize>, Vec<Planted>, usize) {
-    let found_keys: BTreeSet<(String, String, String)> = seen.alerts.values().cloned().collect();
+    // Found: planted and standing at the end. Unexpected: every other
+    // alert ever published, standing or withdrawn.
+    let standing = |id: &String| {
+        seen.last
+            .get(id)
+            .is_some_and(|b| b.get("status").and_then(Json::as_str) != Some("withdrawn"))
+    };
+    let found_keys: BTreeSet<(String, String, String)> = seen
+        .alerts
+        .iter()
+        .filter(|(id, _)| standing(id))
+        .map(|(_, k)| k.clone())
+        .collect();
+    let published: BTreeSet<(String, String, String)> = seen.alerts.values().cloned().collect();
     let mut found: BTreeMap<&'static str, usize> =
         Rule::ALL.iter().map(|r| (r.code(), 0)).collect();
     let mut missing = Vec::new();
@@ -203,7 +213,7 @@ fn verdict(
             )
         })
         .collect();
-    let unexpected = found_keys.difference(&expected).count();
+    let unexpected = published.difference(&expected).count();
     (found, missing, unexpected)
 }
 
@@ -524,5 +534,53 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             v.duplicates
         );
         Ok(ExitCode::from(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn alert(id: &str, record: &str, status: &str, evidence: &str) -> Json {
+        serde_json::json!({
+            "alert_id": id, "rule": "paid_after_death",
+            "benefit_dataset": "hrss.pension_payment", "benefit_record": record,
+            "evidence_record": evidence, "status": status,
+            "detected_at": format!("2026-12-02T00:00:0{}.000Z", evidence.len() % 10),
+        })
+    }
+
+    /// A planted alert standing counts as found; a wrong one counts as
+    /// unexpected even after it was withdrawn; a planted one withdrawn at the
+    /// end is missing; an equal republication is a duplicate, a changed one
+    /// an update.
+    #[test]
+    fn the_verdict_counts_what_investigators_saw() {
+        let planted = vec![
+            Planted {
+                rule: Rule::PaidAfterDeath,
+                benefit_dataset: "hrss.pension_payment",
+                benefit_record: "P-1".into(),
+            },
+            Planted {
+                rule: Rule::PaidAfterDeath,
+                benefit_dataset: "hrss.pension_payment",
+                benefit_record: "P-2".into(),
+            },
+        ];
+        let mut seen = Seen::default();
+        seen.take(alert("a1", "P-1", "standing", "D-1"));
+        seen.take(alert("a1", "P-1", "standing", "D-1"));
+        seen.take(alert("a2", "P-2", "standing", "D-2"));
+        seen.take(alert("a2", "P-2", "withdrawn", "D-2"));
+        seen.take(alert("a3", "P-9", "standing", "D-9"));
+        seen.take(alert("a3", "P-9", "withdrawn", "D-9"));
+        let (found, missing, unexpected) = verdict(&planted, &seen);
+        assert_eq!(found["paid_after_death"], 1);
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].benefit_record, "P-2");
+        assert_eq!(unexpected, 1);
+        assert_eq!((seen.repeats, seen.updates), (1, 2));
     }
 }
