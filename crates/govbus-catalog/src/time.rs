@@ -80,8 +80,48 @@ pub fn parse_date(text: &str) -> Option<i64> {
 
 /// Formats days since the epoch as `YYYY-MM-DD`.
 pub fn format_date(days: i64) -> String {
+    let mut out = String::with_capacity(10);
+    push_date(&mut out, days);
+    out
+}
+
+/// Appends `v` (not negative) in decimal, zero-padded to `width` digits.
+fn push_digits(out: &mut String, v: u64, width: usize) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut v = v;
+    while v > 0 || buf.len() - i < width {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.extend(buf[i..].iter().map(|&b| char::from(b)));
+}
+
+/// Appends `YYYY-MM-DD` (a year outside 0..=9999 as `format!` writes it).
+/// Written digit by digit: dates and timestamps are in nearly every record
+/// a sink delivers, and `format!` was a large part of decoding one.
+fn push_date(out: &mut String, days: i64) {
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}")
+    match u64::try_from(y) {
+        Ok(y) if y <= 9999 => push_digits(out, y, 4),
+        _ => out.push_str(&format!("{y:04}")),
+    }
+    out.push('-');
+    push_digits(out, u64::from(m), 2);
+    out.push('-');
+    push_digits(out, u64::from(d), 2);
+}
+
+/// Appends `THH:MM:SS` for `secs` seconds into a day.
+fn push_time(out: &mut String, secs: i64) {
+    let secs = secs as u64;
+    out.push('T');
+    push_digits(out, secs / 3600, 2);
+    out.push(':');
+    push_digits(out, secs / 60 % 60, 2);
+    out.push(':');
+    push_digits(out, secs % 60, 2);
 }
 
 /// Parses an RFC 3339 timestamp (`2026-11-30T08:15:00Z`,
@@ -142,15 +182,7 @@ pub fn parse_rfc3339_micros(text: &str) -> Option<i64> {
 
 /// Formats milliseconds since the epoch as RFC 3339 in UTC with millisecond precision.
 pub fn format_rfc3339_millis(millis: i64) -> String {
-    let days = millis.div_euclid(MILLIS_PER_DAY);
-    let rem = millis.rem_euclid(MILLIS_PER_DAY);
-    let (h, m, s, ms) = (
-        rem / 3_600_000,
-        rem / 60_000 % 60,
-        rem / 1000 % 60,
-        rem % 1000,
-    );
-    format!("{}T{h:02}:{m:02}:{s:02}.{ms:03}Z", format_date(days))
+    format_rfc3339_fraction(millis, 1_000, true)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffff` (micro) or `.fffffffff` (nano) plus `Z`, or
@@ -159,24 +191,57 @@ pub fn format_rfc3339_millis(millis: i64) -> String {
 pub fn format_rfc3339_fraction(value: i64, per_second: i64, zulu: bool) -> String {
     let secs = value.div_euclid(per_second);
     let frac = value.rem_euclid(per_second);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (h, m, s) = (rem / 3600, rem / 60 % 60, rem % 60);
     let width = match per_second {
         1_000 => 3,
         1_000_000 => 6,
         _ => 9,
     };
-    let zone = if zulu { "Z" } else { "" };
-    format!(
-        "{}T{h:02}:{m:02}:{s:02}.{frac:0width$}{zone}",
-        format_date(days)
-    )
+    let mut out = String::with_capacity(31);
+    push_date(&mut out, secs.div_euclid(86_400));
+    push_time(&mut out, secs.rem_euclid(86_400));
+    out.push('.');
+    push_digits(&mut out, frac as u64, width);
+    if zulu {
+        out.push('Z');
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatting_by_hand_writes_what_format_wrote() {
+        let by_format = |value: i64, per_second: i64, zulu: bool| {
+            let secs = value.div_euclid(per_second);
+            let frac = value.rem_euclid(per_second);
+            let rem = secs.rem_euclid(86_400);
+            let (h, m, s) = (rem / 3600, rem / 60 % 60, rem % 60);
+            let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+            let width = match per_second {
+                1_000 => 3,
+                1_000_000 => 6,
+                _ => 9,
+            };
+            let zone = if zulu { "Z" } else { "" };
+            format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{frac:0width$}{zone}")
+        };
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for i in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Years from about -290,000 to 290,000, and every edge near 0.
+            let v = if i % 2 == 0 { (x as i64) >> 10 } else { (x as i64) >> 40 };
+            for (per, zulu) in [(1_000, true), (1_000_000, false), (1_000_000_000, true)] {
+                assert_eq!(format_rfc3339_fraction(v, per, zulu), by_format(v, per, zulu), "{v}");
+            }
+            let (y, m, d) = civil_from_days(v >> 20);
+            assert_eq!(format_date(v >> 20), format!("{y:04}-{m:02}-{d:02}"));
+        }
+        assert_eq!(format_rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+    }
 
     #[test]
     fn fractions_keep_every_digit() {
