@@ -2,11 +2,25 @@
 //! the gateway accepts: dates `YYYY-MM-DD`, timestamps RFC 3339, decimals as
 //! exact strings, enums as symbols, `["null", T]` as `null` or a plain `T`.
 //! What a subscriber receives could be published again unchanged.
+//!
+//! The hot path is [`govbus_validate::JsonDecoder`]: the validator's
+//! compiled program and checked byte walker, straight to JSON, compiled once
+//! per schema version per catalog per thread. The generic decoder
+//! ([`to_json_generic`], apache-avro's `Value` tree converted to JSON) stays
+//! as the fallback for what the walker does not read (`big-decimal`, a
+//! `uuid` on bytes or fixed) and as the oracle the fast one is tested and
+//! benchmarked against.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::{Arc, Weak};
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use govbus_catalog::{time, Catalog, Decimal, SchemaId};
+use govbus_validate::JsonDecoder;
 use serde_json::{Map, Value as Json};
 
 /// Why a canonical value could not be decoded. Never holds a value.
@@ -32,19 +46,76 @@ pub fn schema_id(framed: &[u8]) -> Result<SchemaId, DecodeError> {
 }
 
 /// Decodes a framed canonical value into a JSON object.
-pub fn to_json(catalog: &Catalog, framed: &[u8]) -> Result<Map<String, Json>, DecodeError> {
+pub fn to_json(catalog: &Arc<Catalog>, framed: &[u8]) -> Result<Map<String, Json>, DecodeError> {
+    let id = schema_id(framed)?;
+    match compiled(catalog, id)? {
+        Some(decoder) => decoder
+            .to_json(&framed[5..])
+            .map_err(|_| DecodeError::Datum(id)),
+        None => to_json_generic(catalog, framed),
+    }
+}
+
+/// Compiled decoders of the catalogs this thread decoded with lately; a
+/// catalog is told apart by its allocation, which the `Weak` keeps from
+/// being reused.
+type Compiled = Vec<(Weak<Catalog>, HashMap<SchemaId, Option<Rc<JsonDecoder>>>)>;
+
+thread_local! {
+    static COMPILED: RefCell<Compiled> = const { RefCell::new(Vec::new()) };
+}
+
+/// Catalogs remembered per thread (a running bus has one at a time; a
+/// catalog change makes a second for as long as a batch still holds the old).
+const REMEMBERED: usize = 4;
+
+/// The compiled decoder of schema `id` in `catalog`; `None` when the walker
+/// cannot read that schema and the generic decoder must.
+fn compiled(catalog: &Arc<Catalog>, id: SchemaId) -> Result<Option<Rc<JsonDecoder>>, DecodeError> {
+    COMPILED.with(|cell| {
+        let mut all = cell.borrow_mut();
+        let at = match all
+            .iter()
+            .position(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(catalog)))
+        {
+            Some(i) => i,
+            None => {
+                all.retain(|(w, _)| w.strong_count() > 0);
+                if all.len() >= REMEMBERED {
+                    all.remove(0);
+                }
+                all.push((Arc::downgrade(catalog), HashMap::new()));
+                all.len() - 1
+            }
+        };
+        let decoders = &mut all[at].1;
+        if let Some(d) = decoders.get(&id) {
+            return Ok(d.clone());
+        }
+        let (_, sv) = catalog.schema(id).ok_or(DecodeError::UnknownSchema(id))?;
+        let d = JsonDecoder::compile(&sv.schema).ok().map(Rc::new);
+        decoders.insert(id, d.clone());
+        Ok(d)
+    })
+}
+
+/// [`to_json`] through apache-avro's generic `Value` tree: the fallback and
+/// the reference.
+pub fn to_json_generic(catalog: &Catalog, framed: &[u8]) -> Result<Map<String, Json>, DecodeError> {
     let id = schema_id(framed)?;
     let (_, sv) = catalog.schema(id).ok_or(DecodeError::UnknownSchema(id))?;
-    let reader = GenericDatumReader::builder(&sv.schema)
-        .build()
-        .map_err(|_| DecodeError::Datum(id))?;
-    let mut datum = &framed[5..];
-    let value = reader
-        .read_value(&mut datum)
-        .map_err(|_| DecodeError::Datum(id))?;
-    match convert(&sv.schema, value) {
-        Json::Object(o) => Ok(o),
-        _ => Err(DecodeError::Datum(id)),
+    datum_to_json_generic(&sv.schema, &framed[5..]).ok_or(DecodeError::Datum(id))
+}
+
+/// An unframed datum under `schema` through apache-avro's generic decoder;
+/// `None` when it does not decode to a record. For tests and benchmarks.
+#[doc(hidden)]
+pub fn datum_to_json_generic(schema: &Schema, mut datum: &[u8]) -> Option<Map<String, Json>> {
+    let reader = GenericDatumReader::builder(schema).build().ok()?;
+    let value = reader.read_value(&mut datum).ok()?;
+    match convert(schema, value) {
+        Json::Object(o) => Some(o),
+        _ => None,
     }
 }
 

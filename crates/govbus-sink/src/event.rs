@@ -1,6 +1,8 @@
 //! What a subscriber receives: one change event, after the field policy, as
 //! a CloudEvent (structured JSON).
 
+use std::sync::Arc;
+
 use govbus_catalog::Catalog;
 use govbus_kafka::headers as h;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -120,7 +122,7 @@ pub enum Prepared {
 }
 
 /// Applies `policy` to a canonical record.
-pub fn prepare(catalog: &Catalog, policy: &Policy, c: &Canonical) -> Prepared {
+pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepared {
     let key = c.header(h::CE_SUBJECT);
     let key = if key.is_empty() {
         c.key

@@ -58,7 +58,11 @@ fn decimals_decode_with_exactly_their_digits() {
         (-1, "-0.01"),
         (0, "0.00"),
     ] {
-        let record = govbus_sink::decode::to_json(&catalog, &framed(&catalog, unscaled)).unwrap();
+        let record = govbus_sink::decode::to_json(
+            &std::sync::Arc::new(catalog.clone()),
+            &framed(&catalog, unscaled),
+        )
+        .unwrap();
         assert_eq!(record["registered_capital"], json!(shown), "{unscaled}");
     }
 }

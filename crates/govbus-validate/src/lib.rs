@@ -28,6 +28,7 @@
 //!
 //! See [`Reason::ALL`]; each code's meaning is [`Reason::description`].
 
+mod decode;
 pub mod envelope;
 mod ids;
 mod json;
@@ -40,6 +41,7 @@ use std::collections::{HashMap, HashSet};
 
 use govbus_catalog::{Catalog, SchemaId};
 
+pub use decode::JsonDecoder;
 pub use ids::{
     check_credit_code, check_mobile_phone, check_resident_id, credit_code_check_char,
     resident_id_check_char, IdNormalization,

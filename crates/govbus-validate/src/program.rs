@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use apache_avro::schema::{InnerDecimalSchema, Name, Schema};
+use apache_avro::schema::{InnerDecimalSchema, Name, Schema, UuidSchema};
 use serde_json::Value as Json;
 
 /// Index of a node in [`Program::nodes`].
@@ -69,10 +69,32 @@ impl Node {
     }
 }
 
+/// What a node's Avro type does not say about how its value reads as
+/// text: the validator reads these like their plain type; the JSON decoder
+/// ([`crate::decode`]) formats them by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    Plain,
+    /// A `local-timestamp-*`: no time zone.
+    Local,
+    /// `timestamp-nanos` on a long.
+    Nanos,
+    /// `local-timestamp-nanos` on a long.
+    LocalNanos,
+    /// `big-decimal` on bytes.
+    BigDecimal,
+    /// `duration` on a 12-byte fixed.
+    Duration,
+    /// `uuid` on bytes or fixed.
+    BinaryUuid,
+}
+
 /// A compiled schema: `nodes[root]` is the top-level record.
 #[derive(Debug, Clone)]
 pub(crate) struct Program {
     pub nodes: Vec<Node>,
+    /// Parallel to `nodes`.
+    pub flavors: Vec<Flavor>,
     pub root: NodeId,
 }
 
@@ -84,6 +106,7 @@ pub struct CompileError(pub String);
 
 struct Compiler {
     nodes: Vec<Node>,
+    flavors: Vec<Flavor>,
     named: HashMap<String, NodeId>,
 }
 
@@ -91,11 +114,13 @@ impl Program {
     pub fn compile(schema: &Schema) -> Result<Program, CompileError> {
         let mut c = Compiler {
             nodes: Vec::new(),
+            flavors: Vec::new(),
             named: HashMap::new(),
         };
         let root = c.compile(schema, None)?;
         Ok(Program {
             nodes: c.nodes,
+            flavors: c.flavors,
             root,
         })
     }
@@ -108,7 +133,14 @@ fn fullname(name: &Name) -> String {
 impl Compiler {
     fn push(&mut self, node: Node) -> NodeId {
         self.nodes.push(node);
+        self.flavors.push(Flavor::Plain);
         self.nodes.len() - 1
+    }
+
+    fn flavored(&mut self, node: Node, flavor: Flavor) -> NodeId {
+        let id = self.push(node);
+        self.flavors[id] = flavor;
+        id
     }
 
     fn named(&mut self, name: &Name, node: Node) -> NodeId {
@@ -122,22 +154,28 @@ impl Compiler {
             Schema::Null => self.push(Node::Null),
             Schema::Boolean => self.push(Node::Boolean),
             Schema::Int | Schema::TimeMillis => self.push(Node::Int),
-            Schema::Long
-            | Schema::TimeMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampNanos => self.push(Node::Long),
+            Schema::Long | Schema::TimeMicros => self.push(Node::Long),
+            Schema::TimestampNanos => self.flavored(Node::Long, Flavor::Nanos),
+            Schema::LocalTimestampNanos => self.flavored(Node::Long, Flavor::LocalNanos),
             Schema::Float => self.push(Node::Float),
             Schema::Double => self.push(Node::Double),
-            Schema::Bytes | Schema::BigDecimal => self.push(Node::Bytes),
-            Schema::String | Schema::Uuid(_) => self.push(Node::String),
+            Schema::Bytes => self.push(Node::Bytes),
+            Schema::BigDecimal => self.flavored(Node::Bytes, Flavor::BigDecimal),
+            Schema::String | Schema::Uuid(UuidSchema::String) => self.push(Node::String),
+            // Read as a string by the validator, as before; the JSON decoder
+            // leaves such a schema to the generic decoder.
+            Schema::Uuid(_) => self.flavored(Node::String, Flavor::BinaryUuid),
             Schema::Date => self.push(Node::Date),
-            Schema::TimestampMillis | Schema::LocalTimestampMillis => {
-                self.push(Node::TimestampMillis)
+            Schema::TimestampMillis => self.push(Node::TimestampMillis),
+            Schema::LocalTimestampMillis => self.flavored(Node::TimestampMillis, Flavor::Local),
+            Schema::TimestampMicros => self.push(Node::TimestampMicros),
+            Schema::LocalTimestampMicros => self.flavored(Node::TimestampMicros, Flavor::Local),
+            Schema::Fixed(f) => self.named(&f.name, Node::Fixed(f.size)),
+            Schema::Duration(f) => {
+                let id = self.named(&f.name, Node::Fixed(f.size));
+                self.flavors[id] = Flavor::Duration;
+                id
             }
-            Schema::TimestampMicros | Schema::LocalTimestampMicros => {
-                self.push(Node::TimestampMicros)
-            }
-            Schema::Fixed(f) | Schema::Duration(f) => self.named(&f.name, Node::Fixed(f.size)),
             Schema::Enum(e) => self.named(&e.name, Node::Enum(e.symbols.clone())),
             Schema::Decimal(d) => {
                 let precision = u32::try_from(d.precision)

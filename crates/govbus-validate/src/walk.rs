@@ -61,7 +61,7 @@ impl<'a> Cursor<'a> {
     }
 
     #[inline]
-    fn int(&mut self) -> Result<i64, Reason> {
+    pub(crate) fn int(&mut self) -> Result<i64, Reason> {
         let v = self.long()?;
         if i32::try_from(v).is_err() {
             return Err(Reason::AvroVarintOverlong);
@@ -70,7 +70,7 @@ impl<'a> Cursor<'a> {
     }
 
     #[inline]
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Reason> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], Reason> {
         let end = self
             .pos
             .checked_add(n)
@@ -93,13 +93,13 @@ impl<'a> Cursor<'a> {
     }
 
     #[inline]
-    fn bytes(&mut self) -> Result<&'a [u8], Reason> {
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], Reason> {
         let n = self.len()?;
         self.take(n)
     }
 
     #[inline]
-    fn str(&mut self) -> Result<(&'a str, usize), Reason> {
+    pub(crate) fn str(&mut self) -> Result<(&'a str, usize), Reason> {
         let n = self.len()?;
         let start = self.pos;
         let raw = self.take(n)?;
@@ -131,7 +131,7 @@ impl<'a> Cursor<'a> {
 
     /// Reads one block header of an array or map: the item count, with the
     /// running total checked against the limit.
-    fn block(&mut self) -> Result<u64, Reason> {
+    pub(crate) fn block(&mut self) -> Result<u64, Reason> {
         let count = self.long()?;
         let count = if count < 0 {
             // A negative count is followed by the block's size in bytes.
@@ -222,7 +222,7 @@ impl<'a> Cursor<'a> {
     }
 
     #[inline]
-    fn deeper(&self, depth: u32) -> Result<u32, Reason> {
+    pub(crate) fn deeper(&self, depth: u32) -> Result<u32, Reason> {
         if depth >= self.max_depth {
             Err(Reason::AvroNestingTooDeep)
         } else {

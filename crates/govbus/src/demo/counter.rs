@@ -59,7 +59,7 @@ pub fn check(
         .iter()
         .rev()
         .filter_map(|r| r.value.as_deref())
-        .find_map(|v| govbus_sink::decode::to_json(catalog, v).ok())
+        .find_map(|v| govbus_sink::decode::to_json_generic(catalog, v).ok())
         .ok_or_else(|| anyhow::anyhow!("no death registration on the bus yet"))?;
     let text = |f: &str| clear.get(f).and_then(Json::as_str).unwrap_or("").to_owned();
     let path = format!("/v1/query/{GRANT}/verify");

@@ -424,7 +424,7 @@ pub fn tail_alerts(
                 continue;
             };
             let Some(value) = m.payload() else { continue };
-            let Ok(v) = govbus_sink::decode::to_json(&catalog, value) else {
+            let Ok(v) = govbus_sink::decode::to_json_generic(&catalog, value) else {
                 continue;
             };
             if let Ok(mut s) = seen.lock() {
