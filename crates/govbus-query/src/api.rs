@@ -932,6 +932,7 @@ fn find_by(
     let text =
         index_text(tag_of(&g.ds, field), &Json::String(value.to_owned())).unwrap_or_default();
     let r = st.store.read().map_err(store_error)?;
+    let recs = records::Records::open(&r, &g.sub.dataset).map_err(store_error)?;
     let mut out = Vec::new();
     let mut after = String::new();
     loop {
@@ -939,7 +940,7 @@ fn find_by(
             .map_err(store_error)?;
         let last = keys.len() < PAGE;
         for k in keys {
-            if let Some(e) = records::get(&r, &g.sub.dataset, &k).map_err(store_error)? {
+            if let Some(e) = recs.get(&k).map_err(store_error)? {
                 if visible(g, Some(&e))?.is_some() {
                     if out.len() == limit {
                         return Ok((out, true));
@@ -1181,12 +1182,16 @@ async fn batch(
             results.push(json!({"value": v, "records": recs}));
         }
     } else {
-        let r = match st.store.read() {
+        let recs = match st
+            .store
+            .read()
+            .and_then(|r| records::Records::open(&r, &g.sub.dataset))
+        {
             Ok(r) => r,
             Err(e) => return store_error(e),
         };
         for k in &items {
-            let entry = match records::get(&r, &g.sub.dataset, k) {
+            let entry = match recs.get(k) {
                 Ok(e) => e,
                 Err(e) => return store_error(e),
             };

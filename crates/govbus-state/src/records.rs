@@ -17,7 +17,7 @@
 //! newest applied change's time).
 
 use crate::codec::{Reader, Writer};
-use crate::{ReadTxn, StateError, WriteTxn};
+use crate::{ReadTxn, StateError, Table, WriteTxn};
 
 /// One change of a record, as consumed from `data.<dataset>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,12 +214,29 @@ pub fn clear(tx: &WriteTxn, dataset: &str) -> Result<(), StateError> {
 
 /// The stored entry of `key` (a tombstone included; see [`Entry::is_live`]).
 pub fn get(r: &ReadTxn, dataset: &str, key: &str) -> Result<Option<Entry>, StateError> {
-    let Some(t) = r.table(&rec_table(dataset))? else {
-        return Ok(None);
-    };
-    t.get(key.as_bytes())?
-        .map(|b| Entry::decode(&b))
-        .transpose()
+    Records::open(r, dataset)?.get(key)
+}
+
+/// A dataset's records in one read snapshot, its table opened once: for
+/// many lookups in a row (a batch), each a single tree descent.
+#[allow(missing_debug_implementations)]
+pub struct Records(Option<Table>);
+
+impl Records {
+    /// The records of `dataset` in `r` (none yet: every lookup finds nothing).
+    pub fn open(r: &ReadTxn, dataset: &str) -> Result<Records, StateError> {
+        Ok(Records(r.table(&rec_table(dataset))?))
+    }
+
+    /// The stored entry of `key` (a tombstone included).
+    pub fn get(&self, key: &str) -> Result<Option<Entry>, StateError> {
+        let Some(t) = &self.0 else {
+            return Ok(None);
+        };
+        t.get(key.as_bytes())?
+            .map(|b| Entry::decode(&b))
+            .transpose()
+    }
 }
 
 /// Up to `limit` keys whose lookup field `field` holds `value`, in key order.

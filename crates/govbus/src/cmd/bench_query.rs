@@ -47,6 +47,9 @@ pub struct QueryBench {
     /// Concurrent connections in the closed-loop phases.
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// Concurrent connections in the batch phase (default: `--connections`).
+    #[arg(long)]
+    batch_connections: Option<usize>,
     /// Requests per second of the open-loop latency phase.
     #[arg(long, default_value_t = 5000)]
     rate: u32,
@@ -248,7 +251,7 @@ pub async fn run(b: QueryBench) -> anyhow::Result<()> {
         "batch lookups   {:>9.0} keys/s ({} requests of 100 keys, {} connections)",
         batch.rate() * 100.0,
         batch.ok,
-        b.connections.min(4)
+        b.batch_connections.unwrap_or(b.connections)
     );
     let (rss, peak) = rss_mib();
     println!(
@@ -388,7 +391,7 @@ async fn closed_loop(
     let errors = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(b.seconds);
     let conns = if batch.is_some() {
-        b.connections.min(4)
+        b.batch_connections.unwrap_or(b.connections)
     } else {
         b.connections
     };
