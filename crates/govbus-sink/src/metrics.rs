@@ -18,6 +18,7 @@ pub struct Metrics {
     active: IntGaugeVec,
     sse_clients: IntGaugeVec,
     ledger_entries: IntCounterVec,
+    task_panics: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -65,8 +66,19 @@ impl Metrics {
             active: gauge(&r, "govbus_sink_active", "1 while the subscription's grant is valid and its sink runs (a live stream: while the grant is valid and this process serves its endpoint, whether or not a client is connected; clients: govbus_sink_sse_clients); 0 when revoked, expired or disabled."),
             sse_clients: gauge(&r, "govbus_sink_sse_clients", "Connected live-stream clients."),
             ledger_entries: counter(&r, "govbus_audit_entries_total", "Entries appended to the delivery ledger.", &["outcome"]),
+            task_panics: counter(&r, "govbus_sink_task_panics_total", "Subscription tasks that panicked (each is restarted within a second; any increase is a bug to report).", &["subscription"]),
             registry: r,
         }
+    }
+
+    /// A subscription task panicked.
+    pub fn task_panicked(&self, sub: &str) {
+        self.task_panics.with_label_values(&[sub]).inc();
+    }
+
+    /// Panics counted for `sub`.
+    pub fn task_panics(&self, sub: &str) -> u64 {
+        self.task_panics.with_label_values(&[sub]).get()
     }
 
     /// Events delivered.

@@ -197,9 +197,7 @@ impl Sinks {
         let mut live_streams: HashSet<String> = HashSet::new();
         loop {
             let catalog = self.shared.catalog.borrow().clone();
-            // A task ends only at shutdown or when its subscription became a
-            // live stream; forget it, so a later switch back starts a new one.
-            running.retain(|_, task| !task.is_finished());
+            reap(&mut running, &self.shared.metrics).await;
             for sub in catalog.subscriptions() {
                 let selected = if self.shared.config.only.is_empty() {
                     !sub.sink.is_served()
@@ -231,6 +229,30 @@ impl Sinks {
         }
         if let Err(error) = self.shared.ledger.close().await {
             tracing::warn!(message = "Could not close the ledger chain.", %error);
+        }
+    }
+}
+
+/// Forgets every finished subscription task, so that the loop starts it
+/// again (within a second). A task ends by itself only at shutdown or when
+/// its subscription became a live stream; one that panicked is a bug: it is
+/// logged and counted (`govbus_sink_task_panics_total`), then restarted from
+/// its committed position like after a crash, so nothing is lost.
+async fn reap(running: &mut HashMap<String, tokio::task::JoinHandle<()>>, metrics: &Metrics) {
+    let finished: Vec<String> = running
+        .iter()
+        .filter(|(_, task)| task.is_finished())
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in finished {
+        let Some(task) = running.remove(&id) else {
+            continue;
+        };
+        if let Err(e) = task.await {
+            if e.is_panic() {
+                tracing::error!(message = "A subscription task panicked; it restarts from its committed position. Please report this as a bug.", subscription = %id);
+                metrics.task_panicked(&id);
+            }
         }
     }
 }
@@ -918,5 +940,31 @@ fn store_offsets(consumer: &SubConsumer, topic: &str, settled: &[Canonical]) {
     }
     if let Err(error) = consumer.store_offsets(&tpl) {
         tracing::debug!(message = "Some offsets not stored (partitions revoked).", %error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_subscription_task_is_counted_and_forgotten_so_it_restarts() {
+        let metrics = Metrics::new();
+        let mut running = HashMap::new();
+        running.insert(
+            "sub-panics".to_owned(),
+            tokio::spawn(async { panic!("a bug in a sink") }),
+        );
+        running.insert("sub-ended".to_owned(), tokio::spawn(async {}));
+        running.insert(
+            "sub-runs".to_owned(),
+            tokio::spawn(tokio::time::sleep(Duration::from_secs(60))),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reap(&mut running, &metrics).await;
+        assert_eq!(running.keys().collect::<Vec<_>>(), ["sub-runs"]);
+        assert_eq!(metrics.task_panics("sub-panics"), 1);
+        assert_eq!(metrics.task_panics("sub-ended"), 0);
+        assert!(metrics.render().contains("govbus_sink_task_panics_total"));
     }
 }
