@@ -1,25 +1,19 @@
-//! HMAC-SHA256 (RFC 2104) over `sha2`, for webhook signatures and keyed
-//! pseudonyms, and hex helpers.
+//! HMAC-SHA256 (the `hmac` crate), for webhook signatures, keyed pseudonyms
+//! and the ledger's keyed hashes, and hex helpers.
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-/// HMAC-SHA256 of `msg` under `key`.
+/// HMAC-SHA256 of the concatenated `parts` under `key`.
 pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
+    // HMAC takes a key of any length (a long one is hashed first).
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
+        unreachable!("HMAC accepts keys of every length")
+    };
     for p in parts {
-        inner.update(p);
+        mac.update(p);
     }
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    mac.finalize().into_bytes().into()
 }
 
 /// Lowercase hex.
