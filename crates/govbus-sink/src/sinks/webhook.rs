@@ -11,12 +11,16 @@
 //!   rejected the batch; retrying would not help.
 //! - When the retry budget is spent or the batch is rejected, its events go
 //!   to `dlq.sub.<subscription>` and delivery moves on.
-//! - SSRF guard: the target host is resolved before every attempt and
-//!   refused if any address is loopback, private, link-local, CGNAT,
-//!   multicast or unspecified, unless the subscription says `allow_private`.
+//! - SSRF guard: the HTTP client's own resolver ([`PublicOnly`]) resolves
+//!   the target on every new connection and refuses it if any address is
+//!   loopback, private, link-local, CGNAT, multicast or unspecified, unless
+//!   the subscription says `allow_private`. The addresses checked are the
+//!   addresses connected to: there is no second lookup for a rebinding DNS
+//!   server to answer differently. For the same reason, webhook delivery
+//!   ignores `HTTP(S)_PROXY` (a proxy would resolve the name again).
 
 use std::io::Read as _;
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -55,10 +59,7 @@ pub enum Attempt {
 pub struct Webhook {
     agent: ureq::Agent,
     url: String,
-    host: String,
-    port: u16,
     key: Vec<u8>,
-    allow_private: bool,
     /// Attempts per batch.
     pub max_attempts: u32,
     /// Cap on any wait between attempts.
@@ -76,8 +77,8 @@ pub enum WebhookError {
     /// The secret's variable is unset or the secret does not decode.
     #[error("webhook secret: {0}")]
     Secret(String),
-    /// The URL has no host.
-    #[error("webhook URL `{0}` has no host")]
+    /// The URL is not an http:// or https:// URL with a host.
+    #[error("webhook URL `{0}` is not an http:// or https:// URL with a host")]
     Url(String),
 }
 
@@ -120,22 +121,52 @@ pub fn is_public(ip: IpAddr) -> bool {
 }
 
 fn split_host(url: &str) -> Option<(String, u16)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    let default = if scheme == "https" { 443 } else { 80 };
-    if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        let port = after
-            .strip_prefix(':')
-            .map_or(Some(default), |p| p.parse().ok())?;
-        return Some((host.to_owned(), port));
+    let uri: ureq::http::Uri = url.parse().ok()?;
+    let default = match uri.scheme_str()? {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
     }
-    match authority.rsplit_once(':') {
-        Some((h, p)) => Some((h.to_owned(), p.parse().ok()?)),
-        None => Some((authority.to_owned(), default)),
+    Some((host.to_owned(), authority.port_u16().unwrap_or(default)))
+}
+
+/// The webhook client's resolver: ureq's own, then the SSRF guard on the
+/// very addresses the connection will use.
+#[derive(Debug, Default)]
+pub struct PublicOnly {
+    inner: ureq::unversioned::resolver::DefaultResolver,
+}
+
+/// The error [`PublicOnly`] refuses a target with (inside an I/O error).
+#[derive(Debug, thiserror::Error)]
+#[error("the webhook host resolves to a loopback, private or otherwise non-public address")]
+pub struct TargetRefused;
+
+impl ureq::unversioned::resolver::Resolver for PublicOnly {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        if addrs.is_empty() || addrs.iter().any(|a| !is_public(a.ip())) {
+            return Err(ureq::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                TargetRefused,
+            )));
+        }
+        Ok(addrs)
     }
-    .filter(|(h, _)| !h.is_empty())
+}
+
+fn is_refusal(e: &ureq::Error) -> bool {
+    matches!(e, ureq::Error::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<TargetRefused>()))
 }
 
 /// Parses `Retry-After`: delta-seconds or an HTTP date.
@@ -171,55 +202,35 @@ impl Webhook {
             SecretSource::None => return Err(WebhookError::Secret("none configured".into())),
         };
         let key = decode_secret(&text).map_err(WebhookError::Secret)?;
-        let (host, port) = split_host(url).ok_or_else(|| WebhookError::Url(url.clone()))?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        split_host(url).ok_or_else(|| WebhookError::Url(url.clone()))?;
+        let config = ureq::Agent::config_builder()
             .timeout_global(Some(*timeout))
             .max_redirects(0)
             .http_status_as_error(false)
             .user_agent("govbus-webhook/1")
-            .build()
-            .into();
+            .proxy(None)
+            .build();
+        let agent = if *allow_private {
+            ureq::Agent::new_with_config(config)
+        } else {
+            ureq::Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::default(),
+                PublicOnly::default(),
+            )
+        };
         Ok(Webhook {
             agent,
             url: url.clone(),
-            host,
-            port,
             key,
-            allow_private: *allow_private,
             max_attempts: *max_attempts,
             max_backoff: *max_backoff,
             batch_max: *batch_max,
         })
     }
 
-    /// Resolves the target and applies the SSRF guard.
-    fn guard(&self) -> Result<(), Attempt> {
-        if self.allow_private {
-            return Ok(());
-        }
-        let addrs: Vec<IpAddr> = match (self.host.as_str(), self.port).to_socket_addrs() {
-            Ok(a) => a.map(|s| s.ip()).collect(),
-            Err(e) => {
-                return Err(Attempt::Retry {
-                    why: format!("cannot resolve the webhook host: {}", e.kind()),
-                    after: None,
-                })
-            }
-        };
-        if addrs.is_empty() || addrs.iter().any(|ip| !is_public(*ip)) {
-            return Err(Attempt::Permanent {
-                reason: "target_refused",
-                why: "the webhook host resolves to a loopback, private or otherwise non-public address; set allow_private = true only for targets you trust".into(),
-            });
-        }
-        Ok(())
-    }
-
     /// One signed POST of `body` (blocking; run it off the async threads).
     pub fn post(&self, msg_id: &str, body: &[u8]) -> Attempt {
-        if let Err(refused) = self.guard() {
-            return refused;
-        }
         let now = SystemTime::now();
         let ts = now
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -235,6 +246,12 @@ impl Webhook {
             .send(body);
         let mut resp = match result {
             Ok(r) => r,
+            Err(e) if is_refusal(&e) => {
+                return Attempt::Permanent {
+                    reason: "target_refused",
+                    why: "the webhook host resolves to a loopback, private or otherwise non-public address; set allow_private = true only for targets you trust".into(),
+                }
+            }
             Err(e) => {
                 let why = match e {
                     ureq::Error::Timeout(_) => "timed out".to_owned(),
@@ -372,6 +389,65 @@ mod tests {
         assert_eq!(message_id("s", &["a", "b"]), message_id("s", &["a", "b"]));
         assert_ne!(message_id("s", &["a", "b"]), message_id("s", &["a", "c"]));
         assert_ne!(message_id("s", &["a"]), message_id("t", &["a"]));
+    }
+
+    fn webhook(url: &str, allow_private: bool) -> Webhook {
+        Webhook::new(&SinkSpec::Webhook {
+            url: url.into(),
+            secret: SecretSource::Inline("0123456789abcdef0123".into()),
+            allow_private,
+            timeout: Duration::from_secs(2),
+            max_attempts: 1,
+            max_backoff: Duration::from_secs(1),
+            batch_max: 10,
+        })
+        .unwrap()
+    }
+
+    /// The guard sits in the client's resolver: a refused target is never
+    /// connected to (so no later lookup can slip a private address in).
+    #[test]
+    fn a_private_target_is_refused_before_any_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for host in ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "2130706433"] {
+            let url = format!("http://{host}:{port}/hook");
+            match webhook(&url, false).post("msg_1", b"[]") {
+                Attempt::Permanent { reason, .. } => assert_eq!(reason, "target_refused", "{url}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        assert!(
+            listener.accept().is_err(),
+            "a refused target was connected to"
+        );
+        // Allowed explicitly, the same target is reached.
+        let w = webhook(&format!("http://127.0.0.1:{port}/hook"), true);
+        let attempt = std::thread::spawn(move || w.post("msg_1", b"[]"));
+        listener.set_nonblocking(false).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = std::io::Read::read(&mut conn, &mut buf);
+        std::io::Write::write_all(&mut conn, b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+        assert_eq!(attempt.join().unwrap(), Attempt::Delivered);
+    }
+
+    #[test]
+    fn urls_that_are_not_http_with_a_host_are_refused_at_configuration() {
+        for url in ["ftp://example.org/", "http:///x", "example.org", "http://"] {
+            let spec = SinkSpec::Webhook {
+                url: url.into(),
+                secret: SecretSource::Inline("0123456789abcdef0123".into()),
+                allow_private: false,
+                timeout: Duration::from_secs(2),
+                max_attempts: 1,
+                max_backoff: Duration::from_secs(1),
+                batch_max: 10,
+            };
+            assert!(matches!(Webhook::new(&spec), Err(WebhookError::Url(_))), "{url}");
+        }
     }
 
     #[test]
