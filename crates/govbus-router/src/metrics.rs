@@ -50,6 +50,7 @@ pub struct Metrics {
     routed: IntCounterVec,
     rejected: IntCounterVec,
     batch_seconds: Histogram,
+    settled: IntCounterVec,
     validate_seconds: Histogram,
     record_age_seconds: HistogramVec,
     lag: IntGaugeVec,
@@ -157,6 +158,12 @@ impl Metrics {
                 "Failed writes, retried (never skipped).",
                 &["topic_kind"],
             ),
+            settled: counter(
+                &registry,
+                "govbus_router_records_settled_total",
+                "Records whose write (to data.* or dlq.*) the broker acknowledged and whose input offset was then stored; routed + rejected count a record when it is decided.",
+                &[],
+            ),
             batch_seconds: histogram(
                 &registry,
                 "govbus_router_batch_duration_seconds",
@@ -214,6 +221,9 @@ impl Metrics {
     pub(crate) fn batch(&self, seconds: f64, decide_seconds: f64, routed: usize, rejected: usize) {
         self.batch_seconds.observe(seconds);
         self.validate_seconds.observe(decide_seconds);
+        self.settled
+            .with_label_values(&[] as &[&str])
+            .inc_by((routed + rejected) as u64);
         tracing::debug!(message = "Batch routed.", routed, rejected, seconds);
     }
 

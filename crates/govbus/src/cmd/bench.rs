@@ -303,19 +303,28 @@ async fn passthrough(
     })
 }
 
-fn handled(metrics: &Metrics) -> usize {
-    metrics
-        .render()
-        .lines()
-        .filter(|l| {
-            l.starts_with("govbus_router_records_routed_total{")
-                || l.starts_with("govbus_router_records_rejected_total{")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
-        .sum()
+/// Records decided (routed or rejected) and records settled (written,
+/// acknowledged, offset stored).
+fn handled(metrics: &Metrics) -> (usize, usize) {
+    let text = metrics.render();
+    let sum = |prefixes: &[&str]| {
+        text.lines()
+            .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .sum()
+    };
+    (
+        sum(&[
+            "govbus_router_records_routed_total{",
+            "govbus_router_records_rejected_total{",
+        ]),
+        sum(&["govbus_router_records_settled_total"]),
+    )
 }
 
-/// The router over `topics`, timed from its first handled record to its last.
+/// The router over `topics`, timed from its first decided record to its
+/// last acknowledged one (its write acknowledged, its offset stored), as
+/// the pass-through is timed to its last acknowledgement.
 async fn router_phase(
     engine: Arc<Engine>,
     bootstrap: &str,
@@ -339,12 +348,12 @@ async fn router_phase(
     let (mut started, mut cpu0) = (None, 0.0);
     let limit = Instant::now() + Duration::from_secs(600);
     loop {
-        let h = handled(&metrics);
-        if h > 0 && started.is_none() {
+        let (decided, settled) = handled(&metrics);
+        if decided > 0 && started.is_none() {
             started = Some(Instant::now());
             cpu0 = cpu_seconds();
         }
-        if h >= n || Instant::now() > limit {
+        if settled >= n || Instant::now() > limit {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -354,7 +363,7 @@ async fn router_phase(
         name: name.to_owned(),
         seconds: started.elapsed().as_secs_f64(),
         cpu: cpu_seconds() - cpu0,
-        records: handled(&metrics),
+        records: handled(&metrics).1,
     };
     let _ = stop.send(true);
     task.await??;
