@@ -233,9 +233,17 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             // Years from about -290,000 to 290,000, and every edge near 0.
-            let v = if i % 2 == 0 { (x as i64) >> 10 } else { (x as i64) >> 40 };
+            let v = if i % 2 == 0 {
+                (x as i64) >> 10
+            } else {
+                (x as i64) >> 40
+            };
             for (per, zulu) in [(1_000, true), (1_000_000, false), (1_000_000_000, true)] {
-                assert_eq!(format_rfc3339_fraction(v, per, zulu), by_format(v, per, zulu), "{v}");
+                assert_eq!(
+                    format_rfc3339_fraction(v, per, zulu),
+                    by_format(v, per, zulu),
+                    "{v}"
+                );
             }
             let (y, m, d) = civil_from_days(v >> 20);
             assert_eq!(format_date(v >> 20), format!("{y:04}-{m:02}-{d:02}"));

@@ -56,6 +56,7 @@ pub struct Metrics {
     lag: IntGaugeVec,
     produce_errors: IntCounterVec,
     ready: IntGauge,
+    assigned: IntGauge,
     last_routed: GaugeVec,
     freshness: GaugeVec,
 }
@@ -111,6 +112,12 @@ impl Metrics {
         let ready = IntGauge::new("govbus_router_ready", "1 while connected to the broker.")
             .unwrap_or_else(|e| unreachable!("{e}"));
         let _ = registry.register(Box::new(ready.clone()));
+        let assigned = IntGauge::new(
+            "govbus_router_assigned_partitions",
+            "Ingest partitions this instance owns (0 before its consumer group join completes and during a rebalance).",
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let _ = registry.register(Box::new(assigned.clone()));
         let dataset_gauge = |name: &str, help: &str| {
             let g = GaugeVec::new(Opts::new(name, help), &["dataset"])
                 .unwrap_or_else(|e| unreachable!("{e}"));
@@ -179,6 +186,7 @@ impl Metrics {
             record_age_seconds,
             lag,
             ready,
+            assigned,
             registry,
         }
     }
@@ -234,6 +242,17 @@ impl Metrics {
 
     pub(crate) fn lag(&self, department: &str, lag: i64) {
         self.lag.with_label_values(&[department]).set(lag);
+    }
+
+    pub(crate) fn set_assigned(&self, partitions: usize) {
+        self.assigned
+            .set(i64::try_from(partitions).unwrap_or(i64::MAX));
+    }
+
+    /// Ingest partitions this instance currently owns (0 before its group
+    /// join completes, and while a rebalance moves them).
+    pub fn assigned_partitions(&self) -> i64 {
+        self.assigned.get()
     }
 
     pub(crate) fn set_ready(&self, ready: bool) {

@@ -73,7 +73,22 @@ impl ClientContext for RouterContext {
     }
 }
 
-impl ConsumerContext for RouterContext {}
+impl ConsumerContext for RouterContext {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        match rebalance {
+            rdkafka::consumer::Rebalance::Assign(tpl) => {
+                self.metrics.set_assigned(tpl.count());
+                tracing::info!(message = "Partitions assigned.", partitions = tpl.count());
+            }
+            rdkafka::consumer::Rebalance::Revoke(_) => self.metrics.set_assigned(0),
+            rdkafka::consumer::Rebalance::Error(_) => {}
+        }
+    }
+}
 
 /// One record to write, owning its bytes.
 struct Outgoing {

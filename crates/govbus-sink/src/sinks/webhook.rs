@@ -128,7 +128,10 @@ fn split_host(url: &str) -> Option<(String, u16)> {
         _ => return None,
     };
     let authority = uri.authority()?;
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     if host.is_empty() {
         return None;
     }
@@ -429,8 +432,11 @@ mod tests {
         let (mut conn, _) = listener.accept().unwrap();
         let mut buf = [0u8; 4096];
         let _ = std::io::Read::read(&mut conn, &mut buf);
-        std::io::Write::write_all(&mut conn, b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
-            .unwrap();
+        std::io::Write::write_all(
+            &mut conn,
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(attempt.join().unwrap(), Attempt::Delivered);
     }
 
@@ -446,7 +452,10 @@ mod tests {
                 max_backoff: Duration::from_secs(1),
                 batch_max: 10,
             };
-            assert!(matches!(Webhook::new(&spec), Err(WebhookError::Url(_))), "{url}");
+            assert!(
+                matches!(Webhook::new(&spec), Err(WebhookError::Url(_))),
+                "{url}"
+            );
         }
     }
 

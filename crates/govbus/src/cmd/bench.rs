@@ -457,8 +457,10 @@ async fn latency(engine: Arc<Engine>, rate: u32) -> anyhow::Result<()> {
         ("linger.ms".into(), "1".into()),
         ("session.timeout.ms".into(), "6000".into()),
     ];
-    let router = Router::new(engine.clone(), config, Metrics::new());
+    let metrics = Metrics::new();
+    let router = Router::new(engine.clone(), config, metrics.clone());
     let (stop, mut rx) = tokio::sync::watch::channel(false);
+    let joining = Instant::now();
     let task = tokio::spawn(router.run(async move {
         let _ = rx.wait_for(|s| *s).await;
     }));
@@ -470,7 +472,28 @@ async fn latency(engine: Arc<Engine>, rate: u32) -> anyhow::Result<()> {
         .set("session.timeout.ms", "6000")
         .create()?;
     consumer.subscribe(&[topics.data("hrss.pension_payment").as_str()])?;
-    tokio::time::sleep(Duration::from_secs(8)).await; // both groups joined
+    // Start-up is reported apart from steady state: records are sent only
+    // once the router owns every ingest partition and the reader every data
+    // partition (a fixed sleep before used to let records wait for a join).
+    let join_limit = Instant::now() + Duration::from_secs(60);
+    loop {
+        // The reader's group join happens inside its poll.
+        let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+        let reader = consumer.assignment().map_or(0, |a| a.count());
+        if metrics.assigned_partitions() >= 4 && reader >= 4 {
+            break;
+        }
+        if Instant::now() > join_limit {
+            anyhow::bail!(
+                "groups not joined within 60 s (router {} of 4 partitions, reader {reader} of 4)",
+                metrics.assigned_partitions()
+            );
+        }
+    }
+    eprintln!(
+        "start-up: router and reader own their partitions after {:.1} s",
+        joining.elapsed().as_secs_f64()
+    );
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("linger.ms", "1")
