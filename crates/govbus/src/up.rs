@@ -165,6 +165,9 @@ pub struct SinkSection {
     pub tls_key: Option<PathBuf>,
     /// CAs whose client certificates are accepted (PEM bundle); optional.
     pub client_ca: Option<PathBuf>,
+    /// CAs https:// webhook receivers' certificates must chain to (PEM),
+    /// instead of the Mozilla root set; optional.
+    pub webhook_ca: Option<PathBuf>,
 }
 
 /// `[query]`: the live interfaces, as `govbus query` runs them.
@@ -266,6 +269,7 @@ impl UpConfig {
                 tls_cert: None,
                 tls_key: None,
                 client_ca: None,
+                webhook_ca: None,
             }),
             ..UpConfig::default()
         }
@@ -294,6 +298,9 @@ impl UpConfig {
         }
         if let Some(f) = c.fraud.as_mut() {
             fix(&mut f.state_dir);
+        }
+        if let Some(p) = c.sink.as_mut().and_then(|s| s.webhook_ca.as_mut()) {
+            fix(p);
         }
         if let Some(q) = c.query.as_mut() {
             fix(&mut q.state_dir);
@@ -355,6 +362,11 @@ impl UpConfig {
         }
         if let Some(s) = &self.sink {
             tls("sink", &s.tls_cert, &s.tls_key, &s.client_ca);
+            if let Some(ca) = &s.webhook_ca {
+                if let Err(e) = govbus_sink::sinks::webhook::check_ca(ca) {
+                    problems.push(format!("[sink] webhook_ca: {e}"));
+                }
+            }
         }
         if let Some(r) = &self.registry {
             addrs.push(("registry", r.listen));
@@ -935,6 +947,7 @@ impl System {
             sc.pseudonym_secret = crate::cmd::sink::pseudonym_secret("GOVBUS_PSEUDONYM_SECRET")?;
             sc.ledger_key = crate::cmd::sink::ledger_key()?;
             sc.postgres = s.postgres.clone();
+            sc.webhook_ca = s.webhook_ca.clone();
             sc.only = if s.subscriptions.is_empty() && !extras.skip_subscriptions.is_empty() {
                 catalog
                     .subscriptions()

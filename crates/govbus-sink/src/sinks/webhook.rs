@@ -12,15 +12,19 @@
 //! - When the retry budget is spent or the batch is rejected, its events go
 //!   to `dlq.sub.<subscription>` and delivery moves on.
 //! - SSRF guard: the HTTP client's own resolver ([`PublicOnly`]) resolves
-//!   the target on every new connection and refuses it if any address is
+//!   the target before every request and refuses it if any address is
 //!   loopback, private, link-local, CGNAT, multicast or unspecified, unless
 //!   the subscription says `allow_private`. The addresses checked are the
 //!   addresses connected to: there is no second lookup for a rebinding DNS
 //!   server to answer differently. For the same reason, webhook delivery
 //!   ignores `HTTP(S)_PROXY` (a proxy would resolve the name again).
+//! - `https://` targets: the server certificate must chain to the Mozilla
+//!   root set (webpki-roots), or — when the sink is given `--webhook-ca` — to
+//!   one of the CAs in that PEM file instead (a government's own CA).
 
 use std::io::Read as _;
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -77,6 +81,14 @@ pub enum WebhookError {
     /// The secret's variable is unset or the secret does not decode.
     #[error("webhook secret: {0}")]
     Secret(String),
+    /// The CA file given for https:// webhooks cannot be used.
+    #[error("webhook CA file {path}: {detail}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What is wrong (never a secret).
+        detail: String,
+    },
     /// The URL is not an http:// or https:// URL with a host.
     #[error("webhook URL `{0}` is not an http:// or https:// URL with a host")]
     Url(String),
@@ -182,9 +194,39 @@ pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// The roots an https:// webhook's certificate must chain to: the CAs in
+/// `ca_file` (PEM) when given, else the Mozilla root set.
+fn root_certs(ca_file: Option<&Path>) -> Result<ureq::tls::RootCerts, WebhookError> {
+    let Some(path) = ca_file else {
+        return Ok(ureq::tls::RootCerts::WebPki);
+    };
+    let fail = |detail: String| WebhookError::Ca {
+        path: path.display().to_string(),
+        detail,
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {}", e.kind())))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item.map_err(|e| fail(format!("not PEM: {e}")))? {
+            ureq::tls::PemItem::Certificate(c) => certs.push(c),
+            _ => return Err(fail("holds something other than certificates (a private key?); give only the CA certificates".into())),
+        }
+    }
+    if certs.is_empty() {
+        return Err(fail("holds no certificate".into()));
+    }
+    Ok(ureq::tls::RootCerts::new_with_certs(&certs))
+}
+
+/// Whether `ca_file` is usable as the webhook CA file (`govbus up --check`).
+pub fn check_ca(ca_file: &Path) -> Result<(), WebhookError> {
+    root_certs(Some(ca_file)).map(|_| ())
+}
+
 impl Webhook {
-    /// Builds the client for a webhook spec.
-    pub fn new(spec: &SinkSpec) -> Result<Webhook, WebhookError> {
+    /// Builds the client for a webhook spec; `ca_file` replaces the default
+    /// roots for https:// targets.
+    pub fn new(spec: &SinkSpec, ca_file: Option<&Path>) -> Result<Webhook, WebhookError> {
         let SinkSpec::Webhook {
             url,
             secret,
@@ -212,6 +254,11 @@ impl Webhook {
             .http_status_as_error(false)
             .user_agent("govbus-webhook/1")
             .proxy(None)
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(root_certs(ca_file)?)
+                    .build(),
+            )
             .build();
         let agent = if *allow_private {
             ureq::Agent::new_with_config(config)
@@ -258,9 +305,18 @@ impl Webhook {
             Err(e) => {
                 let why = match e {
                     ureq::Error::Timeout(_) => "timed out".to_owned(),
-                    ureq::Error::Io(io) => format!("connection error: {}", io.kind()),
+                    // A certificate the client cannot verify arrives as an
+                    // I/O error around the TLS library's (bounded) error.
+                    ureq::Error::Io(io) => match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                        Some(tls) => format!("TLS: {tls}"),
+                        None => format!("connection error: {}", io.kind()),
+                    },
                     ureq::Error::ConnectionFailed => "connection failed".to_owned(),
                     ureq::Error::HostNotFound => "host not found".to_owned(),
+                    // Bounded texts of the TLS library ("invalid peer
+                    // certificate: UnknownIssuer"), never a body.
+                    ureq::Error::Tls(what) => format!("TLS: {what}"),
+                    ureq::Error::Rustls(e) => format!("TLS: {e}"),
                     other => format!("HTTP client error: {}", error_kind(&other)),
                 };
                 return Attempt::Retry { why, after: None };
@@ -395,15 +451,18 @@ mod tests {
     }
 
     fn webhook(url: &str, allow_private: bool) -> Webhook {
-        Webhook::new(&SinkSpec::Webhook {
-            url: url.into(),
-            secret: SecretSource::Inline("0123456789abcdef0123".into()),
-            allow_private,
-            timeout: Duration::from_secs(2),
-            max_attempts: 1,
-            max_backoff: Duration::from_secs(1),
-            batch_max: 10,
-        })
+        Webhook::new(
+            &SinkSpec::Webhook {
+                url: url.into(),
+                secret: SecretSource::Inline("0123456789abcdef0123".into()),
+                allow_private,
+                timeout: Duration::from_secs(2),
+                max_attempts: 1,
+                max_backoff: Duration::from_secs(1),
+                batch_max: 10,
+            },
+            None,
+        )
         .unwrap()
     }
 
@@ -453,7 +512,7 @@ mod tests {
                 batch_max: 10,
             };
             assert!(
-                matches!(Webhook::new(&spec), Err(WebhookError::Url(_))),
+                matches!(Webhook::new(&spec, None), Err(WebhookError::Url(_))),
                 "{url}"
             );
         }

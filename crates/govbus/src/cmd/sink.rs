@@ -58,6 +58,10 @@ pub struct SinkArgs {
     /// The directory file sinks write below (a grant's `dir` is relative to it).
     #[arg(long, default_value = ".")]
     file_root: PathBuf,
+    /// PEM file of the CAs https:// webhook receivers' certificates must
+    /// chain to, instead of the Mozilla root set (a government's own CA).
+    #[arg(long, env = "GOVBUS_WEBHOOK_CA")]
+    webhook_ca: Option<PathBuf>,
     /// Do not create missing `_govbus.audit`, `dlq.sub.*` and `view.*` topics
     /// (they are provisioned, or the broker has no CreateTopics).
     #[arg(long)]
@@ -161,6 +165,7 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
     config.pseudonym_secret = secret;
     config.ledger_key = ledger_key()?;
     config.file_root = args.file_root;
+    config.webhook_ca = args.webhook_ca;
     config.postgres = args.postgres;
     config.only = args.subscriptions;
     config.max_batch = args.max_batch.max(1);
