@@ -46,12 +46,14 @@ impl JsonDecoder {
         }
         Ok(JsonDecoder {
             program,
-            // Canonical values already passed the router's limits; these are
-            // wider than any router setting and only bound the work.
+            // Canonical values passed the router's limits (the defaults:
+            // they are not configurable); twice those, so nothing routed is
+            // refused, while a hostile value still cannot make it build an
+            // unbounded tree (an array of nulls costs no bytes per item).
             limits: Limits {
                 max_message_bytes: usize::MAX,
-                max_depth: 128,
-                max_items: 10_000_000,
+                max_depth: Limits::default().max_depth * 2,
+                max_items: Limits::default().max_items * 2,
             },
         })
     }
@@ -98,7 +100,17 @@ impl JsonDecoder {
                 a.copy_from_slice(b);
                 number(f64::from_le_bytes(a))
             }
-            Node::String => Json::String(cur.str()?.0.to_owned()),
+            Node::String => {
+                let text = cur.str()?.0;
+                if prog.flavors[node] == Flavor::Uuid {
+                    // As apache-avro reads it: parsed, written lowercase
+                    // and hyphenated; text that is no UUID does not decode.
+                    let u = uuid::Uuid::parse_str(text).map_err(|_| Reason::PatternMismatch)?;
+                    Json::String(u.to_string())
+                } else {
+                    Json::String(text.to_owned())
+                }
+            }
             Node::Bytes => Json::String(latin1(cur.bytes()?)),
             Node::Fixed(n) => {
                 let b = cur.take(*n)?;

@@ -85,6 +85,8 @@ pub(crate) enum Flavor {
     BigDecimal,
     /// `duration` on a 12-byte fixed.
     Duration,
+    /// `uuid` on a string.
+    Uuid,
     /// `uuid` on bytes or fixed.
     BinaryUuid,
 }
@@ -161,7 +163,8 @@ impl Compiler {
             Schema::Double => self.push(Node::Double),
             Schema::Bytes => self.push(Node::Bytes),
             Schema::BigDecimal => self.flavored(Node::Bytes, Flavor::BigDecimal),
-            Schema::String | Schema::Uuid(UuidSchema::String) => self.push(Node::String),
+            Schema::String => self.push(Node::String),
+            Schema::Uuid(UuidSchema::String) => self.flavored(Node::String, Flavor::Uuid),
             // Read as a string by the validator, as before; the JSON decoder
             // leaves such a schema to the generic decoder.
             Schema::Uuid(_) => self.flavored(Node::String, Flavor::BinaryUuid),
