@@ -35,6 +35,9 @@ pub struct SinkConfig {
     pub pseudonym_secret: Vec<u8>,
     /// Key authenticating the delivery ledger's entries (`GOVBUS_LEDGER_KEY`).
     pub ledger_key: Vec<u8>,
+    /// PEM file of the CAs an https:// webhook's certificate must chain to
+    /// (replacing the Mozilla root set). Default: none.
+    pub webhook_ca: Option<std::path::PathBuf>,
     /// The directory file sinks' `dir`s are below. Default: the working directory.
     pub file_root: std::path::PathBuf,
     /// Default PostgreSQL connection for `postgres` sinks without `conninfo`.
@@ -61,6 +64,7 @@ impl SinkConfig {
             pseudonym_secret: Vec::new(),
             ledger_key: crate::ledger::DEV_LEDGER_KEY.to_vec(),
             file_root: std::path::PathBuf::from("."),
+            webhook_ca: None,
             postgres: None,
             only: Vec::new(),
             max_batch: 1000,
@@ -195,16 +199,26 @@ impl Sinks {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut live_streams: HashSet<String> = HashSet::new();
+        // Subscriptions whose task panicked: panics so far, and not restarted
+        // before this instant (1 s, 2 s, 4 s … at most 60 s), so a panic on
+        // every run does not rebalance the group every second.
+        let mut held: HashMap<String, (u32, tokio::time::Instant)> = HashMap::new();
         loop {
             let catalog = self.shared.catalog.borrow().clone();
-            reap(&mut running, &self.shared.metrics).await;
+            for id in reap(&mut running, &self.shared.metrics).await {
+                let n = held.get(&id).map_or(1, |(n, _)| n + 1);
+                let wait = Duration::from_secs(1 << (n - 1).min(6)).min(Duration::from_secs(60));
+                held.insert(id, (n, tokio::time::Instant::now() + wait));
+            }
+            let now = tokio::time::Instant::now();
             for sub in catalog.subscriptions() {
                 let selected = if self.shared.config.only.is_empty() {
                     !sub.sink.is_served()
                 } else {
                     self.shared.config.only.contains(&sub.id)
                 };
-                if selected && !running.contains_key(&sub.id) && !sub.sink.is_served() {
+                let holding = held.get(&sub.id).is_some_and(|(_, until)| *until > now);
+                if selected && !holding && !running.contains_key(&sub.id) && !sub.sink.is_served() {
                     let shared = self.shared.clone();
                     let id = sub.id.clone();
                     let sd = shutdown.clone();
@@ -234,11 +248,16 @@ impl Sinks {
 }
 
 /// Forgets every finished subscription task, so that the loop starts it
-/// again (within a second). A task ends by itself only at shutdown or when
-/// its subscription became a live stream; one that panicked is a bug: it is
-/// logged and counted (`govbus_sink_task_panics_total`), then restarted from
-/// its committed position like after a crash, so nothing is lost.
-async fn reap(running: &mut HashMap<String, tokio::task::JoinHandle<()>>, metrics: &Metrics) {
+/// again. A task ends by itself only at shutdown or when its subscription
+/// became a live stream; one that panicked is a bug: it is logged and
+/// counted (`govbus_sink_task_panics_total`), then restarted from its
+/// committed position like after a crash (after a growing pause), so
+/// nothing is lost. Returns the subscriptions whose task panicked.
+async fn reap(
+    running: &mut HashMap<String, tokio::task::JoinHandle<()>>,
+    metrics: &Metrics,
+) -> Vec<String> {
+    let mut panicked = Vec::new();
     let finished: Vec<String> = running
         .iter()
         .filter(|(_, task)| task.is_finished())
@@ -252,9 +271,11 @@ async fn reap(running: &mut HashMap<String, tokio::task::JoinHandle<()>>, metric
             if e.is_panic() {
                 tracing::error!(message = "A subscription task panicked; it restarts from its committed position. Please report this as a bug.", subscription = %id);
                 metrics.task_panicked(&id);
+                panicked.push(id);
             }
         }
     }
+    panicked
 }
 
 struct LagContext {
@@ -475,7 +496,8 @@ impl Shared {
     ) -> Result<Target, String> {
         Ok(match &sub.sink {
             SinkSpec::Webhook { .. } => Target::Webhook(Arc::new(
-                Webhook::new(&sub.sink).map_err(|e| e.to_string())?,
+                Webhook::new(&sub.sink, self.config.webhook_ca.as_deref())
+                    .map_err(|e| e.to_string())?,
             )),
             SinkSpec::File {
                 dir,
@@ -961,7 +983,7 @@ mod tests {
             tokio::spawn(tokio::time::sleep(Duration::from_secs(60))),
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-        reap(&mut running, &metrics).await;
+        assert_eq!(reap(&mut running, &metrics).await, ["sub-panics"]);
         assert_eq!(running.keys().collect::<Vec<_>>(), ["sub-runs"]);
         assert_eq!(metrics.task_panics("sub-panics"), 1);
         assert_eq!(metrics.task_panics("sub-ended"), 0);
