@@ -256,6 +256,10 @@ fn a_real_prometheus_scrapes_govbus_and_evaluates_the_rules() {
     assert_eq!(ready, "1", "the router reports itself connected");
     assert_eq!(freshness, "86400", "the catalog's 24 h promise for deaths");
     // The rules load and evaluate without errors against real govbus series.
+    let expected = std::fs::read_to_string(common::repo().join("deploy/prometheus/alerts.yml"))
+        .unwrap()
+        .matches("- alert:")
+        .count();
     let started = Instant::now();
     loop {
         let rules = get(prom, "/api/v1/rules");
@@ -265,7 +269,7 @@ fn a_real_prometheus_scrapes_govbus_and_evaluates_the_rules() {
             .flatten()
             .flat_map(|g| g["rules"].as_array().unwrap())
             .collect();
-        if all.len() == 9 && all.iter().all(|r| r["health"] == "ok") {
+        if all.len() == expected && all.iter().all(|r| r["health"] == "ok") {
             break;
         }
         assert!(

@@ -168,7 +168,7 @@ impl Metrics {
             settled: counter(
                 &registry,
                 "govbus_router_records_settled_total",
-                "Records whose write (to data.* or dlq.*) the broker acknowledged and whose input offset was then stored; routed + rejected count a record when it is decided.",
+                "Records whose write (to data.* or dlq.*) the broker acknowledged, after which their input offsets were stored (or dropped for a partition revoked meanwhile, which its new owner routes again); routed + rejected count a record when it is decided.",
                 &[],
             ),
             batch_seconds: histogram(

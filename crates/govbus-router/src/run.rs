@@ -76,16 +76,15 @@ impl ClientContext for RouterContext {
 impl ConsumerContext for RouterContext {
     fn post_rebalance(
         &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        match rebalance {
-            rdkafka::consumer::Rebalance::Assign(tpl) => {
-                self.metrics.set_assigned(tpl.count());
-                tracing::info!(message = "Partitions assigned.", partitions = tpl.count());
-            }
-            rdkafka::consumer::Rebalance::Revoke(_) => self.metrics.set_assigned(0),
-            rdkafka::consumer::Rebalance::Error(_) => {}
+        // The whole assignment after the change (a cooperative rebalance
+        // hands over only the difference).
+        let owned = consumer.assignment().map_or(0, |a| a.count());
+        self.metrics.set_assigned(owned);
+        if let rdkafka::consumer::Rebalance::Assign(_) = rebalance {
+            tracing::info!(message = "Partitions assigned.", partitions = owned);
         }
     }
 }
