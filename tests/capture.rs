@@ -49,7 +49,7 @@ impl Setup {
         let name = format!("t_{}", unique("").replace('-', "_")).to_lowercase();
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            r#"conninfo = "{}"
+            r#"conninfo = "{} application_name={name}"
 mode = "{mode}"
 name = "{name}"
 state_dir = "{}"
@@ -183,9 +183,20 @@ fn ops(data: &[(String, String, u64, String)], key: &str) -> Vec<String> {
         .collect()
 }
 
+/// The streaming replication reader (the default).
 #[tokio::test(flavor = "multi_thread")]
-async fn logical_capture_streams_changes_resumes_after_kill_and_bounds_wal() {
-    let s = Setup::new("logical").await;
+async fn streaming_capture_streams_changes_resumes_after_kill_and_bounds_wal() {
+    capture_streams_changes_resumes_after_kill_and_bounds_wal("logical").await;
+}
+
+/// The SQL-interface reader (for databases behind a connection pooler).
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_interface_capture_streams_changes_resumes_after_kill_and_bounds_wal() {
+    capture_streams_changes_resumes_after_kill_and_bounds_wal("logical-sql").await;
+}
+
+async fn capture_streams_changes_resumes_after_kill_and_bounds_wal(mode: &str) {
+    let s = Setup::new(mode).await;
     let db = s.pg.client().await.unwrap();
     for i in 0..3 {
         db.batch_execute(&insert(i)).await.unwrap();
@@ -235,32 +246,44 @@ async fn logical_capture_streams_changes_resumes_after_kill_and_bounds_wal() {
     assert!(metrics.contains(&snap), "{metrics}");
     assert!(metrics.contains("govbus_capture_position_lsn"), "{metrics}");
 
-    // Kill -9 twice while rows keep coming: nothing lost.
+    // Kill -9 twice while 10,000 rows keep coming, and the database drops
+    // the capture's connections once (what a PostgreSQL restart does to it;
+    // the server itself is shared with the other tests): nothing lost.
+    const N: usize = 10_000;
     let writer = {
         let c = s.pg.client().await.unwrap();
         tokio::spawn(async move {
-            for i in 100..1100 {
+            for i in 100..100 + N {
                 c.batch_execute(&insert(i)).await.unwrap();
-                if i % 100 == 0 {
+                if i % 500 == 0 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         })
     };
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         cap.kill().unwrap();
         let _ = cap.wait();
         cap = s.capture();
     }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let dropped = db
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND (pid IN (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1) OR application_name = $1)",
+            &[&s.name],
+        )
+        .await
+        .unwrap();
+    assert!(!dropped.is_empty(), "the capture's connections were found");
     writer.await.unwrap();
-    let data = s.data(8 + 1000);
+    let data = s.data(8 + N);
     let keys: BTreeSet<&str> = data
         .iter()
         .filter(|d| d.1 == "create")
         .map(|d| d.0.as_str())
         .collect();
-    for i in 100..1100 {
+    for i in 100..100 + N {
         assert!(keys.contains(format!("PP{i:06}").as_str()), "PP{i:06} lost");
     }
     let mut by_id: BTreeMap<&str, BTreeSet<(&str, u64)>> = BTreeMap::new();

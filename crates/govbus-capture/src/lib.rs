@@ -23,6 +23,7 @@
 
 pub mod metrics;
 pub mod pgoutput;
+pub mod replication;
 
 pub use metrics::Metrics;
 
@@ -44,9 +45,16 @@ use crate::pgoutput::{Message, Relations, Value};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Logical decoding (`wal_level = logical`).
+    /// Logical decoding (`wal_level = logical`) over the streaming
+    /// replication protocol: changes arrive as they commit.
     #[default]
     Logical,
+    /// Logical decoding read through the SQL interface
+    /// (`pg_logical_slot_peek_binary_changes`), polled: for a database
+    /// reached only through a connection pooler (PgBouncer and the like do
+    /// not pass replication connections through). About 0.2 s slower.
+    #[serde(rename = "logical-sql")]
+    LogicalSql,
     /// A monotonic version column and periodic delete detection.
     Poll,
 }
@@ -131,6 +139,18 @@ pub enum CaptureError {
     /// Local state.
     #[error("state: {0}")]
     State(#[from] std::io::Error),
+    /// The replication connection failed.
+    #[error(transparent)]
+    Replication(#[from] replication::ReplicationError),
+    /// The change stream holds a message govbus cannot decode; the position
+    /// stays before it.
+    #[error("undecodable change at LSN {lsn} (the position stays before it): {detail}")]
+    Undecodable {
+        /// Where.
+        lsn: String,
+        /// What.
+        detail: String,
+    },
     /// `wal_level` is not `logical`.
     #[error("logical replication is not enabled on this database (wal_level = {0}); set wal_level = logical and restart PostgreSQL, or use mode = \"poll\" with a version_column per table")]
     NotLogical(String),
@@ -139,7 +159,11 @@ pub enum CaptureError {
 impl CaptureError {
     /// Whether restarting (reconnecting) can help.
     pub fn is_transient(&self) -> bool {
-        matches!(self, CaptureError::Postgres(_) | CaptureError::Publish(_))
+        match self {
+            CaptureError::Postgres(_) | CaptureError::Publish(_) => true,
+            CaptureError::Replication(e) => e.is_transient(),
+            _ => false,
+        }
     }
 }
 
@@ -412,7 +436,8 @@ impl Capture {
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), CaptureError> {
         match self.config.mode {
-            Mode::Logical => self.run_logical(publishers, stop).await,
+            Mode::Logical => self.run_streaming(publishers, stop).await,
+            Mode::LogicalSql => self.run_logical(publishers, stop).await,
             Mode::Poll => self.run_poll(publishers, stop).await,
         }
     }
@@ -442,16 +467,13 @@ impl Capture {
         Ok(())
     }
 
-    async fn run_logical(
-        &mut self,
-        publishers: &mut HashMap<String, Box<dyn Publisher + Send>>,
-        stop: tokio::sync::watch::Receiver<bool>,
-    ) -> Result<(), CaptureError> {
+    /// Checks `wal_level` and creates the publication if it is missing.
+    async fn ensure_publication(&self) -> Result<(), CaptureError> {
         let level: String = self.client.query_one("SHOW wal_level", &[]).await?.get(0);
         if level != "logical" {
             return Err(CaptureError::NotLogical(level));
         }
-        let name = self.config.name.clone();
+        let name = &self.config.name;
         let list: Vec<String> = self
             .tables
             .iter()
@@ -461,7 +483,7 @@ impl Capture {
             .client
             .query(
                 "SELECT 1 FROM pg_publication WHERE pubname = $1::text::name",
-                &[&name],
+                &[name],
             )
             .await?
             .is_empty();
@@ -469,18 +491,266 @@ impl Capture {
             self.client
                 .batch_execute(&format!(
                     "CREATE PUBLICATION {} FOR TABLE {}",
-                    ident(&name),
+                    ident(name),
                     list.join(", ")
                 ))
                 .await?;
         }
+        Ok(())
+    }
+
+    /// The slot's confirmed position, if the slot exists.
+    async fn slot_position(&self) -> Result<Option<u64>, CaptureError> {
         let slot = self
             .client
-            .query("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1::text::name", &[&name])
+            .query("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1::text::name", &[&self.config.name])
             .await?;
+        Ok(slot
+            .first()
+            .map(|row| parse_lsn(&row.get::<_, Option<String>>(0).unwrap_or_default())))
+    }
+
+    /// Publishes every table's rows, versioned at the slot's position
+    /// `start`, unless that was done already. With `snapshot`, the rows are
+    /// read in the snapshot the slot was created with, so they are exactly
+    /// the state at `start`; without (a slot created earlier, the snapshot
+    /// not finished), they are read now, which later changes (all versioned
+    /// after `start`) bring to the same end state.
+    async fn initial_snapshot(
+        &mut self,
+        publishers: &mut HashMap<String, Box<dyn Publisher + Send>>,
+        state: &mut State,
+        start: u64,
+        snapshot: Option<&str>,
+    ) -> Result<(), CaptureError> {
+        if state.snapshot_done.is_some() {
+            return Ok(());
+        }
+        let name = self.config.name.clone();
+        if let Some(id) = snapshot {
+            // Snapshot names are `[0-9A-F-]`; anything else is refused by the server.
+            self.client
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                    id.replace('\'', "")
+                ))
+                .await?;
+        }
+        let mut changes = Vec::new();
+        for t in 0..self.tables.len() {
+            let rows = self.select_all(t, "", &[]).await?;
+            for (n, cells) in rows.into_iter().enumerate() {
+                let id = format!("cdc-{name}-snap-{start}-{t}-{n}");
+                if let Some(c) = self.change(t, cells, "snapshot", start, id) {
+                    changes.push((t, c));
+                }
+            }
+        }
+        if snapshot.is_some() {
+            self.client.batch_execute("COMMIT").await?;
+        }
+        tracing::info!(
+            message = "Initial snapshot.",
+            rows = changes.len(),
+            version = start,
+            exact = snapshot.is_some()
+        );
+        self.publish_all(publishers, &changes)?;
+        state.snapshot_done = Some(start);
+        self.save_state(state)
+    }
+
+    /// Applies one decoded message: row changes go to `out`.
+    fn apply(
+        &mut self,
+        relations: &mut Relations,
+        msg: Message,
+        lsn: u64,
+        out: &mut Vec<(usize, Change)>,
+    ) -> Boundary {
+        let name = self.config.name.clone();
+        match msg {
+            Message::Relation(id, rel) => {
+                relations.insert(id, rel);
+            }
+            Message::Begin { .. } => return Boundary::Begin,
+            Message::Commit { end_lsn } => return Boundary::Commit(end_lsn),
+            Message::Message { .. } => return Boundary::Message(lsn),
+            Message::Insert { rel, new } => {
+                self.row_change(relations, rel, "create", None, Some(new), lsn, &name, out)
+            }
+            Message::Update { rel, old, new } => {
+                self.row_change(relations, rel, "update", old, Some(new), lsn, &name, out)
+            }
+            Message::Delete { rel, old } => {
+                self.row_change(relations, rel, "delete", Some(old), None, lsn, &name, out)
+            }
+            Message::Truncate(rels) => {
+                for r in rels {
+                    let t = relations
+                        .get(&r)
+                        .map(|x| format!("{}.{}", x.namespace, x.name))
+                        .unwrap_or_default();
+                    tracing::error!(message = "TRUNCATE is not captured as deletes; publish a snapshot of the table to reconcile.", table = %t);
+                }
+            }
+            Message::Other(_) => {}
+        }
+        Boundary::None
+    }
+
+    /// Writes a heartbeat into the WAL (so that an idle slot advances) and
+    /// reads how much WAL the slot holds back.
+    async fn heartbeat(&mut self) -> Result<(), CaptureError> {
+        self.client
+            .query(
+                "SELECT pg_logical_emit_message(false, 'govbus.heartbeat', '')",
+                &[],
+            )
+            .await?;
+        self.counts.heartbeats += 1;
+        self.metrics.heartbeat();
+        let retained = self
+            .client
+            .query_one("SELECT COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint FROM pg_replication_slots WHERE slot_name = $1::text::name", &[&self.config.name])
+            .await?;
+        self.metrics.retained(retained.get(0));
+        Ok(())
+    }
+
+    /// Logical decoding over the streaming replication protocol.
+    async fn run_streaming(
+        &mut self,
+        publishers: &mut HashMap<String, Box<dyn Publisher + Send>>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), CaptureError> {
+        self.ensure_publication().await?;
+        let name = self.config.name.clone();
+        let mut repl = replication::Replication::connect(&self.config.conninfo).await?;
         let mut state = self.load_state()?;
-        let start: u64 = if let Some(row) = slot.first() {
-            parse_lsn(&row.get::<_, Option<String>>(0).unwrap_or_default())
+        let start = match self.slot_position().await? {
+            Some(lsn) => {
+                self.metrics.position(lsn);
+                self.initial_snapshot(publishers, &mut state, lsn, None).await?;
+                lsn
+            }
+            None => {
+                // The slot exports the snapshot of its consistent point; it
+                // stays usable while this connection runs nothing else.
+                let rows = repl
+                    .command(&format!(
+                        "CREATE_REPLICATION_SLOT \"{name}\" LOGICAL pgoutput EXPORT_SNAPSHOT"
+                    ))
+                    .await?;
+                let row = rows.first().ok_or_else(|| {
+                    replication::ReplicationError::Protocol(
+                        "CREATE_REPLICATION_SLOT returned no row".into(),
+                    )
+                })?;
+                let lsn = parse_lsn(row.get(1).and_then(Option::as_deref).unwrap_or(""));
+                let snapshot = row.get(2).cloned().flatten();
+                self.metrics.position(lsn);
+                state.snapshot_done = None;
+                self.initial_snapshot(publishers, &mut state, lsn, snapshot.as_deref())
+                    .await?;
+                lsn
+            }
+        };
+        repl.start(&name, start, &name).await?;
+        tracing::info!(message = "Streaming changes.", slot = %name, from = %format_lsn(start));
+        let mut relations = Relations::new();
+        let mut changes: Vec<(usize, Change)> = Vec::new();
+        // Inside a transaction's messages (between Begin and Commit).
+        let mut in_txn = false;
+        // The newest transaction end whose changes are all in `changes` or published.
+        let mut safe: Option<u64> = None;
+        let mut confirmed = start;
+        let mut last_status = Instant::now();
+        let mut idle_since = Instant::now();
+        loop {
+            // Publish at a transaction end when nothing more is already in
+            // hand (low latency), or when the batch is large (bounded memory,
+            // also inside one large transaction); confirm only whole
+            // transactions whose changes Kafka acknowledged.
+            let at_rest = !repl.has_buffered();
+            if !changes.is_empty() && (changes.len() >= STREAM_BATCH || (at_rest && safe.is_some()))
+            {
+                self.publish_all(publishers, &changes)?;
+                changes.clear();
+            }
+            if changes.is_empty() && at_rest {
+                if let Some(lsn) = safe.take() {
+                    confirmed = confirmed.max(lsn);
+                    repl.status(confirmed).await?;
+                    self.metrics.position(confirmed);
+                    last_status = Instant::now();
+                }
+            }
+            let status_due = last_status + STATUS_EVERY;
+            let heartbeat_due = idle_since + self.config.heartbeat;
+            let event = tokio::select! {
+                e = repl.recv() => Some(e?),
+                _ = stop.changed() => return Ok(()),
+                _ = tokio::time::sleep_until(status_due.min(heartbeat_due).into()) => None,
+            };
+            if *stop.borrow() {
+                return Ok(());
+            }
+            match event {
+                Some(replication::Event::XLogData { start: lsn, data }) => {
+                    idle_since = Instant::now();
+                    let msg = pgoutput::decode(&data).map_err(|e| CaptureError::Undecodable {
+                        lsn: format_lsn(lsn),
+                        detail: e.to_string(),
+                    })?;
+                    match self.apply(&mut relations, msg, lsn, &mut changes) {
+                        Boundary::Begin => in_txn = true,
+                        Boundary::Commit(end) => {
+                            in_txn = false;
+                            safe = Some(end);
+                        }
+                        Boundary::Message(at) if !in_txn => safe = Some(at),
+                        Boundary::Message(_) | Boundary::None => {}
+                    }
+                }
+                Some(replication::Event::Keepalive { end, reply }) => {
+                    // Nothing in hand: everything the server sent before `end`
+                    // is settled, so the slot may move there (as PostgreSQL's
+                    // own subscriber does); WAL of other tables is released.
+                    if !in_txn && changes.is_empty() && safe.is_none() && end > confirmed {
+                        confirmed = end;
+                        self.metrics.position(confirmed);
+                    }
+                    if reply {
+                        repl.status(confirmed).await?;
+                        last_status = Instant::now();
+                    }
+                }
+                None => {
+                    if Instant::now() >= status_due {
+                        repl.status(confirmed).await?;
+                        last_status = Instant::now();
+                    }
+                    if Instant::now() >= heartbeat_due {
+                        self.heartbeat().await?;
+                        idle_since = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logical decoding read through the SQL interface, polled.
+    async fn run_logical(
+        &mut self,
+        publishers: &mut HashMap<String, Box<dyn Publisher + Send>>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), CaptureError> {
+        self.ensure_publication().await?;
+        let name = self.config.name.clone();
+        let mut state = self.load_state()?;
+        let start: u64 = if let Some(lsn) = self.slot_position().await? {
+            lsn
         } else {
             let row = self
                 .client
@@ -492,27 +762,7 @@ impl Capture {
         // The slot's confirmed position is the resume point: report it before
         // anything moves it, so a restarted capture is never shown at 0.
         self.metrics.position(start);
-        if state.snapshot_done.is_none() {
-            // Initial snapshot, versioned at the slot's position: every later change is newer.
-            let mut changes = Vec::new();
-            for t in 0..self.tables.len() {
-                let rows = self.select_all(t, "", &[]).await?;
-                for (n, cells) in rows.into_iter().enumerate() {
-                    let id = format!("cdc-{name}-snap-{start}-{t}-{n}");
-                    if let Some(c) = self.change(t, cells, "snapshot", start, id) {
-                        changes.push((t, c));
-                    }
-                }
-            }
-            tracing::info!(
-                message = "Initial snapshot.",
-                rows = changes.len(),
-                version = start
-            );
-            self.publish_all(publishers, &changes)?;
-            state.snapshot_done = Some(start);
-            self.save_state(&state)?;
-        }
+        self.initial_snapshot(publishers, &mut state, start, None).await?;
         tracing::info!(message = "Streaming changes.", slot = %name);
         let mut idle_since = Instant::now();
         loop {
@@ -539,52 +789,10 @@ impl Capture {
                         break;
                     }
                 };
-                match msg {
-                    Message::Relation(id, rel) => {
-                        relations.insert(id, rel);
-                    }
-                    Message::Commit { end_lsn } => safe = Some(end_lsn),
-                    Message::Message { .. } => safe = Some(lsn),
-                    Message::Insert { rel, new } => self.row_change(
-                        &relations,
-                        rel,
-                        "create",
-                        None,
-                        Some(new),
-                        lsn,
-                        &name,
-                        &mut changes,
-                    ),
-                    Message::Update { rel, old, new } => self.row_change(
-                        &relations,
-                        rel,
-                        "update",
-                        old,
-                        Some(new),
-                        lsn,
-                        &name,
-                        &mut changes,
-                    ),
-                    Message::Delete { rel, old } => self.row_change(
-                        &relations,
-                        rel,
-                        "delete",
-                        Some(old),
-                        None,
-                        lsn,
-                        &name,
-                        &mut changes,
-                    ),
-                    Message::Truncate(rels) => {
-                        for r in rels {
-                            let t = relations
-                                .get(&r)
-                                .map(|x| format!("{}.{}", x.namespace, x.name))
-                                .unwrap_or_default();
-                            tracing::error!(message = "TRUNCATE is not captured as deletes; publish a snapshot of the table to reconcile.", table = %t);
-                        }
-                    }
-                    Message::Begin { .. } | Message::Other(_) => {}
+                match self.apply(&mut relations, msg, lsn, &mut changes) {
+                    Boundary::Commit(end) => safe = Some(end),
+                    Boundary::Message(at) => safe = Some(at),
+                    Boundary::Begin | Boundary::None => {}
                 }
             }
             // Changes of unfinished transactions are not returned by the peek; everything up
@@ -609,19 +817,7 @@ impl Capture {
             }
             if rows.is_empty() {
                 if idle_since.elapsed() >= self.config.heartbeat {
-                    self.client
-                        .query(
-                            "SELECT pg_logical_emit_message(false, 'govbus.heartbeat', '')",
-                            &[],
-                        )
-                        .await?;
-                    self.counts.heartbeats += 1;
-                    self.metrics.heartbeat();
-                    let retained = self
-                        .client
-                        .query_one("SELECT COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint FROM pg_replication_slots WHERE slot_name = $1::text::name", &[&name])
-                        .await?;
-                    self.metrics.retained(retained.get(0));
+                    self.heartbeat().await?;
                     idle_since = Instant::now();
                 }
                 tokio::time::sleep(self.config.poll_interval).await;
@@ -957,6 +1153,24 @@ pub fn parse_lsn(s: &str) -> u64 {
 /// Formats an LSN as PostgreSQL writes it.
 pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Changes the streaming reader holds before publishing them (also inside
+/// one large transaction; the position moves only at transaction ends).
+const STREAM_BATCH: usize = 10_000;
+
+/// How often the streaming reader reports its position when nothing else
+/// makes it (well inside the server's `wal_sender_timeout`, 60 s by default).
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// What a decoded message means for the position.
+enum Boundary {
+    None,
+    Begin,
+    /// A transaction ended; resume after this.
+    Commit(u64),
+    /// A non-transactional logical message (the heartbeat) at this position.
+    Message(u64),
 }
 
 /// Rows a poll reads at most at once (more sharing the last version are read too).

@@ -16,6 +16,7 @@ use crate::{Change, Publisher};
 
 #[derive(Default)]
 struct Acks {
+    in_flight: govbus_kafka::produce::InFlight,
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
@@ -31,6 +32,7 @@ impl ProducerContext for Ctx {
                 first.get_or_insert_with(|| e.to_string());
             }
         }
+        self.0.in_flight.done();
     }
 }
 
@@ -127,17 +129,22 @@ impl Publisher for KafkaPublisher {
         if let Some(v) = &c.value {
             record = record.payload(v.as_slice());
         }
-        govbus_kafka::produce::send_waiting(&self.producer, record).map_err(|e| e.to_string())
+        self.acks.in_flight.add();
+        govbus_kafka::produce::send_waiting(&self.producer, record).map_err(|e| {
+            self.acks.in_flight.done();
+            e.to_string()
+        })
     }
 
     fn flush(&mut self) -> Result<(), String> {
-        loop {
-            match self.producer.flush(Duration::from_secs(60)) {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(message = "Waiting for the broker to acknowledge.", error = %e)
-                }
-            }
+        // A zero-timeout flush sends what lingers now; the wait is on the
+        // delivery reports themselves (see `InFlight`).
+        let _ = self.producer.flush(Duration::ZERO);
+        while !self.acks.in_flight.wait(Duration::from_secs(60)) {
+            tracing::warn!(
+                message = "Waiting for the broker to acknowledge.",
+                in_flight = self.acks.in_flight.len()
+            );
         }
         let failed = self.acks.failed.load(Ordering::Relaxed);
         if failed > 0 {

@@ -1,7 +1,8 @@
 //! `govbus bench capture`: PostgreSQL change-capture throughput (a bulk
 //! transaction of N rows, commit → every change acknowledged by Kafka) and
 //! lag at a steady write rate (each row's commit → its change acknowledged),
-//! with logical decoding; Kafka is librdkafka's mock cluster so that the
+//! with logical decoding, for the streaming reader and the SQL-interface
+//! reader in the same run; Kafka is librdkafka's mock cluster so that the
 //! broker does not dominate (DESIGN.md §7).
 
 use std::collections::HashMap;
@@ -61,11 +62,65 @@ impl Publisher for Timed {
 
 const INSERT: &str = "INSERT INTO payments (id, id_no, name, kind, month, amount, paid_at) VALUES ($1, '11010519491231002X', '张建国', 'ENTERPRISE_EMPLOYEE', '2026-10', 100.50, '2026-10-15 10:00:00+08')";
 
+/// One reader's figures.
+struct Figures {
+    bulk_n: usize,
+    bulk_secs: f64,
+    lag: Vec<f64>,
+    total: usize,
+    counts: govbus_capture::Counts,
+}
+
 pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
+    println!(
+        "Change capture (logical decoding, pgoutput), PostgreSQL → Kafka (mock cluster); the two readers in one run:\n"
+    );
+    let mut rates = Vec::new();
+    for (mode, label) in [
+        (Mode::Logical, "streaming replication protocol".to_owned()),
+        (
+            Mode::LogicalSql,
+            format!("SQL interface, poll interval {:?}", b.poll_interval),
+        ),
+    ] {
+        let f = measure(&b, mode).await?;
+        let pct = |p: f64| super::bench::quantile(&f.lag, p, -1.0);
+        let rate = f.bulk_n as f64 / f.bulk_secs;
+        rates.push((label.clone(), rate, pct(0.99)));
+        println!("{label}:");
+        println!(
+            "- bulk: one transaction of {} rows → {} changes acknowledged in {:.2} s after the commit = {rate:.0} changes/s",
+            b.rows, f.bulk_n, f.bulk_secs
+        );
+        println!(
+            "- steady {} rows/s for 10 s (one transaction per row; {} of {} measured): commit → acknowledged p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            b.rate,
+            f.lag.len(),
+            f.total,
+            pct(0.5),
+            pct(0.99),
+            f.lag.last().copied().unwrap_or(-1.0)
+        );
+        println!(
+            "- rejected: {}, heartbeats: {}\n",
+            f.counts.rejected, f.counts.heartbeats
+        );
+    }
+    if let [(_, s_rate, s_p99), (_, q_rate, q_p99)] = rates.as_slice() {
+        println!(
+            "streaming / SQL interface: bulk {:.2}×, steady p99 {:.2}× (lower is better)",
+            s_rate / q_rate,
+            s_p99 / q_p99
+        );
+    }
+    Ok(())
+}
+
+async fn measure(b: &CaptureBench, mode: Mode) -> anyhow::Result<Figures> {
     let catalog = catalog_source::load(None).map_err(|p| anyhow::anyhow!("{p}"))?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
+        .as_nanos();
     let schema = format!("bench_cdc_{stamp}");
     let (db, conn) = tokio_postgres::connect(&b.postgres, tokio_postgres::NoTls)
         .await
@@ -92,7 +147,7 @@ pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
     let state = std::env::temp_dir().join(format!("govbus-bench-capture-{stamp}"));
     let config = Config {
         conninfo: b.postgres.clone(),
-        mode: Mode::Logical,
+        mode,
         name: format!("bench_cdc_{stamp}"),
         state_dir: Some(state.clone()),
         heartbeat: Duration::from_secs(10),
@@ -184,28 +239,6 @@ pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     lag.sort_by(f64::total_cmp);
-    let pct = |p: f64| super::bench::quantile(&lag, p, -1.0);
-    println!(
-        "Change capture (logical decoding, pgoutput), PostgreSQL → Kafka (mock cluster), poll interval {:?}:\n",
-        b.poll_interval
-    );
-    println!(
-        "- bulk: one transaction of {} rows → {bulk_n} changes acknowledged in {bulk_secs:.2} s after the commit = {:.0} changes/s",
-        b.rows,
-        bulk_n as f64 / bulk_secs
-    );
-    println!(
-        "- steady {} rows/s for 10 s (one transaction per row; {} of {total} measured): commit → acknowledged p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-        b.rate,
-        lag.len(),
-        pct(0.5),
-        pct(0.99),
-        lag.last().copied().unwrap_or(-1.0)
-    );
-    println!(
-        "- rejected: {}, heartbeats: {}",
-        counts.rejected, counts.heartbeats
-    );
     let name = format!("bench_cdc_{stamp}");
     db.execute("SELECT pg_drop_replication_slot($1::text::name)", &[&name])
         .await?;
@@ -214,5 +247,11 @@ pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
     ))
     .await?;
     let _ = std::fs::remove_dir_all(PathBuf::from(&state));
-    Ok(())
+    Ok(Figures {
+        bulk_n,
+        bulk_secs,
+        lag,
+        total,
+        counts,
+    })
 }
