@@ -516,3 +516,46 @@ async fn polled_rows_sharing_a_version_get_distinct_ids() {
     cap.kill().unwrap();
     let _ = cap.wait();
 }
+
+/// A role without the REPLICATION attribute is refused at once, with the
+/// statement that fixes it, and the capture stops instead of retrying.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_without_replication_is_refused_with_the_fix() {
+    let s = Setup::new("logical").await;
+    let db = s.pg.client().await.unwrap();
+    let role = format!("{}_r", s.name);
+    db.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA {0} TO {role}; GRANT SELECT ON {0}.payments TO {role}; GRANT CREATE ON DATABASE test TO {role}; CREATE PUBLICATION {1} FOR TABLE {0}.payments",
+        s.pg.name(),
+        s.name
+    ))
+    .await
+    .unwrap();
+    let path = s.dir.path().join("capture.toml");
+    let config = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("user=postgres", &format!("user={role}"));
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(govbus_bin())
+        .args(["capture", "postgres", "--config"])
+        .arg(&path)
+        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--bootstrap", &Broker::shared().bootstrap()])
+        .args(["--topic-prefix", s.topics.prefix()])
+        .env("GOVBUS_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let _ = db
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}; REVOKE ALL ON DATABASE test FROM {role}; REVOKE ALL ON SCHEMA {1} FROM {role}; REVOKE ALL ON {1}.payments FROM {role}; DROP ROLE {role}",
+            s.name,
+            s.pg.name()
+        ))
+        .await;
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("42501") && text.contains("ALTER ROLE <role> REPLICATION"),
+        "{text}"
+    );
+}

@@ -1155,6 +1155,11 @@ pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
+/// Producer settings a capture's publishers start from (`--kafka` settings
+/// come after and win): a capture flushes at every transaction end, so
+/// lingering for a fuller batch would only delay each commit.
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[("linger.ms", "1")];
+
 /// Changes the streaming reader holds before publishing them (also inside
 /// one large transaction; the position moves only at transaction ends).
 const STREAM_BATCH: usize = 10_000;

@@ -24,7 +24,7 @@ pub enum ReplicationError {
     #[error("replication connection: {0}")]
     Io(#[from] std::io::Error),
     /// The server answered with an error.
-    #[error("PostgreSQL (replication connection): {severity} {code}: {message}")]
+    #[error("PostgreSQL (replication connection): {severity} {code}: {message}{}", hint(code))]
     Server {
         /// ERROR, FATAL, PANIC.
         severity: String,
@@ -422,6 +422,18 @@ impl Replication {
                 )));
             }
         }
+    }
+}
+
+/// What to change, for the errors a department's first setup meets.
+fn hint(code: &str) -> &'static str {
+    match code {
+        "42501" => " — the capture's role needs the REPLICATION attribute: ALTER ROLE <role> REPLICATION",
+        "28000" => " — pg_hba.conf has no entry letting this role connect to this database from here (a logical replication connection matches the database name)",
+        "28P01" => " — wrong password in conninfo",
+        "53300" => " — all replication connections are in use: raise max_wal_senders (restart) or stop an unused consumer",
+        "55000" => " — check wal_level = logical and max_replication_slots on the database",
+        _ => "",
     }
 }
 

@@ -171,7 +171,10 @@ async fn measure(b: &CaptureBench, mode: Mode) -> anyhow::Result<Figures> {
                 &cluster.bootstrap_servers(),
                 "bench.ingest.hrss",
                 "",
-                &[("linger.ms".into(), "1".into())],
+                &govbus_capture::PRODUCER_DEFAULTS
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<Vec<_>>(),
             )?,
             pending: Vec::new(),
             acked: acked.clone(),

@@ -1,5 +1,6 @@
 //! `govbus capture postgres --config FILE`: stream a department database's
-//! changes (logical decoding with pgoutput, or polling) to its ingest topic.
+//! changes (logical decoding with pgoutput over the streaming replication
+//! protocol or the SQL interface, or polling) to its ingest topic.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -54,7 +55,11 @@ pub fn run(cmd: CaptureCommand) -> anyhow::Result<ExitCode> {
         return drop_replication(&config);
     }
     let catalog = catalog_source::load_checked(a.catalog.as_deref())?;
-    let overrides = super::kafka_overrides(&a.kafka)?;
+    let mut overrides: Vec<(String, String)> = govbus_capture::PRODUCER_DEFAULTS
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    overrides.extend(super::kafka_overrides(&a.kafka)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
