@@ -183,7 +183,7 @@ async fn rejected_records_are_listed_masked_and_replayed_after_the_fix() {
         text(&replayed.stdout)
     );
     assert!(
-        text(&replayed.stderr).contains("Dead letter replayed."),
+        text(&replayed.stderr).contains("Dead letter sent."),
         "every replay is logged: {}",
         text(&replayed.stderr)
     );

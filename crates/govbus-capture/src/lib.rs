@@ -631,7 +631,8 @@ impl Capture {
         let start = match self.slot_position().await? {
             Some(lsn) => {
                 self.metrics.position(lsn);
-                self.initial_snapshot(publishers, &mut state, lsn, None).await?;
+                self.initial_snapshot(publishers, &mut state, lsn, None)
+                    .await?;
                 lsn
             }
             None => {
@@ -762,7 +763,8 @@ impl Capture {
         // The slot's confirmed position is the resume point: report it before
         // anything moves it, so a restarted capture is never shown at 0.
         self.metrics.position(start);
-        self.initial_snapshot(publishers, &mut state, start, None).await?;
+        self.initial_snapshot(publishers, &mut state, start, None)
+            .await?;
         tracing::info!(message = "Streaming changes.", slot = %name);
         let mut idle_since = Instant::now();
         loop {

@@ -24,7 +24,10 @@ pub enum ReplicationError {
     #[error("replication connection: {0}")]
     Io(#[from] std::io::Error),
     /// The server answered with an error.
-    #[error("PostgreSQL (replication connection): {severity} {code}: {message}{}", hint(code))]
+    #[error(
+        "PostgreSQL (replication connection): {severity} {code}: {message}{}",
+        hint(code)
+    )]
     Server {
         /// ERROR, FATAL, PANIC.
         severity: String,
@@ -51,10 +54,7 @@ impl ReplicationError {
             ReplicationError::Server { code, .. } => {
                 // 28xxx: authentication; 42501: insufficient privilege;
                 // 42704: undefined object (publication); 0A000: not supported.
-                !(code.starts_with("28")
-                    || code == "42501"
-                    || code == "42704"
-                    || code == "0A000")
+                !(code.starts_with("28") || code == "42501" || code == "42704" || code == "0A000")
             }
             ReplicationError::Protocol(_) | ReplicationError::Config(_) => false,
         }
@@ -121,7 +121,10 @@ impl Replication {
         })?;
         let dbname = config.get_dbname().unwrap_or(user);
         let ports = config.get_ports();
-        let timeout = config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
+        let timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(Duration::from_secs(10));
         let mut last = None;
         for (i, host) in config.get_hosts().iter().enumerate() {
             let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
@@ -256,7 +259,12 @@ impl Replication {
                 b'Z' => return Ok(()),
                 b'S' | b'K' | b'N' => {}
                 b'E' => return Err(server_error(f.body)),
-                t => return Err(proto(&format!("unexpected message `{}` during startup", t as char))),
+                t => {
+                    return Err(proto(&format!(
+                        "unexpected message `{}` during startup",
+                        t as char
+                    )))
+                }
             }
         }
     }
@@ -283,7 +291,12 @@ impl Replication {
                 }
                 // Row description, command complete, notices, parameter status.
                 b'T' | b'C' | b'N' | b'S' | b'I' => {}
-                t => return Err(proto(&format!("unexpected message `{}` after a command", t as char))),
+                t => {
+                    return Err(proto(&format!(
+                        "unexpected message `{}` after a command",
+                        t as char
+                    )))
+                }
             }
         }
     }
@@ -312,7 +325,12 @@ impl Replication {
                     // Read up to ReadyForQuery so that the error is the whole story.
                     return Err(e);
                 }
-                t => return Err(proto(&format!("unexpected message `{}` after START_REPLICATION", t as char))),
+                t => {
+                    return Err(proto(&format!(
+                        "unexpected message `{}` after START_REPLICATION",
+                        t as char
+                    )))
+                }
             }
         }
     }
@@ -347,7 +365,9 @@ impl Replication {
                             let reply = b.get_u8() == 1;
                             return Ok(Event::Keepalive { end, reply });
                         }
-                        t => return Err(proto(&format!("unknown CopyData message `{}`", t as char))),
+                        t => {
+                            return Err(proto(&format!("unknown CopyData message `{}`", t as char)))
+                        }
                     }
                 }
                 b'N' | b'S' => {}
@@ -358,7 +378,12 @@ impl Replication {
                         "the server ended the replication stream",
                     )))
                 }
-                t => return Err(proto(&format!("unexpected message `{}` while streaming", t as char))),
+                t => {
+                    return Err(proto(&format!(
+                        "unexpected message `{}` while streaming",
+                        t as char
+                    )))
+                }
             }
         }
     }
@@ -399,8 +424,9 @@ impl Replication {
     async fn frame(&mut self) -> Result<Frame, ReplicationError> {
         loop {
             if self.rbuf.len() >= 5 {
-                let len = u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
-                    as usize;
+                let len =
+                    u32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]])
+                        as usize;
                 if !(4..=MAX_FRAME).contains(&len) {
                     return Err(proto(&format!("frame length {len}")));
                 }
@@ -502,7 +528,8 @@ mod tests {
 
     #[test]
     fn server_errors_are_read_field_by_field_and_truncation_is_harmless() {
-        let body = Bytes::from_static(b"SERROR\0C42501\0Mmust be superuser or replication role\0\0");
+        let body =
+            Bytes::from_static(b"SERROR\0C42501\0Mmust be superuser or replication role\0\0");
         match server_error(body) {
             ReplicationError::Server { code, message, .. } => {
                 assert_eq!(code, "42501");

@@ -2,10 +2,15 @@
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use rdkafka::error::KafkaError;
 use rdkafka::message::ToBytes;
-use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 
 /// Queues `record`, waiting while the producer's queue is full: a full
 /// queue is backpressure, not an error. Any other error is returned.
@@ -85,6 +90,110 @@ impl InFlight {
             Ok((n, _)) => *n == 0,
             Err(_) => false,
         }
+    }
+}
+
+/// Delivery accounting of a producer used from blocking code: what is in
+/// flight and what failed. Shared by the producer's [`AckContext`] and the
+/// code that sends.
+#[derive(Debug, Default)]
+pub struct Acks {
+    in_flight: InFlight,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+/// The producer context that counts deliveries into [`Acks`].
+#[derive(Debug, Clone, Default)]
+pub struct AckContext(pub Arc<Acks>);
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.0.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut first) = self.0.first_error.lock() {
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+        self.0.in_flight.done();
+    }
+}
+
+/// A producer whose deliveries are counted: send with [`send_counted`],
+/// wait with [`Acks::settle`].
+pub type CountedProducer = ThreadedProducer<AckContext>;
+
+/// Creates a [`CountedProducer`] from `config`, with the [`Acks`] it reports to.
+pub fn counted(config: &rdkafka::ClientConfig) -> Result<(CountedProducer, Arc<Acks>), KafkaError> {
+    let acks = Arc::new(Acks::default());
+    let producer = config.create_with_context(AckContext(acks.clone()))?;
+    Ok((producer, acks))
+}
+
+/// [`send_waiting`], counted in the producer's [`Acks`].
+pub fn send_counted<K, P>(
+    producer: &CountedProducer,
+    record: BaseRecord<'_, K, P, ()>,
+) -> Result<(), KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    let acks = &producer.context().0;
+    acks.in_flight.add();
+    send_waiting(producer, record).inspect_err(|_| acks.in_flight.done())
+}
+
+impl Acks {
+    /// Records still in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.len()
+    }
+
+    /// Waits until every record sent so far is acknowledged or failed, and
+    /// fails if any record ever failed (how many, and the first reason).
+    /// With `limit`, gives up after it; without, waits as long as it takes,
+    /// warning every minute (a producer with `message.timeout.ms = 0` never
+    /// gives a record up).
+    pub fn settle<C: ProducerContext + 'static>(
+        &self,
+        producer: &ThreadedProducer<C>,
+        limit: Option<Duration>,
+    ) -> Result<(), String> {
+        // A zero-timeout flush sends what lingers now; the wait is on the
+        // delivery reports themselves (see `InFlight`).
+        let _ = producer.flush(Duration::ZERO);
+        let start = Instant::now();
+        let step = limit
+            .unwrap_or(Duration::from_secs(60))
+            .min(Duration::from_secs(60));
+        while !self.in_flight.wait(step) {
+            if let Some(l) = limit.filter(|l| start.elapsed() >= *l) {
+                return Err(format!(
+                    "{} records not acknowledged by the broker within {}s",
+                    self.in_flight.len(),
+                    l.as_secs()
+                ));
+            }
+            tracing::warn!(
+                message = "Waiting for the broker to acknowledge.",
+                in_flight = self.in_flight.len()
+            );
+        }
+        let failed = self.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let first = self
+                .first_error
+                .lock()
+                .ok()
+                .and_then(|f| f.clone())
+                .unwrap_or_default();
+            return Err(format!("{failed} records were not acknowledged ({first})"));
+        }
+        Ok(())
     }
 }
 

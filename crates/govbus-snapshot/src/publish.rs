@@ -3,42 +3,19 @@
 //! `ce_type`, `ce_id`, `ce_op`, `ce_sourceversion`, `ce_time` and
 //! `content-type`; a delete is a tombstone. The router then checks it again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use govbus_kafka::headers as h;
+use govbus_kafka::produce::{Acks, CountedProducer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::producer::{BaseRecord, Producer};
 
 use crate::{Change, Publisher};
 
-#[derive(Default)]
-struct Acks {
-    in_flight: govbus_kafka::produce::InFlight,
-    failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-struct Ctx(Arc<Acks>);
-impl ClientContext for Ctx {}
-impl ProducerContext for Ctx {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            self.0.failed.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut first) = self.0.first_error.lock() {
-                first.get_or_insert_with(|| e.to_string());
-            }
-        }
-        self.0.in_flight.done();
-    }
-}
-
 /// Publishes to Kafka with an idempotent producer.
 pub struct KafkaPublisher {
-    producer: ThreadedProducer<Ctx>,
+    producer: CountedProducer,
     bootstrap: String,
     acks: Arc<Acks>,
     topic: String,
@@ -62,13 +39,12 @@ impl KafkaPublisher {
         dataset: &str,
         overrides: &[(String, String)],
     ) -> Result<KafkaPublisher, KafkaError> {
-        let acks = Arc::new(Acks::default());
         let mut config = govbus_kafka::config::producer(bootstrap);
         config.set("linger.ms", "20");
         for (k, v) in overrides {
             config.set(k, v);
         }
-        let producer = config.create_with_context(Ctx(acks.clone()))?;
+        let (producer, acks) = govbus_kafka::produce::counted(&config)?;
         let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
@@ -129,34 +105,10 @@ impl Publisher for KafkaPublisher {
         if let Some(v) = &c.value {
             record = record.payload(v.as_slice());
         }
-        self.acks.in_flight.add();
-        govbus_kafka::produce::send_waiting(&self.producer, record).map_err(|e| {
-            self.acks.in_flight.done();
-            e.to_string()
-        })
+        govbus_kafka::produce::send_counted(&self.producer, record).map_err(|e| e.to_string())
     }
 
     fn flush(&mut self) -> Result<(), String> {
-        // A zero-timeout flush sends what lingers now; the wait is on the
-        // delivery reports themselves (see `InFlight`).
-        let _ = self.producer.flush(Duration::ZERO);
-        while !self.acks.in_flight.wait(Duration::from_secs(60)) {
-            tracing::warn!(
-                message = "Waiting for the broker to acknowledge.",
-                in_flight = self.acks.in_flight.len()
-            );
-        }
-        let failed = self.acks.failed.load(Ordering::Relaxed);
-        if failed > 0 {
-            let first = self
-                .acks
-                .first_error
-                .lock()
-                .ok()
-                .and_then(|f| f.clone())
-                .unwrap_or_default();
-            return Err(format!("{failed} changes were not acknowledged ({first})"));
-        }
-        Ok(())
+        self.acks.settle(&self.producer, None)
     }
 }

@@ -14,7 +14,7 @@ use govbus_catalog::{Catalog, SchemaId};
 use govbus_kafka::headers as h;
 use govbus_kafka::topics::Topics;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 use rdkafka::ClientConfig;
 use serde_json::{json, Value as Json};
 
@@ -324,10 +324,11 @@ fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &a.common.bootstrap)
-        .set("enable.idempotence", "true")
-        .create()?;
+    let (producer, acks) = govbus_kafka::produce::counted(
+        ClientConfig::new()
+            .set("bootstrap.servers", &a.common.bootstrap)
+            .set("enable.idempotence", "true"),
+    )?;
     for d in &selected {
         let of = format!("{dlq}/{}/{}", d.partition, d.offset);
         let mut headers = OwnedHeaders::new();
@@ -352,10 +353,13 @@ fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         if let Some(v) = &d.value {
             rec = rec.payload(v.as_slice());
         }
-        producer.send(rec).map_err(|(e, _)| e)?;
-        tracing::info!(message = "Dead letter replayed.", from = %of, to = %ingest, dataset = d.header(h::ERROR_DATASET), reason = d.header(h::ERROR_REASON));
+        govbus_kafka::produce::send_counted(&producer, rec)?;
+        tracing::info!(message = "Dead letter sent.", from = %of, to = %ingest, dataset = d.header(h::ERROR_DATASET), reason = d.header(h::ERROR_REASON));
     }
-    producer.flush(Duration::from_secs(30))?;
+    // Said only once the broker acknowledged every one (a repeat of the
+    // replay repeats the same event ids).
+    acks.settle(&producer, Some(Duration::from_secs(30)))
+        .map_err(|e| anyhow::anyhow!("the replay is not confirmed: {e}; the dead letters are still on {}, run the replay again (a repeat carries the same event ids)", escape(&dlq)))?;
     println!(
         "replayed {} dead letter(s) from {} to {}",
         selected.len(),

@@ -17,7 +17,7 @@ use govbus_validate::Engine;
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value as Json;
 
@@ -49,7 +49,8 @@ pub struct Publisher {
     topics: Topics,
     gateway: String,
     tokens: BTreeMap<String, String>,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: govbus_kafka::produce::CountedProducer,
+    acks: std::sync::Arc<govbus_kafka::produce::Acks>,
     dumps: PathBuf,
     state: PathBuf,
     registry: Registry,
@@ -68,7 +69,8 @@ impl Publisher {
         state: PathBuf,
     ) -> anyhow::Result<Publisher> {
         let gateway = system.addrs.gateway.context("the demo needs the gateway")?;
-        let producer = govbus_kafka::config::producer(&system.bootstrap).create()?;
+        let (producer, acks) =
+            govbus_kafka::produce::counted(&govbus_kafka::config::producer(&system.bootstrap))?;
         std::fs::create_dir_all(&dumps)?;
         let registry = Registry::new();
         Ok(Publisher {
@@ -80,6 +82,7 @@ impl Publisher {
             gateway: format!("http://{gateway}"),
             tokens: tokens.iter().cloned().collect(),
             producer,
+            acks,
             dumps,
             state,
             sent: counter(&registry, "govbus_demo_records_sent_total", "Records the demo's departments sent, by dataset, path and whether the bus must accept them.", &["dataset", "path", "expected"]),
@@ -238,11 +241,13 @@ impl Publisher {
                 .key(key.as_bytes())
                 .payload(&body)
                 .headers(headers);
-            govbus_kafka::produce::send_waiting(&self.producer, record)?;
+            govbus_kafka::produce::send_counted(&self.producer, record)?;
         }
-        self.producer
-            .flush(Duration::from_secs(30))
-            .context("the broker did not acknowledge the Kafka publisher's records")?;
+        self.acks
+            .settle(&self.producer, Some(Duration::from_secs(30)))
+            .map_err(|e| {
+                anyhow::anyhow!("the broker did not acknowledge the Kafka publisher's records: {e}")
+            })?;
         Ok(())
     }
 
