@@ -559,3 +559,102 @@ async fn a_role_without_replication_is_refused_with_the_fix() {
         "{text}"
     );
 }
+
+/// Every column value reaches the canonical topic exactly or the row is
+/// refused with a reason: a decimal at the schema's full precision, a
+/// timestamp with milliseconds (kept) and one with microseconds (the field
+/// is timestamp-millis: refused with `temporal_precision`, not cut), NULL in
+/// a required column (refused), a very long name (refused by its rule).
+#[tokio::test(flavor = "multi_thread")]
+async fn captured_values_arrive_exactly_or_are_refused_with_a_reason() {
+    let s = Setup::new("logical").await;
+    let db = s.pg.client().await.unwrap();
+    db.batch_execute(
+        "ALTER TABLE payments ALTER COLUMN amount TYPE numeric, ALTER COLUMN name DROP NOT NULL",
+    )
+    .await
+    .unwrap();
+    let row = |id: &str, name: &str, amount: &str, paid: &str| {
+        format!(
+            "INSERT INTO payments (id, id_no, name, kind, month, amount, paid_at) VALUES ('{id}', '11010519491231002X', {name}, 'ENTERPRISE_EMPLOYEE', '2026-10', {amount}, '{paid}')"
+        )
+    };
+    // One row in the initial snapshot, the rest streamed.
+    db.batch_execute(&row(
+        "SNAP",
+        "'张建国'",
+        "100.5",
+        "2026-10-15 10:00:00.5+08",
+    ))
+    .await
+    .unwrap();
+    let port = common::free_port();
+    let mut cap = s.capture_on(port);
+    let _ = common::records_with_ids(&s.topics.data(DS), 1);
+    let long = format!("'{}'", "张".repeat(20_000));
+    for sql in [
+        row(
+            "EXACT1",
+            "'张建国'",
+            "99999.99",
+            "2026-10-15 10:00:00.123+08",
+        ),
+        row(
+            "MICROS",
+            "'张建国'",
+            "100.5",
+            "2026-10-15 10:00:00.123456+08",
+        ),
+        row("NULLNAME", "NULL", "100.5", "2026-10-15 10:00:00+08"),
+        row("LONGNAME", &long, "100.5", "2026-10-15 10:00:00+08"),
+        row("SCALE5", "'张建国'", "100.12345", "2026-10-15 10:00:00+08"),
+        row("EXACT2", "'张建国'", "0.01", "2026-10-15 10:00:00.1+08"),
+    ] {
+        db.batch_execute(&sql).await.unwrap();
+    }
+    let records = common::records_with_ids(&s.topics.data(DS), 3);
+    let keys: BTreeSet<String> = records
+        .iter()
+        .map(|r| r.header(h::CE_SUBJECT).to_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["EXACT1".to_owned(), "EXACT2".to_owned(), "SNAP".to_owned()]),
+        "only the rows that fit arrive"
+    );
+    // The values, decoded: every digit kept.
+    let catalog = govbus_catalog::Catalog::load(&common::repo().join("schemas")).unwrap();
+    let catalog = std::sync::Arc::new(catalog);
+    for r in &records {
+        let json = govbus_sink::decode::to_json(&catalog, r.value.as_deref().unwrap()).unwrap();
+        let (amount, paid) = match r.header(h::CE_SUBJECT) {
+            "EXACT1" => ("99999.9900", "2026-10-15T02:00:00.123Z"),
+            "EXACT2" => ("0.0100", "2026-10-15T02:00:00.100Z"),
+            _ => ("100.5000", "2026-10-15T02:00:00.500Z"),
+        };
+        assert_eq!(
+            json["amount"].to_string().trim_matches('"'),
+            amount,
+            "{json:?}"
+        );
+        assert_eq!(json["paid_at"].as_str().unwrap(), paid, "{json:?}");
+    }
+    common::wait_listening(port);
+    let metrics = common::http_get(port, "/metrics");
+    let table = format!("{}.payments", s.pg.name());
+    for reason in [
+        "temporal_precision",
+        "required_missing",
+        "length_out_of_range",
+        "decimal_scale",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "govbus_capture_rejected_total{{reason=\"{reason}\",table=\"{table}\"}} 1"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
+    cap.kill().unwrap();
+    let _ = cap.wait();
+}

@@ -180,6 +180,24 @@ pub fn parse_rfc3339_micros(text: &str) -> Option<i64> {
     Some(secs * 1_000_000 + micros)
 }
 
+/// The significant digits of a timestamp's fraction of a second (trailing
+/// zeros do not count): `…:00.120+08:00` has 2, `…:00.123456789Z` has 9,
+/// `…:00Z` has 0.
+pub fn fraction_digits(text: &str) -> usize {
+    let b = text.as_bytes();
+    match b.get(19) {
+        Some(b'.') => {
+            let digits: Vec<u8> = b[20..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .copied()
+                .collect();
+            digits.iter().rposition(|&c| c != b'0').map_or(0, |i| i + 1)
+        }
+        _ => 0,
+    }
+}
+
 /// Formats milliseconds since the epoch as RFC 3339 in UTC with millisecond precision.
 pub fn format_rfc3339_millis(millis: i64) -> String {
     format_rfc3339_fraction(millis, 1_000, true)
@@ -301,6 +319,10 @@ mod tests {
     #[test]
     fn parses_rfc3339() {
         assert_eq!(parse_rfc3339_micros("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(fraction_digits("1970-01-01T00:00:00Z"), 0);
+        assert_eq!(fraction_digits("1970-01-01T00:00:00.120+08:00"), 2);
+        assert_eq!(fraction_digits("1970-01-01T00:00:00.000Z"), 0);
+        assert_eq!(fraction_digits("1970-01-01T00:00:00.123456789Z"), 9);
         assert_eq!(
             parse_rfc3339_micros("1970-01-01T08:00:00.5+08:00"),
             Some(500_000)

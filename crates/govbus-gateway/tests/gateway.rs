@@ -809,3 +809,40 @@ async fn a_retry_after_the_client_hung_up_publishes_nothing_twice() {
     let got = ingested(&g.topics, 3, Duration::from_secs(8)).await;
     assert_eq!(got.len(), 2, "published once");
 }
+
+/// A timestamp with more fraction digits than its field's unit would be cut
+/// without a word; it is refused like a decimal's extra digits, and one that
+/// fits (trailing zeros included) is taken as sent.
+#[tokio::test]
+async fn a_timestamp_finer_than_its_field_is_refused_not_cut() {
+    let g = start(|_| {}).await;
+    let mut records = pensions();
+    records.truncate(1);
+    let mut fine = records[0].clone();
+    fine["payment_id"] = json!("PP202610000077");
+    fine["paid_at"] = json!("2026-10-15T10:00:00.123456+08:00");
+    let mut exact = records[0].clone();
+    exact["payment_id"] = json!("PP202610000078");
+    exact["paid_at"] = json!("2026-10-15T10:00:00.120000+08:00");
+    records.push(fine);
+    records.push(exact);
+    let (s, _, b) = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &[],
+        json!(records).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["results"][1]["reason"], "temporal_precision", "{b}");
+    assert_eq!(v["results"][1]["field"], "paid_at", "{b}");
+    assert_eq!(v["results"][2]["status"], v["results"][0]["status"], "{b}");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(2), Some(1)),
+        "{b}"
+    );
+}

@@ -103,7 +103,9 @@ pub fn timestamp(text: &str, offset: &str) -> Option<String> {
     };
     let fraction: String = t
         .split_once('.')
-        .map(|(_, f)| f.chars().take_while(char::is_ascii_digit).take(3).collect())
+        // Every digit: the validator refuses what the field's unit cannot
+        // hold instead of this cutting it.
+        .map(|(_, f)| f.chars().take_while(char::is_ascii_digit).collect())
         .unwrap_or_default();
     let clock: Vec<&str> = if t.contains(':') {
         t.split(':').collect()
@@ -233,7 +235,7 @@ mod tests {
         // PostgreSQL's text output.
         assert_eq!(
             timestamp("2026-10-15 10:00:00.123456+08", "+00:00").as_deref(),
-            Some("2026-10-15T10:00:00.123+08:00")
+            Some("2026-10-15T10:00:00.123456+08:00")
         );
         assert_eq!(
             timestamp("2026-10-15 10:00:00+0530", "Z").as_deref(),

@@ -309,11 +309,20 @@ impl<'p: 'j, 'j> Encoder<'p, 'j> {
                                 "expected an RFC 3339 timestamp like 2026-11-30T08:00:00+08:00",
                             )
                         })?;
-                        if micros_unit {
-                            us
-                        } else {
-                            us.div_euclid(1000)
+                        // A digit the unit cannot hold would be cut
+                        // silently: refused, as a decimal's extra digits are.
+                        let (unit, digits) = if micros_unit { (6, 1) } else { (3, 1000) };
+                        if time::fraction_digits(s) > unit {
+                            return Err(self.reject(
+                                Reason::TemporalPrecision,
+                                if micros_unit {
+                                    "finer than a microsecond: the field is timestamp-micros (at most 6 fraction digits)"
+                                } else {
+                                    "finer than a millisecond: the field is timestamp-millis (at most 3 fraction digits, or ask the dataset's owner for timestamp-micros)"
+                                },
+                            ));
                         }
+                        us.div_euclid(digits)
                     }
                     _ => self.integer(v, i64::MIN, i64::MAX, "a timestamp")?,
                 };

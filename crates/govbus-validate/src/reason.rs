@@ -77,6 +77,7 @@ reasons! {
     JsonUnknownField => "json_unknown_field", "The JSON object has a field the schema does not define.";
     JsonNumberOutOfRange => "json_number_out_of_range", "A JSON number does not fit its field's type.";
     JsonInvalidTemporal => "json_invalid_temporal", "A date or timestamp string is not YYYY-MM-DD or RFC 3339.";
+    TemporalPrecision => "temporal_precision", "A timestamp has a finer fraction of a second than its field's unit (timestamp-millis keeps 3 digits, timestamp-micros 6): it would be cut.";
     KeyMissing => "key_missing", "A key field is empty.";
     RequiredMissing => "required_missing", "A required field is null, empty or blank.";
     LengthOutOfRange => "length_out_of_range", "A string is shorter or longer than its rule allows.";

@@ -414,6 +414,15 @@ fn every_reason_code_has_a_case() {
         JsonInvalidTemporal,
         Some("birth_date"),
     );
+    check(
+        "json timestamp finer than the field's unit",
+        json_case(
+            PENSIONS,
+            set("paid_at", json!("2026-10-15T10:00:00.123456+08:00")),
+        ),
+        TemporalPrecision,
+        Some("paid_at"),
+    );
 
     // Quality rules.
     check(
