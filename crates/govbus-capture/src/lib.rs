@@ -22,6 +22,7 @@
 //! the per-key source version.
 
 pub mod metrics;
+pub mod mysql;
 pub mod pgoutput;
 pub mod replication;
 
@@ -98,6 +99,9 @@ pub struct Config {
     pub delete_check: Duration,
     /// Offset for timestamps without one.
     pub timezone: Option<String>,
+    /// MySQL: the replica id the capture registers with (unique among the
+    /// server's replicas). Default: derived from `name`.
+    pub server_id: Option<u32>,
     /// The tables.
     #[serde(rename = "table")]
     pub tables: Vec<TableSpec>,
@@ -151,6 +155,9 @@ pub enum CaptureError {
         /// What.
         detail: String,
     },
+    /// The MySQL connection failed (a restart reconnects).
+    #[error("{0}")]
+    MysqlConnection(String),
     /// `wal_level` is not `logical`.
     #[error("logical replication is not enabled on this database (wal_level = {0}); set wal_level = logical and restart PostgreSQL, or use mode = \"poll\" with a version_column per table")]
     NotLogical(String),
@@ -160,7 +167,9 @@ impl CaptureError {
     /// Whether restarting (reconnecting) can help.
     pub fn is_transient(&self) -> bool {
         match self {
-            CaptureError::Postgres(_) | CaptureError::Publish(_) => true,
+            CaptureError::Postgres(_)
+            | CaptureError::Publish(_)
+            | CaptureError::MysqlConnection(_) => true,
             CaptureError::Replication(e) => e.is_transient(),
             _ => false,
         }
@@ -212,7 +221,10 @@ pub struct Capture {
     config: Config,
     tables: Vec<Table>,
     engine: Engine,
-    client: Client,
+    /// The PostgreSQL connection (a MySQL capture has none).
+    client: Option<Client>,
+    /// A MySQL capture's server.
+    mysql: Option<mysql_async::Opts>,
     state_dir: PathBuf,
     metrics: Metrics,
     /// What happened so far.
@@ -237,11 +249,53 @@ struct State {
     /// Poll: keys published and not deleted, per table.
     #[serde(default)]
     keys: BTreeMap<String, Vec<String>>,
+    /// MySQL: the binlog position after the last published transaction.
+    #[serde(default)]
+    binlog: Option<mysql::Position>,
 }
 
 impl Capture {
     /// Checks the configuration against the catalog and connects.
     pub async fn connect(
+        config: Config,
+        catalog: &Catalog,
+        metrics: Metrics,
+    ) -> Result<Capture, CaptureError> {
+        let mut capture = Capture::prepare(config, catalog, metrics)?;
+        let (client, connection) = tokio_postgres::connect(&capture.config.conninfo, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::error!(message = "PostgreSQL connection ended.", %error);
+            }
+        });
+        capture.client = Some(client);
+        Ok(capture)
+    }
+
+    /// Checks a MySQL/MariaDB capture's configuration against the catalog;
+    /// `conninfo` is a `mysql://user:password@host:port/database` URL.
+    pub fn connect_mysql(
+        config: Config,
+        catalog: &Catalog,
+        metrics: Metrics,
+    ) -> Result<Capture, CaptureError> {
+        if config.mode != Mode::Logical {
+            return Err(CaptureError::Config(
+                "`mode` does not apply to a MySQL capture (it reads the binlog); remove it".into(),
+            ));
+        }
+        let opts = mysql_async::Opts::from_url(&config.conninfo).map_err(|e| {
+            CaptureError::Config(format!(
+                "conninfo: {e} (a MySQL capture takes mysql://user:password@host:3306/database)"
+            ))
+        })?;
+        let mut capture = Capture::prepare(config, catalog, metrics)?;
+        capture.mysql = Some(opts);
+        Ok(capture)
+    }
+
+    /// The tables checked against the catalog, and the state directory.
+    fn prepare(
         config: Config,
         catalog: &Catalog,
         metrics: Metrics,
@@ -291,12 +345,6 @@ impl Capture {
                 owner: ds.owner.clone(),
             });
         }
-        let (client, connection) = tokio_postgres::connect(&config.conninfo, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::error!(message = "PostgreSQL connection ended.", %error);
-            }
-        });
         let state_dir = config
             .state_dir
             .clone()
@@ -306,11 +354,18 @@ impl Capture {
             config,
             tables,
             engine,
-            client,
+            client: None,
+            mysql: None,
             state_dir,
             metrics,
             counts: Counts::default(),
         })
+    }
+
+    fn pg(&self) -> Result<&Client, CaptureError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| CaptureError::Config("this capture has no PostgreSQL connection".into()))
     }
 
     /// The ingest topic each table publishes to is its dataset owner's.
@@ -399,7 +454,7 @@ impl Capture {
     ) -> Result<Vec<Vec<(String, Cell)>>, CaptureError> {
         let table = &self.tables[t];
         let rows = self
-            .client
+            .pg()?
             .query(
                 &format!(
                     "SELECT to_jsonb(x)::text FROM (SELECT * FROM {}.{} {filter}) x",
@@ -435,6 +490,9 @@ impl Capture {
         publishers: &mut HashMap<String, Box<dyn Publisher + Send>>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), CaptureError> {
+        if self.mysql.is_some() {
+            return self.run_mysql(publishers, stop).await;
+        }
         match self.config.mode {
             Mode::Logical => self.run_streaming(publishers, stop).await,
             Mode::LogicalSql => self.run_logical(publishers, stop).await,
@@ -469,7 +527,7 @@ impl Capture {
 
     /// Checks `wal_level` and creates the publication if it is missing.
     async fn ensure_publication(&self) -> Result<(), CaptureError> {
-        let level: String = self.client.query_one("SHOW wal_level", &[]).await?.get(0);
+        let level: String = self.pg()?.query_one("SHOW wal_level", &[]).await?.get(0);
         if level != "logical" {
             return Err(CaptureError::NotLogical(level));
         }
@@ -480,7 +538,7 @@ impl Capture {
             .map(|t| format!("{}.{}", ident(&t.schema), ident(&t.name)))
             .collect();
         let exists = !self
-            .client
+            .pg()?
             .query(
                 "SELECT 1 FROM pg_publication WHERE pubname = $1::text::name",
                 &[name],
@@ -488,7 +546,7 @@ impl Capture {
             .await?
             .is_empty();
         if !exists {
-            self.client
+            self.pg()?
                 .batch_execute(&format!(
                     "CREATE PUBLICATION {} FOR TABLE {}",
                     ident(name),
@@ -499,10 +557,22 @@ impl Capture {
         Ok(())
     }
 
+    /// The slot's restart point: the oldest WAL a resumed decoding reads,
+    /// at or below every change it can still send.
+    async fn restart_lsn(&self) -> Result<u64, CaptureError> {
+        let row = self
+            .pg()?
+            .query_one("SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1::text::name", &[&self.config.name])
+            .await?;
+        Ok(parse_lsn(
+            &row.get::<_, Option<String>>(0).unwrap_or_default(),
+        ))
+    }
+
     /// The slot's confirmed position, if the slot exists.
     async fn slot_position(&self) -> Result<Option<u64>, CaptureError> {
         let slot = self
-            .client
+            .pg()?
             .query("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1::text::name", &[&self.config.name])
             .await?;
         Ok(slot
@@ -527,9 +597,16 @@ impl Capture {
             return Ok(());
         }
         let name = self.config.name.clone();
+        // The rows' version is just below the slot's restart point, not its
+        // consistent point: a transaction that was running when the slot was
+        // created is not in the snapshot, commits later and is streamed with
+        // its changes' own LSNs — which can be below the consistent point
+        // but never below the restart point. Versioned at the consistent
+        // point, the snapshot's older value would win over those changes.
+        let version = self.restart_lsn().await?.saturating_sub(1);
         if let Some(id) = snapshot {
             // Snapshot names are `[0-9A-F-]`; anything else is refused by the server.
-            self.client
+            self.pg()?
                 .batch_execute(&format!(
                     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
                     id.replace('\'', "")
@@ -541,18 +618,18 @@ impl Capture {
             let rows = self.select_all(t, "", &[]).await?;
             for (n, cells) in rows.into_iter().enumerate() {
                 let id = format!("cdc-{name}-snap-{start}-{t}-{n}");
-                if let Some(c) = self.change(t, cells, "snapshot", start, id) {
+                if let Some(c) = self.change(t, cells, "snapshot", version, id) {
                     changes.push((t, c));
                 }
             }
         }
         if snapshot.is_some() {
-            self.client.batch_execute("COMMIT").await?;
+            self.pg()?.batch_execute("COMMIT").await?;
         }
         tracing::info!(
             message = "Initial snapshot.",
             rows = changes.len(),
-            version = start,
+            version,
             exact = snapshot.is_some()
         );
         self.publish_all(publishers, &changes)?;
@@ -602,7 +679,7 @@ impl Capture {
     /// Writes a heartbeat into the WAL (so that an idle slot advances) and
     /// reads how much WAL the slot holds back.
     async fn heartbeat(&mut self) -> Result<(), CaptureError> {
-        self.client
+        self.pg()?
             .query(
                 "SELECT pg_logical_emit_message(false, 'govbus.heartbeat', '')",
                 &[],
@@ -611,7 +688,7 @@ impl Capture {
         self.counts.heartbeats += 1;
         self.metrics.heartbeat();
         let retained = self
-            .client
+            .pg()?
             .query_one("SELECT COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint FROM pg_replication_slots WHERE slot_name = $1::text::name", &[&self.config.name])
             .await?;
         self.metrics.retained(retained.get(0));
@@ -754,7 +831,7 @@ impl Capture {
             lsn
         } else {
             let row = self
-                .client
+                .pg()?
                 .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1::text::name, 'pgoutput')", &[&name])
                 .await?;
             state.snapshot_done = None;
@@ -772,7 +849,7 @@ impl Capture {
                 return Ok(());
             }
             let rows = self
-                .client
+                .pg()?
                 .query(
                     "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes($1::text::name, NULL, 10000, 'proto_version', '1', 'publication_names', $2::text, 'messages', 'true')",
                     &[&name, &name],
@@ -806,7 +883,7 @@ impl Capture {
                 // `end_lsn` is where the slot now is (it never moves back), which
                 // is what the gauge promises: the confirmed position.
                 let row = self
-                    .client
+                    .pg()?
                     .query_one(
                         "SELECT end_lsn::text FROM pg_replication_slot_advance($1::text::name, $2::text::pg_lsn)",
                         &[&name, &format_lsn(lsn)],

@@ -14,6 +14,7 @@ pub struct Metrics {
     retained: IntGauge,
     position: IntGauge,
     last_change: IntGauge,
+    ddl: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -44,6 +45,7 @@ impl Metrics {
             heartbeats: reg(&r, IntCounter::new("govbus_capture_heartbeats_total", "Heartbeats written to move an idle slot.").unwrap_or_else(|e| unreachable!("{e}"))),
             retained: reg(&r, gauge("govbus_capture_slot_retained_bytes", "WAL the replication slot holds back (current WAL position minus confirmed position).")),
             position: reg(&r, gauge("govbus_capture_position_lsn", "Logical: the replication slot's confirmed position as a number (set at start from the slot, then on every advance); poll: the highest version read.")),
+            ddl: reg(&r, vec("govbus_capture_ddl_total", "Statements that changed a captured table's structure or emptied it (MySQL binlog), by table.", &["table"])),
             last_change: reg(&r, gauge("govbus_capture_last_change_timestamp_seconds", "When the last change was published (Unix time).")),
             registry: r,
         }
@@ -59,6 +61,10 @@ impl Metrics {
 
     pub(crate) fn rejected(&self, table: &str, reason: &str) {
         self.rejected.with_label_values(&[table, reason]).inc();
+    }
+
+    pub(crate) fn ddl(&self, table: &str) {
+        self.ddl.with_label_values(&[table]).inc();
     }
 
     pub(crate) fn heartbeat(&self) {

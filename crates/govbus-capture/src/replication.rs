@@ -51,10 +51,17 @@ impl ReplicationError {
     pub fn is_transient(&self) -> bool {
         match self {
             ReplicationError::Io(_) => true,
+            // Only what a later attempt can fix by itself: a lost or refused
+            // connection (08), too many connections or wal senders (53), a
+            // server shutting down or starting (57P), a slot still held by a
+            // dying predecessor (55006), a serialization failure (40), an I/O
+            // failure (58). Anything else — a privilege, a missing
+            // database, an invalidated slot — needs a person.
             ReplicationError::Server { code, .. } => {
-                // 28xxx: authentication; 42501: insufficient privilege;
-                // 42704: undefined object (publication); 0A000: not supported.
-                !(code.starts_with("28") || code == "42501" || code == "42704" || code == "0A000")
+                ["08", "53", "57P", "40", "58"]
+                    .iter()
+                    .any(|p| code.starts_with(p))
+                    || code == "55006"
             }
             ReplicationError::Protocol(_) | ReplicationError::Config(_) => false,
         }
@@ -572,5 +579,11 @@ mod tests {
         assert!(!e("28P01").is_transient());
         assert!(e("57P01").is_transient());
         assert!(e("55006").is_transient());
+        assert!(e("53300").is_transient());
+        assert!(
+            !e("55000").is_transient(),
+            "an invalidated slot needs a person"
+        );
+        assert!(!e("3D000").is_transient(), "so does a missing database");
     }
 }

@@ -163,8 +163,10 @@ impl Acks {
         producer: &ThreadedProducer<C>,
         limit: Option<Duration>,
     ) -> Result<(), String> {
-        // A zero-timeout flush sends what lingers now; the wait is on the
-        // delivery reports themselves (see `InFlight`).
+        // The wait is on the delivery reports themselves (see `InFlight`).
+        // It includes the producer's `linger.ms`: a zero-timeout flush
+        // returns before the broker threads wake, so it does not cut the
+        // linger short (change capture publishes with 1 ms for that reason).
         let _ = producer.flush(Duration::ZERO);
         let start = Instant::now();
         let step = limit

@@ -154,6 +154,7 @@ async fn measure(b: &CaptureBench, mode: Mode) -> anyhow::Result<Figures> {
         poll_interval: b.poll_interval,
         delete_check: Duration::from_secs(30),
         timezone: None,
+        server_id: None,
         tables: vec![TableSpec {
             table: format!("{schema}.payments"),
             dataset: "hrss.pension_payment".into(),

@@ -1,4 +1,4 @@
-//! `govbus capture postgres --config FILE`: stream a department database's
+//! `govbus capture postgres|mysql --config FILE`: stream a department database's
 //! changes (logical decoding with pgoutput over the streaming replication
 //! protocol or the SQL interface, or polling) to its ingest topic.
 
@@ -19,6 +19,8 @@ use crate::catalog_source;
 pub enum CaptureCommand {
     /// Capture changes from PostgreSQL tables.
     Postgres(PostgresArgs),
+    /// Capture changes from MySQL or MariaDB tables (the row-based binlog).
+    Mysql(PostgresArgs),
 }
 
 #[derive(Args)]
@@ -49,9 +51,17 @@ pub struct PostgresArgs {
 }
 
 pub fn run(cmd: CaptureCommand) -> anyhow::Result<ExitCode> {
-    let CaptureCommand::Postgres(a) = cmd;
+    let (a, mysql) = match cmd {
+        CaptureCommand::Postgres(a) => (a, false),
+        CaptureCommand::Mysql(a) => (a, true),
+    };
     let config = Config::load(&a.config)?;
     if a.drop {
+        if mysql {
+            anyhow::bail!(
+                "--drop: a MySQL capture leaves nothing on the server; its position is in its state directory"
+            );
+        }
         return drop_replication(&config);
     }
     let catalog = catalog_source::load_checked(a.catalog.as_deref())?;
@@ -91,8 +101,11 @@ pub fn run(cmd: CaptureCommand) -> anyhow::Result<ExitCode> {
         // resume from the persisted position; configuration problems stop.
         loop {
             let result = async {
-                let mut capture =
-                    Capture::connect(config.clone(), &catalog, metrics.clone()).await?;
+                let mut capture = if mysql {
+                    Capture::connect_mysql(config.clone(), &catalog, metrics.clone())?
+                } else {
+                    Capture::connect(config.clone(), &catalog, metrics.clone()).await?
+                };
                 let mut publishers: HashMap<String, Box<dyn Publisher + Send>> = HashMap::new();
                 for owner in capture.owners() {
                     let topic = topics.ingest(&owner);
