@@ -117,7 +117,7 @@ impl Capture {
             .await
             .map_err(mysql_error)?;
         let checksums = checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE"));
-        let charsets = self.charsets(&mut conn).await?;
+        let mut charsets = self.charsets(&mut conn).await?;
         let mut state = self.load_state()?;
         let start = match state.binlog.clone() {
             Some(p) => p,
@@ -146,7 +146,16 @@ impl Capture {
                     .with_pos(start.pos),
             )
             .await
-            .map_err(mysql_error)?;
+            .map_err(|e| match &e {
+                // MariaDB answers a replica registration without the
+                // privilege with a plain "access denied".
+                mysql_async::Error::Server(se) if matches!(se.code, 1045 | 1227 | 1044) => {
+                    CaptureError::Config(format!(
+                        "MySQL: {e} — reading the binlog needs REPLICATION SLAVE: GRANT REPLICATION SLAVE ON *.* TO <user>"
+                    ))
+                }
+                _ => mysql_error(e),
+            })?;
         tracing::info!(message = "Following the binlog.", file = %start.file, pos = start.pos, server_id);
         let name = self.config.name.clone();
         let mut file = start.file.clone();
@@ -220,8 +229,13 @@ impl Capture {
                             file: file.clone(),
                             pos: end,
                         });
-                    } else if !head.starts_with("BEGIN") {
-                        self.ddl(&q.schema(), &sql, &file, end);
+                    } else if !head.starts_with("BEGIN") && self.ddl(&q.schema(), &sql, &file, end)
+                    {
+                        // A column's character set may have changed: read
+                        // them again (the names come with every row event).
+                        let mut c = Conn::new(opts.clone()).await.map_err(mysql_error)?;
+                        charsets = self.charsets(&mut c).await?;
+                        let _ = c.disconnect().await;
                     }
                 }
                 _ => {}
@@ -241,9 +255,10 @@ impl Capture {
     }
 
     /// Reports a statement that changes a captured table's structure or
-    /// contents outside row events.
-    fn ddl(&self, schema: &str, sql: &str, file: &str, end: u64) {
+    /// contents outside row events; true if it names a captured table.
+    fn ddl(&self, schema: &str, sql: &str, file: &str, end: u64) -> bool {
         let lower = sql.to_ascii_lowercase();
+        let mut touched = false;
         for t in &self.tables {
             if lower.contains(&t.name.to_ascii_lowercase())
                 && (schema.eq_ignore_ascii_case(&t.schema)
@@ -261,8 +276,10 @@ impl Capture {
                     tracing::warn!(message = "Statement on a captured table; following its new layout.", table = %t.spec.table, statement = %kind, at = %format!("{file}:{end}"));
                 }
                 self.metrics.ddl(&t.spec.table);
+                touched = true;
             }
         }
+        touched
     }
 
     /// The layout of a table map, if the table is captured.
