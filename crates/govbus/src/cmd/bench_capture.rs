@@ -27,6 +27,13 @@ pub struct CaptureBench {
         default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test"
     )]
     postgres: String,
+    /// A MySQL/MariaDB server to measure too (row binlog on); `none` to skip.
+    #[arg(
+        long,
+        env = "GOVBUS_MYSQL",
+        default_value = "mysql://root@127.0.0.1:3306/test"
+    )]
+    mysql: String,
     /// Rows in the bulk transaction.
     #[arg(long, default_value_t = 100_000)]
     rows: usize,
@@ -73,16 +80,26 @@ struct Figures {
 
 pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
     println!(
-        "Change capture (logical decoding, pgoutput), PostgreSQL → Kafka (mock cluster); the two readers in one run:\n"
+        "Change capture (logical decoding, pgoutput), → Kafka (mock cluster); every reader in one run:\n"
     );
     let mut rates = Vec::new();
-    for (mode, label) in [
-        (Mode::Logical, "streaming replication protocol".to_owned()),
+    let mut readers = vec![
         (
-            Mode::LogicalSql,
-            format!("SQL interface, poll interval {:?}", b.poll_interval),
+            Some(Mode::Logical),
+            "PostgreSQL, streaming replication protocol".to_owned(),
         ),
-    ] {
+        (
+            Some(Mode::LogicalSql),
+            format!(
+                "PostgreSQL, SQL interface, poll interval {:?}",
+                b.poll_interval
+            ),
+        ),
+    ];
+    if b.mysql != "none" {
+        readers.push((None, "MySQL/MariaDB, row-based binlog".to_owned()));
+    }
+    for (mode, label) in readers {
         let f = measure(&b, mode).await?;
         let pct = |p: f64| super::bench::quantile(&f.lag, p, -1.0);
         let rate = f.bulk_n as f64 / f.bulk_secs;
@@ -106,7 +123,7 @@ pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
             f.counts.rejected, f.counts.heartbeats
         );
     }
-    if let [(_, s_rate, s_p99), (_, q_rate, q_p99)] = rates.as_slice() {
+    if let [(_, s_rate, s_p99), (_, q_rate, q_p99), ..] = rates.as_slice() {
         println!(
             "streaming / SQL interface: bulk {:.2}×, steady p99 {:.2}× (lower is better)",
             s_rate / q_rate,
@@ -116,20 +133,107 @@ pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(b: &CaptureBench, mode: Mode) -> anyhow::Result<Figures> {
+/// The database under measurement.
+enum Db {
+    Pg(tokio_postgres::Client, String),
+    My(mysql_async::Conn, String),
+}
+
+impl Db {
+    async fn create(b: &CaptureBench, mysql: bool, schema: &str) -> anyhow::Result<Db> {
+        if mysql {
+            let mut c = mysql_async::Conn::from_url(&b.mysql)
+                .await
+                .context("connect to MySQL")?;
+            use mysql_async::prelude::Queryable as _;
+            c.query_drop(format!(
+                "CREATE DATABASE {schema}; CREATE TABLE {schema}.payments (id varchar(40) PRIMARY KEY, id_no varchar(18), name varchar(50), kind varchar(30), month char(7), amount decimal(14,2), paid_at datetime)"
+            ))
+            .await?;
+            Ok(Db::My(c, schema.to_owned()))
+        } else {
+            let (db, conn) = tokio_postgres::connect(&b.postgres, tokio_postgres::NoTls)
+                .await
+                .context("connect to PostgreSQL")?;
+            tokio::spawn(conn);
+            db.batch_execute(&format!(
+                "CREATE SCHEMA {schema}; CREATE TABLE {schema}.payments (id text PRIMARY KEY, id_no text, name text, kind text, month text, amount numeric(14,2), paid_at timestamptz)"
+            ))
+            .await?;
+            Ok(Db::Pg(db, schema.to_owned()))
+        }
+    }
+
+    /// One transaction inserting `rows` rows; returns when it committed.
+    async fn bulk(&mut self, rows: usize) -> anyhow::Result<()> {
+        match self {
+            Db::Pg(db, schema) => db.batch_execute(&format!(
+                "INSERT INTO {schema}.payments (id, id_no, name, kind, month, amount, paid_at) SELECT 'B' || g, '11010519491231002X', '张建国', 'ENTERPRISE_EMPLOYEE', '2026-10', 100.50, '2026-10-15 10:00:00+08' FROM generate_series(1, {rows}) g"
+            ))
+            .await?,
+            Db::My(c, schema) => {
+                use mysql_async::prelude::Queryable as _;
+                c.query_drop(format!(
+                    "INSERT INTO {schema}.payments (id, id_no, name, kind, month, amount, paid_at) SELECT concat('B', seq), '11010519491231002X', '张建国', 'ENTERPRISE_EMPLOYEE', '2026-10', 100.50, '2026-10-15 10:00:00' FROM seq_1_to_{rows}"
+                ))
+                .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// One row in its own transaction; returns when it committed.
+    async fn insert(&mut self, key: &str) -> anyhow::Result<()> {
+        match self {
+            Db::Pg(db, schema) => {
+                db.execute(
+                    &INSERT.replace("payments", &format!("{schema}.payments")),
+                    &[&key],
+                )
+                .await?;
+            }
+            Db::My(c, schema) => {
+                use mysql_async::prelude::Queryable as _;
+                c.exec_drop(
+                    INSERT
+                        .replace("payments", &format!("{schema}.payments"))
+                        .replace("$1", "?")
+                        .replace("+08'", "'"),
+                    (key,),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn drop(self, slot: &str) -> anyhow::Result<()> {
+        match self {
+            Db::Pg(db, schema) => {
+                db.execute("SELECT pg_drop_replication_slot($1::text::name)", &[&slot])
+                    .await?;
+                db.batch_execute(&format!(
+                    "DROP PUBLICATION IF EXISTS {slot}; DROP SCHEMA {schema} CASCADE"
+                ))
+                .await?;
+            }
+            Db::My(mut c, schema) => {
+                use mysql_async::prelude::Queryable as _;
+                c.query_drop(format!("DROP DATABASE {schema}")).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `mode` None: the MySQL capture.
+async fn measure(b: &CaptureBench, mode: Option<Mode>) -> anyhow::Result<Figures> {
     let catalog = catalog_source::load(None).map_err(|p| anyhow::anyhow!("{p}"))?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos();
     let schema = format!("bench_cdc_{stamp}");
-    let (db, conn) = tokio_postgres::connect(&b.postgres, tokio_postgres::NoTls)
-        .await
-        .context("connect to PostgreSQL")?;
-    tokio::spawn(conn);
-    db.batch_execute(&format!(
-        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.payments (id text PRIMARY KEY, id_no text, name text, kind text, month text, amount numeric(14,2), paid_at timestamptz)"
-    ))
-    .await?;
+    let mut db = Db::create(b, mode.is_none(), &schema).await?;
     let cluster = rdkafka::mocking::MockCluster::new(1)?;
     cluster.create_topic("bench.ingest.hrss", 4, 1)?;
     let columns = [
@@ -146,8 +250,12 @@ async fn measure(b: &CaptureBench, mode: Mode) -> anyhow::Result<Figures> {
     .collect();
     let state = std::env::temp_dir().join(format!("govbus-bench-capture-{stamp}"));
     let config = Config {
-        conninfo: b.postgres.clone(),
-        mode,
+        conninfo: if mode.is_none() {
+            b.mysql.clone()
+        } else {
+            b.postgres.clone()
+        },
+        mode: mode.unwrap_or_default(),
         name: format!("bench_cdc_{stamp}"),
         state_dir: Some(state.clone()),
         heartbeat: Duration::from_secs(10),
@@ -163,7 +271,11 @@ async fn measure(b: &CaptureBench, mode: Mode) -> anyhow::Result<Figures> {
         }],
     };
     let acked: Acks = Arc::default();
-    let mut capture = Capture::connect(config, &catalog, govbus_capture::Metrics::new()).await?;
+    let mut capture = if mode.is_none() {
+        Capture::connect_mysql(config, &catalog, govbus_capture::Metrics::new())?
+    } else {
+        Capture::connect(config, &catalog, govbus_capture::Metrics::new()).await?
+    };
     let mut publishers: HashMap<String, Box<dyn Publisher + Send>> = HashMap::new();
     publishers.insert(
         "hrss".into(),
@@ -190,11 +302,7 @@ async fn measure(b: &CaptureBench, mode: Mode) -> anyhow::Result<Figures> {
 
     // Throughput: one transaction of N rows.
     eprintln!("bulk: one transaction of {} rows", b.rows);
-    db.batch_execute(&format!(
-        "INSERT INTO {schema}.payments (id, id_no, name, kind, month, amount, paid_at) SELECT 'B' || g, '11010519491231002X', '张建国', 'ENTERPRISE_EMPLOYEE', '2026-10', 100.50, '2026-10-15 10:00:00+08' FROM generate_series(1, {}) g",
-        b.rows
-    ))
-    .await?;
+    db.bulk(b.rows).await?;
     let committed = Instant::now();
     let deadline = committed + Duration::from_secs(600);
     while acked.lock().map(|a| a.len()).unwrap_or(0) < b.rows && Instant::now() < deadline {
@@ -208,9 +316,6 @@ async fn measure(b: &CaptureBench, mode: Mode) -> anyhow::Result<Figures> {
 
     // Lag at a steady rate.
     eprintln!("steady: {} rows/s for 10 s", b.rate);
-    let insert = db
-        .prepare(&INSERT.replace("payments", &format!("{schema}.payments")))
-        .await?;
     let mut commits: HashMap<String, Instant> = HashMap::new();
     let start = Instant::now();
     let total = b.rate as usize * 10;
@@ -220,7 +325,7 @@ async fn measure(b: &CaptureBench, mode: Mode) -> anyhow::Result<Figures> {
             tokio::time::sleep(w).await;
         }
         let key = format!("S{i:07}");
-        db.execute(&insert, &[&key]).await?;
+        db.insert(&key).await?;
         commits.insert(key, Instant::now());
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -243,13 +348,7 @@ async fn measure(b: &CaptureBench, mode: Mode) -> anyhow::Result<Figures> {
         })
         .unwrap_or_default();
     lag.sort_by(f64::total_cmp);
-    let name = format!("bench_cdc_{stamp}");
-    db.execute("SELECT pg_drop_replication_slot($1::text::name)", &[&name])
-        .await?;
-    db.batch_execute(&format!(
-        "DROP PUBLICATION IF EXISTS {name}; DROP SCHEMA {schema} CASCADE"
-    ))
-    .await?;
+    db.drop(&format!("bench_cdc_{stamp}")).await?;
     let _ = std::fs::remove_dir_all(PathBuf::from(&state));
     Ok(Figures {
         bulk_n,
