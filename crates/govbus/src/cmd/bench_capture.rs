@@ -80,7 +80,7 @@ struct Figures {
 
 pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
     println!(
-        "Change capture (logical decoding, pgoutput), → Kafka (mock cluster); every reader in one run:\n"
+        "Change capture → Kafka (mock cluster); every reader in one run:\n"
     );
     let mut rates = Vec::new();
     let mut readers = vec![
