@@ -140,32 +140,14 @@ paid_at = "paid_at"
 
     /// (key, op, version, id) of the canonical records, once `n` distinct ids are there.
     fn data(&self, n: usize) -> Vec<(String, String, u64, String)> {
-        common::records_with_ids(&self.topics.data(DS), n)
-            .iter()
-            .map(|r| {
-                (
-                    r.header(h::CE_SUBJECT).to_owned(),
-                    r.header(h::CE_OP).to_owned(),
-                    r.header(h::CE_SOURCEVERSION).parse().unwrap(),
-                    r.header(h::CE_ID).to_owned(),
-                )
-            })
-            .collect()
+        common::changes(&self.topics.data(DS), n)
     }
 }
 
 impl Drop for Setup {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
-                if e.path().extension().is_some_and(|x| x == "log") {
-                    eprintln!(
-                        "--- {}\n{}",
-                        e.path().display(),
-                        std::fs::read_to_string(e.path()).unwrap_or_default()
-                    );
-                }
-            }
+            common::print_logs(self.dir.path());
         }
         let _ = Command::new("mariadb")
             .args(["-uroot", "-h127.0.0.1", "-P3306", "-e"])

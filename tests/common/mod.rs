@@ -228,3 +228,33 @@ pub fn records_with_ids(topic: &str, distinct: usize) -> Vec<govbus_kafka::read:
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// (key, op, source version, id) of `topic`'s records, once `distinct`
+/// different ids are there: what a change capture test compares.
+pub fn changes(topic: &str, distinct: usize) -> Vec<(String, String, u64, String)> {
+    use govbus_kafka::headers as h;
+    records_with_ids(topic, distinct)
+        .iter()
+        .map(|r| {
+            (
+                r.header(h::CE_SUBJECT).to_owned(),
+                r.header(h::CE_OP).to_owned(),
+                r.header(h::CE_SOURCEVERSION).parse().unwrap_or(0),
+                r.header(h::CE_ID).to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Prints every `*.log` in `dir` (a failing test's child processes' logs).
+pub fn print_logs(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().extension().is_some_and(|x| x == "log") {
+            eprintln!(
+                "--- {}\n{}",
+                e.path().display(),
+                std::fs::read_to_string(e.path()).unwrap_or_default()
+            );
+        }
+    }
+}

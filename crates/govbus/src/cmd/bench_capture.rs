@@ -79,9 +79,7 @@ struct Figures {
 }
 
 pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
-    println!(
-        "Change capture → Kafka (mock cluster); every reader in one run:\n"
-    );
+    println!("Change capture → Kafka (mock cluster); every reader in one run:\n");
     let mut rates = Vec::new();
     let mut readers = vec![
         (
