@@ -368,11 +368,35 @@ async fn mysql_values_arrive_exactly_or_are_refused_with_a_reason() {
     ] {
         assert!(
             metrics.contains(&format!(
-                "govbus_capture_rejected_total{{reason=\"{reason}\",table=\"{db}.payments\"}} 1"
+                "govbus_capture_rejected_total{{department=\"hrss\",reason=\"{reason}\",table=\"{db}.payments\"}} 1"
             )),
             "{reason}: {metrics}"
         );
     }
+    // The department's scorecard counts what its database capture refused.
+    let out = Command::new(govbus_bin())
+        .args(["report", "--bootstrap", &Broker::shared().bootstrap()])
+        .args(["--topic-prefix", s.topics.prefix()])
+        .args(["--metrics", &format!("http://127.0.0.1:{port}/metrics")])
+        .arg("--out")
+        .arg(s.dir.path().join("report"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.dir.path().join("report/report.json")).unwrap())
+            .unwrap();
+    let hrss = report["departments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "hrss")
+        .unwrap();
+    assert_eq!(hrss["rejections"]["temporal_precision"], 1, "{hrss}");
     cap.kill().unwrap();
     let _ = cap.wait();
 }

@@ -411,7 +411,8 @@ impl Capture {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(message = "Row skipped.", table = %table.spec.table, version, problem = %e.message);
-                self.metrics.rejected(&table.spec.table, "unreadable");
+                self.metrics
+                    .rejected(&table.owner, &table.spec.table, "unreadable");
                 self.counts.rejected += 1;
                 return None;
             }
@@ -439,7 +440,8 @@ impl Capture {
             }),
             Err(r) => {
                 tracing::warn!(message = "Row rejected at the edge.", table = %table.spec.table, version, reason = r.reason.code(), field = r.field.as_deref().unwrap_or("-"), detail = %r.detail);
-                self.metrics.rejected(&table.spec.table, r.reason.code());
+                self.metrics
+                    .rejected(&table.owner, &table.spec.table, r.reason.code());
                 self.counts.rejected += 1;
                 None
             }

@@ -409,7 +409,8 @@ impl Capture {
                 (Ok(b), Ok(a)) => (b, a),
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(message = "Row skipped.", table = %table_name, version = v, problem = %e);
-                    self.metrics.rejected(&table_name, "unreadable");
+                    self.metrics
+                        .rejected(&self.tables[t].owner, &table_name, "unreadable");
                     self.counts.rejected += 1;
                     continue;
                 }

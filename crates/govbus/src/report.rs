@@ -191,7 +191,9 @@ pub fn gather(
                 *rejections.entry(outcome.to_owned()).or_default() += s.value as u64;
             }
         }
-        for s in samples_of(&samples, "govbus_snapshot_rejected_rows_total", &d.id) {
+        for s in samples_of(&samples, "govbus_snapshot_rejected_rows_total", &d.id)
+            .chain(samples_of(&samples, "govbus_capture_rejected_total", &d.id))
+        {
             if s.value > 0.0 {
                 *rejections.entry(s.label("reason").to_owned()).or_default() += s.value as u64;
             }
