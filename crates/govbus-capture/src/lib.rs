@@ -240,7 +240,7 @@ impl std::fmt::Debug for Capture {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct State {
+pub(crate) struct State {
     /// Logical: the initial snapshot was published at this version.
     snapshot_done: Option<u64>,
     /// Poll: highest version published, per table.

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use govbus_snapshot::table::Cell;
 use govbus_snapshot::{Change, Publisher};
 use mysql_async::binlog::events::{EventData, OptionalMetadataField, RowsEventData, TableMapEvent};
@@ -166,9 +166,20 @@ impl Capture {
         let mut changes: Vec<(usize, Change)> = Vec::new();
         let mut safe: Option<Position> = None;
         loop {
-            let next = tokio::select! {
-                e = stream.next() => e,
-                _ = stop.changed() => return Ok(()),
+            // Take what the stream already holds without waiting; when it
+            // holds nothing more, settle: publish what is in hand and save the
+            // position of the last whole transaction. Under load, many
+            // transactions share one flush (one Kafka round trip each would
+            // cap the capture at the broker's latency).
+            let next = match stream.next().now_or_never() {
+                Some(e) => e,
+                None => {
+                    self.settle_binlog(publishers, &mut changes, &mut safe, &mut state)?;
+                    tokio::select! {
+                        e = stream.next() => e,
+                        _ = stop.changed() => return Ok(()),
+                    }
+                }
             };
             if *stop.borrow() {
                 return Ok(());
@@ -240,18 +251,34 @@ impl Capture {
                 }
                 _ => {}
             }
-            if !changes.is_empty() && (changes.len() >= crate::STREAM_BATCH || safe.is_some()) {
-                self.publish_all(publishers, &changes)?;
-                changes.clear();
-            }
-            if changes.is_empty() {
-                if let Some(p) = safe.take() {
-                    self.metrics.position(version(&p.file, p.pos, 0));
-                    state.binlog = Some(p);
-                    self.save_state(&state)?;
-                }
+            if changes.len() >= crate::STREAM_BATCH {
+                self.settle_binlog(publishers, &mut changes, &mut safe, &mut state)?;
             }
         }
+    }
+
+    /// Publishes the changes in hand (waiting for Kafka's acknowledgement),
+    /// then saves `safe` — the end of the last whole transaction read — as
+    /// the position. Changes of a transaction not yet finished may be
+    /// published too; the saved position stays before them, so a restart
+    /// repeats them with the same ids.
+    fn settle_binlog(
+        &mut self,
+        publishers: &mut HashMap<String, Box<dyn Publisher + Send>>,
+        changes: &mut Vec<(usize, Change)>,
+        safe: &mut Option<Position>,
+        state: &mut crate::State,
+    ) -> Result<(), CaptureError> {
+        if !changes.is_empty() {
+            self.publish_all(publishers, changes)?;
+            changes.clear();
+        }
+        if let Some(p) = safe.take() {
+            self.metrics.position(version(&p.file, p.pos, 0));
+            state.binlog = Some(p);
+            self.save_state(state)?;
+        }
+        Ok(())
     }
 
     /// Reports a statement that changes a captured table's structure or

@@ -107,7 +107,45 @@ pub struct Acks {
 #[derive(Debug, Clone, Default)]
 pub struct AckContext(pub Arc<Acks>);
 
-impl ClientContext for AckContext {}
+impl ClientContext for AckContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(
+                    message = "librdkafka.",
+                    facility = fac,
+                    detail = log_message
+                )
+            }
+            L::Warning => {
+                tracing::warn!(
+                    message = "librdkafka.",
+                    facility = fac,
+                    detail = log_message
+                )
+            }
+            L::Notice | L::Info => {
+                tracing::info!(
+                    message = "librdkafka.",
+                    facility = fac,
+                    detail = log_message
+                )
+            }
+            L::Debug => {
+                tracing::debug!(
+                    message = "librdkafka.",
+                    facility = fac,
+                    detail = log_message
+                )
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(message = "Kafka client error.", %error, reason);
+    }
+}
 
 impl ProducerContext for AckContext {
     type DeliveryOpaque = ();
