@@ -18,13 +18,7 @@ use govbus_testkit::{create_topic, unique, Broker};
 const DS: &str = "hrss.pension_payment";
 
 /// One test at a time: the first restarts the server under the others.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Whether the server answers.
 fn up() -> bool {
@@ -227,7 +221,7 @@ fn ops(data: &[(String, String, u64, String)], key: &str) -> Vec<String> {
 /// nothing lost, every repeat identical.
 #[tokio::test(flavor = "multi_thread")]
 async fn mysql_capture_streams_changes_and_resumes_after_kill() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let s = Setup::new().await;
     let db = s.db.clone();
     for i in 0..3 {
@@ -385,7 +379,7 @@ async fn mysql_capture_streams_changes_and_resumes_after_kill() {
 /// NULL in a required column, very long text.
 #[tokio::test(flavor = "multi_thread")]
 async fn mysql_values_arrive_exactly_or_are_refused_with_a_reason() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let s = Setup::new().await;
     let db = s.db.clone();
     sql(&db, &insert(&db, 0));
@@ -492,7 +486,7 @@ async fn mysql_values_arrive_exactly_or_are_refused_with_a_reason() {
 /// it, and the capture stops instead of retrying.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mysql_user_without_replication_is_refused_with_the_grant() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let s = Setup::new().await;
     sql(
         "test",
