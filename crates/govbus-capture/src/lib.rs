@@ -507,12 +507,26 @@ impl Capture {
         publishers: &mut HashMap<String, Box<dyn Publisher + Send>>,
         changes: &[(usize, Change)],
     ) -> Result<(), CaptureError> {
-        for (t, c) in changes {
-            let owner = &self.tables[*t].owner;
-            let p = publishers
-                .get_mut(owner)
-                .ok_or_else(|| CaptureError::Publish(format!("no publisher for {owner}")))?;
-            p.publish(c).map_err(CaptureError::Publish)?;
+        let mut refused = vec![false; changes.len()];
+        for (i, (t, c)) in changes.iter().enumerate() {
+            let table = &self.tables[*t];
+            let p = publishers.get_mut(&table.owner).ok_or_else(|| {
+                CaptureError::Publish(format!("no publisher for {}", table.owner))
+            })?;
+            match p.publish(c) {
+                Ok(()) => {}
+                // A record larger than the producer may send would be
+                // refused on every retry and hold the position forever:
+                // it is refused like any row that cannot be published.
+                Err(e) if e.contains("MessageSizeTooLarge") || e.contains("size too large") => {
+                    tracing::warn!(message = "Row rejected at the edge.", table = %table.spec.table, version = c.version, reason = "record_too_large", detail = %e);
+                    self.metrics
+                        .rejected(&table.owner, &table.spec.table, "record_too_large");
+                    self.counts.rejected += 1;
+                    refused[i] = true;
+                }
+                Err(e) => return Err(CaptureError::Publish(e)),
+            }
         }
         tokio::task::block_in_place(|| {
             for p in publishers.values_mut() {
@@ -520,9 +534,11 @@ impl Capture {
             }
             Ok::<_, CaptureError>(())
         })?;
-        self.counts.published += changes.len() as u64;
-        for (t, c) in changes {
-            self.metrics.published(&self.tables[*t].spec.table, c.op);
+        for ((t, c), refused) in changes.iter().zip(refused) {
+            if !refused {
+                self.counts.published += 1;
+                self.metrics.published(&self.tables[*t].spec.table, c.op);
+            }
         }
         Ok(())
     }

@@ -164,7 +164,19 @@ impl Replication {
                         wbuf: BytesMut::with_capacity(1024),
                     };
                     let app = config.get_application_name().unwrap_or("govbus-capture");
-                    r.startup(user, dbname, app, config.get_password()).await?;
+                    // A server (or pooler) that accepts and never answers
+                    // must not hold the capture forever.
+                    tokio::time::timeout(
+                        timeout,
+                        r.startup(user, dbname, app, config.get_password()),
+                    )
+                    .await
+                    .map_err(|_| {
+                        ReplicationError::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no answer to the replication connection's startup",
+                        ))
+                    })??;
                     return Ok(r);
                 }
                 Err(e) => last = Some(e),
