@@ -591,10 +591,20 @@ async fn captured_values_arrive_exactly_or_are_refused_with_a_reason() {
         row("LONGNAME", &long, "100.5", "2026-10-15 10:00:00+08"),
         row("SCALE5", "'张建国'", "100.12345", "2026-10-15 10:00:00+08"),
         // Larger than a record may be: refused by validation.
-        row(&"Y".repeat(1_100_000), "'张建国'", "100.5", "2026-10-15 10:00:00+08"),
+        row(
+            &"Y".repeat(1_100_000),
+            "'张建国'",
+            "100.5",
+            "2026-10-15 10:00:00+08",
+        ),
         // Within validation's 1 MiB but over the producer's message.max.bytes
         // (1,000,000): refused with a reason instead of holding the slot forever.
-        row(&"Z".repeat(1_020_000), "'张建国'", "100.5", "2026-10-15 10:00:00+08"),
+        row(
+            &"Z".repeat(1_020_000),
+            "'张建国'",
+            "100.5",
+            "2026-10-15 10:00:00+08",
+        ),
         row("EXACT2", "'张建国'", "0.01", "2026-10-15 10:00:00.1+08"),
     ] {
         db.batch_execute(&sql).await.unwrap();

@@ -17,6 +17,7 @@
 //! event (`seq << 48 | offset << 16 | row`), growing in commit order.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 use futures_util::{FutureExt, StreamExt};
 use govbus_snapshot::table::Cell;
@@ -68,6 +69,19 @@ fn binlog_name(raw: &[u8], checksum: bool) -> String {
 /// The source version of row `row` of the rows event ending at `pos` in `file`.
 fn version(file: &str, pos: u64, row: usize) -> u64 {
     ((file_seq(file) & 0xFFFF) << 48) | ((pos & 0xFFFF_FFFF) << 16) | (row as u64 & 0xFFFF)
+}
+
+/// How long the stream may stay silent (heartbeats come every second).
+const SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often a capture that is catching up settles anyway.
+const SETTLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Event types that carry rows but that `mysql_common` does not decode:
+/// MariaDB's compressed query and row events (165–171) and its encryption
+/// start (164). Skipping one would lose its rows.
+fn refused_event(raw: u8) -> bool {
+    (164..=171).contains(&raw)
 }
 
 fn mysql_error(e: mysql_async::Error) -> CaptureError {
@@ -165,18 +179,33 @@ impl Capture {
         let mut layouts: HashMap<u64, Option<Layout>> = HashMap::new();
         let mut changes: Vec<(usize, Change)> = Vec::new();
         let mut safe: Option<Position> = None;
+        let mut last_settle = Instant::now();
         loop {
             // Take what the stream already holds without waiting; when it
             // holds nothing more, settle: publish what is in hand and save the
             // position of the last whole transaction. Under load, many
             // transactions share one flush (one Kafka round trip each would
             // cap the capture at the broker's latency).
+            // While catching up, the stream always holds more: settle at
+            // least every second so the position keeps moving.
+            if last_settle.elapsed() >= SETTLE_EVERY && (safe.is_some() || !changes.is_empty()) {
+                self.settle_binlog(publishers, &mut changes, &mut safe, &mut state)?;
+                last_settle = Instant::now();
+            }
             let next = match stream.next().now_or_never() {
                 Some(e) => e,
                 None => {
                     self.settle_binlog(publishers, &mut changes, &mut safe, &mut state)?;
+                    last_settle = Instant::now();
+                    // The server sends a heartbeat every second when idle:
+                    // silence means a dead connection, not a quiet server.
                     tokio::select! {
-                        e = stream.next() => e,
+                        e = tokio::time::timeout(SILENCE, stream.next()) => e.map_err(|_| {
+                            CaptureError::MysqlConnection(format!(
+                                "MySQL: nothing from the server for {}s (not even a heartbeat); reconnecting",
+                                SILENCE.as_secs()
+                            ))
+                        })?,
                         _ = stop.changed() => return Ok(()),
                     }
                 }
@@ -195,7 +224,18 @@ impl Capture {
                 lsn: format!("{file}:{end}"),
                 detail: e.to_string(),
             })?;
+            let raw_type = event.header().event_type_raw();
+            if data.is_none() && refused_event(raw_type) {
+                return Err(CaptureError::Config(format!(
+                    "binlog event type {raw_type} at {file}:{end} carries rows govbus cannot read (compressed or encrypted binlog): set log_bin_compress = OFF (MariaDB) / binlog_transaction_compression = OFF (MySQL)"
+                )));
+            }
             match data {
+                Some(EventData::TransactionPayloadEvent(_)) => {
+                    return Err(CaptureError::Config(format!(
+                        "a compressed transaction at {file}:{end}: set binlog_transaction_compression = OFF"
+                    )));
+                }
                 Some(EventData::RotateEvent(r)) => {
                     file = binlog_name(r.name_raw(), !seen_format && checksums);
                     layouts.clear();
@@ -240,6 +280,14 @@ impl Capture {
                             file: file.clone(),
                             pos: end,
                         });
+                    } else if ["INSERT", "UPDATE", "DELETE", "REPLACE"]
+                        .iter()
+                        .any(|k| head.starts_with(k))
+                        && self.names_captured(&q.schema(), &sql)
+                    {
+                        return Err(CaptureError::Config(format!(
+                            "a change to a captured table was logged as a statement at {file}:{end} (a session with binlog_format other than ROW): its rows cannot be captured; set binlog_format = ROW for every session (SET GLOBAL, and in my.cnf)"
+                        )));
                     } else if !head.starts_with("BEGIN") && self.ddl(&q.schema(), &sql, &file, end)
                     {
                         // A column's character set may have changed: read
@@ -283,6 +331,15 @@ impl Capture {
 
     /// Reports a statement that changes a captured table's structure or
     /// contents outside row events; true if it names a captured table.
+    fn names_captured(&self, schema: &str, sql: &str) -> bool {
+        let lower = sql.to_ascii_lowercase();
+        self.tables.iter().any(|t| {
+            lower.contains(&t.name.to_ascii_lowercase())
+                && (schema.eq_ignore_ascii_case(&t.schema)
+                    || lower.contains(&t.schema.to_ascii_lowercase()))
+        })
+    }
+
     fn ddl(&self, schema: &str, sql: &str, file: &str, end: u64) -> bool {
         let lower = sql.to_ascii_lowercase();
         let mut touched = false;
@@ -317,11 +374,9 @@ impl Capture {
         end: u64,
     ) -> Result<Option<Layout>, CaptureError> {
         let (db, table) = (tme.database_name(), tme.table_name());
-        let Some(t) = self
-            .tables
-            .iter()
-            .position(|t| t.schema == db && t.name == table)
-        else {
+        let Some(t) = self.tables.iter().position(|t| {
+            t.schema.eq_ignore_ascii_case(&db) && t.name.eq_ignore_ascii_case(&table)
+        }) else {
             return Ok(None);
         };
         let mut names = Vec::new();
@@ -410,9 +465,18 @@ impl Capture {
                 lsn: format!("{file}:{end}"),
                 detail: format!("row {i}: {e}"),
             })?;
+            let table_name = self.tables[t].spec.table.clone();
             let v = version(file, end, i);
             let id = format!("cdc-{name}-{}-{end}-{i}", file_seq(file));
-            let table_name = self.tables[t].spec.table.clone();
+            for image in [&before, &after].into_iter().flatten() {
+                if image.len() != layout.names.len() {
+                    return Err(CaptureError::Config(format!(
+                        "table {table_name}: a row image at {file}:{end} holds {} of {} columns (binlog_row_image is not FULL for the session that wrote it); set binlog_row_image = FULL globally and in my.cnf",
+                        image.len(),
+                        layout.names.len()
+                    )));
+                }
+            }
             let cells = |r: &BinlogRow| -> Result<Vec<(String, Cell)>, String> {
                 let mut out = Vec::with_capacity(layout.names.len());
                 for (c, col) in layout.names.iter().enumerate() {
@@ -543,7 +607,12 @@ impl Capture {
                 file: get("binlog_snapshot_file").unwrap_or_default(),
                 pos: get("binlog_snapshot_position")
                     .and_then(|p| p.parse().ok())
-                    .unwrap_or(4),
+                    .ok_or_else(|| {
+                        CaptureError::Config(
+                            "the server reports no binlog_snapshot_position for the snapshot"
+                                .into(),
+                        )
+                    })?,
             }
         } else {
             // MySQL: hold writes for the moment it takes to start the
@@ -590,24 +659,56 @@ impl Capture {
             for (n, row) in rows.into_iter().enumerate() {
                 let columns = row.columns();
                 let mut cells = Vec::with_capacity(columns.len());
+                let mut unreadable = None;
                 for (i, col) in columns.iter().enumerate() {
+                    use ColumnType::*;
                     let text = match row.as_ref(i) {
                         Some(Value::NULL) | None => String::new(),
                         Some(Value::Bytes(b)) => {
-                            let s = String::from_utf8_lossy(b).into_owned();
-                            if matches!(
-                                col.column_type(),
-                                ColumnType::MYSQL_TYPE_TIMESTAMP
-                                    | ColumnType::MYSQL_TYPE_TIMESTAMP2
-                            ) {
-                                format!("{s}+00:00")
-                            } else {
-                                s
+                            // The text protocol sends numbers and dates with
+                            // the binary character set too; only string
+                            // types with it are bytes rather than text.
+                            let bytes_column = col.character_set() == 63
+                                && matches!(
+                                    col.column_type(),
+                                    MYSQL_TYPE_STRING
+                                        | MYSQL_TYPE_VAR_STRING
+                                        | MYSQL_TYPE_VARCHAR
+                                        | MYSQL_TYPE_TINY_BLOB
+                                        | MYSQL_TYPE_MEDIUM_BLOB
+                                        | MYSQL_TYPE_LONG_BLOB
+                                        | MYSQL_TYPE_BLOB
+                                        | MYSQL_TYPE_BIT
+                                        | MYSQL_TYPE_GEOMETRY
+                                );
+                            match std::str::from_utf8(b) {
+                                Ok(s) if !bytes_column => {
+                                    if matches!(
+                                        col.column_type(),
+                                        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2
+                                    ) {
+                                        format!("{s}+00:00")
+                                    } else {
+                                        s.to_owned()
+                                    }
+                                }
+                                _ => {
+                                    unreadable = Some(col.name_str().into_owned());
+                                    String::new()
+                                }
                             }
                         }
                         Some(other) => other.as_sql(true).trim_matches('\'').to_owned(),
                     };
                     cells.push((col.name_str().into_owned(), Cell::Text(text)));
+                }
+                if let Some(col) = unreadable {
+                    let table = &self.tables[t];
+                    tracing::warn!(message = "Row skipped.", table = %table.spec.table, version = v, problem = %format!("column {col}: bytes, not text"));
+                    self.metrics
+                        .rejected(&table.owner, &table.spec.table, "unreadable");
+                    self.counts.rejected += 1;
+                    continue;
                 }
                 let id = format!(
                     "cdc-{name}-snap-{}-{}-{t}-{n}",
@@ -631,7 +732,7 @@ type Charsets = BTreeMap<(usize, String), String>;
 /// Refuses a server whose binlog cannot be captured, naming the setting.
 async fn check_server(conn: &mut Conn) -> Result<(), CaptureError> {
     let vars: Vec<(String, String)> = conn
-        .query("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata')")
+        .query("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'log_bin_compress', 'binlog_transaction_compression')")
         .await
         .map_err(mysql_error)?;
     let var = |n: &str| {
@@ -653,6 +754,14 @@ async fn check_server(conn: &mut Conn) -> Result<(), CaptureError> {
     }
     if var("binlog_row_metadata").as_deref() != Some("FULL") {
         wrong.push("binlog_row_metadata is not FULL (MySQL 8.0.1+ / MariaDB 10.5+ needed): SET GLOBAL binlog_row_metadata = 'FULL' (and in my.cnf)");
+    }
+    if var("log_bin_compress").as_deref() == Some("ON") {
+        wrong.push("log_bin_compress is ON: SET GLOBAL log_bin_compress = OFF (compressed row events cannot be read)");
+    }
+    if var("binlog_transaction_compression").as_deref() == Some("ON") {
+        wrong.push(
+            "binlog_transaction_compression is ON: SET GLOBAL binlog_transaction_compression = OFF",
+        );
     }
     if wrong.is_empty() {
         Ok(())
@@ -703,6 +812,11 @@ fn binlog_text(
                 Some(i) => values.get(i).cloned().ok_or("an ENUM index out of range")?,
             }
         }
+        (Value::Int(_), Some(MYSQL_TYPE_TIMESTAMP)) => {
+            return Err(
+                "an old-format TIMESTAMP column (convert the table: ALTER TABLE … FORCE)".into(),
+            )
+        }
         (Value::Int(i), _) => i.to_string(),
         (Value::UInt(u), _) => u.to_string(),
         (Value::Float(f), _) => f.to_string(),
@@ -733,6 +847,9 @@ fn binlog_text(
                     rem % 60
                 )
             }
+        }
+        (Value::Bytes(b), Some(MYSQL_TYPE_YEAR)) if b.as_slice() == b"1900" => {
+            return Err("YEAR 0000 (the binlog cannot tell it from 1900)".into())
         }
         (Value::Bytes(_), Some(MYSQL_TYPE_BIT | MYSQL_TYPE_SET)) => {
             return Err(format!(
@@ -773,7 +890,8 @@ fn binlog_text(
 /// row rather than guess.
 fn decode_text(b: &[u8], charset: Option<&str>) -> Result<String, String> {
     let enc = match charset.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("utf8mb4" | "utf8mb3" | "utf8" | "ascii" | "binary") => {
+        Some("binary") => return Err("a binary column (bytes, not text)".into()),
+        None | Some("utf8mb4" | "utf8mb3" | "utf8" | "ascii") => {
             return String::from_utf8(b.to_vec()).map_err(|_| "bytes that are not UTF-8".into())
         }
         Some("gbk" | "gb2312") => encoding_rs::GBK,
