@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{govbus_bin, spawn_router};
@@ -90,27 +90,7 @@ paid_at = "paid_at"
     }
 
     fn capture_on(&self, port: u16) -> Child {
-        let mut c = Command::new(govbus_bin());
-        c.args([
-            "capture",
-            "postgres",
-            "--config",
-            self.dir.path().join("capture.toml").to_str().unwrap(),
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--bootstrap",
-            &Broker::shared().bootstrap(),
-            "--topic-prefix",
-            self.topics.prefix(),
-        ])
-        .env("GOVBUS_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(self.dir.path().join(format!("capture-{}.log", unique("l"))))
-                .unwrap(),
-        );
-        govbus_testkit::spawn(c).unwrap()
+        common::spawn_capture("postgres", self.dir.path(), &self.topics, port)
     }
 
     /// (key, op, version, id) of the canonical records, once `n` distinct ids are there.
@@ -518,16 +498,7 @@ async fn a_role_without_replication_is_refused_with_the_fix() {
         .unwrap()
         .replace("user=postgres", &format!("user={role}"));
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(govbus_bin())
-        .args(["capture", "postgres", "--config"])
-        .arg(&path)
-        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
-        .args(["--bootstrap", &Broker::shared().bootstrap()])
-        .args(["--topic-prefix", s.topics.prefix()])
-        .env("GOVBUS_LOG", "warn")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
+    let (status, text) = common::capture_refusal("postgres", s.dir.path(), &s.topics);
     let _ = db
         .batch_execute(&format!(
             "DROP PUBLICATION IF EXISTS {}; REVOKE ALL ON DATABASE test FROM {role}; REVOKE ALL ON SCHEMA {1} FROM {role}; REVOKE ALL ON {1}.payments FROM {role}; DROP ROLE {role}",
@@ -535,7 +506,7 @@ async fn a_role_without_replication_is_refused_with_the_fix() {
             s.pg.name()
         ))
         .await;
-    assert!(!out.status.success(), "{text}");
+    assert!(!status.success(), "{text}");
     assert!(
         text.contains("42501") && text.contains("ALTER ROLE <role> REPLICATION"),
         "{text}"

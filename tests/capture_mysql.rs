@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::{govbus_bin, spawn_router};
@@ -153,27 +153,7 @@ paid_at = "paid_at"
     }
 
     fn capture_on(&self, port: u16) -> Child {
-        let mut c = Command::new(govbus_bin());
-        c.args([
-            "capture",
-            "mysql",
-            "--config",
-            self.dir.path().join("capture.toml").to_str().unwrap(),
-        ])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--bootstrap",
-            &Broker::shared().bootstrap(),
-            "--topic-prefix",
-            self.topics.prefix(),
-        ])
-        .env("GOVBUS_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(self.dir.path().join(format!("capture-{}.log", unique("l"))))
-                .unwrap(),
-        );
-        govbus_testkit::spawn(c).unwrap()
+        common::spawn_capture("mysql", self.dir.path(), &self.topics, port)
     }
 
     fn capture(&self) -> Child {
@@ -492,16 +472,7 @@ async fn a_mysql_user_without_replication_is_refused_with_the_grant() {
         "test",
         &format!("REVOKE REPLICATION SLAVE ON *.* FROM '{}'@'%'", s.user),
     );
-    let out = Command::new(govbus_bin())
-        .args(["capture", "mysql", "--config"])
-        .arg(s.dir.path().join("capture.toml"))
-        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
-        .args(["--bootstrap", &Broker::shared().bootstrap()])
-        .args(["--topic-prefix", s.topics.prefix()])
-        .env("GOVBUS_LOG", "warn")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (status, text) = common::capture_refusal("mysql", s.dir.path(), &s.topics);
+    assert!(!status.success(), "{text}");
     assert!(text.contains("REPLICATION SLAVE"), "{text}");
 }

@@ -258,3 +258,54 @@ pub fn print_logs(dir: &Path) {
         }
     }
 }
+
+/// `govbus capture <kind> --config <dir>/capture.toml` on the shared broker
+/// under `topics`, serving /metrics on `port`, logging to a new
+/// `capture-*.log` in `dir` (printed by [`print_logs`] when a test fails).
+pub fn spawn_capture(
+    kind: &str,
+    dir: &Path,
+    topics: &govbus_kafka::topics::Topics,
+    port: u16,
+) -> std::process::Child {
+    let mut c = capture_command(kind, dir, topics, port);
+    c.env("GOVBUS_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join(format!("capture-{}.log", govbus_testkit::unique("l"))))
+                .unwrap_or_else(|e| panic!("capture log: {e}")),
+        );
+    govbus_testkit::spawn(c).unwrap_or_else(|e| panic!("spawn capture: {e}"))
+}
+
+/// Runs a capture that is expected to refuse to start: its exit status and
+/// what it printed on stderr.
+pub fn capture_refusal(
+    kind: &str,
+    dir: &Path,
+    topics: &govbus_kafka::topics::Topics,
+) -> (std::process::ExitStatus, String) {
+    let out = capture_command(kind, dir, topics, free_port())
+        .env("GOVBUS_LOG", "warn")
+        .output()
+        .unwrap_or_else(|e| panic!("run capture: {e}"));
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn capture_command(
+    kind: &str,
+    dir: &Path,
+    topics: &govbus_kafka::topics::Topics,
+    port: u16,
+) -> std::process::Command {
+    let mut c = std::process::Command::new(govbus_bin());
+    c.args(["capture", kind, "--config"])
+        .arg(dir.join("capture.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--bootstrap", &govbus_testkit::Broker::shared().bootstrap()])
+        .args(["--topic-prefix", topics.prefix()]);
+    c
+}

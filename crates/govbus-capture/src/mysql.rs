@@ -246,7 +246,7 @@ impl Capture {
                     layouts.insert(tme.table_id(), layout);
                 }
                 Some(EventData::RowsEvent(rows)) => {
-                    let Some(Some(layout)) = layouts.get(&rows.table_id()).cloned() else {
+                    let Some(Some(layout)) = layouts.get(&rows.table_id()) else {
                         continue;
                     };
                     let tme = stream.get_tme(rows.table_id()).ok_or_else(|| {
@@ -258,7 +258,7 @@ impl Capture {
                     self.rows(
                         &rows,
                         tme,
-                        &layout,
+                        layout,
                         &charsets,
                         &file,
                         end,
