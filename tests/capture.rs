@@ -620,7 +620,7 @@ async fn captured_values_arrive_exactly_or_are_refused_with_a_reason() {
     ] {
         assert!(
             metrics.contains(&format!(
-                "govbus_capture_rejected_total{{department=\"hrss\",reason=\"{reason}\",table=\"{table}\"}} 1"
+                "govbus_capture_rejected_total{{dataset=\"hrss.pension_payment\",department=\"hrss\",reason=\"{reason}\",table=\"{table}\"}} 1"
             )),
             "{reason}: {metrics}"
         );

@@ -202,6 +202,7 @@ fn ops(data: &[(String, String, u64, String)], key: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn mysql_capture_streams_changes_and_resumes_after_kill() {
     let _serial = SERIAL.lock().await;
+    let _machine = common::mariadb_exclusive();
     let s = Setup::new().await;
     let db = s.db.clone();
     for i in 0..3 {
@@ -360,6 +361,7 @@ async fn mysql_capture_streams_changes_and_resumes_after_kill() {
 #[tokio::test(flavor = "multi_thread")]
 async fn mysql_values_arrive_exactly_or_are_refused_with_a_reason() {
     let _serial = SERIAL.lock().await;
+    let _machine = common::mariadb_exclusive();
     let s = Setup::new().await;
     let db = s.db.clone();
     sql(&db, &insert(&db, 0));
@@ -429,7 +431,7 @@ async fn mysql_values_arrive_exactly_or_are_refused_with_a_reason() {
     ] {
         assert!(
             metrics.contains(&format!(
-                "govbus_capture_rejected_total{{department=\"hrss\",reason=\"{reason}\",table=\"{db}.payments\"}} 1"
+                "govbus_capture_rejected_total{{dataset=\"hrss.pension_payment\",department=\"hrss\",reason=\"{reason}\",table=\"{db}.payments\"}} 1"
             )),
             "{reason}: {metrics}"
         );
@@ -467,6 +469,7 @@ async fn mysql_values_arrive_exactly_or_are_refused_with_a_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mysql_user_without_replication_is_refused_with_the_grant() {
     let _serial = SERIAL.lock().await;
+    let _machine = common::mariadb_exclusive();
     let s = Setup::new().await;
     sql(
         "test",

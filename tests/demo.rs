@@ -135,6 +135,51 @@ fn the_demo_finds_exactly_the_planted_fraud_and_reports_every_department() {
     assert_report_matches(dir.path());
 }
 
+/// `--postgres` and `--mysql`: HRSS's contributions come from a PostgreSQL
+/// table through the WAL capture and market regulation's enterprises from
+/// a MariaDB table through the binlog capture, invalid rows included; the
+/// scorecard counts what each capture published and rejected, and the demo
+/// leaves no replication slot behind.
+#[test]
+fn the_demo_captures_departments_from_postgresql_and_mysql() {
+    let _machine = common::mariadb_exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let conninfo = govbus_testkit::PgSchema::conninfo_default();
+    let out = demo(
+        dir.path(),
+        &[
+            "--duration",
+            "15s",
+            "--postgres",
+            &conninfo,
+            "--mysql",
+            "mysql://root@127.0.0.1:3306/test",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "hrss.social_insurance_contribution            postgres",
+        "market_regulation.enterprise_registration     mysql",
+        "unexpected alerts: 0, duplicate alerts: 0",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    assert_report_matches(dir.path());
+    let slots = std::process::Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-Atc"])
+        .arg("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'govbus_demo'")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&slots.stdout).trim(), "0");
+}
+
 /// Reads `name` from a Prometheus exposition.
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()

@@ -309,3 +309,26 @@ fn capture_command(
         .args(["--topic-prefix", topics.prefix()]);
     c
 }
+
+/// Holds the machine's MariaDB for one test across the test binaries (the
+/// MySQL capture tests restart the server; the demo writes to it): an
+/// exclusive `flock` on a file in the temporary directory, released when
+/// the guard drops.
+#[allow(dead_code)]
+pub struct MariadbLock(std::fs::File);
+
+#[allow(dead_code)]
+#[allow(unsafe_code)]
+pub fn mariadb_exclusive() -> MariadbLock {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("govbus-test-mariadb.lock"))
+        .unwrap();
+    // SAFETY: flock on a descriptor this function owns; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+    MariadbLock(file)
+}

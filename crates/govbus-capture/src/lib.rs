@@ -411,8 +411,12 @@ impl Capture {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(message = "Row skipped.", table = %table.spec.table, version, problem = %e.message);
-                self.metrics
-                    .rejected(&table.owner, &table.spec.table, "unreadable");
+                self.metrics.rejected(
+                    &table.owner,
+                    &table.spec.dataset,
+                    &table.spec.table,
+                    "unreadable",
+                );
                 self.counts.rejected += 1;
                 return None;
             }
@@ -440,8 +444,12 @@ impl Capture {
             }),
             Err(r) => {
                 tracing::warn!(message = "Row rejected at the edge.", table = %table.spec.table, version, reason = r.reason.code(), field = r.field.as_deref().unwrap_or("-"), detail = %r.detail);
-                self.metrics
-                    .rejected(&table.owner, &table.spec.table, r.reason.code());
+                self.metrics.rejected(
+                    &table.owner,
+                    &table.spec.dataset,
+                    &table.spec.table,
+                    r.reason.code(),
+                );
                 self.counts.rejected += 1;
                 None
             }
@@ -520,8 +528,12 @@ impl Capture {
                 // it is refused like any row that cannot be published.
                 Err(e) if e.contains("MessageSizeTooLarge") || e.contains("size too large") => {
                     tracing::warn!(message = "Row rejected at the edge.", table = %table.spec.table, version = c.version, reason = "record_too_large", detail = %e);
-                    self.metrics
-                        .rejected(&table.owner, &table.spec.table, "record_too_large");
+                    self.metrics.rejected(
+                        &table.owner,
+                        &table.spec.dataset,
+                        &table.spec.table,
+                        "record_too_large",
+                    );
                     self.counts.rejected += 1;
                     refused[i] = true;
                 }

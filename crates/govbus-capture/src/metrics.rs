@@ -41,7 +41,7 @@ impl Metrics {
         };
         Metrics {
             changes: reg(&r, vec("govbus_capture_changes_total", "Changes published (acknowledged by Kafka).", &["table", "op"])),
-            rejected: reg(&r, vec("govbus_capture_rejected_total", "Rows rejected at the edge, by the owning department (for the scorecard), table and reason.", &["department", "table", "reason"])),
+            rejected: reg(&r, vec("govbus_capture_rejected_total", "Rows rejected at the edge, by the owning department (for the scorecard), dataset, table and reason.", &["department", "dataset", "table", "reason"])),
             heartbeats: reg(&r, IntCounter::new("govbus_capture_heartbeats_total", "Heartbeats written to move an idle slot.").unwrap_or_else(|e| unreachable!("{e}"))),
             retained: reg(&r, gauge("govbus_capture_slot_retained_bytes", "WAL the replication slot holds back (current WAL position minus confirmed position).")),
             position: reg(&r, gauge("govbus_capture_position_lsn", "Logical: the replication slot's confirmed position as a number (set at start from the slot, then on every advance); poll: the highest version read.")),
@@ -59,9 +59,9 @@ impl Metrics {
         self.last_change.set(now);
     }
 
-    pub(crate) fn rejected(&self, department: &str, table: &str, reason: &str) {
+    pub(crate) fn rejected(&self, department: &str, dataset: &str, table: &str, reason: &str) {
         self.rejected
-            .with_label_values(&[department, table, reason])
+            .with_label_values(&[department, dataset, table, reason])
             .inc();
     }
 

@@ -500,8 +500,13 @@ impl Capture {
                 (Ok(b), Ok(a)) => (b, a),
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(message = "Row skipped.", table = %table_name, version = v, problem = %e);
-                    self.metrics
-                        .rejected(&self.tables[t].owner, &table_name, "unreadable");
+                    let table = &self.tables[t];
+                    self.metrics.rejected(
+                        &table.owner,
+                        &table.spec.dataset,
+                        &table_name,
+                        "unreadable",
+                    );
                     self.counts.rejected += 1;
                     continue;
                 }
@@ -705,8 +710,12 @@ impl Capture {
                 if let Some(col) = unreadable {
                     let table = &self.tables[t];
                     tracing::warn!(message = "Row skipped.", table = %table.spec.table, version = v, problem = %format!("column {col}: bytes, not text"));
-                    self.metrics
-                        .rejected(&table.owner, &table.spec.table, "unreadable");
+                    self.metrics.rejected(
+                        &table.owner,
+                        &table.spec.dataset,
+                        &table.spec.table,
+                        "unreadable",
+                    );
                     self.counts.rejected += 1;
                     continue;
                 }

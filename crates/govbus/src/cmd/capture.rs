@@ -97,44 +97,73 @@ pub fn run(cmd: CaptureCommand) -> anyhow::Result<ExitCode> {
             tracing::info!(message = "Stopping after the changes in hand.");
             let _ = stop_tx.send(true);
         });
-        // Transient failures (database restarted, broker unreachable) reconnect and
-        // resume from the persisted position; configuration problems stop.
-        loop {
-            let result = async {
-                let mut capture = if mysql {
-                    Capture::connect_mysql(config.clone(), &catalog, metrics.clone())?
-                } else {
-                    Capture::connect(config.clone(), &catalog, metrics.clone()).await?
-                };
-                let mut publishers: HashMap<String, Box<dyn Publisher + Send>> = HashMap::new();
-                for owner in capture.owners() {
-                    let topic = topics.ingest(&owner);
-                    govbus_kafka::admin::ensure_topics(&a.bootstrap, &[(topic.clone(), 4)]).await;
-                    let p = KafkaPublisher::new(&a.bootstrap, &topic, "", &overrides)
-                        .map_err(|e| govbus_capture::CaptureError::Publish(e.to_string()))?;
-                    publishers.insert(owner, Box::new(p));
-                }
-                let r = capture.run(&mut publishers, stop_rx.clone()).await;
-                tracing::info!(
-                    message = "Capture stopped.",
-                    published = capture.counts.published,
-                    rejected = capture.counts.rejected,
-                    heartbeats = capture.counts.heartbeats
-                );
-                r
-            }
-            .await;
-            match result {
-                Ok(()) => return anyhow::Ok(()),
-                Err(e) if e.is_transient() && !*stop_rx.borrow() => {
-                    tracing::error!(message = "Capture failed; reconnecting in 5 s.", error = %e);
-                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        supervise(
+            config,
+            mysql,
+            &catalog,
+            &a.bootstrap,
+            &topics,
+            &overrides,
+            metrics,
+            stop_rx,
+        )
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a capture until `stop`: transient failures (database restarted,
+/// broker unreachable) reconnect after 5 s and resume from the persisted
+/// position; configuration problems stop it with their error.
+pub async fn supervise(
+    config: Config,
+    mysql: bool,
+    catalog: &govbus_catalog::Catalog,
+    bootstrap: &str,
+    topics: &Topics,
+    overrides: &[(String, String)],
+    metrics: govbus_capture::Metrics,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    loop {
+        let result = async {
+            let mut capture = if mysql {
+                Capture::connect_mysql(config.clone(), catalog, metrics.clone())?
+            } else {
+                Capture::connect(config.clone(), catalog, metrics.clone()).await?
+            };
+            let mut publishers: HashMap<String, Box<dyn Publisher + Send>> = HashMap::new();
+            for owner in capture.owners() {
+                let topic = topics.ingest(&owner);
+                govbus_kafka::admin::ensure_topics(bootstrap, &[(topic.clone(), 4)]).await;
+                let p = KafkaPublisher::new(bootstrap, &topic, "", overrides)
+                    .map_err(|e| govbus_capture::CaptureError::Publish(e.to_string()))?;
+                publishers.insert(owner, Box::new(p));
+            }
+            let r = capture.run(&mut publishers, stop_rx.clone()).await;
+            tracing::info!(
+                message = "Capture stopped.",
+                name = %config.name,
+                published = capture.counts.published,
+                rejected = capture.counts.rejected,
+                heartbeats = capture.counts.heartbeats
+            );
+            r
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && !*stop_rx.borrow() => {
+                tracing::error!(message = "Capture failed; reconnecting in 5 s.", name = %config.name, error = %e);
+                let mut stop = stop_rx.clone();
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn drop_replication(config: &Config) -> anyhow::Result<ExitCode> {

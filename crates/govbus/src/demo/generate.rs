@@ -26,6 +26,10 @@ pub enum Path {
     Kafka,
     /// A CSV table dump, diffed by `govbus snapshot`.
     TableDump,
+    /// Rows written to a PostgreSQL table, read from the WAL by `govbus capture postgres`.
+    PostgresCapture,
+    /// Rows written to a MySQL table, read from the binlog by `govbus capture mysql`.
+    MysqlCapture,
 }
 
 impl Path {
@@ -35,6 +39,8 @@ impl Path {
             Path::Gateway => "gateway",
             Path::Kafka => "kafka",
             Path::TableDump => "table_dump",
+            Path::PostgresCapture => "postgres",
+            Path::MysqlCapture => "mysql",
         }
     }
 }
@@ -47,6 +53,20 @@ pub const STREAMS: [(&str, Path); 5] = [
     (CONTRIBUTIONS, Path::TableDump),
     (ENTERPRISES, Path::TableDump),
 ];
+
+/// The path of each dataset in this run: with a PostgreSQL database the
+/// contributions come from a captured table instead of dumps, with a MySQL
+/// database the enterprise registrations do.
+pub fn paths(postgres: bool, mysql: bool) -> Vec<(&'static str, Path)> {
+    STREAMS
+        .iter()
+        .map(|&(ds, path)| match ds {
+            CONTRIBUTIONS if postgres => (ds, Path::PostgresCapture),
+            ENTERPRISES if mysql => (ds, Path::MysqlCapture),
+            _ => (ds, path),
+        })
+        .collect()
+}
 
 /// One record to send: valid or deliberately not.
 #[derive(Debug, Clone)]

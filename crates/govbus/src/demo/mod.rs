@@ -8,6 +8,7 @@
 //! department scorecards.
 
 mod counter;
+mod databases;
 mod generate;
 mod sources;
 mod view;
@@ -27,7 +28,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 
 use crate::up::{Extras, FraudSection, QuerySection, System, UpConfig};
-pub use generate::{Planted, STREAMS};
+pub use generate::Planted;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -55,9 +56,17 @@ pub struct DemoArgs {
     /// Topic namespace prefix (with --bootstrap, to keep runs apart).
     #[arg(long, default_value = "")]
     topic_prefix: String,
-    /// Deliver the PostgreSQL subscription into this database too.
+    /// A PostgreSQL database (libpq connection string, a role with
+    /// REPLICATION, `wal_level = logical`): HRSS's contributions are written
+    /// to a table there and captured from the WAL, and the PostgreSQL
+    /// subscription delivers into it.
     #[arg(long, env = "GOVBUS_POSTGRES")]
     postgres: Option<String>,
+    /// A MySQL or MariaDB database (mysql://user@host:3306/database, row-based
+    /// binlog): market regulation's enterprise registrations are written to a
+    /// table there and captured from the binlog.
+    #[arg(long, env = "GOVBUS_MYSQL")]
+    mysql: Option<String>,
     /// Do not run the anti-fraud app in this process (run `govbus fraud` yourself).
     #[arg(long)]
     external_fraud_app: bool,
@@ -335,19 +344,73 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let completes = script.completes.clone();
         let round_starts = Arc::new(Mutex::new(Vec::new()));
         let starts = round_starts.clone();
+        let paths = generate::paths(args.postgres.is_some(), args.mysql.is_some());
+        let mut databases = Vec::new();
+        if let Some(pg) = &args.postgres {
+            databases
+                .push(databases::Source::postgres(pg, &dir.join("state/capture-postgres")).await?);
+        }
+        if let Some(my) = &args.mysql {
+            databases.push(databases::Source::mysql(my, &dir.join("state/capture-mysql")).await?);
+        }
+        let (capture_stop, capture_stop_rx) = tokio::sync::watch::channel(false);
+        let capture_metrics = govbus_capture::Metrics::new();
+        let captures: Vec<(
+            databases::Kind,
+            govbus_capture::Config,
+            tokio::task::JoinHandle<anyhow::Result<()>>,
+        )> = databases
+            .iter()
+            .map(|d| {
+                let (config, kind) = (d.config.clone(), d.kind);
+                let (catalog, bootstrap, topics, metrics, stop) = (
+                    catalog.clone(),
+                    system.bootstrap.clone(),
+                    system.topics.clone(),
+                    capture_metrics.clone(),
+                    capture_stop_rx.clone(),
+                );
+                let overrides: Vec<(String, String)> = govbus_capture::PRODUCER_DEFAULTS
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+                let task = tokio::spawn(async move {
+                    crate::cmd::capture::supervise(
+                        config,
+                        kind == databases::Kind::Mysql,
+                        &catalog,
+                        &bootstrap,
+                        &topics,
+                        &overrides,
+                        metrics,
+                        stop,
+                    )
+                    .await
+                });
+                (kind, d.config.clone(), task)
+            })
+            .collect();
+        let tables: Vec<String> = databases
+            .iter()
+            .map(|d| format!("tables     {} (captured)", d.table))
+            .collect();
         let publisher = sources::Publisher::new(
             &system,
             &catalog,
             &gateway_tokens,
             dir.join("dumps"),
             dir.join("state/snapshot"),
+            paths.clone(),
+            databases,
         )?;
         let mut telemetry = system.telemetry.clone();
+        let m = capture_metrics.clone();
+        telemetry.add(Arc::new(move || m.render()));
         telemetry.add(publisher.metrics_source());
         if let Some(w) = &webhook {
             telemetry.add(w.metrics_source());
         }
-        let where_to_look = view::where_to_look(
+        let mut where_to_look = view::where_to_look(
             &system,
             &sse_token,
             &counter_token,
@@ -355,6 +418,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             webhook.is_some(),
             args.postgres.is_some(),
         );
+        where_to_look.extend(tables);
         let gen_stop = stop.clone();
         let generator =
             tokio::task::spawn_blocking(move || publisher.play(script, &gen_stop, &starts));
@@ -365,6 +429,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             system.bootstrap.clone(),
             system.embedded(),
             where_to_look,
+            paths.clone(),
         );
         if !live {
             println!("bootstrap={}", system.bootstrap);
@@ -384,6 +449,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             }
             if let Some(name) = system.failed() {
                 anyhow::bail!("the {name} component stopped unexpectedly; see the log");
+            }
+            if let Some((kind, _, _)) = captures.iter().find(|(_, _, t)| t.is_finished()) {
+                anyhow::bail!("the {kind:?} capture stopped unexpectedly; see the log");
             }
             let (found, _, _) = {
                 let s = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
@@ -421,6 +489,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(|e| anyhow::anyhow!("generator: {e}"))??;
         let _ = tail.join();
+        // The captures publish what they hold and stop; the slot goes.
+        let _ = capture_stop.send(true);
+        for (kind, config, task) in captures {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => eprintln!("the {kind:?} capture failed: {e:#}"),
+                Ok(Err(e)) => eprintln!("the {kind:?} capture: {e}"),
+                Err(_) => eprintln!("the {kind:?} capture did not stop within 30 s"),
+            }
+            if kind == databases::Kind::Postgres {
+                databases::release(&config).await;
+            }
+        }
         screen.finish();
         let counter = match system.addrs.query {
             Some(addr) if !interrupted => {
@@ -499,7 +580,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             duplicates,
             updates,
             detection_ms,
-            sent: STREAMS
+            sent: paths
                 .iter()
                 .map(|(ds, path)| {
                     let (valid, invalid) = sent.get(ds).copied().unwrap_or_default();

@@ -21,7 +21,8 @@ use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value as Json;
 
-use super::generate::{Path, Script, STREAMS};
+use super::databases::Source;
+use super::generate::{Path, Script};
 use super::Seen;
 use crate::up::System;
 
@@ -57,6 +58,11 @@ pub struct Publisher {
     sent: IntCounterVec,
     dump_rejected: IntCounterVec,
     dump_changes: IntCounterVec,
+    /// The path of each dataset.
+    paths: Vec<(&'static str, Path)>,
+    /// Department databases, by the dataset written to them.
+    databases: BTreeMap<&'static str, Source>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Publisher {
@@ -67,6 +73,8 @@ impl Publisher {
         tokens: &[(String, String)],
         dumps: PathBuf,
         state: PathBuf,
+        paths: Vec<(&'static str, Path)>,
+        databases: Vec<Source>,
     ) -> anyhow::Result<Publisher> {
         let gateway = system.addrs.gateway.context("the demo needs the gateway")?;
         let (producer, acks) =
@@ -89,6 +97,9 @@ impl Publisher {
             dump_rejected: counter(&registry, "govbus_snapshot_rejected_rows_total", "Table-dump rows that failed validation, by department, dataset and reason.", &["department", "dataset", "reason"]),
             dump_changes: counter(&registry, "govbus_snapshot_changes_total", "Changes a table dump published, by department, dataset and op.", &["department", "dataset", "op"]),
             registry,
+            paths,
+            databases: databases.into_iter().map(|d| (d.kind.dataset(), d)).collect(),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -102,7 +113,7 @@ impl Publisher {
     /// when each round started in `started_at`. Returns the (valid, invalid)
     /// records sent per dataset.
     pub fn play(
-        self,
+        mut self,
         script: Script,
         stop: &AtomicBool,
         started_at: &Mutex<Vec<Instant>>,
@@ -127,7 +138,7 @@ impl Publisher {
             if let Ok(mut v) = started_at.lock() {
                 v.push(Instant::now());
             }
-            for (dataset, path) in STREAMS {
+            for (dataset, path) in self.paths.clone() {
                 let Some(items) = round.items.get(dataset) else {
                     continue;
                 };
@@ -146,6 +157,16 @@ impl Publisher {
                 match path {
                     Path::Gateway => self.post(&agent, dataset, items.iter().map(|i| &i.record))?,
                     Path::Kafka => self.produce(dataset, items.iter().map(|i| &i.record))?,
+                    Path::PostgresCapture | Path::MysqlCapture => {
+                        let records: Vec<&Json> = items.iter().map(|i| &i.record).collect();
+                        let db = self
+                            .databases
+                            .get_mut(dataset)
+                            .context("no database for a captured dataset")?;
+                        self.runtime
+                            .block_on(db.insert(&records))
+                            .with_context(|| format!("write {dataset} rows to {}", db.table))?;
+                    }
                     Path::TableDump => {
                         for i in items {
                             if i.valid {
@@ -162,7 +183,7 @@ impl Publisher {
             }
             // Table dumps arrive every five seconds, and once more at the end.
             if super::generate::dump_round(r, last + 1) == r {
-                for (dataset, path) in STREAMS {
+                for (dataset, path) in self.paths.clone() {
                     if path == Path::TableDump {
                         let invalid = pending_invalid.remove(dataset).unwrap_or_default();
                         let rows = tables.get(dataset).map(Vec::as_slice).unwrap_or(&[]);

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
 
-use super::generate::STREAMS;
+use super::generate::Path;
 use crate::promtext::{self, Sample};
 use crate::up::System;
 
@@ -64,6 +64,7 @@ pub struct Screen {
     live: bool,
     header: String,
     where_to_look: Vec<String>,
+    paths: Vec<(&'static str, Path)>,
     last_routed: f64,
     ticks: u64,
 }
@@ -79,6 +80,7 @@ impl Screen {
         bootstrap: String,
         embedded: bool,
         where_to_look: Vec<String>,
+        paths: Vec<(&'static str, Path)>,
     ) -> Screen {
         let broker = if embedded {
             format!("embedded broker at {bootstrap}")
@@ -89,6 +91,7 @@ impl Screen {
             live,
             header: broker,
             where_to_look,
+            paths,
             last_routed: 0.0,
             ticks: 0,
         }
@@ -147,7 +150,7 @@ impl Screen {
             "\x1b[1m{:<45} {:<10} {:>6} {:>9} {:>9}\x1b[0m",
             "PUBLISHED (dataset)", "PATH", "SENT", "ON BUS", "REJECTED"
         ));
-        for (ds, path) in STREAMS {
+        for &(ds, path) in &self.paths {
             let sent = sum(&s, "govbus_demo_records_sent_total", &[("dataset", ds)]);
             let on_bus = sum(&s, "govbus_router_records_routed_total", &[("dataset", ds)]);
             let rejected = rejections_for(&s, ds);
@@ -161,9 +164,9 @@ impl Screen {
         let mut reasons: BTreeMap<String, f64> = BTreeMap::new();
         for x in &s {
             let reason = match x.name.as_str() {
-                "govbus_router_records_rejected_total" | "govbus_snapshot_rejected_rows_total" => {
-                    x.label("reason")
-                }
+                "govbus_router_records_rejected_total"
+                | "govbus_snapshot_rejected_rows_total"
+                | "govbus_capture_rejected_total" => x.label("reason"),
                 "govbus_gateway_records_total" if x.label("outcome") != "accepted" => {
                     x.label("outcome")
                 }
@@ -249,7 +252,9 @@ fn rejections_for(s: &[Sample], dataset: &str) -> f64 {
     s.iter()
         .filter(|x| x.label("dataset") == dataset)
         .filter(|x| match x.name.as_str() {
-            "govbus_router_records_rejected_total" | "govbus_snapshot_rejected_rows_total" => true,
+            "govbus_router_records_rejected_total"
+            | "govbus_snapshot_rejected_rows_total"
+            | "govbus_capture_rejected_total" => true,
             "govbus_gateway_records_total" => x.label("outcome") != "accepted",
             _ => false,
         })
