@@ -101,15 +101,26 @@ pub fn run(cmd: CaptureCommand) -> anyhow::Result<ExitCode> {
             config,
             mysql,
             &catalog,
-            &a.bootstrap,
-            &topics,
-            &overrides,
+            Target {
+                bootstrap: &a.bootstrap,
+                topics: &topics,
+                overrides: &overrides,
+            },
             metrics,
             stop_rx,
         )
         .await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a capture publishes: the broker, the topic namespace and the
+/// producer settings.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub bootstrap: &'a str,
+    pub topics: &'a Topics,
+    pub overrides: &'a [(String, String)],
 }
 
 /// Runs a capture until `stop`: transient failures (database restarted,
@@ -119,9 +130,7 @@ pub async fn supervise(
     config: Config,
     mysql: bool,
     catalog: &govbus_catalog::Catalog,
-    bootstrap: &str,
-    topics: &Topics,
-    overrides: &[(String, String)],
+    kafka: Target<'_>,
     metrics: govbus_capture::Metrics,
     stop_rx: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -134,9 +143,9 @@ pub async fn supervise(
             };
             let mut publishers: HashMap<String, Box<dyn Publisher + Send>> = HashMap::new();
             for owner in capture.owners() {
-                let topic = topics.ingest(&owner);
-                govbus_kafka::admin::ensure_topics(bootstrap, &[(topic.clone(), 4)]).await;
-                let p = KafkaPublisher::new(bootstrap, &topic, "", overrides)
+                let topic = kafka.topics.ingest(&owner);
+                govbus_kafka::admin::ensure_topics(kafka.bootstrap, &[(topic.clone(), 4)]).await;
+                let p = KafkaPublisher::new(kafka.bootstrap, &topic, "", kafka.overrides)
                     .map_err(|e| govbus_capture::CaptureError::Publish(e.to_string()))?;
                 publishers.insert(owner, Box::new(p));
             }

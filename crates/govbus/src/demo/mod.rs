@@ -379,9 +379,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                         config,
                         kind == databases::Kind::Mysql,
                         &catalog,
-                        &bootstrap,
-                        &topics,
-                        &overrides,
+                        crate::cmd::capture::Target {
+                            bootstrap: &bootstrap,
+                            topics: &topics,
+                            overrides: &overrides,
+                        },
                         metrics,
                         stop,
                     )
