@@ -628,3 +628,254 @@ async fn captured_values_arrive_exactly_or_are_refused_with_a_reason() {
     cap.kill().unwrap();
     let _ = cap.wait();
 }
+
+/// A PostgreSQL cluster of the test's own (initdb in a temporary directory,
+/// its own port), so that restarting it disturbs no other test.
+struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Cluster {
+    fn bin(tool: &str) -> std::path::PathBuf {
+        let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .unwrap()
+            .map(|e| e.unwrap().path().join("bin").join(tool))
+            .filter(|p| p.exists())
+            .collect();
+        found.sort();
+        found
+            .pop()
+            .expect("PostgreSQL's server binaries under /usr/lib/postgresql")
+    }
+
+    /// Runs a server tool as `postgres` when the tests run as root (the
+    /// server refuses to run as root).
+    fn run(tool: &str, args: &[&str]) {
+        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+        let bin = Self::bin(tool);
+        let out = if root {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&bin)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&bin).args(args).output()
+        }
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let _ = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status();
+        let data = dir.path().join("data");
+        let data = data.to_str().unwrap();
+        Self::run(
+            "initdb",
+            &[
+                "-D",
+                data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let c = Cluster {
+            port: common::free_port(),
+            dir,
+        };
+        c.pg_ctl("start");
+        c
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let data = self.dir.path().join("data");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        let mut args = vec![
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &options,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "-t",
+            "60",
+        ];
+        if action != "start" {
+            args.extend(["-m", "fast"]);
+        }
+        args.push(action);
+        Self::run("pg_ctl", &args);
+    }
+
+    fn conninfo(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = std::panic::catch_unwind(|| {
+            Self::run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+            )
+        });
+    }
+}
+
+/// The database server itself restarts (fast shutdown, as an operator's
+/// restart does) while a department writes: the capture reconnects and
+/// resumes from its slot, nothing committed is lost, and a change sent
+/// twice is the same event both times.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgresql_restart_under_the_capture_loses_nothing() {
+    let cluster = Cluster::start();
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::new(format!("{}.", unique("cdcrs")));
+    create_topic(&bootstrap, &topics.ingest("hrss"), 2)
+        .await
+        .unwrap();
+    create_topic(&bootstrap, &topics.data(DS), 2).await.unwrap();
+    let connect = || async {
+        let (c, conn) = tokio_postgres::connect(&cluster.conninfo(), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok::<_, tokio_postgres::Error>(c)
+    };
+    connect()
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE payments (
+               id text PRIMARY KEY, id_no text NOT NULL, name text NOT NULL,
+               kind text NOT NULL, month text NOT NULL, amount numeric(14,2) NOT NULL,
+               paid_at timestamptz NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"conninfo = "{}"
+name = "restart"
+state_dir = "{}"
+heartbeat = "1s"
+
+[[table]]
+table = "payments"
+dataset = "{DS}"
+[table.columns]
+payment_id = "id"
+recipient_id_number = "id_no"
+recipient_name = "name"
+pension_type = "kind"
+pay_month = "month"
+amount = "amount"
+paid_at = "paid_at"
+"#,
+        cluster.conninfo(),
+        dir.path().join("state").display(),
+    );
+    std::fs::write(dir.path().join("capture.toml"), config).unwrap();
+    let mut router = spawn_router(&bootstrap, &topics, &[]);
+    let mut capture = common::spawn_capture("postgres", dir.path(), &topics, common::free_port());
+
+    // 30 transactions of 10 rows; the server restarts after the tenth. A
+    // transaction the restart broke is sent again (a duplicate key means
+    // its commit had gone through).
+    let mut client = connect().await.unwrap();
+    for batch in 0..30 {
+        if batch == 10 {
+            drop(client);
+            Cluster::pg_ctl(&cluster, "restart");
+            client = loop {
+                if let Ok(c) = connect().await {
+                    break c;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+        }
+        let sql: Vec<String> = (0..10).map(|i| insert(batch * 10 + i)).collect();
+        let sql = format!("BEGIN; {}; COMMIT", sql.join("; "));
+        loop {
+            match client.batch_execute(&sql).await {
+                Ok(()) => break,
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                    break
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Ok(c) = connect().await {
+                        client = c;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let data = common::changes(&topics.data(DS), 300);
+    let keys: BTreeSet<&str> = data.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(keys.len(), 300, "every committed row arrived");
+    let mut by_id: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
+    for (key, op, version, id) in &data {
+        // Rows committed before the capture made its slot come in its snapshot.
+        assert!(op == "create" || op == "snapshot", "{key}: {op}");
+        let first = by_id.entry(id).or_insert((key, *version));
+        assert_eq!(
+            *first,
+            (key.as_str(), *version),
+            "a repeat is the same event"
+        );
+    }
+    assert_eq!(by_id.len(), 300, "one event per row");
+    for child in [&mut capture, &mut router] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // The restart happened under the capture: it lost its stream and came back.
+    let logs: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(
+        logs.find("reconnecting in 5 s") < logs.rfind("Streaming changes.")
+            && logs.contains("reconnecting in 5 s"),
+        "{logs}"
+    );
+    let c = connect().await.unwrap();
+    let _ = c
+        .execute("SELECT pg_drop_replication_slot('restart')", &[])
+        .await;
+}
