@@ -629,139 +629,15 @@ async fn captured_values_arrive_exactly_or_are_refused_with_a_reason() {
     let _ = cap.wait();
 }
 
-/// A PostgreSQL cluster of the test's own (initdb in a temporary directory,
-/// its own port), so that restarting it disturbs no other test.
-struct Cluster {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Cluster {
-    fn bin(tool: &str) -> std::path::PathBuf {
-        let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
-            .unwrap()
-            .map(|e| e.unwrap().path().join("bin").join(tool))
-            .filter(|p| p.exists())
-            .collect();
-        found.sort();
-        found
-            .pop()
-            .expect("PostgreSQL's server binaries under /usr/lib/postgresql")
-    }
-
-    /// Runs a server tool as `postgres` when the tests run as root (the
-    /// server refuses to run as root).
-    fn run(tool: &str, args: &[&str]) {
-        let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
-        let bin = Self::bin(tool);
-        let out = if root {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&bin)
-                .args(args)
-                .output()
-        } else {
-            Command::new(&bin).args(args).output()
-        }
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "{tool} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let _ = Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(dir.path())
-            .status();
-        let data = dir.path().join("data");
-        let data = data.to_str().unwrap();
-        Self::run(
-            "initdb",
-            &[
-                "-D",
-                data,
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-        );
-        let c = Cluster {
-            port: common::free_port(),
-            dir,
-        };
-        c.pg_ctl("start");
-        c
-    }
-
-    fn pg_ctl(&self, action: &str) {
-        let data = self.dir.path().join("data");
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical -c fsync=off",
-            self.port,
-            self.dir.path().display()
-        );
-        let log = self.dir.path().join("server.log");
-        let mut args = vec![
-            "-D",
-            data.to_str().unwrap(),
-            "-o",
-            &options,
-            "-l",
-            log.to_str().unwrap(),
-            "-w",
-            "-t",
-            "60",
-        ];
-        if action != "start" {
-            args.extend(["-m", "fast"]);
-        }
-        args.push(action);
-        Self::run("pg_ctl", &args);
-    }
-
-    fn conninfo(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.port
-        )
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        let _ = std::panic::catch_unwind(|| {
-            Self::run(
-                "pg_ctl",
-                &[
-                    "-D",
-                    data.to_str().unwrap(),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "stop",
-                ],
-            )
-        });
-    }
-}
-
 /// The database server itself restarts (fast shutdown, as an operator's
 /// restart does) while a department writes: the capture reconnects and
 /// resumes from its slot, nothing committed is lost, and a change sent
 /// twice is the same event both times.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_postgresql_restart_under_the_capture_loses_nothing() {
-    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster =
+        common::own_postgres::OwnPostgres::start(dir.path(), &["wal_level=logical", "fsync=off"]);
     let bootstrap = Broker::shared().bootstrap();
     let topics = Topics::new(format!("{}.", unique("cdcrs")));
     create_topic(&bootstrap, &topics.ingest("hrss"), 2)
@@ -784,7 +660,6 @@ async fn a_postgresql_restart_under_the_capture_loses_nothing() {
         )
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let config = format!(
         r#"conninfo = "{}"
 name = "restart"
@@ -817,7 +692,7 @@ paid_at = "paid_at"
     for batch in 0..30 {
         if batch == 10 {
             drop(client);
-            Cluster::pg_ctl(&cluster, "restart");
+            cluster.pg_ctl("restart", "fast");
             client = loop {
                 if let Ok(c) = connect().await {
                     break c;

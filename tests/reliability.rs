@@ -701,91 +701,13 @@ fn a_broker_restart_on_durable_storage_loses_nothing() {
     assert!(v.holds(), "{diagnosis}");
 }
 
-/// A PostgreSQL server of the test's own (the machine's one is shared by
-/// every test), so that it can be restarted under the sink.
-struct OwnPostgres {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl OwnPostgres {
-    fn bin(tool: &str) -> PathBuf {
-        let versions = std::fs::read_dir("/usr/lib/postgresql").unwrap();
-        let mut v: Vec<PathBuf> = versions.flatten().map(|e| e.path()).collect();
-        v.sort();
-        v.last().unwrap().join("bin").join(tool)
-    }
-
-    /// `pg_ctl`/`initdb` as the `postgres` user (they refuse to run as root).
-    fn as_postgres(tool: &str, args: &[&str]) {
-        let status = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(Self::bin(tool))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "{tool} {args:?}");
-    }
-
-    fn start(parent: &Path) -> OwnPostgres {
-        let dir = parent.join("pg");
-        std::fs::create_dir_all(&dir).unwrap();
-        Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(parent)
-            .status()
-            .unwrap();
-        let port = common::free_port();
-        let d = dir.to_str().unwrap();
-        Self::as_postgres("initdb", &["-D", d, "-A", "trust", "-U", "postgres"]);
-        let pg = OwnPostgres { dir, port };
-        pg.pg_ctl("start");
-        pg
-    }
-
-    fn pg_ctl(&self, action: &str) {
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
-            self.port,
-            self.dir.display()
-        );
-        let d = self.dir.to_str().unwrap();
-        Self::as_postgres(
-            "pg_ctl",
-            &["-D", d, "-o", &opts, "-m", "immediate", "-w", action],
-        );
-    }
-
-    fn conninfo(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.port
-        )
-    }
-}
-
-impl Drop for OwnPostgres {
-    fn drop(&mut self) {
-        let d = self.dir.to_str().unwrap_or_default().to_owned();
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(Self::bin("pg_ctl"))
-            .args(["-D", &d, "-m", "immediate", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 #[test]
 fn a_postgresql_restart_under_the_postgres_sink_loses_nothing() {
     let _alone = one_at_a_time();
     const GRANT: &str = "hrss_deaths_pension_stop";
     let bus = Bus::new();
     bus.create_topic(&bus.topics.subscription_dlq(GRANT));
-    let pg = OwnPostgres::start(bus.dir.path());
+    let pg = common::own_postgres::OwnPostgres::start(bus.dir.path(), &[]);
     let router = bus.router();
     let mut args = bus.base_args("sink");
     args.extend([
@@ -800,7 +722,7 @@ fn a_postgresql_restart_under_the_postgres_sink_loses_nothing() {
     // 10 s at 5,000/s; PostgreSQL crashes (immediate shutdown) and restarts at 5 s.
     let run = publish(&bus, 10, keys, |second| {
         if second == 5 {
-            pg.pg_ctl("restart");
+            pg.pg_ctl("restart", "immediate");
             restarted_at = Some(Instant::now());
         }
     });

@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end test binaries.
 #![allow(dead_code)]
 
+pub mod own_postgres;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
