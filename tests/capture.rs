@@ -210,7 +210,8 @@ async fn capture_streams_changes_resumes_after_kill_and_bounds_wal(mode: &str) {
 
     // Kill -9 twice while 10,000 rows keep coming, and the database drops
     // the capture's connections once (what a PostgreSQL restart does to it;
-    // the server itself is shared with the other tests): nothing lost.
+    // the shared server is not restarted here — a real restart is
+    // `a_postgresql_restart_under_the_capture_loses_nothing`): nothing lost.
     const N: usize = 10_000;
     let writer = {
         let c = s.pg.client().await.unwrap();
