@@ -686,6 +686,24 @@ paid_at = "paid_at"
     let mut router = spawn_router(&bootstrap, &topics, &[]);
     let mut capture = common::spawn_capture("postgres", dir.path(), &topics, common::free_port());
 
+    // The capture streams before the server restarts under it.
+    let logs = || -> String {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !logs().contains("Streaming changes.") {
+        assert!(
+            Instant::now() < deadline,
+            "the capture never streamed: {}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // 30 transactions of 10 rows; the server restarts after the tenth. A
     // transaction the restart broke is sent again (a duplicate key means
     // its commit had gone through).
@@ -721,7 +739,7 @@ paid_at = "paid_at"
     }
     let data = common::changes(&topics.data(DS), 300);
     let keys: BTreeSet<&str> = data.iter().map(|d| d.0.as_str()).collect();
-    assert_eq!(keys.len(), 300, "every committed row arrived");
+    assert_eq!(keys.len(), 300, "every committed row arrived; logs:\n{}", logs());
     let mut by_id: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
     for (key, op, version, id) in &data {
         // Rows committed before the capture made its slot come in its snapshot.
@@ -739,12 +757,7 @@ paid_at = "paid_at"
         let _ = child.wait();
     }
     // The restart happened under the capture: it lost its stream and came back.
-    let logs: String = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
+    let logs = logs();
     assert!(
         logs.find("reconnecting in 5 s") < logs.rfind("Streaming changes.")
             && logs.contains("reconnecting in 5 s"),

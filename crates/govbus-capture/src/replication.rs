@@ -391,10 +391,14 @@ impl Replication {
                 }
                 b'N' | b'S' => {}
                 b'E' => return Err(server_error(f.body)),
-                b'c' => {
+                // CopyDone; or CommandComplete (`COPY 0`) without a CopyDone
+                // first, which is how a walsender ends the stream when the
+                // server shuts down (PostgreSQL's `WalSndDone`): a restart,
+                // not a broken protocol — reconnect.
+                b'c' | b'C' => {
                     return Err(ReplicationError::Io(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
-                        "the server ended the replication stream",
+                        "the server ended the replication stream (is it shutting down?)",
                     )))
                 }
                 t => {
