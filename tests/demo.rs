@@ -16,7 +16,8 @@ fn demo(dir: &std::path::Path, extra: &[&str]) -> Command {
         .arg(dir)
         .args(extra)
         .env("GOVBUS_LOG", "warn")
-        .env_remove("GOVBUS_POSTGRES");
+        .env_remove("GOVBUS_POSTGRES")
+        .env_remove("GOVBUS_MYSQL");
     cmd
 }
 
@@ -173,7 +174,8 @@ fn the_demo_captures_departments_from_postgresql_and_mysql() {
     }
     assert_report_matches(dir.path());
     let slots = std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-Atc"])
+        .arg(&conninfo)
+        .arg("-Atc")
         .arg("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'govbus_demo'")
         .output()
         .unwrap();

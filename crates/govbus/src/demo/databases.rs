@@ -109,11 +109,16 @@ fn capture_config(conninfo: &str, table: String, dataset: &str, state: &FsPath) 
     }
 }
 
+/// The demo's PostgreSQL capture configuration (also what `release` drops).
+pub fn postgres_config(conninfo: &str, state: &FsPath) -> Config {
+    capture_config(conninfo, PG_TABLE.into(), Kind::Postgres.dataset(), state)
+}
+
 impl Source {
     /// Recreates the HRSS table in PostgreSQL, dropping an earlier demo's
     /// slot and publication.
     pub async fn postgres(conninfo: &str, state: &FsPath) -> anyhow::Result<Source> {
-        let config = capture_config(conninfo, PG_TABLE.into(), Kind::Postgres.dataset(), state);
+        let config = postgres_config(conninfo, state);
         govbus_capture::drop_replication(&config)
             .await
             .context("--postgres: drop an earlier demo's replication slot `govbus_demo` (is another demo capturing from this database?)")?;
@@ -140,7 +145,9 @@ impl Source {
     /// Recreates the market regulation table in the URL's MySQL database.
     pub async fn mysql(url: &str, state: &FsPath) -> anyhow::Result<Source> {
         let opts = mysql_async::Opts::from_url(url).map_err(|e| {
-            anyhow::anyhow!("--mysql {url:?}: {e} (mysql://user:password@host:3306/database)")
+            anyhow::anyhow!(
+                "--mysql: not a MySQL URL: {e} (mysql://user:password@host:3306/database)"
+            )
         })?;
         let db = opts
             .db_name()
@@ -235,10 +242,20 @@ impl Source {
 
 /// Drops the demo's replication slot and publication (a slot left behind
 /// holds WAL on the database forever).
+/// The capture's walsender can outlive its stop by a moment (the slot is
+/// still active), so a failed drop is retried for 15 s.
 pub async fn release(config: &Config) {
-    if let Err(e) = govbus_capture::drop_replication(config).await {
-        eprintln!(
-            "could not drop the demo's replication slot `{NAME}`: {e}; drop it with `govbus capture postgres --drop`"
-        );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match govbus_capture::drop_replication(config).await {
+            Ok(_) => return,
+            Err(e) if std::time::Instant::now() >= deadline => {
+                eprintln!(
+                    "could not drop the demo's replication slot `{NAME}`: {e}; drop it in the database with SELECT pg_drop_replication_slot('{NAME}'); DROP PUBLICATION {NAME};"
+                );
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
     }
 }

@@ -320,7 +320,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // Every exit, an error's too, stops the captures and drops the demo's
+    // replication slot (below): a slot left behind holds WAL forever.
+    let (capture_stop, capture_stop_rx) = tokio::sync::watch::channel(false);
+    let capture_stop = Arc::new(capture_stop);
+    let release = args
+        .postgres
+        .as_deref()
+        .map(|pg| databases::postgres_config(pg, &dir.join("state/capture-postgres")));
+    let stop_captures = capture_stop.clone();
+    let captures_started = Arc::new(AtomicBool::new(false));
+    let started_flag = captures_started.clone();
     let outcome = runtime.block_on(async move {
+        let capture_stop = stop_captures;
         let webhook = sources::WebhookReceiver::start().await;
         match &webhook {
             Some(_) => {}
@@ -353,9 +365,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         if let Some(my) = &args.mysql {
             databases.push(databases::Source::mysql(my, &dir.join("state/capture-mysql")).await?);
         }
-        let (capture_stop, capture_stop_rx) = tokio::sync::watch::channel(false);
         let capture_metrics = govbus_capture::Metrics::new();
-        let captures: Vec<(
+        started_flag.store(!databases.is_empty(), Ordering::Relaxed);
+        let mut captures: Vec<(
             databases::Kind,
             govbus_capture::Config,
             tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -452,8 +464,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             if let Some(name) = system.failed() {
                 anyhow::bail!("the {name} component stopped unexpectedly; see the log");
             }
-            if let Some((kind, _, _)) = captures.iter().find(|(_, _, t)| t.is_finished()) {
-                anyhow::bail!("the {kind:?} capture stopped unexpectedly; see the log");
+            if let Some(i) = captures.iter().position(|(_, _, t)| t.is_finished()) {
+                let (kind, _, task) = captures.swap_remove(i);
+                let why = match task.await {
+                    Ok(Ok(())) => "it ended".to_owned(),
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(e) => e.to_string(),
+                };
+                anyhow::bail!("the {kind:?} capture stopped: {why}");
             }
             let (found, _, _) = {
                 let s = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
@@ -491,17 +509,39 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(|e| anyhow::anyhow!("generator: {e}"))??;
         let _ = tail.join();
-        // The captures publish what they hold and stop; the slot goes.
+        // A capture stopped with changes in hand does not publish them:
+        // wait (30 s at most) until each has published or rejected every row
+        // written, then stop them. The slot is dropped after `block_on`.
+        for (kind, config, _) in &captures {
+            let (valid, invalid) = sent.get(kind.dataset()).copied().unwrap_or_default();
+            let table = config.tables.first().map(|t| t.table.clone()).unwrap_or_default();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let done = loop {
+                let samples = crate::promtext::parse(&capture_metrics.render());
+                let done = crate::promtext::sum(&samples, "govbus_capture_changes_total", &[("table", &table)])
+                    + crate::promtext::sum(&samples, "govbus_capture_rejected_total", &[("dataset", kind.dataset())]);
+                if done as u64 >= valid + invalid || Instant::now() >= deadline {
+                    break done as u64;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            if done < valid + invalid {
+                eprintln!(
+                    "the {kind:?} capture published or rejected {done} of the {} rows written within 30 s",
+                    valid + invalid
+                );
+            }
+        }
         let _ = capture_stop.send(true);
-        for (kind, config, task) in captures {
-            match tokio::time::timeout(Duration::from_secs(30), task).await {
+        for (kind, _, mut task) in captures {
+            match tokio::time::timeout(Duration::from_secs(30), &mut task).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => eprintln!("the {kind:?} capture failed: {e:#}"),
                 Ok(Err(e)) => eprintln!("the {kind:?} capture: {e}"),
-                Err(_) => eprintln!("the {kind:?} capture did not stop within 30 s"),
-            }
-            if kind == databases::Kind::Postgres {
-                databases::release(&config).await;
+                Err(_) => {
+                    eprintln!("the {kind:?} capture did not stop within 30 s");
+                    task.abort();
+                }
             }
         }
         screen.finish();
@@ -604,8 +644,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         drop(telemetry);
         system.stop().await?;
         anyhow::Ok((v, interrupted))
-    })?;
-    let (v, interrupted) = outcome;
+    });
+    let _ = capture_stop.send(true);
+    if let Some(config) = release
+        .as_ref()
+        .filter(|_| captures_started.load(Ordering::Relaxed))
+    {
+        runtime.block_on(databases::release(config));
+    }
+    let (v, interrupted) = outcome?;
     let exact = v.missing.is_empty() && v.unexpected == 0 && v.duplicates == 0;
     if exact || interrupted {
         Ok(ExitCode::SUCCESS)
