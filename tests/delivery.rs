@@ -1418,3 +1418,178 @@ async fn exact_decimals_and_typed_row_filters_from_the_gateway_to_the_subscriber
 /// A test record of the exact-decimals test: key, name, capital text,
 /// capital as delivered, inside `cap`, inside `since`.
 type Row<'a> = (&'a str, &'a str, &'a str, &'a str, bool, bool);
+
+/// What a `sse_client.py follow` client has printed so far: one JSON value a line.
+fn followed(path: &Path) -> Vec<Json> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The delivered events' data (the CloudEvents), in order.
+fn delivered(lines: &[Json]) -> Vec<Json> {
+    lines
+        .iter()
+        .filter(|l| l["event"] != json!("revoked") && l.get("data").is_some())
+        .map(|l| serde_json::from_str(l["data"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
+/// A grant changed under an open delivery is what the next event obeys, on
+/// every sink that stays open across the change (the live stream, the file;
+/// webhooks share the file's loop, PostgreSQL restarts on a policy change):
+/// a narrowed field list drops the field at once; a live-stream grant handed
+/// to another department, or its client's token withdrawn, ends the open
+/// stream with `event: revoked` — it does not go on streaming to whoever
+/// had it open.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_or_credential_changed_under_an_open_delivery_applies_to_the_next_event() {
+    let files = tempfile::tempdir().unwrap();
+    let live = format!(
+        "subscriber = \"public_security\"\ndataset = \"{DEATHS}\"\npurpose = \"test\"\n\n[sink]\ntype = \"sse\"\n"
+    );
+    let file = format!(
+        "subscriber = \"health\"\ndataset = \"{DEATHS}\"\npurpose = \"test\"\n\n[sink]\ntype = \"file\"\ndir = \"out\"\nroll_records = 1\n"
+    );
+    let narrowed =
+        |text: &str| text.replace("[sink]", "[fields]\ninclude = [\"death_date\"]\n\n[sink]");
+    let d = Deployment::start(&[("live", live.clone()), ("files", file.clone())]).await;
+    let (token, creds) = common::new_credential("public_security", d.logs.path());
+    let (_sink, port) = d.sink(
+        "sink",
+        &[
+            "--credentials",
+            creds.to_str().unwrap(),
+            "--heartbeat",
+            "1s",
+            "--file-root",
+            files.path().to_str().unwrap(),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{port}/v1/subscriptions/live/events?from=beginning");
+    let follow = |name: &str| -> (Child, std::path::PathBuf) {
+        let out = d.logs.path().join(format!("{name}.jsonl"));
+        let child = Command::new("python3")
+            .arg(repo().join("tests/python/sse_client.py"))
+            .args([&url, &token, "follow", "90"])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(d.logs.path().join(format!("{name}.err"))).unwrap())
+            .spawn()
+            .unwrap();
+        (child, out)
+    };
+    let file_events = || -> Vec<Json> {
+        let Ok(dir) = std::fs::read_dir(files.path().join("out")) else {
+            return Vec::new();
+        };
+        let mut events: Vec<Json> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<Json>>()
+            })
+            .collect();
+        events.sort_by_key(|e| e["id"].as_str().unwrap_or_default().to_owned());
+        events
+    };
+    let reloads = || d.log("sink").matches("Catalog reloaded.").count();
+
+    // Before: the default policy hands over the (masked) name.
+    let (mut first, out) = follow("first");
+    d.publish(&creates(0..3)).await;
+    wait_until("3 events on the stream", Duration::from_secs(30), || {
+        delivered(&followed(&out)).len() >= 3
+    });
+    wait_until("3 events in files", Duration::from_secs(30), || {
+        file_events().len() >= 3
+    });
+    for e in delivered(&followed(&out)).iter().chain(&file_events()) {
+        assert_eq!(e["data"]["deceased_name"], json!("欧*"), "{e}");
+    }
+
+    // Narrowed: the next events carry death_date (and the key) only.
+    write_subscription(d.catalog_dir(), "live", &narrowed(&live));
+    write_subscription(d.catalog_dir(), "files", &narrowed(&file));
+    wait_until(
+        "the sink reloads the catalog",
+        Duration::from_secs(10),
+        || reloads() >= 1,
+    );
+    d.publish(&creates(3..6)).await;
+    wait_until("6 events on the stream", Duration::from_secs(30), || {
+        delivered(&followed(&out)).len() >= 6
+    });
+    wait_until("6 events in files", Duration::from_secs(30), || {
+        file_events().len() >= 6
+    });
+    let streamed = delivered(&followed(&out));
+    let filed = file_events();
+    for (what, events) in [("stream", &streamed), ("file", &filed)] {
+        for e in &events[3..] {
+            let fields: BTreeSet<&str> = e["data"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(
+                fields,
+                BTreeSet::from(["death_date", "registration_no"]),
+                "{what}: an event after the narrowing: {e}"
+            );
+        }
+    }
+
+    // Handed to another department: the open stream ends.
+    write_subscription(
+        d.catalog_dir(),
+        "live",
+        &narrowed(&live).replace("\"public_security\"", "\"hrss\""),
+    );
+    wait_until(
+        "the stream ends with revoked",
+        Duration::from_secs(15),
+        || {
+            let lines = followed(&out);
+            lines.iter().any(|l| l["event"] == json!("revoked"))
+                && lines.iter().any(|l| l["end"] == json!("closed"))
+        },
+    );
+    let _ = first.wait();
+    d.publish(&creates(6..7)).await;
+
+    // Back to the department; then the client's token is withdrawn (the
+    // file now lists another token of the same department).
+    write_subscription(d.catalog_dir(), "live", &narrowed(&live));
+    wait_until(
+        "the sink reloads the catalog",
+        Duration::from_secs(10),
+        || reloads() >= 3,
+    );
+    let (mut second, out) = follow("second");
+    wait_until(
+        "7 events on the new stream",
+        Duration::from_secs(30),
+        || delivered(&followed(&out)).len() >= 7,
+    );
+    let other_dir = d.logs.path().join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let (_, other) = common::new_credential("public_security", &other_dir);
+    std::fs::rename(&other, &creds).unwrap();
+    wait_until(
+        "the stream of the withdrawn token ends with revoked",
+        Duration::from_secs(15),
+        || {
+            let lines = followed(&out);
+            lines.iter().any(|l| l["event"] == json!("revoked"))
+                && lines.iter().any(|l| l["end"] == json!("closed"))
+        },
+    );
+    let _ = second.wait();
+}

@@ -3,12 +3,15 @@
 usage: sse_client.py URL TOKEN status
        sse_client.py URL TOKEN read N [LAST_EVENT_ID]
        sse_client.py URL TOKEN idle SECONDS
+       sse_client.py URL TOKEN follow SECONDS
 
 `status` prints the HTTP status of the stream request. `idle` listens for
 SECONDS and prints how many heartbeat comments (`: ...`) arrived. `read` reads N
 events (resuming after LAST_EVENT_ID when given), then disconnects and
 prints JSON: the event ids (CloudEvent ids), the last SSE id and a sample
-event.
+event. `follow` prints every event as one JSON line as it arrives
+(`{"event": ..., "data": ...}`), then `{"end": "closed"}` when the server
+ends the stream or `{"end": "timeout"}` after SECONDS.
 """
 import json
 import sys
@@ -36,6 +39,20 @@ if mode == "idle":
                 if time.monotonic() > end:
                     break
     print(beats)
+    sys.exit(0)
+
+if mode == "follow":
+    end = time.monotonic() + float(sys.argv[4])
+    with httpx.Client(timeout=httpx.Timeout(10, read=5)) as client:
+        with connect_sse(client, "GET", url, headers=headers) as source:
+            source.response.raise_for_status()
+            for sse in source.iter_sse():
+                if sse.data:
+                    print(json.dumps({"event": sse.event, "data": sse.data}), flush=True)
+                if time.monotonic() > end:
+                    print(json.dumps({"end": "timeout"}), flush=True)
+                    sys.exit(0)
+    print(json.dumps({"end": "closed"}), flush=True)
     sys.exit(0)
 
 want = int(sys.argv[4])

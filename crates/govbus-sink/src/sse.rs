@@ -12,8 +12,11 @@
 //!   timing out an idle stream.
 //! - Each client reads with its own consumer, so many clients per
 //!   subscription are independent; none commits offsets.
-//! - The grant is checked on every batch: a revoked stream gets a final
-//!   `event: revoked` and ends.
+//! - The grant and the client's credential are checked on every batch, and
+//!   each batch goes out under the grant as it is then: a narrowed field
+//!   policy applies to the next event; a revoked or expired grant, one handed
+//!   to another department or to another sink, or a withdrawn token or
+//!   certificate gets a final `event: revoked` and ends the stream.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -138,12 +141,14 @@ async fn events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     // A token, when sent, decides; otherwise a verified client certificate.
-    let department = match (token, &peer) {
-        (Some(t), _) => st.credentials.department(t),
-        (None, Some(axum::Extension(cert))) => st.credentials.department_for_certificate(&cert.0),
+    let caller = match (token, peer) {
+        (Some(t), _) => Some(Caller::Token(t.to_owned())),
+        (None, Some(axum::Extension(cert))) => Some(Caller::Certificate(cert.0)),
         (None, None) => None,
     };
-    let Some(department) = department else {
+    let Some((caller, department)) =
+        caller.and_then(|c| c.department(&st.credentials).map(|d| (c, d)))
+    else {
         return problem(
             StatusCode::UNAUTHORIZED,
             "send `Authorization: Bearer <token>` with a token of the subscribing department, \
@@ -200,9 +205,14 @@ async fn events(
         shared: shared.clone(),
         subscription: id.clone(),
     };
+    let client = Client {
+        caller,
+        department,
+        credentials: st.credentials.clone(),
+    };
     tokio::spawn(async move {
         let _guard = guard;
-        if let Err(e) = stream(shared, id.clone(), cursor, start, tx).await {
+        if let Err(e) = stream(shared, client, id.clone(), cursor, start, tx).await {
             tracing::warn!(message = "Live stream ended with an error.", subscription = %id, client = n, error = %e);
         }
     });
@@ -214,14 +224,55 @@ async fn events(
         .into_response()
 }
 
+/// How a client proved who it is; checked again on every batch.
+enum Caller {
+    Token(String),
+    Certificate(Vec<u8>),
+}
+
+impl Caller {
+    fn department(&self, credentials: &Credentials) -> Option<String> {
+        match self {
+            Caller::Token(t) => credentials.department(t),
+            Caller::Certificate(der) => credentials.department_for_certificate(der),
+        }
+    }
+}
+
+/// An open stream's client: what it proved at connect time, and the
+/// credentials (kept current by their watch) to prove it again.
+struct Client {
+    caller: Caller,
+    department: String,
+    credentials: Credentials,
+}
+
+impl Client {
+    /// Why the stream may no longer deliver to this client, if it may not:
+    /// the grant (`current`) changed sink or subscriber, or the client's
+    /// token or certificate was withdrawn.
+    fn refused(&self, current: &govbus_catalog::Subscription) -> Option<&'static str> {
+        if current.sink != SinkSpec::Sse {
+            Some("no longer a live-stream subscription")
+        } else if current.subscriber != self.department {
+            Some("the subscription now belongs to another department")
+        } else if self.caller.department(&self.credentials).as_deref() != Some(&self.department) {
+            Some("the client's credential was withdrawn")
+        } else {
+            None
+        }
+    }
+}
+
 async fn stream(
     shared: Arc<Shared>,
+    client: Client,
     id: String,
     cursor: Option<Cursor>,
     start: Offset,
     tx: mpsc::Sender<Event>,
 ) -> Result<(), String> {
-    let (sub, ds) = shared.grant(&id).map_err(str::to_owned)?;
+    let (mut sub, mut ds) = shared.grant(&id).map_err(str::to_owned)?;
     let topic = shared.config.topics.data(&sub.dataset);
     let mut cc = govbus_kafka::config::consumer(
         &shared.config.bootstrap,
@@ -266,18 +317,33 @@ async fn stream(
         }
     }
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let policy = Policy::new(&sub, &ds, &shared.config.pseudonym_secret);
+    let mut policy = Policy::new(&sub, &ds, &shared.config.pseudonym_secret);
     loop {
         let batch = tokio::select! {
             () = tx.closed() => return Ok(()),
             b = next_batch(&consumer, 500, Duration::from_millis(10), Duration::from_millis(250)) => b,
         };
-        if let Err(reason) = shared.grant(&id) {
-            let _ = tx
-                .send(Event::default().event("revoked").data(reason))
-                .await;
-            tracing::warn!(message = "Live stream closed: the grant no longer allows delivery.", subscription = %id, reason);
-            return Ok(());
+        // The grant and the client's credential are checked on every batch,
+        // and the batch is delivered under the grant as it is now.
+        let current = shared
+            .grant(&id)
+            .and_then(|(s, d)| client.refused(&s).map_or(Ok((s, d)), Err));
+        let (current, current_ds) = match current {
+            Ok(g) => g,
+            Err(reason) => {
+                let _ = tx
+                    .send(Event::default().event("revoked").data(reason))
+                    .await;
+                tracing::warn!(message = "Live stream closed: the grant no longer allows delivery to this client.", subscription = %id, reason);
+                return Ok(());
+            }
+        };
+        // A new schema version changes what "all fields" means, too.
+        if current.policy_version != sub.policy_version || current_ds.latest().id != ds.latest().id
+        {
+            tracing::info!(message = "Field policy or schema changed; the live stream follows it.", subscription = %id, policy = %current.policy_version);
+            policy = Policy::new(&current, &current_ds, &shared.config.pseudonym_secret);
+            (sub, ds) = (current, current_ds);
         }
         if batch.is_empty() {
             continue;
