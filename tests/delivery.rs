@@ -1469,11 +1469,11 @@ async fn a_grant_or_credential_changed_under_an_open_delivery_applies_to_the_nex
         ],
     );
     let url = format!("http://127.0.0.1:{port}/v1/subscriptions/live/events?from=beginning");
-    let follow = |name: &str| -> (Child, std::path::PathBuf) {
+    let follow = |name: &str, token: &str| -> (Child, std::path::PathBuf) {
         let out = d.logs.path().join(format!("{name}.jsonl"));
         let child = Command::new("python3")
             .arg(repo().join("tests/python/sse_client.py"))
-            .args([&url, &token, "follow", "90"])
+            .args([url.as_str(), token, "follow", "90"])
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(d.logs.path().join(format!("{name}.err"))).unwrap())
             .spawn()
@@ -1501,7 +1501,7 @@ async fn a_grant_or_credential_changed_under_an_open_delivery_applies_to_the_nex
     let reloads = || d.log("sink").matches("Catalog reloaded.").count();
 
     // Before: the default policy hands over the (masked) name.
-    let (mut first, out) = follow("first");
+    let (mut first, out) = follow("first", &token);
     d.publish(&creates(0..3)).await;
     wait_until("3 events on the stream", Duration::from_secs(30), || {
         delivered(&followed(&out)).len() >= 3
@@ -1572,7 +1572,7 @@ async fn a_grant_or_credential_changed_under_an_open_delivery_applies_to_the_nex
         Duration::from_secs(10),
         || reloads() >= 3,
     );
-    let (mut second, out) = follow("second");
+    let (mut second, out) = follow("second", &token);
     wait_until(
         "7 events on the new stream",
         Duration::from_secs(30),
@@ -1580,16 +1580,36 @@ async fn a_grant_or_credential_changed_under_an_open_delivery_applies_to_the_nex
     );
     let other_dir = d.logs.path().join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
-    let (_, other) = common::new_credential("public_security", &other_dir);
+    let (other_token, other) = common::new_credential("public_security", &other_dir);
     std::fs::rename(&other, &creds).unwrap();
+    let ended = |out: &Path| {
+        let lines = followed(out);
+        lines.iter().any(|l| l["event"] == json!("revoked"))
+            && lines.iter().any(|l| l["end"] == json!("closed"))
+    };
     wait_until(
         "the stream of the withdrawn token ends with revoked",
         Duration::from_secs(15),
-        || {
-            let lines = followed(&out);
-            lines.iter().any(|l| l["event"] == json!("revoked"))
-                && lines.iter().any(|l| l["end"] == json!("closed"))
-        },
+        || ended(&out),
     );
     let _ = second.wait();
+
+    // The grant now names another dataset: the stream of the old one ends.
+    let (mut third, out) = follow("third", &other_token);
+    wait_until(
+        "7 events on the third stream",
+        Duration::from_secs(30),
+        || delivered(&followed(&out)).len() >= 7,
+    );
+    write_subscription(
+        d.catalog_dir(),
+        "live",
+        &live.replace(DEATHS, "hrss.pension_payment"),
+    );
+    wait_until(
+        "the stream of the old dataset ends with revoked",
+        Duration::from_secs(15),
+        || ended(&out),
+    );
+    let _ = third.wait();
 }

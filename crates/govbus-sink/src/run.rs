@@ -577,18 +577,27 @@ impl Shared {
         }
         let secret = self.config.pseudonym_secret.clone();
         let mut policy = Policy::new(sub, ds, &secret);
+        let mut catalog = self.catalog.borrow().clone();
         let kind = sub.sink.kind();
         loop {
             let batch = tokio::select! {
                 _ = shutdown.changed() => Vec::new(),
                 b = next_batch(&consumer, self.config.max_batch, self.config.linger, Duration::from_millis(250)) => b,
             };
-            // The grant is checked at delivery time, on every batch.
+            // The grant is checked at delivery time, on every batch. (The
+            // catalog is taken first: a change after it is seen next batch.)
+            let now = self.catalog.borrow().clone();
             let (current, current_ds) = match self.grant(&sub.id) {
                 Ok(g) => g,
                 Err(reason) => return Ended::Inactive(reason),
             };
-            if current.sink != sub.sink {
+            // Another sink, another department (pseudonyms and the ledger
+            // are the subscriber's) or another dataset (another topic):
+            // start again under the new grant.
+            if current.sink != sub.sink
+                || current.subscriber != sub.subscriber
+                || current.dataset != sub.dataset
+            {
                 return Ended::Reconfigure;
             }
             if current.policy_version != policy.subscription().policy_version {
@@ -597,7 +606,13 @@ impl Shared {
                 {
                     return Ended::Reconfigure;
                 }
+            }
+            // Any catalog change rebuilds the policy: the dataset's
+            // personal-data tags or key may have changed without the
+            // grant's policy version.
+            if !Arc::ptr_eq(&now, &catalog) {
                 policy = Policy::new(&current, &current_ds, &secret);
+                catalog = now;
             }
             if batch.is_empty() {
                 if let Target::File(f) = &mut target {

@@ -29,7 +29,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use govbus_catalog::SinkSpec;
+use govbus_catalog::{Dataset, SinkSpec, Subscription};
 use govbus_gateway::Credentials;
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -198,7 +198,10 @@ async fn events(
         Some(_) => return problem(StatusCode::BAD_REQUEST, "`from` is `beginning` or `end`"),
     };
     let n = st.clients.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel::<Event>(64);
+    // Each event is checked against the grant and the credential just before
+    // it is handed over, so only what this channel holds can still go out
+    // after a change (a client that stops reading holds at most this many).
+    let (tx, rx) = mpsc::channel::<Event>(4);
     let shared = st.shared.clone();
     st.shared.metrics.sse_clients(&id, 1);
     let guard = ClientGuard {
@@ -208,6 +211,7 @@ async fn events(
     let client = Client {
         caller,
         department,
+        dataset: sub.dataset.clone(),
         credentials: st.credentials.clone(),
     };
     tokio::spawn(async move {
@@ -244,6 +248,8 @@ impl Caller {
 struct Client {
     caller: Caller,
     department: String,
+    /// The dataset whose topic the stream reads.
+    dataset: String,
     credentials: Credentials,
 }
 
@@ -256,12 +262,52 @@ impl Client {
             Some("no longer a live-stream subscription")
         } else if current.subscriber != self.department {
             Some("the subscription now belongs to another department")
-        } else if self.caller.department(&self.credentials).as_deref() != Some(&self.department) {
-            Some("the client's credential was withdrawn")
+        } else if current.dataset != self.dataset {
+            Some("the subscription now names another dataset; connect again")
         } else {
-            None
+            self.withdrawn()
         }
     }
+
+    fn withdrawn(&self) -> Option<&'static str> {
+        (self.caller.department(&self.credentials).as_deref() != Some(&self.department))
+            .then_some("the client's credential was withdrawn")
+    }
+
+    /// The grant as it is now, if it still allows delivery to this client.
+    fn check(&self, shared: &Shared, id: &str) -> Result<(Subscription, Dataset), &'static str> {
+        let (sub, ds) = shared.grant(id)?;
+        match self.refused(&sub) {
+            Some(reason) => Err(reason),
+            None => Ok((sub, ds)),
+        }
+    }
+}
+
+/// Records the events streamed under one policy in the ledger.
+async fn record(shared: &Shared, sub: &Subscription, sent: Vec<String>) -> Result<(), String> {
+    if sent.is_empty() {
+        return Ok(());
+    }
+    let n = sent.len();
+    let entry = ledger::Record {
+        subscription: &sub.id,
+        subscriber: &sub.subscriber,
+        dataset: &sub.dataset,
+        sink: "sse",
+        policy: &sub.policy_version,
+        outcome: "streamed",
+        events: sent,
+        calls: Vec::new(),
+    };
+    shared
+        .ledger
+        .append(&entry)
+        .await
+        .map_err(|e| e.to_string())?;
+    shared.metrics.ledger_entry("streamed");
+    shared.metrics.delivered(&sub.id, "sse", n);
+    Ok(())
 }
 
 async fn stream(
@@ -272,7 +318,8 @@ async fn stream(
     start: Offset,
     tx: mpsc::Sender<Event>,
 ) -> Result<(), String> {
-    let (mut sub, mut ds) = shared.grant(&id).map_err(str::to_owned)?;
+    let mut catalog = shared.catalog.borrow().clone();
+    let (mut sub, ds) = client.check(&shared, &id).map_err(str::to_owned)?;
     let topic = shared.config.topics.data(&sub.dataset);
     let mut cc = govbus_kafka::config::consumer(
         &shared.config.bootstrap,
@@ -323,70 +370,71 @@ async fn stream(
             () = tx.closed() => return Ok(()),
             b = next_batch(&consumer, 500, Duration::from_millis(10), Duration::from_millis(250)) => b,
         };
-        // The grant and the client's credential are checked on every batch,
-        // and the batch is delivered under the grant as it is now.
-        let current = shared
-            .grant(&id)
-            .and_then(|(s, d)| client.refused(&s).map_or(Ok((s, d)), Err));
-        let (current, current_ds) = match current {
-            Ok(g) => g,
-            Err(reason) => {
-                let _ = tx
-                    .send(Event::default().event("revoked").data(reason))
-                    .await;
-                tracing::warn!(message = "Live stream closed: the grant no longer allows delivery to this client.", subscription = %id, reason);
-                return Ok(());
-            }
-        };
-        // A new schema version changes what "all fields" means, too.
-        if current.policy_version != sub.policy_version || current_ds.latest().id != ds.latest().id
-        {
-            tracing::info!(message = "Field policy or schema changed; the live stream follows it.", subscription = %id, policy = %current.policy_version);
-            policy = Policy::new(&current, &current_ds, &shared.config.pseudonym_secret);
-            (sub, ds) = (current, current_ds);
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let catalog = shared.catalog.borrow().clone();
-        let mut sent = Vec::new();
-        for c in &batch {
-            position.insert(c.partition, c.offset + 1);
-            let Prepared::Deliver(d) = prepare(&catalog, &policy, c) else {
-                continue;
+        let mut rest = &batch[..];
+        loop {
+            // The grant and the client's credential are checked on every
+            // batch and again whenever either changes mid-batch; what is
+            // delivered goes out under the grant as it is then.
+            let now = shared.catalog.borrow().clone();
+            let (current, current_ds) = match client.check(&shared, &id) {
+                Ok(g) => g,
+                Err(reason) => {
+                    let _ = tx
+                        .send(Event::default().event("revoked").data(reason))
+                        .await;
+                    tracing::warn!(message = "Live stream closed: the grant no longer allows delivery to this client.", subscription = %id, reason);
+                    return Ok(());
+                }
             };
-            let data = d.cloudevent(&sub.policy_version).to_string();
-            let event = Event::default()
-                .id(format_cursor(&position))
-                .event(d.op.clone())
-                .data(data);
-            if tx.send(event).await.is_err() {
+            // Any catalog change rebuilds the policy: a field's treatment,
+            // the dataset's personal-data tags, its key or its schema may
+            // have changed.
+            if !Arc::ptr_eq(&now, &catalog) {
+                if current.policy_version != sub.policy_version {
+                    tracing::info!(message = "Field policy changed; the live stream follows it.", subscription = %id, policy = %current.policy_version);
+                }
+                policy = Policy::new(&current, &current_ds, &shared.config.pseudonym_secret);
+                (sub, catalog) = (current, now);
+            }
+            if rest.is_empty() {
                 break;
             }
-            sent.push(d.id);
-        }
-        if !sent.is_empty() {
-            let n = sent.len();
-            let entry = ledger::Record {
-                subscription: &sub.id,
-                subscriber: &sub.subscriber,
-                dataset: &sub.dataset,
-                sink: "sse",
-                policy: &sub.policy_version,
-                outcome: "streamed",
-                events: sent,
-                calls: Vec::new(),
-            };
-            shared
-                .ledger
-                .append(&entry)
-                .await
-                .map_err(|e| e.to_string())?;
-            shared.metrics.ledger_entry("streamed");
-            shared.metrics.delivered(&sub.id, "sse", n);
-        }
-        if tx.is_closed() {
-            return Ok(());
+            let mut sent = Vec::new();
+            let mut changed = false;
+            while let Some((c, tail)) = rest.split_first() {
+                let Prepared::Deliver(d) = prepare(&catalog, &policy, c) else {
+                    position.insert(c.partition, c.offset + 1);
+                    rest = tail;
+                    continue;
+                };
+                // A slot first (a slow client waits here), then the check,
+                // then the event: nothing waits between check and hand-over.
+                let Ok(permit) = tx.reserve().await else {
+                    break;
+                };
+                if !Arc::ptr_eq(&shared.catalog.borrow(), &catalog) || client.withdrawn().is_some()
+                {
+                    changed = true;
+                    break;
+                }
+                position.insert(c.partition, c.offset + 1);
+                rest = tail;
+                let data = d.cloudevent(&sub.policy_version).to_string();
+                permit.send(
+                    Event::default()
+                        .id(format_cursor(&position))
+                        .event(d.op.clone())
+                        .data(data),
+                );
+                sent.push(d.id);
+            }
+            record(&shared, &sub, sent).await?;
+            if tx.is_closed() {
+                return Ok(());
+            }
+            if !changed {
+                break;
+            }
         }
     }
 }
