@@ -24,6 +24,8 @@ pub struct Credentials {
 struct Table {
     by_hash: HashMap<String, String>,
     by_certificate: HashMap<String, String>,
+    /// Reloads so far: a holder can tell cheaply whether to check again.
+    generation: u64,
 }
 
 /// A credentials file that cannot be used; every problem is listed.
@@ -136,6 +138,7 @@ impl Credentials {
                 file: Arc::new(RwLock::new(Table {
                     by_hash,
                     by_certificate,
+                    generation: 0,
                 })),
                 extra: Table::default(),
             })
@@ -210,6 +213,7 @@ impl Credentials {
                             tracing::error!(message = "The credentials file names departments the catalog does not have; those entries are left out.", path = %path.display(), left_out = listed - tokens - certificates);
                         }
                         if let Ok(mut t) = table.write() {
+                            fresh.generation = t.generation + 1;
                             *t = fresh;
                         }
                         tracing::info!(message = "Credentials file changed; reloaded.", path = %path.display(), tokens, certificates);
@@ -244,6 +248,12 @@ impl Credentials {
     /// The department a verified client certificate (DER) belongs to.
     pub fn department_for_certificate(&self, der: &[u8]) -> Option<String> {
         self.find(&certificate_fingerprint(der), |t| &t.by_certificate)
+    }
+
+    /// Changes whenever the watched file is reloaded: an answer from
+    /// [`Credentials::department`] stays good while this stays the same.
+    pub fn generation(&self) -> u64 {
+        self.file.read().map_or(u64::MAX, |t| t.generation)
     }
 
     /// The department a bearer token belongs to.

@@ -201,7 +201,7 @@ async fn events(
     // Each event is checked against the grant and the credential just before
     // it is handed over, so only what this channel holds can still go out
     // after a change (a client that stops reading holds at most this many).
-    let (tx, rx) = mpsc::channel::<Event>(4);
+    let (tx, rx) = mpsc::channel::<Event>(16);
     let shared = st.shared.clone();
     st.shared.metrics.sse_clients(&id, 1);
     let guard = ClientGuard {
@@ -375,6 +375,7 @@ async fn stream(
             // The grant and the client's credential are checked on every
             // batch and again whenever either changes mid-batch; what is
             // delivered goes out under the grant as it is then.
+            let credentials = client.credentials.generation();
             let now = shared.catalog.borrow().clone();
             let (current, current_ds) = match client.check(&shared, &id) {
                 Ok(g) => g,
@@ -412,7 +413,8 @@ async fn stream(
                 let Ok(permit) = tx.reserve().await else {
                     break;
                 };
-                if !Arc::ptr_eq(&shared.catalog.borrow(), &catalog) || client.withdrawn().is_some()
+                if !Arc::ptr_eq(&shared.catalog.borrow(), &catalog)
+                    || client.credentials.generation() != credentials
                 {
                     changed = true;
                     break;
