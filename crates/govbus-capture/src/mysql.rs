@@ -110,6 +110,10 @@ struct Layout {
     table: usize,
     names: Vec<String>,
     enums: Vec<Option<Vec<String>>>,
+    /// Each column's type and character set, looked up once per table map
+    /// rather than once per row.
+    types: Vec<Option<ColumnType>>,
+    charsets: Vec<Option<String>>,
 }
 
 impl Capture {
@@ -242,7 +246,7 @@ impl Capture {
                 }
                 Some(EventData::FormatDescriptionEvent(_)) => seen_format = true,
                 Some(EventData::TableMapEvent(tme)) => {
-                    let layout = self.layout(&tme, &file, end)?;
+                    let layout = self.layout(&tme, &charsets, &file, end)?;
                     layouts.insert(tme.table_id(), layout);
                 }
                 Some(EventData::RowsEvent(rows)) => {
@@ -255,16 +259,7 @@ impl Capture {
                             detail: "a rows event without its table map".into(),
                         }
                     })?;
-                    self.rows(
-                        &rows,
-                        tme,
-                        layout,
-                        &charsets,
-                        &file,
-                        end,
-                        &name,
-                        &mut changes,
-                    )?;
+                    self.rows(&rows, tme, layout, &file, end, &name, &mut changes)?;
                 }
                 Some(EventData::XidEvent(_)) => {
                     safe = Some(Position {
@@ -370,6 +365,7 @@ impl Capture {
     fn layout(
         &self,
         tme: &TableMapEvent<'_>,
+        charsets: &Charsets,
         file: &str,
         end: u64,
     ) -> Result<Option<Layout>, CaptureError> {
@@ -429,10 +425,19 @@ impl Capture {
                 _ => None,
             })
             .collect();
+        let types = (0..n)
+            .map(|i| tme.get_column_type(i).ok().flatten())
+            .collect();
+        let charsets = names
+            .iter()
+            .map(|c| charsets.get(&(t, c.clone())).cloned())
+            .collect();
         Ok(Some(Layout {
             table: t,
             names,
             enums,
+            types,
+            charsets,
         }))
     }
 
@@ -442,7 +447,6 @@ impl Capture {
         rows: &RowsEventData<'_>,
         tme: &TableMapEvent<'_>,
         layout: &Layout,
-        charsets: &Charsets,
         file: &str,
         end: u64,
         name: &str,
@@ -465,13 +469,13 @@ impl Capture {
                 lsn: format!("{file}:{end}"),
                 detail: format!("row {i}: {e}"),
             })?;
-            let table_name = self.tables[t].spec.table.clone();
             let v = version(file, end, i);
             let id = format!("cdc-{name}-{}-{end}-{i}", file_seq(file));
             for image in [&before, &after].into_iter().flatten() {
                 if image.len() != layout.names.len() {
                     return Err(CaptureError::Config(format!(
-                        "table {table_name}: a row image at {file}:{end} holds {} of {} columns (binlog_row_image is not FULL for the session that wrote it); set binlog_row_image = FULL globally and in my.cnf",
+                        "table {}: a row image at {file}:{end} holds {} of {} columns (binlog_row_image is not FULL for the session that wrote it); set binlog_row_image = FULL globally and in my.cnf",
+                        self.tables[t].spec.table,
                         image.len(),
                         layout.names.len()
                     )));
@@ -480,13 +484,12 @@ impl Capture {
             let cells = |r: &BinlogRow| -> Result<Vec<(String, Cell)>, String> {
                 let mut out = Vec::with_capacity(layout.names.len());
                 for (c, col) in layout.names.iter().enumerate() {
-                    let ty = tme.get_column_type(c).ok().flatten();
                     let text = match r.as_ref(c) {
                         None => continue,
                         Some(v) => binlog_text(
                             v,
-                            ty,
-                            charsets.get(&(t, col.clone())).map(String::as_str),
+                            layout.types.get(c).copied().flatten(),
+                            layout.charsets.get(c).and_then(Option::as_deref),
                             layout.enums.get(c).and_then(Option::as_ref),
                         )
                         .map_err(|e| format!("column {col}: {e}"))?,
@@ -499,12 +502,12 @@ impl Capture {
             let (before, after) = match (read(before.as_ref()), read(after.as_ref())) {
                 (Ok(b), Ok(a)) => (b, a),
                 (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(message = "Row skipped.", table = %table_name, version = v, problem = %e);
                     let table = &self.tables[t];
+                    tracing::warn!(message = "Row skipped.", table = %table.spec.table, version = v, problem = %e);
                     self.metrics.rejected(
                         &table.owner,
                         &table.spec.dataset,
-                        &table_name,
+                        &table.spec.table,
                         "unreadable",
                     );
                     self.counts.rejected += 1;

@@ -73,6 +73,11 @@ const INSERT: &str = "INSERT INTO payments (id, id_no, name, kind, month, amount
 struct Figures {
     bulk_n: usize,
     bulk_secs: f64,
+    /// This process's CPU time (user + system, every thread: the capture,
+    /// librdkafka and its mock broker) from the commit to the last
+    /// acknowledgement; less sensitive than the wall time to what else the
+    /// machine runs.
+    bulk_cpu: f64,
     lag: Vec<f64>,
     total: usize,
     counts: govbus_capture::Counts,
@@ -104,8 +109,12 @@ pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
         rates.push((label.clone(), rate, pct(0.99)));
         println!("{label}:");
         println!(
-            "- bulk: one transaction of {} rows → {} changes acknowledged in {:.2} s after the commit = {rate:.0} changes/s",
-            b.rows, f.bulk_n, f.bulk_secs
+            "- bulk: one transaction of {} rows → {} changes acknowledged in {:.2} s after the commit = {rate:.0} changes/s; CPU {:.2} s = {:.1} µs per change (this process, all threads)",
+            b.rows,
+            f.bulk_n,
+            f.bulk_secs,
+            f.bulk_cpu,
+            f.bulk_cpu * 1e6 / f.bulk_n.max(1) as f64
         );
         println!(
             "- steady {} rows/s for 10 s (one transaction per row; {} of {} measured): commit → acknowledged p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -302,11 +311,13 @@ async fn measure(b: &CaptureBench, mode: Option<Mode>) -> anyhow::Result<Figures
     eprintln!("bulk: one transaction of {} rows", b.rows);
     db.bulk(b.rows).await?;
     let committed = Instant::now();
+    let cpu_at_commit = super::bench::cpu_seconds();
     let deadline = committed + Duration::from_secs(600);
     while acked.lock().map(|a| a.len()).unwrap_or(0) < b.rows && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let bulk_secs = committed.elapsed().as_secs_f64();
+    let bulk_cpu = super::bench::cpu_seconds() - cpu_at_commit;
     let bulk_n = acked.lock().map(|a| a.len()).unwrap_or(0);
     if let Ok(mut a) = acked.lock() {
         a.clear();
@@ -351,6 +362,7 @@ async fn measure(b: &CaptureBench, mode: Option<Mode>) -> anyhow::Result<Figures
     Ok(Figures {
         bulk_n,
         bulk_secs,
+        bulk_cpu,
         lag,
         total,
         counts,
