@@ -739,7 +739,12 @@ paid_at = "paid_at"
     }
     let data = common::changes(&topics.data(DS), 300);
     let keys: BTreeSet<&str> = data.iter().map(|d| d.0.as_str()).collect();
-    assert_eq!(keys.len(), 300, "every committed row arrived; logs:\n{}", logs());
+    assert_eq!(
+        keys.len(),
+        300,
+        "every committed row arrived; logs:\n{}",
+        logs()
+    );
     let mut by_id: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
     for (key, op, version, id) in &data {
         // Rows committed before the capture made its slot come in its snapshot.
