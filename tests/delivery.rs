@@ -1440,7 +1440,9 @@ fn delivered(lines: &[Json]) -> Vec<Json> {
 /// A grant changed under an open delivery is what the next event obeys, on
 /// every sink that stays open across the change (the live stream, the file;
 /// webhooks share the file's loop, PostgreSQL restarts on a policy change):
-/// a narrowed field list drops the field at once; a live-stream grant handed
+/// a field the dataset newly tags as personal is masked at once, though no
+/// grant's policy version changed; a narrowed field list drops the field at
+/// once; a live-stream grant handed
 /// to another department, or its client's token withdrawn, ends the open
 /// stream with `event: revoked` — it does not go on streaming to whoever
 /// had it open.
@@ -1511,6 +1513,43 @@ async fn a_grant_or_credential_changed_under_an_open_delivery_applies_to_the_nex
     });
     for e in delivered(&followed(&out)).iter().chain(&file_events()) {
         assert_eq!(e["data"]["deceased_name"], json!("欧*"), "{e}");
+        assert_eq!(e["data"]["death_place"], json!("北京市朝阳区"), "{e}");
+    }
+
+    // The dataset now tags the place of death as personal (the grants'
+    // policy versions do not change): the next event masks it.
+    let dataset = d
+        .catalog_dir()
+        .join("datasets")
+        .join(DEATHS)
+        .join("dataset.toml");
+    let text = std::fs::read_to_string(&dataset).unwrap();
+    std::fs::write(
+        &dataset,
+        text.replace(
+            "informant_phone = \"phone\"",
+            "informant_phone = \"phone\"\ndeath_place = \"address\"",
+        ),
+    )
+    .unwrap();
+    wait_until(
+        "the sink reloads the catalog",
+        Duration::from_secs(10),
+        || reloads() >= 1,
+    );
+    d.publish(&creates(3..4)).await;
+    wait_until("4 events on the stream", Duration::from_secs(30), || {
+        delivered(&followed(&out)).len() >= 4
+    });
+    wait_until("4 events in files", Duration::from_secs(30), || {
+        file_events().len() >= 4
+    });
+    for e in [&delivered(&followed(&out))[3], &file_events()[3]] {
+        let place = e["data"]["death_place"].as_str().unwrap();
+        assert!(
+            place != "北京市朝阳区" && place.contains('*'),
+            "the newly tagged field is masked: {e}"
+        );
     }
 
     // Narrowed: the next events carry death_date (and the key) only.
@@ -1519,19 +1558,19 @@ async fn a_grant_or_credential_changed_under_an_open_delivery_applies_to_the_nex
     wait_until(
         "the sink reloads the catalog",
         Duration::from_secs(10),
-        || reloads() >= 1,
+        || reloads() >= 2,
     );
-    d.publish(&creates(3..6)).await;
-    wait_until("6 events on the stream", Duration::from_secs(30), || {
-        delivered(&followed(&out)).len() >= 6
+    d.publish(&creates(4..7)).await;
+    wait_until("7 events on the stream", Duration::from_secs(30), || {
+        delivered(&followed(&out)).len() >= 7
     });
-    wait_until("6 events in files", Duration::from_secs(30), || {
-        file_events().len() >= 6
+    wait_until("7 events in files", Duration::from_secs(30), || {
+        file_events().len() >= 7
     });
     let streamed = delivered(&followed(&out));
     let filed = file_events();
     for (what, events) in [("stream", &streamed), ("file", &filed)] {
-        for e in &events[3..] {
+        for e in &events[4..] {
             let fields: BTreeSet<&str> = e["data"]
                 .as_object()
                 .unwrap()
@@ -1562,7 +1601,7 @@ async fn a_grant_or_credential_changed_under_an_open_delivery_applies_to_the_nex
         },
     );
     let _ = first.wait();
-    d.publish(&creates(6..7)).await;
+    d.publish(&creates(7..8)).await;
 
     // Back to the department; then the client's token is withdrawn (the
     // file now lists another token of the same department).
@@ -1570,13 +1609,13 @@ async fn a_grant_or_credential_changed_under_an_open_delivery_applies_to_the_nex
     wait_until(
         "the sink reloads the catalog",
         Duration::from_secs(10),
-        || reloads() >= 3,
+        || reloads() >= 4,
     );
     let (mut second, out) = follow("second", &token);
     wait_until(
-        "7 events on the new stream",
+        "8 events on the new stream",
         Duration::from_secs(30),
-        || delivered(&followed(&out)).len() >= 7,
+        || delivered(&followed(&out)).len() >= 8,
     );
     let other_dir = d.logs.path().join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
@@ -1597,9 +1636,9 @@ async fn a_grant_or_credential_changed_under_an_open_delivery_applies_to_the_nex
     // The grant now names another dataset: the stream of the old one ends.
     let (mut third, out) = follow("third", &other_token);
     wait_until(
-        "7 events on the third stream",
+        "8 events on the third stream",
         Duration::from_secs(30),
-        || delivered(&followed(&out)).len() >= 7,
+        || delivered(&followed(&out)).len() >= 8,
     );
     write_subscription(
         d.catalog_dir(),
