@@ -309,8 +309,10 @@ async fn logical_capture_reports_the_slot_position_in_metrics() {
     let position = |port: u16| {
         let text = common::http_get(port, "/metrics");
         text.lines()
-            .find_map(|l| l.strip_prefix("govbus_capture_position_lsn "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
+            .find_map(|l| l.strip_prefix("govbus_capture_position_lsn{"))
+            .filter(|rest| rest.contains(&format!("capture=\"{}\"", s.name)))
+            .and_then(|rest| rest.rsplit_once(' '))
+            .and_then(|(_, v)| v.trim().parse::<f64>().ok())
             .unwrap_or_else(|| panic!("no govbus_capture_position_lsn in {text}")) as u64
     };
     let confirmed = || async {

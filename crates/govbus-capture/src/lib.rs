@@ -350,6 +350,7 @@ impl Capture {
             .clone()
             .unwrap_or_else(|| PathBuf::from("var/capture").join(&config.name));
         std::fs::create_dir_all(&state_dir)?;
+        metrics.start(&config.name);
         Ok(Capture {
             config,
             tables,
@@ -549,7 +550,8 @@ impl Capture {
         for ((t, c), refused) in changes.iter().zip(refused) {
             if !refused {
                 self.counts.published += 1;
-                self.metrics.published(&self.tables[*t].spec.table, c.op);
+                self.metrics
+                    .published(&self.config.name, &self.tables[*t].spec.table, c.op);
             }
         }
         Ok(())
@@ -716,12 +718,12 @@ impl Capture {
             )
             .await?;
         self.counts.heartbeats += 1;
-        self.metrics.heartbeat();
+        self.metrics.heartbeat(&self.config.name);
         let retained = self
             .pg()?
             .query_one("SELECT COALESCE(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint FROM pg_replication_slots WHERE slot_name = $1::text::name", &[&self.config.name])
             .await?;
-        self.metrics.retained(retained.get(0));
+        self.metrics.retained(&self.config.name, retained.get(0));
         Ok(())
     }
 
@@ -737,7 +739,7 @@ impl Capture {
         let mut state = self.load_state()?;
         let start = match self.slot_position().await? {
             Some(lsn) => {
-                self.metrics.position(lsn);
+                self.metrics.position(&self.config.name, lsn);
                 self.initial_snapshot(publishers, &mut state, lsn, None)
                     .await?;
                 lsn
@@ -757,7 +759,7 @@ impl Capture {
                 })?;
                 let lsn = parse_lsn(row.get(1).and_then(Option::as_deref).unwrap_or(""));
                 let snapshot = row.get(2).cloned().flatten();
-                self.metrics.position(lsn);
+                self.metrics.position(&self.config.name, lsn);
                 state.snapshot_done = None;
                 self.initial_snapshot(publishers, &mut state, lsn, snapshot.as_deref())
                     .await?;
@@ -790,7 +792,7 @@ impl Capture {
                 if let Some(lsn) = safe.take() {
                     confirmed = confirmed.max(lsn);
                     repl.status(confirmed).await?;
-                    self.metrics.position(confirmed);
+                    self.metrics.position(&self.config.name, confirmed);
                     last_status = Instant::now();
                 }
             }
@@ -827,7 +829,7 @@ impl Capture {
                     // own subscriber does); WAL of other tables is released.
                     if !in_txn && changes.is_empty() && safe.is_none() && end > confirmed {
                         confirmed = end;
-                        self.metrics.position(confirmed);
+                        self.metrics.position(&self.config.name, confirmed);
                     }
                     if reply {
                         repl.status(confirmed).await?;
@@ -869,7 +871,7 @@ impl Capture {
         };
         // The slot's confirmed position is the resume point: report it before
         // anything moves it, so a restarted capture is never shown at 0.
-        self.metrics.position(start);
+        self.metrics.position(&self.config.name, start);
         self.initial_snapshot(publishers, &mut state, start, None)
             .await?;
         tracing::info!(message = "Streaming changes.", slot = %name);
@@ -922,7 +924,7 @@ impl Capture {
                 let confirmed = row
                     .get::<_, Option<String>>(0)
                     .map_or(lsn, |t| parse_lsn(&t));
-                self.metrics.position(confirmed);
+                self.metrics.position(&self.config.name, confirmed);
             }
             if rows.is_empty() {
                 if idle_since.elapsed() >= self.config.heartbeat {
@@ -1109,7 +1111,8 @@ impl Capture {
                 }
                 self.publish_all(publishers, &changes)?;
                 state.positions.insert(spec.table.clone(), top);
-                self.metrics.position(u64::try_from(top).unwrap_or(0));
+                self.metrics
+                    .position(&self.config.name, u64::try_from(top).unwrap_or(0));
                 let keys = state.keys.entry(spec.table.clone()).or_default();
                 let mut set: HashSet<String> = keys.drain(..).collect();
                 set.extend(new_keys);

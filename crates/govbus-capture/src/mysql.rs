@@ -147,7 +147,8 @@ impl Capture {
                 p
             }
         };
-        self.metrics.position(version(&start.file, start.pos, 0));
+        self.metrics
+            .position(&self.config.name, version(&start.file, start.pos, 0));
         let server_id = self
             .config
             .server_id
@@ -317,7 +318,8 @@ impl Capture {
             changes.clear();
         }
         if let Some(p) = safe.take() {
-            self.metrics.position(version(&p.file, p.pos, 0));
+            self.metrics
+                .position(&self.config.name, version(&p.file, p.pos, 0));
             state.binlog = Some(p);
             self.save_state(state)?;
         }

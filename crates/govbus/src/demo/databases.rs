@@ -165,12 +165,14 @@ impl Source {
         ))
         .await
         .context("--mysql: create the demo's table govbus_demo_enterprise_registration")?;
-        let config = capture_config(
+        let mut config = capture_config(
             url,
             format!("{db}.{MY_TABLE}"),
             Kind::Mysql.dataset(),
             state,
         );
+        // Its own name: its own metrics, event ids and replica server_id.
+        config.name = format!("{NAME}_mysql");
         Ok(Source {
             kind: Kind::Mysql,
             config,
