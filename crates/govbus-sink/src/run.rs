@@ -630,7 +630,7 @@ impl Shared {
                 }
                 continue;
             }
-            let catalog = self.catalog.borrow().clone();
+            // Decoded with the catalog the policy was built from.
             let mut deliveries: Vec<Delivery> = Vec::with_capacity(batch.len());
             let mut from: Vec<usize> = Vec::with_capacity(batch.len());
             let mut undecodable: Vec<(usize, String)> = Vec::new();

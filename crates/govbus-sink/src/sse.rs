@@ -380,9 +380,13 @@ async fn stream(
             let (current, current_ds) = match client.check(&shared, &id) {
                 Ok(g) => g,
                 Err(reason) => {
-                    let _ = tx
-                        .send(Event::default().event("revoked").data(reason))
-                        .await;
+                    // A client that stopped reading does not hold the stream
+                    // (and its consumer) open.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        tx.send(Event::default().event("revoked").data(reason)),
+                    )
+                    .await;
                     tracing::warn!(message = "Live stream closed: the grant no longer allows delivery to this client.", subscription = %id, reason);
                     return Ok(());
                 }
@@ -413,8 +417,11 @@ async fn stream(
                 let Ok(permit) = tx.reserve().await else {
                     break;
                 };
+                // What can change without a reload: the grant's validity
+                // window runs out.
                 if !Arc::ptr_eq(&shared.catalog.borrow(), &catalog)
                     || client.credentials.generation() != credentials
+                    || sub.inactive_reason(crate::run::now_ms()).is_some()
                 {
                     changed = true;
                     break;

@@ -79,6 +79,8 @@ struct Figures {
     /// machine runs.
     bulk_cpu: f64,
     lag: Vec<f64>,
+    /// The five slowest steady rows: (lag ms, row number).
+    slowest: Vec<(f64, usize)>,
     total: usize,
     counts: govbus_capture::Counts,
 }
@@ -124,6 +126,15 @@ pub async fn run(b: CaptureBench) -> anyhow::Result<()> {
             pct(0.5),
             pct(0.99),
             f.lag.last().copied().unwrap_or(-1.0)
+        );
+        println!(
+            "- slowest steady rows (row of {}: ms): {}",
+            f.total,
+            f.slowest
+                .iter()
+                .map(|(ms, row)| format!("{row}: {ms:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         println!(
             "- rejected: {}, heartbeats: {}\n",
@@ -344,18 +355,25 @@ async fn measure(b: &CaptureBench, mode: Option<Mode>) -> anyhow::Result<Figures
     let _ = stop.send(true);
     let (result, counts) = task.await?;
     result?;
-    let mut lag: Vec<f64> = acked
+    let by_row: Vec<(f64, usize)> = acked
         .lock()
         .map(|a| {
             a.iter()
                 .filter_map(|(k, t)| {
+                    let row = k.strip_prefix('S')?.parse().ok()?;
                     commits
                         .get(k)
-                        .map(|c| t.saturating_duration_since(*c).as_secs_f64() * 1000.0)
+                        .map(|c| (t.saturating_duration_since(*c).as_secs_f64() * 1000.0, row))
                 })
                 .collect()
         })
         .unwrap_or_default();
+    // Which rows were slowest: an outlier at the start of the steady phase
+    // is the bulk's tail, one spread through it is the capture's.
+    let mut slowest = by_row.clone();
+    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    slowest.truncate(5);
+    let mut lag: Vec<f64> = by_row.iter().map(|(l, _)| *l).collect();
     lag.sort_by(f64::total_cmp);
     db.drop(&format!("bench_cdc_{stamp}")).await?;
     let _ = std::fs::remove_dir_all(PathBuf::from(&state));
@@ -364,6 +382,7 @@ async fn measure(b: &CaptureBench, mode: Option<Mode>) -> anyhow::Result<Figures
         bulk_secs,
         bulk_cpu,
         lag,
+        slowest,
         total,
         counts,
     })

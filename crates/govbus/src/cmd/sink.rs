@@ -120,11 +120,10 @@ pub(crate) fn watch_catalog(dir: PathBuf, tx: tokio::sync::watch::Sender<Arc<Cat
                     last_error.clear();
                     let changed = !tx.borrow().same_sources(&c);
                     if changed {
-                        tracing::info!(
-                            message = "Catalog reloaded.",
-                            subscriptions = c.subscriptions().count()
-                        );
+                        // Logged once in force (tests and operators read it so).
+                        let subscriptions = c.subscriptions().count();
                         let _ = tx.send(Arc::new(c));
+                        tracing::info!(message = "Catalog reloaded.", subscriptions);
                     }
                 }
                 Ok(Err(problems)) => {
