@@ -359,6 +359,14 @@ mod tests {
         let clone = Credentials::load_and_watch(&path, |d| d == "hrss", Duration::from_millis(20))
             .unwrap_or_default()
             .with_token("demo", "extra");
+        // Replaced whole, as the README asks: a truncating write can be
+        // read empty twice on a loaded machine, and an empty file is a valid
+        // one (no tokens).
+        let write = |text: &str| {
+            let tmp = dir.join("credentials.toml.new");
+            std::fs::write(&tmp, text).unwrap_or_default();
+            std::fs::rename(&tmp, &path).unwrap_or_default();
+        };
         let eventually = |want: &dyn Fn() -> bool| {
             let start = std::time::Instant::now();
             while !want() && start.elapsed() < Duration::from_secs(5) {
@@ -367,22 +375,18 @@ mod tests {
             want()
         };
         assert_eq!(clone.department("first").as_deref(), Some("hrss"));
-        std::fs::write(&path, entry("second")).unwrap_or_default();
+        write(&entry("second"));
         assert!(eventually(&|| clone.department("first").is_none()));
         assert_eq!(clone.department("second").as_deref(), Some("hrss"));
         // Tokens added in code survive a reload.
         assert_eq!(clone.department("extra").as_deref(), Some("demo"));
         // A file that does not parse is not applied.
-        std::fs::write(
-            &path,
-            "[[credential]]\ndepartment = \"hrss\"\ntoken_sha256 = \"00\"\n",
-        )
-        .unwrap_or_default();
+        write("[[credential]]\ndepartment = \"hrss\"\ntoken_sha256 = \"00\"\n");
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(clone.department("second").as_deref(), Some("hrss"));
         // An entry naming an unknown department is left out; the rest applies.
         let mixed = entry("third") + &entry("fourth").replace("\"hrss\"", "\"nobody\"");
-        std::fs::write(&path, mixed).unwrap_or_default();
+        write(&mixed);
         assert!(eventually(&|| clone.department("second").is_none()));
         assert_eq!(clone.department("third").as_deref(), Some("hrss"));
         assert_eq!(clone.department("fourth"), None);
