@@ -12,11 +12,15 @@
 //!   timing out an idle stream.
 //! - Each client reads with its own consumer, so many clients per
 //!   subscription are independent; none commits offsets.
-//! - The grant and the client's credential are checked on every batch, and
-//!   each batch goes out under the grant as it is then: a narrowed field
-//!   policy applies to the next event; a revoked or expired grant, one handed
-//!   to another department or to another sink, or a withdrawn token or
-//!   certificate gets a final `event: revoked` and ends the stream.
+//! - The grant and the client's credential are checked before each event
+//!   (again in full whenever the catalog or the credentials file was
+//!   reloaded, or the grant's validity ran out), and each event goes out
+//!   under the grant as it is then: a narrowed field policy or a newly tagged
+//!   personal field applies to the next event; a revoked or expired grant,
+//!   one handed to another department, dataset or sink, or a withdrawn token
+//!   or certificate gets a final `event: revoked` (its data says why) and
+//!   ends the stream. At most the 16 events already in the channel can
+//!   still reach the client after a change.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
