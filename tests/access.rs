@@ -179,23 +179,8 @@ async fn each_department_receives_exactly_its_grants_and_nothing_personal_leaks(
         .iter()
         .map(|(d, dss)| (*d, dss.iter().map(|ds| published[ds]).sum()))
         .collect();
-    let read = |dept: &str| -> Vec<Json> {
-        let dir = tmp.path().join("out").join(dept);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-            .flat_map(|p| {
-                std::fs::read_to_string(p)
-                    .unwrap()
-                    .lines()
-                    .map(|l| serde_json::from_str(l).unwrap())
-                    .collect::<Vec<Json>>()
-            })
-            .collect()
-    };
+    let read =
+        |dept: &str| -> Vec<Json> { common::jsonl_events(&tmp.path().join("out").join(dept)) };
     let started = Instant::now();
     while SUBSCRIBERS
         .iter()

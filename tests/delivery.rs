@@ -938,29 +938,14 @@ async fn kafka_view_and_file_sinks_hold_the_masked_filtered_stream() {
     assert_eq!(delete.header(h::CE_OP), "delete");
     assert_eq!(delete.header(h::CE_ID), "evt-29-3");
     // Files: closed files only (no .part after the roll interval), 41 lines in all.
-    let mut lines = Vec::new();
+    let mut events: Vec<Json> = Vec::new();
     wait_until("41 lines in closed files", Duration::from_secs(60), || {
-        lines = std::fs::read_dir(files.path().join("out"))
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-            .flat_map(|p| {
-                std::fs::read_to_string(p)
-                    .unwrap()
-                    .lines()
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        lines.len() >= 41
+        events = common::jsonl_events(&files.path().join("out"));
+        events.len() >= 41
     });
-    assert_eq!(lines.len(), 41);
+    assert_eq!(events.len(), 41);
     // Files are listed in no particular order, so the delete (no data) may
     // come first: check every line, not the first one listed.
-    let events: Vec<Json> = lines
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     for e in &events {
         assert_eq!(e["specversion"], json!("1.0"));
         if e["op"] == json!("delete") {
@@ -1483,20 +1468,7 @@ async fn a_grant_or_credential_changed_under_an_open_delivery_applies_to_the_nex
         (child, out)
     };
     let file_events = || -> Vec<Json> {
-        let Ok(dir) = std::fs::read_dir(files.path().join("out")) else {
-            return Vec::new();
-        };
-        let mut events: Vec<Json> = dir
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-            .flat_map(|p| {
-                std::fs::read_to_string(p)
-                    .unwrap()
-                    .lines()
-                    .map(|l| serde_json::from_str(l).unwrap())
-                    .collect::<Vec<Json>>()
-            })
-            .collect();
+        let mut events = common::jsonl_events(&files.path().join("out"));
         // By record number (`evt-<i>-<version>`), not as text.
         events.sort_by_key(|e| {
             e["id"]

@@ -334,3 +334,24 @@ pub fn mariadb_exclusive() -> MariadbLock {
     assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
     MariadbLock(file)
 }
+
+/// Every line of the closed `.jsonl` files in `dir` (a file sink's output),
+/// parsed; none when `dir` does not exist yet.
+pub fn jsonl_events(dir: &Path) -> Vec<serde_json::Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .flat_map(|p| {
+            std::fs::read_to_string(&p)
+                .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+                .lines()
+                .map(|l| {
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", p.display()))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

@@ -232,7 +232,8 @@ async fn events(
         .into_response()
 }
 
-/// How a client proved who it is; checked again on every batch.
+/// How a client proved who it is; proved again whenever the credentials
+/// file is reloaded.
 enum Caller {
     Token(String),
     Certificate(Vec<u8>),
@@ -259,9 +260,9 @@ struct Client {
 
 impl Client {
     /// Why the stream may no longer deliver to this client, if it may not:
-    /// the grant (`current`) changed sink or subscriber, or the client's
-    /// token or certificate was withdrawn.
-    fn refused(&self, current: &govbus_catalog::Subscription) -> Option<&'static str> {
+    /// the grant (`current`) changed sink, subscriber or dataset, or the
+    /// client's token or certificate was withdrawn.
+    fn refused(&self, current: &Subscription) -> Option<&'static str> {
         if current.sink != SinkSpec::Sse {
             Some("no longer a live-stream subscription")
         } else if current.subscriber != self.department {
