@@ -50,8 +50,8 @@ pub const MAX_KEY_BYTES: usize = 512;
 /// Most fields one verification compares.
 pub const MAX_VERIFY_FIELDS: usize = 32;
 
-/// Ledger appends of calls in flight at once.
-const IN_FLIGHT: usize = 32;
+/// Rounds of ledger appends in flight at once (see [`Audit`]).
+const ROUNDS: usize = 2;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -118,10 +118,12 @@ enum AuditMsg {
     Close,
 }
 
-/// Appends calls to the ledger: every call waiting while one append is in
-/// flight goes into the next (one entry per subscription), so throughput
-/// does not depend on the broker's round trip, and no answer leaves before
-/// its entry is acknowledged.
+/// Appends calls to the ledger by group commit: one round of appends is in
+/// flight at a time, and every call that arrives meanwhile goes into the
+/// next round (one entry per subscription). A lone call waits one broker
+/// round trip; under load each round carries every call that arrived
+/// during the one before, so throughput does not depend on the round trip.
+/// No answer leaves before its entry is acknowledged.
 #[derive(Debug, Clone)]
 pub struct Audit {
     tx: mpsc::Sender<AuditMsg>,
@@ -134,12 +136,37 @@ impl std::fmt::Debug for AuditMsg {
     }
 }
 
+/// Appends one subscription's calls as one entry and tells each caller.
+async fn append_calls(ledger: &Ledger, pending: Vec<Pending>) {
+    let sub = &pending[0].sub;
+    let record = Record {
+        subscription: &sub.id,
+        subscriber: &sub.subscriber,
+        dataset: &sub.dataset,
+        sink: "api",
+        policy: &sub.policy_version,
+        outcome: "answered",
+        events: Vec::new(),
+        calls: pending.iter().map(|p| p.call.clone()).collect(),
+    };
+    let ok = match ledger.append(&record).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(message = "Cannot record live-interface calls in the ledger; they are refused.", subscription = %sub.id, error = %e);
+            false
+        }
+    };
+    for p in pending {
+        let _ = p.done.send(ok);
+    }
+}
+
 impl Audit {
     pub(crate) fn start(ledger: Ledger) -> Audit {
         let key = ledger.key().to_vec();
         let (tx, mut rx) = mpsc::channel::<AuditMsg>(65_536);
         let ledger = Arc::new(ledger);
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let rounds = Arc::new(tokio::sync::Semaphore::new(ROUNDS));
         tokio::spawn(async move {
             let mut closing = false;
             while !closing {
@@ -159,41 +186,24 @@ impl Audit {
                 for p in batch.into_iter().filter(|p| !p.done.is_closed()) {
                     groups.entry(p.sub.id.clone()).or_default().push(p);
                 }
-                for pending in groups.into_values() {
-                    // Appends are pipelined: many in flight, each answered
-                    // when its own entry is acknowledged.
-                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                        break;
-                    };
-                    let ledger = ledger.clone();
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        let sub = &pending[0].sub;
-                        let record = Record {
-                            subscription: &sub.id,
-                            subscriber: &sub.subscriber,
-                            dataset: &sub.dataset,
-                            sink: "api",
-                            policy: &sub.policy_version,
-                            outcome: "answered",
-                            events: Vec::new(),
-                            calls: pending.iter().map(|p| p.call.clone()).collect(),
-                        };
-                        let ok = match ledger.append(&record).await {
-                            Ok(()) => true,
-                            Err(e) => {
-                                tracing::error!(message = "Cannot record live-interface calls in the ledger; they are refused.", subscription = %sub.id, error = %e);
-                                false
-                            }
-                        };
-                        for p in pending {
-                            let _ = p.done.send(ok);
-                        }
-                    });
-                }
+                // One round: every subscription's entry enqueued at once
+                // (they share produce requests), the round awaited whole.
+                let Ok(permit) = rounds.clone().acquire_owned().await else {
+                    break;
+                };
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let mut round = tokio::task::JoinSet::new();
+                    for pending in groups.into_values() {
+                        let ledger = ledger.clone();
+                        round.spawn(async move { append_calls(&ledger, pending).await });
+                    }
+                    while round.join_next().await.is_some() {}
+                });
             }
-            // Every append in flight finishes before the chain is closed.
-            let _ = in_flight.acquire_many(IN_FLIGHT as u32).await;
+            // Every round in flight finishes before the chain is closed.
+            let _ = rounds.acquire_many(ROUNDS as u32).await;
             if let Err(e) = ledger.close().await {
                 tracing::warn!(message = "Cannot close the query ledger chain.", error = %e);
             }

@@ -270,8 +270,12 @@ impl Ledger {
     /// Opens a new chain on `topic` and writes its `open` entry; entries are
     /// authenticated with `key`.
     pub async fn open(bootstrap: &str, topic: &str, key: &[u8]) -> Result<Ledger, LedgerError> {
+        // No linger: every writer awaits its entry before going on (a sink
+        // its batch's, the query API its round of calls), so a linger would
+        // only add to each wait; entries enqueued together still share a
+        // produce request.
         let producer: FutureProducer = govbus_kafka::config::producer(bootstrap)
-            .set("linger.ms", "0.5")
+            .set("linger.ms", "0")
             .create()
             .map_err(|source| LedgerError {
                 topic: topic.to_owned(),
