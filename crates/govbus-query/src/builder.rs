@@ -1,5 +1,7 @@
 //! The state builder of one dataset: reads `data.<dataset>` and applies it to
 //! the store, one transaction per batch, the batch's offsets inside it.
+//! During a catch-up a batch is written on a thread of its own while the
+//! next is polled and decoded.
 //!
 //! Every instance reads every partition itself (assigned, no consumer group,
 //! nothing committed to Kafka): its position is the store's, so a restart
@@ -21,6 +23,11 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+
+/// Batches at least this large are written to the store on a thread of
+/// their own while the next is polled and decoded (a catch-up); smaller ones
+/// are written in line.
+const PIPELINE_MIN: usize = 512;
 
 /// How current one dataset's state is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -140,6 +147,8 @@ enum BuildError {
     State(#[from] StateError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("store writer thread: {0}")]
+    Thread(String),
     #[error("the record at partition {partition} offset {offset} does not decode with this process's catalog ({detail}); its lookup fields cannot be indexed, so the state stops here until the catalog has its schema")]
     Undecodable {
         partition: i32,
@@ -259,24 +268,60 @@ impl Builder {
         }
         tracing::info!(message = "State builder started.", dataset = %self.config.dataset, resume = %positions.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(","));
         let mut last_lag: Option<Instant> = None;
-        while !stop.load(Ordering::Relaxed) {
+        // Two stages: while one batch is written to the store (a thread of
+        // its own), the next is polled and decoded here. At most one batch
+        // is being written; `positions` only ever holds written offsets.
+        let mut writing: Option<Writing> = None;
+        let outcome = loop {
+            if stop.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+            let prepared = match self.poll(&consumer).and_then(|b| self.prepare(b)) {
+                Ok(p) => p,
+                Err(e) => break Err(e),
+            };
+            let written = match writing.take() {
+                Some(w) => w.finish()?,
+                None => BTreeMap::new(),
+            };
+            positions.extend(written);
             if self.check_layout()? {
+                // Rebuilt from the beginning: the batch in hand was read
+                // for the old lookup fields and is dropped.
                 positions = self.assign(&consumer)?;
+                continue;
             }
-            let batch = self.poll(&consumer)?;
-            if !batch.is_empty() {
-                self.apply(&batch)?;
-                for c in &batch {
-                    positions.insert(c.partition, c.offset + 1);
-                }
+            let polled_nothing = prepared.changes.is_empty();
+            if prepared.changes.len() >= PIPELINE_MIN {
+                writing = Some(Writing::start(self.writer(), prepared)?);
+            } else if !polled_nothing {
+                // A small batch (a source at its steady rate) is written
+                // here: no thread to start, no added latency.
+                self.writer().write(&prepared)?;
+                positions.extend(prepared.next);
             }
+            // Lag counts from written offsets only, so a batch still being
+            // written keeps the state from being called caught up.
             let due = last_lag.is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
-            if due || (batch.is_empty() && !self.state.freshness().caught_up) {
+            if due || (polled_nothing && !self.state.freshness().caught_up) {
                 last_lag = Some(Instant::now());
                 self.measure_lag(&consumer, &positions);
             }
+        };
+        if let Some(w) = writing.take() {
+            w.finish()?;
         }
-        Ok(())
+        outcome
+    }
+
+    fn writer(&self) -> Writer {
+        Writer {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            state: self.state.clone(),
+            dataset: self.config.dataset.clone(),
+            topic: self.config.topic.clone(),
+        }
     }
 
     fn poll(&self, consumer: &BaseConsumer) -> Result<Vec<Consumed>, BuildError> {
@@ -298,7 +343,9 @@ impl Builder {
         Ok(out)
     }
 
-    fn apply(&self, batch: &[Consumed]) -> Result<(), BuildError> {
+    /// Decodes a polled batch into store changes (with its lookup-field
+    /// index entries) and the offsets it ends at.
+    fn prepare(&self, batch: Vec<Consumed>) -> Result<Prepared, BuildError> {
         let catalog = self.catalog.borrow().clone();
         let dataset = catalog.dataset(&self.config.dataset);
         let mut changes = Vec::with_capacity(batch.len());
@@ -331,44 +378,19 @@ impl Builder {
                 }
             }
             changes.push(Change {
-                key: c.key.clone(),
+                key: c.key,
                 version: c.version,
-                value: c.value.clone(),
+                value: c.value,
                 time_ms: c.time_ms,
-                id: c.id.clone(),
+                id: c.id,
                 index,
             });
         }
-        let tx = self.store.write()?;
-        let applied = records::apply(&tx, &self.config.dataset, &changes)?;
-        for (p, o) in &next {
-            tx.set_offset(&self.config.topic, *p, *o)?;
-        }
-        tx.commit()?;
-        self.metrics.applied(
-            &self.config.dataset,
-            applied.written,
-            applied.deleted,
-            applied.stale,
-        );
-        self.state.update(|f| {
-            f.keys = applied.live;
-            f.newest_ms = applied.newest_ms;
-            f.failing = false;
-        });
-        self.publish_state();
-        self.state.commits.send_modify(|n| *n += 1);
-        Ok(())
+        Ok(Prepared { changes, next })
     }
 
     fn publish_state(&self) {
-        let f = self.state.freshness();
-        let age = if f.newest_ms > 0 {
-            (now_ms() - f.newest_ms).max(0) as f64 / 1000.0
-        } else {
-            0.0
-        };
-        self.metrics.state(&self.config.dataset, f.keys, age);
+        publish_state(&self.metrics, &self.state);
     }
 
     fn measure_lag(&self, consumer: &BaseConsumer, positions: &BTreeMap<i32, i64>) {
@@ -391,6 +413,79 @@ impl Builder {
             tracing::info!(message = "State caught up with the topic.", dataset = %self.config.dataset, keys = self.state.freshness().keys);
             self.state.commits.send_modify(|n| *n += 1);
         }
+    }
+}
+
+fn publish_state(metrics: &Metrics, state: &DatasetState) {
+    let f = state.freshness();
+    let age = if f.newest_ms > 0 {
+        (now_ms() - f.newest_ms).max(0) as f64 / 1000.0
+    } else {
+        0.0
+    };
+    metrics.state(&state.dataset, f.keys, age);
+}
+
+/// A decoded batch: its changes and the offsets it ends at.
+struct Prepared {
+    changes: Vec<Change>,
+    next: BTreeMap<i32, i64>,
+}
+
+/// Writes prepared batches to the store: the changes and the offsets they
+/// end at in one transaction.
+struct Writer {
+    store: Store,
+    metrics: Metrics,
+    state: Arc<DatasetState>,
+    dataset: String,
+    topic: String,
+}
+
+impl Writer {
+    fn write(&self, p: &Prepared) -> Result<(), BuildError> {
+        let tx = self.store.write()?;
+        let applied = records::apply(&tx, &self.dataset, &p.changes)?;
+        for (partition, offset) in &p.next {
+            tx.set_offset(&self.topic, *partition, *offset)?;
+        }
+        tx.commit()?;
+        self.metrics.applied(
+            &self.dataset,
+            applied.written,
+            applied.deleted,
+            applied.stale,
+        );
+        self.state.update(|f| {
+            f.keys = applied.live;
+            f.newest_ms = applied.newest_ms;
+            f.failing = false;
+        });
+        publish_state(&self.metrics, &self.state);
+        self.state.commits.send_modify(|n| *n += 1);
+        Ok(())
+    }
+}
+
+/// A batch being written on its own thread.
+struct Writing(std::thread::JoinHandle<Result<BTreeMap<i32, i64>, BuildError>>);
+
+impl Writing {
+    fn start(writer: Writer, p: Prepared) -> Result<Writing, BuildError> {
+        let handle = std::thread::Builder::new()
+            .name(format!("store-{}", writer.dataset))
+            .spawn(move || writer.write(&p).map(|()| p.next))
+            .map_err(|e| BuildError::Thread(e.to_string()))?;
+        Ok(Writing(handle))
+    }
+
+    /// Waits for the write; the offsets it committed.
+    fn finish(self) -> Result<BTreeMap<i32, i64>, BuildError> {
+        self.0.join().unwrap_or_else(|_| {
+            Err(BuildError::Thread(
+                "the store writer panicked (a bug); see the log above".into(),
+            ))
+        })
     }
 }
 
