@@ -110,7 +110,18 @@ async fn ready(State(st): State<Arc<Inner>>) -> Response {
 struct Pending {
     sub: Arc<Subscription>,
     call: Call,
+    /// After this the call is no longer put into an entry: its caller is
+    /// answered 503 instead (see [`Audit::record`]).
+    deadline: tokio::time::Instant,
     done: oneshot::Sender<bool>,
+}
+
+impl Pending {
+    /// The entry bytes this call adds, roughly (a call's fields, and one
+    /// keyed hash per looked-up value).
+    fn weight(&self) -> usize {
+        200 + 20 * self.call.lookups.len()
+    }
 }
 
 enum AuditMsg {
@@ -118,12 +129,13 @@ enum AuditMsg {
     Close,
 }
 
-/// Appends calls to the ledger by group commit: one round of appends is in
-/// flight at a time, and every call that arrives meanwhile goes into the
-/// next round (one entry per subscription). A lone call waits one broker
-/// round trip; under load each round carries every call that arrived
-/// during the one before, so throughput does not depend on the round trip.
-/// No answer leaves before its entry is acknowledged.
+/// Appends calls to the ledger by group commit: at most [`ROUNDS`] rounds
+/// of appends are in flight; when a round may start it takes every call
+/// waiting by then (one entry per subscription, split at
+/// [`MAX_ENTRY_WEIGHT`]). A lone call waits about one broker round trip;
+/// under load a round carries every call that arrived while the rounds
+/// before it were in flight. No answer leaves before its entry is
+/// acknowledged.
 #[derive(Debug, Clone)]
 pub struct Audit {
     tx: mpsc::Sender<AuditMsg>,
@@ -136,9 +148,29 @@ impl std::fmt::Debug for AuditMsg {
     }
 }
 
+/// How long a caller's call may wait to be put into an entry; it then waits
+/// at most [`ACK_WAIT`] more for the broker's acknowledgement.
+const ENTRY_DEADLINE: Duration = Duration::from_secs(5);
+/// See [`ENTRY_DEADLINE`].
+const ACK_WAIT: Duration = Duration::from_secs(10);
+/// Most estimated bytes of calls in one entry (the producer refuses
+/// messages over 1,000,000 bytes): a backlog after a broker stall is
+/// written as several entries, not refused whole.
+const MAX_ENTRY_WEIGHT: usize = 256 * 1024;
+
 /// Appends one subscription's calls as one entry and tells each caller.
 async fn append_calls(ledger: &Ledger, pending: Vec<Pending>) {
-    let sub = &pending[0].sub;
+    // A caller that gave up, or whose deadline passed, is answered 503 and
+    // its call is not recorded as answered.
+    let now = tokio::time::Instant::now();
+    let (pending, late): (Vec<Pending>, Vec<Pending>) = pending
+        .into_iter()
+        .partition(|p| !p.done.is_closed() && p.deadline > now);
+    for p in late {
+        let _ = p.done.send(false);
+    }
+    let Some(first) = pending.first() else { return };
+    let sub = first.sub.clone();
     let record = Record {
         subscription: &sub.id,
         subscriber: &sub.subscriber,
@@ -161,6 +193,26 @@ async fn append_calls(ledger: &Ledger, pending: Vec<Pending>) {
     }
 }
 
+/// Groups a round's calls into entries: per subscription, split so that no
+/// entry weighs more than [`MAX_ENTRY_WEIGHT`].
+fn entries_of(batch: Vec<Pending>) -> Vec<Vec<Pending>> {
+    let mut groups: BTreeMap<String, Vec<Vec<Pending>>> = BTreeMap::new();
+    let mut weights: BTreeMap<String, usize> = BTreeMap::new();
+    for p in batch {
+        let chunks = groups.entry(p.sub.id.clone()).or_default();
+        let weight = weights.entry(p.sub.id.clone()).or_default();
+        if chunks.is_empty() || *weight + p.weight() > MAX_ENTRY_WEIGHT {
+            chunks.push(Vec::new());
+            *weight = 0;
+        }
+        *weight += p.weight();
+        if let Some(last) = chunks.last_mut() {
+            last.push(p);
+        }
+    }
+    groups.into_values().flatten().collect()
+}
+
 impl Audit {
     pub(crate) fn start(ledger: Ledger) -> Audit {
         let key = ledger.key().to_vec();
@@ -171,6 +223,12 @@ impl Audit {
             let mut closing = false;
             while !closing {
                 let Some(first) = rx.recv().await else { break };
+                // The round's slot first, then every call waiting by then:
+                // calls that arrive while both rounds are in flight join
+                // the next one.
+                let Ok(permit) = rounds.clone().acquire_owned().await else {
+                    break;
+                };
                 let mut batch = Vec::new();
                 let mut push = |m: AuditMsg, closing: &mut bool| match m {
                     AuditMsg::Call(p) => batch.push(*p),
@@ -180,26 +238,21 @@ impl Audit {
                 while let Ok(m) = rx.try_recv() {
                     push(m, &mut closing);
                 }
-                let mut groups: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
-                // A caller that gave up (and was answered 503) was not
-                // served: its call is not recorded as answered.
-                for p in batch.into_iter().filter(|p| !p.done.is_closed()) {
-                    groups.entry(p.sub.id.clone()).or_default().push(p);
-                }
-                // One round: every subscription's entry enqueued at once
-                // (they share produce requests), the round awaited whole.
-                let Ok(permit) = rounds.clone().acquire_owned().await else {
-                    break;
-                };
+                // One round: every entry enqueued at once (they share
+                // produce requests), the round awaited whole.
                 let ledger = ledger.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     let mut round = tokio::task::JoinSet::new();
-                    for pending in groups.into_values() {
+                    for pending in entries_of(batch) {
                         let ledger = ledger.clone();
                         round.spawn(async move { append_calls(&ledger, pending).await });
                     }
-                    while round.join_next().await.is_some() {}
+                    while let Some(joined) = round.join_next().await {
+                        if joined.is_err() {
+                            tracing::error!(message = "A ledger append of live-interface calls failed (a bug); its callers were answered 503.");
+                        }
+                    }
                 });
             }
             // Every round in flight finishes before the chain is closed.
@@ -211,19 +264,26 @@ impl Audit {
         Audit { tx, key }
     }
 
-    /// Records `call`; true once the ledger has it.
+    /// Records `call`; true once the ledger has it. A call not put into an
+    /// entry within [`ENTRY_DEADLINE`] is not recorded and gets false; one
+    /// whose entry is not acknowledged within [`ACK_WAIT`] after that also
+    /// gets false, and if the broker acknowledges it later still, the ledger
+    /// holds a call that was answered 503 (never the reverse: an answer
+    /// without its entry).
     async fn record(&self, sub: &Arc<Subscription>, call: Call) -> bool {
         let (done, wait) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + ENTRY_DEADLINE;
         let msg = AuditMsg::Call(Box::new(Pending {
             sub: sub.clone(),
             call,
+            deadline,
             done,
         }));
-        match tokio::time::timeout(Duration::from_secs(5), self.tx.send(msg)).await {
+        match tokio::time::timeout_at(deadline, self.tx.send(msg)).await {
             Ok(Ok(())) => {}
             _ => return false,
         }
-        tokio::time::timeout(Duration::from_secs(10), wait)
+        tokio::time::timeout_at(deadline + ACK_WAIT, wait)
             .await
             .ok()
             .and_then(Result::ok)
@@ -1462,6 +1522,64 @@ mod tests {
         ));
         assert!(same(&FieldKind::String, None, &Json::Null, &Json::Null));
         assert!(!same(&FieldKind::String, None, &Json::Null, &json!("")));
+    }
+
+    #[test]
+    fn a_round_is_one_entry_per_subscription_split_before_the_producer_limit() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+        let catalog = Catalog::load(&dir).expect("the sample catalog loads");
+        let a = Arc::new(
+            catalog
+                .subscriptions()
+                .find(|s| matches!(s.sink, SinkSpec::Api { .. }))
+                .expect("the sample catalog has an api grant")
+                .clone(),
+        );
+        let mut b = (*a).clone();
+        b.id = format!("{}_other", a.id);
+        let b = Arc::new(b);
+        let call = |sub: &Arc<Subscription>, lookups: usize| {
+            let (done, _) = oneshot::channel();
+            Pending {
+                sub: sub.clone(),
+                call: Call {
+                    time: String::new(),
+                    operation: "lookup".into(),
+                    status: 200,
+                    keys: u32::try_from(lookups).unwrap_or(u32::MAX),
+                    outcomes: BTreeMap::new(),
+                    lookups: vec!["0123456789abcdef".into(); lookups],
+                },
+                deadline: tokio::time::Instant::now(),
+                done,
+            }
+        };
+        // 30 batch calls of 1,000 values (~20 KB of entry each) and three
+        // single-key calls of another subscription.
+        let mut round: Vec<Pending> = (0..30).map(|_| call(&a, 1000)).collect();
+        round.extend((0..3).map(|_| call(&b, 1)));
+        let entries = entries_of(round);
+        let sizes: Vec<(String, usize)> = entries
+            .iter()
+            .map(|e| (e[0].sub.id.clone(), e.len()))
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![
+                (a.id.clone(), 12),
+                (a.id.clone(), 12),
+                (a.id.clone(), 6),
+                (b.id.clone(), 3)
+            ]
+        );
+        for e in &entries {
+            let entry = Record {
+                calls: e.iter().map(|p| p.call.clone()).collect(),
+                ..Record::default()
+            };
+            let bytes = serde_json::to_vec(&entry.calls).map_or(0, |v| v.len());
+            assert!(bytes < 1_000_000, "an entry of {bytes} bytes");
+        }
     }
 
     #[test]
