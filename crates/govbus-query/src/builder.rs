@@ -286,8 +286,8 @@ impl Builder {
             };
             positions.extend(written);
             if self.check_layout()? {
-                // Rebuilt from the beginning: the batch in hand was read
-                // for the old lookup fields and is dropped.
+                // Rebuilt from the beginning: the batch in hand is dropped
+                // (it is read again from the topic).
                 positions = self.assign(&consumer)?;
                 continue;
             }
@@ -309,7 +309,11 @@ impl Builder {
             }
         };
         if let Some(w) = writing.take() {
-            w.finish()?;
+            let written = w.finish();
+            if let (Err(first), Err(_)) = (&outcome, &written) {
+                tracing::error!(message = "State builder failed while a batch was being written; the write failed too (next error).", dataset = %self.config.dataset, error = %first);
+            }
+            written?;
         }
         outcome
     }
@@ -467,8 +471,20 @@ impl Writer {
     }
 }
 
-/// A batch being written on its own thread.
-struct Writing(std::thread::JoinHandle<Result<BTreeMap<i32, i64>, BuildError>>);
+/// A batch being written on its own thread. Dropped without [`finish`]
+/// (the builder thread unwinding from a panic), it still waits for the
+/// write: no write may land after the next run has started.
+///
+/// [`finish`]: Writing::finish
+struct Writing(Option<std::thread::JoinHandle<Result<BTreeMap<i32, i64>, BuildError>>>);
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
+        }
+    }
+}
 
 impl Writing {
     fn start(writer: Writer, p: Prepared) -> Result<Writing, BuildError> {
@@ -476,16 +492,22 @@ impl Writing {
             .name(format!("store-{}", writer.dataset))
             .spawn(move || writer.write(&p).map(|()| p.next))
             .map_err(|e| BuildError::Thread(e.to_string()))?;
-        Ok(Writing(handle))
+        Ok(Writing(Some(handle)))
     }
 
     /// Waits for the write; the offsets it committed.
-    fn finish(self) -> Result<BTreeMap<i32, i64>, BuildError> {
-        self.0.join().unwrap_or_else(|_| {
+    fn finish(mut self) -> Result<BTreeMap<i32, i64>, BuildError> {
+        let panicked = || {
             Err(BuildError::Thread(
                 "the store writer panicked (a bug); see the log above".into(),
             ))
-        })
+        };
+        match self.0.take() {
+            Some(handle) => handle.join().unwrap_or_else(|_| panicked()),
+            None => Err(BuildError::Thread(
+                "the write was already waited for".into(),
+            )),
+        }
     }
 }
 
