@@ -196,21 +196,25 @@ async fn append_calls(ledger: &Ledger, pending: Vec<Pending>) {
 /// Groups a round's calls into entries: per subscription, split so that no
 /// entry weighs more than [`MAX_ENTRY_WEIGHT`].
 fn entries_of(batch: Vec<Pending>) -> Vec<Vec<Pending>> {
-    let mut groups: BTreeMap<String, Vec<Vec<Pending>>> = BTreeMap::new();
-    let mut weights: BTreeMap<String, usize> = BTreeMap::new();
+    // Per subscription: its entries so far, and the weight of the last.
+    let mut groups: BTreeMap<String, (Vec<Vec<Pending>>, usize)> = BTreeMap::new();
     for p in batch {
-        let chunks = groups.entry(p.sub.id.clone()).or_default();
-        let weight = weights.entry(p.sub.id.clone()).or_default();
-        if chunks.is_empty() || *weight + p.weight() > MAX_ENTRY_WEIGHT {
-            chunks.push(Vec::new());
-            *weight = 0;
-        }
-        *weight += p.weight();
-        if let Some(last) = chunks.last_mut() {
-            last.push(p);
+        let (chunks, weight) = groups.entry(p.sub.id.clone()).or_default();
+        match chunks.last_mut() {
+            Some(last) if *weight + p.weight() <= MAX_ENTRY_WEIGHT => {
+                *weight += p.weight();
+                last.push(p);
+            }
+            _ => {
+                *weight = p.weight();
+                chunks.push(vec![p]);
+            }
         }
     }
-    groups.into_values().flatten().collect()
+    groups
+        .into_values()
+        .flat_map(|(chunks, _)| chunks)
+        .collect()
 }
 
 impl Audit {
@@ -1573,11 +1577,8 @@ mod tests {
             ]
         );
         for e in &entries {
-            let entry = Record {
-                calls: e.iter().map(|p| p.call.clone()).collect(),
-                ..Record::default()
-            };
-            let bytes = serde_json::to_vec(&entry.calls).map_or(0, |v| v.len());
+            let calls: Vec<&Call> = e.iter().map(|p| &p.call).collect();
+            let bytes = serde_json::to_vec(&calls).map_or(0, |v| v.len());
             assert!(bytes < 1_000_000, "an entry of {bytes} bytes");
         }
     }

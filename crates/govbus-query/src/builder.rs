@@ -497,17 +497,14 @@ impl Writing {
 
     /// Waits for the write; the offsets it committed.
     fn finish(mut self) -> Result<BTreeMap<i32, i64>, BuildError> {
-        let panicked = || {
+        // `start` made it `Some`; only `finish` (which consumes it) and
+        // `drop` take it.
+        let joined = self.0.take().map(std::thread::JoinHandle::join);
+        joined.and_then(Result::ok).unwrap_or_else(|| {
             Err(BuildError::Thread(
                 "the store writer panicked (a bug); see the log above".into(),
             ))
-        };
-        match self.0.take() {
-            Some(handle) => handle.join().unwrap_or_else(|_| panicked()),
-            None => Err(BuildError::Thread(
-                "the write was already waited for".into(),
-            )),
-        }
+        })
     }
 }
 
