@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::{free_port, govbus_bin, new_credential, repo, spawn_router, wait_listening};
 use govbus_kafka::headers as h;
 use govbus_kafka::topics::Topics;
-use govbus_testkit::{create_topic, producer_config, unique, Broker};
+use govbus_testkit::{create_topic, producer_config, unique, Broker, ProduceStall, Storage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value as Json};
 
@@ -109,6 +109,7 @@ fn json_of(body: &str) -> Json {
 }
 
 struct Deployment {
+    bootstrap: String,
     topics: Topics,
     catalog: tempfile::TempDir,
     state: tempfile::TempDir,
@@ -134,7 +135,11 @@ batch_max = 100
 
 impl Deployment {
     async fn start(grants: &[(&str, String)]) -> Deployment {
-        let bootstrap = Broker::shared().bootstrap();
+        Deployment::start_on(Broker::shared().bootstrap(), grants).await
+    }
+
+    /// A deployment on a broker of the test's own.
+    async fn start_on(bootstrap: String, grants: &[(&str, String)]) -> Deployment {
         let topics = Topics::new(format!("{}.", unique("q")));
         create_topic(&bootstrap, &topics.ingest("civil_affairs"), 2)
             .await
@@ -158,6 +163,7 @@ impl Deployment {
         both.push_str(&std::fs::read_to_string(&other).unwrap());
         std::fs::write(&credentials, both).unwrap();
         Deployment {
+            bootstrap,
             topics,
             catalog,
             state,
@@ -171,7 +177,7 @@ impl Deployment {
         let port = free_port();
         let log = std::fs::File::create(self.state.path().join("query.log")).unwrap();
         let mut cmd = Command::new(govbus_bin());
-        cmd.args(["query", "--bootstrap", &Broker::shared().bootstrap()])
+        cmd.args(["query", "--bootstrap", &self.bootstrap])
             .args(["--topic-prefix", self.topics.prefix()])
             .args(["--catalog", self.catalog.path().to_str().unwrap()])
             .args([
@@ -194,9 +200,7 @@ impl Deployment {
 
     /// Publishes through the router, one acknowledged record at a time.
     async fn publish(&self, changes: &[(usize, u64, &str)]) {
-        let producer: FutureProducer = producer_config(&Broker::shared().bootstrap())
-            .create()
-            .unwrap();
+        let producer: FutureProducer = producer_config(&self.bootstrap).create().unwrap();
         for (i, v, op) in changes {
             let (id, version) = (format!("evt-{i}-{v}"), v.to_string());
             let headers = h::owned([
@@ -861,15 +865,15 @@ async fn lookups_and_verifications_answer_under_the_grant_and_are_audited() {
 /// Produces `n` canonical records straight into `data.<deaths>`: keys
 /// `0..keys`, versions growing, every seventh change a delete. Returns the
 /// last-write-wins model: key → Some(version) live, None deleted.
-async fn produce_canonical(topics: &Topics, n: usize, keys: usize) -> BTreeMap<usize, Option<u64>> {
+async fn produce_canonical(d: &Deployment, n: usize, keys: usize) -> BTreeMap<usize, Option<u64>> {
     let catalog = govbus_catalog::Catalog::load(&repo().join("schemas")).unwrap();
     let engine = govbus_validate::Engine::new(&catalog).unwrap();
     let ctx = govbus_validate::Context::now();
-    let producer: FutureProducer = producer_config(&Broker::shared().bootstrap())
+    let producer: FutureProducer = producer_config(&d.bootstrap)
         .set("linger.ms", "20")
         .create()
         .unwrap();
-    let topic = topics.data(DEATHS);
+    let topic = d.topics.data(DEATHS);
     let mut model = BTreeMap::new();
     let mut pending = Vec::new();
     for j in 0..n {
@@ -941,7 +945,7 @@ fn state_equals(port: u16, token: &str, model: &BTreeMap<usize, Option<u64>>) {
 async fn the_state_resumes_after_kill_9_without_starting_over_and_a_lost_store_is_rebuilt() {
     const N: usize = 200_000;
     let d = Deployment::start(&[("counter", GRANT.to_owned())]).await;
-    let model = produce_canonical(&d.topics, N, 20_000).await;
+    let model = produce_canonical(&d, N, 20_000).await;
     let t = d.token.clone();
 
     // Kill -9 in the middle of the catch-up.
@@ -1007,4 +1011,124 @@ fn committed_offsets(d: &Deployment) -> usize {
         .offsets(&d.topics.data(DEATHS))
         .unwrap();
     offsets.values().map(|o| usize::try_from(*o).unwrap()).sum()
+}
+
+/// The broker stops acknowledging the ledger's writes (its Produce requests
+/// are held by a proxy; reads go on, so the state stays current) under a
+/// running `govbus query`: calls are refused 503 `audit_unavailable` with
+/// `Retry-After` — never answered without their entry — within the entry
+/// deadline (5 s) plus the acknowledgement wait (10 s), and counted by
+/// reason. Released, calls are answered again; every call answered 200 is
+/// on the ledger (which may also hold the calls whose entries were in
+/// flight during the stall: the documented over-record); SIGTERM closes the
+/// chain.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_the_ledger_cannot_record_are_refused_and_every_answer_is_on_the_ledger() {
+    let stall = ProduceStall::bind().unwrap();
+    let broker = Broker::start_behind(Storage::Memory, stall.port()).unwrap();
+    stall.forward_to(broker.port());
+    let d = Deployment::start_on(stall.bootstrap(), &[("counter", GRANT.to_owned())]).await;
+    let model = produce_canonical(&d, 50, 50).await;
+    let live = *model.iter().find(|(_, v)| v.is_some()).unwrap().0;
+    let path = format!("/v1/query/counter/records/{}", key(live));
+    let (mut q, port) = d.query();
+    wait_until("the state", Duration::from_secs(60), || {
+        http(port, "GET", "/ready", None, None).0 == 200
+    });
+    let t = d.token.clone();
+    let mut answered = 0usize;
+    for _ in 0..5 {
+        let (status, _, body) = http(port, "GET", &path, Some(&t), None);
+        assert_eq!(status, 200, "{body}");
+        answered += 1;
+    }
+
+    // Writes stall. One call is put into the first round's entry, one into
+    // the second's; both rounds wait on the broker, so the two calls after
+    // them are never put into an entry.
+    stall.hold(true);
+    let calls: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(if i < 3 { 400 } else { 0 }));
+            let (path, t) = (path.clone(), t.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let r = http(port, "GET", &path, Some(&t), None);
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    for c in calls {
+        let ((status, head, body), took) = c.join().unwrap();
+        assert_eq!(status, 503, "answered while the ledger was down: {body}");
+        assert!(body.contains("audit_unavailable"), "{body}");
+        assert!(
+            !body.contains(&id_number(live)),
+            "a record in a refusal: {body}"
+        );
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: 2"),
+            "{head}"
+        );
+        assert!(took < Duration::from_secs(20), "refused after {took:?}");
+    }
+    let refused = |reason: &str| {
+        metric(
+            port,
+            &format!("govbus_query_audit_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    let metrics = || http(port, "GET", "/metrics", None, None).2;
+    assert_eq!(refused("not_taken"), 2.0, "{}", metrics());
+    assert_eq!(refused("ack_late"), 2.0, "{}", metrics());
+
+    // Released: answered again once the held entries are acknowledged.
+    stall.hold(false);
+    wait_until("calls answered again", Duration::from_secs(60), || {
+        let ok = http(port, "GET", &path, Some(&t), None).0 == 200;
+        answered += usize::from(ok);
+        ok
+    });
+    for _ in 0..5 {
+        assert_eq!(http(port, "GET", &path, Some(&t), None).0, 200);
+        answered += 1;
+    }
+
+    // A clean stop writes the close entry once every round is acknowledged.
+    Command::new("kill")
+        .args(["-TERM", &q.id().to_string()])
+        .status()
+        .unwrap();
+    let exited = q.wait().unwrap();
+    assert!(exited.success(), "{exited:?}\n{}", d.log());
+    assert!(
+        d.log().contains("Query ledger chain closed."),
+        "{}",
+        d.log()
+    );
+    let audit = |args: &[&str]| {
+        let out = Command::new(govbus_bin())
+            .args(["audit"])
+            .args(args)
+            .args(["--bootstrap", &d.bootstrap])
+            .args(["--topic-prefix", d.topics.prefix()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let verified = json_of(&audit(&["verify", "--format", "json"]));
+    assert_eq!(verified["findings"], json!([]), "{verified}");
+    assert_eq!(verified["open_chains"], json!([]), "{verified}");
+    let on_ledger: usize = audit(&["export"])
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+        .filter(|e| e["sink"] == "api")
+        .flat_map(|e| e["calls"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["status"] == 200)
+        .count();
+    // At most the two calls whose entries were in flight are over-recorded.
+    assert!(
+        (answered..=answered + 2).contains(&on_ledger),
+        "{answered} calls answered 200, {on_ledger} on the ledger"
+    );
 }

@@ -23,6 +23,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,7 @@ use serde_json::{json, Map, Value as Json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::builder::{now_ms, DatasetState};
+use crate::metrics::Metrics;
 use crate::{index_text, Inner, Query};
 
 /// Largest request body (a batch of keys, a verification).
@@ -110,11 +112,16 @@ async fn ready(State(st): State<Arc<Inner>>) -> Response {
 struct Pending {
     sub: Arc<Subscription>,
     call: Call,
-    /// After this the call is no longer put into an entry: its caller is
-    /// answered 503 instead (see [`Audit::record`]).
-    deadline: tokio::time::Instant,
+    /// [`WAITING`] until a round puts the call into an entry ([`TAKEN`]) or
+    /// its caller gives up on it ([`ABANDONED`]): exactly one of the two
+    /// happens, so an abandoned call is never recorded.
+    state: Arc<AtomicU8>,
     done: oneshot::Sender<bool>,
 }
+
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
 
 impl Pending {
     /// The entry bytes this call adds, roughly (a call's fields, and one
@@ -126,7 +133,9 @@ impl Pending {
 
 enum AuditMsg {
     Call(Box<Pending>),
-    Close,
+    /// Close the chain once the rounds in flight are done; told when the
+    /// close entry is acknowledged (true) or failed (false).
+    Close(oneshot::Sender<bool>),
 }
 
 /// Appends calls to the ledger by group commit: at most [`ROUNDS`] rounds
@@ -140,6 +149,7 @@ enum AuditMsg {
 pub struct Audit {
     tx: mpsc::Sender<AuditMsg>,
     key: Vec<u8>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for AuditMsg {
@@ -148,8 +158,9 @@ impl std::fmt::Debug for AuditMsg {
     }
 }
 
-/// How long a caller's call may wait to be put into an entry; it then waits
-/// at most [`ACK_WAIT`] more for the broker's acknowledgement.
+/// How long a call may wait to be put into an entry; its caller then gives
+/// up on it (503, not recorded). A call in an entry waits at most
+/// [`ACK_WAIT`] more for the broker's acknowledgement.
 const ENTRY_DEADLINE: Duration = Duration::from_secs(5);
 /// See [`ENTRY_DEADLINE`].
 const ACK_WAIT: Duration = Duration::from_secs(10);
@@ -159,16 +170,8 @@ const ACK_WAIT: Duration = Duration::from_secs(10);
 const MAX_ENTRY_WEIGHT: usize = 256 * 1024;
 
 /// Appends one subscription's calls as one entry and tells each caller.
-async fn append_calls(ledger: &Ledger, pending: Vec<Pending>) {
-    // A caller that gave up, or whose deadline passed, is answered 503 and
-    // its call is not recorded as answered.
-    let now = tokio::time::Instant::now();
-    let (pending, late): (Vec<Pending>, Vec<Pending>) = pending
-        .into_iter()
-        .partition(|p| !p.done.is_closed() && p.deadline > now);
-    for p in late {
-        let _ = p.done.send(false);
-    }
+async fn append_calls(ledger: &Ledger, metrics: &Metrics, pending: Vec<Pending>) {
+    let pending = take(pending);
     let Some(first) = pending.first() else { return };
     let sub = first.sub.clone();
     let record = Record {
@@ -181,16 +184,34 @@ async fn append_calls(ledger: &Ledger, pending: Vec<Pending>) {
         events: Vec::new(),
         calls: pending.iter().map(|p| p.call.clone()).collect(),
     };
+    let started = Instant::now();
     let ok = match ledger.append(&record).await {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(message = "Cannot record live-interface calls in the ledger; they are refused.", subscription = %sub.id, error = %e);
+            metrics.audit_refused("ledger_error", pending.len() as u64);
             false
         }
     };
+    metrics.audit_entry(pending.len(), started.elapsed().as_secs_f64());
     for p in pending {
         let _ = p.done.send(ok);
     }
+}
+
+/// The calls an entry records: a call whose caller went away or gave up is
+/// dropped (never recorded); the rest are taken, and from here their callers
+/// wait for the acknowledgement.
+fn take(pending: Vec<Pending>) -> Vec<Pending> {
+    pending
+        .into_iter()
+        .filter(|p| {
+            !p.done.is_closed()
+                && p.state
+                    .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+        })
+        .collect()
 }
 
 /// Groups a round's calls into entries: per subscription, split so that no
@@ -218,14 +239,15 @@ fn entries_of(batch: Vec<Pending>) -> Vec<Vec<Pending>> {
 }
 
 impl Audit {
-    pub(crate) fn start(ledger: Ledger) -> Audit {
+    pub(crate) fn start(ledger: Ledger, metrics: Metrics) -> Audit {
         let key = ledger.key().to_vec();
         let (tx, mut rx) = mpsc::channel::<AuditMsg>(65_536);
         let ledger = Arc::new(ledger);
         let rounds = Arc::new(tokio::sync::Semaphore::new(ROUNDS));
+        let m = metrics.clone();
         tokio::spawn(async move {
-            let mut closing = false;
-            while !closing {
+            let mut closing: Option<oneshot::Sender<bool>> = None;
+            while closing.is_none() {
                 let Some(first) = rx.recv().await else { break };
                 // The round's slot first, then every call waiting by then:
                 // calls that arrive while both rounds are in flight join
@@ -234,23 +256,28 @@ impl Audit {
                     break;
                 };
                 let mut batch = Vec::new();
-                let mut push = |m: AuditMsg, closing: &mut bool| match m {
-                    AuditMsg::Call(p) => batch.push(*p),
-                    AuditMsg::Close => *closing = true,
-                };
+                let mut push =
+                    |msg: AuditMsg, closing: &mut Option<oneshot::Sender<bool>>| match msg {
+                        AuditMsg::Call(p) => {
+                            m.audit_waiting(-1);
+                            batch.push(*p);
+                        }
+                        AuditMsg::Close(told) => *closing = Some(told),
+                    };
                 push(first, &mut closing);
-                while let Ok(m) = rx.try_recv() {
-                    push(m, &mut closing);
+                while let Ok(msg) = rx.try_recv() {
+                    push(msg, &mut closing);
                 }
                 // One round: every entry enqueued at once (they share
                 // produce requests), the round awaited whole.
                 let ledger = ledger.clone();
+                let m = m.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
                     let mut round = tokio::task::JoinSet::new();
                     for pending in entries_of(batch) {
-                        let ledger = ledger.clone();
-                        round.spawn(async move { append_calls(&ledger, pending).await });
+                        let (ledger, m) = (ledger.clone(), m.clone());
+                        round.spawn(async move { append_calls(&ledger, &m, pending).await });
                     }
                     while let Some(joined) = round.join_next().await {
                         if joined.is_err() {
@@ -259,43 +286,89 @@ impl Audit {
                     }
                 });
             }
+            // Calls that arrive from now on are refused: the chain ends.
+            rx.close();
+            while let Ok(msg) = rx.try_recv() {
+                if let AuditMsg::Call(p) = msg {
+                    m.audit_waiting(-1);
+                    m.audit_refused("closed", 1);
+                    let _ = p.done.send(false);
+                }
+            }
             // Every round in flight finishes before the chain is closed.
             let _ = rounds.acquire_many(ROUNDS as u32).await;
-            if let Err(e) = ledger.close().await {
-                tracing::warn!(message = "Cannot close the query ledger chain.", error = %e);
+            let closed = match ledger.close().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(message = "Cannot close the query ledger chain.", error = %e);
+                    false
+                }
+            };
+            if let Some(told) = closing {
+                let _ = told.send(closed);
             }
         });
-        Audit { tx, key }
+        Audit { tx, key, metrics }
     }
 
     /// Records `call`; true once the ledger has it. A call not put into an
-    /// entry within [`ENTRY_DEADLINE`] is not recorded and gets false; one
-    /// whose entry is not acknowledged within [`ACK_WAIT`] after that also
-    /// gets false, and if the broker acknowledges it later still, the ledger
-    /// holds a call that was answered 503 (never the reverse: an answer
-    /// without its entry).
+    /// entry within [`ENTRY_DEADLINE`] is given up (never recorded) and
+    /// gets false; one whose entry is not acknowledged within [`ACK_WAIT`]
+    /// after that also gets false, and if the broker acknowledges it later
+    /// still, the ledger holds a call that was answered 503 (never the
+    /// reverse: an answer without its entry).
     async fn record(&self, sub: &Arc<Subscription>, call: Call) -> bool {
-        let (done, wait) = oneshot::channel();
+        let (done, mut wait) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(WAITING));
         let deadline = tokio::time::Instant::now() + ENTRY_DEADLINE;
         let msg = AuditMsg::Call(Box::new(Pending {
             sub: sub.clone(),
             call,
-            deadline,
+            state: state.clone(),
             done,
         }));
+        self.metrics.audit_waiting(1);
         match tokio::time::timeout_at(deadline, self.tx.send(msg)).await {
             Ok(Ok(())) => {}
-            _ => return false,
+            Ok(Err(_)) => {
+                self.metrics.audit_waiting(-1);
+                self.metrics.audit_refused("closed", 1);
+                return false;
+            }
+            Err(_) => {
+                // Still queued inside the send future, which is dropped.
+                self.metrics.audit_waiting(-1);
+                self.metrics.audit_refused("not_taken", 1);
+                return false;
+            }
         }
-        tokio::time::timeout_at(deadline + ACK_WAIT, wait)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(false)
+        if let Ok(told) = tokio::time::timeout_at(deadline, &mut wait).await {
+            return told.unwrap_or(false);
+        }
+        if state
+            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.metrics.audit_refused("not_taken", 1);
+            return false;
+        }
+        match tokio::time::timeout(ACK_WAIT, wait).await {
+            Ok(told) => told.unwrap_or(false),
+            Err(_) => {
+                self.metrics.audit_refused("ack_late", 1);
+                false
+            }
+        }
     }
 
-    pub(crate) fn close(&self) {
-        let _ = self.tx.try_send(AuditMsg::Close);
+    /// Ends the chain: calls from now on are refused, the rounds in flight
+    /// finish, and the `close` entry is written. Returns once it is
+    /// acknowledged, or after `within`, saying which.
+    pub(crate) async fn close(&self, within: Duration) -> bool {
+        let (told, closed) = oneshot::channel();
+        let sent = tokio::time::timeout(within, self.tx.send(AuditMsg::Close(told)));
+        matches!(sent.await, Ok(Ok(())))
+            && matches!(tokio::time::timeout(within, closed).await, Ok(Ok(true)))
     }
 }
 
@@ -1528,6 +1601,55 @@ mod tests {
         assert!(!same(&FieldKind::String, None, &Json::Null, &json!("")));
     }
 
+    /// A call is either taken into an entry or given up by its caller,
+    /// never both: a given-up call, or one whose caller went away, is not
+    /// recorded; a taken one can no longer be given up.
+    #[test]
+    fn a_call_is_taken_into_an_entry_or_given_up_never_both() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+        let catalog = Catalog::load(&dir).expect("the sample catalog loads");
+        let sub = Arc::new(
+            catalog
+                .subscriptions()
+                .find(|s| matches!(s.sink, SinkSpec::Api { .. }))
+                .expect("the sample catalog has an api grant")
+                .clone(),
+        );
+        let mut receivers = Vec::new();
+        let mut states = Vec::new();
+        let mut round = Vec::new();
+        for (i, initial) in [WAITING, ABANDONED, WAITING].into_iter().enumerate() {
+            let (done, wait) = oneshot::channel();
+            let state = Arc::new(AtomicU8::new(initial));
+            round.push(Pending {
+                sub: sub.clone(),
+                call: Call {
+                    time: String::new(),
+                    operation: format!("call{i}"),
+                    status: 200,
+                    keys: 1,
+                    outcomes: BTreeMap::new(),
+                    lookups: Vec::new(),
+                },
+                state: state.clone(),
+                done,
+            });
+            states.push(state);
+            // The third caller went away (its request was dropped).
+            if i < 2 {
+                receivers.push(wait);
+            }
+        }
+        let taken: Vec<String> = take(round).into_iter().map(|p| p.call.operation).collect();
+        assert_eq!(taken, vec!["call0".to_owned()]);
+        assert_eq!(states[0].load(Ordering::Acquire), TAKEN);
+        assert_eq!(states[1].load(Ordering::Acquire), ABANDONED);
+        // The caller of a taken call can no longer give it up.
+        assert!(states[0]
+            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err());
+    }
+
     #[test]
     fn a_round_is_one_entry_per_subscription_split_before_the_producer_limit() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
@@ -1554,7 +1676,7 @@ mod tests {
                     outcomes: BTreeMap::new(),
                     lookups: vec!["0123456789abcdef".into(); lookups],
                 },
-                deadline: tokio::time::Instant::now(),
+                state: Arc::new(AtomicU8::new(WAITING)),
                 done,
             }
         };

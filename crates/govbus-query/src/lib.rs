@@ -137,7 +137,7 @@ impl Query {
         tracing::info!(message = "Query ledger chain opened.", writer = %ledger.writer());
         let query = Query {
             inner: Arc::new(Inner {
-                audit: api::Audit::start(ledger),
+                audit: api::Audit::start(ledger, metrics.clone()),
                 limits: api::Limits::default(),
                 prepared: api::Prepared::default(),
                 config,
@@ -232,16 +232,27 @@ impl Query {
             }
             self.start_builders();
         }
-        self.stop();
+        self.stop().await;
     }
 
     /// Stops the builders (each finishes its transaction in hand) and closes
-    /// the ledger chain.
-    pub fn stop(&self) {
+    /// the ledger chain: calls from now on are refused, those in an entry
+    /// already are acknowledged first, then the `close` entry is written.
+    /// Waits up to 15 s for the close entry's acknowledgement.
+    pub async fn stop(&self) {
         self.inner
             .stop
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        self.inner.audit.close();
+        if self
+            .inner
+            .audit
+            .close(std::time::Duration::from_secs(15))
+            .await
+        {
+            tracing::info!(message = "Query ledger chain closed.");
+        } else {
+            tracing::warn!(message = "The query ledger chain's close entry was not acknowledged within 15 s; `govbus audit verify` will show this writer's chain without its close.");
+        }
     }
 }
 

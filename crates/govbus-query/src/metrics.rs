@@ -3,7 +3,8 @@
 //! value.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric `govbus query` exports.
@@ -20,6 +21,10 @@ pub struct Metrics {
     undecodable: IntCounterVec,
     errors: IntCounterVec,
     active: IntGaugeVec,
+    audit_waiting: IntGauge,
+    audit_refused: IntCounterVec,
+    audit_append: Histogram,
+    audit_entry_calls: Histogram,
 }
 
 impl Default for Metrics {
@@ -116,7 +121,53 @@ impl Metrics {
             &["subscription"],
         )
         .expect("metric");
-        for c in [&calls, &results, &applied, &undecodable, &errors] {
+        let audit_waiting = IntGauge::new(
+            "govbus_query_audit_waiting_calls",
+            "Calls waiting to be put into an audit ledger entry (a call is answered only after its entry is acknowledged).",
+        )
+        .expect("metric");
+        let audit_refused = IntCounterVec::new(
+            Opts::new(
+                "govbus_query_audit_refused_total",
+                "Calls answered 503 because the audit ledger did not record them, by reason: not_taken (not put into an entry within 5 s), ack_late (entry not acknowledged 10 s after that), ledger_error (the append failed), closed (the ledger chain was closing).",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let audit_append = Histogram::with_opts(
+            HistogramOpts::new(
+                "govbus_query_audit_append_seconds",
+                "Time from enqueueing an audit ledger entry of calls to the broker's acknowledgement.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 15.0,
+            ]),
+        )
+        .expect("metric");
+        let audit_entry_calls = Histogram::with_opts(
+            HistogramOpts::new(
+                "govbus_query_audit_entry_calls",
+                "Calls recorded in one audit ledger entry (group commit).",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
+            ]),
+        )
+        .expect("metric");
+        registry
+            .register(Box::new(audit_waiting.clone()))
+            .expect("metric");
+        for h in [&audit_append, &audit_entry_calls] {
+            registry.register(Box::new(h.clone())).expect("metric");
+        }
+        for c in [
+            &calls,
+            &results,
+            &applied,
+            &undecodable,
+            &errors,
+            &audit_refused,
+        ] {
             registry.register(Box::new(c.clone())).expect("metric");
         }
         for g in [&keys, &lag, &active] {
@@ -138,7 +189,24 @@ impl Metrics {
             undecodable,
             errors,
             active,
+            audit_waiting,
+            audit_refused,
+            audit_append,
+            audit_entry_calls,
         }
+    }
+
+    pub(crate) fn audit_waiting(&self, by: i64) {
+        self.audit_waiting.add(by);
+    }
+
+    pub(crate) fn audit_refused(&self, reason: &str, n: u64) {
+        self.audit_refused.with_label_values(&[reason]).inc_by(n);
+    }
+
+    pub(crate) fn audit_entry(&self, calls: usize, seconds: f64) {
+        self.audit_entry_calls.observe(calls as f64);
+        self.audit_append.observe(seconds);
     }
 
     pub(crate) fn call(&self, sub: &str, op: &str, status: u16, seconds: f64) {

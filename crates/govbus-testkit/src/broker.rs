@@ -35,6 +35,9 @@ pub struct Broker {
     s3: Option<(Child, u16)>,
     /// The database file's directory, for [`Storage::Sqlite`].
     db: Option<PathBuf>,
+    /// The port clients are told to connect to, when not the broker's own
+    /// (a proxy in front of it: [`Broker::start_behind`]).
+    advertised: Option<u16>,
     external: bool,
 }
 
@@ -95,6 +98,7 @@ impl Broker {
                     child: None,
                     s3: None,
                     db: None,
+                    advertised: None,
                     external: true,
                 };
             }
@@ -104,6 +108,23 @@ impl Broker {
 
     /// Starts a private broker on a free loopback port.
     pub fn start(storage: Storage) -> anyhow::Result<Broker> {
+        Broker::start_advertising(storage, None)
+    }
+
+    /// Starts a private broker that tells its clients to connect to
+    /// `proxy_port` (a [`crate::ProduceStall`] in front of it) instead of
+    /// its own port, so that every connection after the bootstrap goes
+    /// through the proxy too.
+    pub fn start_behind(storage: Storage, proxy_port: u16) -> anyhow::Result<Broker> {
+        Broker::start_advertising(storage, Some(proxy_port))
+    }
+
+    /// The broker's own port (not the one it advertises).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn start_advertising(storage: Storage, advertised: Option<u16>) -> anyhow::Result<Broker> {
         let s3 = match storage {
             Storage::Memory | Storage::Sqlite => None,
             Storage::Durable => Some(start_s3()?),
@@ -122,6 +143,7 @@ impl Broker {
             child: None,
             s3,
             db,
+            advertised,
             external: false,
         };
         let mut last = None;
@@ -143,13 +165,14 @@ impl Broker {
 
     fn launch(&mut self) -> anyhow::Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let mut cmd = Command::new(tansu_binary()?);
         cmd.args([
             "broker",
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
         ])
         .args(["--cluster-id", "govbus-test"])
         .stdin(Stdio::null())

@@ -9,6 +9,9 @@
 //!   [`Storage::Durable`] keeps it in S3-compatible object storage (a local
 //!   `moto` server), which loses records across a restart under load
 //!   (RELIABILITY.md).
+//! - [`ProduceStall`]: a loopback proxy in front of a private broker
+//!   ([`Broker::start_behind`]) that holds Produce requests while reads go
+//!   on — a partition leader for writes gone, which one broker cannot do.
 //! - [`unique`] names, and client configs ([`consumer_config`],
 //!   [`producer_config`]) tuned for Tansu: fast group joins, short fetch waits,
 //!   batching producers.
@@ -32,9 +35,11 @@ mod names;
 mod pg;
 pub mod pki;
 mod spawn;
+mod stall;
 
 pub use broker::{tansu_binary, Broker, Storage};
 pub use files::{copy_dir, replace_in_file};
 pub use names::{consumer_config, create_topic, producer_config, unique, wait_for};
 pub use pg::PgSchema;
 pub use spawn::spawn;
+pub use stall::ProduceStall;

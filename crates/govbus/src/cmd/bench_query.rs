@@ -265,7 +265,7 @@ pub async fn run(b: QueryBench) -> anyhow::Result<()> {
             .await?;
     }
     let _ = stop_tx.send(true);
-    query.stop();
+    query.stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

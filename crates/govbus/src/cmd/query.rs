@@ -124,7 +124,7 @@ pub(crate) async fn serve(
         let _ = stop_tx.send(true);
     });
     query.supervise(stop_rx).await;
-    // Let the ledger's close entry and the builders' last commits finish.
+    // The ledger chain is closed; let the builders finish their transaction in hand.
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.abort();
     Ok(())
