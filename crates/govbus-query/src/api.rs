@@ -657,6 +657,12 @@ fn check_text(what: &str, s: &str) -> Result<(), Response> {
     Ok(())
 }
 
+/// A JSON object of `fields`, moved in: `json!` would copy every value it is
+/// given through `serde_json::to_value`, a deep copy of each record.
+fn object<const N: usize>(fields: [(&str, Json); N]) -> Json {
+    Json::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
 fn freshness(state: &DatasetState) -> Json {
     let f = state.freshness();
     json!({
@@ -676,10 +682,20 @@ enum Seen {
 
 /// The stored record (decoded, clear) if it is live and inside the row filter.
 fn visible(g: &Granted, entry: Option<&Entry>) -> Result<Option<Map<String, Json>>, Response> {
+    visible_only(g, entry, &|_| true)
+}
+
+/// [`visible`] with only the fields `keep` names decoded (the row filter's
+/// fields must be among them).
+fn visible_only(
+    g: &Granted,
+    entry: Option<&Entry>,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Option<Map<String, Json>>, Response> {
     let Some(value) = entry.and_then(|e| e.value.as_ref()) else {
         return Ok(None);
     };
-    let record = govbus_sink::decode::to_json(&g.catalog, value).map_err(|e| {
+    let record = govbus_sink::decode::to_json_only(&g.catalog, value, keep).map_err(|e| {
         tracing::error!(message = "A stored record does not decode with this catalog.", dataset = %g.sub.dataset, error = %e);
         problem(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -691,16 +707,22 @@ fn visible(g: &Granted, entry: Option<&Entry>) -> Result<Option<Map<String, Json
 }
 
 fn render(g: &Granted, key: &str, entry: Option<&Entry>) -> Result<Seen, Response> {
-    let (Some(e), Some(record)) = (entry, visible(g, entry)?) else {
+    // Only what the policy reads is decoded: a grant of three fields of a
+    // wide record does not build the rest.
+    let read = |f: &str| g.policy.reads(f);
+    let (Some(e), Some(record)) = (entry, visible_only(g, entry, &read)?) else {
         return Ok(Seen::Absent);
     };
-    Ok(Seen::Record(json!({
-        "key": g.policy.subject(key),
-        "sourceversion": e.version.to_string(),
-        "id": e.id,
-        "time": govbus_catalog::time::format_rfc3339_millis(e.time_ms),
-        "data": Json::Object(g.policy.apply(record)),
-    })))
+    Ok(Seen::Record(object([
+        ("key", Json::String(g.policy.subject(key))),
+        ("sourceversion", Json::String(e.version.to_string())),
+        ("id", Json::String(e.id.clone())),
+        (
+            "time",
+            Json::String(govbus_catalog::time::format_rfc3339_millis(e.time_ms)),
+        ),
+        ("data", Json::Object(g.policy.apply(record))),
+    ])))
 }
 
 fn read_entry(st: &Inner, dataset: &str, key: &str) -> Result<Option<Entry>, Response> {
@@ -876,7 +898,10 @@ async fn lookup_one(
         // filtered-out key waits like one never published, so the wait
         // tells nothing about records outside the grant.
         let reached = entry.as_ref().is_some_and(|e| e.version >= min)
-            && matches!(visible(&g, entry.as_ref()), Ok(Some(_)));
+            && matches!(
+                visible_only(&g, entry.as_ref(), &|f| g.policy.reads(f)),
+                Ok(Some(_))
+            );
         if reached {
             break entry;
         }
@@ -1088,7 +1113,7 @@ fn find_by(
         let last = keys.len() < PAGE;
         for k in keys {
             if let Some(e) = recs.get(&k).map_err(store_error)? {
-                if visible(g, Some(&e))?.is_some() {
+                if visible_only(g, Some(&e), &|f| g.policy.reads(f))?.is_some() {
                     if out.len() == limit {
                         return Ok((out, true));
                     }
@@ -1154,14 +1179,14 @@ async fn lookup_by(
     } else {
         (StatusCode::OK, count(&[("found", n)]))
     };
-    let body = json!({
-        "subscription": g.sub.id,
-        "dataset": g.sub.dataset,
-        "field": field,
-        "records": out,
-        "truncated": more,
-        "freshness": freshness(&g.state),
-    });
+    let body = object([
+        ("subscription", Json::String(g.sub.id.clone())),
+        ("dataset", Json::String(g.sub.dataset.clone())),
+        ("field", Json::String(field.clone())),
+        ("records", Json::Array(out)),
+        ("truncated", Json::Bool(more)),
+        ("freshness", freshness(&g.state)),
+    ]);
     answer(
         &st,
         &g,
@@ -1326,7 +1351,10 @@ async fn batch(
             } else {
                 found += 1
             }
-            results.push(json!({"value": v, "records": recs}));
+            results.push(object([
+                ("value", Json::String(v.clone())),
+                ("records", Json::Array(recs)),
+            ]));
         }
     } else {
         let recs = match st
@@ -1346,7 +1374,11 @@ async fn batch(
                 Err(r) => return r,
                 Ok(Seen::Record(rec)) => {
                     found += 1;
-                    results.push(json!({"key": k, "found": true, "record": rec}));
+                    results.push(object([
+                        ("key", Json::String(k.clone())),
+                        ("found", Json::Bool(true)),
+                        ("record", rec),
+                    ]));
                 }
                 Ok(Seen::Absent) => {
                     absent += 1;
@@ -1355,12 +1387,12 @@ async fn batch(
             }
         }
     }
-    let body = json!({
-        "subscription": g.sub.id,
-        "dataset": g.sub.dataset,
-        "results": results,
-        "freshness": freshness(&g.state),
-    });
+    let body = object([
+        ("subscription", Json::String(g.sub.id.clone())),
+        ("dataset", Json::String(g.sub.dataset.clone())),
+        ("results", Json::Array(results)),
+        ("freshness", freshness(&g.state)),
+    ]);
     let looked: Vec<&str> = items.iter().map(String::as_str).collect();
     answer(
         &st,

@@ -359,7 +359,9 @@ impl Builder {
             let mut index = Vec::new();
             if let (Some(ds), Some(v)) = (dataset, &c.value) {
                 if !ds.lookup.is_empty() {
-                    match govbus_sink::decode::to_json(&catalog, v) {
+                    // Only the lookup fields are built; the rest is checked.
+                    let lookup = |f: &str| ds.lookup.iter().any(|l| l.field == f);
+                    match govbus_sink::decode::to_json_only(&catalog, v, &lookup) {
                         Ok(record) => {
                             for l in &ds.lookup {
                                 let tag = ds.personal_data.get(&l.field).copied();

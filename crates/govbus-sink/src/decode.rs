@@ -56,6 +56,26 @@ pub fn to_json(catalog: &Arc<Catalog>, framed: &[u8]) -> Result<Map<String, Json
     }
 }
 
+/// [`to_json`] keeping only the top-level fields `keep` names (the others
+/// are checked, not built): for a caller that needs a few fields of a wide
+/// record. A value decodes here exactly when it decodes with [`to_json`].
+pub fn to_json_only(
+    catalog: &Arc<Catalog>,
+    framed: &[u8],
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Map<String, Json>, DecodeError> {
+    let id = schema_id(framed)?;
+    match compiled(catalog, id)? {
+        Some(decoder) => decoder
+            .to_json_only(&framed[5..], keep)
+            .map_err(|_| DecodeError::Datum(id)),
+        None => to_json_generic(catalog, framed).map(|mut m| {
+            m.retain(|k, _| keep(k));
+            m
+        }),
+    }
+}
+
 /// Compiled decoders of the catalogs this thread decoded with lately; a
 /// catalog is told apart by its allocation, which the `Weak` keeps from
 /// being reused.

@@ -85,10 +85,16 @@ pub struct Entry {
 impl Entry {
     /// The hash this entry should carry.
     pub fn compute_hash(&self) -> String {
-        let mut copy = self.clone();
-        copy.hash = String::new();
-        copy.mac = String::new();
-        let body = serde_json::to_vec(&copy).unwrap_or_default();
+        // An entry being written has neither yet: no copy needed.
+        let body = if self.hash.is_empty() && self.mac.is_empty() {
+            serde_json::to_vec(self)
+        } else {
+            let mut copy = self.clone();
+            copy.hash = String::new();
+            copy.mac = String::new();
+            serde_json::to_vec(&copy)
+        }
+        .unwrap_or_default();
         sha256_hex(&[self.prev.as_bytes(), b"\n", &body])
     }
 

@@ -57,6 +57,13 @@ impl Policy {
             .all(|c| holds(c, record.get(c.field()).unwrap_or(&Json::Null)))
     }
 
+    /// Whether [`Policy::admits`] or [`Policy::apply`] reads `field`: a
+    /// record decoded with only these fields is filtered and delivered
+    /// exactly as the whole record.
+    pub fn reads(&self, field: &str) -> bool {
+        self.sub.delivers(field, &self.key) || self.sub.filter.iter().any(|c| c.field() == field)
+    }
+
     /// The record as this subscriber may see it.
     pub fn apply(&self, record: Map<String, Json>) -> Map<String, Json> {
         let mut out = Map::with_capacity(record.len());

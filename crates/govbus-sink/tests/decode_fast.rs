@@ -53,6 +53,20 @@ fn every_type() -> &'static Schema {
     S.get_or_init(|| Schema::parse_str(EVERY_TYPE).unwrap())
 }
 
+/// [`EVERY_TYPE`] without its uuid field: the projection then skips fields
+/// with the walker alone (a uuid makes it decode skipped fields too).
+fn every_type_but_uuid() -> &'static Schema {
+    static S: OnceLock<Schema> = OnceLock::new();
+    S.get_or_init(|| {
+        let text: String = EVERY_TYPE
+            .lines()
+            .filter(|l| !l.contains(r#""name": "u""#))
+            .collect::<Vec<_>>()
+            .join("\n");
+        Schema::parse_str(&text).unwrap()
+    })
+}
+
 fn finite_f32() -> impl Strategy<Value = f32> {
     any::<f32>().prop_filter("finite", |f| f.is_finite())
 }
@@ -180,6 +194,49 @@ proptest! {
         if let Ok(fast) = JsonDecoder::compile(schema).unwrap().to_json(&datum) {
             // What the walker accepts, apache-avro reads the same way.
             prop_assert_eq!(Some(fast), datum_to_json_generic(schema, &datum));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Decoding only some top-level fields accepts exactly the datums a
+    /// whole decode accepts (damaged ones included) and gives those fields
+    /// as the whole decode does.
+    #[test]
+    fn a_projection_is_the_whole_decode_restricted_to_its_fields(
+        a in scalars(), b in timed(), c in nested(),
+        keep in any::<u32>(), at in any::<usize>(), flip in 1u8..=255,
+        damage in 0u8..3, uuid in any::<bool>(),
+    ) {
+        let schema = if uuid { every_type() } else { every_type_but_uuid() };
+        let mut fields = a;
+        fields.extend(b);
+        fields.extend(c);
+        if !uuid {
+            fields.retain(|(name, _)| name != "u");
+        }
+        let names: Vec<String> = fields.iter().map(|(n, _)| n.clone()).collect();
+        let kept = |name: &str| {
+            names.iter().position(|n| n == name).is_some_and(|i| keep & (1 << (i % 32)) != 0)
+        };
+        let mut datum = encode(schema, fields);
+        let i = at % datum.len();
+        match damage {
+            0 => {}
+            1 => datum.truncate(i),
+            _ => datum[i] ^= flip,
+        }
+        let decoder = JsonDecoder::compile(schema).unwrap();
+        let whole = decoder.to_json(&datum).map(|mut m| {
+            m.retain(|k, _| kept(k));
+            m
+        });
+        let only = decoder.to_json_only(&datum, &kept);
+        prop_assert_eq!(whole.is_ok(), only.is_ok(), "{:?} vs {:?}", whole, only);
+        if let (Ok(w), Ok(o)) = (whole, only) {
+            prop_assert_eq!(w, o);
         }
     }
 }

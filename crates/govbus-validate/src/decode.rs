@@ -25,6 +25,9 @@ use crate::{Limits, Reason};
 pub struct JsonDecoder {
     program: Program,
     limits: Limits,
+    /// Whether decoding checks more than the walker does (a `uuid` string
+    /// must parse): skipped fields are then decoded and dropped.
+    checks_text: bool,
 }
 
 impl JsonDecoder {
@@ -44,8 +47,10 @@ impl JsonDecoder {
         if !matches!(program.nodes[program.root], Node::Record { .. }) {
             return Err(CompileError("the top-level schema is not a record".into()));
         }
+        let checks_text = program.flavors.contains(&Flavor::Uuid);
         Ok(JsonDecoder {
             program,
+            checks_text,
             // Canonical values passed the router's limits (the defaults:
             // they are not configurable); twice those, so nothing routed is
             // refused, while a hostile value still cannot make it build an
@@ -69,6 +74,38 @@ impl JsonDecoder {
             return Err(Reason::AvroTrailingBytes);
         }
         Ok(o)
+    }
+
+    /// [`JsonDecoder::to_json`] keeping only the top-level fields `keep`
+    /// names: the others are walked with the same checks (a datum decodes
+    /// here exactly when it decodes whole) but not built, so a caller that
+    /// needs three fields of thirty does not allocate the other
+    /// twenty-seven.
+    pub fn to_json_only(
+        &self,
+        datum: &[u8],
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<Map<String, Json>, Reason> {
+        let Node::Record { fields, .. } = &self.program.nodes[self.program.root] else {
+            return Err(Reason::AvroTruncated);
+        };
+        let mut cur = Cursor::new(datum, &self.limits);
+        let depth = cur.deeper(0)?;
+        let mut out = Map::new();
+        for f in fields {
+            if keep(&f.name) {
+                out.insert(f.name.clone(), self.value(&mut cur, f.node, depth)?);
+            } else if self.checks_text {
+                // A uuid's text is checked only by decoding it.
+                self.value(&mut cur, f.node, depth)?;
+            } else {
+                cur.value(&self.program, f.node, depth)?;
+            }
+        }
+        if cur.pos != datum.len() {
+            return Err(Reason::AvroTrailingBytes);
+        }
+        Ok(out)
     }
 
     fn value(&self, cur: &mut Cursor<'_>, node: NodeId, depth: u32) -> Result<Json, Reason> {
