@@ -248,10 +248,11 @@ pub async fn run(b: QueryBench) -> anyhow::Result<()> {
     );
     let batch = closed_loop(addr, &b, &|_| String::new(), Some(100)).await?;
     println!(
-        "batch lookups   {:>9.0} keys/s ({} requests of 100 keys, {} connections)",
+        "batch lookups   {:>9.0} keys/s ({} requests of 100 keys, {} connections), {:.1} µs CPU/key",
         batch.rate() * 100.0,
         batch.ok,
-        b.batch_connections.unwrap_or(b.connections)
+        b.batch_connections.unwrap_or(b.connections),
+        batch.cpu_us() / 100.0
     );
     let (rss, peak) = rss_mib();
     println!(
@@ -275,6 +276,8 @@ struct Load {
     ok: u64,
     errors: u64,
     seconds: f64,
+    /// CPU of the whole process (servers and load generator) in the phase.
+    cpu_seconds: f64,
     latencies_ms: Vec<f64>,
 }
 
@@ -282,18 +285,24 @@ impl Load {
     fn rate(&self) -> f64 {
         self.ok as f64 / self.seconds.max(1e-9)
     }
+
+    /// Process CPU per answered request, µs.
+    fn cpu_us(&self) -> f64 {
+        self.cpu_seconds / (self.ok.max(1) as f64) * 1e6
+    }
 }
 
 fn report(name: &str, l: &Load) {
     let mut lat = l.latencies_ms.clone();
     lat.sort_by(f64::total_cmp);
     println!(
-        "{name:<15} {:>9.0} req/s ({} ok, {} errors), p50 {:.2} ms, p99 {:.2} ms",
+        "{name:<15} {:>9.0} req/s ({} ok, {} errors), p50 {:.2} ms, p99 {:.2} ms, {:.1} µs CPU/request",
         l.rate(),
         l.ok,
         l.errors,
         pct(&lat, 0.5),
-        pct(&lat, 0.99)
+        pct(&lat, 0.99),
+        l.cpu_us()
     );
 }
 
@@ -389,7 +398,6 @@ async fn closed_loop(
 ) -> anyhow::Result<Load> {
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(b.seconds);
     let conns = if batch.is_some() {
         b.batch_connections.unwrap_or(b.connections)
     } else {
@@ -419,7 +427,8 @@ async fn closed_loop(
             .collect();
         plans.push(plan);
     }
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), cpu_seconds());
+    let deadline = started + Duration::from_secs(b.seconds);
     let mut tasks = Vec::new();
     for plan in plans {
         let (ok, errors) = (ok.clone(), errors.clone());
@@ -457,6 +466,7 @@ async fn closed_loop(
         ok: ok.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
+        cpu_seconds: cpu_seconds() - cpu,
         latencies_ms,
     })
 }
