@@ -1045,7 +1045,7 @@ async fn calls_the_ledger_cannot_record_are_refused_and_every_answer_is_on_the_l
 
     // Writes stall. One call is put into the first round's entry, one into
     // the second's; both rounds wait on the broker, so the two calls after
-    // them are never put into an entry.
+    // them are never put into an entry (usually: see below).
     stall.hold(true);
     let calls: Vec<_> = (0..4)
         .map(|i| {
@@ -1078,13 +1078,16 @@ async fn calls_the_ledger_cannot_record_are_refused_and_every_answer_is_on_the_l
             &format!("govbus_query_audit_refused_total{{reason=\"{reason}\"}}"),
         )
     };
+    // On a slow machine two calls may share a round: then more are taken
+    // (ack_late) and fewer never taken (not_taken).
     let metrics = || http(port, "GET", "/metrics", None, None).2;
-    assert_eq!(refused("not_taken"), 2.0, "{}", metrics());
-    assert_eq!(refused("ack_late"), 2.0, "{}", metrics());
+    let late = refused("ack_late");
+    assert_eq!(refused("not_taken") + late, 4.0, "{}", metrics());
+    assert!(late >= 1.0, "{}", metrics());
 
     // Released: answered again once the held entries are acknowledged.
     stall.hold(false);
-    wait_until("calls answered again", Duration::from_secs(60), || {
+    wait_until("calls answered again", Duration::from_secs(120), || {
         let ok = http(port, "GET", &path, Some(&t), None).0 == 200;
         answered += usize::from(ok);
         ok
@@ -1126,9 +1129,9 @@ async fn calls_the_ledger_cannot_record_are_refused_and_every_answer_is_on_the_l
         .flat_map(|e| e["calls"].as_array().cloned().unwrap_or_default())
         .filter(|c| c["status"] == 200)
         .count();
-    // At most the two calls whose entries were in flight are over-recorded.
+    // At most the calls whose entries were in flight are over-recorded.
     assert!(
-        (answered..=answered + 2).contains(&on_ledger),
+        (answered..=answered + late as usize).contains(&on_ledger),
         "{answered} calls answered 200, {on_ledger} on the ledger"
     );
 }

@@ -189,7 +189,9 @@ async fn append_calls(ledger: &Ledger, metrics: &Metrics, pending: Vec<Pending>)
         Ok(()) => true,
         Err(e) => {
             tracing::error!(message = "Cannot record live-interface calls in the ledger; they are refused.", subscription = %sub.id, error = %e);
-            metrics.audit_refused("ledger_error", pending.len() as u64);
+            // Callers still waiting (the others were counted as ack_late).
+            let waiting = pending.iter().filter(|p| !p.done.is_closed()).count();
+            metrics.audit_refused("ledger_error", waiting as u64);
             false
         }
     };
@@ -327,17 +329,20 @@ impl Audit {
             state: state.clone(),
             done,
         }));
+        // Counted as waiting from here; taken back if the call never
+        // reaches the channel (refused, or the request dropped meanwhile).
+        let mut queued = Queued {
+            metrics: &self.metrics,
+            sent: false,
+        };
         self.metrics.audit_waiting(1);
         match tokio::time::timeout_at(deadline, self.tx.send(msg)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => queued.sent = true,
             Ok(Err(_)) => {
-                self.metrics.audit_waiting(-1);
                 self.metrics.audit_refused("closed", 1);
                 return false;
             }
             Err(_) => {
-                // Still queued inside the send future, which is dropped.
-                self.metrics.audit_waiting(-1);
                 self.metrics.audit_refused("not_taken", 1);
                 return false;
             }
@@ -365,10 +370,29 @@ impl Audit {
     /// finish, and the `close` entry is written. Returns once it is
     /// acknowledged, or after `within`, saying which.
     pub(crate) async fn close(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
         let (told, closed) = oneshot::channel();
-        let sent = tokio::time::timeout(within, self.tx.send(AuditMsg::Close(told)));
+        let sent = tokio::time::timeout_at(deadline, self.tx.send(AuditMsg::Close(told)));
         matches!(sent.await, Ok(Ok(())))
-            && matches!(tokio::time::timeout(within, closed).await, Ok(Ok(true)))
+            && matches!(
+                tokio::time::timeout_at(deadline, closed).await,
+                Ok(Ok(true))
+            )
+    }
+}
+
+/// A call counted in `govbus_query_audit_waiting_calls` until the audit
+/// task receives it; uncounted here if it never reaches the channel.
+struct Queued<'a> {
+    metrics: &'a Metrics,
+    sent: bool,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.metrics.audit_waiting(-1);
+        }
     }
 }
 

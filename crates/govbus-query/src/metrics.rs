@@ -123,7 +123,7 @@ impl Metrics {
         .expect("metric");
         let audit_waiting = IntGauge::new(
             "govbus_query_audit_waiting_calls",
-            "Calls waiting to be put into an audit ledger entry (a call is answered only after its entry is acknowledged).",
+            "Calls waiting to be put into an audit ledger entry (a call is answered only after its entry is acknowledged); during a broker stall this includes calls already given up and answered 503, until a round drops them.",
         )
         .expect("metric");
         let audit_refused = IntCounterVec::new(
@@ -137,7 +137,7 @@ impl Metrics {
         let audit_append = Histogram::with_opts(
             HistogramOpts::new(
                 "govbus_query_audit_append_seconds",
-                "Time from enqueueing an audit ledger entry of calls to the broker's acknowledgement.",
+                "Time from enqueueing an audit ledger entry of calls to the broker's acknowledgement (or the append's failure).",
             )
             .buckets(vec![
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 15.0,
@@ -157,6 +157,11 @@ impl Metrics {
         registry
             .register(Box::new(audit_waiting.clone()))
             .expect("metric");
+        // Every reason from 0, so that the first refusals after a start
+        // show as an increase (an alert on increase() sees them).
+        for reason in ["not_taken", "ack_late", "ledger_error", "closed"] {
+            audit_refused.with_label_values(&[reason]);
+        }
         for h in [&audit_append, &audit_entry_calls] {
             registry.register(Box::new(h.clone())).expect("metric");
         }

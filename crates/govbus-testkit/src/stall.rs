@@ -81,6 +81,8 @@ impl ProduceStall {
 impl Drop for ProduceStall {
     fn drop(&mut self) {
         self.stopped.store(true, Ordering::Release);
+        // A held request goes on, so no pump thread waits forever.
+        self.holding.store(false, Ordering::Release);
         // Wake the accept loop so that it sees the flag.
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }

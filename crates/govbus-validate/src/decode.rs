@@ -25,9 +25,12 @@ use crate::{Limits, Reason};
 pub struct JsonDecoder {
     program: Program,
     limits: Limits,
-    /// Whether decoding checks more than the walker does (a `uuid` string
-    /// must parse): skipped fields are then decoded and dropped.
-    checks_text: bool,
+    /// Whether the walker and this decoder disagree on some node of the
+    /// schema (a `uuid` string must parse here; a non-finite float is
+    /// refused by the walker, read as `null` here): skipped fields are then
+    /// decoded and dropped, so that a projection accepts exactly what a
+    /// whole decode accepts.
+    skip_decodes: bool,
 }
 
 impl JsonDecoder {
@@ -47,10 +50,14 @@ impl JsonDecoder {
         if !matches!(program.nodes[program.root], Node::Record { .. }) {
             return Err(CompileError("the top-level schema is not a record".into()));
         }
-        let checks_text = program.flavors.contains(&Flavor::Uuid);
+        let skip_decodes = program.flavors.contains(&Flavor::Uuid)
+            || program
+                .nodes
+                .iter()
+                .any(|n| matches!(n, Node::Float | Node::Double));
         Ok(JsonDecoder {
             program,
-            checks_text,
+            skip_decodes,
             // Canonical values passed the router's limits (the defaults:
             // they are not configurable); twice those, so nothing routed is
             // refused, while a hostile value still cannot make it build an
@@ -95,8 +102,7 @@ impl JsonDecoder {
         for f in fields {
             if keep(&f.name) {
                 out.insert(f.name.clone(), self.value(&mut cur, f.node, depth)?);
-            } else if self.checks_text {
-                // A uuid's text is checked only by decoding it.
+            } else if self.skip_decodes {
                 self.value(&mut cur, f.node, depth)?;
             } else {
                 cur.value(&self.program, f.node, depth)?;
