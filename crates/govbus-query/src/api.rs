@@ -947,8 +947,11 @@ async fn lookup_one(
                 body,
             )
             .await;
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+            // (A 503 from the audit keeps its own Retry-After.)
+            if r.status() == StatusCode::CONFLICT {
+                r.headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
+            }
             return r;
         }
     };
