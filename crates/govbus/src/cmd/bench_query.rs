@@ -60,6 +60,9 @@ pub struct QueryBench {
     /// Where the state store goes (a fresh directory is made inside).
     #[arg(long, default_value = "target/bench-query")]
     dir: PathBuf,
+    /// The state store's page cache, MiB (`govbus query --cache-mib`).
+    #[arg(long, default_value_t = 64)]
+    cache_mib: usize,
 }
 
 fn key(i: usize) -> String {
@@ -131,10 +134,11 @@ pub async fn run(b: QueryBench) -> anyhow::Result<()> {
     create(&b.bootstrap, &[topics.data(DATASET)], 3).await?;
     create(&b.bootstrap, &[topics.audit()], 1).await?;
     println!(
-        "govbus bench query: {} keys, CPU {}, {} cores",
+        "govbus bench query: {} keys, CPU {}, {} cores, state cache {} MiB",
         b.keys,
         cpu_model(),
-        std::thread::available_parallelism().map_or(0, usize::from)
+        std::thread::available_parallelism().map_or(0, usize::from),
+        b.cache_mib
     );
 
     // 1. Publish.
@@ -178,6 +182,7 @@ pub async fn run(b: QueryBench) -> anyhow::Result<()> {
     // 2. Catch-up.
     let dir = b.dir.join(format!("run-{stamp}"));
     let mut qc = govbus_query::QueryConfig::new(b.bootstrap.clone(), &dir);
+    qc.cache_bytes = b.cache_mib.max(1) << 20;
     qc.topics = topics.clone();
     qc.pseudonym_secret = b"bench-pseudonym-secret-0123456789".to_vec();
     let (_cat_tx, cat_rx) = tokio::sync::watch::channel(Arc::new(catalog.clone()));
