@@ -709,6 +709,13 @@ fn visible(g: &Granted, entry: Option<&Entry>) -> Result<Option<Map<String, Json
     visible_only(g, entry, &|_| true)
 }
 
+/// [`visible`] with only the fields the grant's policy reads decoded (its
+/// delivered fields and its row filter's): a grant of three fields of a
+/// wide record does not build the rest.
+fn visible_to(g: &Granted, entry: Option<&Entry>) -> Result<Option<Map<String, Json>>, Response> {
+    visible_only(g, entry, &|f| g.policy.reads(f))
+}
+
 /// [`visible`] with only the fields `keep` names decoded (the row filter's
 /// fields must be among them).
 fn visible_only(
@@ -731,10 +738,7 @@ fn visible_only(
 }
 
 fn render(g: &Granted, key: &str, entry: Option<&Entry>) -> Result<Seen, Response> {
-    // Only what the policy reads is decoded: a grant of three fields of a
-    // wide record does not build the rest.
-    let read = |f: &str| g.policy.reads(f);
-    let (Some(e), Some(record)) = (entry, visible_only(g, entry, &read)?) else {
+    let (Some(e), Some(record)) = (entry, visible_to(g, entry)?) else {
         return Ok(Seen::Absent);
     };
     Ok(Seen::Record(object([
@@ -922,10 +926,7 @@ async fn lookup_one(
         // filtered-out key waits like one never published, so the wait
         // tells nothing about records outside the grant.
         let reached = entry.as_ref().is_some_and(|e| e.version >= min)
-            && matches!(
-                visible_only(&g, entry.as_ref(), &|f| g.policy.reads(f)),
-                Ok(Some(_))
-            );
+            && matches!(visible_to(&g, entry.as_ref()), Ok(Some(_)));
         if reached {
             break entry;
         }
@@ -1140,7 +1141,7 @@ fn find_by(
         let last = keys.len() < PAGE;
         for k in keys {
             if let Some(e) = recs.get(&k).map_err(store_error)? {
-                if visible_only(g, Some(&e), &|f| g.policy.reads(f))?.is_some() {
+                if visible_to(g, Some(&e))?.is_some() {
                     if out.len() == limit {
                         return Ok((out, true));
                     }
@@ -1660,20 +1661,23 @@ mod tests {
         assert!(!same(&FieldKind::String, None, &Json::Null, &json!("")));
     }
 
+    /// The sample catalog's live-interface grant.
+    fn sample_api_grant() -> Arc<Subscription> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+        let catalog = Catalog::load(&dir).expect("the sample catalog loads");
+        let grant = catalog
+            .subscriptions()
+            .find(|s| matches!(s.sink, SinkSpec::Api { .. }))
+            .expect("the sample catalog has an api grant");
+        Arc::new(grant.clone())
+    }
+
     /// A call is either taken into an entry or given up by its caller,
     /// never both: a given-up call, or one whose caller went away, is not
     /// recorded; a taken one can no longer be given up.
     #[test]
     fn a_call_is_taken_into_an_entry_or_given_up_never_both() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
-        let catalog = Catalog::load(&dir).expect("the sample catalog loads");
-        let sub = Arc::new(
-            catalog
-                .subscriptions()
-                .find(|s| matches!(s.sink, SinkSpec::Api { .. }))
-                .expect("the sample catalog has an api grant")
-                .clone(),
-        );
+        let sub = sample_api_grant();
         let mut receivers = Vec::new();
         let mut states = Vec::new();
         let mut round = Vec::new();
@@ -1711,15 +1715,7 @@ mod tests {
 
     #[test]
     fn a_round_is_one_entry_per_subscription_split_before_the_producer_limit() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
-        let catalog = Catalog::load(&dir).expect("the sample catalog loads");
-        let a = Arc::new(
-            catalog
-                .subscriptions()
-                .find(|s| matches!(s.sink, SinkSpec::Api { .. }))
-                .expect("the sample catalog has an api grant")
-                .clone(),
-        );
+        let a = sample_api_grant();
         let mut b = (*a).clone();
         b.id = format!("{}_other", a.id);
         let b = Arc::new(b);
