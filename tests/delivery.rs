@@ -8,11 +8,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, govbus_bin, repo, spawn_router, wait_listening};
+use common::{free_port, govbus_bin, repo, spawn_router, wait_listening, Receiver};
 use govbus_kafka::headers as h;
 use govbus_kafka::topics::Topics;
 use govbus_testkit::{create_topic, producer_config, unique, Broker, PgSchema};
@@ -21,7 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value as Json};
 
 const DEATHS: &str = "civil_affairs.death_registration";
-const SECRET: &str = "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OQ==";
+const SECRET: &str = common::WEBHOOK_SECRET;
 
 fn id_number(i: usize) -> String {
     govbus_testkit::ids::with_check(&format!(
@@ -205,53 +205,6 @@ fn creates(range: std::ops::Range<usize>) -> Vec<Change> {
             op: "create",
         })
         .collect()
-}
-
-/// A Standard Webhooks receiver (Python) answering per `script`.
-struct Receiver {
-    port: u16,
-    log: PathBuf,
-    _child: Child,
-}
-
-impl Receiver {
-    fn start(dir: &Path, name: &str, script: &str) -> Receiver {
-        let port = free_port();
-        let log = dir.join(format!("{name}.jsonl"));
-        let mut cmd = Command::new("python3");
-        cmd.arg(repo().join("tests/python/webhook_receiver.py"))
-            .args([&port.to_string(), SECRET, log.to_str().unwrap(), script])
-            .stdout(Stdio::null());
-        let child = govbus_testkit::spawn(cmd).unwrap();
-        wait_listening(port);
-        Receiver {
-            port,
-            log,
-            _child: child,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hooks/deaths", self.port)
-    }
-
-    fn requests(&self) -> Vec<Json> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    /// Event ids the receiver accepted (answered 2xx with a valid signature).
-    fn accepted(&self) -> Vec<String> {
-        self.requests()
-            .iter()
-            .filter(|r| r["verified"] == json!(true) && r["answer"] == json!("200"))
-            .flat_map(|r| r["events"].as_array().unwrap().clone())
-            .map(|e| e["id"].as_str().unwrap().to_owned())
-            .collect()
-    }
 }
 
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
@@ -906,7 +859,7 @@ async fn kafka_view_and_file_sinks_hold_the_masked_filtered_stream() {
     let view_topic = format!("{}view.view", d.topics.prefix());
     let mut records = Vec::new();
     wait_until(
-        "the view has the 10 updates and the delete",
+        "the view has the 10 updates, the delete and 30 out_of_scope",
         Duration::from_secs(60),
         || {
             records = govbus_kafka::read::read_all(
@@ -916,14 +869,18 @@ async fn kafka_view_and_file_sinks_hold_the_masked_filtered_stream() {
                 Duration::from_secs(10),
             )
             .unwrap_or_default();
-            records.len() >= 11
+            records.len() >= 41
         },
     );
-    assert_eq!(
-        records.len(),
-        11,
-        "creates with the filtered cause are not in the view"
-    );
+    assert_eq!(records.len(), 41);
+    // The creates outside the filter ("disease") are tombstones marked
+    // out_of_scope: the key, never the record.
+    let outside: Vec<_> = records
+        .iter()
+        .filter(|r| r.header(h::CE_OP) == "out_of_scope")
+        .collect();
+    assert_eq!(outside.len(), 30);
+    assert!(outside.iter().all(|r| r.value.is_none()));
     let updates: Vec<Json> = records
         .iter()
         .filter_map(|r| r.value.as_deref())
@@ -934,7 +891,10 @@ async fn kafka_view_and_file_sinks_hold_the_masked_filtered_stream() {
         assert_eq!(u["death_cause_category"], json!("accident"));
         assert!(u["deceased_id_number"].as_str().unwrap().starts_with("ps_"));
     }
-    let delete = records.iter().find(|r| r.value.is_none()).unwrap();
+    let delete = records
+        .iter()
+        .find(|r| r.header(h::CE_OP) == "delete")
+        .unwrap();
     assert_eq!(delete.header(h::CE_OP), "delete");
     assert_eq!(delete.header(h::CE_ID), "evt-29-3");
     // Files: closed files only (no .part after the roll interval), 41 lines in all.

@@ -355,3 +355,61 @@ pub fn jsonl_events(dir: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// The Standard Webhooks secret the test receivers verify with (the sink
+/// reads it from `GOVBUS_TEST_WEBHOOK_SECRET`).
+pub const WEBHOOK_SECRET: &str = "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHMtMDEyMzQ1Njc4OQ==";
+
+/// A Standard Webhooks receiver (Python) answering per `script`.
+pub struct Receiver {
+    port: u16,
+    log: PathBuf,
+    _child: Child,
+}
+
+impl Receiver {
+    pub fn start(dir: &Path, name: &str, script: &str) -> Receiver {
+        let port = free_port();
+        let log = dir.join(format!("{name}.jsonl"));
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo().join("tests/python/webhook_receiver.py"))
+            .args([
+                &port.to_string(),
+                WEBHOOK_SECRET,
+                log.to_str().unwrap(),
+                script,
+            ])
+            .stdout(Stdio::null());
+        let child = govbus_testkit::spawn(cmd).unwrap();
+        wait_listening(port);
+        Receiver {
+            port,
+            log,
+            _child: child,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hooks/deaths", self.port)
+    }
+
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Event ids the receiver accepted (answered 2xx with a valid signature).
+    pub fn accepted(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter(|r| {
+                r["verified"] == serde_json::json!(true) && r["answer"] == serde_json::json!("200")
+            })
+            .flat_map(|r| r["events"].as_array().unwrap().clone())
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}

@@ -4,6 +4,7 @@ usage: sse_client.py URL TOKEN status
        sse_client.py URL TOKEN read N [LAST_EVENT_ID]
        sse_client.py URL TOKEN idle SECONDS
        sse_client.py URL TOKEN follow SECONDS
+       sse_client.py URL TOKEN resume SECONDS
 
 `status` prints the HTTP status of the stream request. `idle` listens for
 SECONDS and prints how many heartbeat comments (`: ...`) arrived. `read` reads N
@@ -11,7 +12,11 @@ events (resuming after LAST_EVENT_ID when given), then disconnects and
 prints JSON: the event ids (CloudEvent ids), the last SSE id and a sample
 event. `follow` prints every event as one JSON line as it arrives
 (`{"event": ..., "data": ...}`), then `{"end": "closed"}` when the server
-ends the stream or `{"end": "timeout"}` after SECONDS.
+ends the stream or `{"end": "timeout"}` after SECONDS. `resume` is `follow`
+as a browser's EventSource does it: when the stream ends or the server is
+unreachable or refuses (a restarted server, a revoked grant), it connects
+again after 300 ms with `Last-Event-ID` set to the last event's id, until
+SECONDS have passed; it prints `{"connected": STATUS}` per attempt.
 """
 import json
 import sys
@@ -53,6 +58,28 @@ if mode == "follow":
                     print(json.dumps({"end": "timeout"}), flush=True)
                     sys.exit(0)
     print(json.dumps({"end": "closed"}), flush=True)
+    sys.exit(0)
+
+if mode == "resume":
+    end, last_id = time.monotonic() + float(sys.argv[4]), None
+    while time.monotonic() < end:
+        if last_id is not None:
+            headers["Last-Event-ID"] = last_id
+        try:
+            with httpx.Client(timeout=httpx.Timeout(10, read=5)) as client:
+                with connect_sse(client, "GET", url, headers=headers) as source:
+                    print(json.dumps({"connected": source.response.status_code}), flush=True)
+                    if source.response.status_code == 200:
+                        for sse in source.iter_sse():
+                            if sse.data and sse.event != "revoked":
+                                print(json.dumps({"event": sse.event, "data": sse.data}), flush=True)
+                                last_id = sse.id or last_id
+                            if time.monotonic() > end:
+                                break
+        except (httpx.HTTPError, OSError) as e:
+            print(json.dumps({"connected": type(e).__name__}), flush=True)
+        time.sleep(0.3)
+    print(json.dumps({"end": "timeout"}), flush=True)
     sys.exit(0)
 
 want = int(sys.argv[4])

@@ -72,11 +72,12 @@ pub struct Delivery {
     pub subject: String,
     /// When the change happened at the source.
     pub time: String,
-    /// `create`, `update`, `delete` or `snapshot`.
+    /// `create`, `update`, `delete`, `snapshot`, or [`OUT_OF_SCOPE`]
+    /// (the record left the grant's row filter).
     pub op: String,
     /// Per-key version at the source.
     pub source_version: u64,
-    /// The record after the policy; `None` for a delete.
+    /// The record after the policy; `None` for a delete or a change out of scope.
     pub data: Option<Map<String, Json>>,
     /// Partition of `data.<dataset>`.
     pub partition: i32,
@@ -114,14 +115,23 @@ impl Delivery {
 pub enum Prepared {
     /// Deliver it.
     Deliver(Delivery),
-    /// The row filter excluded it (its offset still moves).
-    Filtered,
     /// The value does not decode with the catalog the sink has: it goes to
     /// `dlq.sub.<id>` with this reason.
     Undecodable(DecodeError),
 }
 
+/// The `op` of a change that took a record out of a grant's row filter.
+pub const OUT_OF_SCOPE: &str = "out_of_scope";
+
 /// Applies `policy` to a canonical record.
+///
+/// A change that leaves its record outside the row filter is delivered as
+/// op [`OUT_OF_SCOPE`] with no data: the subscriber may hold an earlier
+/// version that was inside, and must drop it rather than keep a value the
+/// source has replaced. (Deletes pass the filter for the same reason.)
+/// Creates are no exception: the op is the publisher's word (the router
+/// defaults it to `create`) and cannot be trusted to mean "new key".
+/// Only the fields the policy reads are decoded.
 pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepared {
     let key = c.header(h::CE_SUBJECT);
     let key = if key.is_empty() {
@@ -132,19 +142,18 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
     } else {
         key
     };
+    let mut op = c.header(h::CE_OP);
     let data = match &c.value {
         None => None,
-        Some(v) => match decode::to_json(catalog, v) {
-            Ok(record) => {
-                if !policy.admits(&record) {
-                    return Prepared::Filtered;
-                }
-                Some(policy.apply(record))
+        Some(v) => match decode::to_json_only(catalog, v, &|f| policy.reads(f)) {
+            Ok(record) if policy.admits(&record) => Some(policy.apply(record)),
+            Ok(_) => {
+                op = OUT_OF_SCOPE;
+                None
             }
             Err(e) => return Prepared::Undecodable(e),
         },
     };
-    let op = c.header(h::CE_OP);
     Prepared::Deliver(Delivery {
         id: c.header(h::CE_ID).to_owned(),
         source: c.header(h::CE_SOURCE).to_owned(),

@@ -56,7 +56,7 @@ impl Metrics {
         let r = Registry::new();
         Metrics {
             delivered: counter(&r, "govbus_sink_delivered_total", "Events delivered (effect durable at the subscriber).", SUB),
-            filtered: counter(&r, "govbus_sink_filtered_total", "Events the subscription's row filter excluded.", SUB),
+            filtered: counter(&r, "govbus_sink_filtered_total", "Events outside the subscription's row filter (delivered as out_of_scope, without data).", SUB),
             failed: counter(&r, "govbus_sink_failed_total", "Delivery attempts that failed (each attempt counts).", SUB),
             retried: counter(&r, "govbus_sink_retried_total", "Delivery attempts that were retries.", SUB),
             dead_lettered: counter(&r, "govbus_sink_dead_lettered_total", "Events written to dlq.sub.<subscription>.", SUB),

@@ -15,7 +15,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use crate::event::{prepare, Canonical, Delivery, Prepared};
+use crate::event::{prepare, Canonical, Delivery, Prepared, OUT_OF_SCOPE};
 use crate::ledger::{self, Ledger};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -638,10 +638,10 @@ impl Shared {
             for (i, c) in batch.iter().enumerate() {
                 match prepare(&catalog, &policy, c) {
                     Prepared::Deliver(d) => {
+                        filtered += usize::from(d.op == OUT_OF_SCOPE);
                         deliveries.push(d);
                         from.push(i);
                     }
-                    Prepared::Filtered => filtered += 1,
                     Prepared::Undecodable(e) => undecodable.push((i, e.to_string())),
                 }
             }
