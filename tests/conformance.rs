@@ -737,3 +737,70 @@ async fn the_kafka_view_sink_conforms() {
     conformance(Kind::KafkaView).await;
 }
 
+/// A live stream hands a client only events the ledger already holds: while
+/// the broker refuses the ledger's writes, the client receives nothing;
+/// once they go through, it receives everything, and all of it is on the
+/// ledger. (The kill in the suite above leaves a window of microseconds
+/// between hand-over and ledger; this makes the window seconds long.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_stream_hands_over_nothing_the_ledger_has_not_recorded() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mut b = Bench::start(Kind::LiveStream).await;
+    let mut sink = b.sink();
+    let all = changes(0..20);
+    b.publish(&all).await;
+    let data = b.topics.data(DEATHS);
+    let start = Instant::now();
+    while govbus_kafka::read::read_all(
+        &b.cluster.bootstrap_servers(),
+        &data,
+        Duration::from_millis(300),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_default()
+    .len()
+        < all.len()
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "not routed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every write fails with a retriable error (the router has nothing left
+    // to write; the ledger's producer retries).
+    b.cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+    );
+    b.follow();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let early = b.seen().len();
+    let connected = lines(&b.work.path().join("sse.jsonl"))
+        .iter()
+        .any(|l| l["connected"] == json!(200));
+    b.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    assert!(connected, "the client never connected");
+    assert_eq!(
+        early, 0,
+        "events reached the client while the ledger could not record them"
+    );
+    b.wait_holds(
+        "every event once the ledger writes",
+        &all,
+        Duration::from_secs(90),
+    )
+    .await;
+    let held: BTreeSet<String> = b.seen().into_iter().map(|s| s.id).collect();
+    let start = Instant::now();
+    loop {
+        let ledger = b.ledgered();
+        let missing: Vec<&String> = held.iter().filter(|id| !ledger.contains(*id)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "streamed, not on the ledger: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    kill9(&mut sink);
+}

@@ -19,8 +19,11 @@
 //!   personal field applies to the next event; a revoked or expired grant,
 //!   one handed to another department, dataset or sink, or a withdrawn token
 //!   or certificate gets a final `event: revoked` (its data says why) and
-//!   ends the stream. At most the 16 events already in the channel can
+//!   ends the stream. At most the 128 events already in the channel can
 //!   still reach the client after a change.
+//! - Events are recorded in the ledger before they are handed to the
+//!   client, a chunk at a time: a crash may leave an event on the ledger
+//!   that no client read, never one read and not on the ledger.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -44,6 +47,11 @@ use crate::event::{prepare, Prepared};
 use crate::ledger;
 use crate::policy::Policy;
 use crate::run::{next_batch, Shared, Sinks};
+
+/// Events checked, recorded and handed to a client together; also the
+/// channel's capacity, so at most this many already checked events can
+/// still reach a client after its grant changes.
+const CHUNK: usize = 128;
 
 /// A parsed offset cursor: partition → next offset.
 pub type Cursor = BTreeMap<i32, i64>;
@@ -205,7 +213,7 @@ async fn events(
     // Each event is checked against the grant and the credential just before
     // it is handed over, so only what this channel holds can still go out
     // after a change (a client that stops reading holds at most this many).
-    let (tx, rx) = mpsc::channel::<Event>(16);
+    let (tx, rx) = mpsc::channel::<Event>(CHUNK);
     let shared = st.shared.clone();
     st.shared.metrics.sse_clients(&id, 1);
     let guard = ClientGuard {
@@ -409,18 +417,38 @@ async fn stream(
             if rest.is_empty() {
                 break;
             }
-            let mut sent = Vec::new();
+            // A chunk of events at a time: room for all of them in the
+            // channel first (a slow client waits here), then the check,
+            // then the ledger entry, then the hand-over. An event reaches
+            // the client only once the ledger holds it, so a crash can
+            // leave the ledger listing an event the client never read,
+            // never the other way round.
             let mut changed = false;
-            while let Some((c, tail)) = rest.split_first() {
-                let Prepared::Deliver(d) = prepare(&catalog, &policy, c) else {
-                    position.insert(c.partition, c.offset + 1);
-                    rest = tail;
-                    continue;
-                };
-                // A slot first (a slow client waits here), then the check,
-                // then the event: nothing waits between check and hand-over.
-                let Ok(permit) = tx.reserve().await else {
-                    break;
+            while !rest.is_empty() {
+                let mut ahead = position.clone();
+                let mut chunk: Vec<(String, Event)> = Vec::new();
+                let mut taken = 0;
+                for c in rest {
+                    if chunk.len() == CHUNK {
+                        break;
+                    }
+                    taken += 1;
+                    ahead.insert(c.partition, c.offset + 1);
+                    if let Prepared::Deliver(d) = prepare(&catalog, &policy, c) {
+                        let data = d.cloudevent(&sub.policy_version).to_string();
+                        let event = Event::default()
+                            .id(format_cursor(&ahead))
+                            .event(d.op.clone())
+                            .data(data);
+                        chunk.push((d.id, event));
+                    }
+                }
+                let permits = match chunk.len() {
+                    0 => None,
+                    n => match tx.reserve_many(n).await {
+                        Ok(p) => Some(p),
+                        Err(_) => return Ok(()),
+                    },
                 };
                 // What can change without a reload: the grant's validity
                 // window runs out.
@@ -431,18 +459,16 @@ async fn stream(
                     changed = true;
                     break;
                 }
-                position.insert(c.partition, c.offset + 1);
-                rest = tail;
-                let data = d.cloudevent(&sub.policy_version).to_string();
-                permit.send(
-                    Event::default()
-                        .id(format_cursor(&position))
-                        .event(d.op.clone())
-                        .data(data),
-                );
-                sent.push(d.id);
+                let (ids, events): (Vec<String>, Vec<Event>) = chunk.into_iter().unzip();
+                record(&shared, &sub, ids).await?;
+                if let Some(permits) = permits {
+                    for (permit, event) in permits.zip(events) {
+                        permit.send(event);
+                    }
+                }
+                position = ahead;
+                rest = &rest[taken..];
             }
-            record(&shared, &sub, sent).await?;
             if tx.is_closed() {
                 return Ok(());
             }
