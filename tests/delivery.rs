@@ -654,6 +654,135 @@ table = "{}.deaths"
     sink.kill().unwrap();
 }
 
+/// The PostgreSQL sink's table follows its grant: narrowed (a field
+/// removed, a clear field masked, a row filter added), the removed column
+/// leaves the table, every row is rewritten under the new treatment, and
+/// rows outside the new filter go; nothing of the old grant stays behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_table_follows_its_grant_when_the_grant_is_narrowed() {
+    let pg = PgSchema::create().await.unwrap();
+    let grant = |narrowed: bool| {
+        format!(
+            r#"subscriber = "hrss"
+dataset = "{DEATHS}"
+purpose = "test"
+{}
+[fields]
+include = [{}"deceased_name", "death_date", "death_cause_category"]
+
+[fields.treatment]
+{}
+
+[sink]
+type = "postgres"
+table = "{}.deaths"
+"#,
+            if narrowed {
+                "filter = [\"death_cause_category != accident\"]"
+            } else {
+                ""
+            },
+            if narrowed {
+                ""
+            } else {
+                "\"deceased_id_number\", "
+            },
+            if narrowed {
+                ""
+            } else {
+                "deceased_id_number = \"clear\"\ndeceased_name = \"clear\""
+            },
+            pg.name()
+        )
+    };
+    let d = Deployment::start(&[("pgfollow", grant(false))]).await;
+    let conninfo = govbus_testkit::PgSchema::conninfo_default();
+    let (mut sink, _) = d.sink("sink", &["--postgres", &conninfo, "--max-batch", "5000"]);
+    // v1 ("disease") for 0..40, v2 ("accident") for the even ones.
+    let mut changes = creates(0..40);
+    changes.extend((0..40).step_by(2).map(|i| Change {
+        i,
+        version: 2,
+        op: "update",
+    }));
+    d.publish(&changes).await;
+    let client = pg.client().await.unwrap();
+    let table = format!("\"{}\".deaths", pg.name());
+    let rows = |sql: String| {
+        let client = &client;
+        async move {
+            client
+                .query(&sql, &[])
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| serde_json::from_str::<Json>(&r.get::<_, String>(0)).unwrap())
+                        .collect::<Vec<Json>>()
+                })
+                .unwrap_or_default()
+        }
+    };
+    let all = format!("SELECT to_jsonb(t)::text FROM {table} t ORDER BY _govbus_subject");
+    let start = Instant::now();
+    while rows(all.clone()).await.len() < 40 {
+        assert!(start.elapsed() < Duration::from_secs(60), "first load");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let before = rows(all.clone()).await;
+    assert_eq!(before[0]["deceased_id_number"], json!(id_number(0)));
+    assert_eq!(before[0]["deceased_name"], json!("欧阳娜娜"));
+
+    write_subscription(d.catalog_dir(), "pgfollow", &grant(true));
+    d.publish(&creates(100..105)).await;
+    // Odd keys (v1, "disease") and the five new ones stay; even keys are
+    // "accident" now, outside the filter.
+    let want: BTreeSet<String> = (1..40)
+        .step_by(2)
+        .chain(100..105)
+        .map(|i| format!("DR-2026-{i:08}"))
+        .collect();
+    let start = Instant::now();
+    let mut after = Vec::new();
+    let settled = |rows: &[Json]| {
+        rows.iter()
+            .map(|r| r["_govbus_subject"].as_str().unwrap().to_owned())
+            .collect::<BTreeSet<String>>()
+            == want
+            && rows.iter().all(|r| {
+                r.get("deceased_id_number").is_none() && r["deceased_name"] == json!("欧*")
+            })
+    };
+    while start.elapsed() < Duration::from_secs(60) {
+        after = rows(all.clone()).await;
+        if settled(&after) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        settled(&after),
+        "the table still holds what the old grant allowed: {} rows, first {:?}",
+        after.len(),
+        after.first()
+    );
+    let cols: BTreeSet<String> = client
+        .query("SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'deaths'", &[&pg.name()])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!cols.contains("deceased_id_number"), "{cols:?}");
+    assert!(!cols.contains("informant_phone"), "{cols:?}");
+    let log = d.log("sink");
+    assert!(log.contains("The grant changed"), "{log}");
+    wait_until("the sweep once caught up", Duration::from_secs(30), || {
+        d.log("sink")
+            .contains("Rows no longer delivered under the grant deleted.")
+    });
+    let _ = sink.kill();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_stream_client_that_disconnects_and_resumes_loses_nothing() {
     let sub = format!(

@@ -620,6 +620,13 @@ impl Shared {
                         return Ended::Failed(format!("file sink: {e}"));
                     }
                 }
+                if let Target::Postgres(pg) = &mut target {
+                    if pg.needs_sweep() && caught_up(&consumer, &topic) {
+                        if let Err(e) = pg.sweep().await {
+                            return Ended::Failed(format!("PostgreSQL: {e}"));
+                        }
+                    }
+                }
                 self.metrics.lag_seconds(&sub.id, 0.0);
                 self.metrics.oldest_undelivered(&sub.id, 0.0);
                 if *shutdown.borrow() {
@@ -964,6 +971,27 @@ impl Shared {
             }
         }
     }
+}
+
+/// Whether the consumer has read every partition of `topic` to its high
+/// watermark (an untouched partition counts when it is empty).
+fn caught_up(consumer: &SubConsumer, topic: &str) -> bool {
+    tokio::task::block_in_place(|| {
+        let Ok(position) = consumer.position() else {
+            return false;
+        };
+        position.elements_for_topic(topic).iter().all(|e| {
+            let Ok((low, high)) =
+                consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(2))
+            else {
+                return false;
+            };
+            match e.offset() {
+                Offset::Offset(o) => o >= high,
+                _ => low == high,
+            }
+        })
+    })
 }
 
 fn store_offsets(consumer: &SubConsumer, topic: &str, settled: &[Canonical]) {

@@ -7,8 +7,21 @@
 //! - `_govbus_subject` (the treated record key) is the primary key; every
 //!   row carries `_govbus_source_version`, `_govbus_event_id`, `_govbus_op`
 //!   and `_govbus_time`.
+//! - **The table follows the grant.** Every row carries the policy version
+//!   it was written under (`_govbus_policy`), and so does the stored
+//!   position. When the sink opens under another policy version (fields
+//!   removed, a treatment or the row filter changed), one transaction drops
+//!   every column the grant no longer delivers as it is (absent, or now of
+//!   another type), forgets the delete markers and the position; the topic
+//!   (compacted: every key's current value) is then delivered again from
+//!   the beginning under the new grant, overwriting rows in place; once the
+//!   sink has caught up, rows nothing re-delivered (a key now outside the
+//!   filter was already deleted as `out_of_scope`; a key whose treatment
+//!   changed has a new subject) are deleted. A narrowed grant therefore
+//!   takes its removed fields out of the table at once, and the rest within
+//!   one pass over the topic.
 //! - A batch is one transaction: upserts that win only with a newer source
-//!   version, deletes (remembered in `<table>__govbus_deleted`, so that an
+//!   version (or the same version re-delivered under a new grant), deletes (remembered in `<table>__govbus_deleted`, so that an
 //!   older replayed version cannot bring a row back), and the consumed
 //!   offsets in `govbus_offsets`. The sink starts from those offsets, so its
 //!   effect is exactly-once whatever is killed when.
@@ -32,6 +45,10 @@ pub struct PgSink {
     columns: Vec<(String, String)>,
     subscription: String,
     topic: String,
+    policy: String,
+    /// Set when the table was brought in line with a new grant and rows
+    /// written under an earlier one may remain: swept once caught up.
+    sweep: bool,
 }
 
 fn quote(ident: &str) -> String {
@@ -132,20 +149,36 @@ impl PgSink {
             columns: columns(sub, ds),
             subscription: sub.id.clone(),
             topic: topic.to_owned(),
+            policy: sub.policy_version.clone(),
+            sweep: false,
         };
+        let mut sink = sink;
         sink.migrate(schema).await?;
         Ok(sink)
     }
 
-    async fn migrate(&self, schema: Option<&str>) -> Result<(), tokio_postgres::Error> {
+    async fn migrate(&mut self, schema: Option<&str>) -> Result<(), tokio_postgres::Error> {
         let mut ddl = String::new();
         if let Some(s) = schema {
             ddl.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote(s)));
         }
         ddl.push_str(&format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n  _govbus_subject text PRIMARY KEY,\n  _govbus_source_version bigint NOT NULL,\n  _govbus_event_id text NOT NULL,\n  _govbus_op text NOT NULL,\n  _govbus_time timestamptz\n);\n",
-            self.table
+            "CREATE TABLE IF NOT EXISTS {t} (\n  _govbus_subject text PRIMARY KEY,\n  _govbus_source_version bigint NOT NULL,\n  _govbus_event_id text NOT NULL,\n  _govbus_op text NOT NULL,\n  _govbus_time timestamptz\n);\n\
+             ALTER TABLE {t} ADD COLUMN IF NOT EXISTS _govbus_policy text;\n\
+             CREATE TABLE IF NOT EXISTS {} (subject text PRIMARY KEY, source_version bigint NOT NULL);\n\
+             CREATE TABLE IF NOT EXISTS {o} (subscription text, topic text, partition integer, next_offset bigint NOT NULL, PRIMARY KEY (subscription, topic, partition));\n\
+             ALTER TABLE {o} ADD COLUMN IF NOT EXISTS policy_version text;\n",
+            self.tombstones,
+            t = self.table,
+            o = self.offsets,
         ));
+        // Two sinks creating the same table at once race in the catalog; retry once.
+        if let Err(e) = self.client.batch_execute(&ddl).await {
+            tracing::debug!(message = "Table setup raced; retrying.", error = %e);
+            self.client.batch_execute(&ddl).await?;
+        }
+        self.follow_grant().await?;
+        let mut ddl = String::new();
         for (name, ty) in &self.columns {
             ddl.push_str(&format!(
                 "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {ty};\n",
@@ -153,17 +186,110 @@ impl PgSink {
                 quote(name)
             ));
         }
-        ddl.push_str(&format!(
-            "CREATE TABLE IF NOT EXISTS {} (subject text PRIMARY KEY, source_version bigint NOT NULL);\n\
-             CREATE TABLE IF NOT EXISTS {} (subscription text, topic text, partition integer, next_offset bigint NOT NULL, PRIMARY KEY (subscription, topic, partition));\n",
-            self.tombstones, self.offsets
-        ));
-        // Two sinks creating the same table at once race in the catalog; retry once.
-        if let Err(e) = self.client.batch_execute(&ddl).await {
-            tracing::debug!(message = "Table setup raced; retrying.", error = %e);
-            self.client.batch_execute(&ddl).await?;
+        self.client.batch_execute(&ddl).await
+    }
+
+    /// When the stored position was written under another policy version
+    /// (or before versions were stored), brings the table in line with the
+    /// grant as it is now: see the module documentation.
+    async fn follow_grant(&mut self) -> Result<(), tokio_postgres::Error> {
+        let stored: Vec<Option<String>> = self
+            .client
+            .query(
+                &format!(
+                    "SELECT DISTINCT policy_version FROM {} WHERE subscription = $1 AND topic = $2",
+                    self.offsets
+                ),
+                &[&self.subscription, &self.topic],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if stored
+            .iter()
+            .all(|v| v.as_deref() == Some(self.policy.as_str()))
+        {
+            return Ok(());
         }
+        let shape: Vec<String> = self
+            .columns
+            .iter()
+            .map(|(name, ty)| format!("{} {ty}", quote(name)))
+            .collect();
+        let tx = self.client.transaction().await?;
+        // The delivered columns as PostgreSQL types them, to compare with
+        // the table's (a masked date is text, a decimal keeps its typmod).
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE _govbus_shape ({}) ON COMMIT DROP",
+            shape.join(", ")
+        ))
+        .await?;
+        let stale: Vec<String> = tx
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a \
+                 WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+                 AND left(a.attname, 8) <> '_govbus_' AND NOT EXISTS ( \
+                   SELECT 1 FROM pg_attribute b WHERE b.attrelid = '_govbus_shape'::regclass \
+                   AND b.attname = a.attname AND b.atttypid = a.atttypid \
+                   AND b.atttypmod = a.atttypmod AND NOT b.attisdropped)",
+                &[&self.table],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for column in &stale {
+            tx.batch_execute(&format!(
+                "ALTER TABLE {} DROP COLUMN {}",
+                self.table,
+                quote(column)
+            ))
+            .await?;
+        }
+        tx.batch_execute(&format!("TRUNCATE {}", self.tombstones))
+            .await?;
+        tx.execute(
+            &format!(
+                "DELETE FROM {} WHERE subscription = $1 AND topic = $2",
+                self.offsets
+            ),
+            &[&self.subscription, &self.topic],
+        )
+        .await?;
+        tx.commit().await?;
+        self.sweep = true;
+        tracing::info!(
+            message = "The grant changed: columns it no longer delivers as they were are dropped, and the topic is delivered again from the beginning under the new grant.",
+            subscription = %self.subscription,
+            policy = %self.policy,
+            dropped_columns = stale.len(),
+        );
         Ok(())
+    }
+
+    /// Whether rows written under an earlier grant may remain (see
+    /// [`PgSink::sweep`]).
+    pub fn needs_sweep(&self) -> bool {
+        self.sweep
+    }
+
+    /// Once the sink has caught up after following a new grant: deletes
+    /// the rows nothing re-delivered under it. Returns how many.
+    pub async fn sweep(&mut self) -> Result<u64, tokio_postgres::Error> {
+        let n = self
+            .client
+            .execute(
+                &format!(
+                    "DELETE FROM {} WHERE _govbus_policy IS DISTINCT FROM $1",
+                    self.table
+                ),
+                &[&self.policy],
+            )
+            .await?;
+        self.sweep = false;
+        tracing::info!(message = "Rows no longer delivered under the grant deleted.", subscription = %self.subscription, rows = n);
+        Ok(n)
     }
 
     /// Where to resume: the next offset of each partition, from the table's
@@ -206,7 +332,7 @@ impl PgSink {
         if !upserts.is_empty() {
             let n = self.columns.len();
             let mut arrays: Vec<Vec<Option<String>>> =
-                vec![Vec::with_capacity(upserts.len()); n + 5];
+                vec![Vec::with_capacity(upserts.len()); n + 6];
             for &i in &upserts {
                 let e = &events[i];
                 let data = e.data.as_ref();
@@ -218,10 +344,11 @@ impl PgSink {
                 arrays[n + 2].push(Some(e.id.clone()));
                 arrays[n + 3].push(Some(e.op.clone()));
                 arrays[n + 4].push((!e.time.is_empty()).then(|| e.time.clone()));
+                arrays[n + 5].push(Some(self.policy.clone()));
             }
             let names: Vec<String> = self.columns.iter().map(|(c, _)| quote(c)).collect();
-            let aliases: Vec<String> = (0..n + 5).map(|i| format!("c{i}")).collect();
-            let params: Vec<String> = (1..=n + 5).map(|i| format!("${i}::text[]")).collect();
+            let aliases: Vec<String> = (0..n + 6).map(|i| format!("c{i}")).collect();
+            let params: Vec<String> = (1..=n + 6).map(|i| format!("${i}::text[]")).collect();
             let mut select: Vec<String> = self
                 .columns
                 .iter()
@@ -233,6 +360,7 @@ impl PgSink {
             select.push(format!("u.c{}", n + 2));
             select.push(format!("u.c{}", n + 3));
             select.push(format!("u.c{}::timestamptz", n + 4));
+            select.push(format!("u.c{}", n + 5));
             let mut all_cols = names.clone();
             all_cols.extend(
                 [
@@ -241,6 +369,7 @@ impl PgSink {
                     "_govbus_event_id",
                     "_govbus_op",
                     "_govbus_time",
+                    "_govbus_policy",
                 ]
                 .map(String::from),
             );
@@ -253,7 +382,9 @@ impl PgSink {
                 "INSERT INTO {t} ({cols}) SELECT {select} FROM unnest({params}) AS u({aliases}) \
                  WHERE NOT EXISTS (SELECT 1 FROM {tomb} d WHERE d.subject = u.c{n} AND d.source_version >= u.c{v}::bigint) \
                  ON CONFLICT (_govbus_subject) DO UPDATE SET {updates} \
-                 WHERE {t}._govbus_source_version < EXCLUDED._govbus_source_version",
+                 WHERE {t}._govbus_source_version < EXCLUDED._govbus_source_version \
+                 OR ({t}._govbus_source_version = EXCLUDED._govbus_source_version \
+                     AND {t}._govbus_policy IS DISTINCT FROM EXCLUDED._govbus_policy)",
                 t = self.table,
                 cols = all_cols.join(", "),
                 select = select.join(", "),
@@ -279,10 +410,11 @@ impl PgSink {
             tx.execute(
                 &format!(
                     "DELETE FROM {} t USING unnest($1::text[], $2::bigint[]) AS d(subject, v) \
-                     WHERE t._govbus_subject = d.subject AND t._govbus_source_version < d.v",
+                     WHERE t._govbus_subject = d.subject AND (t._govbus_source_version < d.v \
+                     OR (t._govbus_source_version = d.v AND t._govbus_policy IS DISTINCT FROM $3))",
                     self.table
                 ),
-                &[&subjects, &versions],
+                &[&subjects, &versions, &self.policy],
             )
             .await?;
             tx.execute(
@@ -298,11 +430,11 @@ impl PgSink {
         for (partition, next) in next_offsets {
             tx.execute(
                 &format!(
-                    "INSERT INTO {} (subscription, topic, partition, next_offset) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (subscription, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+                    "INSERT INTO {} (subscription, topic, partition, next_offset, policy_version) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (subscription, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, policy_version = EXCLUDED.policy_version",
                     self.offsets
                 ),
-                &[&self.subscription, &self.topic, partition, next],
+                &[&self.subscription, &self.topic, partition, next, &self.policy],
             )
             .await?;
         }
