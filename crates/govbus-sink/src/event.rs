@@ -73,11 +73,11 @@ pub struct Delivery {
     /// When the change happened at the source.
     pub time: String,
     /// `create`, `update`, `delete`, `snapshot`, or [`OUT_OF_SCOPE`]
-    /// (the record left the grant's row filter).
+    /// (only in [`Prepared::Filtered`]).
     pub op: String,
     /// Per-key version at the source.
     pub source_version: u64,
-    /// The record after the policy; `None` for a delete or a change out of scope.
+    /// The record after the policy; `None` for a delete (or out of scope).
     pub data: Option<Map<String, Json>>,
     /// Partition of `data.<dataset>`.
     pub partition: i32,
@@ -115,23 +115,26 @@ impl Delivery {
 pub enum Prepared {
     /// Deliver it.
     Deliver(Delivery),
+    /// The row filter excludes it (its offset still moves). The delivery,
+    /// op [`OUT_OF_SCOPE`] and no data, is for a sink that keeps rows: it
+    /// removes the key's row if it holds one, and tells nobody.
+    Filtered(Delivery),
     /// The value does not decode with the catalog the sink has: it goes to
     /// `dlq.sub.<id>` with this reason.
     Undecodable(DecodeError),
 }
 
-/// The `op` of a change that took a record out of a grant's row filter.
+/// The `op` of a change that leaves a record outside a grant's row filter
+/// (never sent to a subscriber; see [`prepare`]).
 pub const OUT_OF_SCOPE: &str = "out_of_scope";
 
 /// Applies `policy` to a canonical record.
 ///
-/// A change that leaves its record outside the row filter is delivered as
-/// op [`OUT_OF_SCOPE`] with no data: the subscriber may hold an earlier
-/// version that was inside, and must drop it rather than keep a value the
-/// source has replaced. (Deletes pass the filter for the same reason.)
-/// Creates are no exception: the op is the publisher's word (the router
-/// defaults it to `create`) and cannot be trusted to mean "new key".
-/// Only the fields the policy reads are decoded.
+/// A record outside the row filter is [`Prepared::Filtered`]: event sinks
+/// drop it (telling a subscriber about every change outside its filter
+/// would tell it the filtered value — "outside `cause != accident`" is
+/// "an accident" — and keys it may never see); the PostgreSQL sink uses it
+/// to remove a row it holds. Only the fields the policy reads are decoded.
 pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepared {
     let key = c.header(h::CE_SUBJECT);
     let key = if key.is_empty() {
@@ -154,7 +157,7 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
             Err(e) => return Prepared::Undecodable(e),
         },
     };
-    Prepared::Deliver(Delivery {
+    let delivery = Delivery {
         id: c.header(h::CE_ID).to_owned(),
         source: c.header(h::CE_SOURCE).to_owned(),
         dataset: policy.subscription().dataset.clone(),
@@ -170,5 +173,10 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
         partition: c.partition,
         offset: c.offset,
         timestamp_ms: c.timestamp_ms,
-    })
+    };
+    if delivery.op == OUT_OF_SCOPE {
+        Prepared::Filtered(delivery)
+    } else {
+        Prepared::Deliver(delivery)
+    }
 }

@@ -645,9 +645,17 @@ impl Shared {
             for (i, c) in batch.iter().enumerate() {
                 match prepare(&catalog, &policy, c) {
                     Prepared::Deliver(d) => {
-                        filtered += usize::from(d.op == OUT_OF_SCOPE);
                         deliveries.push(d);
                         from.push(i);
+                    }
+                    // Only a table the sink keeps can drop a row it holds
+                    // without telling anyone about keys outside the filter.
+                    Prepared::Filtered(d) => {
+                        filtered += 1;
+                        if matches!(target, Target::Postgres(_)) {
+                            deliveries.push(d);
+                            from.push(i);
+                        }
                     }
                     Prepared::Undecodable(e) => undecodable.push((i, e.to_string())),
                 }
@@ -684,7 +692,7 @@ impl Shared {
             let delivered: Vec<String> = deliveries[..progress.done]
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| !dead_set.contains(i))
+                .filter(|(i, d)| !dead_set.contains(i) && d.op != OUT_OF_SCOPE)
                 .map(|(_, d)| d.id.clone())
                 .collect();
             let dead_ids: Vec<String> = dead
@@ -795,7 +803,14 @@ impl Shared {
                 // The ledger entry goes first: the commit below moves the offsets
                 // with the rows, so nothing may fail after it. A crash in between
                 // leaves an entry whose delivery is repeated (and recorded again).
-                if !events.is_empty() {
+                // Rows removed because their record left the filter are not
+                // deliveries: nothing of them reached the subscriber.
+                let delivered: Vec<String> = events
+                    .iter()
+                    .filter(|e| e.op != OUT_OF_SCOPE)
+                    .map(|e| e.id.clone())
+                    .collect();
+                if !delivered.is_empty() {
                     let entry = ledger::Record {
                         subscription: &sub.id,
                         subscriber: &sub.subscriber,
@@ -803,7 +818,7 @@ impl Shared {
                         sink: sub.sink.kind(),
                         policy: &sub.policy_version,
                         outcome: "delivered",
-                        events: events.iter().map(|e| e.id.clone()).collect(),
+                        events: delivered,
                         calls: Vec::new(),
                     };
                     if let Err(e) = self.ledger.append(&entry).await {

@@ -49,8 +49,9 @@ use crate::policy::Policy;
 use crate::run::{next_batch, Shared, Sinks};
 
 /// Events checked, recorded and handed to a client together; also the
-/// channel's capacity, so at most this many already checked events can
-/// still reach a client after its grant changes.
+/// channel's capacity (`reserve_many` needs at most that), so at most this
+/// many already checked events can still reach a client after its grant
+/// changes.
 const CHUNK: usize = 128;
 
 /// A parsed offset cursor: partition → next offset.
@@ -452,15 +453,25 @@ async fn stream(
                 };
                 // What can change without a reload: the grant's validity
                 // window runs out.
-                if !Arc::ptr_eq(&shared.catalog.borrow(), &catalog)
-                    || client.credentials.generation() != credentials
-                    || sub.inactive_reason(crate::run::now_ms()).is_some()
-                {
+                let unchanged = || {
+                    Arc::ptr_eq(&shared.catalog.borrow(), &catalog)
+                        && client.credentials.generation() == credentials
+                        && sub.inactive_reason(crate::run::now_ms()).is_none()
+                };
+                if !unchanged() {
                     changed = true;
                     break;
                 }
                 let (ids, events): (Vec<String>, Vec<Event>) = chunk.into_iter().unzip();
                 record(&shared, &sub, ids).await?;
+                // The ledger may have taken long (an outage): a grant revoked
+                // or narrowed meanwhile holds back what it no longer allows.
+                // (The entry then lists events no client read: the
+                // direction the ledger may err in.)
+                if !unchanged() {
+                    changed = true;
+                    break;
+                }
                 if let Some(permits) = permits {
                     for (permit, event) in permits.zip(events) {
                         permit.send(event);

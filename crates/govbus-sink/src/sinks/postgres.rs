@@ -407,6 +407,13 @@ impl PgSink {
                 .iter()
                 .map(|&i| i64::try_from(events[i].source_version).unwrap_or(i64::MAX))
                 .collect();
+            // A record outside the filter removes its row if there is one,
+            // and leaves no marker: the table never names a key it did not
+            // hold . A deletion at the source leaves one.
+            let deleted: Vec<bool> = deletes
+                .iter()
+                .map(|&i| events[i].op != crate::event::OUT_OF_SCOPE)
+                .collect();
             tx.execute(
                 &format!(
                     "DELETE FROM {} t USING unnest($1::text[], $2::bigint[]) AS d(subject, v) \
@@ -419,11 +426,11 @@ impl PgSink {
             .await?;
             tx.execute(
                 &format!(
-                    "INSERT INTO {} (subject, source_version) SELECT * FROM unnest($1::text[], $2::bigint[]) \
+                    "INSERT INTO {} (subject, source_version) SELECT d.s, d.v FROM unnest($1::text[], $2::bigint[], $3::bool[]) AS d(s, v, deleted) WHERE d.deleted \
                      ON CONFLICT (subject) DO UPDATE SET source_version = GREATEST({}.source_version, EXCLUDED.source_version)",
                     self.tombstones, self.tombstones
                 ),
-                &[&subjects, &versions],
+                &[&subjects, &versions, &deleted],
             )
             .await?;
         }
