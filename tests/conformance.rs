@@ -777,7 +777,8 @@ async fn a_live_stream_hands_over_nothing_the_ledger_has_not_recorded() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let mut b = Bench::start(Kind::LiveStream).await;
     let mut sink = b.sink();
-    let all = changes(0..20);
+    // More events than one chunk of 128: the chunk boundary is crossed.
+    let all = changes(0..100);
     b.publish(&all).await;
     let data = b.topics.data(DEATHS);
     let start = Instant::now();

@@ -1332,6 +1332,26 @@ pub(crate) fn load_subscription(
         }
         treatments.insert(field.clone(), *t);
     }
+    // A key identifies a record: masked, many people share one value (an ID
+    // number's 6+4 characters), so a table or view keyed by it overwrites
+    // one person's record with another's, and an event subscriber cannot
+    // tell them apart. A personal key field is therefore pseudonymised
+    // unless the grant says `clear`, and `mask` on it is refused.
+    for field in &ds.key {
+        if !ds.personal_data.contains_key(field) {
+            continue;
+        }
+        if treatments.get(field) == Some(&Treatment::Mask) {
+            c.push(
+                &file,
+                format!("fields.treatment.{field}"),
+                format!("`{field}` is the key of {}: masked, many records share one key value and overwrite each other in the subscriber's table; use `pseudonym` (the default for a key) or `clear`", ds.name),
+            );
+        }
+        treatments
+            .entry(field.clone())
+            .or_insert(Treatment::Pseudonym);
+    }
     for field in ds.personal_data.keys() {
         treatments.entry(field.clone()).or_insert(Treatment::Mask);
     }

@@ -594,3 +594,36 @@ fn live_interface_grants_and_lookup_fields_are_checked() {
         "an unknown lookup key is refused:\n{shown:#?}"
     );
 }
+
+/// A personal key field is pseudonymised by default, and masking it is
+/// refused: masked, many people share one key value (an ID number's 6+4
+/// characters) and overwrite each other in a table keyed by it.
+#[test]
+fn a_personal_key_is_pseudonymised_and_never_masked() {
+    let grant = |treatment: &str| {
+        format!(
+            "subscriber = \"education\"\ndataset = \"public_security.household_registration\"\npurpose = \"enrolment residency checks\"\n\n[fields.treatment]\n{treatment}\n\n[sink]\ntype = \"kafka_view\"\n"
+        )
+    };
+    let dir = broken_copy();
+    let path = dir.path().join("subscriptions/residency.toml");
+    std::fs::write(&path, grant("")).expect("write");
+    let catalog = Catalog::load(dir.path()).expect("loads");
+    let sub = catalog.subscription("residency").expect("grant");
+    assert_eq!(sub.treatments["id_number"], Treatment::Pseudonym);
+    assert_eq!(sub.treatments["name"], Treatment::Mask);
+
+    std::fs::write(&path, grant("id_number = \"mask\"")).expect("write");
+    let p = problems(dir.path());
+    assert!(
+        has(
+            &p,
+            "residency.toml",
+            "fields.treatment.id_number",
+            "overwrite each other"
+        ),
+        "{p:?}"
+    );
+    std::fs::write(&path, grant("id_number = \"clear\"")).expect("write");
+    assert!(problems(dir.path()).is_empty());
+}
