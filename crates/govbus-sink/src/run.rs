@@ -641,7 +641,8 @@ impl Shared {
             let mut deliveries: Vec<Delivery> = Vec::with_capacity(batch.len());
             let mut from: Vec<usize> = Vec::with_capacity(batch.len());
             let mut undecodable: Vec<(usize, String)> = Vec::new();
-            let mut filtered = 0usize;
+            // Batch indices of records outside the row filter.
+            let mut filtered: Vec<usize> = Vec::new();
             for (i, c) in batch.iter().enumerate() {
                 match prepare(&catalog, &policy, c) {
                     Prepared::Deliver(d) => {
@@ -651,7 +652,7 @@ impl Shared {
                     // Only a table the sink keeps can drop a row it holds
                     // without telling anyone about keys outside the filter.
                     Prepared::Filtered(d) => {
-                        filtered += 1;
+                        filtered.push(i);
                         if matches!(target, Target::Postgres(_)) {
                             deliveries.push(d);
                             from.push(i);
@@ -727,7 +728,10 @@ impl Shared {
                     self.metrics.delivered(&sub.id, kind, n);
                 }
             }
-            self.metrics.filtered(&sub.id, kind, filtered.min(settled));
+            // Counted once, when its offset moves (a record after `settled`
+            // comes again in the next batch).
+            let settled_filtered = filtered.iter().filter(|&&i| i < settled).count();
+            self.metrics.filtered(&sub.id, kind, settled_filtered);
             if !matches!(target, Target::Postgres(_)) {
                 store_offsets(&consumer, &topic, &batch[..settled]);
             }

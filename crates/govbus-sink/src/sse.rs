@@ -429,19 +429,28 @@ async fn stream(
                 let mut ahead = position.clone();
                 let mut chunk: Vec<(String, Event)> = Vec::new();
                 let mut taken = 0;
+                let mut filtered = 0;
                 for c in rest {
                     if chunk.len() == CHUNK {
                         break;
                     }
                     taken += 1;
                     ahead.insert(c.partition, c.offset + 1);
-                    if let Prepared::Deliver(d) = prepare(&catalog, &policy, c) {
-                        let data = d.cloudevent(&sub.policy_version).to_string();
-                        let event = Event::default()
-                            .id(format_cursor(&ahead))
-                            .event(d.op.clone())
-                            .data(data);
-                        chunk.push((d.id, event));
+                    match prepare(&catalog, &policy, c) {
+                        Prepared::Deliver(d) => {
+                            let data = d.cloudevent(&sub.policy_version).to_string();
+                            let event = Event::default()
+                                .id(format_cursor(&ahead))
+                                .event(d.op.clone())
+                                .data(data);
+                            chunk.push((d.id, event));
+                        }
+                        Prepared::Filtered(_) => filtered += 1,
+                        // The subscription's delivery sinks dead-letter it
+                        // (`dlq.sub.<id>`); a live stream skips it, and says so.
+                        Prepared::Undecodable(e) => {
+                            tracing::warn!(message = "A record does not decode with this catalog; the live stream skips it.", subscription = %sub.id, partition = c.partition, offset = c.offset, error = %e)
+                        }
                     }
                 }
                 let permits = match chunk.len() {
@@ -477,6 +486,7 @@ async fn stream(
                         permit.send(event);
                     }
                 }
+                shared.metrics.filtered(&sub.id, "sse", filtered);
                 position = ahead;
                 rest = &rest[taken..];
             }
