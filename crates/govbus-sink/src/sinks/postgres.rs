@@ -210,6 +210,19 @@ impl PgSink {
             .iter()
             .all(|v| v.as_deref() == Some(self.policy.as_str()))
         {
+            // A sink stopped after following a new grant but before its
+            // sweep left rows of the old one: sweep once caught up.
+            self.sweep = self
+                .client
+                .query_one(
+                    &format!(
+                        "SELECT EXISTS (SELECT 1 FROM {} WHERE _govbus_policy IS DISTINCT FROM $1)",
+                        self.table
+                    ),
+                    &[&self.policy],
+                )
+                .await?
+                .get(0);
             return Ok(());
         }
         let shape: Vec<String> = self
