@@ -1336,9 +1336,12 @@ pub(crate) fn load_subscription(
     // number's 6+4 characters), so a table or view keyed by it overwrites
     // one person's record with another's, and an event subscriber cannot
     // tell them apart. A personal key field is therefore pseudonymised
-    // unless the grant says `clear`, and `mask` on it is refused.
+    // unless the grant says `clear`, and `mask` on it is refused. A live
+    // interface keeps nothing keyed by it and may not pseudonymise what
+    // callers look records up by (below): there the default stays `mask`.
+    let live_interface = spec.sink.kind == "api";
     for field in &ds.key {
-        if !ds.personal_data.contains_key(field) {
+        if !ds.personal_data.contains_key(field) || live_interface {
             continue;
         }
         if treatments.get(field) == Some(&Treatment::Mask) {

@@ -626,4 +626,18 @@ fn a_personal_key_is_pseudonymised_and_never_masked() {
     );
     std::fs::write(&path, grant("id_number = \"clear\"")).expect("write");
     assert!(problems(dir.path()).is_empty());
+    // A live interface is asked by the clear key: it keeps the masked default.
+    std::fs::write(
+        &path,
+        grant("").replace(
+            "type = \"kafka_view\"",
+            "type = \"api\"\noperations = [\"verify\"]",
+        ),
+    )
+    .expect("write");
+    let catalog = Catalog::load(dir.path()).unwrap_or_else(|p| panic!("{:?}", p.0));
+    assert_eq!(
+        catalog.subscription("residency").expect("grant").treatments["id_number"],
+        Treatment::Mask
+    );
 }

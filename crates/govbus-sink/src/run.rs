@@ -992,24 +992,31 @@ impl Shared {
     }
 }
 
-/// Whether the consumer has read every partition of `topic` to its high
-/// watermark (an untouched partition counts when it is empty).
+/// Whether the consumer has read every assigned partition of `topic` to its
+/// high watermark, and read something: an empty topic (or none assigned)
+/// is never "caught up", so a sweep cannot empty a table because the topic
+/// is empty or was recreated.
 fn caught_up(consumer: &SubConsumer, topic: &str) -> bool {
     tokio::task::block_in_place(|| {
         let Ok(position) = consumer.position() else {
             return false;
         };
-        position.elements_for_topic(topic).iter().all(|e| {
+        let mut read = false;
+        let all = position.elements_for_topic(topic).iter().all(|e| {
             let Ok((low, high)) =
                 consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(2))
             else {
                 return false;
             };
             match e.offset() {
-                Offset::Offset(o) => o >= high,
+                Offset::Offset(o) => {
+                    read |= o > low;
+                    o >= high
+                }
                 _ => low == high,
             }
-        })
+        });
+        all && read
     })
 }
 

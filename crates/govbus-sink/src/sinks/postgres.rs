@@ -21,7 +21,8 @@
 //!   takes its removed fields out of the table at once, and the rest within
 //!   one pass over the topic.
 //! - A batch is one transaction: upserts that win only with a newer source
-//!   version (or the same version re-delivered under a new grant), deletes (remembered in `<table>__govbus_deleted`, so that an
+//!   version (or over a row written under another grant: the re-read
+//!   rewrites every row it finds, whatever its version), deletes (remembered in `<table>__govbus_deleted`, so that an
 //!   older replayed version cannot bring a row back), and the consumed
 //!   offsets in `govbus_offsets`. The sink starts from those offsets, so its
 //!   effect is exactly-once whatever is killed when.
@@ -276,7 +277,7 @@ impl PgSink {
             message = "The grant changed: columns it no longer delivers as they were are dropped, and the topic is delivered again from the beginning under the new grant.",
             subscription = %self.subscription,
             policy = %self.policy,
-            dropped_columns = stale.len(),
+            dropped_columns = %stale.join(","),
         );
         Ok(())
     }
@@ -396,8 +397,7 @@ impl PgSink {
                  WHERE NOT EXISTS (SELECT 1 FROM {tomb} d WHERE d.subject = u.c{n} AND d.source_version >= u.c{v}::bigint) \
                  ON CONFLICT (_govbus_subject) DO UPDATE SET {updates} \
                  WHERE {t}._govbus_source_version < EXCLUDED._govbus_source_version \
-                 OR ({t}._govbus_source_version = EXCLUDED._govbus_source_version \
-                     AND {t}._govbus_policy IS DISTINCT FROM EXCLUDED._govbus_policy)",
+                 OR {t}._govbus_policy IS DISTINCT FROM EXCLUDED._govbus_policy",
                 t = self.table,
                 cols = all_cols.join(", "),
                 select = select.join(", "),
@@ -422,7 +422,7 @@ impl PgSink {
                 .collect();
             // A record outside the filter removes its row if there is one,
             // and leaves no marker: the table never names a key it did not
-            // hold . A deletion at the source leaves one.
+            // hold. A deletion at the source leaves one.
             let deleted: Vec<bool> = deletes
                 .iter()
                 .map(|&i| events[i].op != crate::event::OUT_OF_SCOPE)
@@ -431,7 +431,7 @@ impl PgSink {
                 &format!(
                     "DELETE FROM {} t USING unnest($1::text[], $2::bigint[]) AS d(subject, v) \
                      WHERE t._govbus_subject = d.subject AND (t._govbus_source_version < d.v \
-                     OR (t._govbus_source_version = d.v AND t._govbus_policy IS DISTINCT FROM $3))",
+                     OR t._govbus_policy IS DISTINCT FROM $3)",
                     self.table
                 ),
                 &[&subjects, &versions, &self.policy],
