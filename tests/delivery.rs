@@ -730,6 +730,13 @@ table = "{}.deaths"
     }
     let before = rows(all.clone()).await;
     assert_eq!(before[0]["deceased_id_number"], json!(id_number(0)));
+    // A second instance on the same table waits instead of rewriting it.
+    let (mut second, _) = d.sink("second", &["--postgres", &conninfo, "--max-batch", "5000"]);
+    wait_until("the second instance waits", Duration::from_secs(30), || {
+        d.log("second").contains("is held by another govbus sink")
+    });
+    let _ = second.kill();
+    let _ = second.wait();
     assert_eq!(before[0]["deceased_name"], json!("欧阳娜娜"));
 
     write_subscription(d.catalog_dir(), "pgfollow", &grant(true));

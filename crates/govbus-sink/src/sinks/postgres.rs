@@ -122,21 +122,47 @@ fn text(v: Option<&Json>) -> Option<String> {
     }
 }
 
+/// Why a PostgreSQL sink did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The database refused or failed.
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// Another sink instance holds the table (one instance per table; this
+    /// one takes over when that one's session ends).
+    #[error("table {0} is held by another govbus sink (one instance per table; this one waits and takes over when that one stops)")]
+    Busy(String),
+}
+
 impl PgSink {
-    /// Connects, creates or migrates the table, and returns the sink.
+    /// Connects, takes the table's lock (a session advisory lock, released
+    /// when the connection ends), creates or migrates the table, and
+    /// returns the sink.
     pub async fn open(
         conninfo: &str,
         table: &str,
         sub: &Subscription,
         ds: &Dataset,
         topic: &str,
-    ) -> Result<PgSink, tokio_postgres::Error> {
+    ) -> Result<PgSink, OpenError> {
         let (client, connection) = tokio_postgres::connect(conninfo, NoTls).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::warn!(message = "PostgreSQL connection ended.", %error);
             }
         });
+        // One instance per table: the table follows its grant, and two
+        // instances under different policy versions would rewrite it in turn.
+        let held: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('govbus.sink.table'), hashtext($1))",
+                &[&table],
+            )
+            .await?
+            .get(0);
+        if !held {
+            return Err(OpenError::Busy(table.to_owned()));
+        }
         let schema = table.split_once('.').map(|(s, _)| s);
         let offsets = match schema {
             Some(s) => format!("{}.govbus_offsets", quote(s)),
