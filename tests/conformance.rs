@@ -493,6 +493,25 @@ impl Bench {
             .collect()
     }
 
+    /// Every event id in `held` is on the ledger (its appends are
+    /// acknowledged before offsets move; reading it back takes a moment).
+    async fn assert_on_ledger(&self, held: &BTreeSet<String>) {
+        let start = Instant::now();
+        loop {
+            let ledger = self.ledgered();
+            let missing: Vec<&String> = held.iter().filter(|id| !ledger.contains(*id)).collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{:?}: held by the subscriber, not on the ledger: {missing:?}",
+                self.kind
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     fn dump(&self) {
         for entry in std::fs::read_dir(self.work.path()).unwrap().flatten() {
             let p = entry.path();
@@ -726,19 +745,7 @@ async fn conformance(kind: Kind) {
         }
         _ => b.seen().into_iter().map(|s| s.id).collect(),
     };
-    let start = Instant::now();
-    let missing = loop {
-        let ledger = b.ledgered();
-        let missing: Vec<&String> = held.iter().filter(|id| !ledger.contains(*id)).collect();
-        if missing.is_empty() || start.elapsed() > Duration::from_secs(30) {
-            break missing.into_iter().cloned().collect::<Vec<_>>();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert!(
-        missing.is_empty(),
-        "{kind:?}: held by the subscriber, not on the ledger: {missing:?}"
-    );
+    b.assert_on_ledger(&held).await;
     kill9(&mut sink);
 }
 
@@ -820,18 +827,6 @@ async fn a_live_stream_hands_over_nothing_the_ledger_has_not_recorded() {
     )
     .await;
     let held: BTreeSet<String> = b.seen().into_iter().map(|s| s.id).collect();
-    let start = Instant::now();
-    loop {
-        let ledger = b.ledgered();
-        let missing: Vec<&String> = held.iter().filter(|id| !ledger.contains(*id)).collect();
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "streamed, not on the ledger: {missing:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    b.assert_on_ledger(&held).await;
     kill9(&mut sink);
 }

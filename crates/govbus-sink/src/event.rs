@@ -145,17 +145,22 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
     } else {
         key
     };
-    let mut op = c.header(h::CE_OP);
+    let mut outside = false;
     let data = match &c.value {
         None => None,
         Some(v) => match decode::to_json_only(catalog, v, &|f| policy.reads(f)) {
             Ok(record) if policy.admits(&record) => Some(policy.apply(record)),
             Ok(_) => {
-                op = OUT_OF_SCOPE;
+                outside = true;
                 None
             }
             Err(e) => return Prepared::Undecodable(e),
         },
+    };
+    let op = if outside {
+        OUT_OF_SCOPE
+    } else {
+        c.header(h::CE_OP)
     };
     let delivery = Delivery {
         id: c.header(h::CE_ID).to_owned(),
@@ -174,7 +179,7 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
         offset: c.offset,
         timestamp_ms: c.timestamp_ms,
     };
-    if delivery.op == OUT_OF_SCOPE {
+    if outside {
         Prepared::Filtered(delivery)
     } else {
         Prepared::Deliver(delivery)
