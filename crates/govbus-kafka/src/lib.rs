@@ -9,6 +9,7 @@
 //! - [`config`]: consumer and producer settings that every component starts from.
 //!
 //! - [`read`]: a whole topic, for the operator tools.
+//! - [`retry`]: the one backoff policy every retry loop waits by.
 //! - [`schema_log`]: run-time schema changes, and following them into a
 //!   recompiled engine.
 //!
@@ -20,5 +21,6 @@ pub mod headers;
 pub mod produce;
 pub mod provision;
 pub mod read;
+pub mod retry;
 pub mod schema_log;
 pub mod topics;

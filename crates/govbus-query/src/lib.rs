@@ -134,7 +134,7 @@ impl Query {
             &config.ledger_key,
         )
         .await?;
-        tracing::info!(message = "Query ledger chain opened.", writer = %ledger.writer());
+        tracing::info!(message = "Query ledger ready; its chain opens with the first entry.", writer = %ledger.writer());
         let query = Query {
             inner: Arc::new(Inner {
                 audit: api::Audit::start(ledger, metrics.clone()),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use govbus_kafka::config as kconfig;
 use govbus_kafka::headers as h;
+use govbus_kafka::retry::Backoff;
 use govbus_kafka::topics::Topics;
 use govbus_validate::{Context, Engine};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -497,7 +498,7 @@ impl Router {
         record: &mut Outgoing,
         mut error: KafkaError,
     ) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let kind = if record.dlq { "dlq" } else { "data" };
             self.metrics.produce_error(kind, &error);
@@ -511,8 +512,7 @@ impl Router {
                     tracing::warn!(message = "Cannot create topic.", topic = %record.topic, error = %e);
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+            backoff.wait().await;
             match enqueue(producer, record) {
                 Ok(f) => match f.await {
                     Ok(Ok(_)) => return,

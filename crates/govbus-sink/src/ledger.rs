@@ -34,6 +34,7 @@
 use std::time::Duration;
 
 use govbus_catalog::time;
+use govbus_kafka::retry::Backoff;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -232,6 +233,11 @@ pub struct Ledger {
     writer: String,
     key: Vec<u8>,
     chain: Mutex<Chain>,
+    /// Set once the chain's `open` entry is acknowledged: it is written
+    /// before the first entry that needs it, not at start, so a process
+    /// started while the broker refuses writes still starts (and serves
+    /// its health and metrics) instead of waiting here.
+    opened: tokio::sync::OnceCell<()>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -273,8 +279,10 @@ fn new_writer_id() -> String {
 }
 
 impl Ledger {
-    /// Opens a new chain on `topic` and writes its `open` entry; entries are
-    /// authenticated with `key`.
+    /// A new chain on `topic`, its entries authenticated with `key`. The
+    /// chain's `open` entry is written before its first other entry (and
+    /// acknowledged before that one is enqueued), not here: nothing waits
+    /// for the broker until there is something to record.
     pub async fn open(bootstrap: &str, topic: &str, key: &[u8]) -> Result<Ledger, LedgerError> {
         // No linger: every writer awaits its entry before going on (a sink
         // its batch's, the query API its round of calls), so a linger would
@@ -296,9 +304,18 @@ impl Ledger {
                 seq: 0,
                 prev: GENESIS.to_owned(),
             }),
+            opened: tokio::sync::OnceCell::new(),
         };
-        ledger.write("open", &Record::default()).await?;
         Ok(ledger)
+    }
+
+    /// Writes the chain's `open` entry unless it is already acknowledged
+    /// (a failed attempt is tried again by the next caller).
+    async fn ensure_open(&self) -> Result<(), LedgerError> {
+        self.opened
+            .get_or_try_init(|| async { self.write("open", &Record::default()).await })
+            .await
+            .map(|_| ())
     }
 
     /// This writer's id.
@@ -313,11 +330,16 @@ impl Ledger {
 
     /// Appends a delivery entry; returns once the broker has it.
     pub async fn append(&self, record: &Record<'_>) -> Result<(), LedgerError> {
+        self.ensure_open().await?;
         self.write("delivery", record).await
     }
 
-    /// Writes the `close` entry: the chain ends here.
+    /// Writes the `close` entry: the chain ends here. A chain that recorded
+    /// nothing was never opened and has nothing to close.
     pub async fn close(&self) -> Result<(), LedgerError> {
+        if !self.opened.initialized() {
+            return Ok(());
+        }
         self.write("close", &Record::default()).await
     }
 
@@ -348,6 +370,9 @@ impl Ledger {
             entry.hash = entry.compute_hash();
             entry.mac = entry.compute_mac(&self.key);
             let body = serde_json::to_vec(&entry).unwrap_or_default();
+            // A full queue drains in milliseconds; a broker that is down
+            // takes longer.
+            let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
             let delivery = loop {
                 let record = FutureRecord::to(&self.topic)
                     .key(self.writer.as_bytes())
@@ -355,8 +380,9 @@ impl Ledger {
                 match self.producer.send_result(record) {
                     Ok(d) => break d,
                     Err((e, _)) if is_retriable(&e) => {
-                        tracing::warn!(topic = %self.topic, error = %e, "ledger write not accepted by the producer; retrying");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let wait = backoff.next_delay();
+                        tracing::warn!(topic = %self.topic, error = %e, attempt = backoff.attempts(), wait_ms = wait.as_millis() as u64, "ledger write not accepted by the producer; retrying");
+                        tokio::time::sleep(wait).await;
                     }
                     Err((source, _)) => {
                         return Err(LedgerError {

@@ -4,10 +4,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use govbus_catalog::{Catalog, Dataset, SinkSpec, Subscription};
 use govbus_kafka::headers as h;
+use govbus_kafka::retry::Backoff;
 use govbus_kafka::topics::Topics;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -177,7 +178,7 @@ impl Sinks {
         let producer: FutureProducer = config
             .client(govbus_kafka::config::producer(&config.bootstrap))
             .create()?;
-        tracing::info!(message = "Delivery ledger opened.", writer = %ledger.writer(), topic = %config.audit());
+        tracing::info!(message = "Delivery ledger ready; its chain opens with the first entry.", writer = %ledger.writer(), topic = %config.audit());
         Ok(Sinks {
             shared: Arc::new(Shared {
                 config,
@@ -428,6 +429,9 @@ impl Shared {
     async fn run_subscription(self: Arc<Self>, id: String, mut shutdown: watch::Receiver<bool>) {
         let mut disabled: Option<SinkSpec> = None;
         let mut last_state = "";
+        // A sink that failed starts again after 1 s, 2 s … at most 30 s;
+        // one that ran for 30 s before failing starts from 1 s again.
+        let mut restart = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
             if *shutdown.borrow() {
                 return;
@@ -462,7 +466,12 @@ impl Shared {
             last_state = "";
             self.metrics.active(&id, true);
             tracing::info!(message = "Subscription delivering.", subscription = %id, subscriber = %sub.subscriber, dataset = %sub.dataset, sink = sub.sink.kind(), policy = %sub.policy_version);
-            match self.deliver_while_granted(&sub, &ds, &mut shutdown).await {
+            let began = Instant::now();
+            let ended = self.deliver_while_granted(&sub, &ds, &mut shutdown).await;
+            if began.elapsed() >= restart.cap() {
+                restart.reset();
+            }
+            match ended {
                 Ended::Shutdown => return,
                 Ended::Inactive(reason) => {
                     self.metrics.active(&id, false);
@@ -478,10 +487,11 @@ impl Shared {
                 }
                 Ended::Failed(error) => {
                     self.metrics.active(&id, false);
-                    tracing::error!(message = "Sink failed; retrying in 5 s.", subscription = %id, %error);
+                    let wait = restart.next_delay();
+                    tracing::error!(message = "Sink failed; starting it again from its committed position.", subscription = %id, %error, attempt = restart.attempts(), wait_ms = wait.as_millis() as u64);
                     tokio::select! {
                         _ = shutdown.changed() => {}
-                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        () = tokio::time::sleep(wait) => {}
                     }
                 }
             }
@@ -623,7 +633,10 @@ impl Shared {
                 if let Target::Postgres(pg) = &mut target {
                     if pg.needs_sweep() && caught_up(&consumer, &topic) {
                         if let Err(e) = pg.sweep().await {
-                            return Ended::Failed(format!("PostgreSQL: {e}"));
+                            return Ended::Failed(format!(
+                                "PostgreSQL: {}",
+                                postgres::describe(&e)
+                            ));
                         }
                     }
                 }
@@ -755,7 +768,10 @@ impl Shared {
         pg: &PgSink,
         topic: &str,
     ) -> Result<(), String> {
-        let stored = pg.offsets().await.map_err(|e| format!("PostgreSQL: {e}"))?;
+        let stored = pg
+            .offsets()
+            .await
+            .map_err(|e| format!("PostgreSQL: {}", postgres::describe(&e)))?;
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
@@ -804,17 +820,23 @@ impl Shared {
                     next.insert(c.partition, c.offset + 1);
                 }
                 let next: Vec<(i32, i64)> = next.into_iter().collect();
-                // The ledger entry goes first: the commit below moves the offsets
-                // with the rows, so nothing may fail after it. A crash in between
-                // leaves an entry whose delivery is repeated (and recorded again).
-                // Rows removed because their record left the filter are not
-                // deliveries: nothing of them reached the subscriber.
+                // The ledger entry is appended once the table has taken every
+                // statement and before the commit that moves the offsets with
+                // the rows: a table refusing the batch leaves no entry, and a
+                // crash (or a failed commit) after the entry leaves one whose
+                // delivery is repeated and recorded again — never a row
+                // without its entry. Rows removed because their record left
+                // the filter are not deliveries: nothing of them reached the
+                // subscriber.
                 let delivered: Vec<String> = events
                     .iter()
                     .filter(|e| e.op != OUT_OF_SCOPE)
                     .map(|e| e.id.clone())
                     .collect();
-                if !delivered.is_empty() {
+                let record = || async {
+                    if delivered.is_empty() {
+                        return Ok(());
+                    }
                     let entry = ledger::Record {
                         subscription: &sub.id,
                         subscriber: &sub.subscriber,
@@ -822,24 +844,19 @@ impl Shared {
                         sink: sub.sink.kind(),
                         policy: &sub.policy_version,
                         outcome: "delivered",
-                        events: delivered,
+                        events: delivered.clone(),
                         calls: Vec::new(),
                     };
-                    if let Err(e) = self.ledger.append(&entry).await {
-                        return Progress {
-                            done: 0,
-                            dead: Vec::new(),
-                            stop: Some(Ended::Failed(e.to_string())),
-                        };
-                    }
+                    self.ledger.append(&entry).await?;
                     self.metrics.ledger_entry("delivered");
-                }
-                match pg.apply(events, &next).await {
+                    Ok(())
+                };
+                match pg.apply(events, &next, record).await {
                     Ok(()) => Progress::all(events.len()),
                     Err(e) => Progress {
                         done: 0,
                         dead: Vec::new(),
-                        stop: Some(Ended::Failed(format!("PostgreSQL: {e}"))),
+                        stop: Some(Ended::Failed(e.to_string())),
                     },
                 }
             }
@@ -867,6 +884,7 @@ impl Shared {
             .unwrap_or_default();
             let body = Arc::new(body);
             let mut attempt = 0u32;
+            let mut backoff = Backoff::new(Duration::from_millis(200), wh.max_backoff);
             let dead_reason = loop {
                 attempt += 1;
                 if attempt > 1 {
@@ -900,10 +918,9 @@ impl Shared {
                                 format!("{why}; {attempt} attempts"),
                             ));
                         }
-                        let wait = after.map_or_else(
-                            || webhook::backoff(attempt, wh.max_backoff, now_ms() as u64),
-                            |a| a.min(wh.max_backoff),
-                        );
+                        // `Retry-After` replaces the wait, within the cap.
+                        let wait = backoff.next_delay();
+                        let wait = after.map_or(wait, |a| a.min(backoff.cap()));
                         tracing::info!(message = "Webhook delivery failed; will retry.", subscription = %sub.id, attempt, detail = %why, wait_ms = wait.as_millis() as u64);
                         // Wait in short steps: a revocation or a stop ends the wait.
                         let until = tokio::time::Instant::now() + wait;
@@ -947,6 +964,7 @@ impl Shared {
             let c = &batch[*i];
             let partition = c.partition.to_string();
             let offset = c.offset.to_string();
+            let mut backoff = Backoff::broker();
             loop {
                 let mut headers = rdkafka::message::OwnedHeaders::new();
                 for (k, v) in &c.headers {
@@ -983,8 +1001,9 @@ impl Shared {
                 match self.producer.send(record, Duration::from_secs(30)).await {
                     Ok(_) => break,
                     Err((error, _)) => {
-                        tracing::warn!(message = "Subscriber DLQ write failed; retrying (offsets do not move).", %dlq, %error);
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let wait = backoff.next_delay();
+                        tracing::warn!(message = "Subscriber DLQ write failed; retrying (offsets do not move).", %dlq, %error, attempt = backoff.attempts(), wait_ms = wait.as_millis() as u64);
+                        tokio::time::sleep(wait).await;
                     }
                 }
             }

@@ -77,7 +77,9 @@ async fn a_row_changes_only_for_a_higher_source_version() {
     let mut offset = 0;
     let mut apply = async |e: Delivery| {
         offset += 1;
-        sink.apply(&[e], &[(0, offset)]).await.unwrap();
+        sink.apply(&[e], &[(0, offset)], || async { Ok(()) })
+            .await
+            .unwrap();
     };
 
     apply(delivery("ev-2", 2, "福田区民政局", "create", now)).await;
@@ -113,4 +115,43 @@ async fn a_row_changes_only_for_a_higher_source_version() {
     );
     apply(delivery("ev-6", 6, "宝安区民政局", "create", now)).await;
     assert_eq!(row().await, Some((6, "ev-6".into(), "宝安区民政局".into())));
+}
+
+/// The operator reads why the database refused a batch — `tokio_postgres`
+/// alone says "db error" — and never a value the message quotes.
+#[tokio::test]
+async fn a_database_refusal_is_described_without_the_values_it_quotes() {
+    use govbus_sink::sinks::postgres::describe;
+    let pg = PgSchema::create().await.unwrap();
+    let client = pg.client().await.unwrap();
+    let e = client
+        .query_one("SELECT '1949-13-45 11010519491231002X'::date", &[])
+        .await
+        .unwrap_err();
+    let text = describe(&e);
+    assert!(text.contains("22007") || text.contains("22008"), "{text}");
+    assert!(text.contains("type date"), "{text}");
+    assert!(!text.contains("1949") && !text.contains("110105"), "{text}");
+
+    let s = pg.name();
+    client
+        .batch_execute(&format!(
+            r#"CREATE TABLE "{s}".t (id text PRIMARY KEY);
+               INSERT INTO "{s}".t VALUES ('11010519491231002X');"#
+        ))
+        .await
+        .unwrap();
+    let e = client
+        .execute(
+            &format!(r#"INSERT INTO "{s}".t VALUES ('11010519491231002X')"#),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    let text = describe(&e);
+    assert!(
+        text.contains("23505") && text.contains("constraint t_pkey"),
+        "{text}"
+    );
+    assert!(!text.contains("110105"), "{text}");
 }

@@ -123,10 +123,51 @@ fn text(v: Option<&Json>) -> Option<String> {
 }
 
 /// Why a PostgreSQL sink did not open.
+/// A PostgreSQL error as the operator needs it, without the record values
+/// a message can quote: `tokio_postgres` displays every server error as
+/// "db error". A server error gives its SQLSTATE, its message with every
+/// double-quoted part replaced by `"…"` (`invalid input syntax for type
+/// date: "…"`: the quoted part can be a delivered value; identifiers follow
+/// as fields) and the schema, table, column, data type and constraint it
+/// names; never `DETAIL`, which quotes key values. Any other error gives
+/// its chain of causes (a refused connection, a closed one).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        let mut out = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        return out;
+    };
+    let mut message = String::with_capacity(db.message().len());
+    for (i, part) in db.message().split('"').enumerate() {
+        if i > 0 {
+            message.push('"');
+        }
+        message.push_str(if i % 2 == 1 { "…" } else { part });
+    }
+    let mut out = format!("{} {}: {message}", db.severity(), db.code().code());
+    for (name, value) in [
+        ("schema", db.schema()),
+        ("table", db.table()),
+        ("column", db.column()),
+        ("datatype", db.datatype()),
+        ("constraint", db.constraint()),
+    ] {
+        if let Some(v) = value {
+            out.push_str(&format!("; {name} {v}"));
+        }
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The database refused or failed.
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// Another sink instance holds the table (one instance per table; this
     /// one takes over when that one's session ends).
@@ -148,7 +189,7 @@ impl PgSink {
         let (client, connection) = tokio_postgres::connect(conninfo, NoTls).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::warn!(message = "PostgreSQL connection ended.", %error);
+                tracing::warn!(message = "PostgreSQL connection ended.", error = %describe(&error));
             }
         });
         // One instance per table: the table follows its grant, and two
@@ -351,12 +392,19 @@ impl PgSink {
             .collect())
     }
 
-    /// Applies `events` and records `next_offsets` in one transaction.
-    pub async fn apply(
+    /// Applies `events` and records `next_offsets` in one transaction;
+    /// `before_commit` runs once the table has taken every statement (the
+    /// ledger append), and the transaction commits only if it succeeds.
+    pub async fn apply<F, Fut>(
         &mut self,
         events: &[Delivery],
         next_offsets: &[(i32, i64)],
-    ) -> Result<(), tokio_postgres::Error> {
+        before_commit: F,
+    ) -> Result<(), ApplyError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), crate::ledger::LedgerError>>,
+    {
         // Per key, only the last change of the batch matters (per-key order is
         // the batch order), and ON CONFLICT may touch a row only once.
         let mut last: HashMap<&str, usize> = HashMap::new();
@@ -484,6 +532,19 @@ impl PgSink {
             )
             .await?;
         }
-        tx.commit().await
+        before_commit().await?;
+        tx.commit().await?;
+        Ok(())
     }
+}
+
+/// Why a batch did not reach the table.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The database refused a statement or the commit.
+    #[error("PostgreSQL: {}", describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The ledger could not record the batch; nothing was committed.
+    #[error("{0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
 }

@@ -7,12 +7,16 @@
 use std::time::Duration;
 
 use govbus_kafka::headers as h;
+use govbus_kafka::retry::Backoff;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::event::Delivery;
 
-/// Writes one batch and waits for every acknowledgement; a write that fails
-/// is retried until it succeeds (the offsets do not move before).
+/// Writes one batch and waits for every acknowledgement; when a write
+/// fails, it and every event after it are written again (by the one
+/// [`Backoff`] policy) until all are acknowledged: an event written again
+/// after a later one of its key had landed would leave the older version
+/// last in the view. The offsets do not move before.
 pub async fn write(
     producer: &FutureProducer,
     topic: &str,
@@ -28,9 +32,10 @@ pub async fn write(
             )
         })
         .collect();
-    let mut pending: Vec<usize> = (0..events.len()).collect();
-    while !pending.is_empty() {
-        let sends = pending.iter().map(|&i| {
+    let mut from = 0;
+    let mut backoff = Backoff::broker();
+    while from < events.len() {
+        let sends = (from..events.len()).map(|i| {
             let e = &events[i];
             let (body, version) = &bodies[i];
             let headers = h::owned([
@@ -54,20 +59,17 @@ pub async fn write(
             producer.send(record, Duration::from_secs(30))
         });
         let results = futures_util::future::join_all(sends).await;
-        let failed: Vec<usize> = pending
-            .iter()
-            .zip(results)
-            .filter_map(|(&i, r)| match r {
-                Ok(_) => None,
-                Err((error, _)) => {
-                    tracing::warn!(message = "Kafka view write failed; retrying.", %topic, %error);
-                    Some(i)
-                }
-            })
-            .collect();
-        pending = failed;
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        let failed = results.iter().position(Result::is_err);
+        let Some(first) = failed else { return };
+        let errors = results.iter().filter(|r| r.is_err()).count();
+        let error = results[first]
+            .as_ref()
+            .err()
+            .map(|(e, _)| e.to_string())
+            .unwrap_or_default();
+        let wait = backoff.next_delay();
+        tracing::warn!(message = "Kafka view write failed; writing again from the first failed event.", %topic, %error, failed = errors, again = events.len() - from - first, attempt = backoff.attempts(), wait_ms = wait.as_millis() as u64);
+        from += first;
+        tokio::time::sleep(wait).await;
     }
 }

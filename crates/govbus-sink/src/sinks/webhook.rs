@@ -5,8 +5,9 @@
 //! - The `webhook-id` is derived from the batch's event ids: the same on
 //!   every retry of a batch.
 //! - 2xx: delivered. 408, 425, 429, 5xx, timeouts and connection errors:
-//!   retried with exponential backoff and full jitter, honouring
-//!   `Retry-After` (capped by `max_backoff`). 410: the endpoint is disabled.
+//!   retried by the one backoff policy (`govbus_kafka::retry`, from 200 ms
+//!   up to `max_backoff`, jittered), honouring `Retry-After` (capped by
+//!   `max_backoff`). 410: the endpoint is disabled.
 //!   3xx: refused (redirects are never followed). Other 4xx: the subscriber
 //!   rejected the batch; retrying would not help.
 //! - When the retry budget is spent or the batch is rejected, its events go
@@ -364,20 +365,6 @@ fn error_kind(e: &ureq::Error) -> &'static str {
     }
 }
 
-/// Exponential backoff with full jitter: a wait in `[d/2, d]` where
-/// `d = min(cap, 200 ms × 2^(attempt-1))`.
-pub fn backoff(attempt: u32, cap: Duration, seed: u64) -> Duration {
-    let base = Duration::from_millis(200).saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let d = base.min(cap);
-    let half = d / 2;
-    let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    let span = u64::try_from(half.as_micros()).unwrap_or(u64::MAX).max(1);
-    half + Duration::from_micros(x % span)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,15 +432,6 @@ mod tests {
             Some(Duration::from_secs(10))
         );
         assert_eq!(retry_after("soon", now), None);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let cap = Duration::from_secs(5);
-        let b1 = backoff(1, cap, 1);
-        assert!(b1 >= Duration::from_millis(100) && b1 <= Duration::from_millis(200));
-        let b10 = backoff(10, cap, 7);
-        assert!(b10 >= Duration::from_millis(2500) && b10 <= cap);
     }
 
     #[test]
