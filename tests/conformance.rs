@@ -9,7 +9,13 @@
 //!    started again;
 //! 2. the grant is revoked: 5 s later nothing more is delivered; it is
 //!    granted again: what was published meanwhile arrives, nothing skipped;
-//! 3. then, for every sink: every change arrived (at least once), in order
+//! 3. the destination fails for a while (the webhook endpoint answers 503,
+//!    the table refuses writes and the sink's connection is cut, the stream's
+//!    subscriber is away and comes back with `Last-Event-ID`, the directory
+//!    is gone, the broker refuses the view's writes): nothing of what was
+//!    published meanwhile is on the ledger as delivered while it fails, and
+//!    all of it arrives once it recovers;
+//! 4. then, for every sink: every change arrived (at least once), in order
 //!    per key, under the grant's policy (excluded field absent, personal
 //!    field masked, row filter applied: a change outside the filter reaches
 //!    nobody, not even as a key), and every event the subscriber holds is in
@@ -50,6 +56,7 @@ enum Kind {
     Postgres,
     LiveStream,
     File,
+    FileCsv,
     KafkaView,
 }
 
@@ -155,13 +162,16 @@ impl Seen {
 fn grant(kind: Kind, receiver: Option<&str>, pg_table: Option<&str>, revoked: bool) -> String {
     let sink = match kind {
         Kind::Webhook => format!(
-            "type = \"webhook\"\nurl = \"{}\"\nsecret_env = \"GOVBUS_TEST_WEBHOOK_SECRET\"\nallow_private = true\ntimeout = \"2s\"\nmax_backoff = \"300ms\"\n",
+            "type = \"webhook\"\nurl = \"{}\"\nsecret_env = \"GOVBUS_TEST_WEBHOOK_SECRET\"\nallow_private = true\ntimeout = \"2s\"\nmax_backoff = \"300ms\"\nmax_attempts = 1000\n",
             receiver.unwrap()
         ),
         Kind::Postgres => format!("type = \"postgres\"\ntable = \"{}\"\n", pg_table.unwrap()),
         Kind::LiveStream => "type = \"sse\"\n".to_owned(),
         Kind::File => {
             "type = \"file\"\ndir = \"out\"\nroll_records = 25\nroll_interval = \"1s\"\n".to_owned()
+        }
+        Kind::FileCsv => {
+            "type = \"file\"\ndir = \"out\"\nformat = \"csv\"\nroll_records = 25\nroll_interval = \"1s\"\n".to_owned()
         }
         Kind::KafkaView => "type = \"kafka_view\"\n".to_owned(),
     };
@@ -302,24 +312,161 @@ impl Bench {
         if self.kind == Kind::Postgres {
             cmd.args(["--postgres", &PgSchema::conninfo_default()]);
         }
+        if self.kind == Kind::KafkaView {
+            // A refused write surfaces to the sink after 2 s instead of
+            // being retried inside the client for ever.
+            cmd.args(["--kafka", "message.timeout.ms=2000"]);
+        }
         let child = govbus_testkit::spawn(cmd).unwrap();
         wait_listening(self.port);
         child
     }
 
-    /// A live-stream client from the beginning, reconnecting with
-    /// `Last-Event-ID` like EventSource, for 150 s.
-    fn follow(&mut self) {
+    /// A live-stream client from the beginning, or after `last_id`,
+    /// reconnecting with `Last-Event-ID` like EventSource, for 150 s. What
+    /// it receives is appended to `sse.jsonl`.
+    fn follow(&mut self, last_id: Option<&str>) {
         let url = format!(
             "http://127.0.0.1:{}/v1/subscriptions/{SUB}/events?from=beginning",
             self.port
         );
+        let append = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.work.path().join(name))
+                .unwrap()
+        };
         let mut cmd = Command::new("python3");
         cmd.arg(repo().join("tests/python/sse_client.py"))
             .args([url.as_str(), &self.token, "resume", "150"])
-            .stdout(std::fs::File::create(self.work.path().join("sse.jsonl")).unwrap())
-            .stderr(std::fs::File::create(self.work.path().join("sse.err")).unwrap());
+            .args(last_id)
+            .stdout(append("sse.jsonl"))
+            .stderr(append("sse.err"));
         self.follower = Some(govbus_testkit::spawn(cmd).unwrap());
+    }
+
+    /// Waits until the router has written every change in `changes` to the
+    /// canonical topic (the sink is not running: they wait there).
+    async fn wait_routed(&self, changes: &[Change]) {
+        let data = self.topics.data(DEATHS);
+        let start = Instant::now();
+        loop {
+            let routed: BTreeSet<String> = govbus_kafka::read::read_all(
+                &self.cluster.bootstrap_servers(),
+                &data,
+                Duration::from_millis(300),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.header(h::CE_ID).to_owned())
+            .collect();
+            if changes.iter().all(|c| routed.contains(&c.id())) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{:?}: not routed within 60 s",
+                self.kind
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The destination fails until `repair` (step 3 of the scenario).
+    async fn break_destination(&mut self) {
+        let out = self.work.path().join("out");
+        match self.kind {
+            // The endpoint answers 503 to everything.
+            Kind::Webhook => std::fs::write(self.work.path().join("rx.jsonl.fail"), "503").unwrap(),
+            // The table refuses every write, and the sink's connection is cut.
+            Kind::Postgres => {
+                let pg = self.pg.as_ref().unwrap();
+                let s = pg.name();
+                pg.client()
+                    .await
+                    .unwrap()
+                    .batch_execute(&format!(
+                        r#"CREATE FUNCTION "{s}".refuse() RETURNS trigger LANGUAGE plpgsql
+                             AS $$ BEGIN RAISE EXCEPTION 'this table refuses writes (a test)'; END $$;
+                           CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON "{s}".deaths
+                             FOR EACH ROW EXECUTE FUNCTION "{s}".refuse();
+                           CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON "{s}".govbus_offsets
+                             FOR EACH ROW EXECUTE FUNCTION "{s}".refuse();
+                           SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                             WHERE pid <> pg_backend_pid() AND query LIKE '%{s}%';"#
+                    ))
+                    .await
+                    .unwrap();
+            }
+            // The subscriber goes away.
+            Kind::LiveStream => {
+                if let Some(mut f) = self.follower.take() {
+                    kill9(&mut f);
+                }
+            }
+            // The directory is gone and a file stands in its place.
+            Kind::File | Kind::FileCsv => {
+                std::fs::rename(&out, out.with_extension("away")).unwrap();
+                std::fs::write(&out, "not a directory").unwrap();
+            }
+            // The broker refuses every write (the view's, and the ledger's).
+            Kind::KafkaView => self.cluster.request_errors(
+                rdkafka::types::RDKafkaApiKey::Produce,
+                &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+            ),
+        }
+    }
+
+    /// What the sink logs when it meets the failure `break_destination`
+    /// made: the step checks the failure was met, not only survived.
+    fn failure_logged(&self) -> bool {
+        let pattern = match self.kind {
+            Kind::Webhook => "Webhook delivery failed; will retry.",
+            Kind::Postgres => "this table refuses writes",
+            Kind::LiveStream => return true,
+            Kind::File | Kind::FileCsv => "Sink failed",
+            Kind::KafkaView => "Kafka view write failed",
+        };
+        let log = self.work.path().join(format!("sink-{}.log", self.started));
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains(pattern)
+    }
+
+    async fn repair(&mut self) {
+        let out = self.work.path().join("out");
+        match self.kind {
+            Kind::Webhook => std::fs::remove_file(self.work.path().join("rx.jsonl.fail")).unwrap(),
+            Kind::Postgres => {
+                let pg = self.pg.as_ref().unwrap();
+                let s = pg.name();
+                pg.client()
+                    .await
+                    .unwrap()
+                    .batch_execute(&format!(
+                        r#"DROP TRIGGER refuse ON "{s}".deaths; DROP TRIGGER refuse ON "{s}".govbus_offsets;"#
+                    ))
+                    .await
+                    .unwrap();
+            }
+            // It comes back and resumes after the last event it received.
+            Kind::LiveStream => {
+                let last = lines(&self.work.path().join("sse.jsonl"))
+                    .iter()
+                    .rev()
+                    .find_map(|l| l["id"].as_str().map(str::to_owned));
+                self.follow(last.as_deref());
+            }
+            Kind::File | Kind::FileCsv => {
+                std::fs::remove_file(&out).unwrap();
+                std::fs::rename(out.with_extension("away"), &out).unwrap();
+            }
+            Kind::KafkaView => self
+                .cluster
+                .clear_request_errors(rdkafka::types::RDKafkaApiKey::Produce),
+        }
     }
 
     async fn publish(&self, changes: &[Change]) {
@@ -364,22 +511,29 @@ impl Bench {
                 .flat_map(|r| r["events"].as_array().cloned().unwrap_or_default())
                 .map(|e| Seen::from_cloudevent(&e))
                 .collect(),
-            Kind::File => {
+            Kind::File | Kind::FileCsv => {
+                let ext = if self.kind == Kind::File {
+                    "jsonl"
+                } else {
+                    "csv"
+                };
                 let mut files: Vec<PathBuf> = std::fs::read_dir(self.work.path().join("out"))
                     .map(|d| d.flatten().map(|e| e.path()).collect())
                     .unwrap_or_default();
                 // Closed files and the open one (`.jsonl.part`): names sort
                 // in delivery order (time, then a counter).
                 files.retain(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.ends_with(".jsonl") || n.ends_with(".jsonl.part"))
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.ends_with(&format!(".{ext}")) || n.ends_with(&format!(".{ext}.part"))
+                    })
                 });
                 files.sort();
                 files
                     .iter()
-                    .flat_map(|p| lines(p))
-                    .map(|e| Seen::from_cloudevent(&e))
+                    .flat_map(|p| match self.kind {
+                        Kind::File => lines(p).iter().map(Seen::from_cloudevent).collect(),
+                        _ => csv_rows(p),
+                    })
                     .collect()
             }
             Kind::LiveStream => lines(&self.work.path().join("sse.jsonl"))
@@ -536,6 +690,43 @@ impl Drop for Bench {
     }
 }
 
+/// The events of a CSV file: a header, then one row per event (envelope
+/// columns, then the delivered fields; a delete's fields are empty).
+fn csv_rows(path: &Path) -> Vec<Seen> {
+    let Ok(mut reader) = csv::Reader::from_path(path) else {
+        return Vec::new();
+    };
+    let header: Vec<String> = match reader.headers() {
+        Ok(h) => h.iter().map(str::to_owned).collect(),
+        Err(_) => return Vec::new(),
+    };
+    assert_eq!(
+        header[..5],
+        ["id", "op", "time", "sourceversion", "subject"],
+        "{}",
+        path.display()
+    );
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap_or_else(|e| panic!("{}: a damaged CSV row: {e}", path.display()));
+            let data: serde_json::Map<String, Json> = header[5..]
+                .iter()
+                .zip(r.iter().skip(5))
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            Seen {
+                id: r[0].to_owned(),
+                op: r[1].to_owned(),
+                version: r[3].parse().unwrap_or(0),
+                subject: r[4].to_owned(),
+                data: (r.get(1) != Some("delete")).then_some(Json::Object(data)),
+            }
+        })
+        .collect()
+}
+
 fn lines(path: &Path) -> Vec<Json> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -592,7 +783,7 @@ async fn conformance(kind: Kind) {
     // 1. Kill -9 while records are being published and delivered.
     let mut sink = b.sink();
     if kind == Kind::LiveStream {
-        b.follow();
+        b.follow(None);
     }
     let (head, tail) = first.split_at(first.len() / 3);
     b.publish(head).await;
@@ -653,7 +844,44 @@ async fn conformance(kind: Kind) {
     )
     .await;
 
-    // 3. What the subscriber holds.
+    // 3. The destination fails for a while: nothing published meanwhile
+    // is recorded as delivered while it fails, and all of it arrives after.
+    kill9(&mut sink);
+    let more = changes(300..340);
+    b.publish(&more).await;
+    b.wait_routed(&more).await;
+    b.break_destination().await;
+    let mut sink = b.sink();
+    let start = Instant::now();
+    while !b.failure_logged() {
+        if start.elapsed() > Duration::from_secs(60) {
+            b.dump();
+            panic!("{kind:?}: the sink never met the failure");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Long enough for a retry or two.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ledger = b.ledgered();
+    let claimed: Vec<String> = more
+        .iter()
+        .map(Change::id)
+        .filter(|id| ledger.contains(id))
+        .collect();
+    assert!(
+        claimed.is_empty(),
+        "{kind:?}: on the ledger as delivered while the destination failed: {claimed:?}"
+    );
+    b.repair().await;
+    let all: Vec<Change> = all.iter().chain(&more).copied().collect();
+    b.wait_holds(
+        "the changes made while the destination failed",
+        &all,
+        Duration::from_secs(90),
+    )
+    .await;
+
+    // 4. What the subscriber holds.
     if kind == Kind::Postgres {
         for (key, (_, row)) in b.table().await {
             check_policy(kind, &key, &row);
@@ -770,6 +998,11 @@ async fn the_file_sink_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_csv_file_sink_conforms() {
+    conformance(Kind::FileCsv).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_kafka_view_sink_conforms() {
     conformance(Kind::KafkaView).await;
 }
@@ -808,7 +1041,7 @@ async fn a_live_stream_hands_over_nothing_the_ledger_has_not_recorded() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
     );
-    b.follow();
+    b.follow(None);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let early = b.seen().len();
     let connected = lines(&b.work.path().join("sse.jsonl"))

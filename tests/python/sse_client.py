@@ -4,7 +4,7 @@ usage: sse_client.py URL TOKEN status
        sse_client.py URL TOKEN read N [LAST_EVENT_ID]
        sse_client.py URL TOKEN idle SECONDS
        sse_client.py URL TOKEN follow SECONDS
-       sse_client.py URL TOKEN resume SECONDS
+       sse_client.py URL TOKEN resume SECONDS [LAST_EVENT_ID]
 
 `status` prints the HTTP status of the stream request. `idle` listens for
 SECONDS and prints how many heartbeat comments (`: ...`) arrived. `read` reads N
@@ -16,7 +16,9 @@ ends the stream or `{"end": "timeout"}` after SECONDS. `resume` is `follow`
 as a browser's EventSource does it: when the stream ends or the server is
 unreachable or refuses (a restarted server, a revoked grant), it connects
 again after 300 ms with `Last-Event-ID` set to the last event's id, until
-SECONDS have passed; it prints `{"connected": STATUS}` per attempt.
+SECONDS have passed; it prints `{"connected": STATUS}` per attempt and
+each event's SSE `id` with it. Given LAST_EVENT_ID, the first connection
+resumes after it (a subscriber coming back after an outage).
 """
 import json
 import sys
@@ -61,7 +63,8 @@ if mode == "follow":
     sys.exit(0)
 
 if mode == "resume":
-    end, last_id = time.monotonic() + float(sys.argv[4]), None
+    end = time.monotonic() + float(sys.argv[4])
+    last_id = sys.argv[5] if len(sys.argv) > 5 else None
     while time.monotonic() < end:
         if last_id is not None:
             headers["Last-Event-ID"] = last_id
@@ -72,7 +75,7 @@ if mode == "resume":
                     if source.response.status_code == 200:
                         for sse in source.iter_sse():
                             if sse.data and sse.event != "revoked":
-                                print(json.dumps({"event": sse.event, "data": sse.data}), flush=True)
+                                print(json.dumps({"event": sse.event, "data": sse.data, "id": sse.id}), flush=True)
                                 last_id = sse.id or last_id
                             if time.monotonic() > end:
                                 break

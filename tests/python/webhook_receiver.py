@@ -7,7 +7,9 @@ usage: webhook_receiver.py PORT SECRET LOG [SCRIPT]
 SCRIPT is a comma-separated list of answers for successive requests; after
 it runs out every request gets 200. Answers: a status code (`500`, `410`),
 `429:N` (429 with Retry-After: N), `sleep:S` (answer 200 after S seconds, so
-a short client timeout fires), `redirect` (302 to another path).
+a short client timeout fires), `redirect` (302 to another path). While a file LOG.fail exists, every
+request gets the answer it holds instead (a destination that is down for a
+while; the test creates and removes it).
 Every request is logged to LOG as one JSON line: webhook-id, the answer,
 whether the signature verified, the event ids and the events.
 """
@@ -37,6 +39,11 @@ class Handler(BaseHTTPRequestHandler):
             n = count[0]
             count[0] += 1
         answer = script[n] if n < len(script) else "200"
+        try:
+            with open(log_path + ".fail") as f:
+                answer = f.read().strip() or "503"
+        except FileNotFoundError:
+            pass
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
             hook.verify(body, headers)
