@@ -58,6 +58,77 @@ pub const ERROR_PARTITION: &str = "govbus.error.partition";
 pub const ERROR_OFFSET: &str = "govbus.error.offset";
 /// How many input headers were not copied (when there were too many).
 pub const ERROR_HEADERS_DROPPED: &str = "govbus.error.headers_dropped";
+/// The subscription whose delivery failed (a sink's dead letters).
+pub const ERROR_SUBSCRIPTION: &str = "govbus.error.subscription";
+
+/// What a dead letter says about itself: the whole `govbus.error.*` set,
+/// written only by [`dead_letter`], for the router's and the sinks' dead
+/// letters alike. Codes, names, positions and bounds; never a value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorHeaders<'a> {
+    /// A reason code.
+    pub reason: &'a str,
+    /// `gate`, `decode`, `rules` (router) or `delivery` (sinks).
+    pub stage: &'a str,
+    /// Bounds, lengths, positions; never a value.
+    pub detail: &'a str,
+    /// Where the record was read.
+    pub topic: &'a str,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// The field path the reason concerns.
+    pub field: Option<&'a str>,
+    /// The dataset, when identified.
+    pub dataset: Option<&'a str>,
+    /// The subscription, for a sink's dead letter.
+    pub subscription: Option<&'a str>,
+    /// Input headers not copied (there were too many).
+    pub headers_dropped: usize,
+}
+
+/// A dead letter's headers: the record's own headers (never an input
+/// `govbus.error.*` one — forged —, nor one named in `drop`), then the
+/// error set.
+pub fn dead_letter<'h>(
+    original: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
+    drop: &[&str],
+    e: &ErrorHeaders<'_>,
+) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in original {
+        if !key.starts_with(ERROR_PREFIX) && !drop.contains(&key) {
+            headers = headers.insert(Header { key, value });
+        }
+    }
+    let (partition, offset) = (e.partition.to_string(), e.offset.to_string());
+    let dropped = e.headers_dropped.to_string();
+    let errors = [
+        (ERROR_REASON, Some(e.reason)),
+        (ERROR_STAGE, Some(e.stage)),
+        (ERROR_DETAIL, Some(e.detail)),
+        (ERROR_TOPIC, Some(e.topic)),
+        (ERROR_PARTITION, Some(partition.as_str())),
+        (ERROR_OFFSET, Some(offset.as_str())),
+        (ERROR_FIELD, e.field),
+        (ERROR_DATASET, e.dataset),
+        (ERROR_SUBSCRIPTION, e.subscription),
+        (
+            ERROR_HEADERS_DROPPED,
+            (e.headers_dropped > 0).then_some(dropped.as_str()),
+        ),
+    ];
+    for (key, value) in errors {
+        if let Some(v) = value {
+            headers = headers.insert(Header {
+                key,
+                value: Some(v.as_bytes()),
+            });
+        }
+    }
+    headers
+}
 /// Set on a record re-published by `govbus dlq replay`: `dlq.<dept>/<partition>/<offset>`.
 pub const REPLAY_OF: &str = "govbus.replay.of";
 
@@ -98,6 +169,55 @@ pub fn is_traceparent(tp: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_letter_keeps_the_record_headers_and_writes_the_error_set_once() {
+        let original = [
+            ("ce_id", Some(b"e-1".as_slice())),
+            ("govbus.error.reason", Some(b"forged".as_slice())),
+            ("ce_subject", Some(b"11010519491231002X".as_slice())),
+        ];
+        let e = ErrorHeaders {
+            reason: "retries_exhausted",
+            stage: "delivery",
+            detail: "8 attempts",
+            topic: "data.x",
+            partition: 2,
+            offset: 41,
+            subscription: Some("housing"),
+            ..ErrorHeaders::default()
+        };
+        let h = dead_letter(original, &[CE_SUBJECT], &e);
+        let all: Vec<(String, String)> = h
+            .iter()
+            .map(|x| {
+                (
+                    x.key.to_owned(),
+                    String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(get_str(&h, CE_ID), Some("e-1"));
+        assert_eq!(get_str(&h, ERROR_REASON), Some("retries_exhausted"));
+        assert_eq!(get_str(&h, ERROR_OFFSET), Some("41"));
+        assert_eq!(get_str(&h, ERROR_SUBSCRIPTION), Some("housing"));
+        assert!(
+            !all.iter().any(|(k, v)| k == CE_SUBJECT || v == "forged"),
+            "{all:?}"
+        );
+        assert!(get_str(&h, ERROR_FIELD).is_none() && get_str(&h, ERROR_HEADERS_DROPPED).is_none());
+        assert!(all.iter().all(|(k, _)| !k.starts_with(ERROR_PREFIX)
+            || [
+                ERROR_REASON,
+                ERROR_STAGE,
+                ERROR_DETAIL,
+                ERROR_TOPIC,
+                ERROR_PARTITION,
+                ERROR_OFFSET,
+                ERROR_SUBSCRIPTION
+            ]
+            .contains(&k.as_str())));
+    }
 
     #[test]
     fn traceparent() {

@@ -14,7 +14,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
@@ -581,49 +581,32 @@ impl Router {
 /// The DLQ record: original key, value and headers (minus forged
 /// `govbus.error.*` ones, or none when there were too many) plus the error headers.
 fn dead_letter(m: &BorrowedMessage<'_>, dead: &DeadLetter, topics: &Topics) -> Outgoing {
-    let mut headers = OwnedHeaders::new();
-    let mut dropped = 0usize;
-    if let Some(original) = m.headers() {
-        if dead.reason == govbus_validate::Reason::HeadersTooMany {
-            dropped = original.count();
+    let too_many = dead.reason == govbus_validate::Reason::HeadersTooMany;
+    let original = m.headers().filter(|_| !too_many);
+    let errors = h::ErrorHeaders {
+        reason: dead.reason.code(),
+        stage: dead.stage.as_str(),
+        detail: dead.detail.as_ref(),
+        topic: m.topic(),
+        partition: m.partition(),
+        offset: m.offset(),
+        field: dead.field.as_deref(),
+        dataset: dead.dataset.as_deref(),
+        subscription: None,
+        headers_dropped: if too_many {
+            m.headers().map_or(0, |hs| hs.count())
         } else {
-            for hdr in original
-                .iter()
-                .filter(|hdr| !hdr.key.starts_with(h::ERROR_PREFIX))
-            {
-                headers = headers.insert(Header {
-                    key: hdr.key,
-                    value: hdr.value,
-                });
-            }
-        }
-    }
-    let partition = m.partition().to_string();
-    let offset = m.offset().to_string();
-    let dropped_text = dropped.to_string();
-    let mut errors: Vec<(&str, &str)> = vec![
-        (h::ERROR_REASON, dead.reason.code()),
-        (h::ERROR_STAGE, dead.stage.as_str()),
-        (h::ERROR_DETAIL, dead.detail.as_ref()),
-        (h::ERROR_TOPIC, m.topic()),
-        (h::ERROR_PARTITION, &partition),
-        (h::ERROR_OFFSET, &offset),
-    ];
-    if let Some(f) = &dead.field {
-        errors.push((h::ERROR_FIELD, f));
-    }
-    if let Some(d) = &dead.dataset {
-        errors.push((h::ERROR_DATASET, d));
-    }
-    if dropped > 0 {
-        errors.push((h::ERROR_HEADERS_DROPPED, &dropped_text));
-    }
-    for (k, v) in errors {
-        headers = headers.insert(Header {
-            key: k,
-            value: Some(v),
-        });
-    }
+            0
+        },
+    };
+    let headers = h::dead_letter(
+        original
+            .into_iter()
+            .flat_map(|hs| hs.iter())
+            .map(|hdr| (hdr.key, hdr.value)),
+        &[],
+        &errors,
+    );
     Outgoing {
         topic: topics.dlq(&dead.department),
         key: m.key().map(<[u8]>::to_vec),

@@ -962,35 +962,26 @@ impl Shared {
     ) {
         for (i, reason, detail) in dead {
             let c = &batch[*i];
-            let partition = c.partition.to_string();
-            let offset = c.offset.to_string();
             let mut backoff = Backoff::broker();
             loop {
-                let mut headers = rdkafka::message::OwnedHeaders::new();
-                for (k, v) in &c.headers {
-                    // The key stays in the message key; headers carry no personal data.
-                    if !k.starts_with(h::ERROR_PREFIX) && k != h::CE_SUBJECT {
-                        headers = headers.insert(rdkafka::message::Header {
-                            key: k,
-                            value: Some(v.as_slice()),
-                        });
-                    }
-                }
-                for (k, v) in [
-                    (h::ERROR_REASON, reason.as_bytes()),
-                    (h::ERROR_STAGE, b"delivery".as_slice()),
-                    (h::ERROR_DETAIL, detail.as_bytes()),
-                    (h::ERROR_DATASET, sub.dataset.as_bytes()),
-                    ("govbus.error.subscription", sub.id.as_bytes()),
-                    (h::ERROR_TOPIC, topic.as_bytes()),
-                    (h::ERROR_PARTITION, partition.as_bytes()),
-                    (h::ERROR_OFFSET, offset.as_bytes()),
-                ] {
-                    headers = headers.insert(rdkafka::message::Header {
-                        key: k,
-                        value: Some(v),
-                    });
-                }
+                // The key stays in the message key; headers carry no personal data.
+                let headers = h::dead_letter(
+                    c.headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), Some(v.as_slice()))),
+                    &[h::CE_SUBJECT],
+                    &h::ErrorHeaders {
+                        reason,
+                        stage: "delivery",
+                        detail,
+                        topic,
+                        partition: c.partition,
+                        offset: c.offset,
+                        dataset: Some(&sub.dataset),
+                        subscription: Some(&sub.id),
+                        ..h::ErrorHeaders::default()
+                    },
+                );
                 let mut record = FutureRecord::to(dlq).headers(headers);
                 if let Some(k) = &c.key {
                     record = record.key(k.as_slice());
