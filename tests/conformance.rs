@@ -380,7 +380,8 @@ impl Bench {
         match self.kind {
             // The endpoint answers 503 to everything.
             Kind::Webhook => std::fs::write(self.work.path().join("rx.jsonl.fail"), "503").unwrap(),
-            // The table refuses every write, and the sink's connection is cut.
+            // The table refuses every write — checked at COMMIT (a deferred
+            // constraint trigger) — and the sink's connection is cut.
             Kind::Postgres => {
                 let pg = self.pg.as_ref().unwrap();
                 let s = pg.name();
@@ -390,10 +391,10 @@ impl Bench {
                     .batch_execute(&format!(
                         r#"CREATE FUNCTION "{s}".refuse() RETURNS trigger LANGUAGE plpgsql
                              AS $$ BEGIN RAISE EXCEPTION 'this table refuses writes (a test)'; END $$;
-                           CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON "{s}".deaths
-                             FOR EACH ROW EXECUTE FUNCTION "{s}".refuse();
-                           CREATE TRIGGER refuse BEFORE INSERT OR UPDATE OR DELETE ON "{s}".govbus_offsets
-                             FOR EACH ROW EXECUTE FUNCTION "{s}".refuse();
+                           CREATE CONSTRAINT TRIGGER refuse AFTER INSERT OR UPDATE OR DELETE ON "{s}".deaths
+                             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "{s}".refuse();
+                           CREATE CONSTRAINT TRIGGER refuse AFTER INSERT OR UPDATE OR DELETE ON "{s}".govbus_offsets
+                             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "{s}".refuse();
                            SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                              WHERE pid <> pg_backend_pid() AND query LIKE '%{s}%';"#
                     ))
@@ -424,7 +425,7 @@ impl Bench {
     fn failure_logged(&self) -> bool {
         let pattern = match self.kind {
             Kind::Webhook => "Webhook delivery failed; will retry.",
-            Kind::Postgres => "this table refuses writes",
+            Kind::Postgres => "P0001: raised by a trigger",
             Kind::LiveStream => return true,
             Kind::File | Kind::FileCsv => "Sink failed",
             Kind::KafkaView => "Kafka view write failed",

@@ -90,7 +90,7 @@ pub fn delay(first: Duration, cap: Duration, attempt: u32, draw: u64) -> Duratio
     let span = u64::try_from((d - half).as_micros())
         .unwrap_or(u64::MAX)
         .max(1);
-    (half + Duration::from_micros(draw % (span + 1))).min(d)
+    (half + Duration::from_micros(draw % span.saturating_add(1))).min(d)
 }
 
 #[cfg(test)]

@@ -222,29 +222,50 @@ pub struct Record<'a> {
 }
 
 struct Chain {
+    writer: String,
     seq: u64,
     prev: String,
+}
+
+impl Chain {
+    fn new() -> Chain {
+        Chain {
+            writer: new_writer_id(),
+            seq: 0,
+            prev: GENESIS.to_owned(),
+        }
+    }
+}
+
+/// The chain's `open` entry: enqueued when the chain starts, awaited by
+/// the first entry after it.
+enum Opening {
+    Pending(rdkafka::producer::DeliveryFuture),
+    Done,
 }
 
 /// Appends entries to one writer's chain.
 pub struct Ledger {
     producer: FutureProducer,
     topic: String,
-    writer: String,
     key: Vec<u8>,
     chain: Mutex<Chain>,
-    /// Set once the chain's `open` entry is acknowledged: it is written
-    /// before the first entry that needs it, not at start, so a process
-    /// started while the broker refuses writes still starts (and serves
-    /// its health and metrics) instead of waiting here.
-    opened: tokio::sync::OnceCell<()>,
+    /// The chain's writer id, for logs (the chain holds the one entries use).
+    writer: std::sync::Mutex<String>,
+    /// The `open` entry is enqueued at start but not awaited there, so a
+    /// process started while the broker refuses writes still starts (and
+    /// serves its health and metrics); the first entry after it waits for
+    /// its acknowledgement. Awaited under this lock and by reference, so a
+    /// caller that gives up (a client that disconnects) leaves it to the
+    /// next one.
+    opening: Mutex<Opening>,
 }
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
             .field("topic", &self.topic)
-            .field("writer", &self.writer)
+            .field("writer", &self.writer())
             .finish_non_exhaustive()
     }
 }
@@ -280,9 +301,9 @@ fn new_writer_id() -> String {
 
 impl Ledger {
     /// A new chain on `topic`, its entries authenticated with `key`. The
-    /// chain's `open` entry is written before its first other entry (and
-    /// acknowledged before that one is enqueued), not here: nothing waits
-    /// for the broker until there is something to record.
+    /// chain's `open` entry is enqueued here and acknowledged before the
+    /// chain's next entry is enqueued: nothing waits for the broker until
+    /// there is something to record.
     pub async fn open(bootstrap: &str, topic: &str, key: &[u8]) -> Result<Ledger, LedgerError> {
         // No linger: every writer awaits its entry before going on (a sink
         // its batch's, the query API its round of calls), so a linger would
@@ -295,32 +316,58 @@ impl Ledger {
                 topic: topic.to_owned(),
                 source,
             })?;
+        let mut chain = Chain::new();
+        let writer = std::sync::Mutex::new(chain.writer.clone());
         let ledger = Ledger {
             producer,
             topic: topic.to_owned(),
-            writer: new_writer_id(),
             key: key.to_vec(),
-            chain: Mutex::new(Chain {
-                seq: 0,
-                prev: GENESIS.to_owned(),
-            }),
-            opened: tokio::sync::OnceCell::new(),
+            writer,
+            opening: Mutex::new(Opening::Done),
+            chain: Mutex::new(Chain::new()),
         };
+        let first = ledger
+            .enqueue(&mut chain, "open", &Record::default())
+            .await?;
+        *ledger.chain.lock().await = chain;
+        *ledger.opening.lock().await = Opening::Pending(first);
         Ok(ledger)
     }
 
-    /// Writes the chain's `open` entry unless it is already acknowledged
-    /// (a failed attempt is tried again by the next caller).
+    /// Waits until the chain's `open` entry is acknowledged. If the broker
+    /// refused it for good, the chain starts again — a new writer id, seq
+    /// 0, a new `open` enqueued — and this call fails: a chain never holds
+    /// entries after an `open` that is not there (which `verify` would
+    /// report as deleted entries).
     async fn ensure_open(&self) -> Result<(), LedgerError> {
-        self.opened
-            .get_or_try_init(|| async { self.write("open", &Record::default()).await })
-            .await
-            .map(|_| ())
+        let mut opening = self.opening.lock().await;
+        let Opening::Pending(first) = &mut *opening else {
+            return Ok(());
+        };
+        let error = match first.await {
+            Ok(Ok(_)) => {
+                *opening = Opening::Done;
+                return Ok(());
+            }
+            Ok(Err((source, _))) => source,
+            Err(_) => rdkafka::error::KafkaError::Canceled,
+        };
+        let mut chain = self.chain.lock().await;
+        *chain = Chain::new();
+        tracing::error!(message = "The ledger refused this chain's open entry; starting a new chain.", topic = %self.topic, error = %error, writer = %chain.writer);
+        if let Ok(mut w) = self.writer.lock() {
+            w.clone_from(&chain.writer);
+        }
+        *opening = Opening::Pending(self.enqueue(&mut chain, "open", &Record::default()).await?);
+        Err(LedgerError {
+            topic: self.topic.clone(),
+            source: error,
+        })
     }
 
     /// This writer's id.
-    pub fn writer(&self) -> &str {
-        &self.writer
+    pub fn writer(&self) -> String {
+        self.writer.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
     /// The key entries are authenticated with (also keys [`lookup_hash`]).
@@ -334,12 +381,9 @@ impl Ledger {
         self.write("delivery", record).await
     }
 
-    /// Writes the `close` entry: the chain ends here. A chain that recorded
-    /// nothing was never opened and has nothing to close.
+    /// Writes the `close` entry: the chain ends here.
     pub async fn close(&self) -> Result<(), LedgerError> {
-        if !self.opened.initialized() {
-            return Ok(());
-        }
+        self.ensure_open().await?;
         self.write("close", &Record::default()).await
     }
 
@@ -350,8 +394,35 @@ impl Ledger {
         // flight), and many writers' entries can be in flight at once.
         let delivery = {
             let mut chain = self.chain.lock().await;
+            self.enqueue(&mut chain, kind, r).await?
+        };
+        // The producer never gives up on a message (message.timeout.ms = 0):
+        // an error here is fatal, and the entry is missing from the chain —
+        // which `govbus audit verify` then reports as a broken link.
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((source, _))) => Err(LedgerError {
+                topic: self.topic.clone(),
+                source,
+            }),
+            Err(_) => Err(LedgerError {
+                topic: self.topic.clone(),
+                source: rdkafka::error::KafkaError::Canceled,
+            }),
+        }
+    }
+
+    /// Builds the chain's next entry and hands it to the producer (the
+    /// caller holds the chain's lock).
+    async fn enqueue(
+        &self,
+        chain: &mut Chain,
+        kind: &str,
+        r: &Record<'_>,
+    ) -> Result<rdkafka::producer::DeliveryFuture, LedgerError> {
+        {
             let mut entry = Entry {
-                writer: self.writer.clone(),
+                writer: chain.writer.clone(),
                 seq: chain.seq,
                 prev: chain.prev.clone(),
                 time: now_rfc3339(),
@@ -375,7 +446,7 @@ impl Ledger {
             let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
             let delivery = loop {
                 let record = FutureRecord::to(&self.topic)
-                    .key(self.writer.as_bytes())
+                    .key(chain.writer.as_bytes())
                     .payload(&body);
                 match self.producer.send_result(record) {
                     Ok(d) => break d,
@@ -394,21 +465,7 @@ impl Ledger {
             };
             chain.seq += 1;
             chain.prev = entry.hash;
-            delivery
-        };
-        // The producer never gives up on a message (message.timeout.ms = 0):
-        // an error here is fatal, and the entry is missing from the chain —
-        // which `govbus audit verify` then reports as a broken link.
-        match delivery.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((source, _))) => Err(LedgerError {
-                topic: self.topic.clone(),
-                source,
-            }),
-            Err(_) => Err(LedgerError {
-                topic: self.topic.clone(),
-                source: rdkafka::error::KafkaError::Canceled,
-            }),
+            Ok(delivery)
         }
     }
 }

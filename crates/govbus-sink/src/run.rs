@@ -810,10 +810,11 @@ impl Shared {
                     stop: Some(Ended::Failed(format!("file sink: {e}"))),
                 },
             },
-            Target::View(topic) => {
-                view::write(&self.producer, topic, &sub.policy_version, events).await;
-                Progress::all(events.len())
-            }
+            Target::View(topic) => Progress {
+                done: events.len(),
+                dead: view::write(&self.producer, topic, &sub.policy_version, events).await,
+                stop: None,
+            },
             Target::Postgres(pg) => {
                 let mut next: HashMap<i32, i64> = HashMap::new();
                 for c in batch {
@@ -847,7 +848,11 @@ impl Shared {
                         events: delivered.clone(),
                         calls: Vec::new(),
                     };
-                    self.ledger.append(&entry).await?;
+                    // The table's transaction and its row locks wait for this.
+                    let limit = Duration::from_secs(30);
+                    tokio::time::timeout(limit, self.ledger.append(&entry))
+                        .await
+                        .map_err(|_| postgres::ApplyError::LedgerTimeout(limit))??;
                     self.metrics.ledger_entry("delivered");
                     Ok(())
                 };
@@ -884,7 +889,10 @@ impl Shared {
             .unwrap_or_default();
             let body = Arc::new(body);
             let mut attempt = 0u32;
-            let mut backoff = Backoff::new(Duration::from_millis(200), wh.max_backoff);
+            let mut backoff = Backoff::new(
+                Duration::from_millis(200).min(wh.max_backoff),
+                wh.max_backoff,
+            );
             let dead_reason = loop {
                 attempt += 1;
                 if attempt > 1 {

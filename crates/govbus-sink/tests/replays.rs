@@ -130,8 +130,29 @@ async fn a_database_refusal_is_described_without_the_values_it_quotes() {
         .unwrap_err();
     let text = describe(&e);
     assert!(text.contains("22007") || text.contains("22008"), "{text}");
-    assert!(text.contains("type date"), "{text}");
     assert!(!text.contains("1949") && !text.contains("110105"), "{text}");
+    // A quote inside the value (PostgreSQL does not escape it).
+    let e = client
+        .query_one(r#"SELECT 'x"11010519491231002X"y'::numeric"#, &[])
+        .await
+        .unwrap_err();
+    let text = describe(&e);
+    assert!(text.contains("22P02") && !text.contains("110105"), "{text}");
+    // A trigger's own message can quote anything.
+    client
+        .batch_execute(&format!(
+            r#"CREATE FUNCTION "{s}".f() RETURNS void LANGUAGE plpgsql
+                 AS $$ BEGIN RAISE EXCEPTION 'bad id %', '11010519491231002X'; END $$;"#,
+            s = pg.name()
+        ))
+        .await
+        .unwrap();
+    let e = client
+        .query_one(&format!(r#"SELECT "{}".f()"#, pg.name()), &[])
+        .await
+        .unwrap_err();
+    let text = describe(&e);
+    assert!(text.contains("P0001") && !text.contains("110105"), "{text}");
 
     let s = pg.name();
     client

@@ -122,15 +122,19 @@ fn text(v: Option<&Json>) -> Option<String> {
     }
 }
 
-/// Why a PostgreSQL sink did not open.
 /// A PostgreSQL error as the operator needs it, without the record values
-/// a message can quote: `tokio_postgres` displays every server error as
-/// "db error". A server error gives its SQLSTATE, its message with every
-/// double-quoted part replaced by `"…"` (`invalid input syntax for type
-/// date: "…"`: the quoted part can be a delivered value; identifiers follow
-/// as fields) and the schema, table, column, data type and constraint it
-/// names; never `DETAIL`, which quotes key values. Any other error gives
-/// its chain of causes (a refused connection, a closed one).
+/// a message can carry: `tokio_postgres` displays every server error as
+/// "db error". A server error gives its SQLSTATE and the schema, table,
+/// column, data type and constraint it names, and its message only where a
+/// message carries no value: not for a data exception (class 22: `invalid
+/// input syntax for type date: "…"` quotes the value, and PostgreSQL does
+/// not escape a quote inside it; an encoding error prints its bytes) nor
+/// for an exception raised by a trigger or function (P0001: its text is the
+/// function author's, `RAISE EXCEPTION 'bad id %', NEW.id`); those are in
+/// the server's own log. Elsewhere everything from the first double quote
+/// to the last is replaced by `"…"` (identifiers are in the fields).
+/// Never `DETAIL`, which quotes key values. Any other error gives its
+/// chain of causes (a refused connection, a closed one).
 pub fn describe(e: &tokio_postgres::Error) -> String {
     let Some(db) = e.as_db_error() else {
         let mut out = e.to_string();
@@ -142,14 +146,19 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         }
         return out;
     };
-    let mut message = String::with_capacity(db.message().len());
-    for (i, part) in db.message().split('"').enumerate() {
-        if i > 0 {
-            message.push('"');
+    let code = db.code().code();
+    let message = if code.starts_with("22") {
+        "a value does not fit (data exception; the value is not logged)".to_owned()
+    } else if code == "P0001" {
+        "raised by a trigger or function (its message is in the PostgreSQL server log)".to_owned()
+    } else {
+        let m = db.message();
+        match (m.find('"'), m.rfind('"')) {
+            (Some(a), Some(b)) if a < b => format!("{}\"…\"{}", &m[..a], &m[b + 1..]),
+            _ => m.to_owned(),
         }
-        message.push_str(if i % 2 == 1 { "…" } else { part });
-    }
-    let mut out = format!("{} {}: {message}", db.severity(), db.code().code());
+    };
+    let mut out = format!("{} {code}: {message}", db.severity());
     for (name, value) in [
         ("schema", db.schema()),
         ("table", db.table()),
@@ -164,6 +173,7 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     out
 }
 
+/// Why a PostgreSQL sink did not open.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The database refused or failed.
@@ -403,7 +413,7 @@ impl PgSink {
     ) -> Result<(), ApplyError>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<(), crate::ledger::LedgerError>>,
+        Fut: std::future::Future<Output = Result<(), ApplyError>>,
     {
         // Per key, only the last change of the batch matters (per-key order is
         // the batch order), and ON CONFLICT may touch a row only once.
@@ -417,6 +427,10 @@ impl PgSink {
             idx.into_iter().partition(|&i| events[i].data.is_some());
 
         let tx = self.client.transaction().await?;
+        // Deferred constraints (and constraint triggers) are checked by each
+        // statement, not at COMMIT: a table that refuses the batch does so
+        // before the ledger records it.
+        tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
         if !upserts.is_empty() {
             let n = self.columns.len();
             let mut arrays: Vec<Vec<Option<String>>> =
@@ -547,4 +561,10 @@ pub enum ApplyError {
     /// The ledger could not record the batch; nothing was committed.
     #[error("{0}")]
     Ledger(#[from] crate::ledger::LedgerError),
+    /// The ledger did not acknowledge the batch's entry in time; the
+    /// transaction (and its row locks) was not held open any longer and
+    /// nothing was committed. The entry may still land: an over-record of
+    /// a batch that is delivered and recorded again.
+    #[error("the delivery ledger did not acknowledge the batch within {0:?}; rolled back")]
+    LedgerTimeout(std::time::Duration),
 }
