@@ -207,6 +207,8 @@ struct Bench {
     creds: PathBuf,
     port: u16,
     started: usize,
+    /// More arguments for `govbus sink`.
+    extra: Vec<String>,
     follower: Option<Child>,
     _router: Child,
 }
@@ -258,6 +260,7 @@ impl Bench {
             creds,
             port: free_port(),
             started: 0,
+            extra: Vec::new(),
             follower: None,
             _router: router,
         };
@@ -299,6 +302,7 @@ impl Bench {
             .args(["--heartbeat", "1s"])
             // Larger than any fetch here: a batch never ends inside one.
             .args(["--max-batch", "5000"])
+            .args(&self.extra)
             .args(["--kafka", "session.timeout.ms=6000"])
             .args(["--kafka", "heartbeat.interval.ms=500"])
             .env("GOVBUS_LOG", "info")
@@ -1063,4 +1067,82 @@ async fn a_live_stream_hands_over_nothing_the_ledger_has_not_recorded() {
     let held: BTreeSet<String> = b.seen().into_iter().map(|s| s.id).collect();
     b.assert_on_ledger(&held).await;
     kill9(&mut sink);
+}
+
+/// The PostgreSQL sink commits its offsets with its rows, past every record
+/// of the batch: a record it cannot deliver must be in `dlq.sub.<id>` before
+/// that commit, or a crash in between loses it without a trace. Here the
+/// dead-letter write cannot succeed (the record is larger than the sink's
+/// producer takes): the table's position must stay before the record.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_table_never_moves_past_a_record_it_has_not_dead_lettered() {
+    let mut b = Bench::start(Kind::Postgres).await;
+    let first = changes(0..5);
+    b.publish(&first).await;
+    b.wait_routed(&first).await;
+    // An undecodable record of 5,000 bytes on the canonical topic, then more.
+    let producer: FutureProducer = govbus_testkit::producer_config(&b.cluster.bootstrap_servers())
+        .create()
+        .unwrap();
+    let mut value = vec![0u8, 0, 0, 0, 1];
+    value.extend(std::iter::repeat_n(0xffu8, 5_000));
+    let headers = h::owned([
+        (h::CE_SPECVERSION, b"1.0".as_slice()),
+        (h::CE_TYPE, DEATHS.as_bytes()),
+        (h::CE_ID, b"c-broken".as_slice()),
+        (h::CE_SUBJECT, b"DR-2026-99999999".as_slice()),
+        (h::CE_OP, b"create".as_slice()),
+        (h::CE_SOURCEVERSION, b"1".as_slice()),
+    ]);
+    let delivered = producer
+        .send(
+            FutureRecord::to(&b.topics.data(DEATHS))
+                .key("DR-2026-99999999")
+                .payload(&value)
+                .headers(headers),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let (partition, offset) = (delivered.partition, delivered.offset);
+    let later = changes(100..105);
+    b.publish(&later).await;
+    b.wait_routed(&later).await;
+
+    b.extra = vec!["--kafka".into(), "message.max.bytes=2000".into()];
+    let mut sink = b.sink();
+    let log = b.work.path().join("sink-1.log");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("Subscriber DLQ write failed")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the dead-letter write never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pg = b.pg.as_ref().unwrap();
+    let position: Option<i64> = pg
+        .client()
+        .await
+        .unwrap()
+        .query_opt(
+            &format!(
+                "SELECT next_offset FROM \"{}\".govbus_offsets WHERE partition = $1",
+                pg.name()
+            ),
+            &[&partition],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0));
+    kill9(&mut sink);
+    assert!(
+        position.is_none_or(|p| p <= offset),
+        "the table moved to {position:?}, past the record at {partition}/{offset}, which is in no dead-letter topic"
+    );
 }

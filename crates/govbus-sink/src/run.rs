@@ -678,6 +678,36 @@ impl Shared {
             self.metrics
                 .oldest_undelivered(&sub.id, ((now_ms() - oldest).max(0) as f64) / 1000.0);
 
+            // The PostgreSQL sink commits its offsets with its rows, past every
+            // record of the batch: what cannot be delivered is dead-lettered
+            // and recorded before that commit, or a crash in between would
+            // lose it without a trace. (The other sinks store offsets last.)
+            if matches!(target, Target::Postgres(_)) && !undecodable.is_empty() {
+                let dead: Vec<(usize, &'static str, String)> = std::mem::take(&mut undecodable)
+                    .into_iter()
+                    .map(|(i, e)| (i, "undecodable", e))
+                    .collect();
+                self.dead_letter(&dlq, sub, &topic, &batch, &dead).await;
+                self.metrics.dead_lettered(&sub.id, kind, dead.len());
+                let ids = dead
+                    .iter()
+                    .map(|(i, _, _)| batch[*i].header(h::CE_ID).to_owned())
+                    .collect();
+                let entry = ledger::Record {
+                    subscription: &sub.id,
+                    subscriber: &sub.subscriber,
+                    dataset: &sub.dataset,
+                    sink: kind,
+                    policy: &policy.subscription().policy_version,
+                    outcome: "dead_lettered",
+                    events: ids,
+                    calls: Vec::new(),
+                };
+                if let Err(e) = self.ledger.append(&entry).await {
+                    return Ended::Failed(e.to_string());
+                }
+                self.metrics.ledger_entry("dead_lettered");
+            }
             let progress = self
                 .deliver(&mut target, &policy, &batch, &deliveries, shutdown)
                 .await;
