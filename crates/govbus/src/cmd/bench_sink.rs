@@ -401,8 +401,40 @@ async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
     );
     let (rss, hwm) = rss_mib();
 
+    eprintln!("phase 3: Kafka view sink");
+    let mut c = config.clone();
+    c.only = vec!["bench_view".into()];
+    let cat = catalog_with(&[("bench_view", sub("[sink]\ntype = \"kafka_view\"\n"))])?;
+    phases.push(
+        delivery_phase(
+            "Kafka view sink (JSON records to view.<id>, acknowledged)",
+            c,
+            cat,
+            n,
+            |m| m.delivered_total("bench_view", "kafka_view"),
+        )
+        .await?,
+    );
+
+    eprintln!("phase 4: file sink");
+    let files = std::env::temp_dir().join(format!("govbus-bench-files-{stamp}"));
+    let mut c = config.clone();
+    c.only = vec!["bench_file".into()];
+    c.file_root = files.clone();
+    let cat = catalog_with(&[(
+        "bench_file",
+        sub("[sink]\ntype = \"file\"\ndir = \"out\"\nroll_records = 100000\n"),
+    )])?;
+    phases.push(
+        delivery_phase("file sink (JSONL, fsync per batch)", c, cat, n, |m| {
+            m.delivered_total("bench_file", "file")
+        })
+        .await?,
+    );
+    let _ = std::fs::remove_dir_all(&files);
+
     if let Some(conninfo) = &b.postgres {
-        eprintln!("phase 3: PostgreSQL sink");
+        eprintln!("phase 5: PostgreSQL sink");
         let schema = format!("bench_sink_{stamp}");
         let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
             .await
@@ -452,7 +484,7 @@ async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
     println!("\nRSS after the webhook phase: {rss:.0} MiB (peak {hwm:.0} MiB, includes the record generator and the receiver).");
 
     if b.sse_clients > 0 {
-        eprintln!("phase 4: live-stream fan-out to {} clients", b.sse_clients);
+        eprintln!("phase 6: live-stream fan-out to {} clients", b.sse_clients);
         let mut c = config.clone();
         c.only = vec!["bench_sse".into()];
         let cat = catalog_with(&[("bench_sse", sub("[sink]\ntype = \"sse\"\n"))])?;
