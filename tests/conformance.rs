@@ -1146,3 +1146,41 @@ async fn a_postgres_table_never_moves_past_a_record_it_has_not_dead_lettered() {
         "the table moved to {position:?}, past the record at {partition}/{offset}, which is in no dead-letter topic"
     );
 }
+
+/// Every process that keeps a ledger chain starts, and answers `/health`
+/// and `/metrics`, while the broker refuses every write: the operator can
+/// see what is wrong. (Before 2026-12-03 both waited for the chain's `open`
+/// entry before listening, for as long as the broker refused it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ledger_keeping_process_listens_while_the_broker_refuses_writes() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mut b = Bench::start(Kind::Webhook).await;
+    b.cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+    );
+    // `sink()` waits (up to its limit) until the port listens.
+    let mut sink = b.sink();
+    assert!(common::http_get(b.port, "/health").contains("200 OK"));
+    assert!(common::http_get(b.port, "/metrics").contains("200 OK"));
+    kill9(&mut sink);
+
+    let port = free_port();
+    let state = b.work.path().join("query-state");
+    let mut cmd = Command::new(govbus_bin());
+    cmd.args(["query", "--bootstrap", &b.cluster.bootstrap_servers()])
+        .args(["--topic-prefix", b.topics.prefix()])
+        .args(["--catalog", b.catalog.path().to_str().unwrap()])
+        .args(["--state-dir", state.to_str().unwrap()])
+        .args(["--credentials", b.creds.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("GOVBUS_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(b.work.path().join("query.log")).unwrap());
+    let mut query = govbus_testkit::spawn(cmd).unwrap();
+    wait_listening(port);
+    assert!(common::http_get(port, "/health").contains("200 OK"));
+    assert!(common::http_get(port, "/metrics").contains("200 OK"));
+    kill9(&mut query);
+    b.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+}
