@@ -135,7 +135,7 @@ pub enum CaptureError {
     #[error("capture config: {0}")]
     Config(String),
     /// PostgreSQL refused or failed.
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", govbus_pg::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// Publishing failed; the position did not move.
     #[error("publishing failed (the position did not move; restart to resume): {0}")]
@@ -265,7 +265,7 @@ impl Capture {
         let (client, connection) = tokio_postgres::connect(&capture.config.conninfo, NoTls).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::error!(message = "PostgreSQL connection ended.", %error);
+                tracing::error!(message = "PostgreSQL connection ended.", error = %govbus_pg::describe(&error));
             }
         });
         capture.client = Some(client);
