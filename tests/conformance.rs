@@ -1184,3 +1184,62 @@ async fn a_ledger_keeping_process_listens_while_the_broker_refuses_writes() {
     kill9(&mut query);
     b.cluster.clear_request_errors(RDKafkaApiKey::Produce);
 }
+
+/// A stop does not wait for ever on a broker that refuses writes: a sink
+/// holding a delivered batch whose ledger entry cannot be written stops
+/// within its grace (15 s) on SIGTERM, its offsets unmoved; started again
+/// once the broker writes, it delivers the batch again and records it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_stuck_behind_a_refusing_broker_stops_on_sigterm_and_loses_nothing() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mut b = Bench::start(Kind::Webhook).await;
+    let all = changes(0..10);
+    b.publish(&all).await;
+    b.wait_routed(&all).await;
+    b.cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+    );
+    let mut sink = b.sink();
+    let start = Instant::now();
+    while b.seen().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "nothing delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &sink.id().to_string()])
+        .status()
+        .unwrap();
+    let asked = Instant::now();
+    let exited = loop {
+        if let Some(status) = sink.try_wait().unwrap() {
+            break status;
+        }
+        if asked.elapsed() > Duration::from_secs(40) {
+            kill9(&mut sink);
+            b.dump();
+            panic!("the sink did not stop within 40 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("stopped {:?} after SIGTERM: {exited:?}", asked.elapsed());
+    b.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    let mut sink = b.sink();
+    let start = Instant::now();
+    loop {
+        let held: BTreeSet<String> = b.seen().into_iter().map(|s| s.id).collect();
+        let ledger = b.ledgered();
+        if held.iter().all(|id| ledger.contains(id)) && b.holds(&all).await {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "held events never all reached the ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    kill9(&mut sink);
+}

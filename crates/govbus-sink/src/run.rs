@@ -151,6 +151,10 @@ impl std::fmt::Debug for Sinks {
     }
 }
 
+/// How long a stop waits for a batch in hand when the broker or the
+/// destination does not answer (the ledger's close entry then gets 5 s).
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -242,8 +246,18 @@ impl Sinks {
         for (_, task) in running {
             let _ = task.await;
         }
-        if let Err(error) = self.shared.ledger.close().await {
-            tracing::warn!(message = "Could not close the ledger chain.", %error);
+        // The close entry is acknowledged in milliseconds by a broker that
+        // writes; one that took no entry within the batches' grace will not
+        // take this one either.
+        let close_wait = Duration::from_secs(5);
+        match tokio::time::timeout(close_wait, self.shared.ledger.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(message = "Could not close the ledger chain.", %error);
+            }
+            Err(_) => {
+                tracing::warn!(message = "The ledger did not take the chain's close entry in time; stopping without it (the chain reads as unclosed).", wait_s = close_wait.as_secs());
+            }
         }
     }
 }
@@ -687,7 +701,13 @@ impl Shared {
                     .into_iter()
                     .map(|(i, e)| (i, "undecodable", e))
                     .collect();
-                self.dead_letter(&dlq, sub, &topic, &batch, &dead).await;
+                if self
+                    .unless_stuck(shutdown, self.dead_letter(&dlq, sub, &topic, &batch, &dead))
+                    .await
+                    .is_none()
+                {
+                    return Ended::Shutdown;
+                }
                 self.metrics.dead_lettered(&sub.id, kind, dead.len());
                 let ids = dead
                     .iter()
@@ -703,14 +723,21 @@ impl Shared {
                     events: ids,
                     calls: Vec::new(),
                 };
-                if let Err(e) = self.ledger.append(&entry).await {
-                    return Ended::Failed(e.to_string());
+                match self
+                    .unless_stuck(shutdown, self.ledger.append(&entry))
+                    .await
+                {
+                    None => return Ended::Shutdown,
+                    Some(Err(e)) => return Ended::Failed(e.to_string()),
+                    Some(Ok(())) => {}
                 }
                 self.metrics.ledger_entry("dead_lettered");
             }
-            let progress = self
-                .deliver(&mut target, &policy, &batch, &deliveries, shutdown)
-                .await;
+            let grace = shutdown.clone();
+            let delivering = self.deliver(&mut target, &policy, &batch, &deliveries, shutdown);
+            let Some(progress) = self.unless_stuck(&grace, delivering).await else {
+                return Ended::Shutdown;
+            };
             // Everything before the first undelivered canonical record is settled.
             let settled = if progress.done < deliveries.len() {
                 from[progress.done]
@@ -729,7 +756,13 @@ impl Shared {
                     .map(|(d, r, w)| (from[*d], *r, w.clone())),
             );
             if !dead.is_empty() {
-                self.dead_letter(&dlq, sub, &topic, &batch, &dead).await;
+                if self
+                    .unless_stuck(shutdown, self.dead_letter(&dlq, sub, &topic, &batch, &dead))
+                    .await
+                    .is_none()
+                {
+                    return Ended::Shutdown;
+                }
                 self.metrics.dead_lettered(&sub.id, kind, dead.len());
             }
             let dead_set: HashSet<usize> = progress.dead.iter().map(|(d, _, _)| *d).collect();
@@ -763,8 +796,13 @@ impl Shared {
                     events,
                     calls: Vec::new(),
                 };
-                if let Err(e) = self.ledger.append(&entry).await {
-                    return Ended::Failed(e.to_string());
+                match self
+                    .unless_stuck(shutdown, self.ledger.append(&entry))
+                    .await
+                {
+                    None => return Ended::Shutdown,
+                    Some(Err(e)) => return Ended::Failed(e.to_string()),
+                    Some(Ok(())) => {}
                 }
                 self.metrics.ledger_entry(outcome);
                 if outcome == "delivered" {
@@ -788,6 +826,30 @@ impl Shared {
                     let _ = f.close();
                 }
                 return stop;
+            }
+        }
+    }
+
+    /// Runs `work` to its end, unless a stop was asked and `work` has not
+    /// ended [`STOP_GRACE`] later (a broker or destination that does not
+    /// answer): then `None`, and the caller stops without moving offsets —
+    /// the batch in hand is delivered again after a restart, as after a
+    /// crash, instead of holding the stop for ever.
+    async fn unless_stuck<T>(
+        &self,
+        shutdown: &watch::Receiver<bool>,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let mut stop = shutdown.clone();
+        let stuck = async move {
+            let _ = stop.wait_for(|s| *s).await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        tokio::select! {
+            out = work => Some(out),
+            () = stuck => {
+                tracing::warn!(message = "Stopping with a batch in hand: the broker or the destination did not answer. Its offsets did not move; it is delivered again after a restart.", grace_s = STOP_GRACE.as_secs());
+                None
             }
         }
     }
