@@ -128,6 +128,12 @@ mod duration {
     }
 }
 
+impl From<tokio_postgres::Error> for CaptureError {
+    fn from(e: tokio_postgres::Error) -> CaptureError {
+        CaptureError::Postgres(e)
+    }
+}
+
 /// Why capture cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -135,8 +141,10 @@ pub enum CaptureError {
     #[error("capture config: {0}")]
     Config(String),
     /// PostgreSQL refused or failed.
+    /// (Not a `source`: the server's error chain prints DETAIL, which
+    /// quotes key values; `describe` is all that is shown.)
     #[error("PostgreSQL: {}", govbus_pg::describe(.0))]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(tokio_postgres::Error),
     /// Publishing failed; the position did not move.
     #[error("publishing failed (the position did not move; restart to resume): {0}")]
     Publish(String),

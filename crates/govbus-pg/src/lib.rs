@@ -11,7 +11,7 @@
 /// message carries no value: not for a data exception (class 22: `invalid
 /// input syntax for type date: "…"` quotes the value, and PostgreSQL does
 /// not escape a quote inside it; an encoding error prints its bytes) nor
-/// for an exception raised by a trigger or function (P0001: its text is the
+/// for an exception raised by a trigger or function (P0…: its text is the
 /// function author's, `RAISE EXCEPTION 'bad id %', NEW.id`); those are in
 /// the server's own log. Elsewhere everything from the first double quote
 /// to the last is replaced by `"…"` (identifiers are in the fields).
@@ -31,7 +31,7 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     let code = db.code().code();
     let message = if code.starts_with("22") {
         "a value does not fit (data exception; the value is not logged)".to_owned()
-    } else if code == "P0001" {
+    } else if code.starts_with("P0") {
         "raised by a trigger or function (its message is in the PostgreSQL server log)".to_owned()
     } else {
         let m = db.message();

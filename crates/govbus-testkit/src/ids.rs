@@ -28,10 +28,23 @@ pub fn is_valid_id(s: &str) -> bool {
     b.len() == 18 && b[..17].iter().all(u8::is_ascii_digit) && check_char(&b[..17]) == b[17] as char
 }
 
-/// Every 18-character window of `text` that is a valid ID number.
+/// Every 18-character window of `text` that is a valid ID number, except
+/// the digits of a decimal fraction (`0.019515600000000002` in a metric's
+/// sum: one window in eleven has a valid check character by chance).
 pub fn valid_ids_in(text: &str) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
     (0..chars.len().saturating_sub(17))
+        .filter(|&i| {
+            // Digits right before the window, then a '.' after a digit?
+            let run = chars[..i]
+                .iter()
+                .rev()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            let fraction =
+                i >= run + 2 && chars[i - run - 1] == '.' && chars[i - run - 2].is_ascii_digit();
+            !fraction
+        })
         .map(|i| chars[i..i + 18].iter().collect::<String>())
         .filter(|w| is_valid_id(w))
         .collect()
@@ -49,5 +62,9 @@ mod tests {
             valid_ids_in("a 11010519491231002X b"),
             ["11010519491231002X"]
         );
+        // A float's digits are not an ID number, wherever the window starts.
+        assert!(valid_ids_in("sum 0.019515600000000002\n").is_empty());
+        assert!(valid_ids_in("sum 12.3019515600000000002\n").is_empty());
+        assert_eq!(valid_ids_in("x.11010519491231002X"), ["11010519491231002X"]);
     }
 }
