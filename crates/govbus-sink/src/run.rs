@@ -701,37 +701,12 @@ impl Shared {
                     .into_iter()
                     .map(|(i, e)| (i, "undecodable", e))
                     .collect();
-                if self
-                    .unless_stuck(shutdown, self.dead_letter(&dlq, sub, &topic, &batch, &dead))
-                    .await
-                    .is_none()
-                {
-                    return Ended::Shutdown;
-                }
-                self.metrics.dead_lettered(&sub.id, kind, dead.len());
-                let ids = dead
-                    .iter()
-                    .map(|(i, _, _)| batch[*i].header(h::CE_ID).to_owned())
-                    .collect();
-                let entry = ledger::Record {
-                    subscription: &sub.id,
-                    subscriber: &sub.subscriber,
-                    dataset: &sub.dataset,
-                    sink: kind,
-                    policy: &policy.subscription().policy_version,
-                    outcome: "dead_lettered",
-                    events: ids,
-                    calls: Vec::new(),
-                };
-                match self
-                    .unless_stuck(shutdown, self.ledger.append(&entry))
+                if let Err(ended) = self
+                    .settle_dead(&dlq, &policy, &topic, &batch, &dead, shutdown)
                     .await
                 {
-                    None => return Ended::Shutdown,
-                    Some(Err(e)) => return Ended::Failed(e.to_string()),
-                    Some(Ok(())) => {}
+                    return ended;
                 }
-                self.metrics.ledger_entry("dead_lettered");
             }
             let grace = shutdown.clone();
             let delivering = self.deliver(&mut target, &policy, &batch, &deliveries, shutdown);
@@ -755,15 +730,11 @@ impl Shared {
                     .iter()
                     .map(|(d, r, w)| (from[*d], *r, w.clone())),
             );
-            if !dead.is_empty() {
-                if self
-                    .unless_stuck(shutdown, self.dead_letter(&dlq, sub, &topic, &batch, &dead))
-                    .await
-                    .is_none()
-                {
-                    return Ended::Shutdown;
-                }
-                self.metrics.dead_lettered(&sub.id, kind, dead.len());
+            if let Err(ended) = self
+                .settle_dead(&dlq, &policy, &topic, &batch, &dead, shutdown)
+                .await
+            {
+                return ended;
             }
             let dead_set: HashSet<usize> = progress.dead.iter().map(|(d, _, _)| *d).collect();
             let delivered: Vec<String> = deliveries[..progress.done]
@@ -772,42 +743,15 @@ impl Shared {
                 .filter(|(i, d)| !dead_set.contains(i) && d.op != OUT_OF_SCOPE)
                 .map(|(_, d)| d.id.clone())
                 .collect();
-            let dead_ids: Vec<String> = dead
-                .iter()
-                .map(|(i, _, _)| batch[*i].header(h::CE_ID).to_owned())
-                .collect();
-            let ledgered_already = matches!(target, Target::Postgres(_));
-            for (outcome, events) in [("delivered", delivered), ("dead_lettered", dead_ids)] {
-                if events.is_empty() {
-                    continue;
+            let n = delivered.len();
+            // The PostgreSQL sink recorded its deliveries before its COMMIT.
+            if n > 0 && !matches!(target, Target::Postgres(_)) {
+                if let Err(ended) = self.record(&policy, "delivered", delivered, shutdown).await {
+                    return ended;
                 }
-                if outcome == "delivered" && ledgered_already {
-                    self.metrics.delivered(&sub.id, kind, events.len());
-                    continue;
-                }
-                let n = events.len();
-                let entry = ledger::Record {
-                    subscription: &sub.id,
-                    subscriber: &sub.subscriber,
-                    dataset: &sub.dataset,
-                    sink: kind,
-                    policy: &policy.subscription().policy_version,
-                    outcome,
-                    events,
-                    calls: Vec::new(),
-                };
-                match self
-                    .unless_stuck(shutdown, self.ledger.append(&entry))
-                    .await
-                {
-                    None => return Ended::Shutdown,
-                    Some(Err(e)) => return Ended::Failed(e.to_string()),
-                    Some(Ok(())) => {}
-                }
-                self.metrics.ledger_entry(outcome);
-                if outcome == "delivered" {
-                    self.metrics.delivered(&sub.id, kind, n);
-                }
+            }
+            if n > 0 {
+                self.metrics.delivered(&sub.id, kind, n);
             }
             // Counted once, when its offset moves (a record after `settled`
             // comes again in the next batch).
@@ -826,6 +770,70 @@ impl Shared {
                     let _ = f.close();
                 }
                 return stop;
+            }
+        }
+    }
+
+    /// Writes `dead` to the subscription's dead-letter topic, counts them
+    /// and records them on the ledger (nothing when `dead` is empty).
+    async fn settle_dead(
+        &self,
+        dlq: &str,
+        policy: &Policy,
+        topic: &str,
+        batch: &[Canonical],
+        dead: &[(usize, &'static str, String)],
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), Ended> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let sub = policy.subscription();
+        if self
+            .unless_stuck(shutdown, self.dead_letter(dlq, sub, topic, batch, dead))
+            .await
+            .is_none()
+        {
+            return Err(Ended::Shutdown);
+        }
+        self.metrics
+            .dead_lettered(&sub.id, sub.sink.kind(), dead.len());
+        let ids = dead
+            .iter()
+            .map(|(i, _, _)| batch[*i].header(h::CE_ID).to_owned())
+            .collect();
+        self.record(policy, "dead_lettered", ids, shutdown).await
+    }
+
+    /// Appends one ledger entry for `events` under the subscription's
+    /// current policy (a stop abandons it after [`STOP_GRACE`]).
+    async fn record(
+        &self,
+        policy: &Policy,
+        outcome: &'static str,
+        events: Vec<String>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), Ended> {
+        let sub = policy.subscription();
+        let entry = ledger::Record {
+            subscription: &sub.id,
+            subscriber: &sub.subscriber,
+            dataset: &sub.dataset,
+            sink: sub.sink.kind(),
+            policy: &sub.policy_version,
+            outcome,
+            events,
+            calls: Vec::new(),
+        };
+        match self
+            .unless_stuck(shutdown, self.ledger.append(&entry))
+            .await
+        {
+            None => Err(Ended::Shutdown),
+            Some(Err(e)) => Err(Ended::Failed(e.to_string())),
+            Some(Ok(())) => {
+                self.metrics.ledger_entry(outcome);
+                Ok(())
             }
         }
     }
