@@ -571,8 +571,9 @@ async fn captured_values_arrive_exactly_or_are_refused_with_a_reason() {
             "100.5",
             "2026-10-15 10:00:00+08",
         ),
-        // Within validation's 1 MiB but over the producer's message.max.bytes
-        // (1,000,000): refused with a reason instead of holding the slot forever.
+        // Within validation's 1 MiB but over what the bus carries
+        // (`limits::MAX_PUBLISHED_BYTES`, below the producer's 1,000,000):
+        // refused with a reason instead of holding the slot forever.
         row(
             &"Z".repeat(1_020_000),
             "'张建国'",
@@ -613,17 +614,16 @@ async fn captured_values_arrive_exactly_or_are_refused_with_a_reason() {
     common::wait_listening(port);
     let metrics = common::http_get(port, "/metrics");
     let table = format!("{}.payments", s.pg.name());
-    for reason in [
-        "temporal_precision",
-        "required_missing",
-        "length_out_of_range",
-        "decimal_scale",
-        "message_too_large",
-        "record_too_large",
+    for (reason, n) in [
+        ("temporal_precision", 1),
+        ("required_missing", 1),
+        ("length_out_of_range", 1),
+        ("decimal_scale", 1),
+        ("message_too_large", 2),
     ] {
         assert!(
             metrics.contains(&format!(
-                "govbus_capture_rejected_total{{dataset=\"hrss.pension_payment\",department=\"hrss\",reason=\"{reason}\",table=\"{table}\"}} 1"
+                "govbus_capture_rejected_total{{dataset=\"hrss.pension_payment\",department=\"hrss\",reason=\"{reason}\",table=\"{table}\"}} {n}"
             )),
             "{reason}: {metrics}"
         );

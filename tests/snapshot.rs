@@ -217,6 +217,34 @@ async fn nightly_dumps_become_a_change_stream() {
     );
 }
 
+/// A row too large for the bus to carry is rejected with its line, and the
+/// rest of the dump is published. Before, the producer refused it locally
+/// and the run failed there, for a row no rerun could publish.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_too_large_for_the_bus_is_rejected_and_the_rest_published() {
+    let s = Setup::new().await;
+    let mut rows: Vec<String> = (1..=3).map(|n| row(n, "100.00")).collect();
+    // Valid (the payment id has no length rule), 600,000 bytes in the key
+    // and again in the value.
+    rows.push(row(4, "100.00").replacen("PP000004", &format!("PP{}", "4".repeat(600_000)), 1));
+    let dump = s.dump("big.csv", &rows);
+    let out = s.run(&["publish", dump.to_str().unwrap()]);
+    let said = text(&out);
+    let said = &said[..said.len().min(4_000)];
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "completed with rejected rows: {said}"
+    );
+    assert!(
+        said.contains("big.csv:5: rejected message_too_large"),
+        "{said}"
+    );
+    assert!(said.contains("3 creates"), "{said}");
+    assert!(!said.contains("PP4444"), "no value in the report: {said}");
+    assert_eq!(s.data(3).len(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dump_killed_half_way_loses_nothing_and_repeats_identically() {
     let s = Setup::new().await;

@@ -442,7 +442,10 @@ impl Capture {
             });
         }
         let ds = self.engine.dataset(&table.spec.dataset)?;
-        match ds.validate_json_value(&serde_json::Value::Object(record), &Context::now()) {
+        match ds
+            .validate_json_value(&serde_json::Value::Object(record), &Context::now())
+            .and_then(govbus_kafka::limits::publishable)
+        {
             Ok(a) => Some(Change {
                 dataset: table.spec.dataset.clone(),
                 op,
@@ -535,13 +538,17 @@ impl Capture {
                 // A record larger than the producer may send would be
                 // refused on every retry and hold the position forever:
                 // it is refused like any row that cannot be published.
+                // (Validation refuses a value that large first,
+                // `limits::publishable`; this catches the rest, a delete
+                // with an oversized key.)
                 Err(e) if e.contains("MessageSizeTooLarge") || e.contains("size too large") => {
-                    tracing::warn!(message = "Row rejected at the edge.", table = %table.spec.table, version = c.version, reason = "record_too_large", detail = %e);
+                    let reason = govbus_validate::Reason::MessageTooLarge.code();
+                    tracing::warn!(message = "Row rejected at the edge.", table = %table.spec.table, version = c.version, reason, detail = %e);
                     self.metrics.rejected(
                         &table.owner,
                         &table.spec.dataset,
                         &table.spec.table,
-                        "record_too_large",
+                        reason,
                     );
                     self.counts.rejected += 1;
                     refused[i] = true;

@@ -487,6 +487,7 @@ async fn publish_records(
         let accepted = match &item.record {
             Ok(record) => ds
                 .validate_json_value(record, &ctx)
+                .and_then(govbus_kafka::limits::publishable)
                 .map_err(|r| (r.reason, r.field, r.detail.into_owned())),
             Err(r) => Err((r.reason, r.field.clone(), r.detail.clone().into_owned())),
         };

@@ -846,3 +846,47 @@ async fn a_timestamp_finer_than_its_field_is_refused_not_cut() {
         "{b}"
     );
 }
+
+/// A record too large for the bus to carry (key and canonical value above
+/// `limits::MAX_PUBLISHED_BYTES`) is refused with a reason. Before, the
+/// producer refused it locally and the caller got 503 "retry in 5 s" for
+/// ever, for a record no retry could publish.
+#[tokio::test]
+async fn a_record_too_large_for_the_bus_is_rejected_with_a_reason_not_a_retry() {
+    let g = start(|_| {}).await;
+    let mut records = pensions();
+    records.truncate(1);
+    let mut big = records[0].clone();
+    // Valid: the payment id has no length rule; 600,000 bytes, in the key
+    // and in the value.
+    big["payment_id"] = json!(format!("PP{}", "9".repeat(600_000)));
+    records.push(big);
+    let (s, head, b) = request(
+        g.port,
+        PATH,
+        Some("hrss-secret"),
+        "application/json",
+        &[],
+        json!(records).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 200, "{head}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["results"][0]["status"], "accepted", "{b:.400}");
+    assert_eq!(v["results"][1]["status"], "rejected", "{b:.400}");
+    assert_eq!(v["results"][1]["reason"], "message_too_large", "{b:.400}");
+    let detail = v["results"][1]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("at most") && !detail.contains("PP99"),
+        "{detail}"
+    );
+    assert_eq!(
+        (
+            v["accepted"].as_u64(),
+            v["rejected"].as_u64(),
+            v["not_acknowledged"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0)),
+        "{b:.400}"
+    );
+}

@@ -35,6 +35,10 @@ pub fn producer(bootstrap: &str) -> ClientConfig {
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")
         .set("message.timeout.ms", "0")
+        .set(
+            "message.max.bytes",
+            crate::limits::MAX_RECORD_BYTES.to_string(),
+        )
         .set("compression.type", "lz4");
     c
 }

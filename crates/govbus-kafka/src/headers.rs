@@ -12,6 +12,8 @@
 
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
+use crate::limits::{record_bytes, MAX_RECORD_BYTES};
+
 /// `1.0`.
 pub const CE_SPECVERSION: &str = "ce_specversion";
 /// Event id; stable across retries and replays.
@@ -60,6 +62,10 @@ pub const ERROR_OFFSET: &str = "govbus.error.offset";
 pub const ERROR_HEADERS_DROPPED: &str = "govbus.error.headers_dropped";
 /// The subscription whose delivery failed (a sink's dead letters).
 pub const ERROR_SUBSCRIPTION: &str = "govbus.error.subscription";
+/// Set when the record itself was too large to copy into its dead letter:
+/// its size in bytes. The dead letter then holds no key, value or input
+/// headers; the original is at `govbus.error.topic/partition/offset`.
+pub const ERROR_RECORD_OMITTED: &str = "govbus.error.record_omitted";
 
 /// What a dead letter says about itself: the whole `govbus.error.*` set,
 /// written only by [`dead_letter`], for the router's and the sinks' dead
@@ -86,6 +92,10 @@ pub struct ErrorHeaders<'a> {
     pub subscription: Option<&'a str>,
     /// Input headers not copied (there were too many).
     pub headers_dropped: usize,
+    /// The record's size, when it was too large to copy (see
+    /// [`ERROR_RECORD_OMITTED`]; the caller then leaves out key, value and
+    /// input headers).
+    pub record_omitted: Option<usize>,
 }
 
 /// A dead letter's headers: the record's own headers (never an input
@@ -98,12 +108,13 @@ pub fn dead_letter<'h>(
 ) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new();
     for (key, value) in original {
-        if !key.starts_with(ERROR_PREFIX) && !drop.contains(&key) {
+        if e.record_omitted.is_none() && !key.starts_with(ERROR_PREFIX) && !drop.contains(&key) {
             headers = headers.insert(Header { key, value });
         }
     }
     let (partition, offset) = (e.partition.to_string(), e.offset.to_string());
     let dropped = e.headers_dropped.to_string();
+    let omitted = e.record_omitted.map(|n| n.to_string());
     let errors = [
         (ERROR_REASON, Some(e.reason)),
         (ERROR_STAGE, Some(e.stage)),
@@ -118,6 +129,7 @@ pub fn dead_letter<'h>(
             ERROR_HEADERS_DROPPED,
             (e.headers_dropped > 0).then_some(dropped.as_str()),
         ),
+        (ERROR_RECORD_OMITTED, omitted.as_deref()),
     ];
     for (key, value) in errors {
         if let Some(v) = value {
@@ -129,6 +141,31 @@ pub fn dead_letter<'h>(
     }
     headers
 }
+/// A dead letter that fits in [`MAX_RECORD_BYTES`](crate::limits::MAX_RECORD_BYTES): the record's key, value
+/// and own headers with the error set ([`dead_letter`]) — or, when that
+/// would be too large to write, the error set alone with
+/// [`ERROR_RECORD_OMITTED`] (the original stays where the error headers
+/// say). A record too large to copy must not stall the dead-letter topic:
+/// librdkafka refuses it on every attempt.
+pub fn fitted_dead_letter<'h, 'r>(
+    key: Option<&'r [u8]>,
+    value: Option<&'r [u8]>,
+    original: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
+    drop: &[&str],
+    e: &ErrorHeaders<'_>,
+) -> (Option<&'r [u8]>, Option<&'r [u8]>, OwnedHeaders) {
+    let headers = dead_letter(original, drop, e);
+    let size = record_bytes(key, value, Some(&headers));
+    if size <= MAX_RECORD_BYTES {
+        return (key, value, headers);
+    }
+    let omitted = ErrorHeaders {
+        record_omitted: Some(size),
+        ..*e
+    };
+    (None, None, dead_letter(std::iter::empty(), drop, &omitted))
+}
+
 /// Set on a record re-published by `govbus dlq replay`: `dlq.<dept>/<partition>/<offset>`.
 pub const REPLAY_OF: &str = "govbus.replay.of";
 
@@ -217,6 +254,34 @@ mod tests {
                 ERROR_SUBSCRIPTION
             ]
             .contains(&k.as_str())));
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_to_write_keeps_only_the_error_set() {
+        let e = ErrorHeaders {
+            reason: "undecodable",
+            stage: "delivery",
+            detail: "bounded",
+            topic: "data.x",
+            partition: 1,
+            offset: 7,
+            ..ErrorHeaders::default()
+        };
+        let own = [(CE_ID, Some(b"e-1".as_slice()))];
+        let small = vec![b'v'; 10];
+        let (k, v, hs) = fitted_dead_letter(Some(b"k"), Some(&small), own, &[], &e);
+        assert_eq!((k, v), (Some(b"k".as_slice()), Some(small.as_slice())));
+        assert_eq!(get_str(&hs, CE_ID), Some("e-1"));
+        assert!(get_str(&hs, ERROR_RECORD_OMITTED).is_none());
+        // Fits alone, not with the error set.
+        let big = vec![b'v'; MAX_RECORD_BYTES - 20];
+        let (k, v, hs) = fitted_dead_letter(Some(b"k"), Some(&big), own, &[], &e);
+        assert!(k.is_none() && v.is_none());
+        assert!(get_str(&hs, CE_ID).is_none(), "no input header either");
+        let n: usize = get_str(&hs, ERROR_RECORD_OMITTED).unwrap().parse().unwrap();
+        assert!(n > MAX_RECORD_BYTES, "{n}");
+        assert_eq!(get_str(&hs, ERROR_OFFSET), Some("7"));
+        assert!(record_bytes(None, None, Some(&hs)) < 1024);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod config;
 pub mod headers;
+pub mod limits;
 pub mod produce;
 pub mod provision;
 pub mod read;

@@ -230,7 +230,30 @@ pub fn decide<'e, H: Headers>(
 ) -> Decision<'e> {
     let department = topics.department_of_ingest(msg.topic).unwrap_or(msg.topic);
     match decide_inner(engine, department, msg, ctx) {
-        Ok(routed) => Decision::Route(Box::new(routed)),
+        Ok(routed) => {
+            // Written as it is, it must fit, and leave a sink room to
+            // dead-letter it: librdkafka refuses a larger record on every
+            // attempt, which would stall the partition for good.
+            let size = govbus_kafka::limits::record_bytes(
+                Some(routed.key.as_bytes()),
+                routed.value.as_deref(),
+                Some(&routed.headers),
+            );
+            if size > govbus_kafka::limits::MAX_ROUTED_BYTES {
+                return Decision::Reject(DeadLetter {
+                    department: department.to_owned(),
+                    dataset: Some(routed.dataset.name().to_owned()),
+                    reason: Reason::MessageTooLarge,
+                    field: None,
+                    stage: Stage::of(Reason::MessageTooLarge),
+                    detail: Cow::Owned(format!(
+                        "the canonical record is {size} bytes with its key and headers; the bus writes at most {}",
+                        govbus_kafka::limits::MAX_ROUTED_BYTES
+                    )),
+                });
+            }
+            Decision::Route(Box::new(routed))
+        }
         Err((dataset, r)) => Decision::Reject(DeadLetter {
             department: department.to_owned(),
             dataset,

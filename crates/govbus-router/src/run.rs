@@ -598,8 +598,11 @@ fn dead_letter(m: &BorrowedMessage<'_>, dead: &DeadLetter, topics: &Topics) -> O
         } else {
             0
         },
+        record_omitted: None,
     };
-    let headers = h::dead_letter(
+    let (key, value, headers) = h::fitted_dead_letter(
+        m.key(),
+        m.payload(),
         original
             .into_iter()
             .flat_map(|hs| hs.iter())
@@ -609,8 +612,8 @@ fn dead_letter(m: &BorrowedMessage<'_>, dead: &DeadLetter, topics: &Topics) -> O
     );
     Outgoing {
         topic: topics.dlq(&dead.department),
-        key: m.key().map(<[u8]>::to_vec),
-        value: m.payload().map(<[u8]>::to_vec),
+        key: key.map(<[u8]>::to_vec),
+        value: value.map(<[u8]>::to_vec),
         headers: Some(headers),
         dlq: true,
     }

@@ -794,3 +794,101 @@ fn mock_config(bootstrap: &str, topics: &Topics) -> RouterConfig {
     config.client_overrides = vec![("session.timeout.ms".into(), "6000".into())];
     config
 }
+
+/// A record the router cannot write as it is — its canonical form larger
+/// than a Kafka record may be, or its dead letter (the record plus the error
+/// headers) larger — is dead-lettered, and the router goes on. librdkafka
+/// refuses an oversized record on every attempt: before, the router retried
+/// it for ever and stopped routing every partition behind it.
+#[tokio::test]
+async fn records_too_large_to_write_or_to_copy_are_dead_lettered_and_routing_goes_on() {
+    let r = start_router(&["civil_affairs"]).await;
+    let topic = r.topics.ingest("civil_affairs");
+    let deaths_type: &[(&str, &[u8])] = &[(h::CE_TYPE, b"civil_affairs.death_registration")];
+    let key = b"DR-2026-00012345".as_slice();
+    // A department's client allowing records above librdkafka's default limit.
+    let big_producer: FutureProducer = producer_config(&Broker::shared().bootstrap())
+        .set("message.max.bytes", "2000000")
+        .create()
+        .unwrap();
+    let mut huge = sample("civil_affairs.death_registration", 0);
+    // Valid (no rule bounds the place of death), 1,010,000 bytes of it:
+    // its canonical record would be larger than any govbus producer writes.
+    huge["death_place"] = json!("x".repeat(1_010_000));
+    let huge = huge.to_string();
+    big_producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(key)
+                .payload(huge.as_bytes())
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: h::CE_TYPE,
+                    value: Some(b"civil_affairs.death_registration".as_slice()),
+                })),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    // Valid and 990,000 bytes: writable, but a sink could not dead-letter it.
+    let mut large = sample("civil_affairs.death_registration", 0);
+    large["death_place"] = json!("y".repeat(990_000));
+    let large = large.to_string();
+    publish(&topic, Some(key), large.as_bytes(), deaths_type).await;
+    // Not JSON at all, within a stock client's limit: its dead letter, with
+    // the error headers added, would not be.
+    let garbage = vec![b'{'; 999_800];
+    publish(&topic, Some(key), &garbage, deaths_type).await;
+    // And then an ordinary record.
+    let normal = sample("civil_affairs.death_registration", 0).to_string();
+    publish(&topic, Some(key), normal.as_bytes(), deaths_type).await;
+
+    let data = read(&r.topics.data("civil_affairs.death_registration"), 1).await;
+    assert_eq!(data.len(), 1, "the ordinary record was routed");
+    assert!(data[0].value.as_ref().unwrap().len() < 1_000);
+    let dead = read(&r.topics.dlq("civil_affairs"), 3).await;
+    assert_eq!(dead.len(), 3, "every oversized record was dead-lettered");
+    // Dead letters without a key may sit on any partition of the DLQ.
+    let find = |reason: &str, copied: bool| {
+        dead.iter()
+            .find(|d| d.headers[h::ERROR_REASON] == reason && d.value.is_some() == copied)
+            .unwrap_or_else(|| panic!("no {reason} dead letter (copied: {copied})"))
+    };
+    // Too large to copy: the error set alone, saying how large and where
+    // the original is.
+    for d in [
+        find("message_too_large", false),
+        find("json_invalid", false),
+    ] {
+        assert!(d.key.is_none(), "{:?}", d.headers);
+        let omitted: usize = d.headers[h::ERROR_RECORD_OMITTED].parse().unwrap();
+        assert!(omitted > 1_000_000, "{omitted}");
+        assert!(d.headers[h::ERROR_TOPIC].ends_with("ingest.civil_affairs"));
+        assert!(d.headers[h::ERROR_OFFSET].parse::<i64>().is_ok());
+        assert!(d.header_count < 15);
+        assert!(
+            !d.headers.contains_key(h::CE_TYPE),
+            "no input header is kept"
+        );
+    }
+    assert_eq!(
+        find("message_too_large", false).headers[h::ERROR_DATASET],
+        "civil_affairs.death_registration"
+    );
+    // Small enough to copy: the original as it came, with the reason.
+    let copied = find("message_too_large", true);
+    assert_eq!(copied.value.as_deref(), Some(large.as_bytes()));
+    assert_eq!(copied.key.as_deref(), Some(key));
+    assert!(!copied.headers.contains_key(h::ERROR_RECORD_OMITTED));
+    assert!(
+        copied.headers[h::ERROR_DETAIL].contains("at most"),
+        "{}",
+        copied.headers[h::ERROR_DETAIL]
+    );
+    for d in &dead {
+        for v in d.headers.values() {
+            assert!(!v.contains("11010519491231002X") && !v.contains("xxxxxxxx"));
+        }
+    }
+    r.stop().await;
+}

@@ -1072,8 +1072,11 @@ impl Shared {
             let c = &batch[*i];
             let mut backoff = Backoff::broker();
             loop {
-                // The key stays in the message key; headers carry no personal data.
-                let headers = h::dead_letter(
+                // The key stays in the message key; headers carry no personal
+                // data. A record too large to copy leaves only the error set.
+                let (key, value, headers) = h::fitted_dead_letter(
+                    c.key.as_deref(),
+                    c.value.as_deref(),
                     c.headers
                         .iter()
                         .map(|(k, v)| (k.as_str(), Some(v.as_slice()))),
@@ -1091,11 +1094,11 @@ impl Shared {
                     },
                 );
                 let mut record = FutureRecord::to(dlq).headers(headers);
-                if let Some(k) = &c.key {
-                    record = record.key(k.as_slice());
+                if let Some(k) = key {
+                    record = record.key(k);
                 }
-                if let Some(v) = &c.value {
-                    record = record.payload(v.as_slice());
+                if let Some(v) = value {
+                    record = record.payload(v);
                 }
                 match self.producer.send(record, Duration::from_secs(30)).await {
                     Ok(_) => break,

@@ -485,7 +485,10 @@ pub fn run(
             }
         };
         let key = mapper.key_of(&record);
-        match ds.validate_json_value(&serde_json::Value::Object(record), &ctx) {
+        match ds
+            .validate_json_value(&serde_json::Value::Object(record), &ctx)
+            .and_then(govbus_kafka::limits::publishable)
+        {
             Ok(a) => runs
                 .push(Entry {
                     key: a.key,

@@ -299,6 +299,16 @@ fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         .filter(|d| wanted.is_empty() || wanted.contains(&(d.partition, d.offset)))
         .collect();
     for d in &selected {
+        if !d.header(h::ERROR_RECORD_OMITTED).is_empty() {
+            anyhow::bail!(
+                "dead letter {} holds no copy of its record ({} bytes, too large to copy); the original is at {} partition {} offset {}: fix it at the source and publish it again",
+                d.at(),
+                escape(d.header(h::ERROR_RECORD_OMITTED)),
+                escape(d.header(h::ERROR_TOPIC)),
+                escape(d.header(h::ERROR_PARTITION)),
+                escape(d.header(h::ERROR_OFFSET))
+            );
+        }
         if d.header(h::ERROR_TOPIC) != ingest {
             anyhow::bail!(
                 "dead letter {} came from `{}`, not {}; refusing to replay it elsewhere",
