@@ -17,6 +17,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::event::{prepare, Canonical, Delivery, Prepared, OUT_OF_SCOPE};
+use crate::fence::Revocations;
 use crate::ledger::{self, Ledger};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -296,6 +297,7 @@ async fn reap(
 struct LagContext {
     metrics: Metrics,
     subscription: String,
+    revocations: Revocations,
 }
 
 impl ClientContext for LagContext {
@@ -320,7 +322,13 @@ impl ConsumerContext for LagContext {
         consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if let rdkafka::consumer::Rebalance::Revoke(_) = rebalance {
+        if let rdkafka::consumer::Rebalance::Revoke(revoked) = rebalance {
+            self.revocations.revoke(
+                revoked
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition())),
+            );
             match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
                 Ok(())
                 | Err(rdkafka::error::KafkaError::ConsumerCommit(
@@ -371,12 +379,21 @@ impl Progress {
     }
 }
 
+/// Collects up to `max` records, waiting `idle` for the first and `linger`
+/// for the rest. With `fence` (the consumer's revocations and the one topic
+/// it reads), records whose partition was revoked while the batch was being
+/// collected are left out (see [`crate::fence`]).
 pub(crate) async fn next_batch<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
     max: usize,
     linger: Duration,
     idle: Duration,
+    fence: Option<(&Revocations, &str)>,
 ) -> Vec<Canonical> {
+    // Revocations seen when each record was fetched: the rebalance callback
+    // runs inside `recv`, so a record returned after it belongs to the
+    // assignment as it is after the change.
+    let seen = || fence.map_or(0, |(r, _)| r.seen());
     let first = match tokio::time::timeout(idle, consumer.recv()).await {
         Err(_) => return Vec::new(),
         Ok(Err(error)) => {
@@ -384,13 +401,13 @@ pub(crate) async fn next_batch<C: ConsumerContext + 'static>(
             tokio::time::sleep(Duration::from_millis(200)).await;
             return Vec::new();
         }
-        Ok(Ok(m)) => Canonical::from_message(&m),
+        Ok(Ok(m)) => (seen(), Canonical::from_message(&m)),
     };
     let mut out = vec![first];
     let deadline = tokio::time::Instant::now() + linger;
     while out.len() < max {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(m)) => out.push(Canonical::from_message(&m)),
+            Ok(Ok(m)) => out.push((seen(), Canonical::from_message(&m))),
             Ok(Err(error)) => {
                 tracing::warn!(message = "Consume failed.", %error);
                 break;
@@ -398,7 +415,19 @@ pub(crate) async fn next_batch<C: ConsumerContext + 'static>(
             Err(_) => break,
         }
     }
-    out
+    let Some((fence, topic)) = fence else {
+        return out.into_iter().map(|(_, c)| c).collect();
+    };
+    let fetched = out.len();
+    let kept: Vec<Canonical> = out
+        .into_iter()
+        .filter(|(seen, c)| !fence.revoked_since(*seen, topic, c.partition))
+        .map(|(_, c)| c)
+        .collect();
+    if kept.len() < fetched {
+        tracing::info!(message = "Left out records whose partition was revoked while the batch was collected; the partition's next owner delivers them.", topic = %topic, records = fetched - kept.len());
+    }
+    kept
 }
 
 impl Shared {
@@ -586,6 +615,7 @@ impl Shared {
         let consumer: SubConsumer = match cc.create_with_context(LagContext {
             metrics: self.metrics.clone(),
             subscription: sub.id.clone(),
+            revocations: Revocations::default(),
         }) {
             Ok(c) => c,
             Err(e) => return Ended::Failed(e.to_string()),
@@ -606,7 +636,7 @@ impl Shared {
         loop {
             let batch = tokio::select! {
                 _ = shutdown.changed() => Vec::new(),
-                b = next_batch(&consumer, self.config.max_batch, self.config.linger, Duration::from_millis(250)) => b,
+                b = next_batch(&consumer, self.config.max_batch, self.config.linger, Duration::from_millis(250), Some((&consumer.context().revocations, &topic))) => b,
             };
             // The grant is checked at delivery time, on every batch. (The
             // catalog is taken first: a change after it is seen next batch.)

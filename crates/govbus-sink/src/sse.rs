@@ -382,7 +382,7 @@ async fn stream(
     loop {
         let batch = tokio::select! {
             () = tx.closed() => return Ok(()),
-            b = next_batch(&consumer, 500, Duration::from_millis(10), Duration::from_millis(250)) => b,
+            b = next_batch(&consumer, 500, Duration::from_millis(10), Duration::from_millis(250), None) => b,
         };
         let mut rest = &batch[..];
         loop {
