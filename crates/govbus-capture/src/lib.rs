@@ -539,8 +539,8 @@ impl Capture {
                 // refused on every retry and hold the position forever:
                 // it is refused like any row that cannot be published.
                 // (Validation refuses a value that large first,
-                // `limits::publishable`; this catches the rest, a delete
-                // with an oversized key.)
+                // `limits::publishable`; a delete is not validated, and one
+                // with a key too large for the producer lands here.)
                 Err(e) if e.contains("MessageSizeTooLarge") || e.contains("size too large") => {
                     let reason = govbus_validate::Reason::MessageTooLarge.code();
                     tracing::warn!(message = "Row rejected at the edge.", table = %table.spec.table, version = c.version, reason, detail = %e);

@@ -62,9 +62,10 @@ pub const ERROR_OFFSET: &str = "govbus.error.offset";
 pub const ERROR_HEADERS_DROPPED: &str = "govbus.error.headers_dropped";
 /// The subscription whose delivery failed (a sink's dead letters).
 pub const ERROR_SUBSCRIPTION: &str = "govbus.error.subscription";
-/// Set when the record itself was too large to copy into its dead letter:
-/// its size in bytes. The dead letter then holds no key, value or input
-/// headers; the original is at `govbus.error.topic/partition/offset`.
+/// Set when the record was too large to copy into its dead letter: the size
+/// in bytes of its value, which the dead letter does not hold (nor, when
+/// even they would not fit, its key and headers). The original is at
+/// `govbus.error.topic/partition/offset` for as long as that topic keeps it.
 pub const ERROR_RECORD_OMITTED: &str = "govbus.error.record_omitted";
 
 /// What a dead letter says about itself: the whole `govbus.error.*` set,
@@ -98,9 +99,26 @@ pub struct ErrorHeaders<'a> {
     pub record_omitted: Option<usize>,
 }
 
+/// The longest `govbus.error.detail` or `govbus.error.field` written: a
+/// field path is built from the input's own names (a JSON object's keys), so
+/// without a bound the error set alone could exceed what a producer writes.
+pub const MAX_ERROR_TEXT: usize = 1024;
+
+/// `text` cut at a character boundary to [`MAX_ERROR_TEXT`] bytes, saying so.
+fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_ERROR_TEXT {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = MAX_ERROR_TEXT - 32;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes)", &text[..end], text.len()))
+}
+
 /// A dead letter's headers: the record's own headers (never an input
 /// `govbus.error.*` one — forged —, nor one named in `drop`), then the
-/// error set.
+/// error set (detail and field bounded to [`MAX_ERROR_TEXT`]).
 pub fn dead_letter<'h>(
     original: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
     drop: &[&str],
@@ -108,21 +126,22 @@ pub fn dead_letter<'h>(
 ) -> OwnedHeaders {
     let mut headers = OwnedHeaders::new();
     for (key, value) in original {
-        if e.record_omitted.is_none() && !key.starts_with(ERROR_PREFIX) && !drop.contains(&key) {
+        if !key.starts_with(ERROR_PREFIX) && !drop.contains(&key) {
             headers = headers.insert(Header { key, value });
         }
     }
     let (partition, offset) = (e.partition.to_string(), e.offset.to_string());
     let dropped = e.headers_dropped.to_string();
     let omitted = e.record_omitted.map(|n| n.to_string());
+    let (detail, field) = (bounded(e.detail), e.field.map(bounded));
     let errors = [
         (ERROR_REASON, Some(e.reason)),
         (ERROR_STAGE, Some(e.stage)),
-        (ERROR_DETAIL, Some(e.detail)),
+        (ERROR_DETAIL, Some(detail.as_ref())),
         (ERROR_TOPIC, Some(e.topic)),
         (ERROR_PARTITION, Some(partition.as_str())),
         (ERROR_OFFSET, Some(offset.as_str())),
-        (ERROR_FIELD, e.field),
+        (ERROR_FIELD, field.as_deref()),
         (ERROR_DATASET, e.dataset),
         (ERROR_SUBSCRIPTION, e.subscription),
         (
@@ -141,12 +160,15 @@ pub fn dead_letter<'h>(
     }
     headers
 }
-/// A dead letter that fits in [`MAX_RECORD_BYTES`](crate::limits::MAX_RECORD_BYTES): the record's key, value
-/// and own headers with the error set ([`dead_letter`]) — or, when that
-/// would be too large to write, the error set alone with
-/// [`ERROR_RECORD_OMITTED`] (the original stays where the error headers
-/// say). A record too large to copy must not stall the dead-letter topic:
-/// librdkafka refuses it on every attempt.
+
+/// A dead letter that fits in [`MAX_RECORD_BYTES`]: the record's key, value
+/// and own headers with the error set ([`dead_letter`]); when that is too
+/// large, the same without the value, with [`ERROR_RECORD_OMITTED`] (the
+/// value's size); when even that is too large, the error set alone (no key,
+/// [`ERROR_HEADERS_DROPPED`] counting the headers left out). The error set
+/// is bounded, so the last form always fits. A dead letter too large to
+/// write must not stall its topic: librdkafka refuses it on every attempt.
+/// Returns key, value and headers, and whether anything was left out.
 pub fn fitted_dead_letter<'h, 'r>(
     key: Option<&'r [u8]>,
     value: Option<&'r [u8]>,
@@ -154,16 +176,32 @@ pub fn fitted_dead_letter<'h, 'r>(
     drop: &[&str],
     e: &ErrorHeaders<'_>,
 ) -> (Option<&'r [u8]>, Option<&'r [u8]>, OwnedHeaders) {
-    let headers = dead_letter(original, drop, e);
-    let size = record_bytes(key, value, Some(&headers));
-    if size <= MAX_RECORD_BYTES {
+    let original: Vec<(&str, Option<&[u8]>)> = original.into_iter().collect();
+    let headers = dead_letter(original.iter().copied(), drop, e);
+    if record_bytes(key, value, Some(&headers)) <= MAX_RECORD_BYTES {
         return (key, value, headers);
     }
-    let omitted = ErrorHeaders {
-        record_omitted: Some(size),
+    let without_value = ErrorHeaders {
+        record_omitted: Some(value.map_or(0, <[u8]>::len)),
         ..*e
     };
-    (None, None, dead_letter(std::iter::empty(), drop, &omitted))
+    let headers = dead_letter(original.iter().copied(), drop, &without_value);
+    if record_bytes(key, None, Some(&headers)) <= MAX_RECORD_BYTES {
+        return (key, None, headers);
+    }
+    let kept = original
+        .iter()
+        .filter(|(k, _)| !k.starts_with(ERROR_PREFIX) && !drop.contains(k))
+        .count();
+    let error_set_only = ErrorHeaders {
+        headers_dropped: e.headers_dropped + kept,
+        ..without_value
+    };
+    (
+        None,
+        None,
+        dead_letter(std::iter::empty(), drop, &error_set_only),
+    )
 }
 
 /// Set on a record re-published by `govbus dlq replay`: `dlq.<dept>/<partition>/<offset>`.
@@ -257,7 +295,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_letter_too_large_to_write_keeps_only_the_error_set() {
+    fn a_dead_letter_too_large_to_write_leaves_out_the_value_then_key_and_headers() {
         let e = ErrorHeaders {
             reason: "undecodable",
             stage: "delivery",
@@ -273,15 +311,48 @@ mod tests {
         assert_eq!((k, v), (Some(b"k".as_slice()), Some(small.as_slice())));
         assert_eq!(get_str(&hs, CE_ID), Some("e-1"));
         assert!(get_str(&hs, ERROR_RECORD_OMITTED).is_none());
-        // Fits alone, not with the error set.
-        let big = vec![b'v'; MAX_RECORD_BYTES - 20];
+        // Fits alone, not with the error set: the value is left out, the
+        // key and the record's identity stay.
+        let big = vec![b'v'; MAX_RECORD_BYTES - 60];
         let (k, v, hs) = fitted_dead_letter(Some(b"k"), Some(&big), own, &[], &e);
-        assert!(k.is_none() && v.is_none());
-        assert!(get_str(&hs, CE_ID).is_none(), "no input header either");
-        let n: usize = get_str(&hs, ERROR_RECORD_OMITTED).unwrap().parse().unwrap();
-        assert!(n > MAX_RECORD_BYTES, "{n}");
+        assert_eq!((k, v), (Some(b"k".as_slice()), None));
+        assert_eq!(get_str(&hs, CE_ID), Some("e-1"));
+        assert_eq!(
+            get_str(&hs, ERROR_RECORD_OMITTED),
+            Some(big.len().to_string().as_str())
+        );
         assert_eq!(get_str(&hs, ERROR_OFFSET), Some("7"));
+        // A key too large as well: the error set alone, always small.
+        let (k, v, hs) = fitted_dead_letter(Some(&big), Some(&big), own, &[], &e);
+        assert!(k.is_none() && v.is_none());
+        assert!(get_str(&hs, CE_ID).is_none());
+        assert_eq!(get_str(&hs, ERROR_HEADERS_DROPPED), Some("1"));
         assert!(record_bytes(None, None, Some(&hs)) < 1024);
+    }
+
+    #[test]
+    fn error_text_is_bounded_so_the_error_set_always_fits() {
+        // A field path is built from the input's own JSON keys.
+        let path = "a".repeat(999_887);
+        let detail = "d".repeat(5_000);
+        let e = ErrorHeaders {
+            reason: "json_unknown_field",
+            stage: "decode",
+            detail: &detail,
+            topic: "ingest.x",
+            field: Some(&path),
+            ..ErrorHeaders::default()
+        };
+        let (k, v, hs) = fitted_dead_letter(None, Some(b"{}"), [], &[], &e);
+        assert_eq!((k, v), (None, Some(b"{}".as_slice())));
+        let field = get_str(&hs, ERROR_FIELD).unwrap();
+        assert!(field.len() <= MAX_ERROR_TEXT, "{}", field.len());
+        assert!(field.ends_with("(999887 bytes)"), "{field}");
+        assert!(get_str(&hs, ERROR_DETAIL).unwrap().len() <= MAX_ERROR_TEXT);
+        assert!(record_bytes(None, None, Some(&hs)) < 3 * MAX_ERROR_TEXT);
+        // Cut at a character boundary.
+        let wide = "张".repeat(1_000);
+        assert!(bounded(&wide).len() <= MAX_ERROR_TEXT);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! How large a record the bus writes, and the checks that keep every write
 //! within it.
 //!
-//! Every govbus producer has `message.max.bytes` = [`MAX_RECORD_BYTES`], and
+//! Every producer made from [`crate::config::producer`] has
+//! `message.max.bytes` = [`MAX_RECORD_BYTES`] (librdkafka's default, so
+//! other clients agree unless told otherwise), and
 //! librdkafka refuses a larger record locally, on every attempt. The bus
 //! retries a failed write for as long as it takes (nothing is skipped), so a
 //! record that can never be written would stall its partition for good.
@@ -28,38 +30,88 @@ pub const DEAD_LETTER_ROOM: usize = 16 * 1024;
 /// The largest canonical record (key, value and headers) the router writes.
 pub const MAX_ROUTED_BYTES: usize = MAX_RECORD_BYTES - DEAD_LETTER_ROOM;
 
-/// The largest key and value together a publishing path accepts: room for
-/// the headers it and the router add (`ce_subject` repeats the key).
+/// The largest key (counted twice: `ce_subject` repeats it) and value
+/// together a publishing path accepts: room for the headers it and the
+/// router add.
 pub const MAX_PUBLISHED_BYTES: usize = MAX_ROUTED_BYTES - 8 * 1024;
 
-/// A record's size as librdkafka checks it against `message.max.bytes`:
-/// key, value, and each header's name and value with their length prefixes.
+/// librdkafka's fixed allowance per record (`RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`:
+/// the varint length, attributes, timestamp and offset deltas, key and value
+/// lengths and header count at their largest).
+const RECORD_OVERHEAD: usize = 36;
+
+/// A record's size as librdkafka checks it against `message.max.bytes`
+/// (`rd_kafka_msg_max_wire_size`): the fixed allowance, key, value, and each
+/// header's name and value with their zigzag-varint lengths.
 pub fn record_bytes(
     key: Option<&[u8]>,
     value: Option<&[u8]>,
     headers: Option<&OwnedHeaders>,
 ) -> usize {
-    let headers = headers.map_or(0, |hs| {
+    let headers: usize = headers.map_or(0, |hs| {
         hs.iter()
-            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 2 * 5)
+            .map(|h| {
+                let v = h.value.map_or(0, <[u8]>::len);
+                h.key.len() + v + varint_len(h.key.len()) + varint_len(v)
+            })
             .sum()
     });
-    key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + headers
+    RECORD_OVERHEAD + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + headers
+}
+
+/// Bytes of `n` as a zigzag varint (how librdkafka writes header lengths).
+fn varint_len(n: usize) -> usize {
+    let mut z = (n as u64) << 1;
+    let mut len = 1;
+    while z >= 0x80 {
+        z >>= 7;
+        len += 1;
+    }
+    len
 }
 
 /// The publishing edge's size check on a validated record: one whose key
 /// and canonical value exceed [`MAX_PUBLISHED_BYTES`] is refused with
 /// `message_too_large` (the router would only dead-letter it).
 pub fn publishable(a: Accepted) -> Result<Accepted, Rejection> {
-    let size = a.key.len() + a.value.len();
+    // The key travels twice: as the message key and as `ce_subject`.
+    let size = 2 * a.key.len() + a.value.len();
     if size > MAX_PUBLISHED_BYTES {
         return Err(Rejection {
             reason: Reason::MessageTooLarge,
             field: None,
             detail: Cow::Owned(format!(
-                "the record is {size} bytes as canonical Avro with its key; the bus carries at most {MAX_PUBLISHED_BYTES}"
+                "the record is {size} bytes as canonical Avro with its key (counted twice: it is also the ce_subject header); the bus carries at most {MAX_PUBLISHED_BYTES}"
             )),
         });
     }
     Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Header;
+
+    #[test]
+    fn record_bytes_is_librdkafkas_count() {
+        assert_eq!(record_bytes(None, None, None), 36);
+        let hs = OwnedHeaders::new()
+            .insert(Header {
+                key: "ce_id",
+                value: Some("e-1".as_bytes()),
+            })
+            .insert(Header::<&[u8]> {
+                key: "n",
+                value: None,
+            });
+        // 36 + key 1 + value 2 + ("ce_id" 5 + "e-1" 3 + 1 + 1) + ("n" 1 + 0 + 1 + 1)
+        assert_eq!(
+            record_bytes(Some(b"k"), Some(b"vv"), Some(&hs)),
+            36 + 3 + 10 + 3
+        );
+        assert_eq!(varint_len(63), 1);
+        assert_eq!(varint_len(64), 2);
+        assert_eq!(varint_len(1_000_000), 3);
+    }
 }

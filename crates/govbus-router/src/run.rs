@@ -610,6 +610,9 @@ fn dead_letter(m: &BorrowedMessage<'_>, dead: &DeadLetter, topics: &Topics) -> O
         &[],
         &errors,
     );
+    if value.is_none() && m.payload().is_some() {
+        tracing::warn!(message = "Dead letter written without the record's value (too large to copy); the original stays on its topic for that topic's retention.", topic = m.topic(), partition = m.partition(), offset = m.offset(), bytes = m.payload_len());
+    }
     Outgoing {
         topic: topics.dlq(&dead.department),
         key: key.map(<[u8]>::to_vec),

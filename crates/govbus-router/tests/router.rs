@@ -839,6 +839,11 @@ async fn records_too_large_to_write_or_to_copy_are_dead_lettered_and_routing_goe
     // the error headers added, would not be.
     let garbage = vec![b'{'; 999_800];
     publish(&topic, Some(key), &garbage, deaths_type).await;
+    // An unknown field whose name is 999,000 bytes: the rejection's field
+    // path is that name, so unbounded, the error headers alone would be too
+    // large to write.
+    let long_name = format!("{{\"{}\":1}}", "n".repeat(999_000));
+    publish(&topic, Some(key), long_name.as_bytes(), deaths_type).await;
     // And then an ordinary record.
     let normal = sample("civil_affairs.death_registration", 0).to_string();
     publish(&topic, Some(key), normal.as_bytes(), deaths_type).await;
@@ -846,35 +851,42 @@ async fn records_too_large_to_write_or_to_copy_are_dead_lettered_and_routing_goe
     let data = read(&r.topics.data("civil_affairs.death_registration"), 1).await;
     assert_eq!(data.len(), 1, "the ordinary record was routed");
     assert!(data[0].value.as_ref().unwrap().len() < 1_000);
-    let dead = read(&r.topics.dlq("civil_affairs"), 3).await;
-    assert_eq!(dead.len(), 3, "every oversized record was dead-lettered");
+    let dead = read(&r.topics.dlq("civil_affairs"), 4).await;
+    assert_eq!(dead.len(), 4, "every oversized record was dead-lettered");
     // Dead letters without a key may sit on any partition of the DLQ.
     let find = |reason: &str, copied: bool| {
         dead.iter()
             .find(|d| d.headers[h::ERROR_REASON] == reason && d.value.is_some() == copied)
             .unwrap_or_else(|| panic!("no {reason} dead letter (copied: {copied})"))
     };
-    // Too large to copy: the error set alone, saying how large and where
-    // the original is.
-    for d in [
-        find("message_too_large", false),
-        find("json_invalid", false),
+    // Too large to copy: the dead letter keeps the key and the record's
+    // headers, and says how large the value it leaves out is and where the
+    // original is.
+    for (d, len) in [
+        (find("message_too_large", false), huge.len()),
+        (find("json_invalid", false), garbage.len()),
     ] {
-        assert!(d.key.is_none(), "{:?}", d.headers);
-        let omitted: usize = d.headers[h::ERROR_RECORD_OMITTED].parse().unwrap();
-        assert!(omitted > 1_000_000, "{omitted}");
+        assert_eq!(d.key.as_deref(), Some(key), "{:?}", d.headers);
+        assert_eq!(d.headers[h::ERROR_RECORD_OMITTED], len.to_string());
         assert!(d.headers[h::ERROR_TOPIC].ends_with("ingest.civil_affairs"));
         assert!(d.headers[h::ERROR_OFFSET].parse::<i64>().is_ok());
-        assert!(d.header_count < 15);
-        assert!(
-            !d.headers.contains_key(h::CE_TYPE),
-            "no input header is kept"
-        );
+        assert_eq!(d.headers[h::CE_TYPE], "civil_affairs.death_registration");
     }
     assert_eq!(
         find("message_too_large", false).headers[h::ERROR_DATASET],
         "civil_affairs.death_registration"
     );
+    let unknown = dead
+        .iter()
+        .find(|d| {
+            d.headers[h::ERROR_REASON] != "message_too_large"
+                && d.headers[h::ERROR_REASON] != "json_invalid"
+        })
+        .unwrap();
+    let field = &unknown.headers[h::ERROR_FIELD];
+    assert!(field.len() <= h::MAX_ERROR_TEXT, "{}", field.len());
+    assert!(field.ends_with("bytes)"), "{field:.80}");
+    assert_eq!(unknown.key.as_deref(), Some(key));
     // Small enough to copy: the original as it came, with the reason.
     let copied = find("message_too_large", true);
     assert_eq!(copied.value.as_deref(), Some(large.as_bytes()));

@@ -1123,6 +1123,9 @@ impl Shared {
                         ..h::ErrorHeaders::default()
                     },
                 );
+                if value.is_none() && c.value.is_some() {
+                    tracing::warn!(message = "Dead letter written without the record's value (too large to copy); the original stays on its topic until compacted.", subscription = %sub.id, %topic, partition = c.partition, offset = c.offset);
+                }
                 let mut record = FutureRecord::to(dlq).headers(headers);
                 if let Some(k) = key {
                     record = record.key(k);

@@ -301,7 +301,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     for d in &selected {
         if !d.header(h::ERROR_RECORD_OMITTED).is_empty() {
             anyhow::bail!(
-                "dead letter {} holds no copy of its record ({} bytes, too large to copy); the original is at {} partition {} offset {}: fix it at the source and publish it again",
+                "dead letter {} holds no copy of its record's value ({} bytes, too large to copy); the original is at {} partition {} offset {} for as long as that topic keeps it: publish it again from the source",
                 d.at(),
                 escape(d.header(h::ERROR_RECORD_OMITTED)),
                 escape(d.header(h::ERROR_TOPIC)),
