@@ -13,7 +13,7 @@ use govbus_kafka::topics::Topics;
 use govbus_testkit::{consumer_config, create_topic, unique, Broker};
 use govbus_validate::Engine;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedHeaders};
 use serde_json::{json, Value};
 
 fn repo() -> &'static Path {
@@ -411,7 +411,7 @@ fn assert_router_routes_all(topics: &Topics, got: &[rdkafka::message::OwnedMessa
             timestamp_ms: None,
             key: m.key(),
             value: m.payload(),
-            headers: m.headers(),
+            headers: m.headers().map(OwnedHeaders::as_borrowed),
         };
         match govbus_router::gate::decide(&engine, topics, &incoming, &ctx) {
             govbus_router::gate::Decision::Route(_) => {}

@@ -10,7 +10,7 @@
 //! below, modelled on Kafka Connect's `__connect.errors.*`. None of them ever
 //! holds a value from the record.
 
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 
 use crate::limits::{record_bytes, MAX_RECORD_BYTES};
 
@@ -62,11 +62,13 @@ pub const ERROR_OFFSET: &str = "govbus.error.offset";
 pub const ERROR_HEADERS_DROPPED: &str = "govbus.error.headers_dropped";
 /// The subscription whose delivery failed (a sink's dead letters).
 pub const ERROR_SUBSCRIPTION: &str = "govbus.error.subscription";
-/// Set when the record was too large to copy into its dead letter: the size
-/// in bytes of its value, which the dead letter does not hold (nor, when
-/// even they would not fit, its key and headers). The original is at
+/// Set when the record's value was too large to copy into its dead letter:
+/// the value's size in bytes. The original is at
 /// `govbus.error.topic/partition/offset` for as long as that topic keeps it.
 pub const ERROR_RECORD_OMITTED: &str = "govbus.error.record_omitted";
+/// Set when the record's key was too large to copy into its dead letter
+/// (with the value and headers left out as well): the key's size in bytes.
+pub const ERROR_KEY_OMITTED: &str = "govbus.error.key_omitted";
 
 /// What a dead letter says about itself: the whole `govbus.error.*` set,
 /// written only by [`dead_letter`], for the router's and the sinks' dead
@@ -93,10 +95,10 @@ pub struct ErrorHeaders<'a> {
     pub subscription: Option<&'a str>,
     /// Input headers not copied (there were too many).
     pub headers_dropped: usize,
-    /// The record's size, when it was too large to copy (see
-    /// [`ERROR_RECORD_OMITTED`]; the caller then leaves out key, value and
-    /// input headers).
+    /// The value's size, when it was left out (see [`ERROR_RECORD_OMITTED`]).
     pub record_omitted: Option<usize>,
+    /// The key's size, when it was left out (see [`ERROR_KEY_OMITTED`]).
+    pub key_omitted: Option<usize>,
 }
 
 /// The longest `govbus.error.detail` or `govbus.error.field` written: a
@@ -116,6 +118,81 @@ fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("{}… ({} bytes)", &text[..end], text.len()))
 }
 
+/// One header of a consumed record, read without trusting its name.
+pub type RawHeader<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// One header whose name is UTF-8 text.
+pub type NamedHeader<'a> = (&'a str, Option<&'a [u8]>);
+
+/// Every header of a consumed record in order, its name as bytes.
+///
+/// rdkafka's own [`Headers::iter`] (and `get`, `try_get`) unwraps the name
+/// as UTF-8 and so panics on a record whose header name is not: a department
+/// writing to its ingest topic with any Kafka client can send one. Nothing in
+/// govbus reads a consumed record's headers any other way than through this
+/// function or [`named`].
+pub fn raw(headers: &impl Readable) -> impl Iterator<Item = RawHeader<'_>> {
+    let headers = headers.borrowed();
+    (0..headers.count()).map_while(move |i| header_at(headers, i))
+}
+
+/// Headers [`raw`] reads: a consumed record's, or a copy of them.
+pub trait Readable {
+    /// The native header list.
+    fn borrowed(&self) -> &BorrowedHeaders;
+}
+
+impl Readable for BorrowedHeaders {
+    fn borrowed(&self) -> &BorrowedHeaders {
+        self
+    }
+}
+
+impl Readable for OwnedHeaders {
+    fn borrowed(&self) -> &BorrowedHeaders {
+        self.as_borrowed()
+    }
+}
+
+/// The headers of a consumed record whose names are UTF-8 text, in order,
+/// and how many were left out because their names are not.
+pub fn named(headers: &impl Readable) -> (Vec<NamedHeader<'_>>, usize) {
+    let mut unreadable = 0;
+    let named = raw(headers)
+        .filter_map(|(name, value)| match std::str::from_utf8(name) {
+            Ok(name) => Some((name, value)),
+            Err(_) => {
+                unreadable += 1;
+                None
+            }
+        })
+        .collect();
+    (named, unreadable)
+}
+
+/// The header at `idx`: what [`Headers::try_get`] does, without its unwrap.
+#[allow(unsafe_code)]
+fn header_at(headers: &BorrowedHeaders, idx: usize) -> Option<RawHeader<'_>> {
+    use rdkafka::bindings as rd;
+    let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+    // SAFETY: a `&BorrowedHeaders` is rdkafka's zero-sized view of a native
+    // `rd_kafka_headers_t`, its address the native pointer (rdkafka's own
+    // `as_native_ptr` is this cast). `rd_kafka_header_get_all` reads the
+    // header list, which lives as long as `headers`, and returns a
+    // NUL-terminated name and a value of `size` bytes that live as long.
+    unsafe {
+        let list = headers as *const BorrowedHeaders as *const rd::rd_kafka_headers_t;
+        let err = rd::rd_kafka_header_get_all(list, idx, &mut name, &mut value, &mut size);
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr(name).to_bytes();
+        let value =
+            (!value.is_null()).then(|| std::slice::from_raw_parts(value.cast::<u8>(), size));
+        Some((name, value))
+    }
+}
+
 /// A dead letter's headers: the record's own headers (never an input
 /// `govbus.error.*` one — forged —, nor one named in `drop`), then the
 /// error set (detail and field bounded to [`MAX_ERROR_TEXT`]).
@@ -133,6 +210,7 @@ pub fn dead_letter<'h>(
     let (partition, offset) = (e.partition.to_string(), e.offset.to_string());
     let dropped = e.headers_dropped.to_string();
     let omitted = e.record_omitted.map(|n| n.to_string());
+    let key_omitted = e.key_omitted.map(|n| n.to_string());
     let (detail, field) = (bounded(e.detail), e.field.map(bounded));
     let errors = [
         (ERROR_REASON, Some(e.reason)),
@@ -149,6 +227,7 @@ pub fn dead_letter<'h>(
             (e.headers_dropped > 0).then_some(dropped.as_str()),
         ),
         (ERROR_RECORD_OMITTED, omitted.as_deref()),
+        (ERROR_KEY_OMITTED, key_omitted.as_deref()),
     ];
     for (key, value) in errors {
         if let Some(v) = value {
@@ -162,13 +241,14 @@ pub fn dead_letter<'h>(
 }
 
 /// A dead letter that fits in [`MAX_RECORD_BYTES`]: the record's key, value
-/// and own headers with the error set ([`dead_letter`]); when that is too
-/// large, the same without the value, with [`ERROR_RECORD_OMITTED`] (the
-/// value's size); when even that is too large, the error set alone (no key,
-/// [`ERROR_HEADERS_DROPPED`] counting the headers left out). The error set
-/// is bounded, so the last form always fits. A dead letter too large to
-/// write must not stall its topic: librdkafka refuses it on every attempt.
-/// Returns key, value and headers, and whether anything was left out.
+/// and own headers with the error set ([`dead_letter`]) — or, when that is
+/// too large, the first of these that fits: without the record's headers
+/// ([`ERROR_HEADERS_DROPPED`] counts them); without the value
+/// ([`ERROR_RECORD_OMITTED`] gives its size), with and then without the
+/// headers; the error set alone ([`ERROR_KEY_OMITTED`] gives the key's size).
+/// The error set is bounded, so the last form always fits. A dead letter too
+/// large to write must not stall its topic: librdkafka refuses it on every
+/// attempt. Returns the key, value and headers to write.
 pub fn fitted_dead_letter<'h, 'r>(
     key: Option<&'r [u8]>,
     value: Option<&'r [u8]>,
@@ -177,25 +257,42 @@ pub fn fitted_dead_letter<'h, 'r>(
     e: &ErrorHeaders<'_>,
 ) -> (Option<&'r [u8]>, Option<&'r [u8]>, OwnedHeaders) {
     let original: Vec<(&str, Option<&[u8]>)> = original.into_iter().collect();
-    let headers = dead_letter(original.iter().copied(), drop, e);
-    if record_bytes(key, value, Some(&headers)) <= MAX_RECORD_BYTES {
-        return (key, value, headers);
-    }
-    let without_value = ErrorHeaders {
-        record_omitted: Some(value.map_or(0, <[u8]>::len)),
-        ..*e
-    };
-    let headers = dead_letter(original.iter().copied(), drop, &without_value);
-    if record_bytes(key, None, Some(&headers)) <= MAX_RECORD_BYTES {
-        return (key, None, headers);
-    }
-    let kept = original
+    let own = original
         .iter()
         .filter(|(k, _)| !k.starts_with(ERROR_PREFIX) && !drop.contains(k))
         .count();
+    // (keep the value, keep the record's headers); the key goes last.
+    let mut forms = vec![(true, true)];
+    if own > 0 {
+        forms.push((true, false));
+    }
+    if value.is_some() {
+        forms.push((false, true));
+        if own > 0 {
+            forms.push((false, false));
+        }
+    }
+    for (keep_value, keep_headers) in forms {
+        let form = ErrorHeaders {
+            record_omitted: (!keep_value).then(|| value.map_or(0, <[u8]>::len)),
+            headers_dropped: e.headers_dropped + if keep_headers { 0 } else { own },
+            ..*e
+        };
+        let headers = if keep_headers {
+            dead_letter(original.iter().copied(), drop, &form)
+        } else {
+            dead_letter(std::iter::empty(), drop, &form)
+        };
+        let value = if keep_value { value } else { None };
+        if record_bytes(key, value, Some(&headers)) <= MAX_RECORD_BYTES {
+            return (key, value, headers);
+        }
+    }
     let error_set_only = ErrorHeaders {
-        headers_dropped: e.headers_dropped + kept,
-        ..without_value
+        record_omitted: value.map(<[u8]>::len),
+        key_omitted: key.map(<[u8]>::len),
+        headers_dropped: e.headers_dropped + own,
+        ..*e
     };
     (
         None,
@@ -220,11 +317,10 @@ pub fn owned<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> OwnedH
 }
 
 /// The first header named `name`, as UTF-8.
-pub fn get_str<'a, H: Headers>(headers: &'a H, name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
+pub fn get_str<'a>(headers: &'a impl Readable, name: &str) -> Option<&'a str> {
+    raw(headers)
+        .find(|(key, _)| *key == name.as_bytes())
+        .and_then(|(_, value)| value)
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
@@ -263,12 +359,11 @@ mod tests {
             ..ErrorHeaders::default()
         };
         let h = dead_letter(original, &[CE_SUBJECT], &e);
-        let all: Vec<(String, String)> = h
-            .iter()
-            .map(|x| {
+        let all: Vec<(String, String)> = raw(&h)
+            .map(|(k, v)| {
                 (
-                    x.key.to_owned(),
-                    String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v.unwrap_or_default()).into_owned(),
                 )
             })
             .collect();
@@ -295,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_letter_too_large_to_write_leaves_out_the_value_then_key_and_headers() {
+    fn a_dead_letter_too_large_to_write_leaves_out_the_headers_then_value_then_key() {
         let e = ErrorHeaders {
             reason: "undecodable",
             stage: "delivery",
@@ -327,7 +422,21 @@ mod tests {
         assert!(k.is_none() && v.is_none());
         assert!(get_str(&hs, CE_ID).is_none());
         assert_eq!(get_str(&hs, ERROR_HEADERS_DROPPED), Some("1"));
+        let len = big.len().to_string();
+        assert_eq!(get_str(&hs, ERROR_KEY_OMITTED), Some(len.as_str()));
+        assert_eq!(get_str(&hs, ERROR_RECORD_OMITTED), Some(len.as_str()));
         assert!(record_bytes(None, None, Some(&hs)) < 1024);
+        // A huge header of the record's own: the headers go, key and value stay.
+        let huge = [("x-huge", Some(big.as_slice()))];
+        let (k, v, hs) = fitted_dead_letter(Some(b"k"), Some(&small), huge, &[], &e);
+        assert_eq!((k, v), (Some(b"k".as_slice()), Some(small.as_slice())));
+        assert_eq!(get_str(&hs, ERROR_HEADERS_DROPPED), Some("1"));
+        assert!(get_str(&hs, ERROR_RECORD_OMITTED).is_none());
+        // No value (a delete) and a key too large: said as such, no "0".
+        let (k, v, hs) = fitted_dead_letter(Some(&big), None, own, &[], &e);
+        assert!(k.is_none() && v.is_none());
+        assert!(get_str(&hs, ERROR_RECORD_OMITTED).is_none());
+        assert_eq!(get_str(&hs, ERROR_KEY_OMITTED), Some(len.as_str()));
     }
 
     #[test]
@@ -353,6 +462,33 @@ mod tests {
         // Cut at a character boundary.
         let wide = "张".repeat(1_000);
         assert!(bounded(&wide).len() <= MAX_ERROR_TEXT);
+    }
+
+    #[test]
+    fn a_header_name_that_is_not_utf8_is_read_as_bytes_not_a_panic() {
+        let hs = OwnedHeaders::new().insert(Header {
+            key: CE_ID,
+            value: Some("e-1"),
+        });
+        let hs = govbus_testkit::headers::with_raw_name(hs, b"\xffname", b"v");
+        let hs = hs.insert(Header {
+            key: CE_TYPE,
+            value: Some("a.b"),
+        });
+        let all: Vec<_> = raw(&hs).collect();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[1], (b"\xffname".as_slice(), Some(b"v".as_slice())));
+        let (named, unreadable) = named(hs.as_borrowed());
+        assert_eq!(unreadable, 1);
+        assert_eq!(
+            named.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            [CE_ID, CE_TYPE]
+        );
+        assert_eq!(get_str(&hs, CE_TYPE), Some("a.b"));
+        assert_eq!(
+            record_bytes(None, None, Some(&hs)),
+            36 + (5 + 3 + 2) + (5 + 1 + 2) + (7 + 3 + 2)
+        );
     }
 
     #[test]

@@ -11,13 +11,13 @@
 //! a publishing path (gateway, table-dump adapter, change capture) refuses a
 //! record above [`MAX_PUBLISHED_BYTES`] with `message_too_large`; the router
 //! dead-letters a canonical record above [`MAX_ROUTED_BYTES`]; and a dead
-//! letter that would still exceed [`MAX_RECORD_BYTES`] carries its error
-//! headers alone ([`crate::headers::fitted_dead_letter`]).
+//! letter that would still exceed [`MAX_RECORD_BYTES`] leaves out what does not
+//! fit, and says so ([`crate::headers::fitted_dead_letter`]).
 
 use std::borrow::Cow;
 
 use govbus_validate::{Accepted, Reason, Rejection};
-use rdkafka::message::{Headers, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 
 /// The largest record a govbus producer writes, key, value and headers
 /// together: the `message.max.bytes` of [`crate::config::producer`].
@@ -49,10 +49,10 @@ pub fn record_bytes(
     headers: Option<&OwnedHeaders>,
 ) -> usize {
     let headers: usize = headers.map_or(0, |hs| {
-        hs.iter()
-            .map(|h| {
-                let v = h.value.map_or(0, <[u8]>::len);
-                h.key.len() + v + varint_len(h.key.len()) + varint_len(v)
+        crate::headers::raw(hs)
+            .map(|(name, value)| {
+                let v = value.map_or(0, <[u8]>::len);
+                name.len() + v + varint_len(name.len()) + varint_len(v)
             })
             .sum()
     });

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The partitions of `topic`, or none when it does not exist (yet) or the
@@ -169,8 +169,11 @@ fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
     let headers = m
         .headers()
         .map(|hs| {
-            hs.iter()
-                .map(|x| (x.key.to_owned(), x.value.map(<[u8]>::to_vec)))
+            crate::headers::raw(hs)
+                .map(|(name, value)| {
+                    let name = String::from_utf8_lossy(name).into_owned();
+                    (name, value.map(<[u8]>::to_vec))
+                })
                 .collect()
         })
         .unwrap_or_default();

@@ -18,7 +18,7 @@ use govbus_kafka::headers as h;
 use govbus_state::records::{self, Change};
 use govbus_state::{StateError, Store};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -523,14 +523,8 @@ struct Consumed {
 
 impl From<&BorrowedMessage<'_>> for Consumed {
     fn from(m: &BorrowedMessage<'_>) -> Consumed {
-        let header = |name: &str| -> Option<&str> {
-            m.headers().and_then(|hs| {
-                hs.iter()
-                    .find(|x| x.key == name)
-                    .and_then(|x| x.value)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-            })
-        };
+        let header =
+            |name: &str| -> Option<&str> { m.headers().and_then(|hs| h::get_str(hs, name)) };
         let key = header(h::CE_SUBJECT)
             .filter(|s| !s.is_empty())
             .map(str::to_owned)

@@ -12,7 +12,7 @@ use govbus_catalog::time;
 use govbus_kafka::headers as h;
 use govbus_kafka::topics::Topics;
 use govbus_validate::{Accepted, Context, DatasetRef, Engine, Reason, Rejection};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 use serde_json::Value as Json;
 
 /// Most headers a message may carry.
@@ -20,9 +20,11 @@ pub const MAX_HEADERS: usize = 64;
 /// Longest accepted `ce_id`.
 pub use govbus_validate::envelope::MAX_ID_LEN;
 
-/// One message read from `ingest.<dept>`.
-#[derive(Debug, Clone, Copy)]
-pub struct Incoming<'a, H> {
+/// One message read from `ingest.<dept>` (not `Debug`: rdkafka's header
+/// list is not, and a record is never printed).
+#[derive(Clone, Copy)]
+#[allow(missing_debug_implementations)]
+pub struct Incoming<'a> {
     /// `ingest.<dept>`.
     pub topic: &'a str,
     /// Its partition.
@@ -36,7 +38,7 @@ pub struct Incoming<'a, H> {
     /// Message value.
     pub value: Option<&'a [u8]>,
     /// Message headers.
-    pub headers: Option<&'a H>,
+    pub headers: Option<&'a BorrowedHeaders>,
 }
 
 /// Where in the pipeline a record was rejected.
@@ -142,7 +144,7 @@ fn envelope_error(field: &'static str, detail: &'static str) -> Rejection {
     envelope::error(field, detail)
 }
 
-fn read_headers<'a, H: Headers>(headers: Option<&'a H>) -> Result<Envelope<'a>, Rejection> {
+fn read_headers(headers: Option<&BorrowedHeaders>) -> Result<Envelope<'_>, Rejection> {
     let mut env = Envelope {
         dataset: None,
         op: Op::Create,
@@ -155,7 +157,11 @@ fn read_headers<'a, H: Headers>(headers: Option<&'a H>) -> Result<Envelope<'a>, 
     let Some(headers) = headers else {
         return Ok(env);
     };
-    for header in headers.iter() {
+    for (name, value) in h::raw(headers) {
+        let Ok(name) = std::str::from_utf8(name) else {
+            return Err(envelope_error("headers", "a header name is not UTF-8 text"));
+        };
+        let header = Header { key: name, value };
         match header.key {
             h::CE_TYPE => env.dataset = Some(Cow::Borrowed(header_str(header.value, h::CE_TYPE)?)),
             h::CE_OP => {
@@ -222,10 +228,10 @@ fn read_structured<'a>(env: &mut Envelope<'a>, value: &[u8]) -> Result<Json, Rej
 }
 
 /// Decides where one ingest message goes.
-pub fn decide<'e, H: Headers>(
+pub fn decide<'e>(
     engine: &'e Engine,
     topics: &Topics,
-    msg: &Incoming<'_, H>,
+    msg: &Incoming<'_>,
     ctx: &Context,
 ) -> Decision<'e> {
     let department = topics.department_of_ingest(msg.topic).unwrap_or(msg.topic);
@@ -267,10 +273,10 @@ pub fn decide<'e, H: Headers>(
 
 type Failure = (Option<String>, Rejection);
 
-fn decide_inner<'e, H: Headers>(
+fn decide_inner<'e>(
     engine: &'e Engine,
     department: &str,
-    msg: &Incoming<'_, H>,
+    msg: &Incoming<'_>,
     ctx: &Context,
 ) -> Result<Routed<'e>, Failure> {
     let fail = |dataset: Option<&str>, r: Rejection| (dataset.map(str::to_owned), r);

@@ -582,7 +582,11 @@ impl Router {
 /// `govbus.error.*` ones, or none when there were too many) plus the error headers.
 fn dead_letter(m: &BorrowedMessage<'_>, dead: &DeadLetter, topics: &Topics) -> Outgoing {
     let too_many = dead.reason == govbus_validate::Reason::HeadersTooMany;
-    let original = m.headers().filter(|_| !too_many);
+    // Headers whose names are not UTF-8 cannot be written again: counted.
+    let (original, unreadable) = match m.headers() {
+        Some(hs) if !too_many => h::named(hs),
+        _ => (Vec::new(), 0),
+    };
     let errors = h::ErrorHeaders {
         reason: dead.reason.code(),
         stage: dead.stage.as_str(),
@@ -596,22 +600,14 @@ fn dead_letter(m: &BorrowedMessage<'_>, dead: &DeadLetter, topics: &Topics) -> O
         headers_dropped: if too_many {
             m.headers().map_or(0, |hs| hs.count())
         } else {
-            0
+            unreadable
         },
         record_omitted: None,
+        key_omitted: None,
     };
-    let (key, value, headers) = h::fitted_dead_letter(
-        m.key(),
-        m.payload(),
-        original
-            .into_iter()
-            .flat_map(|hs| hs.iter())
-            .map(|hdr| (hdr.key, hdr.value)),
-        &[],
-        &errors,
-    );
-    if value.is_none() && m.payload().is_some() {
-        tracing::warn!(message = "Dead letter written without the record's value (too large to copy); the original stays on its topic for that topic's retention.", topic = m.topic(), partition = m.partition(), offset = m.offset(), bytes = m.payload_len());
+    let (key, value, headers) = h::fitted_dead_letter(m.key(), m.payload(), original, &[], &errors);
+    if (value.is_none() && m.payload().is_some()) || (key.is_none() && m.key().is_some()) {
+        tracing::warn!(message = "Dead letter written without the record's value or key (too large to copy); the original stays on its topic for that topic's retention.", topic = m.topic(), partition = m.partition(), offset = m.offset(), bytes = m.payload_len());
     }
     Outgoing {
         topic: topics.dlq(&dead.department),

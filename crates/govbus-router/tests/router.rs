@@ -136,10 +136,10 @@ async fn read(topic: &str, n: usize) -> Vec<Got> {
         let mut header_count = 0;
         if let Some(hs) = m.headers() {
             header_count = hs.count();
-            for hdr in hs.iter() {
+            for (name, value) in h::raw(hs) {
                 headers.insert(
-                    hdr.key.to_owned(),
-                    String::from_utf8_lossy(hdr.value.unwrap_or_default()).into_owned(),
+                    String::from_utf8_lossy(name).into_owned(),
+                    String::from_utf8_lossy(value.unwrap_or_default()).into_owned(),
                 );
             }
         }
@@ -902,5 +902,60 @@ async fn records_too_large_to_write_or_to_copy_are_dead_lettered_and_routing_goe
             assert!(!v.contains("11010519491231002X") && !v.contains("xxxxxxxx"));
         }
     }
+    r.stop().await;
+}
+
+/// A Kafka header name is bytes on the wire, and a department writing to its
+/// ingest topic with its own client can send one that is not UTF-8, which
+/// rdkafka's header accessors unwrap (a panic: the router would stop, and
+/// stop again on the same record after every restart). The record is
+/// dead-lettered with a reason instead, its other headers and its value kept,
+/// and routing goes on. (Every other reader of consumed headers goes through
+/// the same `headers::raw`; clippy.toml forbids rdkafka's accessors.)
+#[tokio::test]
+async fn a_header_name_that_is_not_utf8_is_dead_lettered_and_routing_goes_on() {
+    let r = start_router(&["civil_affairs"]).await;
+    let topic = r.topics.ingest("civil_affairs");
+    let producer: FutureProducer = producer_config(&Broker::shared().bootstrap())
+        .create()
+        .unwrap();
+    let key = b"DR-2026-00012345".as_slice();
+    let record = sample("civil_affairs.death_registration", 0).to_string();
+    let headers = OwnedHeaders::new().insert(Header {
+        key: h::CE_TYPE,
+        value: Some(b"civil_affairs.death_registration".as_slice()),
+    });
+    let headers = govbus_testkit::headers::with_raw_name(headers, b"x-\xff\xfe", b"1");
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(key)
+                .payload(record.as_bytes())
+                .headers(headers),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let deaths_type: &[(&str, &[u8])] = &[(h::CE_TYPE, b"civil_affairs.death_registration")];
+    publish(&topic, Some(key), record.as_bytes(), deaths_type).await;
+
+    let data = read(&r.topics.data("civil_affairs.death_registration"), 1).await;
+    assert_eq!(data.len(), 1, "the next record was routed");
+    assert_eq!(data[0].value.as_ref().map(|v| v.len() < 1_000), Some(true));
+    let dead = read(&r.topics.dlq("civil_affairs"), 1).await;
+    assert_eq!(dead.len(), 1, "the record was dead-lettered");
+    let d = &dead[0];
+    assert_eq!(d.headers[h::ERROR_REASON], "envelope_invalid");
+    assert_eq!(d.headers[h::ERROR_FIELD], "headers");
+    assert!(
+        d.headers[h::ERROR_DETAIL].contains("not UTF-8"),
+        "{:?}",
+        d.headers
+    );
+    assert_eq!(d.headers[h::ERROR_HEADERS_DROPPED], "1");
+    assert_eq!(d.headers[h::CE_TYPE], "civil_affairs.death_registration");
+    assert_eq!(d.key.as_deref(), Some(key));
+    assert_eq!(d.value.as_deref(), Some(record.as_bytes()));
     r.stop().await;
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use govbus_catalog::Catalog;
 use govbus_kafka::headers as h;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use serde_json::{json, Map, Value as Json};
 
 use crate::decode::{self, DecodeError};
@@ -34,8 +34,10 @@ impl Canonical {
         let headers = m
             .headers()
             .map(|hs| {
-                hs.iter()
-                    .map(|x| (x.key.to_owned(), x.value.unwrap_or_default().to_vec()))
+                h::named(hs)
+                    .0
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value.unwrap_or_default().to_vec()))
                     .collect()
             })
             .unwrap_or_default();

@@ -1103,7 +1103,7 @@ impl Shared {
             let mut backoff = Backoff::broker();
             loop {
                 // The key stays in the message key; headers carry no personal
-                // data. A record too large to copy leaves only the error set.
+                // data. What is too large to copy is left out, and said so.
                 let (key, value, headers) = h::fitted_dead_letter(
                     c.key.as_deref(),
                     c.value.as_deref(),
@@ -1123,8 +1123,8 @@ impl Shared {
                         ..h::ErrorHeaders::default()
                     },
                 );
-                if value.is_none() && c.value.is_some() {
-                    tracing::warn!(message = "Dead letter written without the record's value (too large to copy); the original stays on its topic until compacted.", subscription = %sub.id, %topic, partition = c.partition, offset = c.offset);
+                if (value.is_none() && c.value.is_some()) || (key.is_none() && c.key.is_some()) {
+                    tracing::warn!(message = "Dead letter written without the record's value or key (too large to copy); the original stays on its topic until compacted.", subscription = %sub.id, %topic, partition = c.partition, offset = c.offset);
                 }
                 let mut record = FutureRecord::to(dlq).headers(headers);
                 if let Some(k) = key {

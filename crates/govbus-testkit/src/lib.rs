@@ -17,6 +17,8 @@
 //!   batching producers.
 //! - [`copy_dir`] and [`replace_in_file`], for tests that break a copy of
 //!   the catalog on purpose.
+//! - [`headers::with_raw_name`]: a header whose name is not UTF-8, which a
+//!   department's own client can send and rdkafka's API cannot build.
 //! - [`PgSchema`]: a throwaway schema in the machine's PostgreSQL, dropped
 //!   when the value is.
 //! - [`pki::Pki`]: a throwaway CA with server and client certificates, and
@@ -30,6 +32,7 @@
 mod broker;
 pub mod conservation;
 mod files;
+pub mod headers;
 pub mod ids;
 mod names;
 mod pg;

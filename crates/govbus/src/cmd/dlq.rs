@@ -299,11 +299,16 @@ fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         .filter(|d| wanted.is_empty() || wanted.contains(&(d.partition, d.offset)))
         .collect();
     for d in &selected {
-        if !d.header(h::ERROR_RECORD_OMITTED).is_empty() {
+        let (value, key) = (
+            d.header(h::ERROR_RECORD_OMITTED),
+            d.header(h::ERROR_KEY_OMITTED),
+        );
+        if !value.is_empty() || !key.is_empty() {
             anyhow::bail!(
-                "dead letter {} holds no copy of its record's value ({} bytes, too large to copy); the original is at {} partition {} offset {} for as long as that topic keeps it: publish it again from the source",
+                "dead letter {} holds no full copy of its record (too large to copy: value {} bytes, key {} bytes left out); the original is at {} partition {} offset {} for as long as that topic keeps it: publish it again from the source",
                 d.at(),
-                escape(d.header(h::ERROR_RECORD_OMITTED)),
+                escape(if value.is_empty() { "0" } else { value }),
+                escape(if key.is_empty() { "0" } else { key }),
                 escape(d.header(h::ERROR_TOPIC)),
                 escape(d.header(h::ERROR_PARTITION)),
                 escape(d.header(h::ERROR_OFFSET))
