@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use govbus_kafka::headers as h;
+use govbus_kafka::limits::{record_bytes, MAX_PUBLISHED_BYTES, MAX_RECORD_BYTES};
 use govbus_kafka::topics::Topics;
 use govbus_state::{StateError, Store, DEFAULT_CACHE_BYTES};
 use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
@@ -127,6 +128,7 @@ pub struct Metrics {
     standing: IntGauge,
     withdrawn_now: IntGauge,
     recovered: IntGauge,
+    unpublishable: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -197,8 +199,18 @@ impl Metrics {
                 "govbus_fraud_recovered_alerts",
                 "Alert publications found in the app's own output at start that the last commit did not cover (not published again).",
             ),
+            unpublishable: vec(
+                "govbus_fraud_alerts_unpublishable_total",
+                "Alert publications left out because the record would exceed the bus's record size (the records they name have keys hundreds of kilobytes long), by rule. The alert stays in the app's state.",
+                &["rule"],
+            ),
             registry,
         }
+    }
+
+    /// Alert publications left out as too large, by rule.
+    pub fn unpublishable(&self, rule: &str) -> u64 {
+        self.unpublishable.with_label_values(&[rule]).get()
     }
 
     /// Alerts raised by this process, by rule.
@@ -375,7 +387,15 @@ pub fn run(config: &AppConfig, metrics: &Metrics, stop: &AtomicBool) -> Result<(
         let mut counts = Counts::read(|k| tx.meta(k))?;
         let (net, inputs) = apply_batch(config, metrics, &tx, &batch)?;
         if !net.is_empty() {
-            publish(&producer, &acks, &output, &config.department, &net, &inputs)?;
+            publish(
+                &producer,
+                &acks,
+                metrics,
+                &output,
+                &config.department,
+                &net,
+                &inputs,
+            )?;
             if let Ok(a) = acks.lock() {
                 for (p, o) in &a.reached {
                     tx.set_offset(&output, *p, *o)?;
@@ -740,6 +760,7 @@ pub(crate) fn alert_body(row: &AlertRow, detected_at: &str) -> serde_json::Value
 fn publish(
     producer: &ThreadedProducer<Ctx>,
     acks: &Mutex<Acks>,
+    metrics: &Metrics,
     topic: &str,
     department: &str,
     changed: &[Outcome],
@@ -768,8 +789,21 @@ fn publish(
             (h::CONTENT_TYPE, b"application/json".as_slice()),
             (INPUTS_HEADER, inputs.as_bytes()),
         ]);
+        let key = row.alert.alert_id.as_bytes();
+        let bytes = record_bytes(Some(key), Some(body.as_bytes()), Some(&headers));
+        // The publishing edge's bound (`limits::publishable`; canonical Avro
+        // is never larger than this JSON), and the producer's own.
+        if bytes > MAX_RECORD_BYTES || 2 * key.len() + body.len() > MAX_PUBLISHED_BYTES {
+            // No producer writes it (on any attempt: publishing it would stop
+            // the app for good), or the router would only dead-letter it.
+            // Said and counted, never silent.
+            let rule = row.alert.rule.code();
+            metrics.unpublishable.with_label_values(&[rule]).inc();
+            tracing::error!(message = "Alert not published: its record would exceed the bus's record size (the payment or evidence keys it names are that long). It stays in the app's state.", alert_id = %row.alert.alert_id, rule, bytes, limit = MAX_PUBLISHED_BYTES);
+            continue;
+        }
         let record = BaseRecord::to(topic)
-            .key(row.alert.alert_id.as_bytes())
+            .key(key)
             .payload(body.as_bytes())
             .headers(headers);
         govbus_kafka::produce::send_waiting(producer, record)?;
