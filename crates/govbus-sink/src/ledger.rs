@@ -41,6 +41,13 @@ use tokio::sync::Mutex;
 
 use crate::crypto::sha256_hex;
 
+/// Most event ids in one entry. An id is at most 256 visible ASCII
+/// characters, 512 bytes in JSON if every one is escaped: 1,000 of them stay
+/// far below the 1,000,000 bytes a producer writes, so no `--max-batch`
+/// makes an entry that the producer refuses on every attempt (which would
+/// stop the sink for good).
+pub const MAX_EVENTS_PER_ENTRY: usize = 1_000;
+
 /// Hash of the link before a chain's first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -375,10 +382,22 @@ impl Ledger {
         &self.key
     }
 
-    /// Appends a delivery entry; returns once the broker has it.
+    /// Appends a delivery entry — or, for more than
+    /// [`MAX_EVENTS_PER_ENTRY`] events, one entry per that many, in order —
+    /// and returns once the broker has them.
     pub async fn append(&self, record: &Record<'_>) -> Result<(), LedgerError> {
         self.ensure_open().await?;
-        self.write("delivery", record).await
+        if record.events.len() <= MAX_EVENTS_PER_ENTRY {
+            return self.write("delivery", record).await;
+        }
+        for events in record.events.chunks(MAX_EVENTS_PER_ENTRY) {
+            let part = Record {
+                events: events.to_vec(),
+                ..record.clone()
+            };
+            self.write("delivery", &part).await?;
+        }
+        Ok(())
     }
 
     /// Writes the `close` entry: the chain ends here.
