@@ -33,6 +33,9 @@ use crate::{Reason, Rejection};
 enum Seg<'a> {
     Field(&'a str),
     Index(usize),
+    /// A map's value: its key is data (an ID number, a name), never put in
+    /// a field path, which goes into DLQ headers, logs and answers.
+    MapValue,
 }
 
 struct Encoder<'p, 'j> {
@@ -85,6 +88,7 @@ impl<'p: 'j, 'j> Encoder<'p, 'j> {
                 Seg::Index(i) => {
                     let _ = write!(s, "[{i}]");
                 }
+                Seg::MapValue => s.push_str(".*"),
             }
         }
         s
@@ -377,7 +381,7 @@ impl<'p: 'j, 'j> Encoder<'p, 'j> {
                     for (k, x) in members {
                         write_long(self.out, k.len() as i64);
                         self.out.extend_from_slice(k.as_bytes());
-                        self.path.push(Seg::Field(k));
+                        self.path.push(Seg::MapValue);
                         self.value(*value, x)?;
                         self.path.pop();
                     }

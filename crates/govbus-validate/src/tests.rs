@@ -949,3 +949,20 @@ mod hostile {
         }
     }
 }
+
+/// A map's keys are data (an ID number keyed to an amount, say): a rejected
+/// value under one names the map, never the key, since the field path goes
+/// into DLQ headers, logs and the gateway's answer.
+#[test]
+fn a_field_path_never_holds_a_map_key() {
+    let record = json!({
+        "id": "k1", "flag": true, "count": 5, "ratio": 0.5, "choice": null,
+        "level": "LOW", "blanks": [], "tree": {"children": []},
+        "attrs": {"11010519491231002X": "not a number"},
+    });
+    let e = lab()
+        .validate_json("lab.shapes", record.to_string().as_bytes(), &Context::now())
+        .unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("attrs.*"), "{e:?}");
+    assert!(!format!("{e:?}").contains("11010519491231002X"), "{e:?}");
+}
