@@ -248,14 +248,14 @@ pub fn dead_letter<'h>(
 /// headers; the error set alone ([`ERROR_KEY_OMITTED`] gives the key's size).
 /// The error set is bounded, so the last form always fits. A dead letter too
 /// large to write must not stall its topic: librdkafka refuses it on every
-/// attempt. Returns the key, value and headers to write.
+/// attempt.
 pub fn fitted_dead_letter<'h, 'r>(
     key: Option<&'r [u8]>,
     value: Option<&'r [u8]>,
     original: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
     drop: &[&str],
     e: &ErrorHeaders<'_>,
-) -> (Option<&'r [u8]>, Option<&'r [u8]>, OwnedHeaders) {
+) -> Fitted<'r> {
     let original: Vec<(&str, Option<&[u8]>)> = original.into_iter().collect();
     let own = original
         .iter()
@@ -272,7 +272,7 @@ pub fn fitted_dead_letter<'h, 'r>(
             forms.push((false, false));
         }
     }
-    for (keep_value, keep_headers) in forms {
+    for (i, (keep_value, keep_headers)) in forms.into_iter().enumerate() {
         let form = ErrorHeaders {
             record_omitted: (!keep_value).then(|| value.map_or(0, <[u8]>::len)),
             headers_dropped: e.headers_dropped + if keep_headers { 0 } else { own },
@@ -285,7 +285,12 @@ pub fn fitted_dead_letter<'h, 'r>(
         };
         let value = if keep_value { value } else { None };
         if record_bytes(key, value, Some(&headers)) <= MAX_RECORD_BYTES {
-            return (key, value, headers);
+            return Fitted {
+                key,
+                value,
+                headers,
+                trimmed: i > 0,
+            };
         }
     }
     let error_set_only = ErrorHeaders {
@@ -294,11 +299,26 @@ pub fn fitted_dead_letter<'h, 'r>(
         headers_dropped: e.headers_dropped + own,
         ..*e
     };
-    (
-        None,
-        None,
-        dead_letter(std::iter::empty(), drop, &error_set_only),
-    )
+    Fitted {
+        key: None,
+        value: None,
+        headers: dead_letter(std::iter::empty(), drop, &error_set_only),
+        trimmed: true,
+    }
+}
+
+/// A dead letter as [`fitted_dead_letter`] makes it.
+#[derive(Debug)]
+pub struct Fitted<'r> {
+    /// The record's key, unless left out.
+    pub key: Option<&'r [u8]>,
+    /// The record's value, unless left out.
+    pub value: Option<&'r [u8]>,
+    /// The record's own headers (unless left out) and the error set.
+    pub headers: OwnedHeaders,
+    /// Whether anything of the record was left out to fit: the caller logs
+    /// and counts it (the original is then only where the error set says).
+    pub trimmed: bool,
 }
 
 /// Set on a record re-published by `govbus dlq replay`: `dlq.<dept>/<partition>/<offset>`.
@@ -402,14 +422,24 @@ mod tests {
         };
         let own = [(CE_ID, Some(b"e-1".as_slice()))];
         let small = vec![b'v'; 10];
-        let (k, v, hs) = fitted_dead_letter(Some(b"k"), Some(&small), own, &[], &e);
+        let Fitted {
+            key: k,
+            value: v,
+            headers: hs,
+            ..
+        } = fitted_dead_letter(Some(b"k"), Some(&small), own, &[], &e);
         assert_eq!((k, v), (Some(b"k".as_slice()), Some(small.as_slice())));
         assert_eq!(get_str(&hs, CE_ID), Some("e-1"));
         assert!(get_str(&hs, ERROR_RECORD_OMITTED).is_none());
         // Fits alone, not with the error set: the value is left out, the
         // key and the record's identity stay.
         let big = vec![b'v'; MAX_RECORD_BYTES - 60];
-        let (k, v, hs) = fitted_dead_letter(Some(b"k"), Some(&big), own, &[], &e);
+        let Fitted {
+            key: k,
+            value: v,
+            headers: hs,
+            ..
+        } = fitted_dead_letter(Some(b"k"), Some(&big), own, &[], &e);
         assert_eq!((k, v), (Some(b"k".as_slice()), None));
         assert_eq!(get_str(&hs, CE_ID), Some("e-1"));
         assert_eq!(
@@ -418,7 +448,12 @@ mod tests {
         );
         assert_eq!(get_str(&hs, ERROR_OFFSET), Some("7"));
         // A key too large as well: the error set alone, always small.
-        let (k, v, hs) = fitted_dead_letter(Some(&big), Some(&big), own, &[], &e);
+        let Fitted {
+            key: k,
+            value: v,
+            headers: hs,
+            ..
+        } = fitted_dead_letter(Some(&big), Some(&big), own, &[], &e);
         assert!(k.is_none() && v.is_none());
         assert!(get_str(&hs, CE_ID).is_none());
         assert_eq!(get_str(&hs, ERROR_HEADERS_DROPPED), Some("1"));
@@ -428,12 +463,25 @@ mod tests {
         assert!(record_bytes(None, None, Some(&hs)) < 1024);
         // A huge header of the record's own: the headers go, key and value stay.
         let huge = [("x-huge", Some(big.as_slice()))];
-        let (k, v, hs) = fitted_dead_letter(Some(b"k"), Some(&small), huge, &[], &e);
+        let Fitted {
+            key: k,
+            value: v,
+            headers: hs,
+            ..
+        } = fitted_dead_letter(Some(b"k"), Some(&small), huge, &[], &e);
         assert_eq!((k, v), (Some(b"k".as_slice()), Some(small.as_slice())));
         assert_eq!(get_str(&hs, ERROR_HEADERS_DROPPED), Some("1"));
         assert!(get_str(&hs, ERROR_RECORD_OMITTED).is_none());
         // No value (a delete) and a key too large: said as such, no "0".
-        let (k, v, hs) = fitted_dead_letter(Some(&big), None, own, &[], &e);
+        assert!(!fitted_dead_letter(Some(b"k"), Some(&small), own, &[], &e).trimmed);
+        assert!(fitted_dead_letter(Some(b"k"), Some(&small), huge, &[], &e).trimmed);
+        assert!(fitted_dead_letter(Some(b"k"), Some(&big), own, &[], &e).trimmed);
+        let Fitted {
+            key: k,
+            value: v,
+            headers: hs,
+            ..
+        } = fitted_dead_letter(Some(&big), None, own, &[], &e);
         assert!(k.is_none() && v.is_none());
         assert!(get_str(&hs, ERROR_RECORD_OMITTED).is_none());
         assert_eq!(get_str(&hs, ERROR_KEY_OMITTED), Some(len.as_str()));
@@ -452,7 +500,12 @@ mod tests {
             field: Some(&path),
             ..ErrorHeaders::default()
         };
-        let (k, v, hs) = fitted_dead_letter(None, Some(b"{}"), [], &[], &e);
+        let Fitted {
+            key: k,
+            value: v,
+            headers: hs,
+            ..
+        } = fitted_dead_letter(None, Some(b"{}"), [], &[], &e);
         assert_eq!((k, v), (None, Some(b"{}".as_slice())));
         let field = get_str(&hs, ERROR_FIELD).unwrap();
         assert!(field.len() <= MAX_ERROR_TEXT, "{}", field.len());

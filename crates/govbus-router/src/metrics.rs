@@ -55,6 +55,7 @@ pub struct Metrics {
     record_age_seconds: HistogramVec,
     lag: IntGaugeVec,
     produce_errors: IntCounterVec,
+    trimmed: IntCounterVec,
     ready: IntGauge,
     assigned: IntGauge,
     last_routed: GaugeVec,
@@ -165,6 +166,12 @@ impl Metrics {
                 "Failed writes, retried (never skipped).",
                 &["topic_kind"],
             ),
+            trimmed: counter(
+                &registry,
+                "govbus_router_dead_letters_trimmed_total",
+                "Dead letters written without part of their record (its headers, value or key: too large to copy); the original stays only at the topic, partition and offset the dead letter names, for that topic's retention.",
+                &["department"],
+            ),
             settled: counter(
                 &registry,
                 "govbus_router_records_settled_total",
@@ -189,6 +196,11 @@ impl Metrics {
             assigned,
             registry,
         }
+    }
+
+    /// A dead letter written without part of its record.
+    pub(crate) fn dead_letter_trimmed(&self, department: &str) {
+        self.trimmed.with_label_values(&[department]).inc();
     }
 
     /// The Prometheus text exposition.

@@ -438,7 +438,7 @@ impl Router {
                     });
                 }
                 Decision::Reject(dead) => {
-                    out.push(dead_letter(m, &dead, topics));
+                    out.push(dead_letter(m, &dead, topics, &self.metrics));
                     dead_letters.push(dead);
                 }
             }
@@ -580,7 +580,12 @@ impl Router {
 
 /// The DLQ record: original key, value and headers (minus forged
 /// `govbus.error.*` ones, or none when there were too many) plus the error headers.
-fn dead_letter(m: &BorrowedMessage<'_>, dead: &DeadLetter, topics: &Topics) -> Outgoing {
+fn dead_letter(
+    m: &BorrowedMessage<'_>,
+    dead: &DeadLetter,
+    topics: &Topics,
+    metrics: &Metrics,
+) -> Outgoing {
     let too_many = dead.reason == govbus_validate::Reason::HeadersTooMany;
     // Headers whose names are not UTF-8 cannot be written again: counted.
     let (original, unreadable) = match m.headers() {
@@ -605,10 +610,12 @@ fn dead_letter(m: &BorrowedMessage<'_>, dead: &DeadLetter, topics: &Topics) -> O
         record_omitted: None,
         key_omitted: None,
     };
-    let (key, value, headers) = h::fitted_dead_letter(m.key(), m.payload(), original, &[], &errors);
-    if (value.is_none() && m.payload().is_some()) || (key.is_none() && m.key().is_some()) {
-        tracing::warn!(message = "Dead letter written without the record's value or key (too large to copy); the original stays on its topic for that topic's retention.", topic = m.topic(), partition = m.partition(), offset = m.offset(), bytes = m.payload_len());
+    let fitted = h::fitted_dead_letter(m.key(), m.payload(), original, &[], &errors);
+    if fitted.trimmed {
+        metrics.dead_letter_trimmed(&dead.department);
+        tracing::warn!(message = "Dead letter written without part of the record (its headers, value or key: too large to copy); the original stays on its topic for that topic's retention.", topic = m.topic(), partition = m.partition(), offset = m.offset(), bytes = m.payload_len());
     }
+    let (key, value, headers) = (fitted.key, fitted.value, fitted.headers);
     Outgoing {
         topic: topics.dlq(&dead.department),
         key: key.map(<[u8]>::to_vec),

@@ -902,6 +902,13 @@ async fn records_too_large_to_write_or_to_copy_are_dead_lettered_and_routing_goe
             assert!(!v.contains("11010519491231002X") && !v.contains("xxxxxxxx"));
         }
     }
+    // Every dead letter that left out part of its record is counted.
+    let trimmed = dead.iter().filter(|d| d.value.is_none()).count();
+    assert!(trimmed >= 2);
+    let line = format!(
+        "govbus_router_dead_letters_trimmed_total{{department=\"civil_affairs\"}} {trimmed}"
+    );
+    assert!(r.metrics.render().contains(&line), "{line}");
     r.stop().await;
 }
 

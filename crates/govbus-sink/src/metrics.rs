@@ -12,6 +12,7 @@ pub struct Metrics {
     failed: IntCounterVec,
     retried: IntCounterVec,
     dead_lettered: IntCounterVec,
+    trimmed: IntCounterVec,
     lag_records: IntGaugeVec,
     lag_seconds: GaugeVec,
     oldest_undelivered: GaugeVec,
@@ -60,6 +61,7 @@ impl Metrics {
             failed: counter(&r, "govbus_sink_failed_total", "Delivery attempts that failed (each attempt counts).", SUB),
             retried: counter(&r, "govbus_sink_retried_total", "Delivery attempts that were retries.", SUB),
             dead_lettered: counter(&r, "govbus_sink_dead_lettered_total", "Events written to dlq.sub.<subscription>.", SUB),
+            trimmed: counter(&r, "govbus_sink_dead_letters_trimmed_total", "Dead letters written without part of their record (its headers, value or key: too large to copy); the original stays only at the topic, partition and offset the dead letter names, until compacted.", &["subscription"]),
             lag_records: gauge(&r, "govbus_sink_lag_records", "Records in data.<dataset> not yet consumed by the subscription."),
             lag_seconds: fgauge(&r, "govbus_sink_lag_seconds", "Age of the newest delivered record when it was delivered (0 when caught up)."),
             oldest_undelivered: fgauge(&r, "govbus_sink_oldest_undelivered_seconds", "Age of the oldest consumed, not yet delivered record (0 when none)."),
@@ -108,6 +110,10 @@ impl Metrics {
         self.dead_lettered
             .with_label_values(&[sub, sink])
             .inc_by(n as u64);
+    }
+    /// A dead letter written without part of its record.
+    pub fn dead_letter_trimmed(&self, sub: &str) {
+        self.trimmed.with_label_values(&[sub]).inc();
     }
     /// Lag in records.
     pub fn lag_records(&self, sub: &str, n: i64) {

@@ -1104,7 +1104,7 @@ impl Shared {
             loop {
                 // The key stays in the message key; headers carry no personal
                 // data. What is too large to copy is left out, and said so.
-                let (key, value, headers) = h::fitted_dead_letter(
+                let fitted = h::fitted_dead_letter(
                     c.key.as_deref(),
                     c.value.as_deref(),
                     c.headers
@@ -1123,9 +1123,11 @@ impl Shared {
                         ..h::ErrorHeaders::default()
                     },
                 );
-                if (value.is_none() && c.value.is_some()) || (key.is_none() && c.key.is_some()) {
-                    tracing::warn!(message = "Dead letter written without the record's value or key (too large to copy); the original stays on its topic until compacted.", subscription = %sub.id, %topic, partition = c.partition, offset = c.offset);
+                if fitted.trimmed {
+                    self.metrics.dead_letter_trimmed(&sub.id);
+                    tracing::warn!(message = "Dead letter written without part of the record (its headers, value or key: too large to copy); the original stays on its topic until compacted.", subscription = %sub.id, %topic, partition = c.partition, offset = c.offset);
                 }
+                let (key, value, headers) = (fitted.key, fitted.value, fitted.headers);
                 let mut record = FutureRecord::to(dlq).headers(headers);
                 if let Some(k) = key {
                     record = record.key(k);
