@@ -166,6 +166,9 @@ pub enum CaptureError {
     /// The MySQL connection failed (a restart reconnects).
     #[error("{0}")]
     MysqlConnection(String),
+    /// A binlog position too far on for a source version (below 2^63).
+    #[error("{0}; the capture stops rather than publish versions that go backwards")]
+    VersionOverflow(String),
     /// `wal_level` is not `logical`.
     #[error("logical replication is not enabled on this database (wal_level = {0}); set wal_level = logical and restart PostgreSQL, or use mode = \"poll\" with a version_column per table")]
     NotLogical(String),

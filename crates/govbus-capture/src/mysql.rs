@@ -66,9 +66,20 @@ fn binlog_name(raw: &[u8], checksum: bool) -> String {
     String::from_utf8_lossy(raw).into_owned()
 }
 
-/// The source version of row `row` of the rows event ending at `pos` in `file`.
-fn version(file: &str, pos: u64, row: usize) -> u64 {
-    ((file_seq(file) & 0xFFFF) << 48) | ((pos & 0xFFFF_FFFF) << 16) | (row as u64 & 0xFFFF)
+/// The source version of row `row` of the rows event ending at `pos` in
+/// `file`: file number, offset and row in 15, 32 and 16 bits, so versions
+/// grow with the binlog and stay below 2^63 (a source version is a
+/// PostgreSQL `bigint` at the sinks). A position beyond that is refused,
+/// never wrapped: a wrapped version would make every later change look
+/// older than the ones before it, and be dropped as stale downstream.
+fn version(file: &str, pos: u64, row: usize) -> Result<u64, CaptureError> {
+    let seq = file_seq(file);
+    if seq >= 1 << 15 || pos > u64::from(u32::MAX) || row > 0xFFFF {
+        return Err(CaptureError::VersionOverflow(format!(
+            "binlog position {file}:{pos} row {row} does not fit a source version (binlog file number below 32768, offset below 4 GiB, rows per event below 65536)"
+        )));
+    }
+    Ok((seq << 48) | (pos << 16) | row as u64)
 }
 
 /// How long the stream may stay silent (heartbeats come every second).
@@ -142,13 +153,13 @@ impl Capture {
             None => {
                 let p = self.mysql_snapshot(&mut conn, publishers).await?;
                 state.binlog = Some(p.clone());
-                state.snapshot_done = Some(version(&p.file, p.pos, 0));
+                state.snapshot_done = Some(version(&p.file, p.pos, 0)?);
                 self.save_state(&state)?;
                 p
             }
         };
         self.metrics
-            .position(&self.config.name, version(&start.file, start.pos, 0));
+            .position(&self.config.name, version(&start.file, start.pos, 0)?);
         let server_id = self
             .config
             .server_id
@@ -319,7 +330,7 @@ impl Capture {
         }
         if let Some(p) = safe.take() {
             self.metrics
-                .position(&self.config.name, version(&p.file, p.pos, 0));
+                .position(&self.config.name, version(&p.file, p.pos, 0)?);
             state.binlog = Some(p);
             self.save_state(state)?;
         }
@@ -471,7 +482,7 @@ impl Capture {
                 lsn: format!("{file}:{end}"),
                 detail: format!("row {i}: {e}"),
             })?;
-            let v = version(file, end, i);
+            let v = version(file, end, i)?;
             let id = format!("cdc-{name}-{}-{end}-{i}", file_seq(file));
             for image in [&before, &after].into_iter().flatten() {
                 if image.len() != layout.names.len() {
@@ -654,7 +665,7 @@ impl Capture {
             ));
         }
         let name = self.config.name.clone();
-        let v = version(&position.file, position.pos, 0);
+        let v = version(&position.file, position.pos, 0)?;
         let mut changes = Vec::new();
         for t in 0..self.tables.len() {
             let (schema, table) = (self.tables[t].schema.clone(), self.tables[t].name.clone());
@@ -927,11 +938,23 @@ mod tests {
 
     #[test]
     fn versions_grow_with_the_file_the_offset_and_the_row() {
-        assert!(version("mysql-bin.000001", 900, 0) < version("mysql-bin.000001", 900, 1));
-        assert!(version("mysql-bin.000001", 900, 7) < version("mysql-bin.000001", 1200, 0));
-        assert!(
-            version("mysql-bin.000001", u64::from(u32::MAX), 9) < version("mysql-bin.000002", 4, 0)
-        );
+        let v = |f: &str, pos: u64, row: usize| version(f, pos, row).unwrap();
+        assert!(v("mysql-bin.000001", 900, 0) < v("mysql-bin.000001", 900, 1));
+        assert!(v("mysql-bin.000001", 900, 7) < v("mysql-bin.000001", 1200, 0));
+        assert!(v("mysql-bin.000001", u64::from(u32::MAX), 9) < v("mysql-bin.000002", 4, 0));
+        // The last position that fits is below 2^63 (a PostgreSQL bigint).
+        let last = v("mysql-bin.032767", u64::from(u32::MAX), 0xFFFF);
+        assert!(last <= i64::MAX as u64);
+        // Beyond it: refused, never wrapped round to a smaller version.
+        for (f, pos, row) in [
+            ("mysql-bin.032768", 4, 0),
+            ("mysql-bin.065537", 4, 0),
+            ("mysql-bin.000001", u64::from(u32::MAX) + 1, 0),
+            ("mysql-bin.000001", 4, 0x1_0000),
+        ] {
+            let e = version(f, pos, row).unwrap_err().to_string();
+            assert!(e.contains("does not fit a source version"), "{e}");
+        }
     }
 
     #[test]

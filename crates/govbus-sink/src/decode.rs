@@ -35,6 +35,10 @@ pub enum DecodeError {
     /// The datum does not match its schema.
     #[error("Avro datum does not decode under schema id {0}")]
     Datum(SchemaId),
+    /// `ce_sourceversion` is not an integer from 0 to 2^63-1 (the router
+    /// writes none such; a record written to the topic some other way can).
+    #[error("ce_sourceversion is not an integer from 0 to 9223372036854775807")]
+    SourceVersion,
 }
 
 /// The schema id of a framed value.

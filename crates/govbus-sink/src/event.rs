@@ -164,6 +164,15 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
     } else {
         c.header(h::CE_OP)
     };
+    // Absent: 0 (the oldest). Present, it must be a version a PostgreSQL
+    // sink can store, or every attempt to store it would fail.
+    let source_version = match c.header(h::CE_SOURCEVERSION) {
+        "" => 0,
+        v => match v.parse::<u64>() {
+            Ok(v) if v <= i64::MAX as u64 => v,
+            _ => return Prepared::Undecodable(DecodeError::SourceVersion),
+        },
+    };
     let delivery = Delivery {
         id: c.header(h::CE_ID).to_owned(),
         source: c.header(h::CE_SOURCE).to_owned(),
@@ -175,7 +184,7 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
         } else {
             op.to_owned()
         },
-        source_version: c.header(h::CE_SOURCEVERSION).parse().unwrap_or(0),
+        source_version,
         data,
         partition: c.partition,
         offset: c.offset,

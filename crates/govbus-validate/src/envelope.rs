@@ -79,10 +79,20 @@ pub fn time_ms(s: &str, field: &str) -> Result<i64, Rejection> {
         .ok_or_else(|| error(field, "is not an RFC 3339 timestamp"))
 }
 
-/// A source version: a non-negative integer (as text).
+/// The largest source version: a version is a PostgreSQL `bigint` at the
+/// sinks and a signed 64-bit integer in most department systems.
+pub const MAX_SOURCE_VERSION: u64 = i64::MAX as u64;
+
+const SOURCE_VERSION_RULE: &str = "must be an integer from 0 to 9223372036854775807";
+
+/// A source version: an integer from 0 to [`MAX_SOURCE_VERSION`] (as text).
+/// A larger one is refused, not accepted: no PostgreSQL sink could store it,
+/// and it would stop the dataset's delivery there on every attempt.
 pub fn source_version(s: &str, field: &str) -> Result<u64, Rejection> {
     s.parse::<u64>()
-        .map_err(|_| error(field, "must be a non-negative integer"))
+        .ok()
+        .filter(|v| *v <= MAX_SOURCE_VERSION)
+        .ok_or_else(|| error(field, SOURCE_VERSION_RULE))
 }
 
 /// The attributes of a structured-mode CloudEvent (or one event of a
@@ -139,10 +149,11 @@ pub fn attributes(
         None | Some(Json::Null) => None,
         Some(Json::Number(n)) => Some(
             n.as_u64()
-                .ok_or_else(|| error("sourceversion", "must be a non-negative integer"))?,
+                .filter(|v| *v <= MAX_SOURCE_VERSION)
+                .ok_or_else(|| error("sourceversion", SOURCE_VERSION_RULE))?,
         ),
         Some(Json::String(s)) => Some(source_version(s, "sourceversion")?),
-        Some(_) => return Err(error("sourceversion", "must be a non-negative integer")),
+        Some(_) => return Err(error("sourceversion", SOURCE_VERSION_RULE)),
     };
     Ok(a)
 }
@@ -181,6 +192,19 @@ mod tests {
         check(json!({"sourceversion": -1}), Err("sourceversion"));
         check(json!({"sourceversion": 1.5}), Err("sourceversion"));
         check(json!({"sourceversion": "v1"}), Err("sourceversion"));
+        // Above 2^63-1 no PostgreSQL sink can store it (a bigint): refused.
+        check(json!({"sourceversion": 9223372036854775807u64}), Ok(()));
+        check(json!({"sourceversion": "9223372036854775807"}), Ok(()));
+        check(
+            json!({"sourceversion": 9223372036854775808u64}),
+            Err("sourceversion"),
+        );
+        check(json!({"sourceversion": u64::MAX}), Err("sourceversion"));
+        check(
+            json!({"sourceversion": "9223372036854775808"}),
+            Err("sourceversion"),
+        );
+        assert!(source_version("18446744073709551615", "ce_sourceversion").is_err());
         check(json!({"specversion": "0.3"}), Err("specversion"));
         check(json!({"type": 3}), Err("type"));
     }
