@@ -599,6 +599,11 @@ impl Subscription {
         }
     }
 
+    /// Whether the grant names `field` in its `include` list.
+    pub fn includes(&self, field: &str) -> bool {
+        matches!(&self.selection, Selection::Include(f) if f.iter().any(|x| x == field))
+    }
+
     /// Whether `field` is delivered. Key fields always are.
     pub fn delivers(&self, field: &str, key: &[String]) -> bool {
         if key.iter().any(|k| k == field) {

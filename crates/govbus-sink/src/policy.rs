@@ -4,10 +4,13 @@
 //! filter on a masked field still works), then fields outside the selection
 //! are dropped, then every delivered personal-data field gets its treatment
 //! (mask by default). Key fields are always delivered, under their
-//! treatment, so a subscriber can apply updates and deletes.
+//! treatment, so a subscriber can apply updates and deletes. A field the
+//! latest schema version no longer has (a record written under an older
+//! one) is delivered only to a grant whose `include` names it: its
+//! personal-data tag went with it.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use govbus_catalog::mask::mask;
 use govbus_catalog::{Condition, Dataset, Op, PiiTag, Scalar, Subscription, Treatment};
@@ -24,6 +27,8 @@ pub struct Policy {
     sub: Subscription,
     key: Vec<String>,
     tags: BTreeMap<String, PiiTag>,
+    /// The fields of the dataset's latest schema version.
+    current: BTreeSet<String>,
     pseudonym_key: [u8; 32],
 }
 
@@ -40,6 +45,10 @@ impl Policy {
             sub: sub.clone(),
             key: dataset.key.clone(),
             tags: dataset.personal_data.clone(),
+            current: govbus_catalog::fields::top_level(&dataset.latest().schema)
+                .into_iter()
+                .map(|(name, _)| name.to_owned())
+                .collect(),
             pseudonym_key: subscriber_key(secret, &sub.subscriber),
         }
     }
@@ -69,6 +78,14 @@ impl Policy {
         let mut out = Map::with_capacity(record.len());
         for (name, value) in record {
             if !self.sub.delivers(&name, &self.key) {
+                continue;
+            }
+            // A record written under an older schema version can carry a
+            // field the latest one dropped — and with it the field's
+            // personal-data tag, which only the latest version's fields
+            // may have: its treatment is unknown, so only a grant that
+            // names it gets it.
+            if !self.current.contains(&name) && !self.sub.includes(&name) {
                 continue;
             }
             let v = self.treat(&name, value);

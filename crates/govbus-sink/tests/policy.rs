@@ -192,3 +192,22 @@ fn a_personal_key_is_treated_like_its_field() {
         .insert("id_number".into(), govbus_catalog::Treatment::Clear);
     assert_eq!(Policy::new(&sub, ds, b"0123456789abcdef").subject(&id), id);
 }
+
+/// A record written under an older schema version can carry a field the
+/// latest version dropped (its personal-data tag dropped with it: tags are
+/// only allowed on the latest version's fields). A grant for all fields, or
+/// all but some, must not deliver it in clear: only a grant that names it.
+#[test]
+fn a_field_the_latest_schema_dropped_reaches_only_a_grant_that_names_it() {
+    let catalog = catalog();
+    let id = with_check("11010519491231002");
+    let spouse = with_check("11010519520304004");
+    let mut old = death(&id, "欧阳娜娜", "13800138000");
+    old.insert("spouse_id_number".into(), json!(spouse));
+    for grant in ["public_security_deaths_live", "health_deaths_statistics"] {
+        let p = policy(&subscription(catalog, grant), b"0123456789abcdef");
+        let out = p.apply(old.clone());
+        assert!(!out.contains_key("spouse_id_number"), "{grant}: {out:?}");
+        assert!(!Json::Object(out).to_string().contains(&spouse), "{grant}");
+    }
+}
