@@ -700,8 +700,29 @@ impl Shared {
             let mut undecodable: Vec<(usize, String)> = Vec::new();
             // Batch indices of records outside the row filter.
             let mut filtered: Vec<usize> = Vec::new();
+            // Batch indices of records the table cannot store, and why.
+            let mut unstorable: Vec<(usize, String)> = Vec::new();
             for (i, c) in batch.iter().enumerate() {
-                match prepare(&catalog, &policy, c) {
+                let prepared = prepare(&catalog, &policy, c);
+                if let Target::Postgres(pg) = &target {
+                    match &prepared {
+                        Prepared::Deliver(d) => {
+                            if let Some(why) = pg.unstorable(d) {
+                                unstorable.push((i, why));
+                                continue;
+                            }
+                        }
+                        // Outside the filter, it only removes the key's
+                        // row, and no row has a key the table cannot hold
+                        // (nor may its key reach the subscription's DLQ).
+                        Prepared::Filtered(d) if pg.unstorable(d).is_some() => {
+                            filtered.push(i);
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+                match prepared {
                     Prepared::Deliver(d) => {
                         deliveries.push(d);
                         from.push(i);
@@ -726,11 +747,15 @@ impl Shared {
             // record of the batch: what cannot be delivered is dead-lettered
             // and recorded before that commit, or a crash in between would
             // lose it without a trace. (The other sinks store offsets last.)
-            if matches!(target, Target::Postgres(_)) && !undecodable.is_empty() {
-                let dead: Vec<(usize, &'static str, String)> = std::mem::take(&mut undecodable)
+            if matches!(target, Target::Postgres(_))
+                && !(undecodable.is_empty() && unstorable.is_empty())
+            {
+                let mut dead: Vec<(usize, &'static str, String)> = std::mem::take(&mut undecodable)
                     .into_iter()
                     .map(|(i, e)| (i, "undecodable", e))
+                    .chain(unstorable.into_iter().map(|(i, e)| (i, "unstorable", e)))
                     .collect();
+                dead.sort_unstable_by_key(|(i, _, _)| *i);
                 if let Err(ended) = self
                     .settle_dead(&dlq, &policy, &topic, &batch, &dead, shutdown)
                     .await

@@ -176,3 +176,53 @@ async fn a_database_refusal_is_described_without_the_values_it_quotes() {
     );
     assert!(!text.contains("110105"), "{text}");
 }
+
+/// The validator accepts text with a NUL character, which PostgreSQL stores
+/// in neither `text` nor `jsonb`: applied, such a record fails its batch on
+/// every attempt and the subscription stops for good. The sink names it
+/// first (`unstorable`), and the delivery loop dead-letters it before the
+/// batch is applied; the rest of the stream goes on.
+#[tokio::test]
+async fn a_value_the_table_cannot_store_is_named_before_it_is_applied() {
+    let schema = PgSchema::create().await.unwrap();
+    let catalog = catalog();
+    let sub = catalog.subscription("hrss_deaths_pension_stop").unwrap();
+    let ds = catalog.dataset(&sub.dataset).unwrap();
+    let table = format!("{}.deaths", schema.name());
+    let mut sink = PgSink::open(
+        &schema.conninfo(),
+        &table,
+        sub,
+        ds,
+        "data.civil_affairs.death_registration",
+    )
+    .await
+    .unwrap();
+    let now = 1_795_996_800_000;
+    let bad = delivery("e-nul", 1, "朝阳区\u{0}民政局", "update", now);
+    let why = sink.unstorable(&bad).expect("named as unstorable");
+    assert!(
+        why.contains("registering_office") && !why.contains("朝阳"),
+        "{why}"
+    );
+    // What dead-lettering it avoids: the table refuses it, every time.
+    for _ in 0..2 {
+        let refused = sink.apply(std::slice::from_ref(&bad), &[(0, 1)], || async { Ok(()) });
+        assert!(refused.await.is_err());
+    }
+    let mut nul_key = delivery("e-key", 1, "朝阳区民政局", "update", now);
+    nul_key.subject = "DR-2026\u{0}1".into();
+    assert!(sink.unstorable(&nul_key).is_some());
+    let good = delivery("e-ok", 2, "朝阳区民政局", "update", now);
+    assert!(sink.unstorable(&good).is_none());
+    sink.apply(&[good], &[(0, 2)], || async { Ok(()) })
+        .await
+        .unwrap();
+    let client = schema.client().await.unwrap();
+    let n: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}

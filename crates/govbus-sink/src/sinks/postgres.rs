@@ -122,6 +122,26 @@ fn text(v: Option<&Json>) -> Option<String> {
     }
 }
 
+/// A value for a `jsonb` column: its JSON text, a string quoted (`ACTIVE`
+/// is not JSON; `"ACTIVE"` is).
+fn json_text(v: Option<&Json>) -> Option<String> {
+    match v? {
+        Json::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// Whether `v` holds a string with a NUL character, which PostgreSQL stores
+/// in neither `text` nor `jsonb`.
+fn has_nul(v: &Json) -> bool {
+    match v {
+        Json::String(s) => s.contains('\0'),
+        Json::Array(a) => a.iter().any(has_nul),
+        Json::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 pub use govbus_pg::describe;
 
 /// Why a PostgreSQL sink did not open.
@@ -334,6 +354,26 @@ impl PgSink {
         Ok(n)
     }
 
+    /// Why the table cannot store `event`, if it cannot: a NUL character
+    /// in its key or in a delivered value (PostgreSQL refuses it in `text`
+    /// and `jsonb`). The validator accepts such text, and a batch holding
+    /// it would fail on every attempt, stopping the subscription for good:
+    /// the caller dead-letters it before the batch is applied.
+    pub fn unstorable(&self, event: &Delivery) -> Option<String> {
+        if event.subject.contains('\0') {
+            return Some(
+                "the record key holds a NUL character, which PostgreSQL cannot store".into(),
+            );
+        }
+        let data = event.data.as_ref()?;
+        self.columns
+            .iter()
+            .find(|(name, _)| data.get(name).is_some_and(has_nul))
+            .map(|(name, _)| {
+                format!("field {name} holds a NUL character, which PostgreSQL cannot store")
+            })
+    }
+
     /// Where to resume: the next offset of each partition, from the table's
     /// own transaction history.
     pub async fn offsets(&self) -> Result<HashMap<i32, i64>, tokio_postgres::Error> {
@@ -389,8 +429,9 @@ impl PgSink {
             for &i in &upserts {
                 let e = &events[i];
                 let data = e.data.as_ref();
-                for (c, (name, _)) in self.columns.iter().enumerate() {
-                    arrays[c].push(text(data.and_then(|d| d.get(name))));
+                for (c, (name, ty)) in self.columns.iter().enumerate() {
+                    let v = data.and_then(|d| d.get(name));
+                    arrays[c].push(if ty == "jsonb" { json_text(v) } else { text(v) });
                 }
                 arrays[n].push(Some(e.subject.clone()));
                 arrays[n + 1].push(Some(e.source_version.to_string()));
