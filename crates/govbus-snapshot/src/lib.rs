@@ -500,6 +500,12 @@ pub fn run(
                 .map_err(st.err())?,
             Err(r) => {
                 if let Some(k) = key {
+                    // The engine writes a resident ID's check character `x`
+                    // as `X` in the key it derives (the state holds that
+                    // form): a rejected row protects both.
+                    if k.contains('x') {
+                        kept.insert(upper_check_characters(&k));
+                    }
                     kept.insert(k);
                 }
                 summary.invalid.push(Invalid {
@@ -739,4 +745,16 @@ pub fn rebuild(
     let _ = std::fs::remove_file(st.pending());
     let _ = std::fs::remove_dir_all(st.runs());
     Ok(out)
+}
+
+/// `key` with each part's trailing `x` written `X`, as the engine writes a
+/// resident ID's check character (parts are joined with `/`).
+fn upper_check_characters(key: &str) -> String {
+    key.split('/')
+        .map(|part| match part.strip_suffix('x') {
+            Some(rest) => format!("{rest}X"),
+            None => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }

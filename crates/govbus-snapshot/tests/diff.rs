@@ -372,3 +372,77 @@ fn json_ndjson_and_xlsx_dumps() {
     assert!(s.invalid.is_empty() && s.unreadable.is_empty(), "{s:?}");
     assert_eq!(ops(&c), [(k("PP0001"), "create"), (k("PP0002"), "create")]);
 }
+
+/// A row that fails validation keeps its record (neither updated nor
+/// deleted) — found by the key the engine derives, which writes a resident
+/// ID's check character `x` as `X`. Before, the row's key kept the `x`, the
+/// state's `X` matched nothing, and the record the row should protect was
+/// deleted.
+#[test]
+fn a_rejected_row_keeps_its_record_whatever_the_case_of_its_check_character() {
+    let dir = Dir::new();
+    let mapping: MappingFile = toml::from_str(
+        r#"
+dataset = "public_security.household_registration"
+timezone = "+08:00"
+[columns]
+id_number = "id_number"
+name = "name"
+gender = "gender"
+birth_date = "birth_date"
+ethnicity = "ethnicity"
+address = "address"
+household_no = "household_no"
+status = "status"
+phone = "phone"
+updated_at = "updated_at"
+"#,
+    )
+    .unwrap();
+    let header =
+        "id_number,name,gender,birth_date,ethnicity,address,household_no,status,phone,updated_at";
+    let person = |id: &str, name: &str| {
+        format!("{id},{name},MALE,1949-12-31,汉族,北京市东城区,110101000777,ACTIVE,,2026-11-01 12:00:00")
+    };
+    let dump = |file: &str, rows: &[String]| {
+        let path = dir.tmp.path().join(file);
+        std::fs::write(&path, format!("{header}\n{}\n", rows.join("\n"))).unwrap();
+        Options {
+            dataset: "public_security.household_registration".into(),
+            mapping: mapping.clone(),
+            ..dir.opts(&path)
+        }
+    };
+    let others = [
+        person("330102198808081239", "陈思远"),
+        person("110101201001010023", "王芳"),
+    ];
+    let v1 = dump(
+        "v1.csv",
+        &[
+            vec![person("11010519491231002x", "张建国")],
+            others.to_vec(),
+        ]
+        .concat(),
+    );
+    let (r, changes) = dir.run(&v1);
+    r.unwrap();
+    assert!(
+        ops(&changes).contains(&(k("11010519491231002X"), "create")),
+        "{:?}",
+        ops(&changes)
+    );
+    // Tonight the row is there but invalid (no name): the record stays.
+    let v2 = dump(
+        "v2.csv",
+        &[vec![person("11010519491231002x", "")], others.to_vec()].concat(),
+    );
+    let (r, changes) = dir.run(&v2);
+    let summary = r.unwrap();
+    assert_eq!(summary.invalid.len(), 1);
+    assert!(
+        changes.is_empty(),
+        "nothing changes, nothing is deleted: {:?}",
+        ops(&changes)
+    );
+}
