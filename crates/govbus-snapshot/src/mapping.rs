@@ -294,26 +294,24 @@ impl Mapper {
             return Ok(Json::Null);
         }
         let parsed = match &f.kind {
-            FieldKind::Int | FieldKind::Long => {
-                text.replace(',', "").parse::<i64>().ok().map(Json::from)
-            }
-            FieldKind::Float | FieldKind::Double => text
-                .replace(',', "")
-                .parse::<f64>()
-                .ok()
+            FieldKind::Int | FieldKind::Long => ungrouped(&text)
+                .and_then(|t| t.parse::<i64>().ok())
+                .map(Json::from),
+            FieldKind::Float | FieldKind::Double => ungrouped(&text)
+                .and_then(|t| t.parse::<f64>().ok())
                 .and_then(|v| serde_json::Number::from_f64(v).map(Json::Number)),
             FieldKind::Boolean => match text.as_str() {
                 "true" | "TRUE" | "1" | "是" | "Y" | "y" => Some(Json::Bool(true)),
                 "false" | "FALSE" | "0" | "否" | "N" | "n" => Some(Json::Bool(false)),
                 _ => None,
             },
-            FieldKind::Date => {
-                normalize::date(text.split([' ', 'T']).next().unwrap_or("")).map(Json::String)
-            }
+            FieldKind::Date => date_part(&text).and_then(normalize::date).map(Json::String),
             FieldKind::TimestampMillis | FieldKind::TimestampMicros => {
                 normalize::timestamp(&text, &self.offset).map(Json::String)
             }
-            FieldKind::Decimal { .. } => Some(Json::String(text.replace([',', '¥', '￥'], ""))),
+            FieldKind::Decimal { .. } => {
+                ungrouped(text.trim_start_matches(['¥', '￥'])).map(Json::String)
+            }
             _ => None,
         };
         // Unparseable values go on as written: validation names the field and why.
@@ -338,5 +336,85 @@ impl Mapper {
             });
         }
         Some(parts.join("/"))
+    }
+}
+
+/// `text` without thousands separators, when it has none or groups its
+/// integer digits by three (`1,234,567.5`); `None` for any other comma
+/// (`1,5` is a decimal comma or a typo, never 15), so the value goes to
+/// validation as written and is rejected with its field named.
+fn ungrouped(text: &str) -> Option<String> {
+    if !text.contains(',') {
+        return Some(text.to_owned());
+    }
+    let body = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let int = body.split('.').next().unwrap_or("");
+    let mut groups = int.split(',');
+    let first = groups.next().unwrap_or("");
+    let digits = |g: &str| g.bytes().all(|b| b.is_ascii_digit());
+    let grouped = (1..=3).contains(&first.len())
+        && digits(first)
+        && groups.all(|g| g.len() == 3 && digits(g))
+        && !body[int.len()..].contains(',');
+    grouped.then(|| text.replace(',', ""))
+}
+
+/// The date of a date column's cell: the date alone, or followed by a time
+/// of day without a zone (a database export's `2023-06-01 00:00:00`). A
+/// zone would make the date another one elsewhere, and other text after it
+/// (`2023-06-01 待核实`) is not a date: both go to validation as written.
+fn date_part(text: &str) -> Option<&str> {
+    let Some((date, rest)) = text.split_once([' ', 'T']) else {
+        return Some(text);
+    };
+    let mut parts = rest.trim().splitn(3, ':');
+    let (h, m, sec) = (parts.next()?, parts.next()?, parts.next().unwrap_or("00"));
+    let two = |p: &str| (1..=2).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    let (whole, frac) = sec.split_once('.').unwrap_or((sec, "0"));
+    let time = two(h)
+        && two(m)
+        && two(whole)
+        && !frac.is_empty()
+        && frac.bytes().all(|b| b.is_ascii_digit());
+    time.then_some(date)
+}
+
+#[cfg(test)]
+mod cell_tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators_are_removed_only_where_they_group_by_three() {
+        for (text, want) in [
+            ("1234.5", Some("1234.5")),
+            ("1,234.50", Some("1234.50")),
+            ("-12,345,678", Some("-12345678")),
+            ("1,5", None),
+            ("1,2,3", None),
+            ("12,34", None),
+            (",123", None),
+            ("1,234,5", None),
+            ("1,234.5,0", None),
+            ("1234,567", None),
+        ] {
+            assert_eq!(ungrouped(text).as_deref(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_date_cell_may_carry_a_time_of_day_but_no_zone_nor_other_text() {
+        for (text, want) in [
+            ("2023-06-01", Some("2023-06-01")),
+            ("2023-06-01 00:00:00", Some("2023-06-01")),
+            ("2023-06-01 10:15", Some("2023-06-01")),
+            ("2023-06-01T10:15:00.123", Some("2023-06-01")),
+            ("2023/6/1 0:00", Some("2023/6/1")),
+            ("2023-06-01 待核实", None),
+            ("2023-06-01T20:00:00-05:00", None),
+            ("2023-06-01T20:00:00Z", None),
+            ("2023-06-01 10", None),
+        ] {
+            assert_eq!(date_part(text), want, "{text}");
+        }
     }
 }
