@@ -501,6 +501,20 @@ async fn a_role_without_replication_is_refused_with_the_fix() {
         .unwrap()
         .replace("user=postgres", &format!("user={role}"));
     std::fs::write(&path, config).unwrap();
+    // Not the table's owner, so it cannot make the table REPLICA IDENTITY
+    // FULL itself: refused, with the statement to run.
+    let (status, text) = common::capture_refusal("postgres", s.dir.path(), &s.topics);
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("REPLICA IDENTITY FULL;") && text.contains("owner"),
+        "{text}"
+    );
+    db.batch_execute(&format!(
+        "ALTER TABLE {}.payments REPLICA IDENTITY FULL",
+        s.pg.name()
+    ))
+    .await
+    .unwrap();
     let (status, text) = common::capture_refusal("postgres", s.dir.path(), &s.topics);
     let _ = db
         .batch_execute(&format!(
@@ -774,4 +788,72 @@ paid_at = "paid_at"
     let _ = c
         .execute("SELECT pg_drop_replication_slot('restart')", &[])
         .await;
+}
+
+/// An UPDATE that leaves a large (TOASTed) value unchanged sends it as
+/// "unchanged" — under the default REPLICA IDENTITY with no old row to take
+/// it from: the capture published the record without it (here a required
+/// name, so the update was rejected and lost; a nullable one would have
+/// arrived as null). The capture makes the table REPLICA IDENTITY FULL at
+/// start (or refuses to start, saying how), so the old row carries every
+/// value and the update arrives whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_that_leaves_a_large_value_unchanged_arrives_whole() {
+    let s = Setup::new("logical").await;
+    let db = s.pg.client().await.unwrap();
+    let port = common::free_port();
+    let mut cap = s.capture_on(port);
+    common::wait_listening(port);
+    // The name (50 characters, 150 bytes) stored out of line: a row over
+    // the 2 kB toast threshold (a long key), a low toast target and no
+    // compression make PostgreSQL TOAST it.
+    let name: String = (0..50u32)
+        .map(|i| char::from_u32(0x5F20 + i * 37).unwrap())
+        .collect();
+    let key = format!("TOASTED-{}", "K".repeat(2_500));
+    db.batch_execute(&format!(
+        "ALTER TABLE payments SET (toast_tuple_target = 128);
+         ALTER TABLE payments ALTER COLUMN id SET STORAGE EXTERNAL;
+         ALTER TABLE payments ALTER COLUMN name SET STORAGE EXTERNAL;
+         INSERT INTO payments (id, id_no, name, kind, month, amount, paid_at)
+         VALUES ('{key}', '11010519491231002X', '{name}', 'ENTERPRISE_EMPLOYEE', '2026-10', 100.5, '2026-10-15 10:00:00+08');"
+    ))
+    .await
+    .unwrap();
+    let _ = common::records_with_ids(&s.topics.data(DS), 1);
+    let identity: String = db
+        .query_one(
+            "SELECT relreplident::text FROM pg_class WHERE oid = 'payments'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(identity, "f", "the capture set REPLICA IDENTITY FULL");
+    db.batch_execute("UPDATE payments SET amount = 200 WHERE id LIKE 'TOASTED-%'")
+        .await
+        .unwrap();
+    let records = common::records_with_ids(&s.topics.data(DS), 2);
+    let catalog = govbus_catalog::Catalog::load(&common::repo().join("schemas")).unwrap();
+    let catalog = std::sync::Arc::new(catalog);
+    let got: Vec<(String, String)> = records
+        .iter()
+        .map(|r| {
+            let json = govbus_sink::decode::to_json(&catalog, r.value.as_deref().unwrap()).unwrap();
+            (
+                json["amount"].to_string().trim_matches('"').to_owned(),
+                json["recipient_name"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("100.5000".to_owned(), name.clone()),
+            ("200.0000".to_owned(), name)
+        ],
+        "the create, then the update with the value it left unchanged"
+    );
+    cap.kill().unwrap();
+    let _ = cap.wait();
 }

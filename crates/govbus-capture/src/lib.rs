@@ -581,6 +581,7 @@ impl Capture {
         if level != "logical" {
             return Err(CaptureError::NotLogical(level));
         }
+        self.ensure_full_identity().await?;
         let name = &self.config.name;
         let list: Vec<String> = self
             .tables
@@ -603,6 +604,54 @@ impl Capture {
                     list.join(", ")
                 ))
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes every captured table `REPLICA IDENTITY FULL`, or refuses to
+    /// start. Under any other identity an UPDATE leaves out a large value
+    /// it did not change (TOASTed: sent as "unchanged", with no old row to
+    /// take it from) and a DELETE carries only the identity's columns: the
+    /// capture would publish a record without the value, and could not name
+    /// the record a delete is of when the dataset's key is not the primary
+    /// key. (MySQL's equivalent is `binlog_row_image = FULL`, also required.)
+    async fn ensure_full_identity(&self) -> Result<(), CaptureError> {
+        for t in &self.tables {
+            let row = self
+                .pg()?
+                .query_opt(
+                    "SELECT c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1::text::name AND c.relname = $2::text::name",
+                    &[&t.schema, &t.name],
+                )
+                .await?;
+            let Some(row) = row else {
+                continue; // a missing table is reported where it is read
+            };
+            let identity: String = row.get(0);
+            if identity == "f" {
+                continue;
+            }
+            let table = format!("{}.{}", ident(&t.schema), ident(&t.name));
+            let kind = match identity.as_str() {
+                "d" => "DEFAULT (the primary key)",
+                "n" => "NOTHING",
+                "i" => "USING INDEX",
+                _ => "not FULL",
+            };
+            match self
+                .pg()?
+                .batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY FULL"))
+                .await
+            {
+                Ok(()) => tracing::info!(message = "Table set to REPLICA IDENTITY FULL, so that updates carry every value and deletes the whole old row.", table = %t.spec.table, was = kind),
+                Err(e) => {
+                    return Err(CaptureError::Config(format!(
+                        "table {}: REPLICA IDENTITY is {kind}, and setting it to FULL failed ({}); run `ALTER TABLE {table} REPLICA IDENTITY FULL;` as the table's owner. Without it an UPDATE leaves out large values it did not change and a DELETE carries only the identity's columns, so changes would be published without values or not at all",
+                        t.spec.table,
+                        govbus_pg::describe(&e)
+                    )))
+                }
+            }
         }
         Ok(())
     }
@@ -996,7 +1045,12 @@ impl Capture {
                     match v {
                         Value::Text(s) => Some((col.clone(), Cell::Text(s.clone()))),
                         Value::Null => Some((col.clone(), Cell::Text(String::new()))),
-                        Value::Unchanged => None,
+                        // Not under REPLICA IDENTITY FULL (ensured at start):
+                        // the old row then carries every value.
+                        Value::Unchanged => {
+                            tracing::error!(message = "An update left a value out (unchanged, and no old row to take it from): is the table's REPLICA IDENTITY still FULL?", table = %self.tables[t].spec.table, column = %col);
+                            None
+                        }
                     }
                 })
                 .collect()
