@@ -345,6 +345,17 @@ fn check_config_catches_what_up_would_refuse() {
             secrets.to_vec(),
             "missing.toml",
         ),
+        // The live interfaces pseudonymise too: a deployment without sinks
+        // needs the secret as much.
+        (
+            {
+                let t = with_ports(&shipped);
+                let (sink, fraud) = (t.find("\n[sink]").unwrap(), t.find("\n[fraud]").unwrap());
+                format!("{}{}", &t[..sink], &t[fraud..])
+            },
+            vec![secrets[1]],
+            "[query] GOVBUS_PSEUDONYM_SECRET is not set",
+        ),
     ];
     for (text_, env, expected) in cases {
         let out = check(&text_, &env);

@@ -468,30 +468,37 @@ impl UpConfig {
 
     fn check_secrets(&self, catalog: &Catalog, problems: &mut Vec<String>) {
         const MIN: usize = 16;
-        let Some(sink) = &self.sink else {
-            return;
+        // The live interfaces pseudonymise and audit with the same secrets
+        // as the sinks: a query-only deployment needs them as much.
+        let section = match (&self.sink, &self.query) {
+            (Some(_), _) => "[sink]",
+            (None, Some(_)) => "[query]",
+            (None, None) => return,
         };
         let production = self.broker.bootstrap.is_some();
         match std::env::var("GOVBUS_PSEUDONYM_SECRET") {
             Ok(v) if v.len() < MIN => problems.push(format!(
-                "[sink] GOVBUS_PSEUDONYM_SECRET holds {} bytes; it needs at least {MIN}",
+                "{section} GOVBUS_PSEUDONYM_SECRET holds {} bytes; it needs at least {MIN}",
                 v.len()
             )),
             Err(_) if production => problems.push(
-                "[sink] GOVBUS_PSEUDONYM_SECRET is not set: pseudonyms would use the public development secret (set at least 16 random bytes)".to_owned(),
+                format!("{section} GOVBUS_PSEUDONYM_SECRET is not set: pseudonyms would use the public development secret (set at least 16 random bytes)"),
             ),
             _ => {}
         }
         match std::env::var(crate::cmd::sink::LEDGER_KEY_ENV) {
             Ok(v) if v.len() < MIN => problems.push(format!(
-                "[sink] GOVBUS_LEDGER_KEY holds {} bytes; it needs at least {MIN}",
+                "{section} GOVBUS_LEDGER_KEY holds {} bytes; it needs at least {MIN}",
                 v.len()
             )),
             Err(_) if production => problems.push(
-                "[sink] GOVBUS_LEDGER_KEY is not set: ledger entries would be authenticated with the public development key (set at least 16 random bytes; the auditor needs the same key)".to_owned(),
+                format!("{section} GOVBUS_LEDGER_KEY is not set: ledger entries would be authenticated with the public development key (set at least 16 random bytes; the auditor needs the same key)"),
             ),
             _ => {}
         }
+        let Some(sink) = &self.sink else {
+            return;
+        };
         for sub in catalog.subscriptions() {
             if !sink.subscriptions.is_empty() && !sink.subscriptions.contains(&sub.id) {
                 continue;
