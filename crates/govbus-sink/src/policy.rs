@@ -151,11 +151,15 @@ impl Policy {
         if !self.key.iter().any(|k| self.tags.contains_key(k)) {
             return key.to_owned();
         }
-        let parts: Vec<&str> = if self.key.len() == 1 {
-            vec![key]
-        } else {
-            key.split('/').collect()
-        };
+        // A one-field key is the value itself, unescaped (the engine
+        // escapes parts only to join several).
+        if let [field] = self.key.as_slice() {
+            return match self.treat(field, Json::String(key.to_owned())) {
+                Json::String(s) => s,
+                other => other.to_string(),
+            };
+        }
+        let parts: Vec<&str> = key.split('/').collect();
         parts
             .iter()
             .zip(&self.key)

@@ -191,6 +191,13 @@ fn a_personal_key_is_treated_like_its_field() {
     sub.treatments
         .insert("id_number".into(), govbus_catalog::Treatment::Clear);
     assert_eq!(Policy::new(&sub, ds, b"0123456789abcdef").subject(&id), id);
+    // A one-field key is the value as it is, `/` and `%` included: two
+    // keys that differ only by an escape are two records, not one, and a
+    // clear key is delivered unchanged.
+    let clear = Policy::new(&sub, ds, b"0123456789abcdef");
+    assert_eq!(clear.subject("2024/001"), "2024/001");
+    assert_eq!(clear.subject("12%2F3"), "12%2F3");
+    assert_ne!(pseudo.subject("12/3"), pseudo.subject("12%2F3"));
 }
 
 /// A record written under an older schema version can carry a field the
