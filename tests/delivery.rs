@@ -1717,3 +1717,54 @@ async fn a_grant_or_credential_changed_under_an_open_delivery_applies_to_the_nex
     );
     let _ = third.wait();
 }
+
+/// A webhook batch is built once and retried while the endpoint is down.
+/// If the grant is narrowed meanwhile (here: the name no longer granted),
+/// the body built under the old grant must not go out when the endpoint
+/// comes back: the batch is prepared again under the grant in force.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_webhook_batch_goes_out_only_under_the_grant_in_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(tmp.path(), "down", "");
+    let fail = tmp.path().join("down.jsonl.fail");
+    std::fs::write(&fail, "503").unwrap();
+    let granted = webhook_sub("housing_fund", &rx.url(), "max_attempts = 1000");
+    let d = Deployment::start(&[("hook", granted.clone())]).await;
+    let (_sink, _port) = d.sink("sink", &[]);
+    d.publish(&creates(0..1)).await;
+    wait_until(
+        "the endpoint refused the batch twice",
+        Duration::from_secs(30),
+        || rx.requests().len() >= 2,
+    );
+    let first = &rx.requests()[0];
+    assert!(
+        first["events"][0]["data"].get("deceased_name").is_some(),
+        "granted at first: {first}"
+    );
+    let reloads = d.log("sink").matches("Catalog reloaded.").count();
+    write_subscription(
+        d.catalog_dir(),
+        "hook",
+        &granted.replace("\"deceased_name\", ", ""),
+    );
+    wait_until(
+        "the sink reloads the catalog",
+        Duration::from_secs(10),
+        || d.log("sink").matches("Catalog reloaded.").count() > reloads,
+    );
+    std::fs::remove_file(&fail).unwrap();
+    wait_until(
+        "the endpoint accepted the event",
+        Duration::from_secs(30),
+        || !rx.accepted().is_empty(),
+    );
+    for r in rx.requests().iter().filter(|r| r["answer"] == json!("200")) {
+        for e in r["events"].as_array().unwrap() {
+            assert!(
+                e["data"].get("deceased_name").is_none(),
+                "a field no longer granted went out: {e}"
+            );
+        }
+    }
+}

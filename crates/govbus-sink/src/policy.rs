@@ -58,6 +58,15 @@ impl Policy {
         &self.sub
     }
 
+    /// Whether it is still the policy of `sub` on `dataset`: the grant's
+    /// policy version and the dataset's key and personal-data tags (which
+    /// change the treatment without changing the grant) are as compiled.
+    pub fn is_current(&self, sub: &Subscription, dataset: &Dataset) -> bool {
+        sub.policy_version == self.sub.policy_version
+            && dataset.key == self.key
+            && dataset.personal_data == self.tags
+    }
+
     /// Whether the record passes the row filter (every condition holds).
     pub fn admits(&self, record: &Map<String, Json>) -> bool {
         self.sub

@@ -443,6 +443,25 @@ impl Shared {
         Ok((sub.clone(), ds.clone()))
     }
 
+    /// Whether what was prepared under `sub` may still be delivered: the
+    /// grant is valid and says what it said then (sink and destination,
+    /// subscriber, dataset, field policy). A retried webhook body is built
+    /// once; a grant narrowed or given to another department meanwhile
+    /// must not receive it.
+    fn as_granted(&self, policy: &Policy) -> Result<(), Ended> {
+        let sub = policy.subscription();
+        let (current, ds) = self.grant(&sub.id).map_err(Ended::Inactive)?;
+        if current.sink != sub.sink
+            || current.subscriber != sub.subscriber
+            || current.dataset != sub.dataset
+            || !policy.is_current(&current, &ds)
+        {
+            tracing::info!(message = "The grant changed while a webhook batch was being delivered; the rest is prepared again under the new grant.", subscription = %sub.id, policy = %current.policy_version);
+            return Err(Ended::Reconfigure);
+        }
+        Ok(())
+    }
+
     /// `govbus_sink_active` for live streams, refreshed every second by the
     /// supervisor: a live-stream subscription has no task of its own — the
     /// process's HTTP endpoint serves every one in the catalog — so it is
@@ -956,7 +975,10 @@ impl Shared {
     ) -> Progress {
         let sub = policy.subscription();
         match target {
-            Target::Webhook(w) => self.deliver_webhook(w.clone(), sub, events, shutdown).await,
+            Target::Webhook(w) => {
+                self.deliver_webhook(w.clone(), policy, events, shutdown)
+                    .await
+            }
             Target::File(f) => match f.write(events, &sub.policy_version) {
                 Ok(()) => Progress::all(events.len()),
                 Err(e) => Progress {
@@ -1026,13 +1048,20 @@ impl Shared {
     async fn deliver_webhook(
         &self,
         wh: Arc<Webhook>,
-        sub: &Subscription,
+        policy: &Policy,
         events: &[Delivery],
         shutdown: &watch::Receiver<bool>,
     ) -> Progress {
+        let sub = policy.subscription();
         let kind = sub.sink.kind();
         let mut progress = Progress::all(0);
         for chunk in events.chunks(wh.batch_max.max(1)) {
+            // Each chunk goes out under the grant it was prepared under, or
+            // not at all: the rest of the batch is prepared again.
+            if let Err(ended) = self.as_granted(policy) {
+                progress.stop = Some(ended);
+                return progress;
+            }
             let ids: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
             let msg_id = webhook::message_id(&sub.id, &ids);
             let body = serde_json::to_vec(&serde_json::Value::Array(
@@ -1092,8 +1121,10 @@ impl Shared {
                                 progress.stop = Some(Ended::Shutdown);
                                 return progress;
                             }
-                            if let Err(reason) = self.grant(&sub.id) {
-                                progress.stop = Some(Ended::Inactive(reason));
+                            // Revoked, or changed (another subscriber, URL,
+                            // field policy): this body may no longer go out.
+                            if let Err(ended) = self.as_granted(policy) {
+                                progress.stop = Some(ended);
                                 return progress;
                             }
                             tokio::time::sleep_until(
