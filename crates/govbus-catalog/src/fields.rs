@@ -150,3 +150,23 @@ pub fn top_level(schema: &Schema) -> Vec<(&str, FieldInfo)> {
         _ => Vec::new(),
     }
 }
+
+/// Whether a row filter can compare values of a field with this schema.
+/// Not a local timestamp (its values carry no time zone, the literal one)
+/// nor a nanosecond one (decoded as text): a filter on either held for no
+/// record at all, so a grant filtered on one delivered nothing, silently.
+pub fn filterable(schema: &Schema) -> bool {
+    let unfilterable = |s: &Schema| {
+        matches!(
+            s,
+            Schema::LocalTimestampMillis
+                | Schema::LocalTimestampMicros
+                | Schema::LocalTimestampNanos
+                | Schema::TimestampNanos
+        )
+    };
+    match schema {
+        Schema::Union(u) => !u.variants().iter().any(unfilterable),
+        s => !unfilterable(s),
+    }
+}

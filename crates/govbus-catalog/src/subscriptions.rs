@@ -1374,16 +1374,30 @@ pub(crate) fn load_subscription(
             }
         };
         // The field as the latest version that has it defines it.
-        let info = ds.versions.iter().rev().find_map(|v| {
-            crate::fields::top_level(&v.schema)
-                .into_iter()
-                .find(|(n, _)| *n == pred.field)
-                .map(|(_, info)| info)
+        let schema = ds.versions.iter().rev().find_map(|v| match &v.schema {
+            apache_avro::Schema::Record(r) => r
+                .fields
+                .iter()
+                .find(|f| f.name == pred.field)
+                .map(|f| &f.schema),
+            _ => None,
         });
-        let Some(info) = info else {
+        let Some(schema) = schema else {
             check_fields(c, &path, std::slice::from_ref(&pred.field));
             continue;
         };
+        if !crate::fields::filterable(schema) {
+            c.push(
+                &file,
+                path,
+                format!(
+                    "`{}`: a row filter cannot compare a local or nanosecond timestamp (no time zone, or no comparable value); filter on another field",
+                    pred.field
+                ),
+            );
+            continue;
+        }
+        let info = crate::fields::describe(schema);
         match Condition::new(pred, &info) {
             Ok(cond) => filter.push(cond),
             Err(e) => c.push(&file, path, format!("`{}`: {e}", p.trim())),
