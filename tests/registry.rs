@@ -293,6 +293,55 @@ async fn a_compatible_version_registered_at_run_time_persists_and_routes() {
         .map(|p| u64::from(u32::from_be_bytes([p[1], p[2], p[3], p[4]])));
     assert_eq!(framed, report["v2_id"].as_u64());
 
+    // A sink following the log decodes it too, and delivers it (here to a
+    // Kafka view); without the log it could only dead-letter it, and a live
+    // stream skipped it.
+    let sink_port = free_port();
+    let mut sink = spawn(&[
+        "sink",
+        "--bootstrap",
+        &bootstrap,
+        "--topic-prefix",
+        topics.prefix(),
+        "--subscription",
+        "hrss_fraud_pensions",
+        "--listen",
+        &format!("127.0.0.1:{sink_port}"),
+        "--follow-schema-log",
+    ]);
+    wait_listening(sink_port);
+    let started = Instant::now();
+    let in_view =
+        |r: &govbus_kafka::read::Record| r.key.as_deref() == Some(b"PP202699000002".as_slice());
+    let view = loop {
+        let view = govbus_kafka::read::read_all(
+            &bootstrap,
+            &topics.view("hrss_fraud_pensions"),
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_default();
+        if view.iter().any(in_view) || started.elapsed() > Duration::from_secs(60) {
+            break view;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let dead = govbus_kafka::read::read_all(
+        &bootstrap,
+        &topics.subscription_dlq("hrss_fraud_pensions"),
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+    )
+    .unwrap_or_default();
+    sink.kill().unwrap();
+    let _ = sink.wait();
+    assert!(
+        view.iter().any(in_view),
+        "the v2 record in the view ({} records; {} dead letters)",
+        view.len(),
+        dead.len()
+    );
+
     assert_eq!(http(port, "GET", "/mode", "").1, "{\"mode\":\"READWRITE\"}");
     // A gateway following the log encodes JSON under the new version: a record
     // with v2's new field is accepted (under v1 it would be json_unknown_field).

@@ -743,6 +743,8 @@ pub struct System {
     tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     fraud: Option<(Arc<AtomicBool>, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     broker: Option<EmbeddedBroker>,
+    /// The sinks' and live interfaces' schema-log tails (stopped on drop).
+    _schema_logs: Vec<govbus_kafka::schema_log::Tail>,
 }
 
 impl std::fmt::Debug for System {
@@ -857,6 +859,7 @@ impl System {
         };
         let mut tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)> =
             Vec::new();
+        let mut tails: Vec<govbus_kafka::schema_log::Tail> = Vec::new();
         let mut telemetry = Telemetry {
             router: None,
             gateway: None,
@@ -966,10 +969,13 @@ impl System {
             };
             sc.create_topics = !embedded;
             sc.client_overrides = overrides.clone();
-            let (cat_tx, cat_rx) = watch::channel(Arc::new(catalog.clone()));
-            if let Some(dir) = &config.catalog {
-                crate::cmd::sink::watch_catalog(dir.clone(), cat_tx);
-            }
+            // Like the router and gateway here, without the schema log.
+            let (cat_rx, schema_log) = crate::cmd::sink::catalog_feed(
+                config.catalog.clone(),
+                catalog.clone(),
+                (&bootstrap, &topics, false),
+            );
+            tails.extend(schema_log);
             let sinks = govbus_sink::Sinks::start(sc, cat_rx, govbus_sink::Metrics::new()).await?;
             telemetry.sink = Some(sinks.metrics().clone());
             let app = govbus_sink::sse::router(&sinks, credentials, s.heartbeat);
@@ -1008,10 +1014,13 @@ impl System {
             qc.ledger_key = crate::cmd::sink::ledger_key()?;
             qc.client_overrides = overrides.clone();
             qc.create_topics = !embedded;
-            let (cat_tx, cat_rx) = watch::channel(Arc::new(catalog.clone()));
-            if let Some(dir) = &config.catalog {
-                crate::cmd::sink::watch_catalog(dir.clone(), cat_tx);
-            }
+            // Like the router and gateway here, without the schema log.
+            let (cat_rx, schema_log) = crate::cmd::sink::catalog_feed(
+                config.catalog.clone(),
+                catalog.clone(),
+                (&bootstrap, &topics, false),
+            );
+            tails.extend(schema_log);
             let query =
                 govbus_query::Query::start(qc, cat_rx, credentials, govbus_query::Metrics::new())
                     .await
@@ -1080,6 +1089,7 @@ impl System {
             tasks,
             fraud,
             broker,
+            _schema_logs: tails,
         })
     }
 

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,7 +14,7 @@ use govbus_kafka::topics::Topics;
 use govbus_query::{Metrics, Query, QueryConfig};
 
 use crate::catalog_source;
-use crate::cmd::sink::{humantime_duration, ledger_key, pseudonym_secret, watch_catalog};
+use crate::cmd::sink::{catalog_feed, humantime_duration, ledger_key, pseudonym_secret};
 
 #[derive(Args)]
 pub struct QueryArgs {
@@ -26,6 +25,10 @@ pub struct QueryArgs {
     /// stops answering within seconds. Default: the embedded sample.
     #[arg(long, env = "GOVBUS_CATALOG")]
     catalog: Option<PathBuf>,
+    /// Also decode records under schema versions registered at run time
+    /// (follow the schema log, as the router's `--follow-schema-log`).
+    #[arg(long)]
+    follow_schema_log: bool,
     /// Topic namespace prefix (e.g. `staging.`).
     #[arg(long, default_value = "")]
     topic_prefix: String,
@@ -83,10 +86,12 @@ pub fn run(args: QueryArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let (cat_tx, cat_rx) = tokio::sync::watch::channel(Arc::new(catalog));
-        if let Some(dir) = args.catalog {
-            watch_catalog(dir, cat_tx);
-        }
+        let follow = (
+            config.bootstrap.as_str(),
+            &config.topics,
+            args.follow_schema_log,
+        );
+        let (cat_rx, _schema_log) = catalog_feed(args.catalog, catalog, follow);
         let query = Query::start(config, cat_rx, credentials, Metrics::new())
             .await
             .context("start the live interfaces")?;

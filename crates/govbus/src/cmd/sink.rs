@@ -28,6 +28,10 @@ pub struct SinkArgs {
     /// grant takes effect within seconds. Default: the embedded sample.
     #[arg(long, env = "GOVBUS_CATALOG")]
     catalog: Option<PathBuf>,
+    /// Also decode records under schema versions registered at run time
+    /// (follow the schema log, as the router's `--follow-schema-log`).
+    #[arg(long)]
+    follow_schema_log: bool,
     /// Topic namespace prefix (e.g. `staging.`).
     #[arg(long, default_value = "")]
     topic_prefix: String,
@@ -108,7 +112,97 @@ pub(crate) fn humantime_duration(s: &str) -> Result<Duration, String> {
 
 /// Re-reads `dir` every second and publishes a catalog that loads cleanly;
 /// one with problems is logged and ignored (the last good one stays).
-pub(crate) fn watch_catalog(dir: PathBuf, tx: tokio::sync::watch::Sender<Arc<Catalog>>) {
+/// The catalog a sink or the live interfaces work from: the catalog files
+/// (re-read every second when `dir` is given) with every change of the
+/// schema log applied in order — the versions the registry accepted at run
+/// time, which the router routes — so that a record written under such a
+/// version decodes here as well (without it, the sinks dead-lettered it as
+/// undecodable and a live stream skipped it). `follow` as the router's and
+/// gateway's `--follow-schema-log`. Keep the returned tail alive.
+pub(crate) fn catalog_feed(
+    dir: Option<PathBuf>,
+    catalog: Catalog,
+    (bootstrap, topics, follow): (&str, &Topics, bool),
+) -> (
+    tokio::sync::watch::Receiver<Arc<Catalog>>,
+    Option<govbus_kafka::schema_log::Tail>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(catalog.clone()));
+    let feed = Arc::new(Feed {
+        tx,
+        state: std::sync::Mutex::new((Arc::new(catalog), Vec::new())),
+    });
+    if let Some(dir) = dir {
+        watch_catalog(dir, feed.clone());
+    }
+    if !follow {
+        return (rx, None);
+    }
+    let f = feed.clone();
+    let topic = govbus_kafka::schema_log::topic(topics);
+    let tail = govbus_kafka::schema_log::Tail::start(bootstrap, &topic, move |key, value| {
+        f.change(key, value)
+    })
+    .map_err(|error| tracing::warn!(message = "Cannot follow the schema log: versions registered at run time will not decode here.", %error))
+    .ok();
+    // Every version registered so far is known before the first record is
+    // read (the router catches up the same way before deciding).
+    if let Some(t) = &tail {
+        let caught_up = tokio::task::block_in_place(|| t.catch_up(Duration::from_secs(10)));
+        if !caught_up {
+            tracing::warn!(message = "The schema log was not replayed within 10 s; records under versions it holds may be dead-lettered as undecodable until it is.");
+        }
+    }
+    (rx, tail)
+}
+
+/// The catalog files in force and the schema log's changes, published as
+/// one catalog.
+struct Feed {
+    tx: tokio::sync::watch::Sender<Arc<Catalog>>,
+    /// (the catalog files, the schema log's changes in order)
+    #[allow(clippy::type_complexity)]
+    state: std::sync::Mutex<(Arc<Catalog>, Vec<(String, String)>)>,
+}
+
+impl Feed {
+    fn files(&self) -> Option<Arc<Catalog>> {
+        self.state.lock().ok().map(|s| s.0.clone())
+    }
+
+    fn set_files(&self, files: Catalog) {
+        if let Ok(mut s) = self.state.lock() {
+            s.0 = Arc::new(files);
+        }
+        self.publish();
+    }
+
+    fn change(&self, key: &str, value: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.1.push((key.to_owned(), value.to_owned()));
+        }
+        self.publish();
+        tracing::info!(message = "Schema log change applied.", key);
+    }
+
+    fn publish(&self) {
+        let Ok(s) = self.state.lock() else {
+            return;
+        };
+        let mut current = s.0.clone();
+        for (key, value) in &s.1 {
+            match current.apply_change(key, value) {
+                Ok(c) => current = Arc::new(c),
+                Err(error) => {
+                    tracing::warn!(message = "Schema log change refused by this catalog.", key, %error)
+                }
+            }
+        }
+        let _ = self.tx.send(current);
+    }
+}
+
+fn watch_catalog(dir: PathBuf, feed: Arc<Feed>) {
     tokio::spawn(async move {
         let mut last_error = String::new();
         loop {
@@ -118,11 +212,11 @@ pub(crate) fn watch_catalog(dir: PathBuf, tx: tokio::sync::watch::Sender<Arc<Cat
             match loaded {
                 Ok(Ok(c)) => {
                     last_error.clear();
-                    let changed = !tx.borrow().same_sources(&c);
+                    let changed = feed.files().is_none_or(|f| !f.same_sources(&c));
                     if changed {
                         // Logged once in force (tests and operators read it so).
                         let subscriptions = c.subscriptions().count();
-                        let _ = tx.send(Arc::new(c));
+                        feed.set_files(c);
                         tracing::info!(message = "Catalog reloaded.", subscriptions);
                     }
                 }
@@ -174,10 +268,8 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let (cat_tx, cat_rx) = tokio::sync::watch::channel(Arc::new(catalog));
-        if let Some(dir) = args.catalog {
-            watch_catalog(dir, cat_tx);
-        }
+        let follow = (config.bootstrap.as_str(), &config.topics, args.follow_schema_log);
+        let (cat_rx, _schema_log) = catalog_feed(args.catalog, catalog, follow);
         let sinks = Sinks::start(config, cat_rx, Metrics::new()).await?;
         let app = govbus_sink::sse::router(&sinks, credentials, args.heartbeat);
         let options = govbus_http::Options {
