@@ -138,7 +138,9 @@ pub fn parse_rfc3339_micros(text: &str) -> Option<i64> {
         digits(&b[14..16])?,
         digits(&b[17..19])?,
     );
-    if h > 23 || mi > 59 || s > 60 {
+    // A leap second (`:60`) is refused, not read as `:59`: Unix time has no
+    // such second, and changing the value silently is worse than asking.
+    if h > 23 || mi > 59 || s > 59 {
         return None;
     }
     let mut i = 19;
@@ -176,7 +178,7 @@ pub fn parse_rfc3339_micros(text: &str) -> Option<i64> {
         }
         _ => return None,
     };
-    let secs = days * 86_400 + h * 3600 + mi * 60 + s.min(59) - offset_secs;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + s - offset_secs;
     Some(secs * 1_000_000 + micros)
 }
 
@@ -333,6 +335,10 @@ mod tests {
         );
         assert_eq!(parse_rfc3339_micros("1970-01-01T00:00:00"), None);
         assert_eq!(parse_rfc3339_micros("1970-01-01T24:00:00Z"), None);
+        // A leap second is refused, not read as the second before it.
+        assert_eq!(parse_rfc3339_micros("2026-01-01T08:15:60Z"), None);
+        assert_eq!(parse_rfc3339_micros("2016-12-31T23:59:60Z"), None);
+        assert!(parse_rfc3339_micros("2016-12-31T23:59:59Z").is_some());
         assert_eq!(parse_rfc3339_micros("1970-01-01T00:00:00.Z"), None);
         assert_eq!(format_rfc3339_millis(1_500), "1970-01-01T00:00:01.500Z");
     }
