@@ -1768,3 +1768,58 @@ async fn a_retried_webhook_batch_goes_out_only_under_the_grant_in_force() {
         }
     }
 }
+
+/// A CSV file's header is the grant's fields. When the grant is widened,
+/// the next files carry the new field (before, the columns were fixed when
+/// the sink opened, and the field never reached the files until a restart).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_widened_grant_reaches_a_csv_file_without_a_restart() {
+    let files = tempfile::tempdir().unwrap();
+    let csv = |include: &str| {
+        format!(
+            "subscriber = \"health\"\ndataset = \"{DEATHS}\"\npurpose = \"test\"\n\n[fields]\ninclude = [{include}]\n\n[sink]\ntype = \"file\"\ndir = \"out\"\nformat = \"csv\"\nroll_records = 1\n"
+        )
+    };
+    let d = Deployment::start(&[("csv", csv("\"death_date\""))]).await;
+    let (_sink, _port) = d.sink("sink", &["--file-root", files.path().to_str().unwrap()]);
+    let out = files.path().join("out");
+    let done = || -> Vec<String> {
+        let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(&out)
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        names.retain(|p| p.extension().is_some_and(|x| x == "csv"));
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    };
+    d.publish(&creates(0..1)).await;
+    wait_until("the first file", Duration::from_secs(30), || {
+        done().len() >= 1
+    });
+    assert!(!done()[0].contains("death_place"), "{}", done()[0]);
+    let reloads = d.log("sink").matches("Catalog reloaded.").count();
+    write_subscription(
+        d.catalog_dir(),
+        "csv",
+        &csv("\"death_date\", \"death_place\""),
+    );
+    wait_until(
+        "the sink reloads the catalog",
+        Duration::from_secs(10),
+        || d.log("sink").matches("Catalog reloaded.").count() > reloads,
+    );
+    d.publish(&creates(1..2)).await;
+    wait_until("a file with the new field", Duration::from_secs(30), || {
+        done().iter().any(|f| f.contains("北京市朝阳区"))
+    });
+    let last = done()
+        .into_iter()
+        .find(|f| f.contains("北京市朝阳区"))
+        .unwrap();
+    assert!(
+        last.lines().next().unwrap().contains("death_place"),
+        "{last}"
+    );
+}

@@ -675,8 +675,26 @@ impl Shared {
             }
             if current.policy_version != policy.subscription().policy_version {
                 tracing::info!(message = "Field policy changed.", subscription = %sub.id, policy = %current.policy_version);
-                if matches!(target, Target::Postgres(_)) || current_ds.latest().id != ds.latest().id
+                // A table's columns, and a CSV file's header, are the
+                // grant's fields: opened again under the new grant (a CSV
+                // file kept its old columns, so a newly granted field never
+                // reached it until a restart).
+                let csv = matches!(
+                    &current.sink,
+                    SinkSpec::File {
+                        format: govbus_catalog::FileFormat::Csv,
+                        ..
+                    }
+                );
+                if matches!(target, Target::Postgres(_))
+                    || csv
+                    || current_ds.latest().id != ds.latest().id
                 {
+                    if let Target::File(f) = &mut target {
+                        if let Err(e) = f.close() {
+                            return Ended::Failed(format!("file sink: {e}"));
+                        }
+                    }
                     return Ended::Reconfigure;
                 }
             }
