@@ -1796,7 +1796,7 @@ async fn a_widened_grant_reaches_a_csv_file_without_a_restart() {
     };
     d.publish(&creates(0..1)).await;
     wait_until("the first file", Duration::from_secs(30), || {
-        done().len() >= 1
+        !done().is_empty()
     });
     assert!(!done()[0].contains("death_place"), "{}", done()[0]);
     let reloads = d.log("sink").matches("Catalog reloaded.").count();
