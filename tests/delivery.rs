@@ -139,6 +139,18 @@ impl Deployment {
         (child, port)
     }
 
+    /// Writes subscription `id` and waits until the sink `sink` has
+    /// reloaded the catalog with it.
+    fn regrant(&self, sink: &str, id: &str, text: &str) {
+        let before = self.log(sink).matches("Catalog reloaded.").count();
+        write_subscription(self.catalog_dir(), id, text);
+        wait_until(
+            "the sink reloads the catalog",
+            Duration::from_secs(10),
+            || self.log(sink).matches("Catalog reloaded.").count() > before,
+        );
+    }
+
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.logs.path().join(format!("{name}.log"))).unwrap_or_default()
     }
@@ -1742,17 +1754,7 @@ async fn a_retried_webhook_batch_goes_out_only_under_the_grant_in_force() {
         first["events"][0]["data"].get("deceased_name").is_some(),
         "granted at first: {first}"
     );
-    let reloads = d.log("sink").matches("Catalog reloaded.").count();
-    write_subscription(
-        d.catalog_dir(),
-        "hook",
-        &granted.replace("\"deceased_name\", ", ""),
-    );
-    wait_until(
-        "the sink reloads the catalog",
-        Duration::from_secs(10),
-        || d.log("sink").matches("Catalog reloaded.").count() > reloads,
-    );
+    d.regrant("sink", "hook", &granted.replace("\"deceased_name\", ", ""));
     std::fs::remove_file(&fail).unwrap();
     wait_until(
         "the endpoint accepted the event",
@@ -1799,17 +1801,7 @@ async fn a_widened_grant_reaches_a_csv_file_without_a_restart() {
         !done().is_empty()
     });
     assert!(!done()[0].contains("death_place"), "{}", done()[0]);
-    let reloads = d.log("sink").matches("Catalog reloaded.").count();
-    write_subscription(
-        d.catalog_dir(),
-        "csv",
-        &csv("\"death_date\", \"death_place\""),
-    );
-    wait_until(
-        "the sink reloads the catalog",
-        Duration::from_secs(10),
-        || d.log("sink").matches("Catalog reloaded.").count() > reloads,
-    );
+    d.regrant("sink", "csv", &csv("\"death_date\", \"death_place\""));
     d.publish(&creates(1..2)).await;
     wait_until("a file with the new field", Duration::from_secs(30), || {
         done().iter().any(|f| f.contains("北京市朝阳区"))

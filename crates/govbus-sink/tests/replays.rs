@@ -43,14 +43,15 @@ fn delivery(id: &str, version: u64, office: &str, op: &str, at_ms: i64) -> Deliv
     }
 }
 
-#[tokio::test]
-async fn a_row_changes_only_for_a_higher_source_version() {
+/// A throwaway schema, and a PostgreSQL sink of the death registrations
+/// under `hrss_deaths_pension_stop` in it.
+async fn deaths_table() -> (PgSchema, String, PgSink) {
     let schema = PgSchema::create().await.unwrap();
     let catalog = catalog();
     let sub = catalog.subscription("hrss_deaths_pension_stop").unwrap();
     let ds = catalog.dataset(&sub.dataset).unwrap();
     let table = format!("{}.deaths", schema.name());
-    let mut sink = PgSink::open(
+    let sink = PgSink::open(
         &schema.conninfo(),
         &table,
         sub,
@@ -59,6 +60,12 @@ async fn a_row_changes_only_for_a_higher_source_version() {
     )
     .await
     .unwrap();
+    (schema, table, sink)
+}
+
+#[tokio::test]
+async fn a_row_changes_only_for_a_higher_source_version() {
+    let (schema, table, mut sink) = deaths_table().await;
     let client = schema.client().await.unwrap();
     let row = || async {
         let r = client
@@ -184,20 +191,7 @@ async fn a_database_refusal_is_described_without_the_values_it_quotes() {
 /// batch is applied; the rest of the stream goes on.
 #[tokio::test]
 async fn a_value_the_table_cannot_store_is_named_before_it_is_applied() {
-    let schema = PgSchema::create().await.unwrap();
-    let catalog = catalog();
-    let sub = catalog.subscription("hrss_deaths_pension_stop").unwrap();
-    let ds = catalog.dataset(&sub.dataset).unwrap();
-    let table = format!("{}.deaths", schema.name());
-    let mut sink = PgSink::open(
-        &schema.conninfo(),
-        &table,
-        sub,
-        ds,
-        "data.civil_affairs.death_registration",
-    )
-    .await
-    .unwrap();
+    let (schema, table, mut sink) = deaths_table().await;
     let now = 1_795_996_800_000;
     let bad = delivery("e-nul", 1, "朝阳区\u{0}民政局", "update", now);
     let why = sink.unstorable(&bad).expect("named as unstorable");
