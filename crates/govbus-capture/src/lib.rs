@@ -638,12 +638,22 @@ impl Capture {
                 "i" => "USING INDEX",
                 _ => "not FULL",
             };
-            match self
+            // The ALTER takes the table's strongest lock: it waits at most
+            // 5 s behind a long transaction (the department's writes queue
+            // behind a waiting ALTER), and a timeout is transient (the
+            // capture reconnects and tries again), unlike a refusal.
+            let altered = self
                 .pg()?
-                .batch_execute(&format!("ALTER TABLE {table} REPLICA IDENTITY FULL"))
-                .await
-            {
+                .batch_execute(&format!(
+                    "SET lock_timeout = '5s'; ALTER TABLE {table} REPLICA IDENTITY FULL; RESET lock_timeout"
+                ))
+                .await;
+            match altered {
                 Ok(()) => tracing::info!(message = "Table set to REPLICA IDENTITY FULL, so that updates carry every value and deletes the whole old row.", table = %t.spec.table, was = kind),
+                Err(e) if e.code() != Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+                    let _ = self.pg()?.batch_execute("RESET lock_timeout").await;
+                    return Err(CaptureError::Postgres(e));
+                }
                 Err(e) => {
                     return Err(CaptureError::Config(format!(
                         "table {}: REPLICA IDENTITY is {kind}, and setting it to FULL failed ({}); run `ALTER TABLE {table} REPLICA IDENTITY FULL;` as the table's owner. Without it an UPDATE leaves out large values it did not change and a DELETE carries only the identity's columns, so changes would be published without values or not at all",

@@ -130,7 +130,10 @@ pub(crate) fn catalog_feed(
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(catalog.clone()));
     let feed = Arc::new(Feed {
         tx,
-        state: std::sync::Mutex::new((Arc::new(catalog), Vec::new())),
+        state: std::sync::Mutex::new(FeedState {
+            files: Arc::new(catalog),
+            changes: Vec::new(),
+        }),
     });
     if let Some(dir) = dir {
         watch_catalog(dir, feed.clone());
@@ -157,48 +160,52 @@ pub(crate) fn catalog_feed(
 }
 
 /// The catalog files in force and the schema log's changes, published as
-/// one catalog.
+/// one catalog. A new log entry is applied to the catalog in force (one
+/// catalog check); only a reload of the files replays the whole log.
 struct Feed {
     tx: tokio::sync::watch::Sender<Arc<Catalog>>,
-    /// (the catalog files, the schema log's changes in order)
-    #[allow(clippy::type_complexity)]
-    state: std::sync::Mutex<(Arc<Catalog>, Vec<(String, String)>)>,
+    state: std::sync::Mutex<FeedState>,
+}
+
+struct FeedState {
+    files: Arc<Catalog>,
+    changes: Vec<(String, String)>,
 }
 
 impl Feed {
     fn files(&self) -> Option<Arc<Catalog>> {
-        self.state.lock().ok().map(|s| s.0.clone())
+        self.state.lock().ok().map(|s| s.files.clone())
     }
 
     fn set_files(&self, files: Catalog) {
-        if let Ok(mut s) = self.state.lock() {
-            s.0 = Arc::new(files);
-        }
-        self.publish();
-    }
-
-    fn change(&self, key: &str, value: &str) {
-        if let Ok(mut s) = self.state.lock() {
-            s.1.push((key.to_owned(), value.to_owned()));
-        }
-        self.publish();
-        tracing::info!(message = "Schema log change applied.", key);
-    }
-
-    fn publish(&self) {
-        let Ok(s) = self.state.lock() else {
+        let Ok(mut s) = self.state.lock() else {
             return;
         };
-        let mut current = s.0.clone();
-        for (key, value) in &s.1 {
-            match current.apply_change(key, value) {
-                Ok(c) => current = Arc::new(c),
-                Err(error) => {
-                    tracing::warn!(message = "Schema log change refused by this catalog.", key, %error)
-                }
+        s.files = Arc::new(files);
+        let mut current = s.files.clone();
+        for (key, value) in &s.changes {
+            if let Ok(c) = current.apply_change(key, value) {
+                current = Arc::new(c);
             }
         }
         let _ = self.tx.send(current);
+    }
+
+    fn change(&self, key: &str, value: &str) {
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        s.changes.push((key.to_owned(), value.to_owned()));
+        let current = self.tx.borrow().clone();
+        match current.apply_change(key, value) {
+            Ok(c) => {
+                let _ = self.tx.send(Arc::new(c));
+                tracing::info!(message = "Schema log change applied.", key);
+            }
+            Err(error) => {
+                tracing::warn!(message = "Schema log change refused by this catalog.", key, %error)
+            }
+        }
     }
 }
 
