@@ -81,12 +81,15 @@ async fn each_department_receives_exactly_its_grants_and_nothing_personal_leaks(
 
     let logs = tmp.path().join("logs");
     std::fs::create_dir(&logs).unwrap();
+    // Spans are exported too, and scanned with the rest.
+    let otlp = common::Otlp::start(&logs);
     let start = |args: &[&str], log: &str| {
         let mut c = Command::new(govbus_bin());
         c.args(args)
             .env("GOVBUS_LOG", "debug,rdkafka=info,librdkafka=warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(logs.join(log)).unwrap());
+        otlp.export_to(&mut c);
         govbus_testkit::spawn(c).unwrap()
     };
     let cat = catalog.to_str().unwrap().to_owned();
@@ -247,6 +250,22 @@ async fn each_department_receives_exactly_its_grants_and_nothing_personal_leaks(
     assert_eq!(dead, DATASETS.len(), "one rejected record per dataset");
     scanned.insert("DLQ govbus.error.* headers".into(), dlq_headers);
     scanned.insert("deliveries (default policy: masked)".into(), delivered_text);
+    // Every span exported so far: names and attributes (the last batches'
+    // spans end after their offsets are stored, within the export delay).
+    std::thread::sleep(Duration::from_millis(500));
+    let spans = otlp.spans();
+    assert!(
+        spans.iter().any(|s| s["name"] == "govbus.router route")
+            && spans.iter().any(|s| s["name"] == "govbus.sink deliver"),
+        "the router and the sink exported spans"
+    );
+    scanned.insert(
+        "exported spans".into(),
+        spans
+            .iter()
+            .map(|s| format!("{} {}\n", s["name"], s["attributes"]))
+            .collect(),
+    );
     for (what, text) in &scanned {
         assert!(!text.is_empty(), "{what} is empty: nothing was scanned");
         assert_eq!(

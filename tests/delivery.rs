@@ -1277,11 +1277,16 @@ const ENTERPRISES: &str = "market_regulation.enterprise_registration";
 /// `POST path` with a bearer token and a JSON body over HTTP/1.1 on loopback:
 /// the whole response.
 fn post_json(port: u16, path: &str, token: &str, body: &str) -> String {
+    post_json_with(port, path, token, "", body)
+}
+
+/// [`post_json`] with `extra` header lines (each ending in `\r\n`).
+fn post_json_with(port: u16, path: &str, token: &str, extra: &str, body: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -1814,4 +1819,232 @@ async fn a_widened_grant_reaches_a_csv_file_without_a_restart() {
         last.lines().next().unwrap().contains("death_place"),
         "{last}"
     );
+}
+
+/// Issue 16, traces: one trace runs from a department's gateway request
+/// through the router to the webhook delivery — spans exported over OTLP by
+/// three separate processes to a receiver that decodes them with the
+/// OpenTelemetry project's own protobuf classes, each span the child of the
+/// one before, continuing the caller's `traceparent`; the subscriber gets
+/// the sink's span as each event's `traceparent`. No span attribute holds
+/// a record's key or values.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_trace_runs_from_the_gateway_request_to_the_webhook_delivery() {
+    let bootstrap = Broker::shared().bootstrap();
+    let logs = tempfile::tempdir().unwrap();
+    let otlp = common::Otlp::start(logs.path());
+    let hook = Receiver::start(logs.path(), "hook", "");
+
+    let topics = Topics::new(format!("{}.", unique("tr")));
+    create_topic(&bootstrap, &topics.ingest("civil_affairs"), 1)
+        .await
+        .unwrap();
+    create_topic(&bootstrap, &topics.data(DEATHS), 1)
+        .await
+        .unwrap();
+    let catalog = tempfile::tempdir().unwrap();
+    govbus_testkit::copy_dir(&repo().join("schemas"), catalog.path()).unwrap();
+    std::fs::remove_dir_all(catalog.path().join("subscriptions")).unwrap();
+    std::fs::create_dir(catalog.path().join("subscriptions")).unwrap();
+    write_subscription(
+        catalog.path(),
+        "traced",
+        &webhook_sub("hrss", &hook.url(), ""),
+    );
+    let dir = catalog.path().to_str().unwrap().to_owned();
+    let traced = |name: &str, args: &[&str]| {
+        let mut cmd = Command::new(govbus_bin());
+        cmd.args(args)
+            .args(["--bootstrap", &bootstrap, "--topic-prefix", topics.prefix()])
+            .args(["--catalog", &dir])
+            .env("GOVBUS_LOG", "info")
+            .env("GOVBUS_TEST_WEBHOOK_SECRET", SECRET)
+            .env(
+                "GOVBUS_PSEUDONYM_SECRET",
+                "test-pseudonym-secret-0123456789",
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(logs.path().join(format!("{name}.log"))).unwrap());
+        otlp.export_to(&mut cmd);
+        govbus_testkit::spawn(cmd).unwrap()
+    };
+    let group = unique("router");
+    let mut children = Vec::new();
+    children.push(traced(
+        "router",
+        &[
+            "router",
+            "--group",
+            &group,
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka",
+            "session.timeout.ms=6000",
+        ],
+    ));
+    let creds_dir = tempfile::tempdir().unwrap();
+    let (token, creds) = common::new_credential("civil_affairs", creds_dir.path());
+    let gateway_port = free_port();
+    let gateway_listen = format!("127.0.0.1:{gateway_port}");
+    children.push(traced(
+        "gateway",
+        &[
+            "gateway",
+            "--credentials",
+            creds.to_str().unwrap(),
+            "--listen",
+            &gateway_listen,
+        ],
+    ));
+    let sink_port = free_port();
+    let sink_listen = format!("127.0.0.1:{sink_port}");
+    children.push(traced(
+        "sink",
+        &[
+            "sink",
+            "--listen",
+            &sink_listen,
+            "--kafka",
+            "session.timeout.ms=6000",
+            "--kafka",
+            "heartbeat.interval.ms=500",
+        ],
+    ));
+    wait_listening(gateway_port);
+    wait_listening(sink_port);
+
+    // The caller's own trace: a fresh trace id, its span as the parent.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let trace_id = format!("{:032x}", nanos ^ (u128::from(std::process::id()) << 96));
+    let caller_span = "00f067aa0ba902b7";
+    let records: Vec<Json> = (0..3).map(|i| death(900 + i, 1)).collect();
+    let body = Json::Array(records.clone()).to_string();
+    let answer = post_json_with(
+        gateway_port,
+        &format!("/v1/datasets/{DEATHS}/records"),
+        &token,
+        &format!("traceparent: 00-{trace_id}-{caller_span}-01\r\n"),
+        &body,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let mut events: Vec<Json> = Vec::new();
+    wait_until(
+        "the 3 events at the webhook",
+        Duration::from_secs(60),
+        || {
+            events = hook
+                .requests()
+                .iter()
+                .filter(|r| r["answer"] == json!("200"))
+                .flat_map(|r| r["events"].as_array().unwrap().clone())
+                .collect();
+            events.len() >= 3
+        },
+    );
+    let named = |all: &[Json], name: &str| -> Vec<Json> {
+        all.iter()
+            .filter(|s| s["trace_id"] == json!(trace_id) && s["name"] == json!(name))
+            .cloned()
+            .collect()
+    };
+    let mut all = Vec::new();
+    wait_until(
+        "the gateway's, router's and sink's spans",
+        Duration::from_secs(30),
+        || {
+            all = otlp.spans();
+            // Every delivered event's sink span has been exported.
+            let sink_ids: BTreeSet<String> = named(&all, "govbus.sink deliver")
+                .iter()
+                .map(|s| s["span_id"].as_str().unwrap().to_owned())
+                .collect();
+            !named(&all, "govbus.gateway publish").is_empty()
+                && events.iter().all(|e| {
+                    e["traceparent"]
+                        .as_str()
+                        .is_some_and(|tp| sink_ids.contains(&tp[36..52]))
+                })
+        },
+    );
+    let gateway = named(&all, "govbus.gateway publish");
+    assert_eq!(gateway.len(), 1, "one span for the request: {gateway:?}");
+    let gateway = &gateway[0];
+    assert_eq!(gateway["service"], json!("govbus-gateway"));
+    assert_eq!(
+        gateway["parent_span_id"],
+        json!(caller_span),
+        "continues the caller's context"
+    );
+    assert_eq!(
+        gateway["attributes"]["govbus.department"],
+        json!("civil_affairs")
+    );
+    let router = named(&all, "govbus.router route");
+    assert!(
+        !router.is_empty(),
+        "the router's span is in the trace: {all:?}"
+    );
+    for r in &router {
+        assert_eq!(r["service"], json!("govbus-router"));
+        assert_eq!(
+            r["parent_span_id"], gateway["span_id"],
+            "the router continues the request: {r}"
+        );
+    }
+    let router_ids: Vec<&Json> = router.iter().map(|r| &r["span_id"]).collect();
+    let sink = named(&all, "govbus.sink deliver");
+    for s in &sink {
+        assert_eq!(s["service"], json!("govbus-sink"));
+        assert!(
+            router_ids.contains(&&s["parent_span_id"]),
+            "the sink continues the router: {s}"
+        );
+        assert_eq!(s["attributes"]["govbus.subscription"], json!("traced"));
+    }
+    for e in &events {
+        let tp = e["traceparent"].as_str().unwrap();
+        assert_eq!(&tp[3..35], trace_id, "the subscriber gets the same trace");
+    }
+    for r in hook.requests() {
+        let tp = r["traceparent"]
+            .as_str()
+            .expect("the webhook request carries a traceparent");
+        assert_eq!(&tp[3..35], trace_id);
+    }
+
+    // The leak scan, over every exported span of every process.
+    let mut personal: Vec<String> = Vec::new();
+    for r in &records {
+        for (field, v) in r.as_object().unwrap() {
+            if [
+                "gender",
+                "death_date",
+                "birth_date",
+                "registered_at",
+                "death_cause_category",
+            ]
+            .contains(&field.as_str())
+            {
+                continue;
+            }
+            personal.push(v.as_str().unwrap().to_owned());
+        }
+    }
+    for span in &all {
+        let text = span["attributes"].to_string();
+        for p in &personal {
+            assert!(
+                !text.contains(p.as_str()),
+                "a span attribute holds a record value: {span}"
+            );
+        }
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }

@@ -413,3 +413,48 @@ impl Receiver {
             .collect()
     }
 }
+
+/// An OTLP/HTTP trace receiver (Python, the OpenTelemetry project's own
+/// protobuf classes): every exported span, one JSON value a line.
+pub struct Otlp {
+    port: u16,
+    log: PathBuf,
+    _child: Child,
+}
+
+impl Otlp {
+    pub fn start(dir: &Path) -> Otlp {
+        let port = free_port();
+        let log = dir.join("spans.jsonl");
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo().join("tests/python/otlp_receiver.py"))
+            .args([&port.to_string(), log.to_str().unwrap()])
+            .stdout(Stdio::null());
+        let child = govbus_testkit::spawn(cmd).unwrap();
+        wait_listening(port);
+        Otlp {
+            port,
+            log,
+            _child: child,
+        }
+    }
+
+    /// Sets a govbus command's OTLP endpoint to this receiver, with a
+    /// short export delay.
+    pub fn export_to(&self, cmd: &mut Command) {
+        cmd.env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", self.port),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}

@@ -63,11 +63,13 @@ class Handler(BaseHTTPRequestHandler):
                     "subject": event.get_subject(),
                     "op": event.get_extension("op"),
                     "sourceversion": event.get_extension("sourceversion"),
+                    "traceparent": event.get_extension("traceparent"),
                     "data": event.get_data(),
                 })
         entry = {
             "webhook_id": headers.get("webhook-id"),
             "content_type": headers.get("content-type"),
+            "traceparent": headers.get("traceparent"),
             "answer": answer,
             "verified": verified,
             "events": events,

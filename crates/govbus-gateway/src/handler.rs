@@ -220,11 +220,38 @@ pub(crate) async fn publish(
             return r;
         }
     };
-    let response = publish_as(&g, permit, &department, &dataset, &headers, body).await;
+    // The request's span, continuing the caller's `traceparent`; its
+    // records carry the span's context (or, with tracing off, the caller's).
+    let incoming = headers
+        .get(h::TRACEPARENT)
+        .map(|v| v.as_bytes())
+        .filter(|v| h::is_traceparent(v));
+    let mut span = govbus_trace::Request::start(
+        "govbus.gateway publish",
+        incoming,
+        vec![
+            govbus_trace::Attribute::new("govbus.stage", "gateway"),
+            govbus_trace::Attribute::new("govbus.department", department.clone()),
+        ],
+    );
+    let trace: Option<Vec<u8>> = match &span {
+        Some(s) => Some(s.traceparent().to_vec()),
+        None => incoming.map(<[u8]>::to_vec),
+    };
+    let response = publish_as(&g, permit, &department, &dataset, &headers, body, trace).await;
     g.metrics
         .requests
         .with_label_values(&[&department, response.status().as_str()])
         .inc();
+    if let Some(s) = &mut span {
+        s.set(govbus_trace::Attribute::new(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        ));
+        if response.status().is_server_error() {
+            s.fail("the request was not published");
+        }
+    }
     response
 }
 
@@ -287,6 +314,7 @@ async fn publish_as(
     dataset: &str,
     headers: &HeaderMap,
     body: Bytes,
+    trace: Option<Vec<u8>>,
 ) -> Response {
     let engine = g.engine();
     let Some(ds) = engine.dataset(dataset) else {
@@ -323,7 +351,8 @@ async fn publish_as(
         },
     };
     let Some(key) = key else {
-        let response = publish_records(g, department, ds, content_type, &body).await;
+        let response =
+            publish_records(g, department, ds, content_type, &body, trace.as_deref()).await;
         drop(permit);
         return response;
     };
@@ -403,7 +432,8 @@ async fn publish_as(
                 format!("`{dataset}` is not in the catalog"),
             );
         };
-        let response = publish_records(&g2, &department, ds, &content_type, &body).await;
+        let response =
+            publish_records(&g2, &department, ds, &content_type, &body, trace.as_deref()).await;
         // Only a processed batch (200, whatever its records' fates) is kept: a
         // 4xx/5xx answer leaves the key free for a corrected retry.
         if response.status() != StatusCode::OK {
@@ -440,6 +470,7 @@ async fn publish_records(
     ds: govbus_validate::DatasetRef<'_>,
     content_type: &str,
     body: &[u8],
+    trace: Option<&[u8]>,
 ) -> Response {
     let dataset = ds.name();
     // Counted before parsing: a body of millions of `{}` would otherwise be
@@ -532,6 +563,12 @@ async fn publish_records(
                     hs = hs.insert(Header {
                         key: h::CE_SOURCEVERSION,
                         value: Some(v.as_str()),
+                    });
+                }
+                if let Some(tp) = trace {
+                    hs = hs.insert(Header {
+                        key: h::TRACEPARENT,
+                        value: Some(tp),
                     });
                 }
                 let rec = FutureRecord::to(&ingest)

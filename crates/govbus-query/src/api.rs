@@ -76,10 +76,43 @@ pub fn router(query: &Query) -> axum::Router {
         .route("/v1/query/{sub}/by/{field}/{value}", get(lookup_by))
         .route("/v1/query/{sub}/batch", post(batch))
         .route("/v1/query/{sub}/verify", post(verify))
+        .route_layer(axum::middleware::from_fn(traced))
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .with_state(query.inner.clone())
+}
+
+/// A span per call (while tracing is on), continuing the caller's
+/// `traceparent`. Its attributes are the operation and the status, never
+/// the path (it holds keys and looked-up values).
+async fn traced(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let operation = match req.uri().path().split('/').nth(4) {
+        Some("records") => "lookup",
+        Some("by") => "lookup_by",
+        Some("batch") => "batch",
+        Some("verify") => "verify",
+        _ => "other",
+    };
+    let mut span = govbus_trace::Request::start(
+        "govbus.query call",
+        req.headers().get("traceparent").map(HeaderValue::as_bytes),
+        vec![
+            govbus_trace::Attribute::new("govbus.stage", "query"),
+            govbus_trace::Attribute::new("govbus.operation", operation),
+        ],
+    );
+    let response = next.run(req).await;
+    if let Some(s) = &mut span {
+        s.set(govbus_trace::Attribute::new(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        ));
+        if response.status().is_server_error() {
+            s.fail("the call was not answered");
+        }
+    }
+    response
 }
 
 async fn openapi() -> Response {

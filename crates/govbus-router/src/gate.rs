@@ -227,15 +227,28 @@ fn read_structured<'a>(env: &mut Envelope<'a>, value: &[u8]) -> Result<Json, Rej
     Ok(ce.remove("data").unwrap_or(Json::Null))
 }
 
-/// Decides where one ingest message goes.
+/// Decides where one ingest message goes. A routed record carries the
+/// `traceparent` it arrived with.
 pub fn decide<'e>(
     engine: &'e Engine,
     topics: &Topics,
     msg: &Incoming<'_>,
     ctx: &Context,
 ) -> Decision<'e> {
+    decide_traced(engine, topics, msg, ctx, None)
+}
+
+/// [`decide`], with the router's spans for the batch: a routed record
+/// carries its span's `traceparent` instead (`govbus_trace::Batch::continue_from`).
+pub fn decide_traced<'e>(
+    engine: &'e Engine,
+    topics: &Topics,
+    msg: &Incoming<'_>,
+    ctx: &Context,
+    trace: Option<&govbus_trace::Batch>,
+) -> Decision<'e> {
     let department = topics.department_of_ingest(msg.topic).unwrap_or(msg.topic);
-    match decide_inner(engine, department, msg, ctx) {
+    match decide_inner(engine, department, msg, ctx, trace) {
         Ok(routed) => {
             // Written as it is, it must fit, and leave a sink room to
             // dead-letter it: librdkafka refuses a larger record on every
@@ -278,6 +291,7 @@ fn decide_inner<'e>(
     department: &str,
     msg: &Incoming<'_>,
     ctx: &Context,
+    trace: Option<&govbus_trace::Batch>,
 ) -> Result<Routed<'e>, Failure> {
     let fail = |dataset: Option<&str>, r: Rejection| (dataset.map(str::to_owned), r);
     if !engine.has_department(department) {
@@ -469,7 +483,8 @@ fn decide_inner<'e>(
             value: Some(s.as_str()),
         });
     }
-    if let Some(tp) = env.traceparent {
+    let continued = trace.and_then(|t| t.continue_from(env.traceparent));
+    if let Some(tp) = continued.as_ref().map(|t| &t[..]).or(env.traceparent) {
         headers = headers.insert(Header {
             key: h::TRACEPARENT,
             value: Some(tp),

@@ -21,7 +21,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::config::{Mode, RouterConfig};
-use crate::gate::{decide, DeadLetter, Decision, Incoming};
+use crate::gate::{decide_traced, DeadLetter, Decision, Incoming};
 use crate::metrics::{Metrics, Tally};
 
 /// What can stop the router.
@@ -109,6 +109,17 @@ struct InFlight {
     offsets: Vec<(String, i32, i64)>,
     started: Instant,
     decided: f64,
+    /// The batch's spans: they end when it is settled (dropped).
+    _trace: Option<govbus_trace::Batch>,
+}
+
+/// The router's spans for one batch (`None` while tracing is off).
+fn batch_spans() -> Option<govbus_trace::Batch> {
+    govbus_trace::Batch::start(
+        "govbus.router route",
+        govbus_trace::Kind::Consumer,
+        vec![govbus_trace::Attribute::new("govbus.stage", "router")],
+    )
 }
 
 /// Batches in flight at once (at-least-once mode): while batch N's
@@ -328,7 +339,8 @@ impl Router {
             match self.config.mode {
                 Mode::AtLeastOnce => {
                     let started = Instant::now();
-                    let mut out = self.decide_batch(&batch);
+                    let trace = batch_spans();
+                    let mut out = self.decide_batch(&batch, trace.as_ref());
                     let decided = started.elapsed().as_secs_f64();
                     let offsets = next_offsets(&batch)
                         .into_iter()
@@ -358,6 +370,7 @@ impl Router {
                         offsets,
                         started,
                         decided,
+                        _trace: trace,
                     });
                     while in_flight.len() > MAX_IN_FLIGHT {
                         if let Some(b) = in_flight.pop_front() {
@@ -366,7 +379,14 @@ impl Router {
                     }
                 }
                 Mode::Transactional => {
-                    if let Err(error) = self.route_transaction(&producer, &consumer, &batch).await {
+                    let trace = batch_spans();
+                    if let Err(error) = self
+                        .route_transaction(&producer, &consumer, &batch, trace.as_ref())
+                        .await
+                    {
+                        if let Some(t) = &trace {
+                            t.fail("the transaction failed; the batch is routed again");
+                        }
                         tracing::warn!(message = "Transaction failed; rewinding the batch.", %error);
                         if error.rdkafka_error_code().is_none()
                             || !matches!(
@@ -406,7 +426,11 @@ impl Router {
         Ok(())
     }
 
-    fn decide_batch(&self, batch: &[BorrowedMessage<'_>]) -> Vec<Outgoing> {
+    fn decide_batch(
+        &self,
+        batch: &[BorrowedMessage<'_>],
+        trace: Option<&govbus_trace::Batch>,
+    ) -> Vec<Outgoing> {
         let engine = self.engine();
         let ctx = Context::now();
         let topics = &self.config.topics;
@@ -425,7 +449,7 @@ impl Router {
             };
             let department = topics.department_of_ingest(m.topic()).unwrap_or(m.topic());
             tally.record_in(department, m.payload_len());
-            match decide(&engine, topics, &incoming, &ctx) {
+            match decide_traced(&engine, topics, &incoming, &ctx, trace) {
                 Decision::Route(r) => {
                     let age = (ctx.now_millis - r.event_time_ms) as f64 / 1000.0;
                     tally.routed(department, r.dataset.name(), age);
@@ -532,9 +556,10 @@ impl Router {
         producer: &FutureProducer,
         consumer: &StreamConsumer<RouterContext>,
         batch: &[BorrowedMessage<'_>],
+        trace: Option<&govbus_trace::Batch>,
     ) -> Result<(), KafkaError> {
         let started = Instant::now();
-        let mut out = self.decide_batch(batch);
+        let mut out = self.decide_batch(batch, trace);
         let decided = started.elapsed().as_secs_f64();
         self.ensure_output_topics(&out).await;
         producer.begin_transaction()?;

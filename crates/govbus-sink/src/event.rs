@@ -52,6 +52,15 @@ impl Canonical {
     }
 
     /// The first header `name` as UTF-8, or `""`.
+    /// The well-formed `traceparent` the record carries, if any.
+    pub fn traceparent(&self) -> Option<govbus_trace::Traceparent> {
+        let (_, v) = self.headers.iter().find(|(k, _)| k == h::TRACEPARENT)?;
+        if !h::is_traceparent(v) {
+            return None;
+        }
+        v.as_slice().try_into().ok()
+    }
+
     pub fn header(&self, name: &str) -> &str {
         self.headers
             .iter()
@@ -87,6 +96,10 @@ pub struct Delivery {
     pub offset: i64,
     /// Kafka timestamp of the canonical record.
     pub timestamp_ms: i64,
+    /// The W3C trace context the subscriber gets (CloudEvents' distributed
+    /// tracing extension): the sink's span for it while tracing is on,
+    /// otherwise the one the canonical record carried.
+    pub traceparent: Option<govbus_trace::Traceparent>,
 }
 
 impl Delivery {
@@ -105,8 +118,13 @@ impl Delivery {
             "sourceversion": self.source_version.to_string(),
             "policyversion": policy_version,
         });
-        if let (Some(data), Json::Object(o)) = (&self.data, &mut ce) {
-            o.insert("data".into(), Json::Object(data.clone()));
+        if let Json::Object(o) = &mut ce {
+            if let Some(tp) = &self.traceparent {
+                o.insert("traceparent".into(), govbus_trace::as_str(tp).into());
+            }
+            if let Some(data) = &self.data {
+                o.insert("data".into(), Json::Object(data.clone()));
+            }
         }
         ce
     }
@@ -189,6 +207,7 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
         partition: c.partition,
         offset: c.offset,
         timestamp_ms: c.timestamp_ms,
+        traceparent: c.traceparent(),
     };
     if outside {
         Prepared::Filtered(delivery)

@@ -776,6 +776,25 @@ impl Shared {
                     Prepared::Undecodable(e) => undecodable.push((i, e.to_string())),
                 }
             }
+            // One span per trace the delivered records carry; each
+            // delivery leaves with its span's context.
+            let trace = govbus_trace::Batch::start(
+                "govbus.sink deliver",
+                govbus_trace::Kind::Consumer,
+                vec![
+                    govbus_trace::Attribute::new("govbus.stage", "sink"),
+                    govbus_trace::Attribute::new("govbus.subscription", sub.id.clone()),
+                    govbus_trace::Attribute::new("govbus.sink", kind),
+                    govbus_trace::Attribute::new("govbus.dataset", sub.dataset.clone()),
+                ],
+            );
+            if let Some(t) = &trace {
+                for d in &mut deliveries {
+                    if let Some(tp) = t.continue_from(d.traceparent.as_ref().map(|tp| &tp[..])) {
+                        d.traceparent = Some(tp);
+                    }
+                }
+            }
             let oldest = batch.iter().map(|c| c.timestamp_ms).min().unwrap_or(0);
             self.metrics
                 .oldest_undelivered(&sub.id, ((now_ms() - oldest).max(0) as f64) / 1000.0);
@@ -827,6 +846,17 @@ impl Shared {
                 .await
             {
                 return ended;
+            }
+            if let Some(t) = &trace {
+                if !progress.dead.is_empty() {
+                    t.set(govbus_trace::Attribute::new(
+                        "govbus.dead_lettered",
+                        progress.dead.len() as i64,
+                    ));
+                }
+                if progress.stop.is_some() || progress.done < deliveries.len() {
+                    t.fail("the batch was not delivered whole; the rest is delivered again");
+                }
             }
             let dead_set: HashSet<usize> = progress.dead.iter().map(|(d, _, _)| *d).collect();
             let delivered: Vec<String> = deliveries[..progress.done]
@@ -1090,6 +1120,9 @@ impl Shared {
             ))
             .unwrap_or_default();
             let body = Arc::new(body);
+            // The request's own `traceparent`: its first event's (each
+            // event carries its own in the body).
+            let trace = chunk.iter().find_map(|e| e.traceparent);
             let mut attempt = 0u32;
             let mut backoff = Backoff::new(
                 Duration::from_millis(200).min(wh.max_backoff),
@@ -1101,7 +1134,7 @@ impl Shared {
                     self.metrics.retried(&sub.id, kind);
                 }
                 let (w, b, m) = (wh.clone(), body.clone(), msg_id.clone());
-                let result = tokio::task::spawn_blocking(move || w.post(&m, &b))
+                let result = tokio::task::spawn_blocking(move || w.post(&m, &b, trace))
                     .await
                     .unwrap_or_else(|_| Attempt::Retry {
                         why: "delivery worker failed".into(),

@@ -40,6 +40,7 @@ fn delivery(id: &str, version: u64, office: &str, op: &str, at_ms: i64) -> Deliv
         partition: 0,
         offset: 0,
         timestamp_ms: at_ms,
+        traceparent: None,
     }
 }
 

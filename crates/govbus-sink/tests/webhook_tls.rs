@@ -58,7 +58,7 @@ async fn an_https_receiver_with_a_trusted_certificate_gets_the_batch() {
 
     // Trusting the receiver's CA: delivered.
     let trusted = Webhook::new(&spec(url.clone()), Some(&pki.ca_pem)).unwrap();
-    let attempt = tokio::task::spawn_blocking(move || trusted.post("msg_1", b"[]"))
+    let attempt = tokio::task::spawn_blocking(move || trusted.post("msg_1", b"[]", None))
         .await
         .unwrap();
     assert_eq!(attempt, Attempt::Delivered);
@@ -67,7 +67,7 @@ async fn an_https_receiver_with_a_trusted_certificate_gets_the_batch() {
     // With the default roots (the Mozilla set), the private CA is not
     // trusted: nothing reaches the receiver, and the reason names TLS.
     let public_roots = Webhook::new(&spec(url), None).unwrap();
-    let attempt = tokio::task::spawn_blocking(move || public_roots.post("msg_2", b"[]"))
+    let attempt = tokio::task::spawn_blocking(move || public_roots.post("msg_2", b"[]", None))
         .await
         .unwrap();
     match attempt {

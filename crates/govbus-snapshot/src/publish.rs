@@ -21,6 +21,9 @@ pub struct KafkaPublisher {
     topic: String,
     dataset: String,
     time: String,
+    /// The spans of the changes published since the last flush: they end
+    /// when the flush is acknowledged.
+    trace: Option<govbus_trace::Batch>,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -55,6 +58,7 @@ impl KafkaPublisher {
             topic: topic.to_owned(),
             dataset: dataset.to_owned(),
             time: govbus_catalog::time::format_rfc3339_millis(ms),
+            trace: None,
         })
     }
 }
@@ -99,6 +103,25 @@ impl Publisher for KafkaPublisher {
             (h::CE_TIME, self.time.as_bytes()),
             (h::CONTENT_TYPE, h::AVRO_CONTENT_TYPE.as_bytes()),
         ]);
+        // One root span per published batch (while tracing is on).
+        if self.trace.is_none() {
+            self.trace = govbus_trace::Batch::start(
+                "govbus.adapter publish",
+                govbus_trace::Kind::Producer,
+                vec![
+                    govbus_trace::Attribute::new("govbus.stage", "adapter"),
+                    govbus_trace::Attribute::new("govbus.dataset", self.dataset.clone()),
+                ],
+            );
+        }
+        let traceparent = self.trace.as_ref().and_then(|t| t.continue_from(None));
+        let headers = match &traceparent {
+            Some(tp) => headers.insert(rdkafka::message::Header {
+                key: h::TRACEPARENT,
+                value: Some(&tp[..]),
+            }),
+            None => headers,
+        };
         let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.topic)
             .key(c.key.as_bytes())
             .headers(headers);
@@ -109,6 +132,12 @@ impl Publisher for KafkaPublisher {
     }
 
     fn flush(&mut self) -> Result<(), String> {
-        self.acks.settle(&self.producer, None)
+        let settled = self.acks.settle(&self.producer, None);
+        if let (Err(_), Some(t)) = (&settled, &self.trace) {
+            t.fail("the batch was not acknowledged");
+        }
+        // Ends the batch's spans.
+        self.trace = None;
+        settled
     }
 }

@@ -114,6 +114,24 @@ fn prints_to_a_pipe(c: &Command) -> bool {
     )
 }
 
+/// The command's name, for the `service.name` of its spans.
+fn name(c: &Command) -> &'static str {
+    match c {
+        Command::Router(_) => "router",
+        Command::Sink(_) => "sink",
+        Command::Query(_) => "query",
+        Command::Snapshot(_) => "snapshot",
+        Command::Capture(_) => "capture",
+        Command::Gateway(_) => "gateway",
+        Command::Publish(_) => "publish",
+        Command::Registry(_) => "registry",
+        Command::Fraud(_) => "fraud",
+        Command::Bench(_) => "bench",
+        Command::Demo(_) => "demo",
+        _ => "up",
+    }
+}
+
 /// Lets a closed pipe end the process quietly, as it ends `cat` or `grep`,
 /// instead of `println!` panicking on EPIPE. Only for the one-shot commands:
 /// servers keep SIGPIPE ignored, so a client that goes away is an error
@@ -146,6 +164,18 @@ fn main() -> ExitCode {
     } else {
         builder.init();
     }
+    // Spans over OTLP when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set; off otherwise.
+    let exporting = if prints_to_a_pipe(&cli.command) {
+        None
+    } else {
+        match govbus_trace::init(&format!("govbus-{}", name(&cli.command))) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
     let result = match cli.command {
         Command::Catalog(c) => cmd::catalog::run(c),
         Command::Topics(c) => cmd::topics::run(c),
@@ -171,6 +201,9 @@ fn main() -> ExitCode {
         Command::Credential(CredentialCommand::New(a)) => cmd::gateway::new_credential(a),
         Command::Credential(CredentialCommand::Fingerprint(a)) => cmd::gateway::fingerprint(a),
     };
+    if let Some(e) = exporting {
+        e.shutdown();
+    }
     match result {
         Ok(code) => code,
         // 1 = failed, nothing (more) done; 2 is reserved for "done, but some

@@ -216,6 +216,7 @@ mod tests {
             partition: 0,
             offset: i,
             timestamp_ms: 0,
+            traceparent: None,
         }
     }
 

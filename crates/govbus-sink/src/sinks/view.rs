@@ -50,18 +50,23 @@ pub async fn write(
             }
             let e = &events[i];
             let (body, version) = &bodies[i];
-            let headers = h::owned([
-                (h::CE_SPECVERSION, b"1.0".as_slice()),
-                (h::CE_ID, e.id.as_bytes()),
-                (h::CE_SOURCE, e.source.as_bytes()),
-                (h::CE_TYPE, e.dataset.as_bytes()),
-                (h::CE_SUBJECT, e.subject.as_bytes()),
-                (h::CE_TIME, e.time.as_bytes()),
-                (h::CE_OP, e.op.as_bytes()),
-                (h::CE_SOURCEVERSION, version.as_bytes()),
-                ("ce_policyversion", policy_version.as_bytes()),
-                (h::CONTENT_TYPE, b"application/json".as_slice()),
-            ]);
+            let trace = e.traceparent.as_ref().map(|tp| (h::TRACEPARENT, &tp[..]));
+            let headers = h::owned(
+                [
+                    (h::CE_SPECVERSION, b"1.0".as_slice()),
+                    (h::CE_ID, e.id.as_bytes()),
+                    (h::CE_SOURCE, e.source.as_bytes()),
+                    (h::CE_TYPE, e.dataset.as_bytes()),
+                    (h::CE_SUBJECT, e.subject.as_bytes()),
+                    (h::CE_TIME, e.time.as_bytes()),
+                    (h::CE_OP, e.op.as_bytes()),
+                    (h::CE_SOURCEVERSION, version.as_bytes()),
+                    ("ce_policyversion", policy_version.as_bytes()),
+                    (h::CONTENT_TYPE, b"application/json".as_slice()),
+                ]
+                .into_iter()
+                .chain(trace),
+            );
             let mut record = FutureRecord::to(topic)
                 .key(e.subject.as_bytes())
                 .headers(headers);
@@ -151,6 +156,7 @@ mod tests {
             partition: 0,
             offset: i as i64,
             timestamp_ms: 0,
+            traceparent: None,
         }
     }
 

@@ -281,20 +281,28 @@ impl Webhook {
     }
 
     /// One signed POST of `body` (blocking; run it off the async threads).
-    pub fn post(&self, msg_id: &str, body: &[u8]) -> Attempt {
+    pub fn post(
+        &self,
+        msg_id: &str,
+        body: &[u8],
+        traceparent: Option<govbus_trace::Traceparent>,
+    ) -> Attempt {
         let now = SystemTime::now();
         let ts = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let signature = sign(&self.key, msg_id, ts, body);
-        let result = self
+        let mut request = self
             .agent
             .post(&self.url)
             .header("content-type", "application/cloudevents-batch+json")
             .header("webhook-id", msg_id)
             .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", signature)
-            .send(body);
+            .header("webhook-signature", signature);
+        if let Some(tp) = &traceparent {
+            request = request.header("traceparent", govbus_trace::as_str(tp));
+        }
+        let result = request.send(body);
         let mut resp = match result {
             Ok(r) => r,
             Err(e) if is_refusal(&e) => {
@@ -466,7 +474,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         for host in ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "2130706433"] {
             let url = format!("http://{host}:{port}/hook");
-            match webhook(&url, false).post("msg_1", b"[]") {
+            match webhook(&url, false).post("msg_1", b"[]", None) {
                 Attempt::Permanent { reason, .. } => assert_eq!(reason, "target_refused", "{url}"),
                 other => panic!("{url}: {other:?}"),
             }
@@ -477,7 +485,7 @@ mod tests {
         );
         // Allowed explicitly, the same target is reached.
         let w = webhook(&format!("http://127.0.0.1:{port}/hook"), true);
-        let attempt = std::thread::spawn(move || w.post("msg_1", b"[]"));
+        let attempt = std::thread::spawn(move || w.post("msg_1", b"[]", None));
         listener.set_nonblocking(false).unwrap();
         let (mut conn, _) = listener.accept().unwrap();
         let mut buf = [0u8; 4096];
