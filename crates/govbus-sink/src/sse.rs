@@ -430,6 +430,17 @@ async fn stream(
                 let mut chunk: Vec<(String, Event)> = Vec::new();
                 let mut taken = 0;
                 let mut filtered = 0;
+                // The chunk's spans end when it is handed over (dropped).
+                let trace = govbus_trace::Batch::start(
+                    "govbus.sink deliver",
+                    govbus_trace::Kind::Consumer,
+                    vec![
+                        govbus_trace::Attribute::new("govbus.stage", "sink"),
+                        govbus_trace::Attribute::new("govbus.subscription", sub.id.clone()),
+                        govbus_trace::Attribute::new("govbus.sink", "sse"),
+                        govbus_trace::Attribute::new("govbus.dataset", sub.dataset.clone()),
+                    ],
+                );
                 for c in rest {
                     if chunk.len() == CHUNK {
                         break;
@@ -437,7 +448,14 @@ async fn stream(
                     taken += 1;
                     ahead.insert(c.partition, c.offset + 1);
                     match prepare(&catalog, &policy, c) {
-                        Prepared::Deliver(d) => {
+                        Prepared::Deliver(mut d) => {
+                            if let Some(t) = &trace {
+                                if let Some(tp) =
+                                    t.continue_from(d.traceparent.as_ref().map(|tp| &tp[..]))
+                                {
+                                    d.traceparent = Some(tp);
+                                }
+                            }
                             let data = d.cloudevent(&sub.policy_version).to_string();
                             let event = Event::default()
                                 .id(format_cursor(&ahead))

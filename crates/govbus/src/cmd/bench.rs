@@ -67,6 +67,13 @@ pub struct RouterBench {
     /// Also measure routing latency at this rate (records/s) for 10 s on the mock cluster.
     #[arg(long)]
     latency: Option<u32>,
+    /// Also run this command as a peer router over the same Avro input, in
+    /// the same run (e.g. `python3 scripts/peer_router.py`); it gets
+    /// BOOTSTRAP INPUT DATA DLQ RECORDS GROUP SCHEMA_ID AVSC appended and
+    /// prints `{"seconds", "cpu_seconds", "records"}` when it has settled
+    /// every record.
+    #[arg(long)]
+    peer: Option<String>,
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -303,6 +310,51 @@ async fn passthrough(
     })
 }
 
+/// Runs the peer router `cmd` (split on spaces) with `args` appended and
+/// reads the figures it prints; its CPU is its own (every thread), as the
+/// router's phase counts its whole process.
+async fn peer_phase(cmd: &str, args: &[String]) -> anyhow::Result<Phase> {
+    let mut words: Vec<String> = cmd.split_whitespace().map(str::to_owned).collect();
+    anyhow::ensure!(!words.is_empty(), "--peer is empty");
+    let program = words.remove(0);
+    words.extend(args.iter().cloned());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(program)
+            .args(words)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+    })
+    .await?
+    .with_context(|| format!("could not run the peer `{cmd}`"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the peer `{cmd}` failed: {}",
+        out.status
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let figures: serde_json::Value = serde_json::from_str(line.trim().lines().last().unwrap_or(""))
+        .with_context(|| format!("the peer printed no figures: {line}"))?;
+    let number = |k: &str| {
+        figures[k]
+            .as_f64()
+            .with_context(|| format!("the peer printed no `{k}`"))
+    };
+    // Every generated record is valid: a peer that rejects any is not doing the router's job.
+    anyhow::ensure!(
+        figures["rejected"]
+            .as_object()
+            .is_some_and(|r| r.is_empty()),
+        "the peer rejected records the router accepts: {}",
+        figures["rejected"]
+    );
+    Ok(Phase {
+        name: format!("peer: {cmd}"),
+        seconds: number("seconds")?,
+        cpu: number("cpu_seconds")?,
+        records: number("records")? as usize,
+    })
+}
+
 /// Records decided (routed or rejected) and records settled (written,
 /// acknowledged, offset stored).
 fn handled(metrics: &Metrics) -> (usize, usize) {
@@ -379,10 +431,14 @@ async fn router_bench(b: RouterBench) -> anyhow::Result<()> {
     let avro = Topics::new(format!("bench{stamp}a."));
     let json = Topics::new(format!("bench{stamp}j."));
     let pass_out = format!("bench{stamp}.passthrough");
+    let peer_data = format!("bench{stamp}p.data");
+    let peer_dlq = format!("bench{stamp}p.dlq");
     let names = vec![
         avro.ingest("hrss"),
         json.ingest("hrss"),
         pass_out.clone(),
+        peer_data.clone(),
+        peer_dlq.clone(),
         avro.data("hrss.pension_payment"),
         json.data("hrss.pension_payment"),
         avro.dlq("hrss"),
@@ -401,6 +457,7 @@ async fn router_bench(b: RouterBench) -> anyhow::Result<()> {
     eprintln!("phase 1: raw pass-through");
     let pass = passthrough(&b.bootstrap, &avro.ingest("hrss"), &pass_out, b.records).await?;
     eprintln!("phase 2: router, Avro input");
+    let avro_input = avro.ingest("hrss");
     let r_avro = router_phase(
         engine.clone(),
         &b.bootstrap,
@@ -410,6 +467,35 @@ async fn router_bench(b: RouterBench) -> anyhow::Result<()> {
     )
     .await?;
     let (rss, hwm) = rss_mib();
+    // The peer reads the Avro router's input, in a group of its own.
+    let peer = match &b.peer {
+        Some(cmd) => {
+            eprintln!("phase 2b: peer router `{cmd}`, Avro input");
+            let ds = catalog
+                .dataset("hrss.pension_payment")
+                .context("the catalog has no hrss.pension_payment")?;
+            let latest = ds.latest();
+            let avsc = std::env::temp_dir().join(format!("bench{stamp}-pension.avsc"));
+            std::fs::write(&avsc, &latest.source)?;
+            let p = peer_phase(
+                cmd,
+                &[
+                    b.bootstrap.clone(),
+                    avro_input.clone(),
+                    peer_data,
+                    peer_dlq,
+                    b.records.to_string(),
+                    format!("bench-peer-{stamp}"),
+                    latest.id.0.to_string(),
+                    avsc.display().to_string(),
+                ],
+            )
+            .await?;
+            let _ = std::fs::remove_file(&avsc);
+            Some(p)
+        }
+        None => None,
+    };
     eprintln!("phase 3: router, JSON input");
     let r_json = router_phase(
         engine.clone(),
@@ -423,7 +509,10 @@ async fn router_bench(b: RouterBench) -> anyhow::Result<()> {
     println!("Router throughput, {} records of {avg} B (hrss.pension_payment), {} partitions, broker {}:\n", b.records, b.partitions, b.bootstrap);
     println!("| phase | records/s | CPU µs/record (whole process) | vs pass-through |");
     println!("|---|---:|---:|---:|");
-    for p in [&pass, &r_avro, &r_json] {
+    for p in [Some(&pass), Some(&r_avro), peer.as_ref(), Some(&r_json)]
+        .into_iter()
+        .flatten()
+    {
         println!(
             "| {} | {:.0} | {:.2} | {:.0} % |",
             p.name,
@@ -433,6 +522,14 @@ async fn router_bench(b: RouterBench) -> anyhow::Result<()> {
         );
     }
     println!("\nRSS after the Avro router phase: {rss:.0} MiB (peak {hwm:.0} MiB, includes the record generator).");
+    if let Some(p) = &peer {
+        let per = |x: &Phase| x.cpu / x.records as f64;
+        println!(
+            "\ngovbus router (Avro) against the peer: {:.2}× the throughput, {:.2}× less CPU per record.",
+            r_avro.rate() / p.rate(),
+            per(p) / per(&r_avro)
+        );
+    }
     if let Some(rate) = b.latency {
         latency(engine, rate).await?;
     }
