@@ -1131,6 +1131,12 @@ impl Shared {
             let dead_reason = loop {
                 attempt += 1;
                 if attempt > 1 {
+                    // Checked again right before every retry: the grant may
+                    // have changed in the last slice of the wait below.
+                    if let Err(ended) = self.as_granted(policy) {
+                        progress.stop = Some(ended);
+                        return progress;
+                    }
                     self.metrics.retried(&sub.id, kind);
                 }
                 let (w, b, m) = (wh.clone(), body.clone(), msg_id.clone());
