@@ -53,9 +53,21 @@ fn http(
     token: Option<&str>,
     body: Option<&[u8]>,
 ) -> (u16, String, String) {
+    http_with(port, method, path, token, body, "")
+}
+
+/// [`http`] with `extra` header lines (each ending in `\r\n`).
+fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+    extra: &str,
+) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}");
     if let Some(t) = token {
         req.push_str(&format!("Authorization: {t}\r\n"));
     }
@@ -174,6 +186,11 @@ impl Deployment {
     }
 
     fn query(&self) -> (Child, u16) {
+        self.query_with(|_| {})
+    }
+
+    /// [`Deployment::query`], its command adjusted by `setup` first.
+    fn query_with(&self, setup: impl FnOnce(&mut Command)) -> (Child, u16) {
         let port = free_port();
         let log = std::fs::File::create(self.state.path().join("query.log")).unwrap();
         let mut cmd = Command::new(govbus_bin());
@@ -189,6 +206,7 @@ impl Deployment {
             .env("GOVBUS_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);
+        setup(&mut cmd);
         let child = govbus_testkit::spawn(cmd).unwrap();
         wait_listening(port);
         (child, port)
@@ -1134,4 +1152,60 @@ async fn calls_the_ledger_cannot_record_are_refused_and_every_answer_is_on_the_l
         (answered..=answered + late as usize).contains(&on_ledger),
         "{answered} calls answered 200, {on_ledger} on the ledger"
     );
+}
+
+/// Issue 16, traces: a live-interface call makes a span continuing the
+/// caller's `traceparent`, named by its operation; the span holds neither
+/// the looked-up value nor the answer (the path is never an attribute).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_is_traced_without_the_looked_up_value() {
+    let d = Deployment::start(&[("counter", GRANT.to_owned())]).await;
+    let dir = d.catalog.path().to_str().unwrap().to_owned();
+    let mut router = spawn_router(
+        &Broker::shared().bootstrap(),
+        &d.topics,
+        &["--catalog", &dir],
+    );
+    d.publish(&[(7, 1, "create")]).await;
+    let otlp = common::Otlp::start(d.state.path());
+    let (mut q, port) = d.query_with(|cmd| otlp.export_to(cmd));
+    let t = Some(d.token.as_str());
+    let path = format!("/v1/query/counter/by/deceased_id_number/{}", id_number(7));
+    wait_until(
+        "the state to hold record 7",
+        Duration::from_secs(60),
+        || http(port, "GET", &path, t, None).0 == 200,
+    );
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let (status, _, body) = http_with(
+        port,
+        "GET",
+        &path,
+        t,
+        None,
+        &format!("traceparent: 00-{trace_id}-00f067aa0ba902b7-01\r\n"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut span = Json::Null;
+    wait_until("the call's span", Duration::from_secs(20), || {
+        span = otlp
+            .spans()
+            .into_iter()
+            .find(|s| s["trace_id"] == trace_id)
+            .unwrap_or(Json::Null);
+        !span.is_null()
+    });
+    assert_eq!(span["name"], "govbus.query call");
+    assert_eq!(span["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(span["attributes"]["govbus.operation"], "lookup_by");
+    assert_eq!(span["attributes"]["http.response.status_code"], "200");
+    let all = serde_json::to_string(&otlp.spans()).unwrap();
+    assert!(
+        govbus_testkit::ids::valid_ids_in(&all).is_empty() && !all.contains(&key(7)),
+        "a looked-up value in a span: {all}"
+    );
+    for c in [&mut q, &mut router] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }

@@ -540,3 +540,44 @@ async fn watch_takes_a_dump_only_once_it_is_complete() {
     let ops = |op: &str| data.iter().filter(|d| d.2 == op).count();
     assert_eq!((ops("create"), ops("update"), ops("delete")), (100, 100, 0));
 }
+
+/// Issue 16, traces: a table-dump run makes a span per published batch and
+/// every record it publishes carries it, through the router, to the
+/// canonical topic; the span holds no row value.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_published_dump_is_traced_to_the_canonical_records() {
+    let s = Setup::new().await;
+    let otlp = common::Otlp::start(s.dir.path());
+    let v1 = s.dump(
+        "v1.csv",
+        &(1..=3).map(|n| row(n, "100.00")).collect::<Vec<_>>(),
+    );
+    let mut cmd = s.cmd(&["publish", v1.to_str().unwrap()]);
+    otlp.export_to(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The run exports what is queued before it exits.
+    let spans: Vec<serde_json::Value> = otlp
+        .spans()
+        .into_iter()
+        .filter(|s| s["name"] == "govbus.adapter publish")
+        .collect();
+    assert!(!spans.is_empty(), "the adapter's spans: {:?}", otlp.spans());
+    let traces: std::collections::BTreeSet<String> = spans
+        .iter()
+        .map(|s| s["trace_id"].as_str().unwrap().to_owned())
+        .collect();
+    let records = common::records_with_ids(&s.topics.data(DS), 3);
+    for r in &records {
+        let tp = r.header(h::TRACEPARENT);
+        assert!(
+            tp.len() == 55 && traces.contains(&tp[3..35]),
+            "a canonical record carries the adapter's trace: {tp:?}"
+        );
+    }
+    let all = serde_json::to_string(&otlp.spans()).unwrap();
+    assert!(
+        !all.contains("11010519491231002X") && !all.contains("张建国") && !all.contains("PP000001"),
+        "a row value in a span: {all}"
+    );
+}
