@@ -221,7 +221,7 @@ pub(crate) async fn publish(
         }
     };
     // The request's span, continuing the caller's `traceparent`; its
-    // records carry the span's context (or, with tracing off, the caller's).
+    // records carry the span's context (with tracing off, none).
     let incoming = headers
         .get(h::TRACEPARENT)
         .map(|v| v.as_bytes())
@@ -234,10 +234,7 @@ pub(crate) async fn publish(
             govbus_trace::Attribute::new("govbus.department", department.clone()),
         ],
     );
-    let trace: Option<Vec<u8>> = match &span {
-        Some(s) => Some(s.traceparent().to_vec()),
-        None => incoming.map(<[u8]>::to_vec),
-    };
+    let trace: Option<Vec<u8>> = span.as_ref().map(|s| s.traceparent().to_vec());
     let response = publish_as(&g, permit, &department, &dataset, &headers, body, trace).await;
     g.metrics
         .requests

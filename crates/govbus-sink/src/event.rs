@@ -51,7 +51,6 @@ impl Canonical {
         }
     }
 
-    /// The first header `name` as UTF-8, or `""`.
     /// The well-formed `traceparent` the record carries, if any.
     pub fn traceparent(&self) -> Option<govbus_trace::Traceparent> {
         let (_, v) = self.headers.iter().find(|(k, _)| k == h::TRACEPARENT)?;
@@ -61,6 +60,7 @@ impl Canonical {
         v.as_slice().try_into().ok()
     }
 
+    /// The first header `name` as UTF-8, or `""`.
     pub fn header(&self, name: &str) -> &str {
         self.headers
             .iter()
@@ -207,7 +207,13 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
         partition: c.partition,
         offset: c.offset,
         timestamp_ms: c.timestamp_ms,
-        traceparent: c.traceparent(),
+        // Only while tracing is on (the sink then replaces it with its
+        // span): with tracing off a subscriber gets no publisher's context.
+        traceparent: if govbus_trace::enabled() {
+            c.traceparent()
+        } else {
+            None
+        },
     };
     if outside {
         Prepared::Filtered(delivery)

@@ -218,3 +218,36 @@ fn a_field_the_latest_schema_dropped_reaches_only_a_grant_that_names_it() {
         assert!(!Json::Object(out).to_string().contains(&spouse), "{grant}");
     }
 }
+
+/// With tracing off, a subscriber gets no `traceparent` a publisher put on
+/// the record: the publisher's trace id reaches subscribers only as part of
+/// a trace govbus records (README, "Following one record: traces").
+#[test]
+fn with_tracing_off_no_publisher_context_reaches_a_subscriber() {
+    use govbus_sink::event::{prepare, Canonical, Prepared};
+    assert!(!govbus_trace::enabled());
+    let catalog = std::sync::Arc::new(catalog().clone());
+    let p = policy(
+        &subscription(&catalog, "public_security_deaths_live"),
+        b"0123456789abcdef",
+    );
+    let c = Canonical {
+        partition: 0,
+        offset: 0,
+        timestamp_ms: 0,
+        value: None,
+        key: Some(b"DR-2026-00000001".to_vec()),
+        headers: vec![
+            ("ce_op".into(), b"delete".to_vec()),
+            (
+                "traceparent".into(),
+                b"00-11010519491231002100000000000000-00f067aa0ba902b7-01".to_vec(),
+            ),
+        ],
+    };
+    let Prepared::Deliver(d) = prepare(&catalog, &p, &c) else {
+        panic!("a delete is delivered")
+    };
+    assert_eq!(d.traceparent, None);
+    assert!(!d.cloudevent("v1").to_string().contains("traceparent"));
+}

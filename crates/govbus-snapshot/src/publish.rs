@@ -105,13 +105,18 @@ impl Publisher for KafkaPublisher {
         ]);
         // One root span per published batch (while tracing is on).
         if self.trace.is_none() {
+            let mut attributes = vec![govbus_trace::Attribute::new("govbus.stage", "adapter")];
+            // A capture publishes several datasets through one publisher.
+            if !self.dataset.is_empty() {
+                attributes.push(govbus_trace::Attribute::new(
+                    "govbus.dataset",
+                    self.dataset.clone(),
+                ));
+            }
             self.trace = govbus_trace::Batch::start(
                 "govbus.adapter publish",
                 govbus_trace::Kind::Producer,
-                vec![
-                    govbus_trace::Attribute::new("govbus.stage", "adapter"),
-                    govbus_trace::Attribute::new("govbus.dataset", self.dataset.clone()),
-                ],
+                attributes,
             );
         }
         let traceparent = self.trace.as_ref().and_then(|t| t.continue_from(None));

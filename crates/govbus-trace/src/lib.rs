@@ -21,8 +21,16 @@
 //! making thousands of spans).
 //!
 //! Span attributes name stages, datasets, departments, subscriptions and
-//! counts, never a record's key or values (the leak scan checks exported
-//! spans, `tests/traces.rs`).
+//! counts, never a record's key or values (the leak scans of
+//! `tests/access.rs`, `tests/delivery.rs`, `tests/query.rs` and
+//! `tests/snapshot.rs` check exported spans).
+//!
+//! A trace id is the caller's: a publisher that sends a `traceparent`
+//! shares its trace id with the collector and, while tracing is on, with
+//! the subscribers (each event's `traceparent`). W3C requires it random;
+//! with tracing off nothing of it reaches a subscriber. Only version 00 is
+//! read; another version, or a malformed value, starts a new trace. Trace
+//! flags other than "sampled" are dropped.
 
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -33,7 +41,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 pub use opentelemetry::KeyValue as Attribute;
 
@@ -57,12 +65,13 @@ pub fn enabled() -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
     /// The endpoint variable is set to something that is not an HTTP URL.
-    #[error("{var} = `{value}` is not an http:// or https:// URL (OTLP over HTTP, e.g. http://127.0.0.1:4318)")]
+    /// (The value is not repeated: it may hold credentials.)
+    #[error(
+        "{var} is not an http:// or https:// URL (OTLP over HTTP, e.g. http://127.0.0.1:4318)"
+    )]
     Endpoint {
         /// The variable.
         var: &'static str,
-        /// Its value.
-        value: String,
     },
     /// The exporter could not be built.
     #[error("the OTLP exporter could not be built: {0}")]
@@ -115,10 +124,7 @@ pub fn init(service: &str) -> Result<Exporting, TraceError> {
     };
     let lower = endpoint.trim().to_ascii_lowercase();
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-        return Err(TraceError::Endpoint {
-            var,
-            value: endpoint,
-        });
+        return Err(TraceError::Endpoint { var });
     }
     if TRACER.get().is_some() {
         return Ok(off);
@@ -135,10 +141,10 @@ pub fn init(service: &str) -> Result<Exporting, TraceError> {
         .ok()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| service.to_owned());
+    // The sampler is the SDK's: `OTEL_TRACES_SAMPLER`, by default
+    // parentbased_always_on (a caller's unsampled trace stays unsampled).
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        // A caller that did not sample its trace is not sampled here either.
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(
             opentelemetry_sdk::Resource::builder()
                 .with_service_name(name)
@@ -198,7 +204,8 @@ pub fn parse(tp: &[u8]) -> Option<SpanContext> {
     let text = |s: &[u8]| std::str::from_utf8(s).ok().map(str::to_owned);
     let trace = TraceId::from_hex(&text(trace)?).ok()?;
     let span = SpanId::from_hex(&text(span)?).ok()?;
-    let flags = u8::from_str_radix(&text(flags)?, 16).ok()?;
+    // Unknown flags are not passed on (W3C): only "sampled" is kept.
+    let flags = u8::from_str_radix(&text(flags)?, 16).ok()? & 0x01;
     if trace == TraceId::INVALID || span == SpanId::INVALID {
         return None;
     }
@@ -286,13 +293,18 @@ pub struct Batch {
     name: &'static str,
     kind: SpanKind,
     attributes: Vec<KeyValue>,
-    groups: Mutex<Vec<Group>>,
+    groups: Mutex<Groups>,
+}
+
+/// A batch's spans, and where each parent context's is.
+#[derive(Debug, Default)]
+struct Groups {
+    spans: Vec<Group>,
+    index: std::collections::HashMap<Option<(TraceId, SpanId)>, usize>,
 }
 
 #[derive(Debug)]
 struct Group {
-    /// The parent's trace and span id; `None` for the batch's root span.
-    parent: Option<(TraceId, SpanId)>,
     span: opentelemetry_sdk::trace::Span,
     out: Traceparent,
     records: i64,
@@ -307,7 +319,7 @@ impl Batch {
             name,
             kind,
             attributes,
-            groups: Mutex::new(Vec::new()),
+            groups: Mutex::new(Groups::default()),
         })
     }
 
@@ -319,11 +331,12 @@ impl Batch {
         let parent = parent.and_then(parse);
         let id = parent.as_ref().map(|p| (p.trace_id(), p.span_id()));
         let mut groups = self.lock();
-        if let Some(g) = groups.iter_mut().find(|g| g.parent == id) {
+        if let Some(&i) = groups.index.get(&id) {
+            let g = &mut groups.spans[i];
             g.records += 1;
             return Some(g.out);
         }
-        if groups.len() >= MAX_SPANS_PER_BATCH {
+        if groups.spans.len() >= MAX_SPANS_PER_BATCH {
             return None;
         }
         let span = tracer
@@ -332,8 +345,9 @@ impl Batch {
             .with_attributes(self.attributes.clone())
             .start_with_context(tracer, &parent_context(parent.as_ref()));
         let out = format(span.span_context());
-        groups.push(Group {
-            parent: id,
+        let i = groups.spans.len();
+        groups.index.insert(id, i);
+        groups.spans.push(Group {
             span,
             out,
             records: 1,
@@ -341,7 +355,7 @@ impl Batch {
         Some(out)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Group>> {
+    fn lock(&self) -> MutexGuard<'_, Groups> {
         // A panic while holding it leaves whole spans: go on with them.
         self.groups
             .lock()
@@ -350,14 +364,14 @@ impl Batch {
 
     /// Adds an attribute to every span of the batch.
     pub fn set(&self, attribute: KeyValue) {
-        for g in self.lock().iter_mut() {
+        for g in self.lock().spans.iter_mut() {
             g.span.set_attribute(attribute.clone());
         }
     }
 
     /// Marks every span of the batch failed with a short, fixed description.
     pub fn fail(&self, description: &'static str) {
-        for g in self.lock().iter_mut() {
+        for g in self.lock().spans.iter_mut() {
             g.span.set_status(Status::error(description));
         }
     }
@@ -369,7 +383,7 @@ impl Drop for Batch {
             .groups
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for g in groups.iter_mut() {
+        for g in groups.spans.iter_mut() {
             g.span
                 .set_attribute(KeyValue::new("messaging.batch.message_count", g.records));
             g.span.end();
@@ -400,6 +414,16 @@ mod tests {
         ] {
             assert!(parse(bad).is_none(), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn only_the_sampled_flag_is_passed_on() {
+        let sc = parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff").unwrap();
+        assert_eq!(
+            &format(&sc)[53..],
+            b"01",
+            "unknown flags are zeroed (W3C trace context)"
+        );
     }
 
     #[test]
