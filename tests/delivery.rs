@@ -77,25 +77,37 @@ fn write_subscription(catalog: &Path, id: &str, text: &str) {
     std::fs::write(&path, text).unwrap();
 }
 
+/// Topics of their own (`ingest.civil_affairs` and the deaths' data topic,
+/// `partitions` each) and a catalog holding exactly `subscriptions`.
+async fn namespace(
+    name: &str,
+    partitions: i32,
+    subscriptions: &[(&str, String)],
+) -> (Topics, tempfile::TempDir) {
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::new(format!("{}.", unique(name)));
+    create_topic(&bootstrap, &topics.ingest("civil_affairs"), partitions)
+        .await
+        .unwrap();
+    create_topic(&bootstrap, &topics.data(DEATHS), partitions)
+        .await
+        .unwrap();
+    let catalog = tempfile::tempdir().unwrap();
+    govbus_testkit::copy_dir(&repo().join("schemas"), catalog.path()).unwrap();
+    std::fs::remove_dir_all(catalog.path().join("subscriptions")).unwrap();
+    std::fs::create_dir(catalog.path().join("subscriptions")).unwrap();
+    for (id, text) in subscriptions {
+        write_subscription(catalog.path(), id, text);
+    }
+    (topics, catalog)
+}
+
 impl Deployment {
     /// A namespace of its own, a catalog holding exactly `subscriptions`,
     /// and a router.
     async fn start(subscriptions: &[(&str, String)]) -> Deployment {
         let bootstrap = Broker::shared().bootstrap();
-        let topics = Topics::new(format!("{}.", unique("dl")));
-        create_topic(&bootstrap, &topics.ingest("civil_affairs"), 2)
-            .await
-            .unwrap();
-        create_topic(&bootstrap, &topics.data(DEATHS), 2)
-            .await
-            .unwrap();
-        let catalog = tempfile::tempdir().unwrap();
-        govbus_testkit::copy_dir(&repo().join("schemas"), catalog.path()).unwrap();
-        std::fs::remove_dir_all(catalog.path().join("subscriptions")).unwrap();
-        std::fs::create_dir(catalog.path().join("subscriptions")).unwrap();
-        for (id, text) in subscriptions {
-            write_subscription(catalog.path(), id, text);
-        }
+        let (topics, catalog) = namespace("dl", 2, subscriptions).await;
         let dir = catalog.path().to_str().unwrap().to_owned();
         let router = spawn_router(&bootstrap, &topics, &["--catalog", &dir]);
         Deployment {
@@ -1835,22 +1847,8 @@ async fn one_trace_runs_from_the_gateway_request_to_the_webhook_delivery() {
     let otlp = common::Otlp::start(logs.path());
     let hook = Receiver::start(logs.path(), "hook", "");
 
-    let topics = Topics::new(format!("{}.", unique("tr")));
-    create_topic(&bootstrap, &topics.ingest("civil_affairs"), 1)
-        .await
-        .unwrap();
-    create_topic(&bootstrap, &topics.data(DEATHS), 1)
-        .await
-        .unwrap();
-    let catalog = tempfile::tempdir().unwrap();
-    govbus_testkit::copy_dir(&repo().join("schemas"), catalog.path()).unwrap();
-    std::fs::remove_dir_all(catalog.path().join("subscriptions")).unwrap();
-    std::fs::create_dir(catalog.path().join("subscriptions")).unwrap();
-    write_subscription(
-        catalog.path(),
-        "traced",
-        &webhook_sub("hrss", &hook.url(), ""),
-    );
+    let (topics, catalog) =
+        namespace("tr", 1, &[("traced", webhook_sub("hrss", &hook.url(), ""))]).await;
     let dir = catalog.path().to_str().unwrap().to_owned();
     let traced = |name: &str, args: &[&str]| {
         let mut cmd = Command::new(govbus_bin());

@@ -102,7 +102,31 @@ pub struct Delivery {
     pub traceparent: Option<govbus_trace::Traceparent>,
 }
 
+/// A sink's spans for one batch of `sub` (`None` while tracing is off).
+pub fn sink_spans(sub: &govbus_catalog::Subscription) -> Option<govbus_trace::Batch> {
+    govbus_trace::Batch::start(
+        "govbus.sink deliver",
+        govbus_trace::Kind::Consumer,
+        vec![
+            govbus_trace::Attribute::new("govbus.stage", "sink"),
+            govbus_trace::Attribute::new("govbus.subscription", sub.id.clone()),
+            govbus_trace::Attribute::new("govbus.sink", sub.sink.kind()),
+            govbus_trace::Attribute::new("govbus.dataset", sub.dataset.clone()),
+        ],
+    )
+}
+
 impl Delivery {
+    /// Continues this delivery's trace in the sink's `spans`: it leaves with
+    /// its span's context.
+    pub fn continue_in(&mut self, spans: Option<&govbus_trace::Batch>) {
+        if let Some(tp) =
+            spans.and_then(|t| t.continue_from(self.traceparent.as_ref().map(|tp| &tp[..])))
+        {
+            self.traceparent = Some(tp);
+        }
+    }
+
     /// The CloudEvents structured-mode JSON (one element of a batch).
     /// Extensions: `op`, `sourceversion`, `policyversion`.
     pub fn cloudevent(&self, policy_version: &str) -> Json {

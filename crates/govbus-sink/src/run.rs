@@ -778,22 +778,9 @@ impl Shared {
             }
             // One span per trace the delivered records carry; each
             // delivery leaves with its span's context.
-            let trace = govbus_trace::Batch::start(
-                "govbus.sink deliver",
-                govbus_trace::Kind::Consumer,
-                vec![
-                    govbus_trace::Attribute::new("govbus.stage", "sink"),
-                    govbus_trace::Attribute::new("govbus.subscription", sub.id.clone()),
-                    govbus_trace::Attribute::new("govbus.sink", kind),
-                    govbus_trace::Attribute::new("govbus.dataset", sub.dataset.clone()),
-                ],
-            );
-            if let Some(t) = &trace {
-                for d in &mut deliveries {
-                    if let Some(tp) = t.continue_from(d.traceparent.as_ref().map(|tp| &tp[..])) {
-                        d.traceparent = Some(tp);
-                    }
-                }
+            let trace = crate::event::sink_spans(sub);
+            for d in &mut deliveries {
+                d.continue_in(trace.as_ref());
             }
             let oldest = batch.iter().map(|c| c.timestamp_ms).min().unwrap_or(0);
             self.metrics

@@ -431,16 +431,7 @@ async fn stream(
                 let mut taken = 0;
                 let mut filtered = 0;
                 // The chunk's spans end when it is handed over (dropped).
-                let trace = govbus_trace::Batch::start(
-                    "govbus.sink deliver",
-                    govbus_trace::Kind::Consumer,
-                    vec![
-                        govbus_trace::Attribute::new("govbus.stage", "sink"),
-                        govbus_trace::Attribute::new("govbus.subscription", sub.id.clone()),
-                        govbus_trace::Attribute::new("govbus.sink", "sse"),
-                        govbus_trace::Attribute::new("govbus.dataset", sub.dataset.clone()),
-                    ],
-                );
+                let trace = crate::event::sink_spans(&sub);
                 for c in rest {
                     if chunk.len() == CHUNK {
                         break;
@@ -449,13 +440,7 @@ async fn stream(
                     ahead.insert(c.partition, c.offset + 1);
                     match prepare(&catalog, &policy, c) {
                         Prepared::Deliver(mut d) => {
-                            if let Some(t) = &trace {
-                                if let Some(tp) =
-                                    t.continue_from(d.traceparent.as_ref().map(|tp| &tp[..]))
-                                {
-                                    d.traceparent = Some(tp);
-                                }
-                            }
+                            d.continue_in(trace.as_ref());
                             let data = d.cloudevent(&sub.policy_version).to_string();
                             let event = Event::default()
                                 .id(format_cursor(&ahead))
