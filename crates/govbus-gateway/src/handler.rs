@@ -241,13 +241,7 @@ pub(crate) async fn publish(
         .with_label_values(&[&department, response.status().as_str()])
         .inc();
     if let Some(s) = &mut span {
-        s.set(govbus_trace::Attribute::new(
-            "http.response.status_code",
-            i64::from(response.status().as_u16()),
-        ));
-        if response.status().is_server_error() {
-            s.fail("the request was not published");
-        }
+        s.answered(response.status().as_u16(), "the request was not published");
     }
     response
 }

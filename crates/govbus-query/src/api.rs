@@ -104,13 +104,7 @@ async fn traced(req: axum::extract::Request, next: axum::middleware::Next) -> Re
     );
     let response = next.run(req).await;
     if let Some(s) = &mut span {
-        s.set(govbus_trace::Attribute::new(
-            "http.response.status_code",
-            i64::from(response.status().as_u16()),
-        ));
-        if response.status().is_server_error() {
-            s.fail("the call was not answered");
-        }
+        s.answered(response.status().as_u16(), "the call was not answered");
     }
     response
 }

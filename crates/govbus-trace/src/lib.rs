@@ -85,11 +85,6 @@ pub struct Exporting {
 }
 
 impl Exporting {
-    /// Whether spans are exported.
-    pub fn is_on(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports the spans still queued (at most 5 s) and stops.
     pub fn shutdown(self) {
         if let Some(p) = self.provider {
@@ -283,6 +278,18 @@ impl Request {
     /// Marks the span failed with a short, fixed description.
     pub fn fail(&mut self, description: &'static str) {
         self.span.set_status(Status::error(description));
+    }
+
+    /// Records the answer's HTTP status; a 5xx marks the span failed with
+    /// `failure`.
+    pub fn answered(&mut self, status: u16, failure: &'static str) {
+        self.set(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if (500..600).contains(&status) {
+            self.fail(failure);
+        }
     }
 }
 
