@@ -23,8 +23,9 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::sinks::file::FileSink;
 use crate::sinks::postgres::{self, PgSink};
-use crate::sinks::view;
-use crate::sinks::webhook::{self, Attempt, Webhook};
+use crate::sinks::view::ViewSink;
+use crate::sinks::webhook::Webhook;
+use crate::sinks::{Batch, Ended, Sink};
 
 /// Settings of a sink process.
 #[derive(Debug, Clone)]
@@ -344,41 +345,6 @@ impl ConsumerContext for LagContext {
 
 type SubConsumer = StreamConsumer<LagContext>;
 
-enum Ended {
-    Shutdown,
-    Inactive(&'static str),
-    Reconfigure,
-    Gone,
-    Failed(String),
-}
-
-enum Target {
-    Webhook(Arc<Webhook>),
-    File(FileSink),
-    View(String),
-    Postgres(PgSink),
-}
-
-/// How far delivery of a batch got.
-struct Progress {
-    /// Deliveries `[..done]` were dealt with (delivered or dead-lettered).
-    done: usize,
-    /// Delivery index, reason code and bounded detail of dead-lettered ones.
-    dead: Vec<(usize, &'static str, String)>,
-    /// Why delivery stopped early.
-    stop: Option<Ended>,
-}
-
-impl Progress {
-    fn all(n: usize) -> Progress {
-        Progress {
-            done: n,
-            dead: Vec::new(),
-            stop: None,
-        }
-    }
-}
-
 /// Collects up to `max` records, waiting `idle` for the first and `linger`
 /// for the rest. With `fence` (the consumer's revocations and the one topic
 /// it reads), records whose partition was revoked while the batch was being
@@ -448,7 +414,7 @@ impl Shared {
     /// subscriber, dataset, field policy). A retried webhook body is built
     /// once; a grant narrowed or given to another department meanwhile
     /// must not receive it.
-    fn as_granted(&self, policy: &Policy) -> Result<(), Ended> {
+    pub(crate) fn as_granted(&self, policy: &Policy) -> Result<(), Ended> {
         let sub = policy.subscription();
         let (current, ds) = self.grant(&sub.id).map_err(Ended::Inactive)?;
         if current.sink != sub.sink
@@ -560,17 +526,22 @@ impl Shared {
         }
     }
 
-    async fn open_target(
+    /// Opens the subscription's sink and runs it while the grant allows.
+    /// The one place that knows every sink kind.
+    async fn deliver_while_granted(
         &self,
         sub: &Subscription,
         ds: &Dataset,
-        topic: &str,
-    ) -> Result<Target, String> {
-        Ok(match &sub.sink {
-            SinkSpec::Webhook { .. } => Target::Webhook(Arc::new(
-                Webhook::new(&sub.sink, self.config.webhook_ca.as_deref())
-                    .map_err(|e| e.to_string())?,
-            )),
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Ended {
+        let topic = self.config.topics.data(&sub.dataset);
+        match &sub.sink {
+            SinkSpec::Webhook { .. } => {
+                match Webhook::new(&sub.sink, self.config.webhook_ca.as_deref()) {
+                    Ok(w) => self.run_sink(Arc::new(w), sub, ds, shutdown).await,
+                    Err(e) => Ended::Failed(e.to_string()),
+                }
+            }
             SinkSpec::File {
                 dir,
                 format,
@@ -584,35 +555,62 @@ impl Shared {
                 // The catalog admits only relative dirs that stay below the
                 // root (`catalog check`); the root is the operator's.
                 let dir = self.config.file_root.join(dir);
-                Target::File(
-                    FileSink::open(&dir, &sub.id, *format, *roll_records, *roll_interval, cols)
-                        .map_err(|e| format!("file sink {}: {e}", dir.display()))?,
-                )
+                match FileSink::open(&dir, &sub.id, *format, *roll_records, *roll_interval, cols)
+                {
+                    Ok(f) => self.run_sink(f, sub, ds, shutdown).await,
+                    Err(e) => Ended::Failed(format!("file sink {}: {e}", dir.display())),
+                }
             }
             SinkSpec::KafkaView => {
-                let view = self.config.view(&sub.id);
-                ensure_topics(&self.config, &[(view.clone(), 1)]).await;
-                Target::View(view)
+                let topic = self.config.view(&sub.id);
+                ensure_topics(&self.config, &[(topic.clone(), 1)]).await;
+                self.run_sink(ViewSink { topic }, sub, ds, shutdown).await
             }
             SinkSpec::Postgres { table, conninfo } => {
-                let conninfo = conninfo
-                    .clone()
-                    .or_else(|| self.config.postgres.clone())
-                    .ok_or("a postgres sink needs `conninfo` or the sink's --postgres")?;
-                Target::Postgres(
-                    PgSink::open(&conninfo, table, sub, ds, topic)
-                        .await
-                        .map_err(|e| format!("PostgreSQL: {e}"))?,
-                )
+                let Some(conninfo) = conninfo.clone().or_else(|| self.config.postgres.clone())
+                else {
+                    return Ended::Failed(
+                        "a postgres sink needs `conninfo` or the sink's --postgres".into(),
+                    );
+                };
+                match PgSink::open(&conninfo, table, sub, ds, &topic).await {
+                    Ok(pg) => self.run_sink(pg, sub, ds, shutdown).await,
+                    Err(e) => Ended::Failed(format!("PostgreSQL: {e}")),
+                }
             }
             SinkSpec::Sse | SinkSpec::Api { .. } => {
-                return Err("live streams and live interfaces are served, not run".into())
+                Ended::Failed("live streams and live interfaces are served, not run".into())
             }
-        })
+        }
     }
 
-    async fn deliver_while_granted(
+    /// The delivery loop every sink runs on: batches from the
+    /// subscription's consumer, the grant checked on every batch, the
+    /// policy applied before the sink sees a record, then the sink, the
+    /// subscription's dead letters, the ledger and the offsets — in that
+    /// order. Ends when the grant stops or changes, the sink fails, or the
+    /// process stops; the sink is closed whatever the reason.
+    async fn run_sink<S: Sink>(
         &self,
+        mut sink: S,
+        sub: &Subscription,
+        ds: &Dataset,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Ended {
+        let ended = self.deliver_with(&mut sink, sub, ds, shutdown).await;
+        if let Err(error) = sink.close() {
+            // Opened again at once, it would meet the same fault.
+            if matches!(ended, Ended::Reconfigure) {
+                return Ended::Failed(error);
+            }
+            tracing::warn!(message = "Sink not closed cleanly; what it holds open is finished when it opens again.", subscription = %sub.id, %error);
+        }
+        ended
+    }
+
+    async fn deliver_with<S: Sink>(
+        &self,
+        sink: &mut S,
         sub: &Subscription,
         ds: &Dataset,
         shutdown: &mut watch::Receiver<bool>,
@@ -620,15 +618,12 @@ impl Shared {
         let topic = self.config.topics.data(&sub.dataset);
         let dlq = self.config.dlq(&sub.id);
         ensure_topics(&self.config, &[(dlq.clone(), 1)]).await;
-        let mut target = match self.open_target(sub, ds, &topic).await {
-            Ok(t) => t,
-            Err(e) => return Ended::Failed(e),
-        };
+        let own_offsets = sink.keeps_offsets();
         let mut cc = self.config.client(govbus_kafka::config::consumer(
             &self.config.bootstrap,
             &self.config.group(&sub.id),
         ));
-        if matches!(target, Target::Postgres(_)) {
+        if own_offsets {
             cc.set("enable.auto.commit", "false");
         }
         let consumer: SubConsumer = match cc.create_with_context(LagContext {
@@ -639,11 +634,15 @@ impl Shared {
             Ok(c) => c,
             Err(e) => return Ended::Failed(e.to_string()),
         };
-        let started = match &target {
-            Target::Postgres(pg) => self.assign_from_table(&consumer, pg, &topic).await,
-            _ => consumer
+        let started = if own_offsets {
+            match sink.offsets().await {
+                Ok(stored) => self.assign_from(&consumer, &stored, &topic).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            consumer
                 .subscribe(&[topic.as_str()])
-                .map_err(|e| e.to_string()),
+                .map_err(|e| e.to_string())
         };
         if let Err(e) = started {
             return Ended::Failed(e);
@@ -675,26 +674,10 @@ impl Shared {
             }
             if current.policy_version != policy.subscription().policy_version {
                 tracing::info!(message = "Field policy changed.", subscription = %sub.id, policy = %current.policy_version);
-                // A table's columns, and a CSV file's header, are the
-                // grant's fields: opened again under the new grant (a CSV
-                // file kept its old columns, so a newly granted field never
-                // reached it until a restart).
-                let csv = matches!(
-                    &current.sink,
-                    SinkSpec::File {
-                        format: govbus_catalog::FileFormat::Csv,
-                        ..
-                    }
-                );
-                if matches!(target, Target::Postgres(_))
-                    || csv
-                    || current_ds.latest().id != ds.latest().id
-                {
-                    if let Target::File(f) = &mut target {
-                        if let Err(e) = f.close() {
-                            return Ended::Failed(format!("file sink: {e}"));
-                        }
-                    }
+                // A sink whose shape is the grant's fields (a table's
+                // columns, a CSV file's header) is opened again under the
+                // new grant, as is every sink when the schema changed.
+                if sink.reopens_for(&current) || current_ds.latest().id != ds.latest().id {
                     return Ended::Reconfigure;
                 }
             }
@@ -706,27 +689,12 @@ impl Shared {
                 catalog = now;
             }
             if batch.is_empty() {
-                if let Target::File(f) = &mut target {
-                    if let Err(e) = f.roll_if_due() {
-                        return Ended::Failed(format!("file sink: {e}"));
-                    }
-                }
-                if let Target::Postgres(pg) = &mut target {
-                    if pg.needs_sweep() && caught_up(&consumer, &topic) {
-                        if let Err(e) = pg.sweep().await {
-                            return Ended::Failed(format!(
-                                "PostgreSQL: {}",
-                                postgres::describe(&e)
-                            ));
-                        }
-                    }
+                if let Err(e) = sink.idle(&|| caught_up(&consumer, &topic)).await {
+                    return Ended::Failed(e);
                 }
                 self.metrics.lag_seconds(&sub.id, 0.0);
                 self.metrics.oldest_undelivered(&sub.id, 0.0);
                 if *shutdown.borrow() {
-                    if let Target::File(f) = &mut target {
-                        let _ = f.close();
-                    }
                     return Ended::Shutdown;
                 }
                 continue;
@@ -737,38 +705,27 @@ impl Shared {
             let mut undecodable: Vec<(usize, String)> = Vec::new();
             // Batch indices of records outside the row filter.
             let mut filtered: Vec<usize> = Vec::new();
-            // Batch indices of records the table cannot store, and why.
+            // Batch indices of records the destination cannot store, and why.
             let mut unstorable: Vec<(usize, String)> = Vec::new();
+            let keeps_state = sink.keeps_state();
             for (i, c) in batch.iter().enumerate() {
-                let prepared = prepare(&catalog, &policy, c);
-                if let Target::Postgres(pg) = &target {
-                    match &prepared {
-                        Prepared::Deliver(d) => {
-                            if let Some(why) = pg.unstorable(d) {
-                                unstorable.push((i, why));
-                                continue;
-                            }
-                        }
-                        // Outside the filter, it only removes the key's
-                        // row, and no row has a key the table cannot hold
-                        // (nor may its key reach the subscription's DLQ).
-                        Prepared::Filtered(d) if pg.unstorable(d).is_some() => {
-                            filtered.push(i);
+                match prepare(&catalog, &policy, c) {
+                    Prepared::Deliver(d) => {
+                        if let Some(why) = sink.unstorable(&d) {
+                            unstorable.push((i, why));
                             continue;
                         }
-                        _ => {}
-                    }
-                }
-                match prepared {
-                    Prepared::Deliver(d) => {
                         deliveries.push(d);
                         from.push(i);
                     }
-                    // Only a table the sink keeps can drop a row it holds
-                    // without telling anyone about keys outside the filter.
+                    // Only a sink that keeps state per key drops what it
+                    // holds of a key that left the filter; no one else
+                    // hears of keys outside it (nor may such a key reach
+                    // the subscription's DLQ: one the sink cannot hold, it
+                    // never held).
                     Prepared::Filtered(d) => {
                         filtered.push(i);
-                        if matches!(target, Target::Postgres(_)) {
+                        if keeps_state && sink.unstorable(&d).is_none() {
                             deliveries.push(d);
                             from.push(i);
                         }
@@ -786,28 +743,37 @@ impl Shared {
             self.metrics
                 .oldest_undelivered(&sub.id, ((now_ms() - oldest).max(0) as f64) / 1000.0);
 
-            // The PostgreSQL sink commits its offsets with its rows, past every
-            // record of the batch: what cannot be delivered is dead-lettered
-            // and recorded before that commit, or a crash in between would
-            // lose it without a trace. (The other sinks store offsets last.)
-            if matches!(target, Target::Postgres(_))
-                && !(undecodable.is_empty() && unstorable.is_empty())
-            {
-                let mut dead: Vec<(usize, &'static str, String)> = std::mem::take(&mut undecodable)
-                    .into_iter()
-                    .map(|(i, e)| (i, "undecodable", e))
-                    .chain(unstorable.into_iter().map(|(i, e)| (i, "unstorable", e)))
-                    .collect();
-                dead.sort_unstable_by_key(|(i, _, _)| *i);
+            // A sink that commits its offsets with its effect moves past
+            // every record of the batch: what cannot be delivered is
+            // dead-lettered and recorded before, or a crash in between would
+            // lose it without a trace. (For the others it is dead-lettered
+            // after the delivery, up to where the delivery got.)
+            let mut early: Vec<(usize, &'static str, String)> =
+                unstorable.into_iter().map(|(i, e)| (i, "unstorable", e)).collect();
+            if own_offsets {
+                early.extend(
+                    std::mem::take(&mut undecodable)
+                        .into_iter()
+                        .map(|(i, e)| (i, "undecodable", e)),
+                );
+            }
+            if !early.is_empty() {
+                early.sort_unstable_by_key(|(i, _, _)| *i);
                 if let Err(ended) = self
-                    .settle_dead(&dlq, &policy, &topic, &batch, &dead, shutdown)
+                    .settle_dead(&dlq, &policy, &topic, &batch, &early, shutdown)
                     .await
                 {
                     return ended;
                 }
             }
             let grace = shutdown.clone();
-            let delivering = self.deliver(&mut target, &policy, &batch, &deliveries, shutdown);
+            let delivering = sink.deliver(Batch {
+                shared: self,
+                policy: &policy,
+                records: &batch,
+                events: &deliveries,
+                shutdown,
+            });
             let Some(progress) = self.unless_stuck(&grace, delivering).await else {
                 return Ended::Shutdown;
             };
@@ -853,8 +819,9 @@ impl Shared {
                 .map(|(_, d)| d.id.clone())
                 .collect();
             let n = delivered.len();
-            // The PostgreSQL sink recorded its deliveries before its COMMIT.
-            if n > 0 && !matches!(target, Target::Postgres(_)) {
+            // A sink that keeps its offsets recorded its deliveries before
+            // its commit.
+            if n > 0 && !own_offsets {
                 if let Err(ended) = self.record(&policy, "delivered", delivered, shutdown).await {
                     return ended;
                 }
@@ -866,7 +833,7 @@ impl Shared {
             // comes again in the next batch).
             let settled_filtered = filtered.iter().filter(|&&i| i < settled).count();
             self.metrics.filtered(&sub.id, kind, settled_filtered);
-            if !matches!(target, Target::Postgres(_)) {
+            if !own_offsets {
                 store_offsets(&consumer, &topic, &batch[..settled]);
             }
             if let Some(last) = batch[..settled].iter().map(|c| c.timestamp_ms).max() {
@@ -875,9 +842,6 @@ impl Shared {
             }
             self.metrics.oldest_undelivered(&sub.id, 0.0);
             if let Some(stop) = progress.stop {
-                if let Target::File(f) = &mut target {
-                    let _ = f.close();
-                }
                 return stop;
             }
         }
@@ -971,19 +935,18 @@ impl Shared {
         }
     }
 
-    async fn assign_from_table(
+    /// Assigns every partition of `topic`, each from its `stored` next
+    /// offset (the beginning where none is stored).
+    async fn assign_from(
         &self,
         consumer: &SubConsumer,
-        pg: &PgSink,
+        stored: &HashMap<i32, i64>,
         topic: &str,
     ) -> Result<(), String> {
-        let stored = pg
-            .offsets()
-            .await
-            .map_err(|e| format!("PostgreSQL: {}", postgres::describe(&e)))?;
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
+        let metadata = tokio::task::block_in_place(|| {
+            consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+        })
+        .map_err(|e| e.to_string())?;
         let mut tpl = TopicPartitionList::new();
         for t in metadata.topics() {
             for p in t.partitions() {
@@ -998,196 +961,6 @@ impl Shared {
             return Err(format!("topic {topic} has no partitions (does it exist?)"));
         }
         consumer.assign(&tpl).map_err(|e| e.to_string())
-    }
-
-    async fn deliver(
-        &self,
-        target: &mut Target,
-        policy: &Policy,
-        batch: &[Canonical],
-        events: &[Delivery],
-        shutdown: &watch::Receiver<bool>,
-    ) -> Progress {
-        let sub = policy.subscription();
-        match target {
-            Target::Webhook(w) => {
-                self.deliver_webhook(w.clone(), policy, events, shutdown)
-                    .await
-            }
-            Target::File(f) => match f.write(events, &sub.policy_version) {
-                Ok(()) => Progress::all(events.len()),
-                Err(e) => Progress {
-                    done: 0,
-                    dead: Vec::new(),
-                    stop: Some(Ended::Failed(format!("file sink: {e}"))),
-                },
-            },
-            Target::View(topic) => Progress {
-                done: events.len(),
-                dead: view::write(&self.producer, topic, &sub.policy_version, events).await,
-                stop: None,
-            },
-            Target::Postgres(pg) => {
-                let mut next: HashMap<i32, i64> = HashMap::new();
-                for c in batch {
-                    next.insert(c.partition, c.offset + 1);
-                }
-                let next: Vec<(i32, i64)> = next.into_iter().collect();
-                // The ledger entry is appended once the table has taken every
-                // statement and before the commit that moves the offsets with
-                // the rows: a table refusing the batch leaves no entry, and a
-                // crash (or a failed commit) after the entry leaves one whose
-                // delivery is repeated and recorded again — never a row
-                // without its entry. Rows removed because their record left
-                // the filter are not deliveries: nothing of them reached the
-                // subscriber.
-                let delivered: Vec<String> = events
-                    .iter()
-                    .filter(|e| e.op != OUT_OF_SCOPE)
-                    .map(|e| e.id.clone())
-                    .collect();
-                let record = || async {
-                    if delivered.is_empty() {
-                        return Ok(());
-                    }
-                    let entry = ledger::Record {
-                        subscription: &sub.id,
-                        subscriber: &sub.subscriber,
-                        dataset: &sub.dataset,
-                        sink: sub.sink.kind(),
-                        policy: &sub.policy_version,
-                        outcome: "delivered",
-                        events: delivered.clone(),
-                        calls: Vec::new(),
-                    };
-                    // The table's transaction and its row locks wait for this.
-                    let limit = Duration::from_secs(30);
-                    tokio::time::timeout(limit, self.ledger.append(&entry))
-                        .await
-                        .map_err(|_| postgres::ApplyError::LedgerTimeout(limit))??;
-                    self.metrics.ledger_entry("delivered");
-                    Ok(())
-                };
-                match pg.apply(events, &next, record).await {
-                    Ok(()) => Progress::all(events.len()),
-                    Err(e) => Progress {
-                        done: 0,
-                        dead: Vec::new(),
-                        stop: Some(Ended::Failed(e.to_string())),
-                    },
-                }
-            }
-        }
-    }
-
-    async fn deliver_webhook(
-        &self,
-        wh: Arc<Webhook>,
-        policy: &Policy,
-        events: &[Delivery],
-        shutdown: &watch::Receiver<bool>,
-    ) -> Progress {
-        let sub = policy.subscription();
-        let kind = sub.sink.kind();
-        let mut progress = Progress::all(0);
-        for chunk in events.chunks(wh.batch_max.max(1)) {
-            // Each chunk goes out under the grant it was prepared under, or
-            // not at all: the rest of the batch is prepared again.
-            if let Err(ended) = self.as_granted(policy) {
-                progress.stop = Some(ended);
-                return progress;
-            }
-            let ids: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
-            let msg_id = webhook::message_id(&sub.id, &ids);
-            let body = serde_json::to_vec(&serde_json::Value::Array(
-                chunk
-                    .iter()
-                    .map(|e| e.cloudevent(&sub.policy_version))
-                    .collect(),
-            ))
-            .unwrap_or_default();
-            let body = Arc::new(body);
-            // The request's own `traceparent`: its first event's (each
-            // event carries its own in the body).
-            let trace = chunk.iter().find_map(|e| e.traceparent);
-            let mut attempt = 0u32;
-            let mut backoff = Backoff::new(
-                Duration::from_millis(200).min(wh.max_backoff),
-                wh.max_backoff,
-            );
-            let dead_reason = loop {
-                attempt += 1;
-                if attempt > 1 {
-                    // Checked again right before every retry: the grant may
-                    // have changed in the last slice of the wait below.
-                    if let Err(ended) = self.as_granted(policy) {
-                        progress.stop = Some(ended);
-                        return progress;
-                    }
-                    self.metrics.retried(&sub.id, kind);
-                }
-                let (w, b, m) = (wh.clone(), body.clone(), msg_id.clone());
-                let result = tokio::task::spawn_blocking(move || w.post(&m, &b, trace))
-                    .await
-                    .unwrap_or_else(|_| Attempt::Retry {
-                        why: "delivery worker failed".into(),
-                        after: None,
-                    });
-                match result {
-                    Attempt::Delivered => break None,
-                    Attempt::Gone => {
-                        self.metrics.failed(&sub.id, kind);
-                        progress.stop = Some(Ended::Gone);
-                        return progress;
-                    }
-                    Attempt::Permanent { reason, why } => {
-                        self.metrics.failed(&sub.id, kind);
-                        tracing::warn!(message = "Webhook refused the batch; dead-lettering it.", subscription = %sub.id, reason, detail = %why, events = chunk.len());
-                        break Some((reason, why));
-                    }
-                    Attempt::Retry { why, after } => {
-                        self.metrics.failed(&sub.id, kind);
-                        if attempt >= wh.max_attempts {
-                            tracing::warn!(message = "Webhook retry budget spent; dead-lettering the batch.", subscription = %sub.id, attempts = attempt, detail = %why, events = chunk.len());
-                            break Some((
-                                "retries_exhausted",
-                                format!("{why}; {attempt} attempts"),
-                            ));
-                        }
-                        // `Retry-After` replaces the wait, within the cap.
-                        let wait = backoff.next_delay();
-                        let wait = after.map_or(wait, |a| a.min(backoff.cap()));
-                        tracing::info!(message = "Webhook delivery failed; will retry.", subscription = %sub.id, attempt, detail = %why, wait_ms = wait.as_millis() as u64);
-                        // Wait in short steps: a revocation or a stop ends the wait.
-                        let until = tokio::time::Instant::now() + wait;
-                        while tokio::time::Instant::now() < until {
-                            if *shutdown.borrow() {
-                                progress.stop = Some(Ended::Shutdown);
-                                return progress;
-                            }
-                            // Revoked, or changed (another subscriber, URL,
-                            // field policy): this body may no longer go out.
-                            if let Err(ended) = self.as_granted(policy) {
-                                progress.stop = Some(ended);
-                                return progress;
-                            }
-                            tokio::time::sleep_until(
-                                until.min(tokio::time::Instant::now() + Duration::from_millis(200)),
-                            )
-                            .await;
-                        }
-                    }
-                }
-            };
-            if let Some((reason, why)) = dead_reason {
-                let base = progress.done;
-                progress
-                    .dead
-                    .extend((base..base + chunk.len()).map(|i| (i, reason, why.clone())));
-            }
-            progress.done += chunk.len();
-        }
-        progress
     }
 
     async fn dead_letter(

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use govbus_catalog::FileFormat;
 use serde_json::{Map, Value as Json};
 
+use govbus_catalog::Subscription;
+
+use super::{Batch, Progress, Sink};
 use crate::event::Delivery;
 
 /// Envelope columns of CSV files, before the record's fields.
@@ -190,6 +193,30 @@ impl FileSink {
             sync_dir(&self.dir)?;
         }
         Ok(())
+    }
+}
+
+impl Sink for FileSink {
+    /// A CSV file's header is the grant's fields: a new field policy starts
+    /// a new file (a newly granted field would otherwise never reach it).
+    fn reopens_for(&self, _next: &Subscription) -> bool {
+        self.format == FileFormat::Csv
+    }
+
+    async fn deliver(&mut self, batch: Batch<'_>) -> Progress {
+        let sub = batch.policy.subscription();
+        match self.write(batch.events, &sub.policy_version) {
+            Ok(()) => Progress::all(batch.events.len()),
+            Err(e) => Progress::failed(format!("file sink: {e}")),
+        }
+    }
+
+    async fn idle(&mut self, _caught_up: &(dyn Fn() -> bool + Sync)) -> Result<(), String> {
+        self.roll_if_due().map_err(|e| format!("file sink: {e}"))
+    }
+
+    fn close(&mut self) -> Result<(), String> {
+        FileSink::close(self).map_err(|e| format!("file sink: {e}"))
     }
 }
 

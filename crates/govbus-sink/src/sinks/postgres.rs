@@ -34,7 +34,9 @@ use govbus_catalog::{Dataset, Subscription, Treatment};
 use serde_json::Value as Json;
 use tokio_postgres::{Client, NoTls};
 
-use crate::event::Delivery;
+use super::{Batch, Progress, Sink};
+use crate::event::{Delivery, OUT_OF_SCOPE};
+use crate::ledger;
 
 /// An open PostgreSQL sink.
 #[derive(Debug)]
@@ -559,4 +561,90 @@ pub enum ApplyError {
     /// a batch that is delivered and recorded again.
     #[error("the delivery ledger did not acknowledge the batch within {0:?}; rolled back")]
     LedgerTimeout(std::time::Duration),
+}
+
+impl Sink for PgSink {
+    /// Offsets are committed with the rows, in one transaction.
+    fn keeps_offsets(&self) -> bool {
+        true
+    }
+
+    async fn offsets(&self) -> Result<HashMap<i32, i64>, String> {
+        PgSink::offsets(self)
+            .await
+            .map_err(|e| format!("PostgreSQL: {}", describe(&e)))
+    }
+
+    /// A key that left the row filter loses its row.
+    fn keeps_state(&self) -> bool {
+        true
+    }
+
+    fn unstorable(&self, event: &Delivery) -> Option<String> {
+        PgSink::unstorable(self, event)
+    }
+
+    /// The table's columns are the grant's fields.
+    fn reopens_for(&self, _next: &Subscription) -> bool {
+        true
+    }
+
+    async fn deliver(&mut self, batch: Batch<'_>) -> Progress {
+        let sub = batch.policy.subscription();
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for c in batch.records {
+            next.insert(c.partition, c.offset + 1);
+        }
+        let next: Vec<(i32, i64)> = next.into_iter().collect();
+        // The ledger entry is appended once the table has taken every
+        // statement and before the commit that moves the offsets with the
+        // rows: a table refusing the batch leaves no entry, and a crash (or
+        // a failed commit) after the entry leaves one whose delivery is
+        // repeated and recorded again — never a row without its entry. Rows
+        // removed because their record left the filter are not deliveries:
+        // nothing of them reached the subscriber.
+        let delivered: Vec<String> = batch
+            .events
+            .iter()
+            .filter(|e| e.op != OUT_OF_SCOPE)
+            .map(|e| e.id.clone())
+            .collect();
+        let shared = batch.shared;
+        let record = || async {
+            if delivered.is_empty() {
+                return Ok(());
+            }
+            let entry = ledger::Record {
+                subscription: &sub.id,
+                subscriber: &sub.subscriber,
+                dataset: &sub.dataset,
+                sink: sub.sink.kind(),
+                policy: &sub.policy_version,
+                outcome: "delivered",
+                events: delivered.clone(),
+                calls: Vec::new(),
+            };
+            // The table's transaction and its row locks wait for this.
+            let limit = std::time::Duration::from_secs(30);
+            tokio::time::timeout(limit, shared.ledger.append(&entry))
+                .await
+                .map_err(|_| ApplyError::LedgerTimeout(limit))??;
+            shared.metrics.ledger_entry("delivered");
+            Ok(())
+        };
+        match self.apply(batch.events, &next, record).await {
+            Ok(()) => Progress::all(batch.events.len()),
+            Err(e) => Progress::failed(e.to_string()),
+        }
+    }
+
+    /// Once caught up under a new grant, rows nothing re-delivered go.
+    async fn idle(&mut self, caught_up: &(dyn Fn() -> bool + Sync)) -> Result<(), String> {
+        if self.needs_sweep() && caught_up() {
+            self.sweep()
+                .await
+                .map_err(|e| format!("PostgreSQL: {}", describe(&e)))?;
+        }
+        Ok(())
+    }
 }

@@ -11,6 +11,7 @@ use govbus_kafka::retry::Backoff;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use super::{Batch, Progress, Sink};
 use crate::event::Delivery;
 
 /// Writes one batch and waits for every acknowledgement. Events are handed
@@ -134,6 +135,30 @@ fn refused_for_good(e: &KafkaError) -> bool {
                 | C::InvalidRequiredAcks
         )
     )
+}
+
+/// The Kafka view of one subscription: `view.<subscription>`.
+#[derive(Debug)]
+pub struct ViewSink {
+    /// The view topic.
+    pub topic: String,
+}
+
+impl Sink for ViewSink {
+    async fn deliver(&mut self, batch: Batch<'_>) -> Progress {
+        let sub = batch.policy.subscription();
+        Progress {
+            done: batch.events.len(),
+            dead: write(
+                &batch.shared.producer,
+                &self.topic,
+                &sub.policy_version,
+                batch.events,
+            )
+            .await,
+            stop: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,11 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use govbus_catalog::{SecretSource, SinkSpec};
 
+use std::sync::Arc;
+
+use govbus_kafka::retry::Backoff;
+
+use super::{Batch, Ended, Progress, Sink};
 use crate::crypto::{hmac_sha256, sha256_hex};
 
 /// Largest response body read (the rest is discarded).
@@ -370,6 +375,126 @@ fn error_kind(e: &ureq::Error) -> &'static str {
         ureq::Error::BadUri(_) => "bad URL",
         ureq::Error::Protocol(_) => "protocol error",
         _ => "other",
+    }
+}
+
+/// Chunks of at most `batch_max` events, in offset order, each one POST
+/// retried with jittered backoff (`Retry-After` honoured within the cap)
+/// until it is delivered, refused for good (dead-lettered), or the retry
+/// budget is spent (dead-lettered). Each chunk goes out under the grant it
+/// was prepared under or not at all: the grant is checked before the chunk,
+/// before every retry and during every wait.
+impl Sink for Arc<Webhook> {
+    async fn deliver(&mut self, batch: Batch<'_>) -> Progress {
+        let Batch {
+            shared,
+            policy,
+            events,
+            shutdown,
+            ..
+        } = batch;
+        let wh = self;
+        let sub = policy.subscription();
+        let kind = sub.sink.kind();
+        let mut progress = Progress::all(0);
+        for chunk in events.chunks(wh.batch_max.max(1)) {
+            // Each chunk goes out under the grant it was prepared under, or
+            // not at all: the rest of the batch is prepared again.
+            if let Err(ended) = shared.as_granted(policy) {
+                progress.stop = Some(ended);
+                return progress;
+            }
+            let ids: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
+            let msg_id = message_id(&sub.id, &ids);
+            let body = serde_json::to_vec(&serde_json::Value::Array(
+                chunk
+                    .iter()
+                    .map(|e| e.cloudevent(&sub.policy_version))
+                    .collect(),
+            ))
+            .unwrap_or_default();
+            let body = Arc::new(body);
+            // The request's own `traceparent`: its first event's (each
+            // event carries its own in the body).
+            let trace = chunk.iter().find_map(|e| e.traceparent);
+            let mut attempt = 0u32;
+            let mut backoff = Backoff::new(
+                Duration::from_millis(200).min(wh.max_backoff),
+                wh.max_backoff,
+            );
+            let dead_reason = loop {
+                attempt += 1;
+                if attempt > 1 {
+                    // Checked again right before every retry: the grant may
+                    // have changed in the last slice of the wait below.
+                    if let Err(ended) = shared.as_granted(policy) {
+                        progress.stop = Some(ended);
+                        return progress;
+                    }
+                    shared.metrics.retried(&sub.id, kind);
+                }
+                let (w, b, m) = (wh.clone(), body.clone(), msg_id.clone());
+                let result = tokio::task::spawn_blocking(move || w.post(&m, &b, trace))
+                    .await
+                    .unwrap_or_else(|_| Attempt::Retry {
+                        why: "delivery worker failed".into(),
+                        after: None,
+                    });
+                match result {
+                    Attempt::Delivered => break None,
+                    Attempt::Gone => {
+                        shared.metrics.failed(&sub.id, kind);
+                        progress.stop = Some(Ended::Gone);
+                        return progress;
+                    }
+                    Attempt::Permanent { reason, why } => {
+                        shared.metrics.failed(&sub.id, kind);
+                        tracing::warn!(message = "Webhook refused the batch; dead-lettering it.", subscription = %sub.id, reason, detail = %why, events = chunk.len());
+                        break Some((reason, why));
+                    }
+                    Attempt::Retry { why, after } => {
+                        shared.metrics.failed(&sub.id, kind);
+                        if attempt >= wh.max_attempts {
+                            tracing::warn!(message = "Webhook retry budget spent; dead-lettering the batch.", subscription = %sub.id, attempts = attempt, detail = %why, events = chunk.len());
+                            break Some((
+                                "retries_exhausted",
+                                format!("{why}; {attempt} attempts"),
+                            ));
+                        }
+                        // `Retry-After` replaces the wait, within the cap.
+                        let wait = backoff.next_delay();
+                        let wait = after.map_or(wait, |a| a.min(backoff.cap()));
+                        tracing::info!(message = "Webhook delivery failed; will retry.", subscription = %sub.id, attempt, detail = %why, wait_ms = wait.as_millis() as u64);
+                        // Wait in short steps: a revocation or a stop ends the wait.
+                        let until = tokio::time::Instant::now() + wait;
+                        while tokio::time::Instant::now() < until {
+                            if *shutdown.borrow() {
+                                progress.stop = Some(Ended::Shutdown);
+                                return progress;
+                            }
+                            // Revoked, or changed (another subscriber, URL,
+                            // field policy): this body may no longer go out.
+                            if let Err(ended) = shared.as_granted(policy) {
+                                progress.stop = Some(ended);
+                                return progress;
+                            }
+                            tokio::time::sleep_until(
+                                until.min(tokio::time::Instant::now() + Duration::from_millis(200)),
+                            )
+                            .await;
+                        }
+                    }
+                }
+            };
+            if let Some((reason, why)) = dead_reason {
+                let base = progress.done;
+                progress
+                    .dead
+                    .extend((base..base + chunk.len()).map(|i| (i, reason, why.clone())));
+            }
+            progress.done += chunk.len();
+        }
+        progress
     }
 }
 
