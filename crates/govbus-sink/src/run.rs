@@ -555,8 +555,7 @@ impl Shared {
                 // The catalog admits only relative dirs that stay below the
                 // root (`catalog check`); the root is the operator's.
                 let dir = self.config.file_root.join(dir);
-                match FileSink::open(&dir, &sub.id, *format, *roll_records, *roll_interval, cols)
-                {
+                match FileSink::open(&dir, &sub.id, *format, *roll_records, *roll_interval, cols) {
                     Ok(f) => self.run_sink(f, sub, ds, shutdown).await,
                     Err(e) => Ended::Failed(format!("file sink {}: {e}", dir.display())),
                 }
@@ -748,8 +747,10 @@ impl Shared {
             // dead-lettered and recorded before, or a crash in between would
             // lose it without a trace. (For the others it is dead-lettered
             // after the delivery, up to where the delivery got.)
-            let mut early: Vec<(usize, &'static str, String)> =
-                unstorable.into_iter().map(|(i, e)| (i, "unstorable", e)).collect();
+            let mut early: Vec<(usize, &'static str, String)> = unstorable
+                .into_iter()
+                .map(|(i, e)| (i, "unstorable", e))
+                .collect();
             if own_offsets {
                 early.extend(
                     std::mem::take(&mut undecodable)
