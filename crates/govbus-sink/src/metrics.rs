@@ -20,6 +20,7 @@ pub struct Metrics {
     sse_clients: IntGaugeVec,
     ledger_entries: IntCounterVec,
     task_panics: IntCounterVec,
+    held: prometheus::IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -69,8 +70,25 @@ impl Metrics {
             sse_clients: gauge(&r, "govbus_sink_sse_clients", "Connected live-stream clients."),
             ledger_entries: counter(&r, "govbus_audit_entries_total", "Entries appended to the delivery ledger.", &["outcome"]),
             task_panics: counter(&r, "govbus_sink_task_panics_total", "Subscription tasks that panicked (each is restarted within a second; any increase is a bug to report).", &["subscription"]),
+            held: {
+                let g = prometheus::IntGauge::new("govbus_sink_tasks_held", "Subscription tasks that panicked and wait to be started again (1 s, doubling per repeat up to 60 s); /ready answers 503 while it is above 0.")
+                    .unwrap_or_else(|e| unreachable!("metric govbus_sink_tasks_held: {e}"));
+                let _ = r.register(Box::new(g.clone()));
+                g
+            },
             registry: r,
         }
+    }
+
+    /// How many subscription tasks wait to restart after a panic.
+    pub fn tasks_held(&self, n: usize) {
+        self.held.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Whether every subscription this process runs has a task: false while
+    /// one that panicked waits to be started again.
+    pub fn is_ready(&self) -> bool {
+        self.held.get() == 0
     }
 
     /// A subscription task panicked.

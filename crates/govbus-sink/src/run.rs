@@ -218,6 +218,9 @@ impl Sinks {
                 held.insert(id, (n, tokio::time::Instant::now() + wait));
             }
             let now = tokio::time::Instant::now();
+            self.shared
+                .metrics
+                .tasks_held(held.values().filter(|(_, until)| *until > now).count());
             for sub in catalog.subscriptions() {
                 let selected = if self.shared.config.only.is_empty() {
                     !sub.sink.is_served()
@@ -1087,5 +1090,12 @@ mod tests {
         assert_eq!(metrics.task_panics("sub-panics"), 1);
         assert_eq!(metrics.task_panics("sub-ended"), 0);
         assert!(metrics.render().contains("govbus_sink_task_panics_total"));
+        // /ready answers 503 while a panicked task waits to restart.
+        assert!(metrics.is_ready());
+        metrics.tasks_held(1);
+        assert!(!metrics.is_ready());
+        assert!(metrics.render().contains("govbus_sink_tasks_held 1"));
+        metrics.tasks_held(0);
+        assert!(metrics.is_ready());
     }
 }

@@ -87,7 +87,7 @@ struct SseState {
 }
 
 /// The HTTP surface of a sink process: the live streams, `/metrics`,
-/// `/health`.
+/// `/health`, `/ready`.
 pub fn router(sinks: &Sinks, credentials: Credentials, heartbeat: Duration) -> axum::Router {
     let state = Arc::new(SseState {
         shared: sinks.shared.clone(),
@@ -99,7 +99,21 @@ pub fn router(sinks: &Sinks, credentials: Credentials, heartbeat: Duration) -> a
         .route("/v1/subscriptions/{id}/events", get(events))
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
         .with_state(state)
+}
+
+/// 503 while a subscription task that panicked waits to be started again
+/// (`govbus_sink_tasks_held`); the log names it.
+async fn ready(State(st): State<Arc<SseState>>) -> impl IntoResponse {
+    if st.shared.metrics.is_ready() {
+        (axum::http::StatusCode::OK, "ready\n")
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "a subscription task failed and waits to restart (govbus_sink_tasks_held; see the log)\n",
+        )
+    }
 }
 
 async fn metrics(State(st): State<Arc<SseState>>) -> impl IntoResponse {

@@ -698,8 +698,15 @@ impl Telemetry {
         self.extra.push(f);
     }
 
-    fn ready(&self) -> bool {
-        self.router.as_ref().is_none_or(|r| r.is_ready())
+    /// Why the system is not ready, if it is not.
+    fn not_ready(&self) -> Option<&'static str> {
+        if !self.router.as_ref().is_none_or(|r| r.is_ready()) {
+            return Some("the router is not connected to the broker\n");
+        }
+        if !self.sink.as_ref().is_none_or(|m| m.is_ready()) {
+            return Some("a subscription task failed and waits to restart (govbus_sink_tasks_held; see the log)\n");
+        }
+        None
     }
 }
 
@@ -1163,15 +1170,11 @@ async fn serve_metrics(
         .route(
             "/ready",
             get(move || {
-                let ready = telemetry.ready();
+                let not_ready = telemetry.not_ready();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not connected to the broker\n",
-                        )
+                    match not_ready {
+                        None => (StatusCode::OK, "ready\n"),
+                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
                     }
                 }
             }),
