@@ -29,7 +29,6 @@
 //!
 //! Key types: [`Gateway`], [`GatewayConfig`], [`Credentials`], [`app`].
 
-mod credentials;
 mod handler;
 mod idempotency;
 mod openapi;
@@ -46,7 +45,7 @@ use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 
-pub use credentials::{certificate_fingerprint, hash_token, Credentials, CredentialsError};
+pub use govbus_http::{certificate_fingerprint, hash_token, Credentials, CredentialsError};
 
 /// Gateway settings.
 #[derive(Debug, Clone)]

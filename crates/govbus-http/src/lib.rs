@@ -2,9 +2,11 @@
 //! schema registry and the sink's live-stream (SSE) endpoint.
 //!
 //! Key items: [`serve`] (the accept loop), [`Options`] (its bounds and TLS),
-//! [`Tls::load`] (a rustls server configuration from PEM files) and
+//! [`Tls::load`] (a rustls server configuration from PEM files),
 //! [`PeerCertificate`] (the verified client certificate, as a request
-//! extension).
+//! extension) and [`Credentials`] (which department a bearer token or a
+//! client certificate belongs to: the one table the gateway, the live
+//! streams and the live interfaces authenticate against).
 //!
 //! `axum::serve` has no bound on connections and no header-read timeout, so
 //! an unauthenticated client could hold memory and sockets without limit.
@@ -22,10 +24,15 @@
 //! fails the handshake), while clients without one still connect and
 //! authenticate with a bearer token. Mapping a certificate to a department is
 //! the application's job, not this crate's: it only hands the verified leaf
-//! certificate to every request of the connection.
+//! certificate to every request of the connection, and [`Credentials`]
+//! looks it up.
 //!
-//! What this crate does not do: HTTP/2, authentication decisions, or reading
-//! bodies.
+//! What this crate does not do: HTTP/2, authorization decisions (what a
+//! department may do is each API's), or reading bodies.
+
+mod credentials;
+
+pub use credentials::{certificate_fingerprint, hash_token, Credentials, CredentialsError};
 
 use std::fmt;
 use std::future::Future;

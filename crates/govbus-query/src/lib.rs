@@ -22,7 +22,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 
 use govbus_catalog::{Catalog, PiiTag, SinkSpec};
-use govbus_gateway::Credentials;
+use govbus_http::Credentials;
 use govbus_kafka::topics::Topics;
 use govbus_state::Store;
 use serde_json::Value as Json;

@@ -37,7 +37,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use govbus_catalog::{Dataset, SinkSpec, Subscription};
-use govbus_gateway::Credentials;
+use govbus_http::Credentials;
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;

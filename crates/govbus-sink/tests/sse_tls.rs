@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use govbus_catalog::Catalog;
-use govbus_gateway::{certificate_fingerprint, Credentials};
+use govbus_http::{certificate_fingerprint, Credentials};
 use govbus_kafka::topics::Topics;
 use govbus_sink::metrics::Metrics;
 use govbus_sink::{SinkConfig, Sinks};
