@@ -103,7 +103,7 @@ impl GatewayConfig {
 /// The gateway's shared state.
 pub struct Gateway {
     /// Replaced when the schema log adds a version ([`Gateway::follow_schema_log`]).
-    engine: govbus_kafka::schema_log::EngineSlot,
+    engine: govbus_validate::SharedEngine,
     credentials: Credentials,
     producer: FutureProducer,
     config: GatewayConfig,
@@ -199,7 +199,7 @@ impl Gateway {
         }
         let producer = c.create()?;
         Ok(Gateway {
-            engine: Arc::new(std::sync::RwLock::new(engine)),
+            engine: govbus_validate::SharedEngine::new(engine),
             credentials,
             producer,
             permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent)),
@@ -215,10 +215,7 @@ impl Gateway {
     }
 
     pub(crate) fn engine(&self) -> Arc<Engine> {
-        self.engine
-            .read()
-            .map(|e| e.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.engine.current()
     }
 
     /// The gateway's metrics, in the Prometheus text format.
@@ -233,12 +230,10 @@ impl Gateway {
         &self,
         catalog: govbus_catalog::Catalog,
     ) -> Option<govbus_kafka::schema_log::Tail> {
-        govbus_kafka::schema_log::follow(
-            &self.config.bootstrap,
-            &self.config.topics,
-            catalog,
-            self.engine.clone(),
-        )
+        govbus_kafka::schema_log::follow(&self.config.bootstrap, &self.config.topics, catalog, {
+            let engine = self.engine.clone();
+            move |c| engine.recompile(c)
+        })
     }
 
     /// Whether `topic` exists on the broker: `Some(false)` only when the

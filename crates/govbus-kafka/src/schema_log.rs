@@ -16,39 +16,33 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use govbus_catalog::Catalog;
-use govbus_validate::Engine;
 
 use crate::topics::Topics;
 
-/// A compiled engine that the schema log can replace while readers use it.
-pub type EngineSlot = Arc<std::sync::RwLock<Arc<Engine>>>;
-
 /// Replays and tails the schema log under `topics`, applying each change to
-/// `catalog` (the same checks as a catalog file) and swapping the recompiled
-/// engine into `slot`. Keep the returned tail alive; `None` (logged) if the
-/// log cannot be followed.
-pub fn follow(
+/// `catalog` (the same checks as a catalog file) and handing the changed
+/// catalog to `adopt` — the caller recompiles what it serves from it
+/// (`govbus_validate::SharedEngine::recompile`). A change `adopt` refuses is
+/// logged and left out: the catalog stays as it was. Keep the returned tail
+/// alive; `None` (logged) if the log cannot be followed.
+pub fn follow<E: std::fmt::Display>(
     bootstrap: &str,
     topics: &Topics,
     catalog: Catalog,
-    slot: EngineSlot,
+    mut adopt: impl FnMut(&Catalog) -> Result<(), E> + Send + 'static,
 ) -> Option<Tail> {
     let mut catalog = catalog;
     Tail::start(bootstrap, &topic(topics), move |key, value| {
-        match catalog
-            .apply_change(key, value)
-            .map(|c| (Engine::new(&c), c))
-        {
-            Ok((Ok(engine), c)) => {
-                catalog = c;
-                if let Ok(mut e) = slot.write() {
-                    *e = Arc::new(engine);
+        match catalog.apply_change(key, value) {
+            Ok(c) => match adopt(&c) {
+                Ok(()) => {
+                    catalog = c;
+                    tracing::info!(message = "Schema log change applied.", key);
                 }
-                tracing::info!(message = "Schema log change applied.", key);
-            }
-            Ok((Err(error), _)) => {
-                tracing::warn!(message = "Schema log change does not compile.", key, %error)
-            }
+                Err(error) => {
+                    tracing::warn!(message = "Schema log change does not compile.", key, %error)
+                }
+            },
             Err(error) => tracing::warn!(message = "Schema log change refused.", key, %error),
         }
     })

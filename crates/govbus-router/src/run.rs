@@ -129,7 +129,7 @@ const MAX_IN_FLIGHT: usize = 4;
 /// The router: build with [`Router::new`], run with [`Router::run`].
 pub struct Router {
     /// The compiled catalog; replaced when the schema log adds a version.
-    engine: govbus_kafka::schema_log::EngineSlot,
+    engine: govbus_validate::SharedEngine,
     /// The catalog the engine was compiled from, when following the schema log.
     catalog: Option<govbus_catalog::Catalog>,
     config: RouterConfig,
@@ -160,7 +160,7 @@ impl Router {
     /// A router over a compiled catalog.
     pub fn new(engine: Arc<Engine>, config: RouterConfig, metrics: Metrics) -> Router {
         Router {
-            engine: Arc::new(std::sync::RwLock::new(engine)),
+            engine: govbus_validate::SharedEngine::new(engine),
             catalog: None,
             config,
             metrics,
@@ -177,20 +177,15 @@ impl Router {
     }
 
     fn engine(&self) -> Arc<Engine> {
-        self.engine
-            .read()
-            .map(|e| e.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.engine.current()
     }
 
     fn start_schema_log(&self) -> Option<govbus_kafka::schema_log::Tail> {
         let catalog = self.catalog.clone()?;
-        govbus_kafka::schema_log::follow(
-            &self.config.bootstrap,
-            &self.config.topics,
-            catalog,
-            self.engine.clone(),
-        )
+        govbus_kafka::schema_log::follow(&self.config.bootstrap, &self.config.topics, catalog, {
+            let engine = self.engine.clone();
+            move |c| engine.recompile(c)
+        })
     }
 
     /// The metrics it reports (serve them with [`crate::http::serve`]).

@@ -136,6 +136,39 @@ pub struct DatasetRef<'e> {
     idx: usize,
 }
 
+/// An engine that readers share while a newer one replaces it: run-time
+/// schema versions (the schema log) recompile the catalog, and each batch or
+/// request takes whichever engine is current when it starts. Clones share
+/// the slot.
+#[derive(Debug, Clone)]
+pub struct SharedEngine(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Engine>>>);
+
+impl SharedEngine {
+    /// Starts with `engine`.
+    pub fn new(engine: std::sync::Arc<Engine>) -> SharedEngine {
+        SharedEngine(std::sync::Arc::new(std::sync::RwLock::new(engine)))
+    }
+
+    /// The engine in force now.
+    pub fn current(&self) -> std::sync::Arc<Engine> {
+        self.0
+            .read()
+            .map(|e| e.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Compiles `catalog` and puts it in force; when it does not compile,
+    /// the engine in force stays.
+    pub fn recompile(&self, catalog: &Catalog) -> Result<(), CompileError> {
+        let engine = std::sync::Arc::new(Engine::new(catalog)?);
+        match self.0.write() {
+            Ok(mut e) => *e = engine,
+            Err(p) => *p.into_inner() = engine,
+        }
+        Ok(())
+    }
+}
+
 impl Engine {
     /// Compiles every dataset version of the catalog with default limits.
     pub fn new(catalog: &Catalog) -> Result<Engine, CompileError> {
