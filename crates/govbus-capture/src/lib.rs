@@ -32,10 +32,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use govbus_adapter::mapping::{Mapper, MappingFile};
+use govbus_adapter::row::{Cell, Row};
+use govbus_adapter::{Change, Publisher};
 use govbus_catalog::Catalog;
-use govbus_snapshot::mapping::{Mapper, MappingFile};
-use govbus_snapshot::table::{Cell, Row};
-use govbus_snapshot::{Change, Publisher};
 use govbus_validate::{Context, Engine};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, NoTls};

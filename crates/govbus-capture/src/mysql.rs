@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use futures_util::{FutureExt, StreamExt};
-use govbus_snapshot::table::Cell;
-use govbus_snapshot::{Change, Publisher};
+use govbus_adapter::row::Cell;
+use govbus_adapter::{Change, Publisher};
 use mysql_async::binlog::events::{EventData, OptionalMetadataField, RowsEventData, TableMapEvent};
 use mysql_async::binlog::row::BinlogRow;
 use mysql_async::binlog::value::BinlogValue;
@@ -540,7 +540,7 @@ impl Capture {
                         let key = |cells: &[(String, Cell)]| {
                             table
                                 .mapper
-                                .record(&govbus_snapshot::table::Row {
+                                .record(&govbus_adapter::row::Row {
                                     line: v,
                                     cells: cells.to_vec(),
                                 })

@@ -25,11 +25,11 @@
 //! absolute count. A dry run reads the state but creates and writes nothing
 //! in the state directory.
 
-pub mod mapping;
-pub mod normalize;
-pub mod publish;
 pub mod store;
 pub mod table;
+
+// The adapters' shared toolkit, where it used to live.
+pub use govbus_adapter::{mapping, normalize, publish, Change, Publisher};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -42,31 +42,6 @@ use sha2::{Digest, Sha256};
 use crate::mapping::{Mapper, MappingFile};
 use crate::store::{Entry, EntryReader, EntryWriter, Merge, Runs};
 use crate::table::{Format, RowError, TableError};
-
-/// One change to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    /// The dataset (`ce_type`).
-    pub dataset: String,
-    /// `create`, `update` or `delete`.
-    pub op: &'static str,
-    /// The record key.
-    pub key: String,
-    /// The canonical value (`None` for a delete).
-    pub value: Option<Vec<u8>>,
-    /// Source version: the same for every change of a run.
-    pub version: u64,
-    /// Event id, stable across re-runs of the same dump.
-    pub id: String,
-}
-
-/// Where changes go (Kafka in production, a vector in tests).
-pub trait Publisher {
-    /// Queues one change.
-    fn publish(&mut self, change: &Change) -> Result<(), String>;
-    /// Returns once every queued change is acknowledged.
-    fn flush(&mut self) -> Result<(), String>;
-}
 
 /// A row that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

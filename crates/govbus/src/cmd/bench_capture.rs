@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
+use govbus_adapter::publish::KafkaPublisher;
+use govbus_adapter::{Change, Publisher};
 use govbus_capture::{Capture, Config, Mode, TableSpec};
-use govbus_snapshot::publish::KafkaPublisher;
-use govbus_snapshot::{Change, Publisher};
 
 use crate::catalog_source;
 

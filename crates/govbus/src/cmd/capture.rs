@@ -8,10 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use govbus_adapter::publish::KafkaPublisher;
+use govbus_adapter::Publisher;
 use govbus_capture::{Capture, Config};
 use govbus_kafka::topics::Topics;
-use govbus_snapshot::publish::KafkaPublisher;
-use govbus_snapshot::Publisher;
 
 use crate::catalog_source;
 

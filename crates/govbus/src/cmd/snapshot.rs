@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use govbus_adapter::mapping::MappingFile;
+use govbus_adapter::publish::KafkaPublisher;
 use govbus_catalog::Catalog;
 use govbus_kafka::topics::Topics;
-use govbus_snapshot::mapping::MappingFile;
-use govbus_snapshot::publish::KafkaPublisher;
 use govbus_snapshot::{Options, Progress, Summary};
 use govbus_validate::Engine;
 
@@ -204,8 +204,8 @@ impl std::error::Error for Unreachable {}
 /// Stands in for Kafka in a dry run: nothing connects, nothing is sent.
 struct NoPublisher;
 
-impl govbus_snapshot::Publisher for NoPublisher {
-    fn publish(&mut self, _: &govbus_snapshot::Change) -> Result<(), String> {
+impl govbus_adapter::Publisher for NoPublisher {
+    fn publish(&mut self, _: &govbus_adapter::Change) -> Result<(), String> {
         Err("a dry run publishes nothing".into())
     }
     fn flush(&mut self) -> Result<(), String> {
@@ -230,7 +230,7 @@ fn publish_one(s: &Setup, c: &Common, file: &Path, dry_run: bool) -> anyhow::Res
         max_delete_fraction: c.max_deletes / 100.0,
         sort_memory: c.sort_memory_mib << 20,
     };
-    let mut publisher: Box<dyn govbus_snapshot::Publisher> = if dry_run {
+    let mut publisher: Box<dyn govbus_adapter::Publisher> = if dry_run {
         // No producer, no connection, no state directory.
         Box::new(NoPublisher)
     } else {

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use govbus_adapter::publish::KafkaPublisher;
 use govbus_catalog::Catalog;
 use govbus_kafka::headers as h;
 use govbus_kafka::topics::Topics;
-use govbus_snapshot::publish::KafkaPublisher;
 use govbus_validate::Engine;
 use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -304,7 +304,7 @@ impl Publisher {
             dataset: dataset.to_owned(),
             file,
             format: None,
-            mapping: govbus_snapshot::mapping::MappingFile::default(),
+            mapping: govbus_adapter::mapping::MappingFile::default(),
             state_dir: self.state.join(dataset),
             dry_run: false,
             max_delete_fraction: 1.0,

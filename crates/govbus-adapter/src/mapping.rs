@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value as Json};
 
 use crate::normalize;
-use crate::table::{Cell, Encoding, Row, RowError};
+use crate::row::{Cell, Encoding, Row, RowError};
 
 /// A mapping file as written.
 #[derive(Debug, Clone, Default, Deserialize)]
