@@ -10,10 +10,13 @@
 //!
 //! - [`read`]: a whole topic, for the operator tools.
 //! - [`retry`]: the one backoff policy every retry loop waits by.
-//! - [`schema_log`]: run-time schema changes, and following them into a
-//!   recompiled engine.
+//! - [`stage`]: what every consuming stage shares: batches from a consumer,
+//!   fenced against rebalances.
+//! - [`schema_log`]: run-time schema changes, followed into a changed
+//!   catalog.
 //!
-//! It knows the catalog and the engine only to follow the schema log.
+//! It knows the catalog to follow the schema log, and the engine's
+//! rejection to name an oversized record.
 
 pub mod admin;
 pub mod config;
@@ -24,4 +27,5 @@ pub mod provision;
 pub mod read;
 pub mod retry;
 pub mod schema_log;
+pub mod stage;
 pub mod topics;

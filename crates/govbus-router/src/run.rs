@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use govbus_kafka::config as kconfig;
 use govbus_kafka::headers as h;
 use govbus_kafka::retry::Backoff;
+use govbus_kafka::stage::{next_batch, Revocations};
 use govbus_kafka::topics::Topics;
 use govbus_validate::{Context, Engine};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -36,6 +37,8 @@ pub enum RouterError {
 struct RouterContext {
     metrics: Metrics,
     topics: Topics,
+    /// Revoked partitions, so a batch leaves out what it can no longer settle.
+    revocations: Revocations,
 }
 
 impl ClientContext for RouterContext {
@@ -75,6 +78,21 @@ impl ClientContext for RouterContext {
 }
 
 impl ConsumerContext for RouterContext {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(revoked) = rebalance {
+            self.revocations.revoke(
+                revoked
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition())),
+            );
+        }
+    }
+
     fn post_rebalance(
         &self,
         consumer: &rdkafka::consumer::BaseConsumer<Self>,
@@ -279,6 +297,7 @@ impl Router {
         let consumer: StreamConsumer<RouterContext> = cc.create_with_context(RouterContext {
             metrics: self.metrics.clone(),
             topics: self.config.topics.clone(),
+            revocations: Revocations::default(),
         })?;
         consumer.subscribe(&[self.config.topics.ingest_pattern().as_str()])?;
         let mut producer = self.producer()?;
@@ -287,38 +306,19 @@ impl Router {
         tokio::pin!(shutdown);
         let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
         loop {
-            let first = tokio::select! {
+            // Idle for 20 ms with batches in flight: settle them, so their
+            // offsets are stored.
+            let wait = (!in_flight.is_empty()).then_some(Duration::from_millis(20));
+            let batch = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                m = consumer.recv() => Some(m),
-                // Idle: settle what is in flight so its offsets are stored.
-                () = tokio::time::sleep(Duration::from_millis(20)), if !in_flight.is_empty() => None,
+                b = next_batch(&consumer, wait, self.config.max_batch, self.config.linger, Some(&consumer.context().revocations), |m| m) => b,
             };
-            let first = match first {
-                None => {
-                    while let Some(b) = in_flight.pop_front() {
-                        self.settle(&producer, &consumer, b).await;
-                    }
-                    continue;
+            if batch.is_empty() {
+                while let Some(b) = in_flight.pop_front() {
+                    self.settle(&producer, &consumer, b).await;
                 }
-                Some(Ok(m)) => m,
-                Some(Err(error)) => {
-                    tracing::warn!(message = "Consume failed; retrying.", %error);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + self.config.linger;
-            while batch.len() < self.config.max_batch {
-                match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(Ok(m)) => batch.push(m),
-                    Ok(Err(error)) => {
-                        tracing::warn!(message = "Consume failed.", %error);
-                        break;
-                    }
-                    Err(_) => break,
-                }
+                continue;
             }
             // A schema id this engine does not know may have just been
             // registered: apply the log up to its end before dead-lettering.

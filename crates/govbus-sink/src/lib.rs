@@ -15,7 +15,6 @@
 pub mod crypto;
 pub mod decode;
 pub mod event;
-pub mod fence;
 pub mod ledger;
 pub mod metrics;
 pub mod policy;

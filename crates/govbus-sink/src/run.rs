@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use govbus_catalog::{Catalog, Dataset, SinkSpec, Subscription};
 use govbus_kafka::headers as h;
 use govbus_kafka::retry::Backoff;
+use govbus_kafka::stage::{next_batch, Revocations};
 use govbus_kafka::topics::Topics;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -17,7 +18,6 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::event::{prepare, Canonical, Delivery, Prepared, OUT_OF_SCOPE};
-use crate::fence::Revocations;
 use crate::ledger::{self, Ledger};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -348,57 +348,6 @@ impl ConsumerContext for LagContext {
 
 type SubConsumer = StreamConsumer<LagContext>;
 
-/// Collects up to `max` records, waiting `idle` for the first and `linger`
-/// for the rest. With `fence` (the consumer's revocations and the one topic
-/// it reads), records whose partition was revoked while the batch was being
-/// collected are left out (see [`crate::fence`]).
-pub(crate) async fn next_batch<C: ConsumerContext + 'static>(
-    consumer: &StreamConsumer<C>,
-    max: usize,
-    linger: Duration,
-    idle: Duration,
-    fence: Option<(&Revocations, &str)>,
-) -> Vec<Canonical> {
-    // Revocations seen when each record was fetched: the rebalance callback
-    // runs inside `recv`, so a record returned after it belongs to the
-    // assignment as it is after the change.
-    let seen = || fence.map_or(0, |(r, _)| r.seen());
-    let first = match tokio::time::timeout(idle, consumer.recv()).await {
-        Err(_) => return Vec::new(),
-        Ok(Err(error)) => {
-            tracing::warn!(message = "Consume failed; retrying.", %error);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            return Vec::new();
-        }
-        Ok(Ok(m)) => (seen(), Canonical::from_message(&m)),
-    };
-    let mut out = vec![first];
-    let deadline = tokio::time::Instant::now() + linger;
-    while out.len() < max {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(m)) => out.push((seen(), Canonical::from_message(&m))),
-            Ok(Err(error)) => {
-                tracing::warn!(message = "Consume failed.", %error);
-                break;
-            }
-            Err(_) => break,
-        }
-    }
-    let Some((fence, topic)) = fence else {
-        return out.into_iter().map(|(_, c)| c).collect();
-    };
-    let fetched = out.len();
-    let kept: Vec<Canonical> = out
-        .into_iter()
-        .filter(|(seen, c)| !fence.revoked_since(*seen, topic, c.partition))
-        .map(|(_, c)| c)
-        .collect();
-    if kept.len() < fetched {
-        tracing::info!(message = "Left out records whose partition was revoked while the batch was collected; the partition's next owner delivers them.", topic = %topic, records = fetched - kept.len());
-    }
-    kept
-}
-
 impl Shared {
     pub(crate) fn grant(&self, id: &str) -> Result<(Subscription, Dataset), &'static str> {
         let catalog = self.catalog.borrow().clone();
@@ -656,7 +605,7 @@ impl Shared {
         loop {
             let batch = tokio::select! {
                 _ = shutdown.changed() => Vec::new(),
-                b = next_batch(&consumer, self.config.max_batch, self.config.linger, Duration::from_millis(250), Some((&consumer.context().revocations, &topic))) => b,
+                b = next_batch(&consumer, Some(Duration::from_millis(250)), self.config.max_batch, self.config.linger, Some(&consumer.context().revocations), |m| Canonical::from_message(&m)) => b,
             };
             // The grant is checked at delivery time, on every batch. (The
             // catalog is taken first: a change after it is seen next batch.)

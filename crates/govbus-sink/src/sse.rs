@@ -46,7 +46,9 @@ use tokio::sync::mpsc;
 use crate::event::{prepare, Prepared};
 use crate::ledger;
 use crate::policy::Policy;
-use crate::run::{next_batch, Shared, Sinks};
+use govbus_kafka::stage::next_batch;
+
+use crate::run::{Shared, Sinks};
 
 /// Events checked, recorded and handed to a client together; also the
 /// channel's capacity (`reserve_many` needs at most that), so at most this
@@ -396,7 +398,7 @@ async fn stream(
     loop {
         let batch = tokio::select! {
             () = tx.closed() => return Ok(()),
-            b = next_batch(&consumer, 500, Duration::from_millis(10), Duration::from_millis(250), None) => b,
+            b = next_batch(&consumer, Some(Duration::from_millis(250)), 500, Duration::from_millis(10), None, |m| crate::event::Canonical::from_message(&m)) => b,
         };
         let mut rest = &batch[..];
         loop {

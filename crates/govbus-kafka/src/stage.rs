@@ -1,17 +1,24 @@
-//! Fencing a batch against rebalances: records fetched before their
-//! partition was revoked are not delivered by this instance.
+//! What every consuming stage shares — the router and every sink alike:
+//! [`next_batch`] collects a batch from a consumer, and [`Revocations`]
+//! fences it against rebalances.
 //!
-//! A sink collects a batch over several `recv` calls, and a rebalance runs
-//! inside one of them (librdkafka serves the rebalance callback on the
-//! polling thread). Records of a partition collected before it was revoked
-//! could still be delivered, but their offsets can no longer be stored or
-//! committed: the partition's next owner starts from the offset committed in
-//! the revocation callback and delivers them again. Dropping them instead is
-//! safe: nothing of theirs was delivered or stored here, so whoever owns the
-//! partition next — another instance, or this one after a re-assignment,
-//! both starting from the committed offset — fetches them again. Keeping a
-//! record is always safe (a repeat at worst), so whenever the log cannot
-//! tell, the record is kept.
+//! **Fencing a batch.** A stage collects a batch over several `recv` calls,
+//! and a rebalance runs inside one of them (librdkafka serves the rebalance
+//! callback on the polling thread). Records of a partition collected before
+//! it was revoked could still be processed, but their offsets can no longer
+//! be stored or committed: the partition's next owner starts from the
+//! offset committed in the revocation and processes them again (a duplicate
+//! routed record, a duplicate delivery). Dropping them instead is safe:
+//! nothing of theirs was done or stored here, so whoever owns the partition
+//! next — another instance, or this one after a re-assignment, both starting
+//! from the committed offset — fetches them again. Keeping a record is
+//! always safe (a repeat at worst), so whenever the log cannot tell, the
+//! record is kept.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -75,6 +82,69 @@ impl Revocations {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Collects the next batch: waits `wait` for a first record (`None`: until
+/// one comes), then up to `max` records in all for at most `linger` more.
+/// With `fence`, records whose partition was revoked while the batch was
+/// being collected are left out (their next owner processes them). An
+/// empty batch means idle (or a failed poll, logged, after a 200 ms pause).
+/// `keep` turns each record into what the stage keeps of it.
+///
+/// Cancel-safe in the way a stage needs: a batch dropped half collected
+/// stored no offsets, so its records come again after a restart.
+pub async fn next_batch<'c, C: ConsumerContext + 'static, T>(
+    consumer: &'c StreamConsumer<C>,
+    wait: Option<Duration>,
+    max: usize,
+    linger: Duration,
+    fence: Option<&Revocations>,
+    mut keep: impl FnMut(BorrowedMessage<'c>) -> T,
+) -> Vec<T> {
+    // Revocations seen when each record was fetched: the rebalance callback
+    // runs inside `recv`, so a record returned after it belongs to the
+    // assignment as it is after the change.
+    let seen = || fence.map_or(0, Revocations::seen);
+    let first = match wait {
+        Some(wait) => match tokio::time::timeout(wait, consumer.recv()).await {
+            Err(_) => return Vec::new(),
+            Ok(r) => r,
+        },
+        None => consumer.recv().await,
+    };
+    let first = match first {
+        Ok(m) => m,
+        Err(error) => {
+            tracing::warn!(message = "Consume failed; retrying.", %error);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Vec::new();
+        }
+    };
+    let mut out = vec![(seen(), first)];
+    let deadline = tokio::time::Instant::now() + linger;
+    while out.len() < max {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => out.push((seen(), m)),
+            Ok(Err(error)) => {
+                tracing::warn!(message = "Consume failed.", %error);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let Some(fence) = fence else {
+        return out.into_iter().map(|(_, m)| keep(m)).collect();
+    };
+    let fetched = out.len();
+    let kept: Vec<T> = out
+        .into_iter()
+        .filter(|(seen, m)| !fence.revoked_since(*seen, m.topic(), m.partition()))
+        .map(|(_, m)| keep(m))
+        .collect();
+    if kept.len() < fetched {
+        tracing::info!(message = "Left out records whose partition was revoked while the batch was collected; the partition's next owner processes them.", records = fetched - kept.len());
+    }
+    kept
 }
 
 #[cfg(test)]
