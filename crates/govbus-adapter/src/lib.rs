@@ -31,10 +31,61 @@ pub struct Change {
     pub id: String,
 }
 
+/// Why a change was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The producer refused the change as it was handed over (a record too
+    /// large for the producer, a producer that failed).
+    #[error("kafka: {0}")]
+    Refused(#[from] rdkafka::error::KafkaError),
+    /// Changes were handed over but not all acknowledged.
+    #[error(transparent)]
+    Unacknowledged(#[from] govbus_kafka::produce::AckError),
+    /// Another publisher's own failure (a test's, a bench's).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl PublishError {
+    /// Whether the change itself is too large to publish: refused on every
+    /// retry, it must be rejected like a row that does not validate rather
+    /// than hold the adapter's position for ever.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            PublishError::Refused(rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge
+            ))
+        )
+    }
+}
+
 /// Where changes go (Kafka in production, a vector in tests).
 pub trait Publisher {
     /// Queues one change.
-    fn publish(&mut self, change: &Change) -> Result<(), String>;
+    fn publish(&mut self, change: &Change) -> Result<(), PublishError>;
     /// Returns once every queued change is acknowledged.
-    fn flush(&mut self) -> Result<(), String>;
+    fn flush(&mut self) -> Result<(), PublishError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    use super::PublishError;
+
+    #[test]
+    fn only_a_record_the_producer_finds_too_large_is_too_large() {
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        assert!(PublishError::from(too_large).is_too_large());
+        let full = KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+        assert!(!PublishError::from(full).is_too_large());
+        // A failed delivery report is the broker's, and may pass.
+        let failed = govbus_kafka::produce::AckError::Failed {
+            failed: 1,
+            first: "Broker: Message size too large".into(),
+        };
+        assert!(!PublishError::from(failed).is_too_large());
+    }
 }

@@ -11,7 +11,7 @@ use govbus_kafka::produce::{Acks, CountedProducer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, Producer};
 
-use crate::{Change, Publisher};
+use crate::{Change, PublishError, Publisher};
 
 /// Publishes to Kafka with an idempotent producer.
 pub struct KafkaPublisher {
@@ -85,7 +85,7 @@ impl KafkaPublisher {
 }
 
 impl Publisher for KafkaPublisher {
-    fn publish(&mut self, c: &Change) -> Result<(), String> {
+    fn publish(&mut self, c: &Change) -> Result<(), PublishError> {
         let version = c.version.to_string();
         let headers = h::owned([
             (
@@ -133,16 +133,16 @@ impl Publisher for KafkaPublisher {
         if let Some(v) = &c.value {
             record = record.payload(v.as_slice());
         }
-        govbus_kafka::produce::send_counted(&self.producer, record).map_err(|e| e.to_string())
+        Ok(govbus_kafka::produce::send_counted(&self.producer, record)?)
     }
 
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), PublishError> {
         let settled = self.acks.settle(&self.producer, None);
         if let (Err(_), Some(t)) = (&settled, &self.trace) {
             t.fail("the batch was not acknowledged");
         }
         // Ends the batch's spans.
         self.trace = None;
-        settled
+        Ok(settled?)
     }
 }

@@ -147,7 +147,10 @@ pub enum CaptureError {
     Postgres(tokio_postgres::Error),
     /// Publishing failed; the position did not move.
     #[error("publishing failed (the position did not move; restart to resume): {0}")]
-    Publish(String),
+    Publish(#[from] govbus_adapter::PublishError),
+    /// A table's owner has no publisher (a bug in the capture's setup).
+    #[error("no publisher for {0}")]
+    NoPublisher(String),
     /// Local state.
     #[error("state: {0}")]
     State(#[from] std::io::Error),
@@ -533,9 +536,9 @@ impl Capture {
         let mut refused = vec![false; changes.len()];
         for (i, (t, c)) in changes.iter().enumerate() {
             let table = &self.tables[*t];
-            let p = publishers.get_mut(&table.owner).ok_or_else(|| {
-                CaptureError::Publish(format!("no publisher for {}", table.owner))
-            })?;
+            let p = publishers
+                .get_mut(&table.owner)
+                .ok_or_else(|| CaptureError::NoPublisher(table.owner.clone()))?;
             match p.publish(c) {
                 Ok(()) => {}
                 // A record larger than the producer may send would be
@@ -544,7 +547,7 @@ impl Capture {
                 // (Validation refuses a value that large first,
                 // `limits::publishable`; a delete is not validated, and one
                 // with a key too large for the producer lands here.)
-                Err(e) if e.contains("MessageSizeTooLarge") || e.contains("size too large") => {
+                Err(e) if e.is_too_large() => {
                     let reason = govbus_validate::Reason::MessageTooLarge.code();
                     tracing::warn!(message = "Row rejected at the edge.", table = %table.spec.table, version = c.version, reason, detail = %e);
                     self.metrics.rejected(

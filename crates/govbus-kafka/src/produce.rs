@@ -185,6 +185,27 @@ where
     send_waiting(producer, record).inspect_err(|_| acks.in_flight.done())
 }
 
+/// Why records handed to a producer were not all acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// The wait's limit passed with records still in flight.
+    #[error("{in_flight} records not acknowledged by the broker within {}s", .limit.as_secs())]
+    TimedOut {
+        /// Records still in flight.
+        in_flight: u64,
+        /// The limit.
+        limit: Duration,
+    },
+    /// The broker or the producer failed records.
+    #[error("{failed} records were not acknowledged ({first})")]
+    Failed {
+        /// How many.
+        failed: u64,
+        /// The first failure's reason.
+        first: String,
+    },
+}
+
 impl Acks {
     /// Records still in flight.
     pub fn in_flight(&self) -> u64 {
@@ -200,7 +221,7 @@ impl Acks {
         &self,
         producer: &ThreadedProducer<C>,
         limit: Option<Duration>,
-    ) -> Result<(), String> {
+    ) -> Result<(), AckError> {
         // The wait is on the delivery reports themselves (see `InFlight`).
         // It includes the producer's `linger.ms`: a zero-timeout flush
         // returns before the broker threads wake, so it does not cut the
@@ -212,11 +233,10 @@ impl Acks {
             .min(Duration::from_secs(60));
         while !self.in_flight.wait(step) {
             if let Some(l) = limit.filter(|l| start.elapsed() >= *l) {
-                return Err(format!(
-                    "{} records not acknowledged by the broker within {}s",
-                    self.in_flight.len(),
-                    l.as_secs()
-                ));
+                return Err(AckError::TimedOut {
+                    in_flight: self.in_flight.len(),
+                    limit: l,
+                });
             }
             tracing::warn!(
                 message = "Waiting for the broker to acknowledge.",
@@ -231,7 +251,7 @@ impl Acks {
                 .ok()
                 .and_then(|f| f.clone())
                 .unwrap_or_default();
-            return Err(format!("{failed} records were not acknowledged ({first})"));
+            return Err(AckError::Failed { failed, first });
         }
         Ok(())
     }

@@ -29,7 +29,7 @@ pub mod store;
 pub mod table;
 
 // The adapters' shared toolkit, where it used to live.
-pub use govbus_adapter::{mapping, normalize, publish, Change, Publisher};
+pub use govbus_adapter::{mapping, normalize, publish, Change, PublishError, Publisher};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -147,7 +147,7 @@ pub enum SnapshotError {
     },
     /// Publishing failed; the state was not replaced, a re-run repeats it.
     #[error("publishing failed (the state is unchanged; run again): {0}")]
-    Publish(String),
+    Publish(#[from] govbus_adapter::PublishError),
     /// State files.
     #[error("state in {dir}: {source}")]
     State {

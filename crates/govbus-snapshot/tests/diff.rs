@@ -54,14 +54,14 @@ struct Collect {
 }
 
 impl Publisher for Collect {
-    fn publish(&mut self, c: &Change) -> Result<(), String> {
+    fn publish(&mut self, c: &Change) -> Result<(), govbus_snapshot::PublishError> {
         if self.fail_after.is_some_and(|n| self.changes.len() >= n) {
-            return Err("broker gone".into());
+            return Err(govbus_snapshot::PublishError::Other("broker gone".into()));
         }
         self.changes.push(c.clone());
         Ok(())
     }
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), govbus_snapshot::PublishError> {
         Ok(())
     }
 }

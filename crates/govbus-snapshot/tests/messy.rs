@@ -70,11 +70,11 @@ struct Collect {
 }
 
 impl Publisher for Collect {
-    fn publish(&mut self, c: &Change) -> Result<(), String> {
+    fn publish(&mut self, c: &Change) -> Result<(), govbus_snapshot::PublishError> {
         self.changes.push(c.clone());
         Ok(())
     }
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), govbus_snapshot::PublishError> {
         Ok(())
     }
 }

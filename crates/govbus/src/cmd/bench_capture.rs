@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 use govbus_adapter::publish::KafkaPublisher;
-use govbus_adapter::{Change, Publisher};
+use govbus_adapter::{Change, PublishError, Publisher};
 use govbus_capture::{Capture, Config, Mode, TableSpec};
 
 use crate::catalog_source;
@@ -54,14 +54,17 @@ struct Timed {
 }
 
 impl Publisher for Timed {
-    fn publish(&mut self, c: &Change) -> Result<(), String> {
+    fn publish(&mut self, c: &Change) -> Result<(), PublishError> {
         self.pending.push(c.key.clone());
         self.inner.publish(c)
     }
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), PublishError> {
         self.inner.flush()?;
         let now = Instant::now();
-        let mut a = self.acked.lock().map_err(|_| "poisoned".to_owned())?;
+        let mut a = self
+            .acked
+            .lock()
+            .map_err(|_| PublishError::Other("poisoned".to_owned()))?;
         a.extend(self.pending.drain(..).map(|k| (k, now)));
         Ok(())
     }

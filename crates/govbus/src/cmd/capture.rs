@@ -146,7 +146,7 @@ pub async fn supervise(
                 let topic = kafka.topics.ingest(&owner);
                 govbus_kafka::admin::ensure_topics(kafka.bootstrap, &[(topic.clone(), 4)]).await;
                 let p = KafkaPublisher::new(kafka.bootstrap, &topic, "", kafka.overrides)
-                    .map_err(|e| govbus_capture::CaptureError::Publish(e.to_string()))?;
+                    .map_err(|e| govbus_capture::CaptureError::Publish(e.into()))?;
                 publishers.insert(owner, Box::new(p));
             }
             let r = capture.run(&mut publishers, stop_rx.clone()).await;

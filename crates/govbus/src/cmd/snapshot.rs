@@ -205,10 +205,12 @@ impl std::error::Error for Unreachable {}
 struct NoPublisher;
 
 impl govbus_adapter::Publisher for NoPublisher {
-    fn publish(&mut self, _: &govbus_adapter::Change) -> Result<(), String> {
-        Err("a dry run publishes nothing".into())
+    fn publish(&mut self, _: &govbus_adapter::Change) -> Result<(), govbus_adapter::PublishError> {
+        Err(govbus_adapter::PublishError::Other(
+            "a dry run publishes nothing".into(),
+        ))
     }
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), govbus_adapter::PublishError> {
         Ok(())
     }
 }
