@@ -38,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use govbus_catalog::{Dataset, SinkSpec, Subscription};
 use govbus_http::Credentials;
+use govbus_kafka::stage::next_batch;
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
@@ -46,8 +47,6 @@ use tokio::sync::mpsc;
 use crate::event::{prepare, Prepared};
 use crate::ledger;
 use crate::policy::Policy;
-use govbus_kafka::stage::next_batch;
-
 use crate::run::{Shared, Sinks};
 
 /// Events checked, recorded and handed to a client together; also the
