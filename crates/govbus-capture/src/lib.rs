@@ -178,7 +178,8 @@ pub enum CaptureError {
 }
 
 impl CaptureError {
-    /// Whether restarting (reconnecting) can help.
+    /// Whether restarting (reconnecting) can help. A table without a
+    /// publisher is a setup bug: restarting cannot help, so the capture stops.
     pub fn is_transient(&self) -> bool {
         match self {
             CaptureError::Postgres(_)

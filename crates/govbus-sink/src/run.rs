@@ -699,15 +699,17 @@ impl Shared {
             // dead-lettered and recorded before, or a crash in between would
             // lose it without a trace. (For the others it is dead-lettered
             // after the delivery, up to where the delivery got.)
-            let mut early: Vec<(usize, &'static str, String)> = unstorable
-                .into_iter()
-                .map(|(i, e)| (i, "unstorable", e))
-                .collect();
+            let mut early: Vec<(usize, &'static str, String)> = Vec::new();
             if own_offsets {
                 early.extend(
                     std::mem::take(&mut undecodable)
                         .into_iter()
-                        .map(|(i, e)| (i, "undecodable", e)),
+                        .map(|(i, e)| (i, "undecodable", e))
+                        .chain(
+                            std::mem::take(&mut unstorable)
+                                .into_iter()
+                                .map(|(i, e)| (i, "unstorable", e)),
+                        ),
                 );
             }
             if !early.is_empty() {
@@ -738,8 +740,9 @@ impl Shared {
             };
             let mut dead: Vec<(usize, &'static str, String)> = undecodable
                 .into_iter()
-                .filter(|(i, _)| *i < settled)
                 .map(|(i, e)| (i, "undecodable", e))
+                .chain(unstorable.into_iter().map(|(i, e)| (i, "unstorable", e)))
+                .filter(|(i, _, _)| *i < settled)
                 .collect();
             dead.extend(
                 progress

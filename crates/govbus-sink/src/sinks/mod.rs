@@ -5,7 +5,7 @@
 //! to every record before a sink sees it (a sink receives [`Delivery`]s, never
 //! canonical values), the subscription's dead letters, the ledger, the
 //! offsets, the traces and the metrics. A sink only delivers, and says how far
-//! it got. A new sink is a new module here, one arm in `run::Shared::open`,
+//! it got. A new sink is a new module here, one arm in `run::Shared::deliver_while_granted`,
 //! and one line in the conformance suite (`tests/conformance.rs`).
 //!
 //! The live stream (`crate::sse`) is served to clients over HTTP rather than
