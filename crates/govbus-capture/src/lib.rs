@@ -401,11 +401,16 @@ impl Capture {
         }
     }
 
+    /// Writes the position durably (fsync, then rename), off the async
+    /// worker.
     fn save_state(&self, s: &State) -> Result<(), CaptureError> {
         let tmp = self.state_dir.join("state.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(s).map_err(std::io::Error::other)?)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, self.state_dir.join("state.json"))?;
+        let bytes = serde_json::to_vec(s).map_err(std::io::Error::other)?;
+        govbus_kafka::stage::blocking(|| {
+            std::fs::write(&tmp, bytes)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, self.state_dir.join("state.json"))
+        })?;
         Ok(())
     }
 
@@ -563,7 +568,7 @@ impl Capture {
                 Err(e) => return Err(CaptureError::Publish(e)),
             }
         }
-        tokio::task::block_in_place(|| {
+        govbus_kafka::stage::blocking(|| {
             for p in publishers.values_mut() {
                 p.flush().map_err(CaptureError::Publish)?;
             }

@@ -1,6 +1,7 @@
 //! What every consuming stage shares — the router and every sink alike:
-//! [`next_batch`] collects a batch from a consumer, and [`Revocations`]
-//! fences it against rebalances.
+//! [`next_batch`] collects a batch from a consumer, [`Revocations`]
+//! fences it against rebalances, and [`blocking`] runs what blocks (an
+//! fsync, a transaction's commit, a metadata request) off the async worker.
 //!
 //! **Fencing a batch.** A stage collects a batch over several `recv` calls,
 //! and a rebalance runs inside one of them (librdkafka serves the rebalance
@@ -62,6 +63,19 @@ impl Revocations {
         self.count.store(n, Ordering::Release);
     }
 
+    /// Records a revocation, when `rebalance` is one (call it from a
+    /// consumer context's `pre_rebalance`).
+    pub fn on_rebalance(&self, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Revoke(revoked) = rebalance {
+            self.revoke(
+                revoked
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition())),
+            );
+        }
+    }
+
     /// Whether `partition` of `topic` was revoked after revocation number
     /// `seen` (false when the log no longer reaches back that far: keeping
     /// a record is the safe side).
@@ -81,6 +95,18 @@ impl Revocations {
         self.log
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Runs `f`, which blocks (an fsync, a transaction's commit, a metadata
+/// request), without stalling the async worker it is called on: on a
+/// multi-threaded runtime through `block_in_place` (the worker's other tasks
+/// move to another thread meanwhile); on a current-thread runtime (tests)
+/// or outside any runtime, in place.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -153,6 +179,25 @@ mod tests {
 
     fn p(n: i32) -> (String, i32) {
         ("data.x".to_owned(), n)
+    }
+
+    #[test]
+    fn blocking_work_runs_on_every_kind_of_runtime_and_outside_one() {
+        assert_eq!(blocking(|| 1), 1);
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        assert_eq!(current.block_on(async { blocking(|| 2) }), 2);
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        assert_eq!(
+            multi
+                .block_on(async { tokio::spawn(async { blocking(|| 3) }).await })
+                .ok(),
+            Some(3)
+        );
     }
 
     #[test]

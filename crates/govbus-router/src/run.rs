@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use govbus_kafka::config as kconfig;
 use govbus_kafka::headers as h;
 use govbus_kafka::retry::Backoff;
-use govbus_kafka::stage::{next_batch, Revocations};
+use govbus_kafka::stage::{blocking, next_batch, Revocations};
 use govbus_kafka::topics::Topics;
 use govbus_validate::{Context, Engine};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -83,14 +83,7 @@ impl ConsumerContext for RouterContext {
         _consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if let rdkafka::consumer::Rebalance::Revoke(revoked) = rebalance {
-            self.revocations.revoke(
-                revoked
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition())),
-            );
-        }
+        self.revocations.on_rebalance(rebalance);
     }
 
     fn post_rebalance(
@@ -385,9 +378,9 @@ impl Router {
                         tracing::warn!(message = "Transaction failed; rewinding the batch.", %error);
                         if error.rdkafka_error_code().is_none()
                             || !matches!(
-                                producer.abort_transaction(Timeout::After(
+                                blocking(|| producer.abort_transaction(Timeout::After(
                                     self.config.transaction_timeout
-                                )),
+                                ))),
                                 Ok(())
                             )
                         {
@@ -557,7 +550,7 @@ impl Router {
         let mut out = self.decide_batch(batch, trace);
         let decided = started.elapsed().as_secs_f64();
         self.ensure_output_topics(&out).await;
-        producer.begin_transaction()?;
+        blocking(|| producer.begin_transaction())?;
         let mut deliveries = Vec::with_capacity(out.len());
         for o in &mut out {
             deliveries.push(loop {
@@ -581,12 +574,11 @@ impl Router {
         let group = consumer
             .group_metadata()
             .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?;
-        producer.send_offsets_to_transaction(
-            &offsets,
-            &group,
-            Timeout::After(self.config.transaction_timeout),
-        )?;
-        producer.commit_transaction(Timeout::After(self.config.transaction_timeout))?;
+        let limit = Timeout::After(self.config.transaction_timeout);
+        blocking(|| {
+            producer.send_offsets_to_transaction(&offsets, &group, limit)?;
+            producer.commit_transaction(limit)
+        })?;
         let rejected = out.iter().filter(|o| o.dlq).count();
         self.metrics.batch(
             started.elapsed().as_secs_f64(),

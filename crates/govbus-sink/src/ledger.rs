@@ -228,6 +228,27 @@ pub struct Record<'a> {
     pub calls: Vec<Call>,
 }
 
+impl<'a> Record<'a> {
+    /// An entry for `events` of subscription `sub`, under its sink kind and
+    /// policy version.
+    pub fn events(
+        sub: &'a govbus_catalog::Subscription,
+        outcome: &'a str,
+        events: Vec<String>,
+    ) -> Record<'a> {
+        Record {
+            subscription: &sub.id,
+            subscriber: &sub.subscriber,
+            dataset: &sub.dataset,
+            sink: sub.sink.kind(),
+            policy: &sub.policy_version,
+            outcome,
+            events,
+            calls: Vec::new(),
+        }
+    }
+}
+
 struct Chain {
     writer: String,
     seq: u64,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use govbus_catalog::{Catalog, Dataset, SinkSpec, Subscription};
 use govbus_kafka::headers as h;
 use govbus_kafka::retry::Backoff;
-use govbus_kafka::stage::{next_batch, Revocations};
+use govbus_kafka::stage::{blocking, next_batch, Revocations};
 use govbus_kafka::topics::Topics;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -326,13 +326,8 @@ impl ConsumerContext for LagContext {
         consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if let rdkafka::consumer::Rebalance::Revoke(revoked) = rebalance {
-            self.revocations.revoke(
-                revoked
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition())),
-            );
+        self.revocations.on_rebalance(rebalance);
+        if let rdkafka::consumer::Rebalance::Revoke(_) = rebalance {
             match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
                 Ok(())
                 | Err(rdkafka::error::KafkaError::ConsumerCommit(
@@ -844,16 +839,7 @@ impl Shared {
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), Ended> {
         let sub = policy.subscription();
-        let entry = ledger::Record {
-            subscription: &sub.id,
-            subscriber: &sub.subscriber,
-            dataset: &sub.dataset,
-            sink: sub.sink.kind(),
-            policy: &sub.policy_version,
-            outcome,
-            events,
-            calls: Vec::new(),
-        };
+        let entry = ledger::Record::events(sub, outcome, events);
         match self
             .unless_stuck(shutdown, self.ledger.append(&entry))
             .await
@@ -899,10 +885,8 @@ impl Shared {
         stored: &HashMap<i32, i64>,
         topic: &str,
     ) -> Result<(), String> {
-        let metadata = tokio::task::block_in_place(|| {
-            consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
-        })
-        .map_err(|e| e.to_string())?;
+        let metadata = blocking(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
         let mut tpl = TopicPartitionList::new();
         for t in metadata.topics() {
             for p in t.partitions() {
@@ -982,7 +966,7 @@ impl Shared {
 /// is never "caught up", so a sweep cannot empty a table because the topic
 /// is empty or was recreated.
 fn caught_up(consumer: &SubConsumer, topic: &str) -> bool {
-    tokio::task::block_in_place(|| {
+    blocking(|| {
         let Ok(position) = consumer.position() else {
             return false;
         };

@@ -363,9 +363,10 @@ async fn stream(
         .set("statistics.interval.ms", "0");
     let consumer: StreamConsumer<DefaultConsumerContext> =
         cc.create().map_err(|e| e.to_string())?;
-    let metadata = consumer
-        .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
+    let metadata = govbus_kafka::stage::blocking(|| {
+        consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))
+    })
+    .map_err(|e| e.to_string())?;
     let mut position: Cursor = Cursor::new();
     let mut tpl = TopicPartitionList::new();
     for t in metadata.topics() {
@@ -377,7 +378,7 @@ async fn stream(
                 // Resolve "the end" now, so that the first cursor names every
                 // partition and a resume never falls back to the beginning.
                 (None, Offset::End) => {
-                    let (_, high) = tokio::task::block_in_place(|| {
+                    let (_, high) = govbus_kafka::stage::blocking(|| {
                         consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
                     })
                     .map_err(|e| e.to_string())?;

@@ -205,18 +205,20 @@ impl Sink for FileSink {
 
     async fn deliver(&mut self, batch: Batch<'_>) -> Progress {
         let sub = batch.policy.subscription();
-        match self.write(batch.events, &sub.policy_version) {
+        // Appends and fsyncs: off the async worker.
+        match govbus_kafka::stage::blocking(|| self.write(batch.events, &sub.policy_version)) {
             Ok(()) => Progress::all(batch.events.len()),
             Err(e) => Progress::failed(format!("file sink: {e}")),
         }
     }
 
     async fn idle(&mut self, _caught_up: &(dyn Fn() -> bool + Sync)) -> Result<(), String> {
-        self.roll_if_due().map_err(|e| format!("file sink: {e}"))
+        govbus_kafka::stage::blocking(|| self.roll_if_due()).map_err(|e| format!("file sink: {e}"))
     }
 
     fn close(&mut self) -> Result<(), String> {
-        FileSink::close(self).map_err(|e| format!("file sink: {e}"))
+        govbus_kafka::stage::blocking(|| FileSink::close(self))
+            .map_err(|e| format!("file sink: {e}"))
     }
 }
 

@@ -614,16 +614,7 @@ impl Sink for PgSink {
             if delivered.is_empty() {
                 return Ok(());
             }
-            let entry = ledger::Record {
-                subscription: &sub.id,
-                subscriber: &sub.subscriber,
-                dataset: &sub.dataset,
-                sink: sub.sink.kind(),
-                policy: &sub.policy_version,
-                outcome: "delivered",
-                events: delivered.clone(),
-                calls: Vec::new(),
-            };
+            let entry = ledger::Record::events(sub, "delivered", delivered.clone());
             // The table's transaction and its row locks wait for this.
             let limit = std::time::Duration::from_secs(30);
             tokio::time::timeout(limit, shared.ledger.append(&entry))

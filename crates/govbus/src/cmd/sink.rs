@@ -151,7 +151,7 @@ pub(crate) fn catalog_feed(
     // Every version registered so far is known before the first record is
     // read (the router catches up the same way before deciding).
     if let Some(t) = &tail {
-        let caught_up = tokio::task::block_in_place(|| t.catch_up(Duration::from_secs(10)));
+        let caught_up = govbus_kafka::stage::blocking(|| t.catch_up(Duration::from_secs(10)));
         if !caught_up {
             tracing::warn!(message = "The schema log was not replayed within 10 s; records under versions it holds may be dead-lettered as undecodable until it is.");
         }
