@@ -725,8 +725,22 @@ impl Shared {
                 shutdown,
             });
             let Some(progress) = self.unless_stuck(&grace, delivering).await else {
+                if let Some(t) = &trace {
+                    t.fail("stopped with the batch in hand; it is delivered again after a restart");
+                }
                 return Ended::Shutdown;
             };
+            if let Some(t) = &trace {
+                if !progress.dead.is_empty() {
+                    t.set(govbus_trace::Attribute::new(
+                        "govbus.dead_lettered",
+                        progress.dead.len() as i64,
+                    ));
+                }
+                if progress.stop.is_some() || progress.done < deliveries.len() {
+                    t.fail("the batch was not delivered whole; the rest is delivered again");
+                }
+            }
             // Everything before the first undelivered canonical record is settled.
             let settled = if progress.done < deliveries.len() {
                 from[progress.done]
@@ -750,17 +764,6 @@ impl Shared {
                 .await
             {
                 return ended;
-            }
-            if let Some(t) = &trace {
-                if !progress.dead.is_empty() {
-                    t.set(govbus_trace::Attribute::new(
-                        "govbus.dead_lettered",
-                        progress.dead.len() as i64,
-                    ));
-                }
-                if progress.stop.is_some() || progress.done < deliveries.len() {
-                    t.fail("the batch was not delivered whole; the rest is delivered again");
-                }
             }
             let dead_set: HashSet<usize> = progress.dead.iter().map(|(d, _, _)| *d).collect();
             let delivered: Vec<String> = deliveries[..progress.done]

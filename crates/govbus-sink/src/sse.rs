@@ -487,6 +487,9 @@ async fn stream(
                         && sub.inactive_reason(crate::run::now_ms()).is_none()
                 };
                 if !unchanged() {
+                    if let Some(t) = &trace {
+                        t.fail("the grant changed; the chunk is prepared again under the new one");
+                    }
                     changed = true;
                     break;
                 }
@@ -497,6 +500,9 @@ async fn stream(
                 // (The entry then lists events no client read: the
                 // direction the ledger may err in.)
                 if !unchanged() {
+                    if let Some(t) = &trace {
+                        t.fail("the grant changed; the chunk is prepared again under the new one");
+                    }
                     changed = true;
                     break;
                 }
