@@ -904,6 +904,79 @@ async fn a_live_stream_client_that_disconnects_and_resumes_loses_nothing() {
         .contains("********"));
 }
 
+/// Clients at the head of a live stream share one Kafka reader (issue 16):
+/// a dozen clients from the end and one that starts at the beginning (its
+/// own consumer until it catches up, then the shared reader) each get every
+/// event meant for them, once and in order, while one reader serves them.
+#[tokio::test(flavor = "multi_thread")]
+async fn live_stream_clients_at_the_head_share_one_reader_and_miss_nothing() {
+    const CLIENTS: usize = 12;
+    let sub = format!(
+        "subscriber = \"public_security\"\ndataset = \"{DEATHS}\"\npurpose = \"test\"\n\n[sink]\ntype = \"sse\"\n"
+    );
+    let d = Deployment::start(&[("live", sub)]).await;
+    let (token, creds) = common::new_credential("public_security", d.logs.path());
+    let (_sink, port) = d.sink("sink", &["--credentials", creds.to_str().unwrap()]);
+    d.publish(&creates(0..30)).await;
+    let url = format!("http://127.0.0.1:{port}/v1/subscriptions/live/events");
+    let client = |url: String, n: usize| {
+        Command::new("python3")
+            .arg(repo().join("tests/python/sse_client.py"))
+            .args([url.as_str(), token.as_str(), "read", &n.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let at_head: Vec<Child> = (0..CLIENTS).map(|_| client(url.clone(), 40)).collect();
+    let from_start = client(format!("{url}?from=beginning"), 70);
+    wait_until("every client connected", Duration::from_secs(60), || {
+        common::http_get(port, "/metrics").contains(&format!(
+            "govbus_sink_sse_clients{{subscription=\"live\"}} {}",
+            CLIENTS + 1
+        ))
+    });
+    let metrics = common::http_get(port, "/metrics");
+    assert!(
+        metrics.contains("govbus_sink_sse_readers 1\n"),
+        "one shared reader for the topic: {metrics}"
+    );
+    d.publish(&creates(30..70)).await;
+    let ids = |child: Child| -> Vec<String> {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read: Json = serde_json::from_slice(&out.stdout).unwrap();
+        read["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let later: BTreeSet<String> = (30..70).map(|i| format!("evt-{i}-1")).collect();
+    for c in at_head {
+        let got = ids(c);
+        assert_eq!(got.len(), 40, "each once: {got:?}");
+        assert_eq!(
+            got.iter().cloned().collect::<BTreeSet<_>>(),
+            later,
+            "{got:?}"
+        );
+    }
+    let got = ids(from_start);
+    assert_eq!(got.len(), 70, "each once across the hand-over: {got:?}");
+    assert_eq!(
+        got.into_iter().collect::<BTreeSet<_>>(),
+        (0..70)
+            .map(|i| format!("evt-{i}-1"))
+            .collect::<BTreeSet<_>>()
+    );
+}
+
 /// The subscription's line in `govbus report`'s report.json.
 fn reported_subscription(report: &Json, id: &str) -> Json {
     report["departments"]

@@ -15,6 +15,7 @@
 pub mod crypto;
 pub mod decode;
 pub mod event;
+mod hub;
 pub mod ledger;
 pub mod metrics;
 pub mod policy;

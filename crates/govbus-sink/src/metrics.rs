@@ -21,6 +21,7 @@ pub struct Metrics {
     ledger_entries: IntCounterVec,
     task_panics: IntCounterVec,
     held: prometheus::IntGauge,
+    readers: prometheus::IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -76,8 +77,19 @@ impl Metrics {
                 let _ = r.register(Box::new(g.clone()));
                 g
             },
+            readers: {
+                let g = prometheus::IntGauge::new("govbus_sink_sse_readers", "Shared live-stream readers (one Kafka consumer per data topic with clients at its head; a client behind the head reads with its own consumer until it catches up).")
+                    .unwrap_or_else(|e| unreachable!("metric govbus_sink_sse_readers: {e}"));
+                let _ = r.register(Box::new(g.clone()));
+                g
+            },
             registry: r,
         }
+    }
+
+    /// A shared live-stream reader started (+1) or stopped (-1).
+    pub fn live_readers(&self, delta: i64) {
+        self.readers.add(delta);
     }
 
     /// How many subscription tasks wait to restart after a panic.

@@ -42,7 +42,7 @@ use govbus_kafka::stage::next_batch;
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::event::{prepare, Prepared};
 use crate::ledger;
@@ -82,6 +82,8 @@ pub fn format_cursor(c: &Cursor) -> String {
 
 struct SseState {
     shared: Arc<Shared>,
+    /// The shared readers of the clients at a topic's head.
+    hubs: Arc<crate::hub::Hubs>,
     credentials: Credentials,
     heartbeat: Duration,
     clients: AtomicU64,
@@ -92,6 +94,7 @@ struct SseState {
 pub fn router(sinks: &Sinks, credentials: Credentials, heartbeat: Duration) -> axum::Router {
     let state = Arc::new(SseState {
         shared: sinks.shared.clone(),
+        hubs: Arc::default(),
         credentials,
         heartbeat,
         clients: AtomicU64::new(0),
@@ -231,6 +234,7 @@ async fn events(
     // after a change (a client that stops reading holds at most this many).
     let (tx, rx) = mpsc::channel::<Event>(CHUNK);
     let shared = st.shared.clone();
+    let hubs = st.hubs.clone();
     st.shared.metrics.sse_clients(&id, 1);
     let guard = ClientGuard {
         shared: shared.clone(),
@@ -244,7 +248,7 @@ async fn events(
     };
     tokio::spawn(async move {
         let _guard = guard;
-        if let Err(e) = stream(shared, client, id.clone(), cursor, start, tx).await {
+        if let Err(e) = stream(shared, hubs, client, id.clone(), cursor, start, tx).await {
             tracing::warn!(message = "Live stream ended with an error.", subscription = %id, client = n, error = %e);
         }
     });
@@ -339,8 +343,152 @@ async fn record(shared: &Shared, sub: &Subscription, sent: Vec<String>) -> Resul
     Ok(())
 }
 
+/// The consumer settings of a live-stream reader (a client's own, or a
+/// hub's): no group membership, no commits, small prefetch (librdkafka's
+/// default queue is 64 MiB per consumer).
+fn reader_config(shared: &Shared, id: &str) -> rdkafka::ClientConfig {
+    let mut cc = govbus_kafka::config::consumer(
+        &shared.config.bootstrap,
+        &format!("{}govbus.sse.{id}", shared.config.topics.prefix()),
+    );
+    cc.set("enable.auto.commit", "false")
+        .set("queued.max.messages.kbytes", "2048")
+        .set("queued.min.messages", "2000")
+        .set("fetch.max.bytes", "1048576")
+        .set("statistics.interval.ms", "0");
+    cc
+}
+
+/// A consumer of the client's own, assigned from `cursor` (a partition it
+/// does not name: from the beginning) or, without one, from `start`; and
+/// the position it starts at, naming every partition.
+fn own_reader(
+    shared: &Shared,
+    id: &str,
+    topic: &str,
+    cursor: Option<&Cursor>,
+    start: Offset,
+) -> Result<(StreamConsumer<DefaultConsumerContext>, Cursor), String> {
+    let consumer: StreamConsumer<DefaultConsumerContext> = reader_config(shared, id)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let metadata = govbus_kafka::stage::blocking(|| {
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+    })
+    .map_err(|e| e.to_string())?;
+    let mut position: Cursor = Cursor::new();
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            // "The beginning" and "the end" are resolved now, so that the
+            // first cursor names every partition (a resume never falls back
+            // to the beginning) and the position can be compared with a hub's.
+            let watermarks = || {
+                govbus_kafka::stage::blocking(|| {
+                    consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                })
+                .map_err(|e| e.to_string())
+            };
+            let offset = match (cursor.and_then(|c| c.get(&p.id())), cursor, start) {
+                (Some(o), _, _) => *o,
+                (None, Some(_), _) | (None, None, Offset::Beginning) => watermarks()?.0,
+                (None, None, _) => watermarks()?.1,
+            };
+            position.insert(p.id(), offset);
+            tpl.add_partition_offset(topic, p.id(), Offset::Offset(offset))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    Ok((consumer, position))
+}
+
+/// Where a client's records come from.
+enum Source {
+    /// Its own consumer, behind the head; `next` is its place on the hub
+    /// once it gets there.
+    Own {
+        consumer: StreamConsumer<DefaultConsumerContext>,
+        next: Option<crate::hub::Ticket>,
+    },
+    /// The topic's shared reader.
+    Hub(crate::hub::Ticket),
+}
+
+impl Source {
+    /// The next batch from `position` on (empty after 250 ms without one).
+    async fn next(
+        &mut self,
+        shared: &Shared,
+        hubs: &crate::hub::Hubs,
+        id: &str,
+        topic: &str,
+        position: &Cursor,
+    ) -> Result<crate::hub::Shared, String> {
+        if let Source::Own { next, .. } = self {
+            if next
+                .as_ref()
+                .is_some_and(|t| crate::hub::reached(position, &t.from))
+            {
+                if let Some(ticket) = next.take() {
+                    tracing::debug!(message = "Live-stream client caught up; it reads from the shared reader now.", subscription = %id);
+                    *self = Source::Hub(ticket);
+                }
+            }
+        }
+        let fall_back = match self {
+            Source::Own { consumer, .. } => {
+                let batch = next_batch(
+                    consumer,
+                    Some(Duration::from_millis(250)),
+                    500,
+                    Duration::from_millis(10),
+                    None,
+                    |m| crate::event::Canonical::from_message(&m),
+                )
+                .await;
+                // Each offset once (see `hub::after`).
+                return Ok(Arc::new(crate::hub::after(&mut position.clone(), batch)));
+            }
+            Source::Hub(ticket) => {
+                match tokio::time::timeout(Duration::from_millis(250), ticket.rx.recv()).await {
+                    Err(_) => return Ok(Arc::new(Vec::new())),
+                    Ok(Ok(batch)) => {
+                        // Just after joining, the channel may still hold
+                        // what the client already has.
+                        let past = |c: &crate::event::Canonical| {
+                            position.get(&c.partition).is_none_or(|at| c.offset >= *at)
+                        };
+                        if batch.iter().all(past) {
+                            return Ok(batch);
+                        }
+                        return Ok(Arc::new(
+                            batch.iter().filter(|c| past(c)).cloned().collect(),
+                        ));
+                    }
+                    Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                        tracing::info!(message = "Live-stream client fell behind the shared reader; it reads with its own consumer until it catches up.", subscription = %id, batches = n);
+                        true
+                    }
+                    Ok(Err(broadcast::error::RecvError::Closed)) => true,
+                }
+            }
+        };
+        if fall_back {
+            let (consumer, _) = own_reader(shared, id, topic, Some(position), Offset::End)?;
+            let next = hubs
+                .join(reader_config(shared, id), topic, &shared.metrics)
+                .inspect_err(|error| tracing::warn!(message = "Cannot join the shared reader; this client keeps its own consumer.", subscription = %id, %error))
+                .ok();
+            *self = Source::Own { consumer, next };
+        }
+        Ok(Arc::new(Vec::new()))
+    }
+}
+
 async fn stream(
     shared: Arc<Shared>,
+    hubs: Arc<crate::hub::Hubs>,
     client: Client,
     id: String,
     cursor: Option<Cursor>,
@@ -350,55 +498,29 @@ async fn stream(
     let mut catalog = shared.catalog.borrow().clone();
     let (mut sub, ds) = client.check(&shared, &id).map_err(str::to_owned)?;
     let topic = shared.config.topics.data(&sub.dataset);
-    let mut cc = govbus_kafka::config::consumer(
-        &shared.config.bootstrap,
-        &format!("{}govbus.sse.{id}", shared.config.topics.prefix()),
-    );
-    // Many clients, each with its own consumer: keep each one's prefetch small
-    // (librdkafka's default queue is 64 MiB per consumer).
-    cc.set("enable.auto.commit", "false")
-        .set("queued.max.messages.kbytes", "2048")
-        .set("queued.min.messages", "2000")
-        .set("fetch.max.bytes", "1048576")
-        .set("statistics.interval.ms", "0");
-    let consumer: StreamConsumer<DefaultConsumerContext> =
-        cc.create().map_err(|e| e.to_string())?;
-    let metadata = govbus_kafka::stage::blocking(|| {
-        consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))
-    })
-    .map_err(|e| e.to_string())?;
-    let mut position: Cursor = Cursor::new();
-    let mut tpl = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            let offset = match (cursor.as_ref(), start) {
-                (Some(c), _) => c
-                    .get(&p.id())
-                    .map_or(Offset::Beginning, |o| Offset::Offset(*o)),
-                // Resolve "the end" now, so that the first cursor names every
-                // partition and a resume never falls back to the beginning.
-                (None, Offset::End) => {
-                    let (_, high) = govbus_kafka::stage::blocking(|| {
-                        consumer.fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
-                    })
-                    .map_err(|e| e.to_string())?;
-                    Offset::Offset(high)
-                }
-                (None, other) => other,
-            };
-            if let Offset::Offset(o) = offset {
-                position.insert(p.id(), o);
-            }
-            tpl.add_partition_offset(&topic, p.id(), offset)
-                .map_err(|e| e.to_string())?;
+    // A new client at the end reads from the shared reader at once; one
+    // that resumes or starts at the beginning reads with its own consumer
+    // until it reaches where the shared reader was when it joined.
+    let (mut source, mut position) = match (&cursor, start) {
+        (None, Offset::End) => {
+            let ticket = hubs.join(reader_config(&shared, &id), &topic, &shared.metrics)?;
+            let from = ticket.from.clone();
+            (Source::Hub(ticket), from)
         }
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        _ => {
+            let (consumer, position) = own_reader(&shared, &id, &topic, cursor.as_ref(), start)?;
+            let next = hubs
+                .join(reader_config(&shared, &id), &topic, &shared.metrics)
+                .inspect_err(|error| tracing::warn!(message = "Cannot join the shared reader; this client keeps its own consumer.", subscription = %id, %error))
+                .ok();
+            (Source::Own { consumer, next }, position)
+        }
+    };
     let mut policy = Policy::new(&sub, &ds, &shared.config.pseudonym_secret);
     loop {
         let batch = tokio::select! {
             () = tx.closed() => return Ok(()),
-            b = next_batch(&consumer, Some(Duration::from_millis(250)), 500, Duration::from_millis(10), None, |m| crate::event::Canonical::from_message(&m)) => b,
+            b = source.next(&shared, &hubs, &id, &topic, &position) => b?,
         };
         let mut rest = &batch[..];
         loop {
