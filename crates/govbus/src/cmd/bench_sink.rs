@@ -51,6 +51,13 @@ pub struct SinkBench {
     /// Records each live-stream client reads.
     #[arg(long, default_value_t = 10_000)]
     sse_records: usize,
+    /// Live-stream clients at the head of the topic (connected from the end,
+    /// then records are published) in the live-tail phase (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    sse_head_clients: usize,
+    /// Records published to the live-tail phase's clients.
+    #[arg(long, default_value_t = 1_000)]
+    sse_head_records: usize,
     /// Also measure latency at this many events/s for 10 s on the mock cluster.
     #[arg(long)]
     latency: Option<u32>,
@@ -234,9 +241,13 @@ async fn delivery_phase(
 }
 
 async fn sse_client(port: u16, want: usize) -> anyhow::Result<usize> {
+    sse_client_from(port, "?from=beginning", want).await
+}
+
+async fn sse_client_from(port: u16, query: &str, want: usize) -> anyhow::Result<usize> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     // HTTP/1.0: the body is not chunked, so event boundaries are plain text.
-    s.write_all(b"GET /v1/subscriptions/bench_sse/events?from=beginning HTTP/1.0\r\nHost: bench\r\nAuthorization: Bearer bench-token-0123456789\r\n\r\n").await?;
+    s.write_all(format!("GET /v1/subscriptions/bench_sse/events{query} HTTP/1.0\r\nHost: bench\r\nAuthorization: Bearer bench-token-0123456789\r\n\r\n").as_bytes()).await?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut carry: Vec<u8> = Vec::new();
     let mut events = 0usize;
@@ -528,5 +539,84 @@ async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
         );
     }
 
+    if b.sse_head_clients > 0 {
+        live_tail(b, engine, &config, &data).await?;
+    }
+
+    Ok(())
+}
+
+/// The live tail: `sse_head_clients` clients connect from the end of the
+/// topic (they share one reader), then `sse_head_records` records are
+/// published; each client reads them all. Reports the RSS the connected
+/// clients add.
+async fn live_tail(
+    b: &SinkBench,
+    engine: &Engine,
+    config: &SinkConfig,
+    data: &str,
+) -> anyhow::Result<()> {
+    let n = b.sse_head_clients;
+    eprintln!("phase 7: live tail to {n} clients at the head");
+    let mut c = config.clone();
+    c.only = vec!["bench_sse".into()];
+    let cat = catalog_with(&[("bench_sse", sub("[sink]\ntype = \"sse\"\n"))])?;
+    let creds = Credentials::default().with_token("education", "bench-token-0123456789");
+    let mut app = None;
+    let running = run_sinks(c, cat, |sinks| {
+        app = Some(govbus_sink::sse::router(
+            sinks,
+            creds,
+            Duration::from_secs(15),
+        ));
+    })
+    .await?;
+    let app = app.context("live-stream router")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let recs = records(engine, b.sse_head_records)?;
+    let (before, _) = rss_mib();
+    let clients: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(sse_client_from(port, "", b.sse_head_records)))
+        .collect();
+    let connected = format!("govbus_sink_sse_clients{{subscription=\"bench_sse\"}} {n}\n");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !running.metrics.render().contains(&connected) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{n} clients did not connect within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (with_clients, _) = rss_mib();
+    let metrics = running.metrics.render();
+    let readers = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("govbus_sink_sse_readers "))
+        .unwrap_or("?")
+        .to_owned();
+    let (t0, cpu0) = (Instant::now(), cpu_seconds());
+    fill_canonical(&b.bootstrap, data, &recs).await?;
+    let mut total = 0usize;
+    let mut complete = 0usize;
+    for c in clients {
+        let got = c.await.map_err(|e| anyhow::anyhow!("{e}"))??;
+        total += got;
+        complete += usize::from(got >= b.sse_head_records);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let (after, _) = rss_mib();
+    server.abort();
+    let _ = running.stop.send(true);
+    println!(
+        "\nLive tail: {n} clients at the head ({readers} shared reader(s)) each read {} events ({complete} complete): {total} events in {secs:.1} s = {:.0} events/s in all; CPU {:.2} µs/event; RSS {before:.0} MiB before the clients, {with_clients:.0} MiB with them connected (+{:.0} MiB, {:.1} KiB a client), {after:.0} MiB after the events.",
+        b.sse_head_records,
+        total as f64 / secs,
+        cpu / total.max(1) as f64 * 1e6,
+        with_clients - before,
+        (with_clients - before) * 1024.0 / n as f64,
+    );
     Ok(())
 }
