@@ -10,8 +10,9 @@
 //!   (`?from=beginning` for everything retained).
 //! - Heartbeats (`: heartbeat` comments) keep proxies and clients from
 //!   timing out an idle stream.
-//! - Each client reads with its own consumer, so many clients per
-//!   subscription are independent; none commits offsets.
+//! - Clients at the head of the topic share one reader ([`crate::hub`]); a
+//!   client behind it reads with its own consumer until it catches up.
+//!   None commits offsets.
 //! - The grant and the client's credential are checked before each event
 //!   (again in full whenever the catalog or the credentials file was
 //!   reloaded, or the grant's validity ran out), and each event goes out
