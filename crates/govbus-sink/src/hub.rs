@@ -104,6 +104,11 @@ pub(crate) fn reached(position: &Cursor, head: &Cursor) -> bool {
 }
 
 impl Hubs {
+    fn running(&self, topic: &str) -> Option<Arc<Hub>> {
+        let hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        hubs.get(topic).and_then(Weak::upgrade)
+    }
+
     /// The hub of `topic`, started when it has none: a consumer (no group,
     /// no commits) assigned every partition at its end.
     pub fn join(
@@ -112,10 +117,11 @@ impl Hubs {
         topic: &str,
         metrics: &crate::Metrics,
     ) -> Result<Ticket, String> {
-        let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(hub) = hubs.get(topic).and_then(Weak::upgrade) {
+        if let Some(hub) = self.running(topic) {
             return Ok(hub.subscribe());
         }
+        // Opened without the lock: clients of other topics do not wait for
+        // this one's metadata.
         let consumer: StreamConsumer<DefaultConsumerContext> =
             config.create().map_err(|e| e.to_string())?;
         let metadata = blocking(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))
@@ -135,6 +141,11 @@ impl Hubs {
         if head.is_empty() {
             return Err(format!("topic {topic} has no partitions (does it exist?)"));
         }
+        let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        // Another client of this topic started one meanwhile: join it.
+        if let Some(hub) = hubs.get(topic).and_then(Weak::upgrade) {
+            return Ok(hub.subscribe());
+        }
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
         let (tx, _) = broadcast::channel(CAPACITY);
         let hub = Arc::new(Hub {
@@ -143,6 +154,7 @@ impl Hubs {
         });
         hubs.retain(|_, h| h.strong_count() > 0);
         hubs.insert(topic.to_owned(), Arc::downgrade(&hub));
+        drop(hubs);
         let ticket = hub.subscribe();
         let weak = Arc::downgrade(&hub);
         let name = topic.to_owned();
