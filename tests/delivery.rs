@@ -919,21 +919,31 @@ async fn live_stream_clients_at_the_head_share_one_reader_and_miss_nothing() {
     let (_sink, port) = d.sink("sink", &["--credentials", creds.to_str().unwrap()]);
     d.publish(&creates(0..30)).await;
     let url = format!("http://127.0.0.1:{port}/v1/subscriptions/live/events");
-    let client = |url: String, n: usize| {
+    let client_after = |url: String, n: usize, last_id: &str| {
         Command::new("python3")
             .arg(repo().join("tests/python/sse_client.py"))
             .args([url.as_str(), token.as_str(), "read", &n.to_string()])
+            .args((!last_id.is_empty()).then_some(last_id))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
+    let client = |url: String, n: usize| client_after(url, n, "");
     let at_head: Vec<Child> = (0..CLIENTS).map(|_| client(url.clone(), 40)).collect();
     let from_start = client(format!("{url}?from=beginning"), 70);
+    // A stale id from before a topic was recreated (or a forged one): past
+    // every partition's end. It reads from the beginning rather than wait,
+    // silent, for offsets the topic will not reach for a long time.
+    let stale = client_after(
+        url.clone(),
+        70,
+        "0:1000000,1:1000000,2:1000000,3:1000000,4:1000000,5:1000000,6:1000000,7:1000000",
+    );
     wait_until("every client connected", Duration::from_secs(60), || {
         common::http_get(port, "/metrics").contains(&format!(
             "govbus_sink_sse_clients{{subscription=\"live\"}} {}",
-            CLIENTS + 1
+            CLIENTS + 2
         ))
     });
     let metrics = common::http_get(port, "/metrics");
@@ -967,14 +977,16 @@ async fn live_stream_clients_at_the_head_share_one_reader_and_miss_nothing() {
             "{got:?}"
         );
     }
-    let got = ids(from_start);
-    assert_eq!(got.len(), 70, "each once across the hand-over: {got:?}");
-    assert_eq!(
-        got.into_iter().collect::<BTreeSet<_>>(),
-        (0..70)
-            .map(|i| format!("evt-{i}-1"))
-            .collect::<BTreeSet<_>>()
-    );
+    for c in [from_start, stale] {
+        let got = ids(c);
+        assert_eq!(got.len(), 70, "each once across the hand-over: {got:?}");
+        assert_eq!(
+            got.into_iter().collect::<BTreeSet<_>>(),
+            (0..70)
+                .map(|i| format!("evt-{i}-1"))
+                .collect::<BTreeSet<_>>()
+        );
+    }
 }
 
 /// The subscription's line in `govbus report`'s report.json.

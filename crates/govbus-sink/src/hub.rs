@@ -29,8 +29,10 @@ use crate::event::Canonical;
 use crate::sse::Cursor;
 
 /// Batches a hub's channel holds for a client that is momentarily behind
-/// (each up to [`HUB_BATCH`] records).
-const CAPACITY: usize = 256;
+/// (each up to [`HUB_BATCH`] records). A client takes its place on the hub
+/// only when it is near the head (its own consumer's batches come back
+/// short), so this covers the last stretch of a catch-up.
+const CAPACITY: usize = 1024;
 /// Records per batch a hub reads.
 const HUB_BATCH: usize = 500;
 
@@ -41,6 +43,9 @@ pub(crate) type Shared = Arc<Vec<Canonical>>;
 #[derive(Debug, Default)]
 pub(crate) struct Hubs {
     hubs: Mutex<HashMap<String, Weak<Hub>>>,
+    /// Held while a hub is started, so that clients arriving together (a
+    /// sink restart) start one, not one each.
+    starting: tokio::sync::Mutex<()>,
 }
 
 /// One topic's shared reader.
@@ -51,6 +56,9 @@ pub(crate) struct Hub {
     /// with the subscription under this lock, so a new receiver's first
     /// batch starts exactly there.
     head: Mutex<Cursor>,
+    /// False once the reader's task ended (its clients then read on their
+    /// own instead of waiting on a channel nothing sends to).
+    alive: std::sync::atomic::AtomicBool,
 }
 
 /// A client's place on a hub: the channel, and where the hub was when the
@@ -61,6 +69,13 @@ pub(crate) struct Ticket {
     _hub: Arc<Hub>,
     pub rx: broadcast::Receiver<Shared>,
     pub from: Cursor,
+}
+
+impl Ticket {
+    /// Whether the hub still reads.
+    pub fn alive(&self) -> bool {
+        self._hub.alive.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 impl Hub {
@@ -97,10 +112,13 @@ pub(crate) fn after(position: &mut Cursor, batch: Vec<Canonical>) -> Vec<Canonic
     batch.into_iter().filter(|c| fresh(position, c)).collect()
 }
 
-/// Whether `position` is at or past `head` on every partition of `head`.
+/// Whether `position` is at or past `head` on every partition of `head`,
+/// and names no partition the hub does not read (one added to the topic
+/// after the hub started: the client keeps its own consumer).
 pub(crate) fn reached(position: &Cursor, head: &Cursor) -> bool {
     head.iter()
         .all(|(p, o)| position.get(p).is_some_and(|at| at >= o))
+        && position.keys().all(|p| head.contains_key(p))
 }
 
 impl Hubs {
@@ -111,7 +129,7 @@ impl Hubs {
 
     /// The hub of `topic`, started when it has none: a consumer (no group,
     /// no commits) assigned every partition at its end.
-    pub fn join(
+    pub async fn join(
         &self,
         config: ClientConfig,
         topic: &str,
@@ -120,8 +138,12 @@ impl Hubs {
         if let Some(hub) = self.running(topic) {
             return Ok(hub.subscribe());
         }
-        // Opened without the lock: clients of other topics do not wait for
-        // this one's metadata.
+        let _starting = self.starting.lock().await;
+        if let Some(hub) = self.running(topic) {
+            return Ok(hub.subscribe());
+        }
+        // Opened without the registry's lock: clients of other topics do
+        // not wait for this one's metadata.
         let consumer: StreamConsumer<DefaultConsumerContext> =
             config.create().map_err(|e| e.to_string())?;
         let metadata = blocking(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))
@@ -142,15 +164,12 @@ impl Hubs {
             return Err(format!("topic {topic} has no partitions (does it exist?)"));
         }
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
-        // Another client of this topic started one meanwhile: join it.
-        if let Some(hub) = hubs.get(topic).and_then(Weak::upgrade) {
-            return Ok(hub.subscribe());
-        }
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
         let (tx, _) = broadcast::channel(CAPACITY);
         let hub = Arc::new(Hub {
             tx,
             head: Mutex::new(head),
+            alive: std::sync::atomic::AtomicBool::new(true),
         });
         hubs.retain(|_, h| h.strong_count() > 0);
         hubs.insert(topic.to_owned(), Arc::downgrade(&hub));
@@ -161,6 +180,17 @@ impl Hubs {
         let metrics = metrics.clone();
         metrics.live_readers(1);
         tokio::spawn(async move {
+            // Marks the hub dead however the task ends (a panic included).
+            struct Ends(Weak<Hub>, crate::Metrics);
+            impl Drop for Ends {
+                fn drop(&mut self) {
+                    if let Some(hub) = self.0.upgrade() {
+                        hub.alive.store(false, std::sync::atomic::Ordering::Release);
+                    }
+                    self.1.live_readers(-1);
+                }
+            }
+            let _ends = Ends(weak.clone(), metrics);
             tracing::debug!(message = "Live-stream reader started.", topic = %name);
             loop {
                 let batch = next_batch(
@@ -184,7 +214,6 @@ impl Hubs {
                     let _ = hub.tx.send(Arc::new(batch));
                 }
             }
-            metrics.live_readers(-1);
             tracing::debug!(message = "Live-stream reader stopped: no client left.", topic = %name);
         });
         Ok(ticket)
@@ -237,5 +266,10 @@ mod tests {
         assert!(!reached(&[(0, 10), (1, 4)].into_iter().collect(), &head));
         assert!(!reached(&[(0, 10)].into_iter().collect(), &head));
         assert!(reached(&Cursor::new(), &Cursor::new()));
+        // A partition the hub does not read: not there.
+        assert!(!reached(
+            &[(0, 10), (1, 5), (2, 0)].into_iter().collect(),
+            &head
+        ));
     }
 }

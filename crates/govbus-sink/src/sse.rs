@@ -391,7 +391,19 @@ fn own_reader(
                 .map_err(|e| e.to_string())
             };
             let offset = match (cursor.and_then(|c| c.get(&p.id())), cursor, start) {
-                (Some(o), _, _) => *o,
+                (Some(o), _, _) => {
+                    // A cursor past the partition's end (a topic recreated
+                    // since, a forged id) starts at its beginning, as the
+                    // consumer's reset would: an offset it will not reach
+                    // for a long time must not hide what comes meanwhile.
+                    let (low, high) = watermarks()?;
+                    if *o > high {
+                        tracing::info!(message = "Live-stream cursor past the partition's end; reading it from its beginning.", subscription = %id, partition = p.id());
+                        low
+                    } else {
+                        *o
+                    }
+                }
                 (None, Some(_), _) | (None, None, Offset::Beginning) => watermarks()?.0,
                 (None, None, _) => watermarks()?.1,
             };
@@ -406,8 +418,8 @@ fn own_reader(
 
 /// Where a client's records come from.
 enum Source {
-    /// Its own consumer, behind the head; `next` is its place on the hub
-    /// once it gets there.
+    /// Its own consumer, behind the head; `next` is its place on the hub,
+    /// taken once it is near the head.
     Own {
         consumer: StreamConsumer<DefaultConsumerContext>,
         next: Option<crate::hub::Ticket>,
@@ -416,7 +428,21 @@ enum Source {
     Hub(crate::hub::Ticket),
 }
 
+/// Closes a consumer off the async worker (librdkafka's close waits).
+fn close(consumer: StreamConsumer<DefaultConsumerContext>) {
+    drop(tokio::task::spawn_blocking(move || drop(consumer)));
+}
+
 impl Source {
+    /// A consumer of the client's own from `position`.
+    fn own(shared: &Shared, id: &str, topic: &str, position: &Cursor) -> Result<Source, String> {
+        let (consumer, _) = own_reader(shared, id, topic, Some(position), Offset::End)?;
+        Ok(Source::Own {
+            consumer,
+            next: None,
+        })
+    }
+
     /// The next batch from `position` on (empty after 250 ms without one).
     async fn next(
         &mut self,
@@ -426,19 +452,8 @@ impl Source {
         topic: &str,
         position: &Cursor,
     ) -> Result<crate::hub::Shared, String> {
-        if let Source::Own { next, .. } = self {
-            if next
-                .as_ref()
-                .is_some_and(|t| crate::hub::reached(position, &t.from))
-            {
-                if let Some(ticket) = next.take() {
-                    tracing::debug!(message = "Live-stream client caught up; it reads from the shared reader now.", subscription = %id);
-                    *self = Source::Hub(ticket);
-                }
-            }
-        }
-        let fall_back = match self {
-            Source::Own { consumer, .. } => {
+        match self {
+            Source::Own { consumer, next } => {
                 let batch = next_batch(
                     consumer,
                     Some(Duration::from_millis(250)),
@@ -449,11 +464,69 @@ impl Source {
                 )
                 .await;
                 // Each offset once (see `hub::after`).
-                return Ok(Arc::new(crate::hub::after(&mut position.clone(), batch)));
+                let mut seen = position.clone();
+                let batch = crate::hub::after(&mut seen, batch);
+                if batch.len() >= 500 {
+                    // Far behind: holding a place on the hub would only
+                    // pin its channel.
+                    *next = None;
+                    return Ok(Arc::new(batch));
+                }
+                if next.is_none() {
+                    // Near the head: take a place, to move there once
+                    // this client reaches it.
+                    *next = hubs
+                        .join(reader_config(shared, id), topic, &shared.metrics)
+                        .await
+                        .inspect_err(|error| tracing::warn!(message = "Cannot join the shared reader; this client keeps its own consumer.", subscription = %id, %error))
+                        .ok();
+                    return Ok(Arc::new(batch));
+                }
+                // Caught up: everything before the place was read — by what
+                // it delivered, or, idle, by where its consumer stands
+                // (past offsets that hold no record: transaction markers,
+                // aborted or compacted records).
+                let mut at = seen;
+                if batch.is_empty() {
+                    if let Ok(tpl) = govbus_kafka::stage::blocking(|| consumer.position()) {
+                        for e in tpl.elements_for_topic(topic) {
+                            if let Offset::Offset(o) = e.offset() {
+                                let p = at.entry(e.partition()).or_insert(o);
+                                *p = (*p).max(o);
+                            }
+                        }
+                    }
+                }
+                let arrived = next
+                    .as_ref()
+                    .is_some_and(|t| crate::hub::reached(&at, &t.from));
+                // (The batch in hand is past the place on every partition:
+                // the channel holds whatever follows it.)
+                if arrived {
+                    if let Some(ticket) = next.take() {
+                        tracing::debug!(message = "Live-stream client caught up; it reads from the shared reader now.", subscription = %id);
+                        let Source::Own { consumer, .. } =
+                            std::mem::replace(self, Source::Hub(ticket))
+                        else {
+                            unreachable!("matched Own above")
+                        };
+                        close(consumer);
+                    }
+                }
+                Ok(Arc::new(batch))
             }
             Source::Hub(ticket) => {
-                match tokio::time::timeout(Duration::from_millis(250), ticket.rx.recv()).await {
-                    Err(_) => return Ok(Arc::new(Vec::new())),
+                let fall_back = match tokio::time::timeout(
+                    Duration::from_millis(250),
+                    ticket.rx.recv(),
+                )
+                .await
+                {
+                    Err(_) if ticket.alive() => return Ok(Arc::new(Vec::new())),
+                    Err(_) => {
+                        tracing::warn!(message = "The shared live-stream reader stopped; this client reads with its own consumer.", subscription = %id);
+                        true
+                    }
                     Ok(Ok(batch)) => {
                         // Just after joining, the channel may still hold
                         // what the client already has.
@@ -472,18 +545,13 @@ impl Source {
                         true
                     }
                     Ok(Err(broadcast::error::RecvError::Closed)) => true,
+                };
+                if fall_back {
+                    *self = Source::own(shared, id, topic, position)?;
                 }
+                Ok(Arc::new(Vec::new()))
             }
-        };
-        if fall_back {
-            let (consumer, _) = own_reader(shared, id, topic, Some(position), Offset::End)?;
-            let next = hubs
-                .join(reader_config(shared, id), topic, &shared.metrics)
-                .inspect_err(|error| tracing::warn!(message = "Cannot join the shared reader; this client keeps its own consumer.", subscription = %id, %error))
-                .ok();
-            *self = Source::Own { consumer, next };
         }
-        Ok(Arc::new(Vec::new()))
     }
 }
 
@@ -504,17 +572,21 @@ async fn stream(
     // until it reaches where the shared reader was when it joined.
     let (mut source, mut position) = match (&cursor, start) {
         (None, Offset::End) => {
-            let ticket = hubs.join(reader_config(&shared, &id), &topic, &shared.metrics)?;
+            let ticket = hubs
+                .join(reader_config(&shared, &id), &topic, &shared.metrics)
+                .await?;
             let from = ticket.from.clone();
             (Source::Hub(ticket), from)
         }
         _ => {
             let (consumer, position) = own_reader(&shared, &id, &topic, cursor.as_ref(), start)?;
-            let next = hubs
-                .join(reader_config(&shared, &id), &topic, &shared.metrics)
-                .inspect_err(|error| tracing::warn!(message = "Cannot join the shared reader; this client keeps its own consumer.", subscription = %id, %error))
-                .ok();
-            (Source::Own { consumer, next }, position)
+            (
+                Source::Own {
+                    consumer,
+                    next: None,
+                },
+                position,
+            )
         }
     };
     let mut policy = Policy::new(&sub, &ds, &shared.config.pseudonym_secret);
