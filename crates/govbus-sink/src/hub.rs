@@ -32,7 +32,7 @@ use crate::sse::Cursor;
 /// (each up to [`HUB_BATCH`] records). A client takes its place on the hub
 /// only when it is near the head (its own consumer's batches come back
 /// short), so this covers the last stretch of a catch-up.
-const CAPACITY: usize = 1024;
+pub(crate) const CAPACITY: usize = 1024;
 /// Records per batch a hub reads.
 const HUB_BATCH: usize = 500;
 
@@ -44,7 +44,8 @@ pub(crate) type Shared = Arc<Vec<Canonical>>;
 pub(crate) struct Hubs {
     hubs: Mutex<HashMap<String, Weak<Hub>>>,
     /// Held while a hub is started, so that clients arriving together (a
-    /// sink restart) start one, not one each.
+    /// sink restart) start one, not one each. (One lock for every topic: a
+    /// per-topic one is a known improvement.)
     starting: tokio::sync::Mutex<()>,
 }
 
@@ -72,6 +73,11 @@ pub(crate) struct Ticket {
 }
 
 impl Ticket {
+    /// Batches waiting in this ticket's channel.
+    pub fn waiting(&self) -> usize {
+        self.rx.len()
+    }
+
     /// Whether the hub still reads.
     pub fn alive(&self) -> bool {
         self._hub.alive.load(std::sync::atomic::Ordering::Acquire)
@@ -122,9 +128,13 @@ pub(crate) fn reached(position: &Cursor, head: &Cursor) -> bool {
 }
 
 impl Hubs {
+    /// The topic's hub, if one is running (one whose task ended is
+    /// replaced by the next join).
     fn running(&self, topic: &str) -> Option<Arc<Hub>> {
         let hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
-        hubs.get(topic).and_then(Weak::upgrade)
+        hubs.get(topic)
+            .and_then(Weak::upgrade)
+            .filter(|h| h.alive.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// The hub of `topic`, started when it has none: a consumer (no group,
@@ -142,8 +152,9 @@ impl Hubs {
         if let Some(hub) = self.running(topic) {
             return Ok(hub.subscribe());
         }
-        // Opened without the registry's lock: clients of other topics do
-        // not wait for this one's metadata.
+        // One hub starts at a time (clients of other topics wait for this
+        // one's metadata, bounded by its timeouts; a client's batch is
+        // handed over before it joins).
         let consumer: StreamConsumer<DefaultConsumerContext> =
             config.create().map_err(|e| e.to_string())?;
         let metadata = blocking(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))

@@ -423,6 +423,8 @@ enum Source {
     Own {
         consumer: StreamConsumer<DefaultConsumerContext>,
         next: Option<crate::hub::Ticket>,
+        /// After a failed join, not before this.
+        retry: Option<tokio::time::Instant>,
     },
     /// The topic's shared reader.
     Hub(crate::hub::Ticket),
@@ -440,6 +442,7 @@ impl Source {
         Ok(Source::Own {
             consumer,
             next: None,
+            retry: None,
         })
     }
 
@@ -453,7 +456,11 @@ impl Source {
         position: &Cursor,
     ) -> Result<crate::hub::Shared, String> {
         match self {
-            Source::Own { consumer, next } => {
+            Source::Own {
+                consumer,
+                next,
+                retry,
+            } => {
                 let batch = next_batch(
                     consumer,
                     Some(Duration::from_millis(250)),
@@ -466,34 +473,46 @@ impl Source {
                 // Each offset once (see `hub::after`).
                 let mut seen = position.clone();
                 let batch = crate::hub::after(&mut seen, batch);
-                if batch.len() >= 500 {
-                    // Far behind: holding a place on the hub would only
-                    // pin its channel.
+                // Far behind (a full batch), or a place held so long that
+                // its channel fills: holding it would only pin the channel.
+                if batch.len() >= 500
+                    || next
+                        .as_ref()
+                        .is_some_and(|t| t.waiting() > crate::hub::CAPACITY / 2)
+                {
                     *next = None;
                     return Ok(Arc::new(batch));
                 }
                 if next.is_none() {
-                    // Near the head: take a place, to move there once
-                    // this client reaches it.
-                    *next = hubs
+                    // Near the head: take a place, to move there once this
+                    // client reaches it (after a failed join, 30 s later).
+                    if retry.is_some_and(|at| tokio::time::Instant::now() < at) {
+                        return Ok(Arc::new(batch));
+                    }
+                    match hubs
                         .join(reader_config(shared, id), topic, &shared.metrics)
                         .await
-                        .inspect_err(|error| tracing::warn!(message = "Cannot join the shared reader; this client keeps its own consumer.", subscription = %id, %error))
-                        .ok();
+                    {
+                        Ok(t) => *next = Some(t),
+                        Err(error) => {
+                            tracing::warn!(message = "Cannot join the shared reader; this client keeps its own consumer and tries again in 30 s.", subscription = %id, %error);
+                            *retry = Some(tokio::time::Instant::now() + Duration::from_secs(30));
+                        }
+                    }
                     return Ok(Arc::new(batch));
                 }
                 // Caught up: everything before the place was read — by what
-                // it delivered, or, idle, by where its consumer stands
-                // (past offsets that hold no record: transaction markers,
-                // aborted or compacted records).
+                // it delivered, or by where its consumer stands (librdkafka's
+                // position: after the last message handed to the
+                // application, so past offsets that hold no record —
+                // transaction markers, aborted or compacted records — and
+                // never past one still queued).
                 let mut at = seen;
-                if batch.is_empty() {
-                    if let Ok(tpl) = govbus_kafka::stage::blocking(|| consumer.position()) {
-                        for e in tpl.elements_for_topic(topic) {
-                            if let Offset::Offset(o) = e.offset() {
-                                let p = at.entry(e.partition()).or_insert(o);
-                                *p = (*p).max(o);
-                            }
+                if let Ok(tpl) = govbus_kafka::stage::blocking(|| consumer.position()) {
+                    for e in tpl.elements_for_topic(topic) {
+                        if let Offset::Offset(o) = e.offset() {
+                            let p = at.entry(e.partition()).or_insert(o);
+                            *p = (*p).max(o);
                         }
                     }
                 }
@@ -584,6 +603,7 @@ async fn stream(
                 Source::Own {
                     consumer,
                     next: None,
+                    retry: None,
                 },
                 position,
             )
