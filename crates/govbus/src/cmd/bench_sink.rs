@@ -496,23 +496,7 @@ async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
 
     if b.sse_clients > 0 {
         eprintln!("phase 6: live-stream fan-out to {} clients", b.sse_clients);
-        let mut c = config.clone();
-        c.only = vec!["bench_sse".into()];
-        let cat = catalog_with(&[("bench_sse", sub("[sink]\ntype = \"sse\"\n"))])?;
-        let creds = Credentials::default().with_token("education", "bench-token-0123456789");
-        let mut app = None;
-        let running = run_sinks(c, cat, |sinks| {
-            app = Some(govbus_sink::sse::router(
-                sinks,
-                creds,
-                Duration::from_secs(15),
-            ));
-        })
-        .await?;
-        let app = app.context("live-stream router")?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (running, port, server) = serve_live_streams(&config).await?;
         let (t0, cpu0) = (Instant::now(), cpu_seconds());
         let clients: Vec<_> = (0..b.sse_clients)
             .map(|_| tokio::spawn(sse_client(port, b.sse_records)))
@@ -546,18 +530,11 @@ async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The live tail: `sse_head_clients` clients connect from the end of the
-/// topic (they share one reader), then `sse_head_records` records are
-/// published; each client reads them all. Reports the RSS the connected
-/// clients add.
-async fn live_tail(
-    b: &SinkBench,
-    engine: &Engine,
+/// A sink process serving the `bench_sse` live stream on a free loopback
+/// port: its running sinks, the port, the server task.
+async fn serve_live_streams(
     config: &SinkConfig,
-    data: &str,
-) -> anyhow::Result<()> {
-    let n = b.sse_head_clients;
-    eprintln!("phase 7: live tail to {n} clients at the head");
+) -> anyhow::Result<(Running, u16, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let mut c = config.clone();
     c.only = vec!["bench_sse".into()];
     let cat = catalog_with(&[("bench_sse", sub("[sink]\ntype = \"sse\"\n"))])?;
@@ -575,6 +552,22 @@ async fn live_tail(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((running, port, server))
+}
+
+/// The live tail: `sse_head_clients` clients connect from the end of the
+/// topic (they share one reader), then `sse_head_records` records are
+/// published; each client reads them all. Reports the RSS the connected
+/// clients add.
+async fn live_tail(
+    b: &SinkBench,
+    engine: &Engine,
+    config: &SinkConfig,
+    data: &str,
+) -> anyhow::Result<()> {
+    let n = b.sse_head_clients;
+    eprintln!("phase 7: live tail to {n} clients at the head");
+    let (running, port, server) = serve_live_streams(config).await?;
     let recs = records(engine, b.sse_head_records)?;
     let (before, _) = rss_mib();
     let clients: Vec<_> = (0..n)
