@@ -29,6 +29,7 @@ use govbus_kafka::read::Record;
 use govbus_kafka::topics::Topics;
 use govbus_testkit::{create_topic, producer_config, unique, Broker, PgSchema};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value as Json;
 
 const DS: &str = "market_regulation.enterprise_registration";
 const OWNER: &str = "market_regulation";
@@ -940,4 +941,164 @@ async fn one_record_through_every_path_is_byte_identical_on_the_canonical_topic(
     }
     assert_eq!(failed, 0, "paths differ:\n{summary}");
     assert_eq!(all.len(), outcomes.len(), "{summary}");
+}
+
+/// The record with `enterprise_name` named twice: `serde_json` keeps the
+/// last, so a path that parses it into a map publishes a record the
+/// department never wrote that way — refused instead, on every path that
+/// takes JSON, with its position.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_that_names_a_field_twice_is_refused_on_every_json_path() {
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::new(format!("{}.", unique("twice")));
+    for t in [topics.ingest(OWNER), topics.data(DS), topics.dlq(OWNER)] {
+        create_topic(&bootstrap, &t, 1).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (token, creds) = common::new_credential(OWNER, dir.path());
+    let gateway_port = common::free_port();
+    let _children = Children(vec![
+        spawn_router(&bootstrap, &topics, &[]),
+        spawn(&[
+            "gateway",
+            "--bootstrap",
+            &bootstrap,
+            "--credentials",
+            creds.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{gateway_port}"),
+            "--topic-prefix",
+            topics.prefix(),
+        ]),
+    ]);
+    common::wait_listening(gateway_port);
+    let (schema, schema_id) = schema();
+    let bus = Bus {
+        topics,
+        dir,
+        gateway_port,
+        token,
+        producer: producer_config(&bootstrap).create().unwrap(),
+        schema_id,
+        expected: expected_value(&schema, schema_id),
+    };
+    let valid = record_json(false);
+    let twice = format!(
+        "{}, \"enterprise_name\": \"另一家公司\"}}",
+        valid.trim_end().strip_suffix('}').unwrap()
+    );
+    const SAID: &str = "appears twice";
+    let mut failures = Vec::new();
+    let mut expect = |path: &str, said: &str| {
+        println!("[{path}] {}", said.trim_end());
+        if !said.contains(SAID) {
+            failures.push(format!("{path}: does not say `{SAID}`: {said}"));
+        }
+    };
+
+    // The gateway: a JSON array, NDJSON, a CloudEvents batch.
+    expect(
+        "gateway JSON array",
+        &bus.post("application/json", &format!("[{twice}]")),
+    );
+    expect(
+        "gateway NDJSON",
+        &bus.post("application/x-ndjson", &format!("{twice}\n")),
+    );
+    let event = |data: &str| {
+        format!(
+            r#"{{"specversion":"1.0","type":"{DS}","source":"/{OWNER}","id":"{}","op":"create","datacontenttype":"application/json","data":{data}}}"#,
+            unique("ce")
+        )
+    };
+    expect(
+        "gateway CloudEvents batch",
+        &bus.post(
+            "application/cloudevents-batch+json",
+            &format!("[{}]", event(&twice)),
+        ),
+    );
+    // `govbus publish` of a JSON file and of an NDJSON file.
+    for (file, body) in [
+        ("twice.json", format!("[{twice}]")),
+        ("twice.ndjson", format!("{twice}\n")),
+    ] {
+        std::fs::write(bus.path(file), body).unwrap();
+        let mut c = Command::new(govbus_bin());
+        c.args(["publish", "--dataset", DS])
+            .arg(bus.path(file))
+            .args(["--gateway", &bus.gateway_url()])
+            .env("GOVBUS_TOKEN", &bus.token)
+            .env("GOVBUS_LOG", "warn");
+        expect(&format!("govbus publish {file}"), &run_bounded(c, WAIT));
+        // The pre-flight check a department runs says the same.
+        let mut c = Command::new(govbus_bin());
+        c.args(["validate", "--dataset", DS])
+            .arg(bus.path(file))
+            .current_dir(repo());
+        expect(&format!("govbus validate {file}"), &run_bounded(c, WAIT));
+    }
+    // A table dump as JSON and as NDJSON, the column named twice.
+    std::fs::write(bus.path("mapping.toml"), mapping()).unwrap();
+    let row: Vec<String> = COLUMNS
+        .iter()
+        .zip(fields())
+        .map(|((_, column), (_, text))| format!("{}: {}", Json::from(*column), Json::from(text)))
+        .collect();
+    let row = format!("{{{}, \"企业名称\": \"另一家公司\"}}", row.join(", "));
+    for (file, body) in [
+        ("dump.json", format!("[{row}]")),
+        ("dump.ndjson", format!("{row}\n")),
+    ] {
+        std::fs::write(bus.path(file), body).unwrap();
+        let said = bus.snapshot(&bus.path(file), &format!("state-{file}"));
+        expect(&format!("snapshot publish {file}"), &said);
+    }
+    // Straight into the ingest topic: plain JSON, a structured CloudEvent.
+    let id = unique("json");
+    bus.produce(
+        &[
+            (h::CE_TYPE, DS.as_bytes()),
+            (h::CE_ID, id.as_bytes()),
+            (h::CE_OP, b"create"),
+        ],
+        twice.as_bytes(),
+    )
+    .await;
+    bus.produce(
+        &[(h::CONTENT_TYPE, b"application/cloudevents+json")],
+        event(&twice).as_bytes(),
+    )
+    .await;
+    // Then the record written once: it arrives, so the bus was working.
+    let control = bus.post("application/json", &format!("[{valid}]"));
+    assert!(control.contains(" 200 "), "{control}");
+    let deadline = Instant::now() + WAIT;
+    let (mut data, mut dead) = (Vec::new(), Vec::new());
+    while Instant::now() < deadline && (data.is_empty() || dead.len() < 2) {
+        std::thread::sleep(Duration::from_millis(300));
+        data = read(&bus.topics.data(DS));
+        dead = read(&bus.topics.dlq(OWNER));
+    }
+    for d in &dead {
+        let detail = d.header(h::ERROR_DETAIL);
+        expect(
+            &format!("Kafka, reason {}", d.header(h::ERROR_REASON)),
+            detail,
+        );
+        assert_eq!(d.header(h::ERROR_REASON), "json_invalid", "{detail}");
+        assert!(
+            !detail.contains("另一家公司"),
+            "a value in a DLQ header: {detail}"
+        );
+    }
+    assert_eq!(dead.len(), 2, "both Kafka records dead-lettered");
+    assert_eq!(
+        data.len(),
+        1,
+        "only the record written once reaches {}; failures: {failures:#?}",
+        bus.topics.data(DS)
+    );
+    assert_eq!(data[0].value.as_deref(), Some(&bus.expected[..]));
+    assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -59,16 +59,23 @@ fn event(dataset: &str, e: Json) -> Item {
     }
 }
 
+/// Why text is not a JSON document the gateway takes: where, and what
+/// (never an excerpt of the input).
+fn not_json(e: &govbus_validate::JsonError) -> String {
+    match e {
+        govbus_validate::JsonError::Syntax { line, column, .. } => {
+            format!("line {line} column {column}: not valid JSON")
+        }
+        duplicate => duplicate.to_string(),
+    }
+}
+
 /// Splits the body by content type: a JSON array (or one object), NDJSON
 /// (each line on its own, a bad line rejects only that record), or a
 /// CloudEvents batch (`application/cloudevents-batch+json`).
 fn items(content_type: &str, dataset: &str, body: &[u8]) -> Result<Vec<Item>, Box<Response>> {
-    let bad = |e: serde_json::Error| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("line {} column {}: not valid JSON", e.line(), e.column()),
-        )
+    let bad = |e: govbus_validate::JsonError| {
+        problem(StatusCode::BAD_REQUEST, "malformed_json", not_json(&e))
     };
     if content_type.starts_with("application/x-ndjson")
         || content_type.starts_with("application/jsonl")
@@ -77,17 +84,16 @@ fn items(content_type: &str, dataset: &str, body: &[u8]) -> Result<Vec<Item>, Bo
             .split(|b| *b == b'\n')
             .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
             .map(|l| Item {
-                record: serde_json::from_slice(l).map_err(|e| Rejection {
+                record: govbus_validate::parse_json(l).map_err(|e| Rejection {
                     reason: Reason::JsonInvalid,
                     field: None,
-                    detail: format!("line {} column {}: not valid JSON", e.line(), e.column())
-                        .into(),
+                    detail: not_json(&e).into(),
                 }),
                 attributes: envelope::Attributes::default(),
             })
             .collect());
     }
-    let parsed: Json = serde_json::from_slice(body).map_err(bad)?;
+    let parsed: Json = govbus_validate::parse_json(body).map_err(bad)?;
     // The document promises objects; anything else is a malformed request, not a record.
     let not_object = |what: &str, i: usize, v: &Json| {
         Box::new(problem(

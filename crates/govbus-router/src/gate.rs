@@ -197,10 +197,10 @@ fn read_headers(headers: Option<&BorrowedHeaders>) -> Result<Envelope<'_>, Rejec
 /// A CloudEvents structured-mode envelope's attributes override the headers;
 /// its `data` is the record.
 fn read_structured<'a>(env: &mut Envelope<'a>, value: &[u8]) -> Result<Json, Rejection> {
-    let parsed: Json = serde_json::from_slice(value).map_err(|_| Rejection {
+    let parsed: Json = govbus_validate::parse_json(value).map_err(|e| Rejection {
         reason: Reason::JsonInvalid,
         field: None,
-        detail: Cow::Borrowed("the CloudEvent is not valid JSON"),
+        detail: Cow::Owned(format!("the CloudEvent is not valid JSON: {e}")),
     })?;
     let Json::Object(mut ce) = parsed else {
         return Err(envelope_error(

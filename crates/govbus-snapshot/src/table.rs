@@ -314,7 +314,7 @@ pub fn open(path: &Path, format: Format, encoding: Encoding) -> Result<Table, Ta
                 });
             }
             let bytes = read_text(file, encoding, &shown)?;
-            let v: Json = serde_json::from_slice(&bytes).map_err(|e| TableError::Format {
+            let v: Json = govbus_validate::parse_json(&bytes).map_err(|e| TableError::Format {
                 path: shown.clone(),
                 message: format!("not a JSON array of objects: {e}"),
             })?;
@@ -362,7 +362,7 @@ pub fn open(path: &Path, format: Format, encoding: Encoding) -> Result<Table, Ta
                             line,
                             encoding: enc.name(),
                         })),
-                        Ok(text) => Some(Ok(match serde_json::from_str::<Json>(text) {
+                        Ok(text) => Some(Ok(match govbus_validate::parse_json(text.as_bytes()) {
                             Ok(v) => object_row(line, v, "line"),
                             Err(e) => Err(RowError {
                                 line,

@@ -35,6 +35,7 @@ mod json;
 mod plan;
 mod program;
 mod reason;
+mod text;
 mod walk;
 
 use std::collections::{HashMap, HashSet};
@@ -48,6 +49,7 @@ pub use ids::{
 };
 pub use program::CompileError;
 pub use reason::{Reason, Rejection};
+pub use text::{parse as parse_json, JsonError};
 
 use plan::VersionPlan;
 
@@ -341,17 +343,8 @@ impl<'e> DatasetRef<'e> {
         if json.len() > limits.max_message_bytes {
             return Err(too_large(json.len(), limits.max_message_bytes));
         }
-        let parsed: serde_json::Value = serde_json::from_slice(json).map_err(|e| {
-            Rejection::new(
-                Reason::JsonInvalid,
-                format!(
-                    "line {} column {}: {}",
-                    e.line(),
-                    e.column(),
-                    json_error_kind(&e)
-                ),
-            )
-        })?;
+        let parsed =
+            text::parse(json).map_err(|e| Rejection::new(Reason::JsonInvalid, e.to_string()))?;
         self.validate_json_value(&parsed, ctx)
     }
 
@@ -394,17 +387,6 @@ fn too_large(len: usize, max: usize) -> Rejection {
         Reason::MessageTooLarge,
         format!("{len} bytes; the limit is {max}"),
     )
-}
-
-/// serde_json's error message without the input excerpt it sometimes quotes.
-fn json_error_kind(e: &serde_json::Error) -> &'static str {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Io => "read error",
-        Category::Syntax => "syntax error",
-        Category::Data => "invalid data (e.g. invalid UTF-8 or escape)",
-        Category::Eof => "unexpected end of input",
-    }
 }
 
 #[cfg(test)]

@@ -71,7 +71,7 @@ reasons! {
     AvroNestingTooDeep => "avro_nesting_too_deep", "The datum nests records, arrays or maps deeper than the limit.";
     AvroTooManyItems => "avro_too_many_items", "Arrays and maps hold more items in total than the limit.";
     NumberNotFinite => "number_not_finite", "A float or double is NaN or infinite.";
-    JsonInvalid => "json_invalid", "The JSON text does not parse (syntax, encoding or nesting depth).";
+    JsonInvalid => "json_invalid", "The JSON text does not parse (syntax, encoding or nesting depth), or an object in it names a member twice.";
     JsonTypeMismatch => "json_type_mismatch", "A JSON value has the wrong type for its field.";
     JsonMissingField => "json_missing_field", "A field without a default is missing from the JSON object.";
     JsonUnknownField => "json_unknown_field", "The JSON object has a field the schema does not define.";

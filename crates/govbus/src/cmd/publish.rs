@@ -49,21 +49,30 @@ fn read_records(args: &PublishArgs) -> anyhow::Result<Vec<(usize, Json)>> {
         .to_ascii_lowercase();
     match ext.as_str() {
         "csv" => csv_records(args, &bytes),
-        "ndjson" | "jsonl" => Ok(bytes
+        // A line that is not JSON, or names a member twice, stops the run
+        // before anything is sent: the file needs fixing, and a record
+        // published without it would be out of order with its retry.
+        "ndjson" | "jsonl" => bytes
             .split(|b| *b == b'\n')
             .enumerate()
             .filter(|(_, l)| l.iter().any(|b| !b.is_ascii_whitespace()))
             .map(|(i, l)| {
-                (
-                    i + 1,
-                    serde_json::from_slice(l)
-                        .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(l).into_owned())),
-                )
+                let record = govbus_validate::parse_json(l).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{} line {}, column {}: {}; nothing was published",
+                        args.file.display(),
+                        i + 1,
+                        e.column(),
+                        e.what()
+                    )
+                })?;
+                Ok((i + 1, record))
             })
-            .collect()),
+            .collect(),
         _ => {
-            let v: Json = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{}: not valid JSON", args.file.display()))?;
+            let v: Json = govbus_validate::parse_json(&bytes).map_err(|e| {
+                anyhow::anyhow!("{}: {e}; nothing was published", args.file.display())
+            })?;
             let records = match v {
                 Json::Array(a) => a,
                 one => vec![one],

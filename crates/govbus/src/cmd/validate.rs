@@ -92,7 +92,9 @@ enum Record<'a> {
 fn split_records(text: &[u8]) -> anyhow::Result<Vec<(usize, Record<'_>)>> {
     let first = text.iter().position(|b| !b.is_ascii_whitespace());
     if first.is_some_and(|i| text[i] == b'[') {
-        let values: Vec<serde_json::Value> = serde_json::from_slice(text)?;
+        let serde_json::Value::Array(values) = govbus_validate::parse_json(text)? else {
+            anyhow::bail!("a file that starts with `[` is a JSON array of records");
+        };
         let starts = array_element_lines(text);
         return Ok(values
             .into_iter()
