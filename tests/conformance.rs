@@ -503,6 +503,37 @@ impl Bench {
         }
     }
 
+    /// Writes a record no sink can decode (Confluent framing with a schema
+    /// id the catalog lacks) straight to the canonical topic: where it landed.
+    async fn put_undecodable(&self) -> (i32, i64) {
+        let producer: FutureProducer =
+            govbus_testkit::producer_config(&self.cluster.bootstrap_servers())
+                .create()
+                .unwrap();
+        let mut value = vec![0u8, 0x7f, 0xff, 0xff, 0xff];
+        value.extend_from_slice(b"not an Avro datum of any schema here");
+        let headers = h::owned([
+            (h::CE_SPECVERSION, b"1.0".as_slice()),
+            (h::CE_TYPE, DEATHS.as_bytes()),
+            (h::CE_ID, b"c-undecodable".as_slice()),
+            (h::CE_SUBJECT, b"DR-2026-99999998".as_slice()),
+            (h::CE_OP, b"create".as_slice()),
+            (h::CE_SOURCEVERSION, b"1".as_slice()),
+        ]);
+        let d = producer
+            .send(
+                FutureRecord::to(&self.topics.data(DEATHS))
+                    .key("DR-2026-99999998")
+                    .payload(&value)
+                    .headers(headers),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        (d.partition, d.offset)
+    }
+
     /// Every event the subscriber holds, in the order it received them.
     fn seen(&self) -> Vec<Seen> {
         match self.kind {
@@ -543,6 +574,8 @@ impl Bench {
             }
             Kind::LiveStream => lines(&self.work.path().join("sse.jsonl"))
                 .iter()
+                // `skipped` names a record it could not decode, not an event.
+                .filter(|l| l["event"] != json!("skipped"))
                 .filter_map(|l| l["data"].as_str())
                 .map(|d| Seen::from_cloudevent(&serde_json::from_str(d).unwrap()))
                 .collect(),
@@ -886,7 +919,55 @@ async fn conformance(kind: Kind) {
     )
     .await;
 
-    // 4. What the subscriber holds.
+    // 4. A record no sink can decode (a schema id the catalog lacks) on the
+    // canonical topic, then more: delivery goes on past it, and it is never
+    // dropped silently — a delivery sink dead-letters it to
+    // `dlq.sub.<id>`, a live stream tells its client where and why.
+    let (partition, offset) = b.put_undecodable().await;
+    let after = changes(400..420);
+    b.publish(&after).await;
+    let all: Vec<Change> = all.iter().chain(&after).copied().collect();
+    b.wait_holds(
+        "the changes after an undecodable record",
+        &all,
+        Duration::from_secs(90),
+    )
+    .await;
+    let start = Instant::now();
+    loop {
+        let told = match kind {
+            Kind::LiveStream => lines(&b.work.path().join("sse.jsonl")).iter().any(|l| {
+                l["event"] == json!("skipped")
+                    && serde_json::from_str::<Json>(l["data"].as_str().unwrap_or("{}")).is_ok_and(
+                        |d| d["partition"] == json!(partition) && d["offset"] == json!(offset),
+                    )
+            }),
+            _ => govbus_kafka::read::read_all(
+                &b.cluster.bootstrap_servers(),
+                &b.topics.subscription_dlq(SUB),
+                Duration::from_millis(500),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_default()
+            .iter()
+            .any(|r| {
+                r.header(h::ERROR_PARTITION) == partition.to_string()
+                    && r.header(h::ERROR_OFFSET) == offset.to_string()
+            }),
+        };
+        if told {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            b.dump();
+            panic!(
+                "{kind:?}: the undecodable record at {partition}/{offset} was passed over silently"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // 5. What the subscriber holds.
     if kind == Kind::Postgres {
         for (key, (_, row)) in b.table().await {
             check_policy(kind, &key, &row);

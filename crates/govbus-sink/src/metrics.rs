@@ -9,6 +9,7 @@ pub struct Metrics {
     registry: Registry,
     delivered: IntCounterVec,
     filtered: IntCounterVec,
+    skipped: IntCounterVec,
     failed: IntCounterVec,
     retried: IntCounterVec,
     dead_lettered: IntCounterVec,
@@ -60,6 +61,7 @@ impl Metrics {
         Metrics {
             delivered: counter(&r, "govbus_sink_delivered_total", "Events delivered (effect durable at the subscriber).", SUB),
             filtered: counter(&r, "govbus_sink_filtered_total", "Events outside the subscription's row filter (delivered as out_of_scope, without data).", SUB),
+            skipped: counter(&r, "govbus_sink_skipped_total", "Records a live stream could not decode with its catalog (a schema id it does not know, a damaged value): its clients get `event: skipped` with the position and the reason, no data. Other sinks dead-letter such a record instead (govbus_sink_dead_lettered_total).", SUB),
             failed: counter(&r, "govbus_sink_failed_total", "Delivery attempts that failed (each attempt counts).", SUB),
             retried: counter(&r, "govbus_sink_retried_total", "Delivery attempts that were retries.", SUB),
             dead_lettered: counter(&r, "govbus_sink_dead_lettered_total", "Events written to dlq.sub.<subscription>.", SUB),
@@ -123,6 +125,14 @@ impl Metrics {
     pub fn filtered(&self, sub: &str, sink: &str, n: usize) {
         if n > 0 {
             self.filtered
+                .with_label_values(&[sub, sink])
+                .inc_by(n as u64);
+        }
+    }
+    /// Records a live stream's clients were told it skipped.
+    pub fn skipped(&self, sub: &str, sink: &str, n: usize) {
+        if n > 0 {
+            self.skipped
                 .with_label_values(&[sub, sink])
                 .inc_by(n as u64);
         }

@@ -658,9 +658,10 @@ async fn stream(
             let mut changed = false;
             while !rest.is_empty() {
                 let mut ahead = position.clone();
-                let mut chunk: Vec<(String, Event)> = Vec::new();
+                // (event id for the ledger, or none for a skipped record; the event)
+                let mut chunk: Vec<(Option<String>, Event)> = Vec::new();
                 let mut taken = 0;
-                let mut filtered = 0;
+                let (mut filtered, mut skipped) = (0, 0);
                 // The chunk's spans end when it is handed over (dropped).
                 let trace = crate::event::sink_spans(&sub);
                 for c in rest {
@@ -677,13 +678,30 @@ async fn stream(
                                 .id(format_cursor(&ahead))
                                 .event(d.op.clone())
                                 .data(data);
-                            chunk.push((d.id, event));
+                            chunk.push((Some(d.id), event));
                         }
                         Prepared::Filtered(_) => filtered += 1,
                         // The subscription's delivery sinks dead-letter it
-                        // (`dlq.sub.<id>`); a live stream skips it, and says so.
+                        // (`dlq.sub.<id>`); a live stream has no place of
+                        // its own to keep it, so it tells the client where
+                        // and why (never a value) and goes on: the client
+                        // is not left believing it missed nothing.
                         Prepared::Undecodable(e) => {
-                            tracing::warn!(message = "A record does not decode with this catalog; the live stream skips it.", subscription = %sub.id, partition = c.partition, offset = c.offset, error = %e)
+                            tracing::warn!(message = "A record does not decode with this catalog; the live stream skips it and tells its client.", subscription = %sub.id, partition = c.partition, offset = c.offset, error = %e);
+                            skipped += 1;
+                            let data = serde_json::json!({
+                                "dataset": sub.dataset,
+                                "partition": c.partition,
+                                "offset": c.offset,
+                                "reason": e.to_string(),
+                            });
+                            chunk.push((
+                                None,
+                                Event::default()
+                                    .id(format_cursor(&ahead))
+                                    .event("skipped")
+                                    .data(data.to_string()),
+                            ));
                         }
                     }
                 }
@@ -708,7 +726,8 @@ async fn stream(
                     changed = true;
                     break;
                 }
-                let (ids, events): (Vec<String>, Vec<Event>) = chunk.into_iter().unzip();
+                let (ids, events): (Vec<Option<String>>, Vec<Event>) = chunk.into_iter().unzip();
+                let ids: Vec<String> = ids.into_iter().flatten().collect();
                 record(&shared, &sub, ids).await?;
                 // The ledger may have taken long (an outage): a grant revoked
                 // or narrowed meanwhile holds back what it no longer allows.
@@ -727,6 +746,7 @@ async fn stream(
                     }
                 }
                 shared.metrics.filtered(&sub.id, "sse", filtered);
+                shared.metrics.skipped(&sub.id, "sse", skipped);
                 position = ahead;
                 rest = &rest[taken..];
             }
