@@ -1324,3 +1324,111 @@ async fn a_sink_stuck_behind_a_refusing_broker_stops_on_sigterm_and_loses_nothin
     }
     kill9(&mut sink);
 }
+
+/// The router writes only under schema ids its catalog has; a sink's
+/// catalog may learn a new schema version a moment later (it reloads every
+/// second; the registry's schema log takes a moment too). A record under
+/// an id the sink does not know *yet* waits for it — delivered, not
+/// dead-lettered as undecodable — on the delivery engine and on a live
+/// stream alike.
+async fn a_schema_learned_late(kind: Kind) {
+    let mut b = Bench::start(kind).await;
+    let mut sink = b.sink();
+    if kind == Kind::LiveStream {
+        b.follow(None);
+    }
+    let first = changes(0..5);
+    b.publish(&first).await;
+    b.wait_holds("the first changes", &first, Duration::from_secs(90))
+        .await;
+
+    // Version 3 of the dataset's schema: version 2 and an optional field.
+    let dir = b.catalog.path().join("datasets").join(DEATHS);
+    let mut v3: Json =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("v2.avsc")).unwrap()).unwrap();
+    v3["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "remark", "type": ["null", "string"], "default": null}));
+    let v3 = serde_json::to_string_pretty(&v3).unwrap();
+    // The record as a router that already has version 3 writes it.
+    let ahead = tempfile::tempdir().unwrap();
+    govbus_testkit::copy_dir(b.catalog.path(), ahead.path()).unwrap();
+    std::fs::write(
+        ahead.path().join("datasets").join(DEATHS).join("v3.avsc"),
+        &v3,
+    )
+    .unwrap();
+    let catalog = govbus_catalog::Catalog::load(ahead.path()).unwrap();
+    let engine = govbus_validate::Engine::new(&catalog).unwrap();
+    let c = Change {
+        i: 500,
+        version: 1,
+        op: "create",
+    };
+    let accepted = engine
+        .dataset(DEATHS)
+        .unwrap()
+        .validate_json(c.body().as_bytes(), &govbus_validate::Context::now())
+        .unwrap();
+    let version = c.version.to_string();
+    let producer: FutureProducer = govbus_testkit::producer_config(&b.cluster.bootstrap_servers())
+        .create()
+        .unwrap();
+    let headers = h::owned([
+        (h::CE_SPECVERSION, b"1.0".as_slice()),
+        (h::CE_TYPE, DEATHS.as_bytes()),
+        (h::CE_ID, c.id().as_bytes()),
+        (h::CE_SUBJECT, c.key().as_bytes()),
+        (h::CE_OP, b"create".as_slice()),
+        (h::CE_SOURCEVERSION, version.as_bytes()),
+        (h::CE_SOURCE, b"/civil_affairs".as_slice()),
+        (h::CE_TIME, b"2026-01-03T08:00:00.000Z".as_slice()),
+    ]);
+    producer
+        .send(
+            FutureRecord::to(&b.topics.data(DEATHS))
+                .key(&c.key())
+                .payload(&accepted.value)
+                .headers(headers),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    // The sink's catalog learns version 3 three seconds later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    std::fs::write(dir.join("v3.avsc"), &v3).unwrap();
+    let all: Vec<Change> = first.iter().copied().chain([c]).collect();
+    b.wait_holds(
+        "the record under the schema learned late",
+        &all,
+        Duration::from_secs(30),
+    )
+    .await;
+    let dead = govbus_kafka::read::read_all(
+        &b.cluster.bootstrap_servers(),
+        &b.topics.subscription_dlq(SUB),
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_default();
+    kill9(&mut sink);
+    assert!(
+        dead.is_empty(),
+        "{kind:?}: dead-lettered: {:?}",
+        dead.iter()
+            .map(|r| r.header(h::ERROR_DETAIL).to_owned())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_sink_waits_for_a_schema_its_catalog_learns_late() {
+    a_schema_learned_late(Kind::Webhook).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_stream_waits_for_a_schema_its_catalog_learns_late() {
+    a_schema_learned_late(Kind::LiveStream).await;
+}

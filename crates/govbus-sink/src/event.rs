@@ -143,6 +143,11 @@ impl Delivery {
             "policyversion": policy_version,
         });
         if let Json::Object(o) = &mut ce {
+            // `time` is optional, and an empty one is not a timestamp (a
+            // record written to the topic without `ce_time`, not by the router).
+            if self.time.is_empty() {
+                o.remove("time");
+            }
             if let Some(tp) = &self.traceparent {
                 o.insert("traceparent".into(), govbus_trace::as_str(tp).into());
             }
@@ -215,10 +220,23 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
             _ => return Prepared::Undecodable(DecodeError::SourceVersion),
         },
     };
+    // The router writes every one of these; a record written to the topic
+    // some other way may lack them, and a CloudEvent may not (`id` and
+    // `source` are required, non-empty): the owner is the source, the
+    // position the id.
+    let dataset = &policy.subscription().dataset;
+    let id = match c.header(h::CE_ID) {
+        "" => format!("govbus-{dataset}-{}-{}", c.partition, c.offset),
+        id => id.to_owned(),
+    };
+    let source = match c.header(h::CE_SOURCE) {
+        "" => format!("/{}", dataset.split('.').next().unwrap_or(dataset)),
+        s => s.to_owned(),
+    };
     let delivery = Delivery {
-        id: c.header(h::CE_ID).to_owned(),
-        source: c.header(h::CE_SOURCE).to_owned(),
-        dataset: policy.subscription().dataset.clone(),
+        id,
+        source,
+        dataset: dataset.clone(),
         subject: policy.subject(key),
         time: c.header(h::CE_TIME).to_owned(),
         op: if op.is_empty() {

@@ -17,6 +17,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
+use crate::decode::DecodeError;
 use crate::event::{prepare, Canonical, Delivery, Prepared, OUT_OF_SCOPE};
 use crate::ledger::{self, Ledger};
 use crate::metrics::Metrics;
@@ -156,6 +157,10 @@ impl std::fmt::Debug for Sinks {
 /// How long a stop waits for a batch in hand when the broker or the
 /// destination does not answer (the ledger's close entry then gets 5 s).
 pub const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// How long a batch waits for a schema id its catalog does not have yet
+/// before the record is dead-lettered as undecodable.
+pub const SCHEMA_WAIT: Duration = Duration::from_secs(10);
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -597,10 +602,19 @@ impl Shared {
         let mut policy = Policy::new(sub, ds, &secret);
         let mut catalog = self.catalog.borrow().clone();
         let kind = sub.sink.kind();
+        // A batch held back for a schema id the catalog does not have yet,
+        // and since when.
+        let mut held: Option<(Vec<Canonical>, Instant)> = None;
         loop {
-            let batch = tokio::select! {
-                _ = shutdown.changed() => Vec::new(),
-                b = next_batch(&consumer, Some(Duration::from_millis(250)), self.config.max_batch, self.config.linger, Some(&consumer.context().revocations), |m| Canonical::from_message(&m)) => b,
+            let (batch, waiting_since) = match held.take() {
+                Some((b, since)) => (b, Some(since)),
+                None => (
+                    tokio::select! {
+                        _ = shutdown.changed() => Vec::new(),
+                        b = next_batch(&consumer, Some(Duration::from_millis(250)), self.config.max_batch, self.config.linger, Some(&consumer.context().revocations), |m| Canonical::from_message(&m)) => b,
+                    },
+                    None,
+                ),
             };
             // The grant is checked at delivery time, on every batch. (The
             // catalog is taken first: a change after it is seen next batch.)
@@ -654,6 +668,7 @@ impl Shared {
             // Batch indices of records the destination cannot store, and why.
             let mut unstorable: Vec<(usize, String)> = Vec::new();
             let keeps_state = sink.keeps_state();
+            let mut unknown_schema = false;
             for (i, c) in batch.iter().enumerate() {
                 match prepare(&catalog, &policy, c) {
                     Prepared::Deliver(d) => {
@@ -676,8 +691,32 @@ impl Shared {
                             from.push(i);
                         }
                     }
-                    Prepared::Undecodable(e) => undecodable.push((i, e.to_string())),
+                    Prepared::Undecodable(e) => {
+                        unknown_schema |= matches!(e, DecodeError::UnknownSchema(_));
+                        undecodable.push((i, e.to_string()));
+                    }
                 }
+            }
+            // The router writes only under ids its catalog has, and this
+            // process's catalog may follow a moment later (it reloads every
+            // second; a schema registered through the registry arrives by
+            // the schema log): a record under an id not known *yet* waits
+            // for it, with its whole batch, rather than being dead-lettered
+            // as undecodable. Past the wait it is dead-lettered.
+            if unknown_schema {
+                let since = waiting_since.unwrap_or_else(|| {
+                    tracing::warn!(message = "A record names a schema id this catalog does not have yet; its batch waits for the catalog.", subscription = %sub.id, wait_s = SCHEMA_WAIT.as_secs());
+                    Instant::now()
+                });
+                if since.elapsed() < SCHEMA_WAIT {
+                    if *shutdown.borrow() {
+                        return Ended::Shutdown;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    held = Some((batch, since));
+                    continue;
+                }
+                tracing::warn!(message = "The schema id stayed unknown; its records are dead-lettered as undecodable.", subscription = %sub.id);
             }
             // One span per trace the delivered records carry; each
             // delivery leaves with its span's context.

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -45,6 +45,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::decode::DecodeError;
 use crate::event::{prepare, Prepared};
 use crate::ledger;
 use crate::policy::Policy;
@@ -610,6 +611,9 @@ async fn stream(
         }
     };
     let mut policy = Policy::new(&sub, &ds, &shared.config.pseudonym_secret);
+    // Since when the record at the head has waited for a schema id the
+    // catalog does not have yet (as a delivery sink's batch does).
+    let mut schema_since: Option<Instant> = None;
     loop {
         let batch = tokio::select! {
             () = tx.closed() => return Ok(()),
@@ -656,6 +660,7 @@ async fn stream(
             // leave the ledger listing an event the client never read,
             // never the other way round.
             let mut changed = false;
+            let mut wait_schema = false;
             while !rest.is_empty() {
                 let mut ahead = position.clone();
                 // (event id for the ledger, or none for a skipped record; the event)
@@ -668,9 +673,21 @@ async fn stream(
                     if chunk.len() == CHUNK {
                         break;
                     }
+                    let prepared = prepare(&catalog, &policy, c);
+                    if let Prepared::Undecodable(DecodeError::UnknownSchema(_)) = &prepared {
+                        let since = *schema_since.get_or_insert_with(|| {
+                            tracing::warn!(message = "A record names a schema id this catalog does not have yet; the live stream waits for the catalog.", subscription = %sub.id, partition = c.partition, offset = c.offset, wait_s = crate::run::SCHEMA_WAIT.as_secs());
+                            Instant::now()
+                        });
+                        if since.elapsed() < crate::run::SCHEMA_WAIT {
+                            wait_schema = true;
+                            break;
+                        }
+                    }
+                    schema_since = None;
                     taken += 1;
                     ahead.insert(c.partition, c.offset + 1);
-                    match prepare(&catalog, &policy, c) {
+                    match prepared {
                         Prepared::Deliver(mut d) => {
                             d.continue_in(trace.as_ref());
                             let data = d.cloudevent(&sub.policy_version).to_string();
@@ -749,6 +766,15 @@ async fn stream(
                 shared.metrics.skipped(&sub.id, "sse", skipped);
                 position = ahead;
                 rest = &rest[taken..];
+                if wait_schema {
+                    // Then the catalog is looked at again.
+                    tokio::select! {
+                        () = tx.closed() => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                    changed = true;
+                    break;
+                }
             }
             if tx.is_closed() {
                 return Ok(());
