@@ -926,7 +926,11 @@ async fn conformance(kind: Kind) {
     let (partition, offset) = b.put_undecodable().await;
     let after = changes(400..420);
     b.publish(&after).await;
-    let all: Vec<Change> = all.iter().chain(&after).copied().collect();
+    // Another under the same unknown id: waited for once, not per record.
+    b.put_undecodable().await;
+    let past = changes(420..430);
+    b.publish(&past).await;
+    let all: Vec<Change> = all.iter().chain(&after).chain(&past).copied().collect();
     b.wait_holds(
         "the changes after an undecodable record",
         &all,
@@ -965,6 +969,21 @@ async fn conformance(kind: Kind) {
             );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    if kind != Kind::LiveStream {
+        let waits: usize = (1..=b.started)
+            .map(|n| {
+                std::fs::read_to_string(b.work.path().join(format!("sink-{n}.log")))
+                    .unwrap_or_default()
+                    .matches("waits for the catalog")
+                    .count()
+            })
+            .sum();
+        assert_eq!(
+            waits, 1,
+            "{kind:?}: the unknown schema id was waited for {waits} times"
+        );
     }
 
     // 5. What the subscriber holds.

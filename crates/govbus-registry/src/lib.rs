@@ -37,6 +37,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use govbus_catalog::{Catalog, Compatibility, SchemaId};
 use govbus_kafka::topics::Topics;
+use govbus_validate::JsonError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -430,6 +431,18 @@ fn parse(body: &SchemaBody) -> Result<Schema, ApiError> {
             "Only AVRO schemas are supported".into(),
         ));
     }
+    // A schema that names a member twice is refused, not read as its last
+    // one (apache-avro's parser keeps the last, and the text is kept as
+    // sent in the schema log).
+    if let Err(e @ (JsonError::Duplicate { .. } | JsonError::Reserved { .. })) =
+        govbus_validate::parse_json(body.schema.as_bytes())
+    {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42201,
+            format!("Invalid schema: {e}"),
+        ));
+    }
     Schema::parse_str(&body.schema).map_err(|e| {
         ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -440,13 +453,15 @@ fn parse(body: &SchemaBody) -> Result<Schema, ApiError> {
 }
 
 fn body(raw: &str) -> Result<SchemaBody, ApiError> {
-    serde_json::from_str(raw).map_err(|e| {
+    let invalid = |e: &dyn std::fmt::Display| {
         ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
             42201,
             format!("Invalid request body: {e}"),
         )
-    })
+    };
+    let value = govbus_validate::parse_json(raw.as_bytes()).map_err(|e| invalid(&e))?;
+    serde_json::from_value(value).map_err(|e| invalid(&e))
 }
 
 async fn lookup(
@@ -654,4 +669,34 @@ async fn refuse_config() -> ApiError {
         42205,
         "Compatibility is set per dataset in the catalog (dataset.toml `compatibility`)".into(),
     )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::{body, parse};
+
+    /// A request or a schema that names a member twice is refused, never
+    /// read as its last one.
+    #[test]
+    fn a_member_named_twice_is_refused_in_the_body_and_in_the_schema() {
+        let e = body(r#"{"schema": "\"string\"", "schema": "\"long\""}"#)
+            .err()
+            .unwrap();
+        assert_eq!(e.1, 42201);
+        assert!(e.2.contains("appears twice"), "{}", e.2);
+        let twice = r#"{"type": "record", "name": "r", "fields": [{"name": "a", "type": "string"}], "fields": []}"#;
+        let b = body(&serde_json::json!({ "schema": twice }).to_string())
+            .ok()
+            .unwrap();
+        let e = parse(&b).err().unwrap();
+        assert_eq!(e.1, 42201);
+        assert!(e.2.contains("appears twice"), "{}", e.2);
+        let once =
+            r#"{"type": "record", "name": "r", "fields": [{"name": "a", "type": "string"}]}"#;
+        let b = body(&serde_json::json!({ "schema": once }).to_string())
+            .ok()
+            .unwrap();
+        assert!(parse(&b).is_ok());
+    }
 }

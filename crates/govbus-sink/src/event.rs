@@ -29,6 +29,16 @@ pub struct Canonical {
 }
 
 impl Canonical {
+    /// The record's event id (`ce_id`); one made of its position when it
+    /// has none (a record written to the topic without the router), the
+    /// same wherever it is named — delivered, dead-lettered, on the ledger.
+    pub fn event_id(&self, dataset: &str) -> String {
+        match self.header(h::CE_ID) {
+            "" => format!("govbus-{dataset}-{}-{}", self.partition, self.offset),
+            id => id.to_owned(),
+        }
+    }
+
     /// Copies a consumed message.
     pub fn from_message(m: &BorrowedMessage<'_>) -> Canonical {
         let headers = m
@@ -225,12 +235,13 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
     // `source` are required, non-empty): the owner is the source, the
     // position the id.
     let dataset = &policy.subscription().dataset;
-    let id = match c.header(h::CE_ID) {
-        "" => format!("govbus-{dataset}-{}-{}", c.partition, c.offset),
-        id => id.to_owned(),
-    };
+    let id = c.event_id(dataset);
     let source = match c.header(h::CE_SOURCE) {
-        "" => format!("/{}", dataset.split('.').next().unwrap_or(dataset)),
+        // The form the router writes.
+        "" => format!(
+            "/departments/{}",
+            dataset.split('.').next().unwrap_or(dataset)
+        ),
         s => s.to_owned(),
     };
     let delivery = Delivery {

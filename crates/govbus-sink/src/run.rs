@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use govbus_catalog::{Catalog, Dataset, SinkSpec, Subscription};
+use govbus_catalog::{Catalog, Dataset, SchemaId, SinkSpec, Subscription};
 use govbus_kafka::headers as h;
 use govbus_kafka::retry::Backoff;
 use govbus_kafka::stage::{blocking, next_batch, Revocations};
@@ -603,8 +603,13 @@ impl Shared {
         let mut catalog = self.catalog.borrow().clone();
         let kind = sub.sink.kind();
         // A batch held back for a schema id the catalog does not have yet,
-        // and since when.
+        // and since when. (The wait never polls the consumer, so no
+        // rebalance can revoke the held batch's partitions under it; one
+        // that comes waits until it ends.)
         let mut held: Option<(Vec<Canonical>, Instant)> = None;
+        // Ids this catalog was waited for in vain: not waited for again
+        // until the catalog changes.
+        let mut given_up: HashSet<SchemaId> = HashSet::new();
         loop {
             let (batch, waiting_since) = match held.take() {
                 Some((b, since)) => (b, Some(since)),
@@ -647,6 +652,7 @@ impl Shared {
             if !Arc::ptr_eq(&now, &catalog) {
                 policy = Policy::new(&current, &current_ds, &secret);
                 catalog = now;
+                given_up.clear();
             }
             if batch.is_empty() {
                 if let Err(e) = sink.idle(&|| caught_up(&consumer, &topic)).await {
@@ -668,7 +674,7 @@ impl Shared {
             // Batch indices of records the destination cannot store, and why.
             let mut unstorable: Vec<(usize, String)> = Vec::new();
             let keeps_state = sink.keeps_state();
-            let mut unknown_schema = false;
+            let mut unknown_schema: Vec<SchemaId> = Vec::new();
             for (i, c) in batch.iter().enumerate() {
                 match prepare(&catalog, &policy, c) {
                     Prepared::Deliver(d) => {
@@ -692,7 +698,11 @@ impl Shared {
                         }
                     }
                     Prepared::Undecodable(e) => {
-                        unknown_schema |= matches!(e, DecodeError::UnknownSchema(_));
+                        if let DecodeError::UnknownSchema(id) = e {
+                            if !given_up.contains(&id) {
+                                unknown_schema.push(id);
+                            }
+                        }
                         undecodable.push((i, e.to_string()));
                     }
                 }
@@ -703,7 +713,7 @@ impl Shared {
             // the schema log): a record under an id not known *yet* waits
             // for it, with its whole batch, rather than being dead-lettered
             // as undecodable. Past the wait it is dead-lettered.
-            if unknown_schema {
+            if !unknown_schema.is_empty() {
                 let since = waiting_since.unwrap_or_else(|| {
                     tracing::warn!(message = "A record names a schema id this catalog does not have yet; its batch waits for the catalog.", subscription = %sub.id, wait_s = SCHEMA_WAIT.as_secs());
                     Instant::now()
@@ -716,7 +726,8 @@ impl Shared {
                     held = Some((batch, since));
                     continue;
                 }
-                tracing::warn!(message = "The schema id stayed unknown; its records are dead-lettered as undecodable.", subscription = %sub.id);
+                tracing::warn!(message = "The schema id stayed unknown; its records are dead-lettered as undecodable (until the catalog changes, without waiting again).", subscription = %sub.id);
+                given_up.extend(unknown_schema);
             }
             // One span per trace the delivered records carry; each
             // delivery leaves with its span's context.
@@ -866,7 +877,7 @@ impl Shared {
             .dead_lettered(&sub.id, sub.sink.kind(), dead.len());
         let ids = dead
             .iter()
-            .map(|(i, _, _)| batch[*i].header(h::CE_ID).to_owned())
+            .map(|(i, _, _)| batch[*i].event_id(&sub.dataset))
             .collect();
         self.record(policy, "dead_lettered", ids, shutdown).await
     }

@@ -614,6 +614,9 @@ async fn stream(
     // Since when the record at the head has waited for a schema id the
     // catalog does not have yet (as a delivery sink's batch does).
     let mut schema_since: Option<Instant> = None;
+    // Ids this catalog was waited for in vain (until it changes).
+    let mut given_up: std::collections::HashSet<govbus_catalog::SchemaId> =
+        std::collections::HashSet::new();
     loop {
         let batch = tokio::select! {
             () = tx.closed() => return Ok(()),
@@ -649,6 +652,7 @@ async fn stream(
                 }
                 policy = Policy::new(&current, &current_ds, &shared.config.pseudonym_secret);
                 (sub, catalog) = (current, now);
+                given_up.clear();
             }
             if rest.is_empty() {
                 break;
@@ -674,14 +678,19 @@ async fn stream(
                         break;
                     }
                     let prepared = prepare(&catalog, &policy, c);
-                    if let Prepared::Undecodable(DecodeError::UnknownSchema(_)) = &prepared {
-                        let since = *schema_since.get_or_insert_with(|| {
+                    if let Prepared::Undecodable(DecodeError::UnknownSchema(schema)) = &prepared {
+                        if given_up.contains(schema) {
+                            // Waited for in vain already: skipped at once.
+                        } else {
+                            let since = *schema_since.get_or_insert_with(|| {
                             tracing::warn!(message = "A record names a schema id this catalog does not have yet; the live stream waits for the catalog.", subscription = %sub.id, partition = c.partition, offset = c.offset, wait_s = crate::run::SCHEMA_WAIT.as_secs());
                             Instant::now()
                         });
-                        if since.elapsed() < crate::run::SCHEMA_WAIT {
-                            wait_schema = true;
-                            break;
+                            if since.elapsed() < crate::run::SCHEMA_WAIT {
+                                wait_schema = true;
+                                break;
+                            }
+                            given_up.insert(*schema);
                         }
                     }
                     schema_since = None;

@@ -316,7 +316,12 @@ pub fn open(path: &Path, format: Format, encoding: Encoding) -> Result<Table, Ta
             let bytes = read_text(file, encoding, &shown)?;
             let v: Json = govbus_validate::parse_json(&bytes).map_err(|e| TableError::Format {
                 path: shown.clone(),
-                message: format!("not a JSON array of objects: {e}"),
+                message: match e {
+                    govbus_validate::JsonError::Syntax { .. } => {
+                        format!("not a JSON array of objects: {e}")
+                    }
+                    other => format!("{other}; nothing was published"),
+                },
             })?;
             let Json::Array(items) = v else {
                 return Err(TableError::Format {

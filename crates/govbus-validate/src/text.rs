@@ -10,7 +10,7 @@
 //! position instead of being altered.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -29,18 +29,25 @@ pub enum JsonError {
         /// serde_json's error (its message may quote the input: not shown).
         source: serde_json::Error,
     },
-    /// An object names a member twice.
+    /// An object names a member twice. The name is not repeated: a member
+    /// name may be data (an Avro map's keys are: ID numbers, passport
+    /// numbers, user names), and the position finds it.
     #[error("line {line} column {column}: {}", self.what())]
     Duplicate {
         /// 1-based line where the second occurrence ends.
         line: usize,
         /// 1-based column where the second occurrence ends.
         column: usize,
-        /// The member name, when it has the form of an Avro field name (a
-        /// letter or `_`, then letters, digits, `_`; at most 64): anything
-        /// else (an ID number used as a name, say) may be data and is not
-        /// repeated.
-        name: Option<String>,
+    },
+    /// A member name `serde_json` keeps for itself
+    /// (`$serde_json::private::…`): it would turn the member's string into
+    /// a number or re-parse it as JSON — unchecked — instead of keeping it.
+    #[error("line {line} column {column}: {}", self.what())]
+    Reserved {
+        /// 1-based line of the name.
+        line: usize,
+        /// 1-based column of the name.
+        column: usize,
     },
 }
 
@@ -48,14 +55,18 @@ impl JsonError {
     /// 1-based line of the error.
     pub fn line(&self) -> usize {
         match self {
-            JsonError::Syntax { line, .. } | JsonError::Duplicate { line, .. } => *line,
+            JsonError::Syntax { line, .. }
+            | JsonError::Duplicate { line, .. }
+            | JsonError::Reserved { line, .. } => *line,
         }
     }
 
     /// 1-based column of the error.
     pub fn column(&self) -> usize {
         match self {
-            JsonError::Syntax { column, .. } | JsonError::Duplicate { column, .. } => *column,
+            JsonError::Syntax { column, .. }
+            | JsonError::Duplicate { column, .. }
+            | JsonError::Reserved { column, .. } => *column,
         }
     }
 
@@ -63,18 +74,9 @@ impl JsonError {
     pub fn what(&self) -> String {
         match self {
             JsonError::Syntax { source, .. } => kind(source).to_owned(),
-            JsonError::Duplicate { name, .. } => format!(
-                "{} appears twice in one object (JSON member names must be unique: which one is meant?)",
-                shown(name.as_deref())
-            ),
+            JsonError::Duplicate { .. } => "a member name appears twice in one object (JSON member names must be unique: which one is meant?)".to_owned(),
+            JsonError::Reserved { .. } => "a member name begins with `$serde_json::private::`, which the parser reserves".to_owned(),
         }
-    }
-}
-
-fn shown(name: Option<&str>) -> String {
-    match name {
-        Some(n) => format!("the member `{n}`"),
-        None => "a member name".to_owned(),
     }
 }
 
@@ -100,68 +102,101 @@ pub fn parse(text: &[u8]) -> Result<serde_json::Value, JsonError> {
     let value: serde_json::Value = serde_json::from_slice(text).map_err(syntax)?;
     // A second pass over text already known to be JSON: it allocates
     // nothing for unique names it can borrow.
-    let duplicate = RefCell::new(None);
+    let found = Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(text);
     if let Err(e) = (Unique {
-        duplicate: &duplicate,
+        text,
+        found: &found,
     })
     .deserialize(&mut de)
     {
-        return Err(match duplicate.into_inner() {
-            Some(name) => JsonError::Duplicate {
-                line: e.line(),
-                column: e.column(),
-                name,
-            },
+        let (line, column) = (e.line(), e.column());
+        return Err(match found.get() {
+            Some(Found::Duplicate) => JsonError::Duplicate { line, column },
+            Some(Found::Reserved) => JsonError::Reserved { line, column },
             None => syntax(e),
         });
     }
     Ok(value)
 }
 
-/// Walks a JSON document and fails at the first object that repeats a name.
+/// What the check found.
 #[derive(Clone, Copy)]
-struct Unique<'a> {
-    /// Set when the failure is a duplicate (with the name when it may be shown).
-    duplicate: &'a RefCell<Option<Option<String>>>,
+enum Found {
+    Duplicate,
+    Reserved,
 }
 
-impl<'de> DeserializeSeed<'de> for Unique<'_> {
+/// serde_json's own member names (`Number` under `arbitrary_precision`,
+/// `RawValue` under `raw_value`, both on in this workspace's build).
+const RESERVED: &str = "$serde_json::private::";
+
+/// Walks a JSON document and fails at the first object that repeats a name
+/// or uses a reserved one.
+#[derive(Clone, Copy)]
+struct Unique<'a, 'de> {
+    /// The input: a name borrowed from it is the sender's, not serde_json's.
+    text: &'de [u8],
+    /// What the failure was, when it is one of ours.
+    found: &'a Cell<Option<Found>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Unique<'_, 'de> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-/// A member name, borrowed from the input when it has no escapes.
-struct Name<'de>(Cow<'de, str>);
+/// A member name (borrowed from the input when it has no escapes), and
+/// whether the sender wrote it: serde_json hands its own `Number` key over
+/// as a `'static` string, outside the input; a name the sender wrote is
+/// inside it, or was unescaped into a buffer.
+struct Name<'de> {
+    name: Cow<'de, str>,
+    from_input: bool,
+}
 
-impl<'de> serde::Deserialize<'de> for Name<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Name<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a member name")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
+/// Reads a [`Name`] of `text`.
+struct NameOf<'de>(&'de [u8]);
+
+impl<'de> DeserializeSeed<'de> for NameOf<'de> {
+    type Value = Name<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Name<'de>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameOf<'de> {
+    type Value = Name<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
+        let from_input = self.0.as_ptr_range().contains(&v.as_ptr());
+        Ok(Name {
+            name: Cow::Borrowed(v),
+            from_input,
+        })
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
+        Ok(Name {
+            name: Cow::Owned(v.to_owned()),
+            from_input: true,
+        })
+    }
+    fn visit_string<E>(self, v: String) -> Result<Name<'de>, E> {
+        Ok(Name {
+            name: Cow::Owned(v),
+            from_input: true,
+        })
     }
 }
 
 /// Objects this small are checked by comparing names pairwise.
 const SMALL: usize = 16;
 
-impl<'de> Visitor<'de> for Unique<'_> {
+impl<'de> Visitor<'de> for Unique<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -199,31 +234,27 @@ impl<'de> Visitor<'de> for Unique<'_> {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Names compared pairwise while few, hashed beyond.
         let mut small: Vec<Cow<'de, str>> = Vec::new();
         let mut large: HashSet<Cow<'de, str>> = HashSet::new();
-        while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
+        while let Some(Name { name, from_input }) = map.next_key_seed(NameOf(self.text))? {
+            if from_input && name.starts_with(RESERVED) {
+                self.found.set(Some(Found::Reserved));
+                return Err(A::Error::custom("reserved member name"));
+            }
             let seen = if large.is_empty() {
                 small.contains(&name)
             } else {
                 large.contains(&name)
             };
             if seen {
-                // An Avro name: a letter or `_`, then letters, digits, `_`.
-                let plain = name.len() <= 64
-                    && name
-                        .bytes()
-                        .next()
-                        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-                *self.duplicate.borrow_mut() = Some(plain.then(|| name.into_owned()));
+                self.found.set(Some(Found::Duplicate));
                 return Err(A::Error::custom("duplicate member name"));
             }
-            if small.len() < SMALL {
+            if large.is_empty() && small.len() < SMALL {
                 small.push(name);
             } else {
-                if large.is_empty() {
-                    large.extend(small.drain(..));
-                }
+                large.extend(small.drain(..));
                 large.insert(name);
             }
             map.next_value_seed(self)?;
@@ -236,9 +267,9 @@ impl<'de> Visitor<'de> for Unique<'_> {
 mod tests {
     use super::{parse, JsonError};
 
-    fn duplicate(text: &str) -> (usize, usize, Option<String>) {
+    fn duplicate(text: &str) -> (usize, usize) {
         match parse(text.as_bytes()) {
-            Err(JsonError::Duplicate { line, column, name }) => (line, column, name),
+            Err(JsonError::Duplicate { line, column }) => (line, column),
             other => panic!("{text}: {other:?}"),
         }
     }
@@ -250,6 +281,7 @@ mod tests {
             r#"[{"a": 1}, {"a": 2}]"#,
             r#"{"amount": 12345678901234567890.123456789}"#,
             r#"{"\u0061b": 1, "a\u0062c": 2}"#,
+            r#"{"n": 1.5, "m": -0.0, "k": 1e400}"#,
             "\"text\"",
             "12",
         ] {
@@ -257,40 +289,63 @@ mod tests {
             let theirs: serde_json::Value = serde_json::from_str(text).unwrap();
             assert_eq!(ours, theirs, "{text}");
         }
+        // Many unique names, past the pairwise size.
+        let many: Vec<String> = (0..100).map(|i| format!("\"f{i}\": {i}")).collect();
+        assert!(parse(format!("{{{}}}", many.join(", ")).as_bytes()).is_ok());
     }
 
     #[test]
-    fn a_name_twice_at_any_depth_or_size_is_refused_with_its_position() {
-        assert_eq!(
-            duplicate(r#"{"amount": 1, "amount": 1000}"#),
-            (1, 22, Some("amount".into()))
-        );
+    fn a_name_twice_at_any_depth_position_or_size_is_refused_with_its_position() {
+        assert_eq!(duplicate(r#"{"amount": 1, "amount": 1000}"#), (1, 22));
         assert_eq!(
             duplicate("[{\"a\": 1},\n {\"b\": {\"c\": 1, \"c\": 2}}]").0,
             2
         );
         // Escapes do not hide a repetition: `\u0061` is `a`.
-        assert_eq!(duplicate(r#"{"a": 1, "\u0061": 2}"#).2, Some("a".into()));
-        // Past the pairwise size, too.
-        let many: Vec<String> = (0..40).map(|i| format!("\"f{i}\": {i}")).collect();
-        let text = format!("{{{}, \"f7\": 0}}", many.join(", "));
-        assert_eq!(duplicate(&text).2, Some("f7".into()));
-        // A number's text is not a member name (serde_json's
-        // arbitrary-precision numbers pass through a map of their own).
-        assert!(parse(br#"{"n": 1.5, "m": 1.5}"#).is_ok());
+        duplicate(r#"{"a": 1, "\u0061": 2}"#);
+        // Whichever member of a large object is repeated, after whichever.
+        let names: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+        for first in 0..40 {
+            for again in [first + 1, 39, 40] {
+                let mut members: Vec<String> =
+                    names.iter().map(|n| format!("\"{n}\": 0")).collect();
+                members.insert(again.min(members.len()), format!("\"f{first}\": 1"));
+                let text = format!("{{{}}}", members.join(", "));
+                duplicate(&text);
+            }
+        }
     }
 
     #[test]
-    fn a_name_that_may_be_data_is_not_repeated_in_the_error() {
-        let (_, _, name) = duplicate(r#"{"11010519491231002X": 1, "11010519491231002X": 2}"#);
-        assert_eq!(name, None);
-        let (_, _, name) = duplicate(r#"{"张建国": 1, "张建国": 2}"#);
-        assert_eq!(name, None);
-        let e = parse(r#"{"张建国": 1, "张建国": 2}"#.as_bytes())
-            .unwrap_err()
-            .to_string();
-        assert!(!e.contains("张建国"), "{e}");
-        assert!(e.contains("a member name appears twice"), "{e}");
+    fn a_name_is_never_repeated_in_the_error() {
+        for text in [
+            r#"{"11010519491231002X": 1, "11010519491231002X": 2}"#,
+            r#"{"E12345678": 1, "E12345678": 2}"#,
+            r#"{"张建国": 1, "张建国": 2}"#,
+        ] {
+            let e = parse(text.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains("a member name appears twice"), "{e}");
+            for name in ["11010519491231002X", "E12345678", "张建国"] {
+                assert!(!e.contains(name), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn serde_json_s_own_member_names_are_refused_from_the_input() {
+        for text in [
+            r#"{"x": {"$serde_json::private::RawValue": "{\"amount\":1,\"amount\":1000}"}}"#,
+            r#"{"x": {"$serde_json::private::Number": "1000"}}"#,
+            r#"{"x": {"\u0024serde_json::private::Number": "1000"}}"#,
+            r#"[{"$serde_json::private::anything": 1}]"#,
+        ] {
+            match parse(text.as_bytes()) {
+                Err(JsonError::Reserved { .. }) => {}
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // The parser's own number representation still passes.
+        assert!(parse(br#"{"amount": 1000, "rate": 0.1}"#).is_ok());
     }
 
     #[test]
