@@ -1,6 +1,8 @@
 //! decode+validate: the compiled byte walker against apache-avro's own
 //! decode-to-`Value` + `Value::validate`, on the sample records, in one run.
 //!
+//! Also JSON text to a value, `serde_json` alone against `parse_json`.
+//!
 //! `cargo bench -p govbus-validate --bench validate`, then
 //! `scripts/bench-report` prints the ratios (see BENCHMARKS.md).
 
@@ -17,6 +19,24 @@ fn bench(c: &mut Criterion) {
     let catalog = Catalog::load(&repo.join("schemas")).unwrap_or_else(|p| panic!("{p}"));
     let engine = Engine::new(&catalog).unwrap_or_else(|e| panic!("{e}"));
     let ctx = Context::at(1_795_996_800_000);
+    // JSON text to a value: serde_json alone against `parse_json` (the
+    // same, plus the duplicate-member check), on the headline record.
+    let mut parse = c.benchmark_group("json_parse");
+    parse.throughput(Throughput::Elements(1));
+    let deaths_json = std::fs::read_to_string(
+        repo.join("examples/records/civil_affairs.death_registration.json"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let first: Vec<serde_json::Value> =
+        serde_json::from_str(&deaths_json).unwrap_or_else(|e| panic!("{e}"));
+    let text = first[0].to_string();
+    parse.bench_function("serde_json", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(text.as_bytes())))
+    });
+    parse.bench_function("parse_json", |b| {
+        b.iter(|| govbus_validate::parse_json(black_box(text.as_bytes())))
+    });
+    parse.finish();
     let mut group = c.benchmark_group("decode_validate");
     group.throughput(Throughput::Elements(1));
     let mut cases = Vec::new();

@@ -11,10 +11,10 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
 /// Why JSON text was refused.
 #[derive(Debug, thiserror::Error)]
@@ -92,32 +92,29 @@ fn kind(e: &serde_json::Error) -> &'static str {
 }
 
 /// Parses JSON text; an object that names a member twice (at any depth) is
-/// an error, as is anything that is not JSON.
-pub fn parse(text: &[u8]) -> Result<serde_json::Value, JsonError> {
-    let syntax = |e: serde_json::Error| JsonError::Syntax {
-        line: e.line(),
-        column: e.column(),
-        source: e,
-    };
-    let value: serde_json::Value = serde_json::from_slice(text).map_err(syntax)?;
-    // A second pass over text already known to be JSON: it allocates
-    // nothing for unique names it can borrow.
+/// an error, as is a member name serde_json reserves, as is anything that
+/// is not JSON. One pass, building the same `Value` serde_json builds.
+pub fn parse(text: &[u8]) -> Result<Value, JsonError> {
     let found = Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(text);
-    if let Err(e) = (Unique {
+    let parsed = Build {
         text,
         found: &found,
-    })
+    }
     .deserialize(&mut de)
-    {
+    .and_then(|v| de.end().map(|()| v));
+    parsed.map_err(|e| {
         let (line, column) = (e.line(), e.column());
-        return Err(match found.get() {
+        match found.get() {
             Some(Found::Duplicate) => JsonError::Duplicate { line, column },
             Some(Found::Reserved) => JsonError::Reserved { line, column },
-            None => syntax(e),
-        });
-    }
-    Ok(value)
+            None => JsonError::Syntax {
+                line,
+                column,
+                source: e,
+            },
+        }
+    })
 }
 
 /// What the check found.
@@ -130,20 +127,22 @@ enum Found {
 /// serde_json's own member names (`Number` under `arbitrary_precision`,
 /// `RawValue` under `raw_value`, both on in this workspace's build).
 const RESERVED: &str = "$serde_json::private::";
+/// The one serde_json hands numbers over under (`arbitrary_precision`).
+const NUMBER: &str = "$serde_json::private::Number";
 
-/// Walks a JSON document and fails at the first object that repeats a name
-/// or uses a reserved one.
+/// Builds a `Value` as serde_json's own visitor does, failing at the first
+/// object that repeats a name or uses a reserved one.
 #[derive(Clone, Copy)]
-struct Unique<'a, 'de> {
+struct Build<'a, 'de> {
     /// The input: a name borrowed from it is the sender's, not serde_json's.
     text: &'de [u8],
     /// What the failure was, when it is one of ours.
     found: &'a Cell<Option<Found>>,
 }
 
-impl<'de> DeserializeSeed<'de> for Unique<'_, 'de> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+impl<'de> DeserializeSeed<'de> for Build<'_, 'de> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
@@ -193,73 +192,69 @@ impl<'de> Visitor<'de> for NameOf<'de> {
     }
 }
 
-/// Objects this small are checked by comparing names pairwise.
-const SMALL: usize = 16;
-
-impl<'de> Visitor<'de> for Unique<'_, 'de> {
-    type Value = ();
+impl<'de> Visitor<'de> for Build<'_, 'de> {
+    type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_i128<E>(self, _: i128) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
-    fn visit_u128<E>(self, _: u128) -> Result<(), E> {
-        Ok(())
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
-    fn visit_none<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(v) = seq.next_element_seed(self)? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(self)?.is_some() {}
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        // Names compared pairwise while few, hashed beyond.
-        let mut small: Vec<Cow<'de, str>> = Vec::new();
-        let mut large: HashSet<Cow<'de, str>> = HashSet::new();
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        let mut first = true;
         while let Some(Name { name, from_input }) = map.next_key_seed(NameOf(self.text))? {
-            if from_input && name.starts_with(RESERVED) {
+            if !from_input && first && name == NUMBER {
+                // serde_json's own number: its text follows.
+                let text: Cow<'de, str> = map.next_value()?;
+                let n: Number = text.parse().map_err(A::Error::custom)?;
+                return Ok(Value::Number(n));
+            }
+            first = false;
+            if name.starts_with(RESERVED) {
                 self.found.set(Some(Found::Reserved));
                 return Err(A::Error::custom("reserved member name"));
             }
-            let seen = if large.is_empty() {
-                small.contains(&name)
-            } else {
-                large.contains(&name)
-            };
-            if seen {
-                self.found.set(Some(Found::Duplicate));
-                return Err(A::Error::custom("duplicate member name"));
+            match object.entry(name.into_owned()) {
+                serde_json::map::Entry::Occupied(_) => {
+                    self.found.set(Some(Found::Duplicate));
+                    return Err(A::Error::custom("duplicate member name"));
+                }
+                serde_json::map::Entry::Vacant(slot) => {
+                    slot.insert(map.next_value_seed(self)?);
+                }
             }
-            if large.is_empty() && small.len() < SMALL {
-                small.push(name);
-            } else {
-                large.extend(small.drain(..));
-                large.insert(name);
-            }
-            map.next_value_seed(self)?;
         }
-        Ok(())
+        Ok(Value::Object(object))
     }
 }
 
@@ -346,6 +341,38 @@ mod tests {
         }
         // The parser's own number representation still passes.
         assert!(parse(br#"{"amount": 1000, "rate": 0.1}"#).is_ok());
+    }
+
+    fn json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            "\\PC{0,8}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map("\\PC{0,6}", inner, 0..8)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever JSON without repeated names: the value serde_json builds.
+        #[test]
+        fn any_json_without_repeats_parses_as_serde_json_parses_it(v in json()) {
+            for text in [v.to_string(), serde_json::to_string_pretty(&v).unwrap()] {
+                let theirs: serde_json::Value = serde_json::from_str(&text).unwrap();
+                proptest::prop_assert_eq!(parse(text.as_bytes()).unwrap(), theirs);
+            }
+        }
     }
 
     #[test]
