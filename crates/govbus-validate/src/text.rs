@@ -34,9 +34,10 @@ pub enum JsonError {
     /// numbers, user names), and the position finds it.
     #[error("line {line} column {column}: {}", self.what())]
     Duplicate {
-        /// 1-based line where the second occurrence ends.
+        /// 1-based line of the second occurrence's closing quote.
         line: usize,
-        /// 1-based column where the second occurrence ends.
+        /// 1-based column (bytes) of its closing quote (an escaped name:
+        /// at or just after it).
         column: usize,
     },
     /// A member name `serde_json` keeps for itself
@@ -85,8 +86,13 @@ fn kind(e: &serde_json::Error) -> &'static str {
     use serde_json::error::Category;
     match e.classify() {
         Category::Io => "read error",
-        Category::Syntax => "syntax error",
-        Category::Data => "invalid data (e.g. invalid UTF-8 or escape)",
+        // Valid JSON, but deeper than serde_json's limit (a `Syntax` error
+        // to serde_json): said as such, not as a syntax error.
+        Category::Syntax if e.to_string().starts_with("recursion limit exceeded") => {
+            "nested more than 127 levels deep"
+        }
+        Category::Syntax => "syntax error (or invalid UTF-8, or an invalid escape)",
+        Category::Data => "a number that does not parse",
         Category::Eof => "unexpected end of input",
     }
 }
@@ -103,18 +109,43 @@ pub fn parse(text: &[u8]) -> Result<Value, JsonError> {
     }
     .deserialize(&mut de)
     .and_then(|v| de.end().map(|()| v));
+    // The first problem in text order is the one reported.
     parsed.map_err(|e| {
-        let (line, column) = (e.line(), e.column());
+        let at = |end: Option<usize>| match end {
+            // Just after the name's closing quote (serde_json's own position
+            // has moved past the whitespace that follows).
+            Some(end) => position(text, end),
+            None => (e.line(), e.column()),
+        };
         match found.get() {
-            Some(Found::Duplicate) => JsonError::Duplicate { line, column },
-            Some(Found::Reserved) => JsonError::Reserved { line, column },
+            Some((Found::Duplicate, end)) => {
+                let (line, column) = at(end);
+                JsonError::Duplicate { line, column }
+            }
+            Some((Found::Reserved, end)) => {
+                let (line, column) = at(end);
+                JsonError::Reserved { line, column }
+            }
             None => JsonError::Syntax {
-                line,
-                column,
+                line: e.line(),
+                column: e.column(),
                 source: e,
             },
         }
     })
+}
+
+/// 1-based line and column (in bytes, as serde_json counts) of the byte
+/// before `end`.
+fn position(text: &[u8], end: usize) -> (usize, usize) {
+    let before = &text[..end.min(text.len())];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = before.len()
+        - before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+    (line, column)
 }
 
 /// What the check found.
@@ -137,7 +168,7 @@ struct Build<'a, 'de> {
     /// The input: a name borrowed from it is the sender's, not serde_json's.
     text: &'de [u8],
     /// What the failure was, when it is one of ours.
-    found: &'a Cell<Option<Found>>,
+    found: &'a Cell<Option<(Found, Option<usize>)>>,
 }
 
 impl<'de> DeserializeSeed<'de> for Build<'_, 'de> {
@@ -154,6 +185,8 @@ impl<'de> DeserializeSeed<'de> for Build<'_, 'de> {
 struct Name<'de> {
     name: Cow<'de, str>,
     from_input: bool,
+    /// Where its closing quote ends in the input, when borrowed from it.
+    end: Option<usize>,
 }
 
 /// Reads a [`Name`] of `text`.
@@ -173,21 +206,25 @@ impl<'de> Visitor<'de> for NameOf<'de> {
     }
     fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Name<'de>, E> {
         let from_input = self.0.as_ptr_range().contains(&v.as_ptr());
+        let end = from_input.then(|| v.as_ptr() as usize - self.0.as_ptr() as usize + v.len() + 1);
         Ok(Name {
             name: Cow::Borrowed(v),
             from_input,
+            end,
         })
     }
     fn visit_str<E>(self, v: &str) -> Result<Name<'de>, E> {
         Ok(Name {
             name: Cow::Owned(v.to_owned()),
             from_input: true,
+            end: None,
         })
     }
     fn visit_string<E>(self, v: String) -> Result<Name<'de>, E> {
         Ok(Name {
             name: Cow::Owned(v),
             from_input: true,
+            end: None,
         })
     }
 }
@@ -223,7 +260,7 @@ impl<'de> Visitor<'de> for Build<'_, 'de> {
         Ok(Value::Null)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        let mut items = Vec::new();
         while let Some(v) = seq.next_element_seed(self)? {
             items.push(v);
         }
@@ -232,7 +269,12 @@ impl<'de> Visitor<'de> for Build<'_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         let mut first = true;
-        while let Some(Name { name, from_input }) = map.next_key_seed(NameOf(self.text))? {
+        while let Some(Name {
+            name,
+            from_input,
+            end,
+        }) = map.next_key_seed(NameOf(self.text))?
+        {
             if !from_input && first && name == NUMBER {
                 // serde_json's own number: its text follows.
                 let text: Cow<'de, str> = map.next_value()?;
@@ -241,12 +283,12 @@ impl<'de> Visitor<'de> for Build<'_, 'de> {
             }
             first = false;
             if name.starts_with(RESERVED) {
-                self.found.set(Some(Found::Reserved));
+                self.found.set(Some((Found::Reserved, end)));
                 return Err(A::Error::custom("reserved member name"));
             }
             match object.entry(name.into_owned()) {
                 serde_json::map::Entry::Occupied(_) => {
-                    self.found.set(Some(Found::Duplicate));
+                    self.found.set(Some((Found::Duplicate, end)));
                     return Err(A::Error::custom("duplicate member name"));
                 }
                 serde_json::map::Entry::Vacant(slot) => {
@@ -373,6 +415,27 @@ mod tests {
                 proptest::prop_assert_eq!(parse(text.as_bytes()).unwrap(), theirs);
             }
         }
+    }
+
+    #[test]
+    fn the_position_is_the_repeated_name_s_and_the_first_problem_wins() {
+        assert_eq!(duplicate("{\"a\":1,\"a\"\n:2}"), (1, 10));
+        assert_eq!(duplicate("{\"a\":1,\n  \"a\" : 2}"), (2, 5));
+        // A duplicate before a syntax error or trailing garbage: the duplicate.
+        duplicate(r#"{"a":1,"a":"#);
+        duplicate(r#"{"a":1,"a":2} garbage"#);
+        // A syntax error before a duplicate: the syntax error.
+        assert!(matches!(
+            parse(br#"{"a":tru,"a":2}"#),
+            Err(JsonError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn json_nested_too_deep_is_said_so() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let e = parse(deep.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("nested more than 127 levels deep"), "{e}");
     }
 
     #[test]
