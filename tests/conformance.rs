@@ -503,28 +503,29 @@ impl Bench {
         }
     }
 
-    /// Writes a record no sink can decode (Confluent framing with a schema
-    /// id the catalog lacks) straight to the canonical topic: where it landed.
-    async fn put_undecodable(&self) -> (i32, i64) {
+    /// Writes a create of `key` straight to the canonical topic, with the
+    /// headers the router writes and `value` as it is: where it landed.
+    async fn put_on_data(&self, key: &str, id: &str, version: u64, value: &[u8]) -> (i32, i64) {
         let producer: FutureProducer =
             govbus_testkit::producer_config(&self.cluster.bootstrap_servers())
                 .create()
                 .unwrap();
-        let mut value = vec![0u8, 0x7f, 0xff, 0xff, 0xff];
-        value.extend_from_slice(b"not an Avro datum of any schema here");
+        let version = version.to_string();
         let headers = h::owned([
             (h::CE_SPECVERSION, b"1.0".as_slice()),
             (h::CE_TYPE, DEATHS.as_bytes()),
-            (h::CE_ID, b"c-undecodable".as_slice()),
-            (h::CE_SUBJECT, b"DR-2026-99999998".as_slice()),
+            (h::CE_ID, id.as_bytes()),
+            (h::CE_SUBJECT, key.as_bytes()),
             (h::CE_OP, b"create".as_slice()),
-            (h::CE_SOURCEVERSION, b"1".as_slice()),
+            (h::CE_SOURCEVERSION, version.as_bytes()),
+            (h::CE_SOURCE, b"/departments/civil_affairs".as_slice()),
+            (h::CE_TIME, b"2026-01-03T08:00:00.000Z".as_slice()),
         ]);
         let d = producer
             .send(
                 FutureRecord::to(&self.topics.data(DEATHS))
-                    .key("DR-2026-99999998")
-                    .payload(&value)
+                    .key(key)
+                    .payload(value)
                     .headers(headers),
                 Duration::from_secs(30),
             )
@@ -532,6 +533,15 @@ impl Bench {
             .map_err(|(e, _)| e)
             .unwrap();
         (d.partition, d.offset)
+    }
+
+    /// Writes a record no sink can decode (Confluent framing with a schema
+    /// id the catalog lacks) straight to the canonical topic: where it landed.
+    async fn put_undecodable(&self) -> (i32, i64) {
+        let mut value = vec![0u8, 0x7f, 0xff, 0xff, 0xff];
+        value.extend_from_slice(b"not an Avro datum of any schema here");
+        self.put_on_data("DR-2026-99999998", "c-undecodable", 1, &value)
+            .await
     }
 
     /// Every event the subscriber holds, in the order it received them.
@@ -1181,31 +1191,11 @@ async fn a_postgres_table_never_moves_past_a_record_it_has_not_dead_lettered() {
     b.publish(&first).await;
     b.wait_routed(&first).await;
     // An undecodable record of 5,000 bytes on the canonical topic, then more.
-    let producer: FutureProducer = govbus_testkit::producer_config(&b.cluster.bootstrap_servers())
-        .create()
-        .unwrap();
     let mut value = vec![0u8, 0, 0, 0, 1];
     value.extend(std::iter::repeat_n(0xffu8, 5_000));
-    let headers = h::owned([
-        (h::CE_SPECVERSION, b"1.0".as_slice()),
-        (h::CE_TYPE, DEATHS.as_bytes()),
-        (h::CE_ID, b"c-broken".as_slice()),
-        (h::CE_SUBJECT, b"DR-2026-99999999".as_slice()),
-        (h::CE_OP, b"create".as_slice()),
-        (h::CE_SOURCEVERSION, b"1".as_slice()),
-    ]);
-    let delivered = producer
-        .send(
-            FutureRecord::to(&b.topics.data(DEATHS))
-                .key("DR-2026-99999999")
-                .payload(&value)
-                .headers(headers),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
-    let (partition, offset) = (delivered.partition, delivered.offset);
+    let (partition, offset) = b
+        .put_on_data("DR-2026-99999999", "c-broken", 1, &value)
+        .await;
     let later = changes(100..105);
     b.publish(&later).await;
     b.wait_routed(&later).await;
@@ -1390,31 +1380,8 @@ async fn a_schema_learned_late(kind: Kind) {
         .unwrap()
         .validate_json(c.body().as_bytes(), &govbus_validate::Context::now())
         .unwrap();
-    let version = c.version.to_string();
-    let producer: FutureProducer = govbus_testkit::producer_config(&b.cluster.bootstrap_servers())
-        .create()
-        .unwrap();
-    let headers = h::owned([
-        (h::CE_SPECVERSION, b"1.0".as_slice()),
-        (h::CE_TYPE, DEATHS.as_bytes()),
-        (h::CE_ID, c.id().as_bytes()),
-        (h::CE_SUBJECT, c.key().as_bytes()),
-        (h::CE_OP, b"create".as_slice()),
-        (h::CE_SOURCEVERSION, version.as_bytes()),
-        (h::CE_SOURCE, b"/civil_affairs".as_slice()),
-        (h::CE_TIME, b"2026-01-03T08:00:00.000Z".as_slice()),
-    ]);
-    producer
-        .send(
-            FutureRecord::to(&b.topics.data(DEATHS))
-                .key(&c.key())
-                .payload(&accepted.value)
-                .headers(headers),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    b.put_on_data(&c.key(), &c.id(), c.version, &accepted.value)
+        .await;
     // The sink's catalog learns version 3 three seconds later.
     tokio::time::sleep(Duration::from_secs(3)).await;
     std::fs::write(dir.join("v3.avsc"), &v3).unwrap();

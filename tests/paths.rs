@@ -538,6 +538,35 @@ impl Bus {
     }
 }
 
+/// Topics of their own, a working directory, the router, and the gateway
+/// with a token for the owner (listening when this returns).
+async fn router_and_gateway(name: &str) -> (Topics, tempfile::TempDir, String, u16, Children) {
+    let bootstrap = Broker::shared().bootstrap();
+    let topics = Topics::new(format!("{}.", unique(name)));
+    for t in [topics.ingest(OWNER), topics.data(DS), topics.dlq(OWNER)] {
+        create_topic(&bootstrap, &t, 1).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (token, creds) = common::new_credential(OWNER, dir.path());
+    let gateway_port = common::free_port();
+    let children = Children(vec![
+        spawn_router(&bootstrap, &topics, &[]),
+        spawn(&[
+            "gateway",
+            "--bootstrap",
+            &bootstrap,
+            "--credentials",
+            creds.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{gateway_port}"),
+            "--topic-prefix",
+            topics.prefix(),
+        ]),
+    ]);
+    common::wait_listening(gateway_port);
+    (topics, dir, token, gateway_port, children)
+}
+
 /// What one path left on the canonical topic.
 struct Outcome {
     path: &'static str,
@@ -594,32 +623,9 @@ fn collect(
 async fn one_record_through_every_path_is_byte_identical_on_the_canonical_topic() {
     let started = Instant::now();
     let bootstrap = Broker::shared().bootstrap();
-    let topics = Topics::new(format!("{}.", unique("paths")));
-    for t in [topics.ingest(OWNER), topics.data(DS), topics.dlq(OWNER)] {
-        create_topic(&bootstrap, &t, 1).await.unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
     let (schema, schema_id) = schema();
     let expected = expected_value(&schema, schema_id);
-
-    // The router, the gateway with a token for the owner.
-    let (token, creds) = common::new_credential(OWNER, dir.path());
-    let gateway_port = common::free_port();
-    let mut children = Children(vec![
-        spawn_router(&bootstrap, &topics, &[]),
-        spawn(&[
-            "gateway",
-            "--bootstrap",
-            &bootstrap,
-            "--credentials",
-            creds.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{gateway_port}"),
-            "--topic-prefix",
-            topics.prefix(),
-        ]),
-    ]);
-    common::wait_listening(gateway_port);
+    let (topics, dir, token, gateway_port, mut children) = router_and_gateway("paths").await;
 
     // PostgreSQL: the department's table, holding the record — twice: one
     // table read by polling (it has a version column), one by logical decoding.
@@ -950,28 +956,7 @@ async fn one_record_through_every_path_is_byte_identical_on_the_canonical_topic(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_that_names_a_field_twice_is_refused_on_every_json_path() {
     let bootstrap = Broker::shared().bootstrap();
-    let topics = Topics::new(format!("{}.", unique("twice")));
-    for t in [topics.ingest(OWNER), topics.data(DS), topics.dlq(OWNER)] {
-        create_topic(&bootstrap, &t, 1).await.unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (token, creds) = common::new_credential(OWNER, dir.path());
-    let gateway_port = common::free_port();
-    let _children = Children(vec![
-        spawn_router(&bootstrap, &topics, &[]),
-        spawn(&[
-            "gateway",
-            "--bootstrap",
-            &bootstrap,
-            "--credentials",
-            creds.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{gateway_port}"),
-            "--topic-prefix",
-            topics.prefix(),
-        ]),
-    ]);
-    common::wait_listening(gateway_port);
+    let (topics, dir, token, gateway_port, _children) = router_and_gateway("twice").await;
     let (schema, schema_id) = schema();
     let bus = Bus {
         topics,
