@@ -49,12 +49,77 @@ pub struct MappingFile {
     pub columns: BTreeMap<String, String>,
 }
 
+/// Why a mapping file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a mapping file (TOML syntax, unknown or mistyped keys).
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+}
+
 impl MappingFile {
     /// Reads and parses a mapping file.
-    pub fn load(path: &Path) -> Result<MappingFile, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))
+    pub fn load(path: &Path) -> Result<MappingFile, MappingError> {
+        let shown = || path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| MappingError::Read {
+            path: shown(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| MappingError::Parse {
+            path: shown(),
+            message: e.message().to_owned(),
+        })
     }
+}
+
+/// A column a dump lacks (within [`ColumnsError`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingColumn {
+    /// The column's header, as the mapping names it.
+    pub column: String,
+    /// The field it maps to.
+    pub field: String,
+    /// Whether that field is part of the dataset's key.
+    pub key: bool,
+}
+
+/// A dump whose columns do not match the mapping: what is missing, and the
+/// columns the dump does have (each cut to 40 characters, at most 30 shown).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}the dump does not match the mapping: {}; its columns are: {}", line_prefix(*line), missing_list(missing), shown)]
+pub struct ColumnsError {
+    /// The line of the first record, when the dump has no header row.
+    pub line: Option<u64>,
+    /// Every column the mapping needs and the dump lacks.
+    pub missing: Vec<MissingColumn>,
+    /// The dump's columns, as shown to the operator.
+    pub shown: String,
+}
+
+fn line_prefix(line: Option<u64>) -> String {
+    line.map(|l| format!("line {l}: ")).unwrap_or_default()
+}
+
+fn missing_list(missing: &[MissingColumn]) -> String {
+    missing
+        .iter()
+        .map(|m| {
+            format!(
+                "no column `{}` for {} field `{}`",
+                m.column,
+                if m.key { "key" } else { "mapped" },
+                m.field
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 struct FieldMap {
@@ -174,33 +239,35 @@ impl Mapper {
     /// column must be there (a dump without its key cannot be diffed: every
     /// record would look deleted), and with an explicit mapping every mapped
     /// column too. Names every missing column at once.
-    pub fn check_header(&self, columns: &[String]) -> Result<(), String> {
+    pub fn check_header(&self, columns: &[String]) -> Result<(), ColumnsError> {
         self.check(columns.iter().map(String::as_str), true)
     }
 
     /// The same check on the first row of a dump without a header row (JSON,
     /// NDJSON): only the key fields, since an object may leave out a field
     /// that is null.
-    pub fn check_columns(&self, row: &Row) -> Result<(), String> {
+    pub fn check_columns(&self, row: &Row) -> Result<(), ColumnsError> {
         self.check(row.cells.iter().map(|(n, _)| n.as_str()), false)
-            .map_err(|m| format!("line {}: {m}", row.line))
+            .map_err(|e| ColumnsError {
+                line: Some(row.line),
+                ..e
+            })
     }
 
     fn check<'a>(
         &self,
         columns: impl Iterator<Item = &'a str> + Clone,
         tabular: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), ColumnsError> {
         let mut missing = Vec::new();
         for f in &self.fields {
-            let is_key = self.key.contains(&f.field);
-            if (is_key || (tabular && self.explicit)) && !columns.clone().any(|c| c == f.column) {
-                missing.push(format!(
-                    "no column `{}` for {} field `{}`",
-                    f.column,
-                    if is_key { "key" } else { "mapped" },
-                    f.field
-                ));
+            let key = self.key.contains(&f.field);
+            if (key || (tabular && self.explicit)) && !columns.clone().any(|c| c == f.column) {
+                missing.push(MissingColumn {
+                    column: f.column.clone(),
+                    field: f.field.clone(),
+                    key,
+                });
             }
         }
         if missing.is_empty() {
@@ -212,10 +279,11 @@ impl Mapper {
         } else {
             all.join(", ")
         };
-        Err(format!(
-            "the dump does not match the mapping: {}; its columns are: {shown}",
-            missing.join(", ")
-        ))
+        Err(ColumnsError {
+            line: None,
+            missing,
+            shown,
+        })
     }
 
     /// The record the row stands for, typed and normalised.

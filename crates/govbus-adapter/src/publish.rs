@@ -63,23 +63,34 @@ impl KafkaPublisher {
     }
 }
 
+/// No broker answered the reachability check.
+#[derive(Debug, thiserror::Error)]
+#[error("no Kafka broker answered at {bootstrap} within {}s ({source}); check --bootstrap and that the broker is up", within.as_secs())]
+pub struct Unreachable {
+    /// The bootstrap address asked.
+    pub bootstrap: String,
+    /// How long it was given.
+    pub within: Duration,
+    /// The client's error.
+    #[source]
+    pub source: rdkafka::error::KafkaError,
+}
+
 impl KafkaPublisher {
     /// Fails unless a broker at the bootstrap address answers a metadata
     /// request within `timeout`. The producer itself would wait for an
     /// unreachable broker forever (`message.timeout.ms=0`, so that a slow
     /// broker never loses a change), so a run checks this before it reads the
     /// dump and before anything is written.
-    pub fn check_reachable(&self, timeout: Duration) -> Result<(), String> {
+    pub fn check_reachable(&self, timeout: Duration) -> Result<(), Unreachable> {
         self.producer
             .client()
             .fetch_metadata(None, timeout)
             .map(|_| ())
-            .map_err(|e| {
-                format!(
-                    "no Kafka broker answered at {} within {}s ({e}); check --bootstrap and that the broker is up",
-                    self.bootstrap,
-                    timeout.as_secs()
-                )
+            .map_err(|source| Unreachable {
+                bootstrap: self.bootstrap.clone(),
+                within: timeout,
+                source,
             })
     }
 }

@@ -31,8 +31,8 @@ pub use model::{
 };
 pub use rules::{Check, Rule};
 pub use subscriptions::{
-    is_public_ip, parse_predicate, ApiOperation, Condition, FileFormat, Op, Predicate, Scalar,
-    SecretSource, Selection, SinkSpec, Subscription, Treatment,
+    is_public_ip, parse_predicate, ApiOperation, Condition, FileFormat, FilterError, Op, Predicate,
+    Scalar, SecretSource, Selection, SinkSpec, Subscription, Treatment,
 };
 
 #[cfg(test)]

@@ -307,7 +307,7 @@ pub struct Condition {
 
 impl Condition {
     /// Checks `predicate` against its field, or says why it does not apply.
-    pub fn new(predicate: Predicate, field: &FieldInfo) -> Result<Condition, String> {
+    pub(crate) fn new(predicate: Predicate, field: &FieldInfo) -> Result<Condition, String> {
         let name = &predicate.field;
         let op = predicate.op;
         let type_name = kind_name(&field.kind);
@@ -686,44 +686,90 @@ const OPS: [(&str, Op); 7] = [
     ("in ", Op::In),
 ];
 
+/// Why a row-filter predicate does not parse; every variant names the
+/// predicate (or the value) as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// No field name at the start.
+    #[error("`{0}`: expected `field OP value` (OP: == != < <= > >= in)")]
+    NoField(String),
+    /// No operator after the field name.
+    #[error("`{text}`: expected an operator after `{field}` (== != < <= > >= in)")]
+    NoOperator { text: String, field: String },
+    /// An operator followed by more operator characters (`===`, `<>`).
+    #[error("`{text}`: `{written}` is not an operator (== != < <= > >= in)")]
+    NotAnOperator { text: String, written: String },
+    /// Nothing after the operator.
+    #[error("`{text}`: missing the value after `{op}`")]
+    NoValue { text: String, op: &'static str },
+    /// The value is not a filter value.
+    #[error("`{text}`: {why}")]
+    BadValue { text: String, why: ValueError },
+    /// `in` with a single value.
+    #[error("`{0}`: `in` needs a list, like [\"a\", \"b\"]")]
+    InNeedsList(String),
+}
+
+/// Why a filter's value is not one (within [`FilterError::BadValue`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// A quote left open or a quote inside a quoted word.
+    #[error("`{0}`: unbalanced quotes")]
+    UnbalancedQuotes(String),
+    /// A JSON object.
+    #[error("`{0}`: an object is not a filter value")]
+    Object(String),
+    /// A list holding a list or an object.
+    #[error("`{0}`: a list holds plain values only")]
+    Nested(String),
+    /// `[` that does not start a JSON list.
+    #[error("`{0}`: a list is written in JSON, like [\"a\", \"b\"] or [1, 2]")]
+    BadList(String),
+    /// A bare word with spaces or symbols.
+    #[error("`{0}`: quote a value with spaces or symbols: \"...\"")]
+    NeedsQuotes(String),
+}
+
 /// Parses one row-filter predicate: `field OP value`, OP one of
 /// `== != < <= > >= in`. The value is a JSON literal (`1000`, `"text"`,
 /// `true`, `null`, `["a", "b"]`), a `'quoted'` string, or a bare word of
 /// letters, digits and `_ - . : +` (`ACTIVE`, `2024-01-05`). This checks
-/// syntax only; [`Condition::new`] checks the value against the field's type.
-pub fn parse_predicate(text: &str) -> Result<Predicate, String> {
+/// syntax only; `catalog check` checks the value against the field's type.
+pub fn parse_predicate(text: &str) -> Result<Predicate, FilterError> {
     let text = text.trim();
     let field_end = text
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .unwrap_or(text.len());
     let field = &text[..field_end];
     if field.is_empty() {
-        return Err(format!(
-            "`{text}`: expected `field OP value` (OP: == != < <= > >= in)"
-        ));
+        return Err(FilterError::NoField(text.to_owned()));
     }
     let rest = text[field_end..].trim_start();
     let Some((sym, op)) = OPS.iter().find(|(s, _)| rest.starts_with(s)) else {
-        return Err(format!(
-            "`{text}`: expected an operator after `{field}` (== != < <= > >= in)"
-        ));
+        return Err(FilterError::NoOperator {
+            text: text.to_owned(),
+            field: field.to_owned(),
+        });
     };
     let literal = rest[sym.len()..].trim();
     if let Some(c) = literal.chars().next().filter(|c| "=<>!".contains(*c)) {
-        return Err(format!(
-            "`{text}`: `{}{c}` is not an operator (== != < <= > >= in)",
-            sym.trim()
-        ));
+        return Err(FilterError::NotAnOperator {
+            text: text.to_owned(),
+            written: format!("{}{c}", sym.trim()),
+        });
     }
     if literal.is_empty() {
-        return Err(format!(
-            "`{text}`: missing the value after `{}`",
-            sym.trim()
-        ));
+        return Err(FilterError::NoValue {
+            text: text.to_owned(),
+            op: op.as_str(),
+        });
     }
-    let value = parse_literal(literal).map_err(|e| format!("`{text}`: {e}"))?;
+    let value = parse_literal(literal).map_err(|why| FilterError::BadValue {
+        text: text.to_owned(),
+        why,
+    })?;
     if *op == Op::In && !value.is_array() {
-        return Err(format!("`{text}`: `in` needs a list, like [\"a\", \"b\"]"));
+        return Err(FilterError::InNeedsList(text.to_owned()));
     }
     Ok(Predicate {
         field: field.to_owned(),
@@ -735,33 +781,30 @@ pub fn parse_predicate(text: &str) -> Result<Predicate, String> {
 /// A filter value: JSON, `'quoted'`, or a bare word. Anything else — a quote
 /// left open, an object, a word with spaces or symbols — is refused rather
 /// than guessed at.
-fn parse_literal(literal: &str) -> Result<Json, String> {
+fn parse_literal(literal: &str) -> Result<Json, ValueError> {
+    let owned = || literal.to_owned();
     if let Some(inner) = literal.strip_prefix('\'') {
         return match inner.strip_suffix('\'') {
             Some(word) if !word.contains('\'') => Ok(Json::String(word.to_owned())),
-            _ => Err(format!("`{literal}`: unbalanced quotes")),
+            _ => Err(ValueError::UnbalancedQuotes(owned())),
         };
     }
     match serde_json::from_str::<Json>(literal) {
-        Ok(Json::Object(_)) => Err(format!("`{literal}`: an object is not a filter value")),
+        Ok(Json::Object(_)) => Err(ValueError::Object(owned())),
         Ok(Json::Array(items)) if items.iter().any(|i| i.is_array() || i.is_object()) => {
-            Err(format!("`{literal}`: a list holds plain values only"))
+            Err(ValueError::Nested(owned()))
         }
         Ok(v) => Ok(v),
-        Err(_) if literal.contains(['"', '\'']) => Err(format!("`{literal}`: unbalanced quotes")),
-        Err(_) if literal.starts_with('[') => Err(format!(
-            "`{literal}`: a list is written in JSON, like [\"a\", \"b\"] or [1, 2]"
-        )),
+        Err(_) if literal.contains(['"', '\'']) => Err(ValueError::UnbalancedQuotes(owned())),
+        Err(_) if literal.starts_with('[') => Err(ValueError::BadList(owned())),
         Err(_) => {
             let bare = literal
                 .chars()
                 .all(|c| c.is_alphanumeric() || "_-.:+,".contains(c));
             if bare {
-                Ok(Json::String(literal.to_owned()))
+                Ok(Json::String(owned()))
             } else {
-                Err(format!(
-                    "`{literal}`: quote a value with spaces or symbols: \"...\""
-                ))
+                Err(ValueError::NeedsQuotes(owned()))
             }
         }
     }
@@ -988,33 +1031,66 @@ fn sink_spec(c: &mut Collector, file: &Path, s: SinkSpecFile) -> Option<SinkSpec
     }
 }
 
+/// Why a file sink's `dir` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DirError {
+    #[error("a file sink's `dir` must be relative to the sink's working directory, not absolute; write e.g. `dir = \"var/deliveries/<subscription>\"` and start the sink where the files belong")]
+    Absolute,
+    #[error("a file sink's `dir` must stay inside the sink's working directory: `..` here leaves it; name a directory below it, e.g. `dir = \"var/deliveries/<subscription>\"`")]
+    Leaves,
+    #[error("a file sink's `dir` must not be empty; name a directory below the sink's working directory")]
+    Empty,
+}
+
 /// Checks a file sink's `dir`: relative to the sink's working directory
 /// (its base) and still inside it after `.` and `..` are resolved, so a
 /// grant cannot make the sink write over files elsewhere on the host.
-pub fn contained_dir(dir: &Path) -> Result<(), String> {
+pub(crate) fn contained_dir(dir: &Path) -> Result<(), DirError> {
     use std::path::Component;
     let mut depth = 0usize;
     for part in dir.components() {
         match part {
-            Component::Prefix(_) | Component::RootDir => {
-                return Err("a file sink's `dir` must be relative to the sink's working directory, not absolute; write e.g. `dir = \"var/deliveries/<subscription>\"` and start the sink where the files belong".into());
-            }
+            Component::Prefix(_) | Component::RootDir => return Err(DirError::Absolute),
             Component::CurDir => {}
-            Component::ParentDir => {
-                depth = depth.checked_sub(1).ok_or(
-                    "a file sink's `dir` must stay inside the sink's working directory: `..` here leaves it; name a directory below it, e.g. `dir = \"var/deliveries/<subscription>\"`",
-                )?;
-            }
+            Component::ParentDir => depth = depth.checked_sub(1).ok_or(DirError::Leaves)?,
             Component::Normal(_) => depth += 1,
         }
     }
     if dir.as_os_str().is_empty() {
-        return Err("a file sink's `dir` must not be empty; name a directory below the sink's working directory".into());
+        return Err(DirError::Empty);
     }
     Ok(())
 }
 
-/// Checks a webhook `url` the way the sink will see it: `http://` or
+const NEED_URL: &str =
+    "a webhook needs an http:// or https:// URL with a host, e.g. `https://receiver.example.gov.cn/govbus`";
+
+/// Why a webhook `url` is refused by `catalog check`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TargetError {
+    /// Not a URL the webhook client can parse (the parser's reason).
+    #[error("not a URL the webhook client can parse ({0}); {NEED_URL}")]
+    Unparsable(String),
+    /// Not http(s), or no host.
+    #[error("{NEED_URL}")]
+    NotHttp,
+    /// The host holds characters no DNS name or address has.
+    #[error("the host `{0}` is neither a DNS name nor an IP address; {NEED_URL}")]
+    NotAHost(String),
+    /// Brackets around something that is not an IPv6 address.
+    #[error("`[{0}]` is not an IPv6 address; {NEED_URL}")]
+    BadIpv6(String),
+    /// All parts numeric but out of range: resolvers and URL parsers
+    /// disagree on it.
+    #[error("`{0}` looks like an IPv4 address but is not a valid one; {NEED_URL}")]
+    BadIpv4(String),
+    /// A literal address the sink's SSRF guard refuses.
+    #[error("{0} is a loopback, private, link-local, unique-local or otherwise non-public address, which the webhook sink's SSRF guard refuses at delivery time; point the webhook at the receiver's public address, or set `allow_private = true` in [sink] if this target is trusted (host names are checked only when the sink resolves them)")]
+    NonPublic(std::net::IpAddr),
+}
+
+/// Checks a webhook `url` the way the sink will see it — parsed by the
+/// same URL parser as the sink's HTTP client (`http::Uri`): `http://` or
 /// `https://` with a host, and — unless `allow_private` — a host that is not
 /// a literal loopback, private, link-local, unique-local or otherwise
 /// non-public address in any spelling (`127.0.0.1`, `2130706433`,
@@ -1024,73 +1100,42 @@ pub fn contained_dir(dir: &Path) -> Result<(), String> {
 /// included) can only be checked when the sink resolves it, so names pass
 /// here and are still refused at run time if they resolve to such an
 /// address.
-pub fn webhook_target(url: &str, allow_private: bool) -> Result<(), String> {
-    const NEED: &str = "a webhook needs an http:// or https:// URL with a host, e.g. `https://receiver.example.gov.cn/govbus`";
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or(NEED)?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, _) = v6.split_once(']').ok_or(NEED)?;
-        h
-    } else {
-        authority.split(':').next().unwrap_or_default()
-    };
+pub(crate) fn webhook_target(url: &str, allow_private: bool) -> Result<(), TargetError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| TargetError::Unparsable(e.to_string()))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(TargetError::NotHttp);
+    }
+    let host = uri.host().unwrap_or_default();
     if host.is_empty() {
-        return Err(NEED.into());
+        return Err(TargetError::NotHttp);
     }
-    if host.chars().any(|ch| {
-        ch.is_control() || ch.is_whitespace() || matches!(ch, '\\' | '%' | '<' | '>' | '"')
-    }) && !authority.starts_with('[')
-    {
-        return Err(format!(
-            "the host `{}` is neither a DNS name nor an IP address; {NEED}",
-            host.escape_debug()
-        ));
-    }
-    let lower = host.to_ascii_lowercase();
-    let name = lower.strip_suffix('.').unwrap_or(&lower);
-    let ip = if authority.starts_with('[') {
-        let bare = host.split('%').next().unwrap_or_default();
+    let ip = if let Some(v6) = host.strip_prefix('[') {
+        let inner = v6.strip_suffix(']').unwrap_or(v6);
+        let bare = inner.split('%').next().unwrap_or_default();
         match bare.parse::<std::net::Ipv6Addr>() {
             Ok(v6) => Some(std::net::IpAddr::V6(v6)),
-            Err(_) => {
-                return Err(format!(
-                    "`[{}]` is not an IPv6 address; {NEED}",
-                    host.escape_debug()
-                ))
-            }
+            Err(_) => return Err(TargetError::BadIpv6(inner.escape_debug().to_string())),
         }
     } else {
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        {
+            return Err(TargetError::NotAHost(host.escape_debug().to_string()));
+        }
+        let lower = host.to_ascii_lowercase();
+        let name = lower.strip_suffix('.').unwrap_or(&lower);
         match ipv4_literal(name) {
             Ipv4Literal::Address(v4) => Some(std::net::IpAddr::V4(v4)),
-            Ipv4Literal::Invalid => {
-                return Err(format!(
-                    "`{name}` looks like an IPv4 address but is not a valid one; {NEED}"
-                ))
-            }
+            Ipv4Literal::Invalid => return Err(TargetError::BadIpv4(name.to_owned())),
             Ipv4Literal::Name => None,
         }
     };
-    if allow_private {
-        return Ok(());
-    }
-    let refuse = |what: &str| {
-        Err(format!(
-            "{what}, which the webhook sink's SSRF guard refuses at delivery time; point the webhook at the receiver's public address, or set `allow_private = true` in [sink] if this target is trusted (host names are checked only when the sink resolves them)"
-        ))
-    };
-    let Some(ip) = ip else {
-        return Ok(());
-    };
-    if is_public_ip(ip) {
-        Ok(())
-    } else {
-        refuse(&format!(
-            "{ip} is a loopback, private, link-local, unique-local or otherwise non-public address"
-        ))
+    match ip {
+        Some(ip) if !allow_private && !is_public_ip(ip) => Err(TargetError::NonPublic(ip)),
+        _ => Ok(()),
     }
 }
 
@@ -1369,7 +1414,7 @@ pub(crate) fn load_subscription(
         let pred = match parse_predicate(p) {
             Ok(pred) => pred,
             Err(e) => {
-                c.push(&file, path, e);
+                c.push(&file, path, e.to_string());
                 continue;
             }
         };
@@ -1466,10 +1511,120 @@ mod tests {
         assert_eq!(p.value, serde_json::json!("FEMALE"));
         let p = parse_predicate(r#"category in ["a", "b"]"#).unwrap();
         assert_eq!(p.op, Op::In);
-        assert!(parse_predicate("in [1]").is_err());
-        assert!(parse_predicate("x ~ 1").is_err());
-        assert!(parse_predicate("x in 1").is_err());
-        assert!(parse_predicate("x ==").is_err());
+        let t = |s: &str| s.to_owned();
+        assert_eq!(
+            parse_predicate("== 1"),
+            Err(FilterError::NoField(t("== 1")))
+        );
+        assert_eq!(
+            parse_predicate("x ~ 1"),
+            Err(FilterError::NoOperator {
+                text: t("x ~ 1"),
+                field: t("x")
+            })
+        );
+        assert_eq!(
+            parse_predicate("x in 1"),
+            Err(FilterError::InNeedsList(t("x in 1")))
+        );
+        assert_eq!(
+            parse_predicate("x =="),
+            Err(FilterError::NoValue {
+                text: t("x =="),
+                op: "=="
+            })
+        );
+        assert_eq!(
+            parse_predicate("x === 1"),
+            Err(FilterError::NotAnOperator {
+                text: t("x === 1"),
+                written: t("===")
+            })
+        );
+        let bad = |text: &str, why| Err(FilterError::BadValue { text: t(text), why });
+        assert_eq!(
+            parse_predicate("x == 'a"),
+            bad("x == 'a", ValueError::UnbalancedQuotes(t("'a")))
+        );
+        assert_eq!(
+            parse_predicate("x == {}"),
+            bad("x == {}", ValueError::Object(t("{}")))
+        );
+        assert_eq!(
+            parse_predicate("x in [[1]]"),
+            bad("x in [[1]]", ValueError::Nested(t("[[1]]")))
+        );
+        assert_eq!(
+            parse_predicate("x in [a]"),
+            bad("x in [a]", ValueError::BadList(t("[a]")))
+        );
+        assert_eq!(
+            parse_predicate("x == a b"),
+            bad("x == a b", ValueError::NeedsQuotes(t("a b")))
+        );
+        assert_eq!(
+            parse_predicate("x == a b").unwrap_err().to_string(),
+            "`x == a b`: `a b`: quote a value with spaces or symbols: \"...\""
+        );
+    }
+
+    #[test]
+    fn webhook_targets_are_parsed_as_the_sink_parses_them() {
+        use TargetError as T;
+        let private = |ip: &str| Err(T::NonPublic(ip.parse().unwrap()));
+        // The parser's own words are not pinned, only that it refused.
+        let unparsable = T::Unparsable(String::new());
+        let checked = |url: &str| match webhook_target(url, false) {
+            Err(T::Unparsable(_)) => Err(T::Unparsable(String::new())),
+            other => other,
+        };
+        let cases: &[(&str, Result<(), TargetError>)] = &[
+            ("https://receiver.example.gov.cn/govbus", Ok(())),
+            ("HTTPS://Receiver.Example.gov.cn:8443/a?b#c", Ok(())),
+            ("http://user:pw@receiver.example.gov.cn/", Ok(())),
+            ("http://8.8.8.8/", Ok(())),
+            ("http://[2606:4700::1111]:8080/", Ok(())),
+            ("http://localhost/", Ok(())),
+            ("http://127.0.0.1/", private("127.0.0.1")),
+            ("http://127.1/", private("127.0.0.1")),
+            ("http://2130706433/", private("127.0.0.1")),
+            ("http://0x7f.1/", private("127.0.0.1")),
+            ("http://0177.0.0.1/", private("127.0.0.1")),
+            ("http://10.0.0.1.:80/", private("10.0.0.1")),
+            ("http://public.example@10.0.0.1/", private("10.0.0.1")),
+            ("http://[::1]/", private("::1")),
+            ("http://[::ffff:10.0.0.1]/", private("::ffff:10.0.0.1")),
+            ("http://[fe80::1%25eth0]/", private("fe80::1")),
+            ("http://256.0.0.1/", Err(T::BadIpv4("256.0.0.1".into()))),
+            ("http://0x100000000/", Err(T::BadIpv4("0x100000000".into()))),
+            ("http://[not-v6]/", Err(T::BadIpv6("not-v6".into()))),
+            ("http://ex_ample.org/", Ok(())),
+            ("http://ex%41mple.org/", Err(unparsable.clone())),
+            ("http://exa mple.org/", Err(unparsable.clone())),
+            ("http://exa\\mple.org/", Err(unparsable.clone())),
+            ("ftp://example.org/", Err(T::NotHttp)),
+            ("http:///path", Err(unparsable.clone())),
+            ("http://:80/path", Err(T::NotHttp)),
+            ("example.org", Err(T::NotHttp)),
+            ("", Err(unparsable.clone())),
+        ];
+        for (url, want) in cases {
+            assert_eq!(&checked(url), want, "{url}");
+        }
+        assert_eq!(webhook_target("http://127.0.0.1:9/", true), Ok(()));
+        assert_eq!(
+            webhook_target("http://256.0.0.1/", true),
+            Err(T::BadIpv4("256.0.0.1".into()))
+        );
+    }
+
+    #[test]
+    fn file_sink_dirs_stay_below_the_base() {
+        assert_eq!(contained_dir(Path::new("var/deliveries/x")), Ok(()));
+        assert_eq!(contained_dir(Path::new("a/../b")), Ok(()));
+        assert_eq!(contained_dir(Path::new("/var/x")), Err(DirError::Absolute));
+        assert_eq!(contained_dir(Path::new("a/../../b")), Err(DirError::Leaves));
+        assert_eq!(contained_dir(Path::new("")), Err(DirError::Empty));
     }
 
     #[test]

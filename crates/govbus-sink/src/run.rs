@@ -552,7 +552,7 @@ impl Shared {
         if let Err(error) = sink.close() {
             // Opened again at once, it would meet the same fault.
             if matches!(ended, Ended::Reconfigure) {
-                return Ended::Failed(error);
+                return Ended::Failed(error.to_string());
             }
             tracing::warn!(message = "Sink not closed cleanly; what it holds open is finished when it opens again.", subscription = %sub.id, %error);
         }
@@ -588,7 +588,7 @@ impl Shared {
         let started = if own_offsets {
             match sink.offsets().await {
                 Ok(stored) => self.assign_from(&consumer, &stored, &topic).await,
-                Err(e) => Err(e),
+                Err(e) => Err(e.to_string()),
             }
         } else {
             consumer
@@ -656,7 +656,7 @@ impl Shared {
             }
             if batch.is_empty() {
                 if let Err(e) = sink.idle(&|| caught_up(&consumer, &topic)).await {
-                    return Ended::Failed(e);
+                    return Ended::Failed(e.to_string());
                 }
                 self.metrics.lag_seconds(&sub.id, 0.0);
                 self.metrics.oldest_undelivered(&sub.id, 0.0);

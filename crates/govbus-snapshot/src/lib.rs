@@ -127,12 +127,13 @@ pub enum SnapshotError {
     #[error(transparent)]
     Table(#[from] TableError),
     /// The dump lacks a column it needs.
-    #[error("{file}: {message}")]
+    #[error("{file}: {source}")]
     Columns {
         /// The dump.
         file: String,
         /// What is missing.
-        message: String,
+        #[source]
+        source: govbus_adapter::mapping::ColumnsError,
     },
     /// Unknown file type.
     #[error("{0}: unknown dump format; use .csv, .json, .ndjson or .xlsx")]
@@ -427,9 +428,9 @@ pub fn run(
     let dump = table::open(&opts.file, format, opts.mapping.encoding)?;
     // The header is checked before any row: a dump of another table, or one
     // without its key column, must not turn into deletes.
-    let columns_error = |message| SnapshotError::Columns {
+    let columns_error = |source| SnapshotError::Columns {
         file: shown.clone(),
-        message,
+        source,
     };
     if let Some(columns) = &dump.columns {
         mapper.check_header(columns).map_err(columns_error)?;

@@ -18,7 +18,7 @@ use serde_json::{Map, Value as Json};
 
 use govbus_catalog::Subscription;
 
-use super::{Batch, Progress, Sink};
+use super::{Batch, DestinationError, Progress, Sink};
 use crate::event::Delivery;
 
 /// Envelope columns of CSV files, before the record's fields.
@@ -212,13 +212,15 @@ impl Sink for FileSink {
         }
     }
 
-    async fn idle(&mut self, _caught_up: &(dyn Fn() -> bool + Sync)) -> Result<(), String> {
-        govbus_kafka::stage::blocking(|| self.roll_if_due()).map_err(|e| format!("file sink: {e}"))
+    async fn idle(
+        &mut self,
+        _caught_up: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(), DestinationError> {
+        govbus_kafka::stage::blocking(|| self.roll_if_due()).map_err(DestinationError::File)
     }
 
-    fn close(&mut self) -> Result<(), String> {
-        govbus_kafka::stage::blocking(|| FileSink::close(self))
-            .map_err(|e| format!("file sink: {e}"))
+    fn close(&mut self) -> Result<(), DestinationError> {
+        govbus_kafka::stage::blocking(|| FileSink::close(self)).map_err(DestinationError::File)
     }
 }
 

@@ -26,6 +26,20 @@ pub mod postgres;
 pub mod view;
 pub mod webhook;
 
+/// A destination's fault outside delivering a batch: reading its stored
+/// offsets, its idle housekeeping, closing it. The loop ends
+/// ([`Ended::Failed`]) and the sink is opened again from its committed
+/// position.
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    /// The PostgreSQL sink's database (described without values).
+    #[error("PostgreSQL: {}", govbus_pg::describe(.0))]
+    Postgres(#[source] tokio_postgres::Error),
+    /// The file sink's directory or files.
+    #[error("file sink: {0}")]
+    File(#[source] std::io::Error),
+}
+
 /// Why a subscription's delivery loop ended.
 pub(crate) enum Ended {
     /// The process is stopping.
@@ -103,7 +117,7 @@ pub(crate) trait Sink: Send + Sized {
     }
 
     /// Where to resume, per partition, when [`Sink::keeps_offsets`].
-    fn offsets(&self) -> impl Future<Output = Result<HashMap<i32, i64>, String>> + Send {
+    fn offsets(&self) -> impl Future<Output = Result<HashMap<i32, i64>, DestinationError>> + Send {
         async { Ok(HashMap::new()) }
     }
 
@@ -137,13 +151,13 @@ pub(crate) trait Sink: Send + Sized {
     fn idle(
         &mut self,
         _caught_up: &(dyn Fn() -> bool + Sync),
-    ) -> impl Future<Output = Result<(), String>> + Send {
+    ) -> impl Future<Output = Result<(), DestinationError>> + Send {
         async { Ok(()) }
     }
 
     /// Called once when the loop ends for any reason but a crash: whatever
     /// is open is finished (a file renamed into place).
-    fn close(&mut self) -> Result<(), String> {
+    fn close(&mut self) -> Result<(), DestinationError> {
         Ok(())
     }
 }

@@ -34,7 +34,7 @@ use govbus_catalog::{Dataset, Subscription, Treatment};
 use serde_json::Value as Json;
 use tokio_postgres::{Client, NoTls};
 
-use super::{Batch, Progress, Sink};
+use super::{Batch, DestinationError, Progress, Sink};
 use crate::event::{Delivery, OUT_OF_SCOPE};
 use crate::ledger;
 
@@ -569,10 +569,10 @@ impl Sink for PgSink {
         true
     }
 
-    async fn offsets(&self) -> Result<HashMap<i32, i64>, String> {
+    async fn offsets(&self) -> Result<HashMap<i32, i64>, DestinationError> {
         PgSink::offsets(self)
             .await
-            .map_err(|e| format!("PostgreSQL: {}", describe(&e)))
+            .map_err(DestinationError::Postgres)
     }
 
     /// A key that left the row filter loses its row.
@@ -630,11 +630,12 @@ impl Sink for PgSink {
     }
 
     /// Once caught up under a new grant, rows nothing re-delivered go.
-    async fn idle(&mut self, caught_up: &(dyn Fn() -> bool + Sync)) -> Result<(), String> {
+    async fn idle(
+        &mut self,
+        caught_up: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(), DestinationError> {
         if self.needs_sweep() && caught_up() {
-            self.sweep()
-                .await
-                .map_err(|e| format!("PostgreSQL: {}", describe(&e)))?;
+            self.sweep().await.map_err(DestinationError::Postgres)?;
         }
         Ok(())
     }

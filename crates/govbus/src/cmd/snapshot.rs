@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use govbus_adapter::mapping::MappingFile;
-use govbus_adapter::publish::KafkaPublisher;
+use govbus_adapter::publish::{KafkaPublisher, Unreachable};
 use govbus_catalog::Catalog;
 use govbus_kafka::topics::Topics;
 use govbus_snapshot::{Options, Progress, Summary};
@@ -126,7 +126,7 @@ fn setup(c: &Common) -> anyhow::Result<Setup> {
     let catalog = catalog_source::load_checked(c.catalog.as_deref())?;
     let engine = Engine::new(&catalog)?;
     let mapping = match &c.mapping {
-        Some(p) => MappingFile::load(p).map_err(anyhow::Error::msg)?,
+        Some(p) => MappingFile::load(p)?,
         None => MappingFile::default(),
     };
     let dataset = c
@@ -188,19 +188,6 @@ fn bar() -> Bar {
     Bar(b)
 }
 
-/// The broker did not answer: nothing was read or published. `watch` leaves
-/// the dump where it is and tries again; `publish` exits with the message.
-#[derive(Debug)]
-struct Unreachable(String);
-
-impl std::fmt::Display for Unreachable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Unreachable {}
-
 /// Stands in for Kafka in a dry run: nothing connects, nothing is sent.
 struct NoPublisher;
 
@@ -237,9 +224,7 @@ fn publish_one(s: &Setup, c: &Common, file: &Path, dry_run: bool) -> anyhow::Res
         Box::new(NoPublisher)
     } else {
         let publisher = KafkaPublisher::new(&c.bootstrap, &topic, &s.dataset, &s.overrides)?;
-        publisher
-            .check_reachable(c.connect_timeout)
-            .map_err(Unreachable)?;
+        publisher.check_reachable(c.connect_timeout)?;
         // The owner's ingest topic must exist before an idempotent producer
         // writes to it; the router picks a new one up by its pattern.
         tokio::runtime::Builder::new_current_thread()
@@ -411,6 +396,8 @@ fn watch(a: WatchArgs) -> anyhow::Result<ExitCode> {
                     std::fs::rename(&file, done.join(&name))?;
                     let _ = std::fs::remove_file(done_marker(&file));
                 }
+                // The broker did not answer: nothing was read or published;
+                // the dump stays where it is and is tried again.
                 Err(e) if e.is::<Unreachable>() => {
                     tracing::error!(message = "Broker unreachable; the dump stays and is tried again.", file = %file.display(), error = %e);
                     worst = ExitCode::from(1);
