@@ -1,9 +1,11 @@
 //! What a subscriber receives: one change event, after the field policy, as
 //! a CloudEvent (structured JSON).
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use govbus_catalog::Catalog;
+use govbus_catalog::{Catalog, SchemaId};
 use govbus_kafka::headers as h;
 use rdkafka::message::{BorrowedMessage, Message};
 use serde_json::{json, Map, Value as Json};
@@ -183,6 +185,81 @@ pub enum Prepared {
     Undecodable(DecodeError),
 }
 
+/// How long a record under a schema id its catalog does not have yet waits
+/// for the catalog to learn it before it is dead-lettered (delivery sinks)
+/// or announced as skipped (live streams).
+pub const SCHEMA_WAIT: Duration = Duration::from_secs(10);
+
+/// How often a waiting record's catalog is looked at again.
+pub const SCHEMA_RECHECK: Duration = Duration::from_millis(250);
+
+/// The one rule, for delivery sinks and live streams alike, for records
+/// under a schema id the catalog does not have yet.
+///
+/// The router writes only under ids its catalog has, and a sink's catalog
+/// may follow a moment later (it reloads every second; a schema registered
+/// through the registry arrives by the schema log): such a record holds its
+/// place — a delivery sink's batch, a live-stream client's position — for up
+/// to [`SCHEMA_WAIT`], and goes on once it decodes. An id waited for in vain
+/// is not waited for again until the catalog changes, so a topic full of
+/// records under a foreign id costs one wait, not one per record.
+#[derive(Debug)]
+pub struct SchemaWait {
+    wait: Duration,
+    since: Option<Instant>,
+    given_up: HashSet<SchemaId>,
+}
+
+impl Default for SchemaWait {
+    fn default() -> SchemaWait {
+        SchemaWait::new(SCHEMA_WAIT)
+    }
+}
+
+impl SchemaWait {
+    /// A rule that waits `wait` per unknown id ([`SCHEMA_WAIT`] by default).
+    pub fn new(wait: Duration) -> SchemaWait {
+        SchemaWait {
+            wait,
+            since: None,
+            given_up: HashSet::new(),
+        }
+    }
+
+    /// Whether records under `id` are past waiting for (until the catalog
+    /// changes).
+    pub fn given_up(&self, id: &SchemaId) -> bool {
+        self.given_up.contains(id)
+    }
+
+    /// The records at the head name `ids` (none given up): `true` while
+    /// they are still to wait (look again after [`SCHEMA_RECHECK`]); once
+    /// the wait is over, `false`, and the ids are given up. `started` runs
+    /// when a wait begins (the operator's log line).
+    pub fn hold(&mut self, ids: &[SchemaId], started: impl FnOnce()) -> bool {
+        let since = *self.since.get_or_insert_with(|| {
+            started();
+            Instant::now()
+        });
+        if since.elapsed() < self.wait {
+            return true;
+        }
+        self.given_up.extend(ids.iter().copied());
+        self.since = None;
+        false
+    }
+
+    /// The head decoded (or was given up): the next unknown id waits anew.
+    pub fn settled(&mut self) {
+        self.since = None;
+    }
+
+    /// The catalog changed: an id given up on may decode now.
+    pub fn catalog_changed(&mut self) {
+        self.given_up.clear();
+    }
+}
+
 /// The `op` of a change that leaves a record outside a grant's row filter
 /// (never sent to a subscriber; see [`prepare`]).
 pub const OUT_OF_SCOPE: &str = "out_of_scope";
@@ -272,5 +349,34 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
         Prepared::Filtered(delivery)
     } else {
         Prepared::Deliver(delivery)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_schema_id_is_waited_for_once_until_the_catalog_changes() {
+        let (a, b) = (SchemaId(900), SchemaId(901));
+        let mut w = SchemaWait::new(Duration::from_millis(50));
+        let mut started = 0;
+        // The wait starts once, and holds while it lasts.
+        assert!(w.hold(&[a], || started += 1));
+        assert!(w.hold(&[a], || started += 1));
+        assert_eq!(started, 1);
+        std::thread::sleep(Duration::from_millis(60));
+        // Past it: given up, and never held again for that id.
+        assert!(!w.hold(&[a, b], || started += 1));
+        assert!(w.given_up(&a) && w.given_up(&b));
+        // A record that decodes ends a wait; the next unknown id waits anew.
+        let c = SchemaId(902);
+        assert!(w.hold(&[c], || started += 1));
+        w.settled();
+        assert!(w.hold(&[c], || started += 1));
+        assert_eq!(started, 3);
+        // A new catalog may know the ids given up on: they wait again.
+        w.catalog_changed();
+        assert!(!w.given_up(&a));
     }
 }

@@ -18,7 +18,9 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::decode::DecodeError;
-use crate::event::{prepare, Canonical, Delivery, Prepared, OUT_OF_SCOPE};
+use crate::event::{
+    prepare, Canonical, Delivery, Prepared, SchemaWait, OUT_OF_SCOPE, SCHEMA_RECHECK, SCHEMA_WAIT,
+};
 use crate::ledger::{self, Ledger};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -157,10 +159,6 @@ impl std::fmt::Debug for Sinks {
 /// How long a stop waits for a batch in hand when the broker or the
 /// destination does not answer (the ledger's close entry then gets 5 s).
 pub const STOP_GRACE: Duration = Duration::from_secs(15);
-
-/// How long a batch waits for a schema id its catalog does not have yet
-/// before the record is dead-lettered as undecodable.
-pub const SCHEMA_WAIT: Duration = Duration::from_secs(10);
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -602,24 +600,19 @@ impl Shared {
         let mut policy = Policy::new(sub, ds, &secret);
         let mut catalog = self.catalog.borrow().clone();
         let kind = sub.sink.kind();
-        // A batch held back for a schema id the catalog does not have yet,
-        // and since when. (The wait never polls the consumer, so no
+        // A batch held back for a schema id the catalog does not have yet
+        // (`SchemaWait`). The wait never polls the consumer, so no
         // rebalance can revoke the held batch's partitions under it; one
-        // that comes waits until it ends.)
-        let mut held: Option<(Vec<Canonical>, Instant)> = None;
-        // Ids this catalog was waited for in vain: not waited for again
-        // until the catalog changes.
-        let mut given_up: HashSet<SchemaId> = HashSet::new();
+        // that comes waits until it ends.
+        let mut held: Option<Vec<Canonical>> = None;
+        let mut schema_wait = SchemaWait::default();
         loop {
-            let (batch, waiting_since) = match held.take() {
-                Some((b, since)) => (b, Some(since)),
-                None => (
-                    tokio::select! {
-                        _ = shutdown.changed() => Vec::new(),
-                        b = next_batch(&consumer, Some(Duration::from_millis(250)), self.config.max_batch, self.config.linger, Some(&consumer.context().revocations), |m| Canonical::from_message(&m)) => b,
-                    },
-                    None,
-                ),
+            let batch = match held.take() {
+                Some(b) => b,
+                None => tokio::select! {
+                    _ = shutdown.changed() => Vec::new(),
+                    b = next_batch(&consumer, Some(Duration::from_millis(250)), self.config.max_batch, self.config.linger, Some(&consumer.context().revocations), |m| Canonical::from_message(&m)) => b,
+                },
             };
             // The grant is checked at delivery time, on every batch. (The
             // catalog is taken first: a change after it is seen next batch.)
@@ -652,7 +645,7 @@ impl Shared {
             if !Arc::ptr_eq(&now, &catalog) {
                 policy = Policy::new(&current, &current_ds, &secret);
                 catalog = now;
-                given_up.clear();
+                schema_wait.catalog_changed();
             }
             if batch.is_empty() {
                 if let Err(e) = sink.idle(&|| caught_up(&consumer, &topic)).await {
@@ -699,7 +692,7 @@ impl Shared {
                     }
                     Prepared::Undecodable(e) => {
                         if let DecodeError::UnknownSchema(id) = e {
-                            if !given_up.contains(&id) {
+                            if !schema_wait.given_up(&id) {
                                 unknown_schema.push(id);
                             }
                         }
@@ -707,27 +700,22 @@ impl Shared {
                     }
                 }
             }
-            // The router writes only under ids its catalog has, and this
-            // process's catalog may follow a moment later (it reloads every
-            // second; a schema registered through the registry arrives by
-            // the schema log): a record under an id not known *yet* waits
-            // for it, with its whole batch, rather than being dead-lettered
-            // as undecodable. Past the wait it is dead-lettered.
-            if !unknown_schema.is_empty() {
-                let since = waiting_since.unwrap_or_else(|| {
-                    tracing::warn!(message = "A record names a schema id this catalog does not have yet; its batch waits for the catalog.", subscription = %sub.id, wait_s = SCHEMA_WAIT.as_secs());
-                    Instant::now()
-                });
-                if since.elapsed() < SCHEMA_WAIT {
-                    if *shutdown.borrow() {
-                        return Ended::Shutdown;
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    held = Some((batch, since));
-                    continue;
+            // A record under an id not known *yet* waits for it, with its
+            // whole batch, rather than being dead-lettered as undecodable
+            // (`SchemaWait`). Past the wait it is dead-lettered.
+            if unknown_schema.is_empty() {
+                schema_wait.settled();
+            } else if schema_wait.hold(&unknown_schema, || {
+                tracing::warn!(message = "A record names a schema id this catalog does not have yet; its batch waits for the catalog.", subscription = %sub.id, wait_s = SCHEMA_WAIT.as_secs());
+            }) {
+                if *shutdown.borrow() {
+                    return Ended::Shutdown;
                 }
+                tokio::time::sleep(SCHEMA_RECHECK).await;
+                held = Some(batch);
+                continue;
+            } else {
                 tracing::warn!(message = "The schema id stayed unknown; its records are dead-lettered as undecodable (until the catalog changes, without waiting again).", subscription = %sub.id);
-                given_up.extend(unknown_schema);
             }
             // One span per trace the delivered records carry; each
             // delivery leaves with its span's context.

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -46,7 +46,7 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::decode::DecodeError;
-use crate::event::{prepare, Prepared};
+use crate::event::{prepare, Prepared, SchemaWait, SCHEMA_RECHECK, SCHEMA_WAIT};
 use crate::ledger;
 use crate::policy::Policy;
 use crate::run::{Shared, Sinks};
@@ -611,12 +611,9 @@ async fn stream(
         }
     };
     let mut policy = Policy::new(&sub, &ds, &shared.config.pseudonym_secret);
-    // Since when the record at the head has waited for a schema id the
-    // catalog does not have yet (as a delivery sink's batch does).
-    let mut schema_since: Option<Instant> = None;
-    // Ids this catalog was waited for in vain (until it changes).
-    let mut given_up: std::collections::HashSet<govbus_catalog::SchemaId> =
-        std::collections::HashSet::new();
+    // The record at the head waits for a schema id the catalog does not
+    // have yet, as a delivery sink's batch does.
+    let mut schema_wait = SchemaWait::default();
     loop {
         let batch = tokio::select! {
             () = tx.closed() => return Ok(()),
@@ -652,7 +649,7 @@ async fn stream(
                 }
                 policy = Policy::new(&current, &current_ds, &shared.config.pseudonym_secret);
                 (sub, catalog) = (current, now);
-                given_up.clear();
+                schema_wait.catalog_changed();
             }
             if rest.is_empty() {
                 break;
@@ -679,21 +676,17 @@ async fn stream(
                     }
                     let prepared = prepare(&catalog, &policy, c);
                     if let Prepared::Undecodable(DecodeError::UnknownSchema(schema)) = &prepared {
-                        if given_up.contains(schema) {
-                            // Waited for in vain already: skipped at once.
-                        } else {
-                            let since = *schema_since.get_or_insert_with(|| {
-                            tracing::warn!(message = "A record names a schema id this catalog does not have yet; the live stream waits for the catalog.", subscription = %sub.id, partition = c.partition, offset = c.offset, wait_s = crate::run::SCHEMA_WAIT.as_secs());
-                            Instant::now()
-                        });
-                            if since.elapsed() < crate::run::SCHEMA_WAIT {
-                                wait_schema = true;
-                                break;
-                            }
-                            given_up.insert(*schema);
+                        // Waited for in vain already: skipped at once.
+                        if !schema_wait.given_up(schema)
+                            && schema_wait.hold(&[*schema], || {
+                                tracing::warn!(message = "A record names a schema id this catalog does not have yet; the live stream waits for the catalog.", subscription = %sub.id, partition = c.partition, offset = c.offset, wait_s = SCHEMA_WAIT.as_secs());
+                            })
+                        {
+                            wait_schema = true;
+                            break;
                         }
                     }
-                    schema_since = None;
+                    schema_wait.settled();
                     taken += 1;
                     ahead.insert(c.partition, c.offset + 1);
                     match prepared {
@@ -779,7 +772,7 @@ async fn stream(
                     // Then the catalog is looked at again.
                     tokio::select! {
                         () = tx.closed() => return Ok(()),
-                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        () = tokio::time::sleep(SCHEMA_RECHECK) => {}
                     }
                     changed = true;
                     break;
