@@ -396,6 +396,17 @@ impl<'p: 'j, 'j> Encoder<'p, 'j> {
                 };
                 for k in members.keys() {
                     if !fields.iter().any(|f| f.name == *k) {
+                        // The name is the department's text: repeated only
+                        // when it could be a field's name (a typo of one);
+                        // anything else — an ID number, a person's name used
+                        // as a key — may be data, and the path goes into DLQ
+                        // headers and logs.
+                        if !is_avro_name(k) {
+                            return Err(self.reject(
+                                Reason::JsonUnknownField,
+                                "has a member whose name is not a field of the schema (not repeated here: it is not a valid field name, so it may be data)",
+                            ));
+                        }
                         self.path.push(Seg::Field(k));
                         let e =
                             self.reject(Reason::JsonUnknownField, "the schema has no such field");
@@ -523,6 +534,16 @@ impl<'p: 'j, 'j> Encoder<'p, 'j> {
             }
         }
     }
+}
+
+/// Whether `name` could name an Avro field: `[A-Za-z_][A-Za-z0-9_]*`, at
+/// most 64 bytes.
+fn is_avro_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
 /// Whether a JSON number's text has a nonzero digit before its exponent.

@@ -966,3 +966,36 @@ fn a_field_path_never_holds_a_map_key() {
     assert_eq!(e.field.as_deref(), Some("attrs.*"), "{e:?}");
     assert!(!format!("{e:?}").contains("11010519491231002X"), "{e:?}");
 }
+
+#[test]
+fn an_unknown_member_is_named_only_when_it_could_be_a_field_name() {
+    // A typo of a field's name is named: it is what the developer fixes.
+    for name in ["bonus", "_x", "recipient_nmae", &"a".repeat(64)] {
+        let r = json_case(PENSIONS, |m| drop(m.insert(name.to_owned(), json!(1)))).unwrap_err();
+        assert_eq!(
+            (r.reason, r.field.as_deref()),
+            (Reason::JsonUnknownField, Some(name))
+        );
+    }
+    // A name that cannot be a field's (an ID number, a person's name used
+    // as a key, anything with spaces or symbols) may be data: neither the
+    // field path nor the detail repeats it, at any depth.
+    for name in [
+        "110105195001011234",
+        "张三",
+        "a b",
+        "x-1",
+        "",
+        &"a".repeat(65),
+    ] {
+        let r = json_case(PENSIONS, |m| drop(m.insert(name.to_owned(), json!(1)))).unwrap_err();
+        assert_eq!(
+            (r.reason, r.field.as_deref()),
+            (Reason::JsonUnknownField, None),
+            "{name}"
+        );
+        if !name.is_empty() {
+            assert!(!r.to_string().contains(name), "{r}");
+        }
+    }
+}
