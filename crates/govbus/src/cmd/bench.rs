@@ -64,7 +64,8 @@ pub struct RouterBench {
     /// Partitions of every topic.
     #[arg(long, default_value_t = 8)]
     partitions: i32,
-    /// Also measure routing latency at this rate (records/s) for 10 s on the mock cluster.
+    /// Also measure routing latency at this rate (records/s) for 10 s, on
+    /// librdkafka's mock cluster and then on the broker under test.
     #[arg(long)]
     latency: Option<u32>,
     /// Also run this command as a peer router over the same Avro input, in
@@ -531,22 +532,46 @@ async fn router_bench(b: RouterBench) -> anyhow::Result<()> {
         );
     }
     if let Some(rate) = b.latency {
-        latency(engine, rate).await?;
+        latency(engine.clone(), rate, None).await?;
+        latency(engine, rate, Some(&b.bootstrap)).await?;
     }
     Ok(())
 }
 
-/// Routes `rate` records/s for 10 s on the mock cluster and reports
-/// publish → routed-and-consumed latency from `ce_time` (ms precision).
-async fn latency(engine: Arc<Engine>, rate: u32) -> anyhow::Result<()> {
-    let cluster = rdkafka::mocking::MockCluster::new(1)?;
-    let bootstrap = cluster.bootstrap_servers();
-    let topics = Topics::new("lat.");
-    cluster.create_topic(&topics.ingest("hrss"), 4, 1)?;
-    cluster.create_topic(&topics.data("hrss.pension_payment"), 4, 1)?;
-    cluster.create_topic(&topics.dlq("hrss"), 1, 1)?;
+/// Routes `rate` records/s for 10 s on the mock cluster (or on the broker
+/// at `real`) and reports publish → routed-and-consumed latency from
+/// `ce_time` (ms precision).
+async fn latency(engine: Arc<Engine>, rate: u32, real: Option<&str>) -> anyhow::Result<()> {
+    // The mock lives as long as the phase.
+    let mut mock = None;
+    let (bootstrap, topics, broker) = match real {
+        None => {
+            let cluster = rdkafka::mocking::MockCluster::new(1)?;
+            let bootstrap = cluster.bootstrap_servers();
+            let topics = Topics::new("lat.");
+            cluster.create_topic(&topics.ingest("hrss"), 4, 1)?;
+            cluster.create_topic(&topics.data("hrss.pension_payment"), 4, 1)?;
+            cluster.create_topic(&topics.dlq("hrss"), 1, 1)?;
+            mock = Some(cluster);
+            (bootstrap, topics, "the mock cluster")
+        }
+        Some(bootstrap) => {
+            let topics = Topics::new(&format!("lat{}.", std::process::id()));
+            govbus_kafka::admin::ensure_topics(
+                bootstrap,
+                &[
+                    (topics.ingest("hrss"), 4),
+                    (topics.data("hrss.pension_payment"), 4),
+                    (topics.dlq("hrss"), 1),
+                ],
+            )
+            .await;
+            (bootstrap.to_owned(), topics, "the broker under test")
+        }
+    };
     let mut config = RouterConfig::new(bootstrap.clone());
     config.topics = topics.clone();
+    config.group = format!("{}router", topics.prefix());
     config.create_topics = false;
     config.linger = Duration::from_millis(1);
     config.client_overrides = vec![
@@ -563,7 +588,7 @@ async fn latency(engine: Arc<Engine>, rate: u32) -> anyhow::Result<()> {
     }));
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
-        .set("group.id", "lat-reader")
+        .set("group.id", format!("{}reader", topics.prefix()))
         .set("fetch.wait.max.ms", "1")
         .set("auto.offset.reset", "latest")
         .set("session.timeout.ms", "6000")
@@ -619,6 +644,10 @@ async fn latency(engine: Arc<Engine>, rate: u32) -> anyhow::Result<()> {
         producer
     });
     let mut lat = Vec::new();
+    // (sent at ms, latency ms, partition) of every record.
+    let mut sent_at: Vec<(i64, i64, i32)> = Vec::new();
+    // (send → router's hand-over, hand-over → read) of every record, ms.
+    let mut split: Vec<(i64, i64)> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while lat.len() < (rate * 10) as usize {
         let Ok(Ok(m)) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
@@ -629,16 +658,67 @@ async fn latency(engine: Arc<Engine>, rate: u32) -> anyhow::Result<()> {
             .and_then(|hs| h::get_str(hs, h::CE_TIME))
             .and_then(govbus_catalog::time::parse_rfc3339_micros);
         if let Some(t) = t {
-            lat.push(Context::now().now_millis - t / 1000);
+            let took = Context::now().now_millis - t / 1000;
+            lat.push(took);
+            sent_at.push((t / 1000, took, m.partition()));
+            // The routed record's own timestamp is when the router handed
+            // it to its producer: before it, the ingest side and the router;
+            // after it, the router's write and the reader's fetch.
+            if let Some(routed) = m.timestamp().to_millis() {
+                split.push((routed - t / 1000, took - (routed - t / 1000)));
+            }
         }
     }
     let _ = sender.await;
     let _ = stop.send(true);
     let _ = task.await;
+    // Where the tail is: the records over 50 ms, by when they were sent
+    // (a stall shows as one window, a slow partition as one partition).
+    let first = sent_at.iter().map(|(t, _, _)| *t).min().unwrap_or(0);
+    let mut slow: Vec<&(i64, i64, i32)> = sent_at.iter().filter(|(_, l, _)| *l > 50).collect();
+    slow.sort_unstable();
+    if let (Some(a), Some(b)) = (slow.first(), slow.last()) {
+        let mut parts: Vec<i32> = slow.iter().map(|(_, _, p)| *p).collect();
+        parts.sort_unstable();
+        parts.dedup();
+        let mut before: Vec<i64> = split.iter().filter(|(x, y)| x + y > 50).map(|s| s.0).collect();
+        let mut after: Vec<i64> = split.iter().filter(|(x, y)| x + y > 50).map(|s| s.1).collect();
+        before.sort_unstable();
+        after.sort_unstable();
+        eprintln!(
+            "tail: {} records over 50 ms, sent from {} ms to {} ms into the phase, partitions {parts:?}; of their latency, send → router's hand-over p50 {} ms, hand-over → read p50 {} ms",
+            slow.len(),
+            a.0 - first,
+            b.0 - first,
+            quantile(&before, 0.5, -1),
+            quantile(&after, 0.5, -1)
+        );
+    }
+    // The first and the second half of the phase apart: the mock broker
+    // finds a fetch's offset by walking the partition's message sets
+    // (librdkafka's rd_kafka_mock_msgset_find), so its fetches slow down as
+    // the phase fills the log.
+    let half = first + 5_000;
+    for (name, early) in [("first", true), ("second", false)] {
+        let mut part: Vec<i64> = sent_at
+            .iter()
+            .filter(|(t, _, _)| (*t < half) == early)
+            .map(|(_, l, _)| *l)
+            .collect();
+        part.sort_unstable();
+        eprintln!(
+            "{name} 5 s: {} records, p50 {} ms, p99 {} ms, max {} ms",
+            part.len(),
+            quantile(&part, 0.5, -1),
+            quantile(&part, 0.99, -1),
+            part.last().copied().unwrap_or(-1)
+        );
+    }
     lat.sort_unstable();
     let pct = |p: f64| quantile(&lat, p, -1);
+    drop(mock);
     println!(
-        "\nLatency on the mock cluster at {rate} records/s for 10 s ({} measured): p50 {} ms, p99 {} ms, max {} ms (ms precision, includes the mock's fetch wait).",
+        "\nLatency on {broker} at {rate} records/s for 10 s ({} measured): p50 {} ms, p99 {} ms, max {} ms (ms precision, includes the fetch wait).",
         lat.len(),
         pct(0.5),
         pct(0.99),
