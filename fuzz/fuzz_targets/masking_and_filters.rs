@@ -30,6 +30,6 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Err(message) = parse_predicate(&text) {
-        assert!(!message.is_empty());
+        assert!(!message.to_string().is_empty());
     }
 });

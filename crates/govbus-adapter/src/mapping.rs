@@ -52,13 +52,10 @@ pub struct MappingFile {
 /// Why a mapping file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
-    /// The file cannot be read.
-    #[error("{path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file cannot be read. (The I/O error is in the message, not a
+    /// `source`: an error chain printed in full would say it twice.)
+    #[error("{path}: {error}")]
+    Read { path: String, error: std::io::Error },
     /// The file is not a mapping file (TOML syntax, unknown or mistyped keys).
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
@@ -68,9 +65,9 @@ impl MappingFile {
     /// Reads and parses a mapping file.
     pub fn load(path: &Path) -> Result<MappingFile, MappingError> {
         let shown = || path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| MappingError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| MappingError::Read {
             path: shown(),
-            source,
+            error,
         })?;
         toml::from_str(&text).map_err(|e| MappingError::Parse {
             path: shown(),

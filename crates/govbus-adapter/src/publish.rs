@@ -63,17 +63,18 @@ impl KafkaPublisher {
     }
 }
 
-/// No broker answered the reachability check.
+/// No broker answered the reachability check. (The client's error is in
+/// the message, not a `source`: an error chain printed in full would say it
+/// twice.)
 #[derive(Debug, thiserror::Error)]
-#[error("no Kafka broker answered at {bootstrap} within {}s ({source}); check --bootstrap and that the broker is up", within.as_secs())]
+#[error("no Kafka broker answered at {bootstrap} within {}s ({error}); check --bootstrap and that the broker is up", within.as_secs())]
 pub struct Unreachable {
     /// The bootstrap address asked.
     pub bootstrap: String,
     /// How long it was given.
     pub within: Duration,
     /// The client's error.
-    #[source]
-    pub source: rdkafka::error::KafkaError,
+    pub error: rdkafka::error::KafkaError,
 }
 
 impl KafkaPublisher {
@@ -87,10 +88,10 @@ impl KafkaPublisher {
             .client()
             .fetch_metadata(None, timeout)
             .map(|_| ())
-            .map_err(|source| Unreachable {
+            .map_err(|error| Unreachable {
                 bootstrap: self.bootstrap.clone(),
                 within: timeout,
-                source,
+                error,
             })
     }
 }

@@ -127,13 +127,13 @@ pub enum SnapshotError {
     #[error(transparent)]
     Table(#[from] TableError),
     /// The dump lacks a column it needs.
-    #[error("{file}: {source}")]
+    #[error("{file}: {missing}")]
     Columns {
         /// The dump.
         file: String,
-        /// What is missing.
-        #[source]
-        source: govbus_adapter::mapping::ColumnsError,
+        /// What is missing (in the message, not a `source`: an error chain
+        /// printed in full would say it twice).
+        missing: govbus_adapter::mapping::ColumnsError,
     },
     /// Unknown file type.
     #[error("{0}: unknown dump format; use .csv, .json, .ndjson or .xlsx")]
@@ -381,9 +381,9 @@ pub fn run(
         .format
         .or_else(|| Format::of(&opts.file))
         .ok_or_else(|| SnapshotError::Format(shown.clone()))?;
-    let input_sha256 = file_sha256(&opts.file).map_err(|source| TableError::Io {
+    let input_sha256 = file_sha256(&opts.file).map_err(|error| TableError::Io {
         path: shown.clone(),
-        source,
+        error,
     })?;
     let pending: Option<Pending> = st.read_json(&st.pending())?;
     let this = match pending {
@@ -428,9 +428,9 @@ pub fn run(
     let dump = table::open(&opts.file, format, opts.mapping.encoding)?;
     // The header is checked before any row: a dump of another table, or one
     // without its key column, must not turn into deletes.
-    let columns_error = |source| SnapshotError::Columns {
+    let columns_error = |missing| SnapshotError::Columns {
         file: shown.clone(),
-        source,
+        missing,
     };
     if let Some(columns) = &dump.columns {
         mapper.check_header(columns).map_err(columns_error)?;

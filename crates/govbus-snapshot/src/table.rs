@@ -22,12 +22,13 @@ pub use govbus_adapter::row::{Cell, Encoding, Row, RowError};
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
     /// Opening or reading failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: String,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not a `source`: an error chain
+        /// printed in full would say it twice).
+        error: std::io::Error,
     },
     /// The bytes are not in the declared encoding.
     #[error("{path}:{line}: not valid {encoding}; set `encoding` in the mapping file (utf-8, gbk or gb18030) to the file's encoding")]
@@ -278,9 +279,9 @@ fn starts_with_bracket(path: &Path) -> std::io::Result<bool> {
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> TableError + '_ {
-    move |source| TableError::Io {
+    move |error| TableError::Io {
         path: path.display().to_string(),
-        source,
+        error,
     }
 }
 
@@ -358,7 +359,7 @@ pub fn open(path: &Path, format: Format, encoding: Encoding) -> Result<Table, Ta
                     }
                     Err(e) => Some(Err(TableError::Io {
                         path: shown.clone(),
-                        source: e,
+                        error: e,
                     })),
                     Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => None,
                     Ok(bytes) => match std::str::from_utf8(&bytes) {
@@ -405,9 +406,9 @@ fn read_text(file: File, encoding: Encoding, shown: &str) -> Result<Vec<u8>, Tab
         Encoding::Utf8 => BufReader::new(file).read_to_end(&mut bytes),
         e => transcoder(file, e).read_to_end(&mut bytes),
     }
-    .map_err(|source| TableError::Io {
+    .map_err(|error| TableError::Io {
         path: shown.to_owned(),
-        source,
+        error,
     })?;
     Ok(bytes)
 }
@@ -509,9 +510,9 @@ fn csv_error(path: &str, e: csv::Error, encoding: Encoding) -> TableError {
                 encoding: encoding.name(),
             }
         }
-        csv::ErrorKind::Io(source) => TableError::Io {
+        csv::ErrorKind::Io(error) => TableError::Io {
             path: path.to_owned(),
-            source,
+            error,
         },
         other => TableError::Format {
             path: path.to_owned(),

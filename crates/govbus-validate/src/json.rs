@@ -397,19 +397,22 @@ impl<'p: 'j, 'j> Encoder<'p, 'j> {
                 for k in members.keys() {
                     if !fields.iter().any(|f| f.name == *k) {
                         // The name is the department's text: repeated only
-                        // when it could be a field's name (a typo of one);
-                        // anything else — an ID number, a person's name used
-                        // as a key — may be data, and the path goes into DLQ
-                        // headers and logs.
-                        if !is_avro_name(k) {
+                        // when it is a slip on one of the schema's field
+                        // names; anything else — an ID number, a passport
+                        // number, a person's name used as a key — may be
+                        // data, and the path goes into DLQ headers and logs.
+                        let Some(meant) = meant_field(k, fields.iter().map(|f| f.name.as_str()))
+                        else {
                             return Err(self.reject(
                                 Reason::JsonUnknownField,
-                                "has a member whose name is not a field of the schema (not repeated here: it is not a valid field name, so it may be data)",
+                                "has a member that is not a field of the schema (its name is not repeated here: it is close to no field's name, so it may be data)",
                             ));
-                        }
+                        };
                         self.path.push(Seg::Field(k));
-                        let e =
-                            self.reject(Reason::JsonUnknownField, "the schema has no such field");
+                        let e = self.reject(
+                            Reason::JsonUnknownField,
+                            format!("the schema has no such field; did you mean `{meant}`?"),
+                        );
                         self.path.pop();
                         return Err(e);
                     }
@@ -536,14 +539,54 @@ impl<'p: 'j, 'j> Encoder<'p, 'j> {
     }
 }
 
-/// Whether `name` could name an Avro field: `[A-Za-z_][A-Za-z0-9_]*`, at
-/// most 64 bytes.
-fn is_avro_name(name: &str) -> bool {
+/// The field `name` is a slip on, if any: `name` is an Avro name
+/// (`[A-Za-z_][A-Za-z0-9_]*`, at most 64 bytes) within edit distance
+/// (insertions, deletions, substitutions, adjacent swaps; case ignored) of
+/// one field — at most 1 for names of up to 4 bytes, else at most 2 — and
+/// the nearest such field. Whatever is not such a slip is not repeated.
+fn meant_field<'a>(name: &str, fields: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let b = name.as_bytes();
-    !b.is_empty()
+    let is_name = !b.is_empty()
         && b.len() <= 64
         && (b[0].is_ascii_alphabetic() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+    if !is_name {
+        return None;
+    }
+    let limit = if b.len() <= 4 { 1 } else { 2 };
+    fields
+        .filter(|f| f.len() <= 64)
+        .map(|f| (edit_distance(b, f.as_bytes()), f))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, f)| f)
+}
+
+/// Optimal-string-alignment distance between two short ASCII names, case
+/// ignored.
+fn edit_distance(a: &[u8], b: &[u8]) -> usize {
+    let (n, m) = (a.len(), b.len());
+    let same = |i: usize, j: usize| a[i].eq_ignore_ascii_case(&b[j]);
+    let mut d = vec![vec![0usize; m + 1]; n + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=n {
+        for j in 1..=m {
+            let cost = usize::from(!same(i - 1, j - 1));
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && same(i - 1, j - 2) && same(i - 2, j - 1) {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[n][m]
 }
 
 /// Whether a JSON number's text has a nonzero digit before its exponent.

@@ -395,9 +395,9 @@ fn every_reason_code_has_a_case() {
     );
     check(
         "json unknown",
-        json_case(PENSIONS, set("bonus", json!(1))),
+        json_case(PENSIONS, set("amonut", json!(1))),
         JsonUnknownField,
-        Some("bonus"),
+        Some("amonut"),
     );
     check(
         "json int range",
@@ -968,25 +968,39 @@ fn a_field_path_never_holds_a_map_key() {
 }
 
 #[test]
-fn an_unknown_member_is_named_only_when_it_could_be_a_field_name() {
-    // A typo of a field's name is named: it is what the developer fixes.
-    for name in ["bonus", "_x", "recipient_nmae", &"a".repeat(64)] {
+fn an_unknown_member_is_named_only_when_it_is_a_slip_on_a_field_name() {
+    // A slip on a field's name is named, with the field meant: it is what
+    // the developer fixes.
+    for (name, meant) in [
+        ("amonut", "amount"),
+        ("Amount_", "amount"),
+        ("recipient_nmae", "recipient_name"),
+        ("paid_on", "paid_at"),
+        ("PAY_MONTH", "pay_month"),
+    ] {
         let r = json_case(PENSIONS, |m| drop(m.insert(name.to_owned(), json!(1)))).unwrap_err();
         assert_eq!(
             (r.reason, r.field.as_deref()),
             (Reason::JsonUnknownField, Some(name))
         );
+        assert!(r.detail.contains(&format!("`{meant}`")), "{r}");
     }
-    // A name that cannot be a field's (an ID number, a person's name used
-    // as a key, anything with spaces or symbols) may be data: neither the
-    // field path nor the detail repeats it, at any depth.
+    // Anything else may be data — an ID number, a passport number, a
+    // person's name used as a key, a prefixed ID, text with spaces or
+    // symbols: neither the field path nor the detail repeats it.
+    let long = "a".repeat(65);
     for name in [
+        "bonus",
         "110105195001011234",
+        "_110105195001011234",
+        "id110105195001011234",
+        "E12345678",
+        "ZhangWei",
         "张三",
         "a b",
         "x-1",
         "",
-        &"a".repeat(65),
+        long.as_str(),
     ] {
         let r = json_case(PENSIONS, |m| drop(m.insert(name.to_owned(), json!(1)))).unwrap_err();
         assert_eq!(

@@ -32,12 +32,14 @@ pub mod webhook;
 /// position.
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationError {
-    /// The PostgreSQL sink's database (described without values).
+    /// The PostgreSQL sink's database, described without values. Not a
+    /// `source`: the driver's own text can hold row values (a constraint's
+    /// DETAIL), and a chain printed in full would show it.
     #[error("PostgreSQL: {}", govbus_pg::describe(.0))]
-    Postgres(#[source] tokio_postgres::Error),
+    Postgres(tokio_postgres::Error),
     /// The file sink's directory or files.
     #[error("file sink: {0}")]
-    File(#[source] std::io::Error),
+    File(std::io::Error),
 }
 
 /// Why a subscription's delivery loop ended.

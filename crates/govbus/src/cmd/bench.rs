@@ -556,7 +556,7 @@ async fn latency(engine: Arc<Engine>, rate: u32, real: Option<&str>) -> anyhow::
             (bootstrap, topics, "the mock cluster")
         }
         Some(bootstrap) => {
-            let topics = Topics::new(&format!("lat{}.", std::process::id()));
+            let topics = Topics::new(format!("lat{}.", std::process::id()));
             govbus_kafka::admin::ensure_topics(
                 bootstrap,
                 &[
@@ -681,8 +681,16 @@ async fn latency(engine: Arc<Engine>, rate: u32, real: Option<&str>) -> anyhow::
         let mut parts: Vec<i32> = slow.iter().map(|(_, _, p)| *p).collect();
         parts.sort_unstable();
         parts.dedup();
-        let mut before: Vec<i64> = split.iter().filter(|(x, y)| x + y > 50).map(|s| s.0).collect();
-        let mut after: Vec<i64> = split.iter().filter(|(x, y)| x + y > 50).map(|s| s.1).collect();
+        let mut before: Vec<i64> = split
+            .iter()
+            .filter(|(x, y)| x + y > 50)
+            .map(|s| s.0)
+            .collect();
+        let mut after: Vec<i64> = split
+            .iter()
+            .filter(|(x, y)| x + y > 50)
+            .map(|s| s.1)
+            .collect();
         before.sort_unstable();
         after.sort_unstable();
         eprintln!(
