@@ -110,8 +110,16 @@ pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// How long a batch in collection waits for its next record before it
+/// closes early: records already fetched come at once, so a batch fills to
+/// `max` under load, and at a low rate it goes as soon as the records in
+/// hand are taken instead of waiting out the whole linger (every stage's
+/// linger adds to the end-to-end latency).
+pub const IDLE_GAP: Duration = Duration::from_millis(2);
+
 /// Collects the next batch: waits `wait` for a first record (`None`: until
-/// one comes), then up to `max` records in all for at most `linger` more.
+/// one comes), then up to `max` records in all for at most `linger` more,
+/// closing early when no record comes for [`IDLE_GAP`].
 /// With `fence`, records whose partition was revoked while the batch was
 /// being collected are left out (their next owner processes them). An
 /// empty batch means idle (or a failed poll, logged, after a 200 ms pause).
@@ -149,7 +157,8 @@ pub async fn next_batch<'c, C: ConsumerContext + 'static, T>(
     let mut out = vec![(seen(), first)];
     let deadline = tokio::time::Instant::now() + linger;
     while out.len() < max {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+        let until = deadline.min(tokio::time::Instant::now() + IDLE_GAP);
+        match tokio::time::timeout_at(until, consumer.recv()).await {
             Ok(Ok(m)) => out.push((seen(), m)),
             Ok(Err(error)) => {
                 tracing::warn!(message = "Consume failed.", %error);
