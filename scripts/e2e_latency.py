@@ -8,8 +8,8 @@ BOOTSTRAP (a fresh one: scripts/bench-e2e starts Tansu): `govbus router`,
 for civil_affairs.death_registration pointing at a receiver in this process.
 A department client publishes RATE records a second for SECONDS, one record
 per HTTP request over 16 keep-alive connections, each request sent when due;
-a record's latency is from just before its request is written to the
-moment the receiver has read the webhook batch that holds it (one clock,
+a record's latency is from when its request was due to the moment the
+receiver has read the webhook batch that holds it (one clock,
 this process). Start-up is reported apart: the phase starts once a warm-up
 record has arrived. Prints one JSON line.
 """
@@ -33,6 +33,7 @@ arrived = {}
 # subject -> (the event's `time`, the gateway's receipt; wall clock at arrival)
 stamped = {}
 arrived_lock = threading.Lock()
+requests = [0]
 LANES = 16
 
 
@@ -46,6 +47,7 @@ class Hook(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         now, wall = time.monotonic(), time.time()
         with arrived_lock:
+            requests[0] += 1
             for event in json.loads(body):
                 arrived.setdefault(event.get("subject"), now)
                 stamped.setdefault(event.get("subject"), (event.get("time"), wall))
@@ -172,6 +174,7 @@ timeout = "2s"
         total = rate * seconds
         first = 1_000_000
         sent = {}
+        late = {}
         sent_wall = {}
         errors = [0]
         phase = time.monotonic()
@@ -184,11 +187,19 @@ timeout = "2s"
                 if wait > 0:
                     time.sleep(wait)
                 key = f"DR-2026-{first + n:08d}"
-                sent[key] = time.monotonic()
+                # Latency counts from when the record was due, so a lane held
+                # up by a slow answer does not hide the delay (coordinated
+                # omission); how late sends were is reported.
+                now = time.monotonic()
+                sent[key] = due
+                late[key] = max(0.0, now - due)
                 sent_wall[key] = time.time()
-                if post(conn, first + n) != 200:
-                    errors[0] += 1
+                status = post(conn, first + n)
+                if status != 200:
+                    with arrived_lock:
+                        errors[0] += 1
 
+        requests_before = requests[0]
         lanes = [threading.Thread(target=client, args=(k,)) for k in range(LANES)]
         for t in lanes:
             t.start()
@@ -230,6 +241,8 @@ timeout = "2s"
             "missing": missing, "sending_s": round(sending, 2), "startup_s": round(startup, 2),
             "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": round(lat[-1], 1) if lat else None,
             "p50_to_gateway_stamp_ms": mid(before), "p50_stamp_to_subscriber_ms": mid(after),
+            "max_send_lateness_ms": round(max(late.values(), default=0) * 1000, 1),
+            "webhook_requests": requests[0] - requests_before,
         }))
     finally:
         for p in procs:
