@@ -73,6 +73,13 @@ def wait_listening(port, limit=60):
     sys.exit(f"nothing listening on {port} after {limit} s")
 
 
+def cpu_seconds(pid):
+    """User + system CPU of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def record(i):
     return {
         "registration_no": f"DR-2026-{i:08d}",
@@ -200,6 +207,7 @@ timeout = "2s"
                         errors[0] += 1
 
         requests_before = requests[0]
+        cpu_before = [cpu_seconds(p.pid) for p in procs]
         lanes = [threading.Thread(target=client, args=(k,)) for k in range(LANES)]
         for t in lanes:
             t.start()
@@ -212,6 +220,7 @@ timeout = "2s"
                 if all(k in arrived for k in sent):
                     break
             time.sleep(0.05)
+        cpu = [round(cpu_seconds(p.pid) - c, 2) for p, c in zip(procs, cpu_before)]
         with arrived_lock:
             lat = sorted((arrived[k] - t) * 1000 for k, t in sent.items() if k in arrived)
         missing = len(sent) - len(lat)
@@ -243,6 +252,7 @@ timeout = "2s"
             "p50_to_gateway_stamp_ms": mid(before), "p50_stamp_to_subscriber_ms": mid(after),
             "max_send_lateness_ms": round(max(late.values(), default=0) * 1000, 1),
             "webhook_requests": requests[0] - requests_before,
+            "cpu_s_router_gateway_sink": cpu,
         }))
     finally:
         for p in procs:
