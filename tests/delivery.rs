@@ -1437,19 +1437,8 @@ async fn exact_decimals_and_typed_row_filters_from_the_gateway_to_the_subscriber
     let creds_dir = tempfile::tempdir().unwrap();
     let (token, creds) = common::new_credential("market_regulation", creds_dir.path());
     let port = free_port();
-    let mut gateway = common::spawn(&[
-        "gateway",
-        "--bootstrap",
-        &bootstrap,
-        "--credentials",
-        creds.to_str().unwrap(),
-        "--catalog",
-        &dir,
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--topic-prefix",
-        d.topics.prefix(),
-    ]);
+    let mut gateway =
+        common::spawn_gateway(&bootstrap, &d.topics, &creds, port, &["--catalog", &dir]);
     wait_listening(port);
     let (_sink, _) = d.sink("sink", &[]);
 

@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{govbus_bin, repo, spawn};
+use common::{govbus_bin, repo};
 use govbus_kafka::topics::Topics;
 use govbus_testkit::{consumer_config, create_topic, unique, Broker};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -50,17 +50,7 @@ async fn publish_a_csv_through_the_gateway_and_the_router() {
         .unwrap()
         .port();
     let gateway_url = format!("http://127.0.0.1:{port}");
-    let mut gateway = spawn(&[
-        "gateway",
-        "--bootstrap",
-        &bootstrap,
-        "--credentials",
-        creds.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--topic-prefix",
-        topics.prefix(),
-    ]);
+    let mut gateway = common::spawn_gateway(&bootstrap, &topics, &creds, port, &[]);
     let mut router = common::spawn_router(&bootstrap, &topics, &[]);
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -170,17 +160,7 @@ fn unauthenticated_floods_do_not_grow_the_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let (_token, creds) = common::new_credential("hrss", dir.path());
     let port = common::free_port();
-    let mut gateway = spawn(&[
-        "gateway",
-        "--bootstrap",
-        &bootstrap,
-        "--credentials",
-        creds.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--topic-prefix",
-        topics.prefix(),
-    ]);
+    let mut gateway = common::spawn_gateway(&bootstrap, &topics, &creds, port, &[]);
     common::wait_listening(port);
     std::thread::sleep(Duration::from_secs(1));
     let before = rss_kib(gateway.id());

@@ -23,7 +23,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value as Avro;
-use common::{govbus_bin, repo, spawn, spawn_router};
+use common::{govbus_bin, repo, spawn_router};
 use govbus_kafka::headers as h;
 use govbus_kafka::read::Record;
 use govbus_kafka::topics::Topics;
@@ -551,17 +551,7 @@ async fn router_and_gateway(name: &str) -> (Topics, tempfile::TempDir, String, u
     let gateway_port = common::free_port();
     let children = Children(vec![
         spawn_router(&bootstrap, &topics, &[]),
-        spawn(&[
-            "gateway",
-            "--bootstrap",
-            &bootstrap,
-            "--credentials",
-            creds.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{gateway_port}"),
-            "--topic-prefix",
-            topics.prefix(),
-        ]),
+        common::spawn_gateway(&bootstrap, &topics, &creds, gateway_port, &[]),
     ]);
     common::wait_listening(gateway_port);
     (topics, dir, token, gateway_port, children)

@@ -348,18 +348,13 @@ async fn a_compatible_version_registered_at_run_time_persists_and_routes() {
     let dir = tempfile::tempdir().unwrap();
     let (token, creds) = common::new_credential("hrss", dir.path());
     let gw_port = free_port();
-    let mut gateway = spawn(&[
-        "gateway",
-        "--bootstrap",
+    let mut gateway = common::spawn_gateway(
         &bootstrap,
-        "--credentials",
-        creds.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{gw_port}"),
-        "--topic-prefix",
-        topics.prefix(),
-        "--follow-schema-log",
-    ]);
+        &topics,
+        &creds,
+        gw_port,
+        &["--follow-schema-log"],
+    );
     wait_listening(gw_port);
     let mut record: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("examples/records/hrss.pension_payment.json"))

@@ -176,6 +176,33 @@ pub fn spawn_router(bootstrap: &str, topics: &Topics, extra: &[&str]) -> Child {
     spawn(&args)
 }
 
+/// Starts a gateway on `bootstrap` in `topics`' namespace, listening on
+/// loopback `port` with the credentials file `creds`, plus `extra`
+/// arguments (e.g. `--catalog DIR`). The caller waits for it to listen.
+pub fn spawn_gateway(
+    bootstrap: &str,
+    topics: &Topics,
+    creds: &std::path::Path,
+    port: u16,
+    extra: &[&str],
+) -> Child {
+    let listen = format!("127.0.0.1:{port}");
+    let creds = creds.to_str().unwrap_or_default();
+    let mut args = vec![
+        "gateway",
+        "--bootstrap",
+        bootstrap,
+        "--credentials",
+        creds,
+        "--listen",
+        &listen,
+        "--topic-prefix",
+        topics.prefix(),
+    ];
+    args.extend(extra);
+    spawn(&args)
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -359,13 +359,15 @@ mod tests {
     #[test]
     fn an_unknown_schema_id_is_waited_for_once_until_the_catalog_changes() {
         let (a, b) = (SchemaId(900), SchemaId(901));
-        let mut w = SchemaWait::new(Duration::from_millis(50));
+        // Long enough that two back-to-back calls on a loaded machine stay
+        // inside it.
+        let mut w = SchemaWait::new(Duration::from_millis(500));
         let mut started = 0;
         // The wait starts once, and holds while it lasts.
         assert!(w.hold(&[a], || started += 1));
         assert!(w.hold(&[a], || started += 1));
         assert_eq!(started, 1);
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(520));
         // Past it: given up, and never held again for that id.
         assert!(!w.hold(&[a, b], || started += 1));
         assert!(w.given_up(&a) && w.given_up(&b));
