@@ -407,11 +407,16 @@ pub struct Table {
 impl Table {
     /// The value of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        Ok(self
-            .t
-            .get(key)
-            .map_err(storage)?
-            .map(|g| g.value().to_vec()))
+        self.get_with(key, <[u8]>::to_vec)
+    }
+
+    /// `f` of the value of `key`, read in place (no copy of the value).
+    pub fn get_with<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, StateError> {
+        Ok(self.t.get(key).map_err(storage)?.map(|g| f(g.value())))
     }
 
     /// Up to `limit` entries whose key starts with `prefix`, in key order.

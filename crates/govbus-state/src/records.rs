@@ -233,9 +233,7 @@ impl Records {
         let Some(t) = &self.0 else {
             return Ok(None);
         };
-        t.get(key.as_bytes())?
-            .map(|b| Entry::decode(&b))
-            .transpose()
+        t.get_with(key.as_bytes(), Entry::decode)?.transpose()
     }
 }
 
