@@ -1542,26 +1542,15 @@ mod tests {
             })
         );
         let bad = |text: &str, why| Err(FilterError::BadValue { text: t(text), why });
-        assert_eq!(
-            parse_predicate("x == 'a"),
-            bad("x == 'a", ValueError::UnbalancedQuotes(t("'a")))
-        );
-        assert_eq!(
-            parse_predicate("x == {}"),
-            bad("x == {}", ValueError::Object(t("{}")))
-        );
-        assert_eq!(
-            parse_predicate("x in [[1]]"),
-            bad("x in [[1]]", ValueError::Nested(t("[[1]]")))
-        );
-        assert_eq!(
-            parse_predicate("x in [a]"),
-            bad("x in [a]", ValueError::BadList(t("[a]")))
-        );
-        assert_eq!(
-            parse_predicate("x == a b"),
-            bad("x == a b", ValueError::NeedsQuotes(t("a b")))
-        );
+        for (text, why) in [
+            ("x == 'a", ValueError::UnbalancedQuotes(t("'a"))),
+            ("x == {}", ValueError::Object(t("{}"))),
+            ("x in [[1]]", ValueError::Nested(t("[[1]]"))),
+            ("x in [a]", ValueError::BadList(t("[a]"))),
+            ("x == a b", ValueError::NeedsQuotes(t("a b"))),
+        ] {
+            assert_eq!(parse_predicate(text), bad(text, why), "{text}");
+        }
         assert_eq!(
             parse_predicate("x == a b").unwrap_err().to_string(),
             "`x == a b`: `a b`: quote a value with spaces or symbols: \"...\""

@@ -1721,7 +1721,7 @@ mod tests {
     #[test]
     fn typed_answers_are_the_bytes_of_the_value_tree() {
         let data: Map<String, Json> = serde_json::from_str(
-            r#"{"zeta":"2","amount":1.50,"none":null,"name":"A \"q\" \u00e9"}"#,
+            r#"{"zeta":"2","amount":1.50,"big":12345678901234567,"none":null,"name":"A \"q\" \u00e9 \u001b[31m"}"#,
         )
         .unwrap();
         let rec = || Rendered {
