@@ -126,35 +126,87 @@ pub const IDLE_GAP: Duration = Duration::from_millis(2);
 /// `keep` turns each record into what the stage keeps of it.
 ///
 /// Cancel-safe in the way a stage needs: a batch dropped half collected
-/// stored no offsets, so its records come again after a restart.
+/// stored no offsets, so its records come again after a restart (but not
+/// from this consumer: a stage that goes on reading with it must not drop a
+/// batch half collected — see [`first_record`] and [`fill`], its halves).
 pub async fn next_batch<'c, C: ConsumerContext + 'static, T>(
     consumer: &'c StreamConsumer<C>,
     wait: Option<Duration>,
     max: usize,
     linger: Duration,
     fence: Option<&Revocations>,
-    mut keep: impl FnMut(BorrowedMessage<'c>) -> T,
+    keep: impl FnMut(BorrowedMessage<'c>) -> T,
 ) -> Vec<T> {
-    // Revocations seen when each record was fetched: the rebalance callback
+    match first_record(consumer, wait, fence).await {
+        Some(first) => fill(consumer, first, max, linger, fence, keep).await,
+        None => Vec::new(),
+    }
+}
+
+/// The first record of a batch, with the revocations seen when it was
+/// fetched (see [`first_record`]).
+pub struct First<'c> {
+    seen: u64,
+    message: BorrowedMessage<'c>,
+}
+
+impl std::fmt::Debug for First<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("First")
+            .field("topic", &self.message.topic())
+            .field("partition", &self.message.partition())
+            .field("offset", &self.message.offset())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first half of [`next_batch`]: waits `wait` for a first record
+/// (`None`: until one comes). `None` means idle, or a failed poll (logged,
+/// after a 200 ms pause). **Cancel-safe**: dropped before it returns, it
+/// took nothing from the consumer, so a stage may race it against other
+/// work (collect its next batch while the current one is delivered) and
+/// drop it when that work ends first.
+pub async fn first_record<'c, C: ConsumerContext + 'static>(
+    consumer: &'c StreamConsumer<C>,
+    wait: Option<Duration>,
+    fence: Option<&Revocations>,
+) -> Option<First<'c>> {
+    // Revocations seen when the record was fetched: the rebalance callback
     // runs inside `recv`, so a record returned after it belongs to the
     // assignment as it is after the change.
-    let seen = || fence.map_or(0, Revocations::seen);
     let first = match wait {
-        Some(wait) => match tokio::time::timeout(wait, consumer.recv()).await {
-            Err(_) => return Vec::new(),
-            Ok(r) => r,
-        },
+        Some(wait) => tokio::time::timeout(wait, consumer.recv()).await.ok()?,
         None => consumer.recv().await,
     };
-    let first = match first {
-        Ok(m) => m,
+    match first {
+        Ok(message) => Some(First {
+            seen: fence.map_or(0, Revocations::seen),
+            message,
+        }),
         Err(error) => {
             tracing::warn!(message = "Consume failed; retrying.", %error);
             tokio::time::sleep(Duration::from_millis(200)).await;
-            return Vec::new();
+            None
         }
-    };
-    let mut out = vec![(seen(), first)];
+    }
+}
+
+/// The second half of [`next_batch`]: from `first`, up to `max` records in
+/// all for at most `linger`, closing early when no record comes for
+/// [`IDLE_GAP`], fenced by `fence`. **Not cancel-safe** for a stage that
+/// goes on reading with the same consumer: the records it took are gone
+/// from the consumer's position, so once [`first_record`] returned, the
+/// batch is collected to its end.
+pub async fn fill<'c, C: ConsumerContext + 'static, T>(
+    consumer: &'c StreamConsumer<C>,
+    first: First<'c>,
+    max: usize,
+    linger: Duration,
+    fence: Option<&Revocations>,
+    mut keep: impl FnMut(BorrowedMessage<'c>) -> T,
+) -> Vec<T> {
+    let seen = || fence.map_or(0, Revocations::seen);
+    let mut out = vec![(first.seen, first.message)];
     let deadline = tokio::time::Instant::now() + linger;
     while out.len() < max {
         let until = deadline.min(tokio::time::Instant::now() + IDLE_GAP);
@@ -180,6 +232,55 @@ pub async fn next_batch<'c, C: ConsumerContext + 'static, T>(
         tracing::info!(message = "Left out records whose partition was revoked while the batch was collected; the partition's next owner processes them.", records = fetched - kept.len());
     }
     kept
+}
+
+/// Runs `work` (a batch's delivery) and meanwhile collects the next batch
+/// and hands it to `then` (which prepares it), so that reading and
+/// preparing overlap with the destination's work instead of waiting for
+/// it. The next batch is started only by a record that comes before `work`
+/// ends: until then nothing is taken from the consumer ([`first_record`] is
+/// cancel-safe) and the read is dropped; once a record is taken the batch
+/// is collected to its end ([`fill`]: up to `linger`), prepared, and
+/// returned with `work`'s output, to be processed next.
+///
+/// `work` and the read share one task: `then` should yield now and then
+/// so `work`'s replies are not kept waiting.
+///
+/// While the read runs, a rebalance can revoke the partitions of the batch
+/// `work` is delivering before its offsets are stored: their next owner
+/// processes that batch again (a repeat, at most one batch per membership
+/// change; nothing is lost).
+pub async fn while_reading_ahead<'c, C, T, W, N, P>(
+    work: W,
+    consumer: &'c StreamConsumer<C>,
+    max: usize,
+    linger: Duration,
+    fence: Option<&Revocations>,
+    keep: impl FnMut(BorrowedMessage<'c>) -> T,
+    then: impl FnOnce(Vec<T>) -> P,
+) -> (W::Output, Option<N>)
+where
+    C: ConsumerContext + 'static,
+    W: std::future::Future,
+    P: std::future::Future<Output = N>,
+{
+    let first = first_record(consumer, None, fence);
+    tokio::pin!(work);
+    tokio::pin!(first);
+    let first = tokio::select! {
+        biased;
+        out = &mut work => return (out, None),
+        first = &mut first => first,
+    };
+    let Some(first) = first else {
+        return (work.await, None);
+    };
+    let collect = async {
+        let batch = fill(consumer, first, max, linger, fence, keep).await;
+        then(batch).await
+    };
+    let (out, next) = tokio::join!(work, collect);
+    (out, Some(next))
 }
 
 #[cfg(test)]
@@ -249,5 +350,109 @@ mod tests {
         let last = r.seen();
         assert!(r.revoked_since(last - 1, "data.x", KEPT as i32 + 9));
         assert!(!r.revoked_since(last, "data.x", KEPT as i32 + 9));
+    }
+
+    /// A consumer of `n` records on the mock cluster's topic `t`.
+    async fn mock_with(
+        n: usize,
+    ) -> (
+        rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        StreamConsumer,
+    ) {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("t", 1, 1).expect("topic");
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .create()
+            .expect("producer");
+        for i in 0..n {
+            let v = i.to_string();
+            producer
+                .send(
+                    FutureRecord::<(), _>::to("t").payload(&v),
+                    Duration::from_secs(5),
+                )
+                .await
+                .expect("acknowledged");
+        }
+        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("group.id", "g")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        rdkafka::consumer::Consumer::subscribe(&consumer, &["t"]).expect("subscribe");
+        (mock, consumer)
+    }
+
+    fn offset(m: BorrowedMessage<'_>) -> i64 {
+        m.offset()
+    }
+
+    #[tokio::test]
+    async fn a_read_ahead_is_dropped_only_before_it_took_a_record_and_nothing_is_skipped() {
+        let (_mock, consumer) = mock_with(30).await;
+        let linger = Duration::from_millis(200);
+        // The first batch, as a stage takes it.
+        let first = next_batch(
+            &consumer,
+            Some(Duration::from_secs(10)),
+            10,
+            linger,
+            None,
+            offset,
+        )
+        .await;
+        assert_eq!(first, (0..10).collect::<Vec<i64>>());
+        // Work that ends at once: nothing read ahead, nothing taken.
+        let (out, ahead) = while_reading_ahead(
+            async { 7 },
+            &consumer,
+            10,
+            linger,
+            None,
+            offset,
+            |b| async { b },
+        )
+        .await;
+        assert_eq!((out, ahead), (7, None));
+        // Work that takes a while: the next batch is read meanwhile and
+        // handed over, prepared.
+        let (out, ahead) = while_reading_ahead(
+            tokio::time::sleep(Duration::from_millis(500)),
+            &consumer,
+            10,
+            linger,
+            None,
+            offset,
+            |b| async move { b.len() },
+        )
+        .await;
+        assert_eq!((out, ahead), ((), Some(10)));
+        // The consumer goes on right after the batch read ahead: no record
+        // skipped, none repeated.
+        let rest = next_batch(
+            &consumer,
+            Some(Duration::from_secs(10)),
+            100,
+            linger,
+            None,
+            offset,
+        )
+        .await;
+        assert_eq!(rest, (20..30).collect::<Vec<i64>>());
+        // At the end of the topic, work that ends first drops the waiting read.
+        let (out, ahead) = while_reading_ahead(
+            tokio::time::sleep(Duration::from_millis(100)),
+            &consumer,
+            10,
+            linger,
+            None,
+            offset,
+            |b| async move { b.len() },
+        )
+        .await;
+        assert_eq!((out, ahead), ((), None));
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use govbus_catalog::{Catalog, Dataset, SchemaId, SinkSpec, Subscription};
 use govbus_kafka::headers as h;
 use govbus_kafka::retry::Backoff;
-use govbus_kafka::stage::{blocking, next_batch, Revocations};
+use govbus_kafka::stage::{blocking, next_batch, while_reading_ahead, Revocations};
 use govbus_kafka::topics::Topics;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -605,15 +605,25 @@ impl Shared {
         // rebalance can revoke the held batch's partitions under it; one
         // that comes waits until it ends.
         let mut held: Option<Vec<Canonical>> = None;
+        // The next batch, collected and prepared while the last one was
+        // being delivered; it comes after `held`.
+        let mut ahead: Option<Staged> = None;
         let mut schema_wait = SchemaWait::default();
         loop {
-            let batch = match held.take() {
-                Some(b) => b,
-                None => tokio::select! {
-                    _ = shutdown.changed() => Vec::new(),
-                    b = next_batch(&consumer, Some(Duration::from_millis(250)), self.config.max_batch, self.config.linger, Some(&consumer.context().revocations), |m| Canonical::from_message(&m)) => b,
+            let staged = match held.take() {
+                Some(records) => Staged {
+                    records,
+                    prepared: None,
+                },
+                None => match ahead.take() {
+                    Some(s) => s,
+                    None => tokio::select! {
+                        _ = shutdown.changed() => Staged::default(),
+                        b = next_batch(&consumer, Some(Duration::from_millis(250)), self.config.max_batch, self.config.linger, Some(&consumer.context().revocations), |m| Canonical::from_message(&m)) => Staged { records: b, prepared: None },
+                    },
                 },
             };
+            let batch = staged.records;
             // The grant is checked at delivery time, on every batch. (The
             // catalog is taken first: a change after it is seen next batch.)
             let now = self.catalog.borrow().clone();
@@ -658,7 +668,15 @@ impl Shared {
                 }
                 continue;
             }
-            // Decoded with the catalog the policy was built from.
+            // Decoded with the catalog the policy was built from: what was
+            // prepared ahead under another catalog is prepared again.
+            let prepared: Vec<Prepared> = match staged.prepared {
+                Some((under, p)) if Arc::ptr_eq(&under, &catalog) => p,
+                _ => batch
+                    .iter()
+                    .map(|c| prepare(&catalog, &policy, c))
+                    .collect(),
+            };
             let mut deliveries: Vec<Delivery> = Vec::with_capacity(batch.len());
             let mut from: Vec<usize> = Vec::with_capacity(batch.len());
             let mut undecodable: Vec<(usize, String)> = Vec::new();
@@ -668,8 +686,8 @@ impl Shared {
             let mut unstorable: Vec<(usize, String)> = Vec::new();
             let keeps_state = sink.keeps_state();
             let mut unknown_schema: Vec<SchemaId> = Vec::new();
-            for (i, c) in batch.iter().enumerate() {
-                match prepare(&catalog, &policy, c) {
+            for (i, p) in prepared.into_iter().enumerate() {
+                match p {
                     Prepared::Deliver(d) => {
                         if let Some(why) = sink.unstorable(&d) {
                             unstorable.push((i, why));
@@ -762,7 +780,20 @@ impl Shared {
                 events: &deliveries,
                 shutdown,
             });
-            let Some(progress) = self.unless_stuck(&grace, delivering).await else {
+            // The next batch is read and prepared while this one is
+            // delivered (`stage::while_reading_ahead`).
+            let (progress, next) = while_reading_ahead(
+                self.unless_stuck(&grace, delivering),
+                &consumer,
+                self.config.max_batch,
+                self.config.linger,
+                Some(&consumer.context().revocations),
+                |m| Canonical::from_message(&m),
+                |records| prepare_ahead(&catalog, &policy, records),
+            )
+            .await;
+            ahead = next;
+            let Some(progress) = progress else {
                 if let Some(t) = &trace {
                     t.fail("stopped with the batch in hand; it is delivered again after a restart");
                 }
@@ -1028,6 +1059,32 @@ fn caught_up(consumer: &SubConsumer, topic: &str) -> bool {
         });
         all && read
     })
+}
+
+/// A batch in hand: its records and, when it was prepared ahead, what the
+/// policy made of each and under which catalog.
+#[derive(Default)]
+struct Staged {
+    records: Vec<Canonical>,
+    prepared: Option<(Arc<Catalog>, Vec<Prepared>)>,
+}
+
+/// Records prepared between two yields when a batch is prepared ahead.
+const PREPARE_SLICE: usize = 128;
+
+/// `records` prepared under `catalog` and `policy`, yielding between
+/// slices: it runs beside the delivery of the batch before, whose replies
+/// should not wait for a whole batch's decoding.
+async fn prepare_ahead(catalog: &Arc<Catalog>, policy: &Policy, records: Vec<Canonical>) -> Staged {
+    let mut prepared = Vec::with_capacity(records.len());
+    for slice in records.chunks(PREPARE_SLICE) {
+        prepared.extend(slice.iter().map(|c| prepare(catalog, policy, c)));
+        tokio::task::yield_now().await;
+    }
+    Staged {
+        records,
+        prepared: Some((catalog.clone(), prepared)),
+    }
 }
 
 fn store_offsets(consumer: &SubConsumer, topic: &str, settled: &[Canonical]) {

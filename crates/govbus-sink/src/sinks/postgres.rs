@@ -52,6 +52,19 @@ pub struct PgSink {
     /// Set when the table was brought in line with a new grant and rows
     /// written under an earlier one may remain: swept once caught up.
     sweep: bool,
+    /// The batch statements, prepared on the first batch (their text
+    /// depends only on the table and its columns, fixed while open).
+    statements: Option<Statements>,
+}
+
+/// The statements every batch runs, parsed and planned once per open
+/// instead of once per batch.
+#[derive(Debug, Clone)]
+struct Statements {
+    upsert: tokio_postgres::Statement,
+    delete: tokio_postgres::Statement,
+    tombstone: tokio_postgres::Statement,
+    offsets: tokio_postgres::Statement,
 }
 
 fn quote(ident: &str) -> String {
@@ -202,6 +215,7 @@ impl PgSink {
             topic: topic.to_owned(),
             policy: sub.policy_version.clone(),
             sweep: false,
+            statements: None,
         };
         let mut sink = sink;
         sink.migrate(schema).await?;
@@ -395,6 +409,88 @@ impl PgSink {
             .collect())
     }
 
+    /// The batch statements, prepared on first use (outside any
+    /// transaction: a prepared statement outlives the transaction it was
+    /// made in only if that one commits).
+    async fn statements(&mut self) -> Result<Statements, tokio_postgres::Error> {
+        if let Some(st) = &self.statements {
+            return Ok(st.clone());
+        }
+        let n = self.columns.len();
+        let names: Vec<String> = self.columns.iter().map(|(c, _)| quote(c)).collect();
+        let aliases: Vec<String> = (0..n + 6).map(|i| format!("c{i}")).collect();
+        let params: Vec<String> = (1..=n + 6).map(|i| format!("${i}::text[]")).collect();
+        let mut select: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ty))| format!("u.c{i}::{ty}"))
+            .collect();
+        select.push(format!("u.c{n}"));
+        select.push(format!("u.c{}::bigint", n + 1));
+        select.push(format!("u.c{}", n + 2));
+        select.push(format!("u.c{}", n + 3));
+        select.push(format!("u.c{}::timestamptz", n + 4));
+        select.push(format!("u.c{}", n + 5));
+        let mut all_cols = names;
+        all_cols.extend(
+            [
+                "_govbus_subject",
+                "_govbus_source_version",
+                "_govbus_event_id",
+                "_govbus_op",
+                "_govbus_time",
+                "_govbus_policy",
+            ]
+            .map(String::from),
+        );
+        let updates: Vec<String> = all_cols
+            .iter()
+            .filter(|c| c.as_str() != "_govbus_subject")
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        let upsert = format!(
+            "INSERT INTO {t} ({cols}) SELECT {select} FROM unnest({params}) AS u({aliases}) \
+             WHERE NOT EXISTS (SELECT 1 FROM {tomb} d WHERE d.subject = u.c{n} AND d.source_version >= u.c{v}::bigint) \
+             ON CONFLICT (_govbus_subject) DO UPDATE SET {updates} \
+             WHERE {t}._govbus_source_version < EXCLUDED._govbus_source_version \
+             OR {t}._govbus_policy IS DISTINCT FROM EXCLUDED._govbus_policy",
+            t = self.table,
+            cols = all_cols.join(", "),
+            select = select.join(", "),
+            params = params.join(", "),
+            aliases = aliases.join(", "),
+            tomb = self.tombstones,
+            v = n + 1,
+            updates = updates.join(", "),
+        );
+        let delete = format!(
+            "DELETE FROM {} t USING unnest($1::text[], $2::bigint[]) AS d(subject, v) \
+             WHERE t._govbus_subject = d.subject AND (t._govbus_source_version < d.v \
+             OR t._govbus_policy IS DISTINCT FROM $3)",
+            self.table
+        );
+        let tombstone = format!(
+            "INSERT INTO {t} (subject, source_version) SELECT d.s, d.v FROM unnest($1::text[], $2::bigint[], $3::bool[]) AS d(s, v, deleted) WHERE d.deleted \
+             ON CONFLICT (subject) DO UPDATE SET source_version = GREATEST({t}.source_version, EXCLUDED.source_version)",
+            t = self.tombstones
+        );
+        let offsets = format!(
+            "INSERT INTO {} (subscription, topic, partition, next_offset, policy_version) \
+             SELECT $1, $2, u.p, u.o, $5 FROM unnest($3::integer[], $4::bigint[]) AS u(p, o) \
+             ON CONFLICT (subscription, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, policy_version = EXCLUDED.policy_version",
+            self.offsets
+        );
+        let st = Statements {
+            upsert: self.client.prepare(&upsert).await?,
+            delete: self.client.prepare(&delete).await?,
+            tombstone: self.client.prepare(&tombstone).await?,
+            offsets: self.client.prepare(&offsets).await?,
+        };
+        self.statements = Some(st.clone());
+        Ok(st)
+    }
+
     /// Applies `events` and records `next_offsets` in one transaction;
     /// `before_commit` runs once the table has taken every statement (the
     /// ledger append), and the transaction commits only if it succeeds.
@@ -419,13 +515,14 @@ impl PgSink {
         let (upserts, deletes): (Vec<usize>, Vec<usize>) =
             idx.into_iter().partition(|&i| events[i].data.is_some());
 
+        let n = self.columns.len();
+        let st = self.statements().await?;
         let tx = self.client.transaction().await?;
         // Deferred constraints (and constraint triggers) are checked by each
         // statement, not at COMMIT: a table that refuses the batch does so
         // before the ledger records it.
         tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
         if !upserts.is_empty() {
-            let n = self.columns.len();
             let mut arrays: Vec<Vec<Option<String>>> =
                 vec![Vec::with_capacity(upserts.len()); n + 6];
             for &i in &upserts {
@@ -442,58 +539,11 @@ impl PgSink {
                 arrays[n + 4].push((!e.time.is_empty()).then(|| e.time.clone()));
                 arrays[n + 5].push(Some(self.policy.clone()));
             }
-            let names: Vec<String> = self.columns.iter().map(|(c, _)| quote(c)).collect();
-            let aliases: Vec<String> = (0..n + 6).map(|i| format!("c{i}")).collect();
-            let params: Vec<String> = (1..=n + 6).map(|i| format!("${i}::text[]")).collect();
-            let mut select: Vec<String> = self
-                .columns
-                .iter()
-                .enumerate()
-                .map(|(i, (_, ty))| format!("u.c{i}::{ty}"))
-                .collect();
-            select.push(format!("u.c{n}"));
-            select.push(format!("u.c{}::bigint", n + 1));
-            select.push(format!("u.c{}", n + 2));
-            select.push(format!("u.c{}", n + 3));
-            select.push(format!("u.c{}::timestamptz", n + 4));
-            select.push(format!("u.c{}", n + 5));
-            let mut all_cols = names.clone();
-            all_cols.extend(
-                [
-                    "_govbus_subject",
-                    "_govbus_source_version",
-                    "_govbus_event_id",
-                    "_govbus_op",
-                    "_govbus_time",
-                    "_govbus_policy",
-                ]
-                .map(String::from),
-            );
-            let updates: Vec<String> = all_cols
-                .iter()
-                .filter(|c| c.as_str() != "_govbus_subject")
-                .map(|c| format!("{c} = EXCLUDED.{c}"))
-                .collect();
-            let sql = format!(
-                "INSERT INTO {t} ({cols}) SELECT {select} FROM unnest({params}) AS u({aliases}) \
-                 WHERE NOT EXISTS (SELECT 1 FROM {tomb} d WHERE d.subject = u.c{n} AND d.source_version >= u.c{v}::bigint) \
-                 ON CONFLICT (_govbus_subject) DO UPDATE SET {updates} \
-                 WHERE {t}._govbus_source_version < EXCLUDED._govbus_source_version \
-                 OR {t}._govbus_policy IS DISTINCT FROM EXCLUDED._govbus_policy",
-                t = self.table,
-                cols = all_cols.join(", "),
-                select = select.join(", "),
-                params = params.join(", "),
-                aliases = aliases.join(", "),
-                tomb = self.tombstones,
-                v = n + 1,
-                updates = updates.join(", "),
-            );
             let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
                 .iter()
                 .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
                 .collect();
-            tx.execute(&sql, &refs).await?;
+            tx.execute(&st.upsert, &refs).await?;
         }
         if !deletes.is_empty() {
             let subjects: Vec<String> =
@@ -509,34 +559,22 @@ impl PgSink {
                 .iter()
                 .map(|&i| events[i].op != crate::event::OUT_OF_SCOPE)
                 .collect();
-            tx.execute(
-                &format!(
-                    "DELETE FROM {} t USING unnest($1::text[], $2::bigint[]) AS d(subject, v) \
-                     WHERE t._govbus_subject = d.subject AND (t._govbus_source_version < d.v \
-                     OR t._govbus_policy IS DISTINCT FROM $3)",
-                    self.table
-                ),
-                &[&subjects, &versions, &self.policy],
-            )
-            .await?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO {} (subject, source_version) SELECT d.s, d.v FROM unnest($1::text[], $2::bigint[], $3::bool[]) AS d(s, v, deleted) WHERE d.deleted \
-                     ON CONFLICT (subject) DO UPDATE SET source_version = GREATEST({}.source_version, EXCLUDED.source_version)",
-                    self.tombstones, self.tombstones
-                ),
-                &[&subjects, &versions, &deleted],
-            )
-            .await?;
+            tx.execute(&st.delete, &[&subjects, &versions, &self.policy])
+                .await?;
+            tx.execute(&st.tombstone, &[&subjects, &versions, &deleted])
+                .await?;
         }
-        for (partition, next) in next_offsets {
+        if !next_offsets.is_empty() {
+            let (partitions, next): (Vec<i32>, Vec<i64>) = next_offsets.iter().copied().unzip();
             tx.execute(
-                &format!(
-                    "INSERT INTO {} (subscription, topic, partition, next_offset, policy_version) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (subscription, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, policy_version = EXCLUDED.policy_version",
-                    self.offsets
-                ),
-                &[&self.subscription, &self.topic, partition, next, &self.policy],
+                &st.offsets,
+                &[
+                    &self.subscription,
+                    &self.topic,
+                    &partitions,
+                    &next,
+                    &self.policy,
+                ],
             )
             .await?;
         }

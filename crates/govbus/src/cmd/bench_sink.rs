@@ -240,6 +240,39 @@ async fn delivery_phase(
     Ok(phase)
 }
 
+/// The limit of the PostgreSQL phase: the rows the sink wrote, copied out
+/// and written again with one plain binary `COPY` into an empty table of
+/// the same shape (its primary key and indexes included), from the first
+/// byte sent to the server's acknowledgement of the COPY.
+async fn copy_limit(client: &tokio_postgres::Client, schema: &str) -> anyhow::Result<Phase> {
+    use futures_util::{SinkExt as _, TryStreamExt as _};
+    let from = format!("\"{schema}\".pensions");
+    let to = format!("\"{schema}\".pensions_copy");
+    client
+        .batch_execute(&format!("CREATE TABLE {to} (LIKE {from} INCLUDING ALL)"))
+        .await?;
+    let out = client
+        .copy_out(&format!("COPY {from} TO STDOUT (FORMAT binary)"))
+        .await?;
+    let chunks: Vec<Bytes> = out.try_collect().await?;
+    let (t0, cpu0) = (Instant::now(), cpu_seconds());
+    let sink = client
+        .copy_in(&format!("COPY {to} FROM STDIN (FORMAT binary)"))
+        .await?;
+    let mut sink = std::pin::pin!(sink);
+    for c in chunks {
+        sink.feed(c).await?;
+    }
+    let rows = sink.as_mut().finish().await?;
+    Ok(Phase {
+        name: "plain COPY of the same rows into an empty table (the PostgreSQL sink's limit)"
+            .into(),
+        seconds: t0.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - cpu0,
+        records: usize::try_from(rows).unwrap_or(0),
+    })
+}
+
 async fn sse_client(port: u16, want: usize) -> anyhow::Result<usize> {
     sse_client_from(port, "?from=beginning", want).await
 }
@@ -475,6 +508,8 @@ async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
             .await?
             .get(0);
         eprintln!("PostgreSQL table holds {rows} rows");
+        eprintln!("phase 5b: plain COPY of the same rows (the PostgreSQL sink's limit)");
+        phases.push(copy_limit(&client, &schema).await?);
         client
             .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
             .await?;
@@ -490,6 +525,19 @@ async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
             p.rate(),
             p.cpu / p.records.max(1) as f64 * 1e6,
             p.rate() / phases[0].rate() * 100.0
+        );
+    }
+    if let (Some(pg), Some(copy)) = (
+        phases
+            .iter()
+            .find(|p| p.name.starts_with("PostgreSQL sink")),
+        phases.iter().find(|p| p.name.starts_with("plain COPY")),
+    ) {
+        println!(
+            "\nPostgreSQL sink against a plain COPY of the same rows: {:.0} % ({:.0} of {:.0} rows/s).",
+            pg.rate() / copy.rate() * 100.0,
+            pg.rate(),
+            copy.rate()
         );
     }
     println!("\nRSS after the webhook phase: {rss:.0} MiB (peak {hwm:.0} MiB, includes the record generator and the receiver).");
