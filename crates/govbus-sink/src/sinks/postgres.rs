@@ -418,8 +418,12 @@ impl PgSink {
         }
         let n = self.columns.len();
         let names: Vec<String> = self.columns.iter().map(|(c, _)| quote(c)).collect();
-        let aliases: Vec<String> = (0..n + 6).map(|i| format!("c{i}")).collect();
-        let params: Vec<String> = (1..=n + 6).map(|i| format!("${i}::text[]")).collect();
+        // $1..$n the delivered fields, then subject, event id, op and time
+        // (all text[]), the source versions (bigint[]) and the policy
+        // version (one text for the whole batch).
+        let aliases: Vec<String> = (0..n + 5).map(|i| format!("c{i}")).collect();
+        let mut params: Vec<String> = (1..=n + 4).map(|i| format!("${i}::text[]")).collect();
+        params.push(format!("${}::bigint[]", n + 5));
         let mut select: Vec<String> = self
             .columns
             .iter()
@@ -427,11 +431,11 @@ impl PgSink {
             .map(|(i, (_, ty))| format!("u.c{i}::{ty}"))
             .collect();
         select.push(format!("u.c{n}"));
-        select.push(format!("u.c{}::bigint", n + 1));
+        select.push(format!("u.c{}", n + 4));
+        select.push(format!("u.c{}", n + 1));
         select.push(format!("u.c{}", n + 2));
-        select.push(format!("u.c{}", n + 3));
-        select.push(format!("u.c{}::timestamptz", n + 4));
-        select.push(format!("u.c{}", n + 5));
+        select.push(format!("u.c{}::timestamptz", n + 3));
+        select.push(format!("${}::text", n + 6));
         let mut all_cols = names;
         all_cols.extend(
             [
@@ -451,7 +455,7 @@ impl PgSink {
             .collect();
         let upsert = format!(
             "INSERT INTO {t} ({cols}) SELECT {select} FROM unnest({params}) AS u({aliases}) \
-             WHERE NOT EXISTS (SELECT 1 FROM {tomb} d WHERE d.subject = u.c{n} AND d.source_version >= u.c{v}::bigint) \
+             WHERE NOT EXISTS (SELECT 1 FROM {tomb} d WHERE d.subject = u.c{n} AND d.source_version >= u.c{v}) \
              ON CONFLICT (_govbus_subject) DO UPDATE SET {updates} \
              WHERE {t}._govbus_source_version < EXCLUDED._govbus_source_version \
              OR {t}._govbus_policy IS DISTINCT FROM EXCLUDED._govbus_policy",
@@ -461,7 +465,7 @@ impl PgSink {
             params = params.join(", "),
             aliases = aliases.join(", "),
             tomb = self.tombstones,
-            v = n + 1,
+            v = n + 4,
             updates = updates.join(", "),
         );
         let delete = format!(
@@ -522,29 +526,38 @@ impl PgSink {
         // statement, not at COMMIT: a table that refuses the batch does so
         // before the ledger records it.
         tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
-        if !upserts.is_empty() {
-            let mut arrays: Vec<Vec<Option<String>>> =
-                vec![Vec::with_capacity(upserts.len()); n + 6];
-            for &i in &upserts {
+        // In slices sent one after another without waiting: the server
+        // writes one slice while the next is encoded (one transaction, in
+        // order; each key is in one slice only).
+        let columns = &self.columns;
+        let policy = &self.policy;
+        let upsert = &st.upsert;
+        let tx_ref = &tx;
+        let slices = upserts.chunks(UPSERT_SLICE).map(|slice| async move {
+            let mut texts: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(slice.len()); n + 4];
+            let mut versions: Vec<i64> = Vec::with_capacity(slice.len());
+            for &i in slice {
                 let e = &events[i];
                 let data = e.data.as_ref();
-                for (c, (name, ty)) in self.columns.iter().enumerate() {
+                for (c, (name, ty)) in columns.iter().enumerate() {
                     let v = data.and_then(|d| d.get(name));
-                    arrays[c].push(if ty == "jsonb" { json_text(v) } else { text(v) });
+                    texts[c].push(if ty == "jsonb" { json_text(v) } else { text(v) });
                 }
-                arrays[n].push(Some(e.subject.clone()));
-                arrays[n + 1].push(Some(e.source_version.to_string()));
-                arrays[n + 2].push(Some(e.id.clone()));
-                arrays[n + 3].push(Some(e.op.clone()));
-                arrays[n + 4].push((!e.time.is_empty()).then(|| e.time.clone()));
-                arrays[n + 5].push(Some(self.policy.clone()));
+                texts[n].push(Some(e.subject.clone()));
+                texts[n + 1].push(Some(e.id.clone()));
+                texts[n + 2].push(Some(e.op.clone()));
+                texts[n + 3].push((!e.time.is_empty()).then(|| e.time.clone()));
+                versions.push(i64::try_from(e.source_version).unwrap_or(i64::MAX));
             }
-            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+            let mut refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = texts
                 .iter()
                 .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
                 .collect();
-            tx.execute(&st.upsert, &refs).await?;
-        }
+            refs.push(&versions);
+            refs.push(policy);
+            tx_ref.execute(upsert, &refs).await
+        });
+        futures_util::future::try_join_all(slices).await?;
         if !deletes.is_empty() {
             let subjects: Vec<String> =
                 deletes.iter().map(|&i| events[i].subject.clone()).collect();
@@ -583,6 +596,10 @@ impl PgSink {
         Ok(())
     }
 }
+
+/// Rows per upsert statement: a batch's slices are sent back to back, so
+/// the server writes one while the next is encoded.
+const UPSERT_SLICE: usize = 500;
 
 /// Why a batch did not reach the table.
 #[derive(Debug, thiserror::Error)]
