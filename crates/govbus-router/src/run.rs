@@ -399,7 +399,7 @@ impl Router {
             self.settle(&producer, &consumer, b).await;
         }
         if self.config.mode == Mode::AtLeastOnce {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
+            match blocking(|| consumer.commit_consumer_state(CommitMode::Sync)) {
                 // NoOffset: nothing was stored since the last commit.
                 Ok(())
                 | Err(rdkafka::error::KafkaError::ConsumerCommit(

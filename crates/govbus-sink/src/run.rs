@@ -331,7 +331,9 @@ impl ConsumerContext for LagContext {
     ) {
         self.revocations.on_rebalance(rebalance);
         if let rdkafka::consumer::Rebalance::Revoke(_) = rebalance {
-            match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            // A round trip to the coordinator, inside the poll of the
+            // subscription's task: off the async worker.
+            match blocking(|| consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)) {
                 Ok(())
                 | Err(rdkafka::error::KafkaError::ConsumerCommit(
                     rdkafka::types::RDKafkaErrorCode::NoOffset,
