@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use govbus_catalog::{Catalog, SchemaId};
 use govbus_kafka::headers as h;
 use rdkafka::message::{BorrowedMessage, Message};
-use serde_json::{json, Map, Value as Json};
+use serde_json::{Map, Value as Json};
 
 use crate::decode::{self, DecodeError};
 use crate::policy::Policy;
@@ -142,33 +142,59 @@ impl Delivery {
     /// The CloudEvents structured-mode JSON (one element of a batch).
     /// Extensions: `op`, `sourceversion`, `policyversion`.
     pub fn cloudevent(&self, policy_version: &str) -> Json {
-        let mut ce = json!({
-            "specversion": "1.0",
-            "id": self.id,
-            "source": self.source,
-            "type": self.dataset,
-            "subject": self.subject,
-            "time": self.time,
-            "datacontenttype": "application/json",
-            "op": self.op,
-            "sourceversion": self.source_version.to_string(),
-            "policyversion": policy_version,
-        });
-        if let Json::Object(o) = &mut ce {
-            // `time` is optional, and an empty one is not a timestamp (a
-            // record written to the topic without `ce_time`, not by the router).
-            if self.time.is_empty() {
-                o.remove("time");
-            }
-            if let Some(tp) = &self.traceparent {
-                o.insert("traceparent".into(), govbus_trace::as_str(tp).into());
-            }
-            if let Some(data) = &self.data {
-                o.insert("data".into(), Json::Object(data.clone()));
-            }
-        }
-        ce
+        serde_json::to_value(self.cloudevent_ref(policy_version)).unwrap_or(Json::Null)
     }
+
+    /// [`Delivery::cloudevent`] borrowed from the delivery, to serialize
+    /// straight into a body, a file or a stream (no `Value` tree, no copy of
+    /// `data`): the same bytes as serializing `cloudevent`.
+    pub fn cloudevent_ref<'a>(&'a self, policy_version: &'a str) -> CloudEvent<'a> {
+        CloudEvent {
+            data: self.data.as_ref(),
+            datacontenttype: "application/json",
+            id: &self.id,
+            op: &self.op,
+            policyversion: policy_version,
+            source: &self.source,
+            sourceversion: self.source_version,
+            specversion: "1.0",
+            subject: &self.subject,
+            time: &self.time,
+            traceparent: self.traceparent.as_ref().map(govbus_trace::as_str),
+            r#type: &self.dataset,
+        }
+    }
+}
+
+/// A delivery as a structured-mode CloudEvent, borrowed
+/// ([`Delivery::cloudevent_ref`]). Members are declared in the order a JSON
+/// map writes them (alphabetical), so its bytes are those of the `Value`.
+#[derive(Debug, serde::Serialize)]
+pub struct CloudEvent<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a Map<String, Json>>,
+    datacontenttype: &'static str,
+    id: &'a str,
+    op: &'a str,
+    policyversion: &'a str,
+    source: &'a str,
+    /// A string in the event (a CloudEvents extension attribute).
+    #[serde(serialize_with = "as_decimal_string")]
+    sourceversion: u64,
+    specversion: &'static str,
+    subject: &'a str,
+    /// Optional, and an empty one is not a timestamp (a record written to
+    /// the topic without `ce_time`, not by the router).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    time: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+    #[serde(rename = "type")]
+    r#type: &'a str,
+}
+
+fn as_decimal_string<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 /// What the policy made of a canonical record.
@@ -355,6 +381,75 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The event as it was built before `CloudEvent`: a `Value` map.
+    fn as_value_tree(d: &Delivery, policy_version: &str) -> Json {
+        let mut ce = json!({
+            "specversion": "1.0",
+            "id": d.id,
+            "source": d.source,
+            "type": d.dataset,
+            "subject": d.subject,
+            "time": d.time,
+            "datacontenttype": "application/json",
+            "op": d.op,
+            "sourceversion": d.source_version.to_string(),
+            "policyversion": policy_version,
+        });
+        if let Json::Object(o) = &mut ce {
+            if d.time.is_empty() {
+                o.remove("time");
+            }
+            if let Some(tp) = &d.traceparent {
+                o.insert("traceparent".into(), govbus_trace::as_str(tp).into());
+            }
+            if let Some(data) = &d.data {
+                o.insert("data".into(), Json::Object(data.clone()));
+            }
+        }
+        ce
+    }
+
+    #[test]
+    fn a_cloudevent_written_from_the_delivery_is_the_bytes_of_the_value_tree() {
+        let data: Map<String, Json> = serde_json::from_str(
+            r#"{"amount":"3251.5000","n":12345678901234567,"name":"张*\"\u0001","z":null,"nested":{"b":[1,2.5e3],"a":true}}"#,
+        )
+        .unwrap_or_default();
+        let tp = *b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let full = Delivery {
+            id: "ev-1".into(),
+            source: "/departments/hrss".into(),
+            dataset: "hrss.pension_payment".into(),
+            subject: "P\"1\u{7f}".into(),
+            time: "2026-11-30T08:00:00.000Z".into(),
+            op: "update".into(),
+            source_version: u64::MAX,
+            data: Some(data),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: 0,
+            traceparent: Some(tp),
+        };
+        let bare = Delivery {
+            time: String::new(),
+            data: None,
+            traceparent: None,
+            op: "delete".into(),
+            source_version: 0,
+            ..full.clone()
+        };
+        for d in [&full, &bare] {
+            let typed = serde_json::to_vec(&d.cloudevent_ref("pv-2")).unwrap_or_default();
+            let tree = serde_json::to_vec(&as_value_tree(d, "pv-2")).unwrap_or_default();
+            assert_eq!(
+                String::from_utf8_lossy(&typed),
+                String::from_utf8_lossy(&tree)
+            );
+            assert_eq!(d.cloudevent("pv-2"), as_value_tree(d, "pv-2"));
+        }
+    }
 
     #[test]
     fn an_unknown_schema_id_is_waited_for_once_until_the_catalog_changes() {

@@ -692,7 +692,9 @@ async fn stream(
                     match prepared {
                         Prepared::Deliver(mut d) => {
                             d.continue_in(trace.as_ref());
-                            let data = d.cloudevent(&sub.policy_version).to_string();
+                            let data =
+                                serde_json::to_string(&d.cloudevent_ref(&sub.policy_version))
+                                    .unwrap_or_default();
                             let event = Event::default()
                                 .id(format_cursor(&ahead))
                                 .event(d.op.clone())

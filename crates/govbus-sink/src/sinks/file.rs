@@ -135,7 +135,7 @@ impl FileSink {
             FileFormat::Jsonl => {
                 let mut buf = Vec::new();
                 for e in events {
-                    serde_json::to_writer(&mut buf, &e.cloudevent(policy_version))?;
+                    serde_json::to_writer(&mut buf, &e.cloudevent_ref(policy_version))?;
                     buf.push(b'\n');
                 }
                 Ok(buf)

@@ -406,12 +406,12 @@ impl Sink for Arc<Webhook> {
             }
             let ids: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
             let msg_id = message_id(&sub.id, &ids);
-            let body = serde_json::to_vec(&serde_json::Value::Array(
-                chunk
+            let body = serde_json::to_vec(
+                &chunk
                     .iter()
-                    .map(|e| e.cloudevent(&sub.policy_version))
-                    .collect(),
-            ))
+                    .map(|e| e.cloudevent_ref(&sub.policy_version))
+                    .collect::<Vec<_>>(),
+            )
             .unwrap_or_default();
             let body = Arc::new(body);
             // The request's own `traceparent`: its first event's (each
