@@ -246,10 +246,13 @@ pub async fn fill<'c, C: ConsumerContext + 'static, T>(
 /// `work` and the read share one task: `then` should yield now and then
 /// so `work`'s replies are not kept waiting.
 ///
-/// While the read runs, a rebalance can revoke the partitions of the batch
-/// `work` is delivering before its offsets are stored: their next owner
-/// processes that batch again (a repeat, at most one batch per membership
-/// change; nothing is lost).
+/// **Only for a consumer assigned its partitions, not a group member.** The
+/// read polls the consumer, and a poll serves a rebalance: a group member
+/// would give up the partitions of the batch `work` is still delivering,
+/// and their next owner would deliver the same records again *while*
+/// `work` still delivers them — a late write landing after newer versions
+/// of the same keys, per-key order broken downstream. A group member that
+/// does not poll while it delivers makes the group wait for it instead.
 pub async fn while_reading_ahead<'c, C, T, W, N, P>(
     work: W,
     consumer: &'c StreamConsumer<C>,

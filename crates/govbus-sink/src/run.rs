@@ -608,10 +608,22 @@ impl Shared {
         // that comes waits until it ends.
         let mut held: Option<Vec<Canonical>> = None;
         // The next batch, collected and prepared while the last one was
-        // being delivered; it comes after `held`.
+        // being delivered; it comes after `held`. Only a sink assigned its
+        // partitions reads ahead: a group member that polls while it
+        // delivers serves a revocation in the middle of the delivery, and
+        // the partition's next owner would deliver the same records again
+        // *while* this one still delivers them (a late retry landing after
+        // newer versions: per-key order broken at the subscriber). Without
+        // a poll, the group waits for the batch to be settled first.
+        let read_ahead = own_offsets;
         let mut ahead: Option<Staged> = None;
         let mut schema_wait = SchemaWait::default();
         loop {
+            // A stop is seen between batches even while a backlog keeps
+            // the next batch in hand (read ahead: never stored, dropped).
+            if *shutdown.borrow() {
+                return Ended::Shutdown;
+            }
             let staged = match held.take() {
                 Some(records) => Staged {
                     records,
@@ -782,19 +794,25 @@ impl Shared {
                 events: &deliveries,
                 shutdown,
             });
-            // The next batch is read and prepared while this one is
-            // delivered (`stage::while_reading_ahead`).
-            let (progress, next) = while_reading_ahead(
-                self.unless_stuck(&grace, delivering),
-                &consumer,
-                self.config.max_batch,
-                self.config.linger,
-                Some(&consumer.context().revocations),
-                |m| Canonical::from_message(&m),
-                |records| prepare_ahead(&catalog, &policy, records),
-            )
-            .await;
-            ahead = next;
+            // A sink assigned its partitions reads and prepares the next
+            // batch while this one is delivered (`stage::while_reading_ahead`).
+            let delivering = self.unless_stuck(&grace, delivering);
+            let progress = if read_ahead {
+                let (progress, next) = while_reading_ahead(
+                    delivering,
+                    &consumer,
+                    self.config.max_batch,
+                    self.config.linger,
+                    Some(&consumer.context().revocations),
+                    |m| Canonical::from_message(&m),
+                    |records| prepare_ahead(&catalog, &policy, records),
+                )
+                .await;
+                ahead = next;
+                progress
+            } else {
+                delivering.await
+            };
             let Some(progress) = progress else {
                 if let Some(t) = &trace {
                     t.fail("stopped with the batch in hand; it is delivered again after a restart");

@@ -174,28 +174,6 @@ impl FileSink {
         self.roll_if_due()
     }
 
-    /// [`FileSink::write`] for the engine: encoded on the task, appended
-    /// and fsynced on the blocking pool (through a second handle of the
-    /// open file), so that the task's other work — the engine reading and
-    /// preparing the next batch — goes on during the fsync instead of
-    /// being held by it.
-    async fn append(&mut self, events: &[Delivery], policy_version: &str) -> std::io::Result<()> {
-        let buf = self.encode(events, policy_version)?;
-        // Opening a file fsyncs the directory: off the async worker too.
-        let mut file =
-            govbus_kafka::stage::blocking(|| self.start().and_then(|o| o.file.try_clone()))?;
-        tokio::task::spawn_blocking(move || {
-            file.write_all(&buf)?;
-            file.sync_data()
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        if let Some(o) = self.open.as_mut() {
-            o.records += events.len();
-        }
-        govbus_kafka::stage::blocking(|| self.roll_if_due())
-    }
-
     /// Closes the open file if it is full or older than the roll interval.
     pub fn roll_if_due(&mut self) -> std::io::Result<()> {
         let due = self.open.as_ref().is_some_and(|o| {
@@ -227,7 +205,8 @@ impl Sink for FileSink {
 
     async fn deliver(&mut self, batch: Batch<'_>) -> Progress {
         let sub = batch.policy.subscription();
-        match self.append(batch.events, &sub.policy_version).await {
+        // Appends and fsyncs: off the async worker.
+        match govbus_kafka::stage::blocking(|| self.write(batch.events, &sub.policy_version)) {
             Ok(()) => Progress::all(batch.events.len()),
             Err(e) => Progress::failed(format!("file sink: {e}")),
         }
