@@ -393,69 +393,54 @@ mod tests {
         m.offset()
     }
 
+    const LINGER: Duration = Duration::from_millis(200);
+
+    /// The next batch of up to `max` offsets, as a stage takes it.
+    async fn batch(consumer: &StreamConsumer, max: usize) -> Vec<i64> {
+        next_batch(
+            consumer,
+            Some(Duration::from_secs(10)),
+            max,
+            LINGER,
+            None,
+            offset,
+        )
+        .await
+    }
+
+    /// What is read ahead while `work` runs (its offsets, untouched).
+    async fn read_during(
+        consumer: &StreamConsumer,
+        work: impl std::future::Future<Output = ()>,
+    ) -> Option<Vec<i64>> {
+        let ((), ahead) = while_reading_ahead(
+            work,
+            consumer,
+            10,
+            LINGER,
+            None,
+            offset,
+            |b| async move { b },
+        )
+        .await;
+        ahead
+    }
+
     #[tokio::test]
     async fn a_read_ahead_is_dropped_only_before_it_took_a_record_and_nothing_is_skipped() {
         let (_mock, consumer) = mock_with(30).await;
-        let linger = Duration::from_millis(200);
-        // The first batch, as a stage takes it.
-        let first = next_batch(
-            &consumer,
-            Some(Duration::from_secs(10)),
-            10,
-            linger,
-            None,
-            offset,
-        )
-        .await;
-        assert_eq!(first, (0..10).collect::<Vec<i64>>());
+        assert_eq!(batch(&consumer, 10).await, (0..10).collect::<Vec<i64>>());
         // Work that ends at once: nothing read ahead, nothing taken.
-        let (out, ahead) = while_reading_ahead(
-            async { 7 },
-            &consumer,
-            10,
-            linger,
-            None,
-            offset,
-            |b| async { b },
-        )
-        .await;
-        assert_eq!((out, ahead), (7, None));
+        assert_eq!(read_during(&consumer, async {}).await, None);
         // Work that takes a while: the next batch is read meanwhile and
-        // handed over, prepared.
-        let (out, ahead) = while_reading_ahead(
-            tokio::time::sleep(Duration::from_millis(500)),
-            &consumer,
-            10,
-            linger,
-            None,
-            offset,
-            |b| async move { b.len() },
-        )
-        .await;
-        assert_eq!((out, ahead), ((), Some(10)));
+        // handed over.
+        let ahead = read_during(&consumer, tokio::time::sleep(Duration::from_millis(500))).await;
+        assert_eq!(ahead, Some((10..20).collect()));
         // The consumer goes on right after the batch read ahead: no record
         // skipped, none repeated.
-        let rest = next_batch(
-            &consumer,
-            Some(Duration::from_secs(10)),
-            100,
-            linger,
-            None,
-            offset,
-        )
-        .await;
-        assert_eq!(rest, (20..30).collect::<Vec<i64>>());
+        assert_eq!(batch(&consumer, 100).await, (20..30).collect::<Vec<i64>>());
         // At the end of the topic, work that ends first drops the waiting read.
-        let (out, ahead) = while_reading_ahead(
-            tokio::time::sleep(Duration::from_millis(100)),
-            &consumer,
-            10,
-            linger,
-            None,
-            offset,
-            |b| async move { b.len() },
-        )
-        .await;
-        assert_eq!((out, ahead), ((), None));
+        let ahead = read_during(&consumer, tokio::time::sleep(Duration::from_millis(100))).await;
+        assert_eq!(ahead, None);
     }
 }
