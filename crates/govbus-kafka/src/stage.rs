@@ -18,6 +18,9 @@
 
 use std::time::Duration;
 
+pub mod engine;
+pub use engine::{run, Fenced, NoReadAhead, Options, Prepare, Settled, Stage};
+
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use govbus_kafka::config as kconfig;
 use govbus_kafka::headers as h;
 use govbus_kafka::retry::Backoff;
-use govbus_kafka::stage::{blocking, next_batch, Revocations};
+use govbus_kafka::stage::{self, blocking, Fenced, NoReadAhead, Revocations, Settled, Stage};
 use govbus_kafka::topics::Topics;
 use govbus_validate::{Context, Engine};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -101,6 +101,92 @@ impl ConsumerContext for RouterContext {
     }
 }
 
+impl Fenced for RouterContext {
+    fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+}
+
+/// The router as a stage of the engine: the consumer's batches decided and
+/// written, with the producer and the schema log it writes and follows.
+struct Routing<'r, 'c> {
+    router: &'r Router,
+    _records: std::marker::PhantomData<BorrowedMessage<'c>>,
+    consumer: &'r StreamConsumer<RouterContext>,
+    /// Replaced after a transaction that failed beyond an abort.
+    producer: FutureProducer,
+    schema_log: Option<Arc<govbus_kafka::schema_log::Tail>>,
+}
+
+/// A batch the router started.
+enum Routed {
+    /// At least once: written, acknowledgements pending.
+    InFlight(InFlight),
+    /// Transactional: committed with its offsets (`records` of them).
+    Committed(usize),
+    /// Transactional: aborted; read again.
+    Aborted,
+}
+
+impl<'c> Stage for Routing<'_, 'c> {
+    type Record = BorrowedMessage<'c>;
+    type Started = Routed;
+    type Stop = RouterError;
+    type Preparer = NoReadAhead;
+
+    async fn start(
+        &mut self,
+        batch: Vec<BorrowedMessage<'c>>,
+        _prepared: Option<()>,
+    ) -> Result<Routed, RouterError> {
+        let router = self.router;
+        // A schema id this engine does not know may have just been
+        // registered: apply the log up to its end before dead-lettering.
+        if let Some(log) = &self.schema_log {
+            let engine = router.engine();
+            if batch.iter().any(|m| unknown_schema(&engine, m.payload())) {
+                let log = log.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || log.catch_up(Duration::from_secs(5))).await;
+            }
+        }
+        if router.config.mode == Mode::AtLeastOnce {
+            return Ok(Routed::InFlight(
+                router.start_batch(&self.producer, batch).await,
+            ));
+        }
+        let trace = batch_spans();
+        let Err(error) = router
+            .route_transaction(&self.producer, self.consumer, &batch, trace.as_ref())
+            .await
+        else {
+            return Ok(Routed::Committed(batch.len()));
+        };
+        if let Some(t) = &trace {
+            t.fail("the transaction failed; the batch is routed again");
+        }
+        tracing::warn!(message = "Transaction failed; rewinding the batch.", %error);
+        let limit = Timeout::After(router.config.transaction_timeout);
+        if error.rdkafka_error_code().is_none()
+            || !matches!(blocking(|| self.producer.abort_transaction(limit)), Ok(()))
+        {
+            // librdkafka lacks KIP-890: after a timed-out or fatal
+            // commit/abort only a new producer (same transactional
+            // id, so the old one is fenced) is safe.
+            self.producer = router.producer()?;
+        }
+        Ok(Routed::Aborted)
+    }
+
+    async fn settle(&mut self, started: Routed) -> Settled<RouterError> {
+        match started {
+            Routed::InFlight(b) => Settled::Done(self.router.settle(&self.producer, b).await),
+            Routed::Committed(n) => Settled::Done(n),
+            Routed::Aborted => Settled::Rewind,
+        }
+    }
+}
+
 /// One record to write, owning its bytes.
 struct Outgoing {
     topic: String,
@@ -116,8 +202,8 @@ struct Outgoing {
 struct InFlight {
     out: Vec<Outgoing>,
     deliveries: Vec<Result<DeliveryFuture, KafkaError>>,
-    /// Next offset to read per input partition once this batch is acknowledged.
-    offsets: Vec<(String, i32, i64)>,
+    /// Input records of the batch (all settled with it).
+    records: usize,
     started: Instant,
     decided: f64,
     /// The batch's spans: they end when it is settled (dropped).
@@ -275,8 +361,9 @@ impl Router {
         }
     }
 
-    /// Routes until `shutdown` completes, then finishes the batch in flight,
-    /// commits, and returns.
+    /// Routes until `shutdown` completes, then finishes the batches in
+    /// flight, commits, and returns. The loop is the stage engine's
+    /// ([`govbus_kafka::stage::run`]); the router is a [`Stage`] of it.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RouterError> {
         self.ensure_topics().await;
         let mut cc = client_config(
@@ -293,125 +380,65 @@ impl Router {
             revocations: Revocations::default(),
         })?;
         consumer.subscribe(&[self.config.topics.ingest_pattern().as_str()])?;
-        let mut producer = self.producer()?;
+        let producer = self.producer()?;
         let schema_log = self.start_schema_log().map(Arc::new);
         tracing::info!(message = "Router started.", instance = %self.config.instance, group = %self.config.group, mode = ?self.config.mode);
-        tokio::pin!(shutdown);
-        let mut in_flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
-        loop {
-            // Idle for 20 ms with batches in flight: settle them, so their
-            // offsets are stored.
-            let wait = (!in_flight.is_empty()).then_some(Duration::from_millis(20));
-            let batch = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                b = next_batch(&consumer, wait, self.config.max_batch, self.config.linger, Some(&consumer.context().revocations), |m| m) => b,
-            };
-            if batch.is_empty() {
-                while let Some(b) = in_flight.pop_front() {
-                    self.settle(&producer, &consumer, b).await;
-                }
-                continue;
-            }
-            // A schema id this engine does not know may have just been
-            // registered: apply the log up to its end before dead-lettering.
-            if let Some(log) = &schema_log {
-                let engine = self.engine();
-                if batch.iter().any(|m| unknown_schema(&engine, m.payload())) {
-                    let log = log.clone();
-                    let _ =
-                        tokio::task::spawn_blocking(move || log.catch_up(Duration::from_secs(5)))
-                            .await;
-                }
-            }
-            match self.config.mode {
-                Mode::AtLeastOnce => {
-                    let started = Instant::now();
-                    let trace = batch_spans();
-                    let mut out = self.decide_batch(&batch, trace.as_ref());
-                    let decided = started.elapsed().as_secs_f64();
-                    let offsets = next_offsets(&batch)
-                        .into_iter()
-                        .map(|((t, p), o)| (t.to_owned(), p, o))
-                        .collect();
-                    drop(batch);
-                    self.ensure_output_topics(&out).await;
-                    let mut deliveries = Vec::with_capacity(out.len());
-                    for o in &mut out {
-                        deliveries.push(loop {
-                            match enqueue(&producer, o) {
-                                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
-                                    // Backpressure: settle the oldest batch instead of
-                                    // letting librdkafka sleep 100 ms inside send.
-                                    match in_flight.pop_front() {
-                                        Some(b) => self.settle(&producer, &consumer, b).await,
-                                        None => tokio::time::sleep(Duration::from_millis(1)).await,
-                                    }
-                                }
-                                other => break other,
-                            }
-                        });
-                    }
-                    in_flight.push_back(InFlight {
-                        out,
-                        deliveries,
-                        offsets,
-                        started,
-                        decided,
-                        _trace: trace,
-                    });
-                    while in_flight.len() > MAX_IN_FLIGHT {
-                        if let Some(b) = in_flight.pop_front() {
-                            self.settle(&producer, &consumer, b).await;
-                        }
-                    }
-                }
-                Mode::Transactional => {
-                    let trace = batch_spans();
-                    if let Err(error) = self
-                        .route_transaction(&producer, &consumer, &batch, trace.as_ref())
-                        .await
-                    {
-                        if let Some(t) = &trace {
-                            t.fail("the transaction failed; the batch is routed again");
-                        }
-                        tracing::warn!(message = "Transaction failed; rewinding the batch.", %error);
-                        if error.rdkafka_error_code().is_none()
-                            || !matches!(
-                                blocking(|| producer.abort_transaction(Timeout::After(
-                                    self.config.transaction_timeout
-                                ))),
-                                Ok(())
-                            )
-                        {
-                            // librdkafka lacks KIP-890: after a timed-out or fatal
-                            // commit/abort only a new producer (same transactional
-                            // id, so the old one is fenced) is safe.
-                            producer = self.producer()?;
-                        }
-                        rewind(&consumer, &batch);
-                    }
-                }
-            }
-        }
-        // Shutdown: every batch in flight is acknowledged and its offsets stored.
-        while let Some(b) = in_flight.pop_front() {
-            self.settle(&producer, &consumer, b).await;
-        }
-        if self.config.mode == Mode::AtLeastOnce {
-            match blocking(|| consumer.commit_consumer_state(CommitMode::Sync)) {
-                // NoOffset: nothing was stored since the last commit.
-                Ok(())
-                | Err(rdkafka::error::KafkaError::ConsumerCommit(
-                    rdkafka::types::RDKafkaErrorCode::NoOffset,
-                )) => {}
-                Err(error) => {
-                    tracing::warn!(message = "Final commit failed; the last batch will be routed again.", %error)
-                }
-            }
-        }
+        let at_least_once = self.config.mode == Mode::AtLeastOnce;
+        let options = stage::Options {
+            max_batch: self.config.max_batch,
+            linger: self.config.linger,
+            idle_wait: None,
+            // A transaction is committed before the next batch is read.
+            in_flight: if at_least_once { MAX_IN_FLIGHT } else { 0 },
+            // A transaction carries its offsets.
+            store_offsets: at_least_once,
+        };
+        let mut routing = Routing {
+            router: &self,
+            _records: std::marker::PhantomData,
+            consumer: &consumer,
+            producer,
+            schema_log,
+        };
+        let stopped = stage::run(&consumer, &mut routing, |m| m, &options, shutdown).await;
         tracing::info!(message = "Router stopped.");
-        Ok(())
+        stopped.map_or(Ok(()), Err)
+    }
+
+    /// Decides a batch and hands its records to the producer.
+    async fn start_batch(
+        &self,
+        producer: &FutureProducer,
+        batch: Vec<BorrowedMessage<'_>>,
+    ) -> InFlight {
+        let started = Instant::now();
+        let trace = batch_spans();
+        let mut out = self.decide_batch(&batch, trace.as_ref());
+        let decided = started.elapsed().as_secs_f64();
+        let records = batch.len();
+        drop(batch);
+        self.ensure_output_topics(&out).await;
+        let mut deliveries = Vec::with_capacity(out.len());
+        for o in &mut out {
+            deliveries.push(loop {
+                match enqueue(producer, o) {
+                    // Backpressure: the queue empties as acknowledgements
+                    // come (librdkafka's thread takes them, awaited or not).
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    other => break other,
+                }
+            });
+        }
+        InFlight {
+            out,
+            deliveries,
+            records,
+            started,
+            decided,
+            _trace: trace,
+        }
     }
 
     fn decide_batch(
@@ -463,14 +490,9 @@ impl Router {
     }
 
     /// Waits for every acknowledgement of a batch — re-sending, with backoff
-    /// and for as long as it takes, any record whose write failed — then
-    /// stores the batch's offsets. Nothing is skipped.
-    async fn settle<C: ConsumerContext>(
-        &self,
-        producer: &FutureProducer,
-        consumer: &StreamConsumer<C>,
-        mut b: InFlight,
-    ) {
+    /// and for as long as it takes, any record whose write failed. Nothing
+    /// is skipped: the whole batch is settled (the engine moves its offsets).
+    async fn settle(&self, producer: &FutureProducer, mut b: InFlight) -> usize {
         for (i, d) in std::mem::take(&mut b.deliveries).into_iter().enumerate() {
             let failed = match d {
                 Ok(f) => match f.await {
@@ -487,14 +509,6 @@ impl Router {
                 self.resend(producer, &mut b.out[i], error).await;
             }
         }
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition, next) in &b.offsets {
-            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
-        }
-        // Fails only for partitions revoked meanwhile: their new owner routes them again.
-        if let Err(error) = consumer.store_offsets(&tpl) {
-            tracing::debug!(message = "Some offsets not stored (partitions revoked).", %error);
-        }
         let rejected = b.out.iter().filter(|o| o.dlq).count();
         self.metrics.batch(
             b.started.elapsed().as_secs_f64(),
@@ -502,6 +516,7 @@ impl Router {
             b.out.len() - rejected,
             rejected,
         );
+        b.records
     }
 
     async fn resend(
@@ -676,25 +691,6 @@ fn next_offsets<'a>(batch: &'a [BorrowedMessage<'_>]) -> HashMap<(&'a str, i32),
         *e = (*e).max(m.offset() + 1);
     }
     next
-}
-
-/// Seeks each partition of a failed transactional batch back to its first record.
-fn rewind<C: ConsumerContext>(consumer: &StreamConsumer<C>, batch: &[BorrowedMessage<'_>]) {
-    let mut first: HashMap<(&str, i32), i64> = HashMap::new();
-    for m in batch {
-        let e = first.entry((m.topic(), m.partition())).or_insert(i64::MAX);
-        *e = (*e).min(m.offset());
-    }
-    for ((topic, partition), offset) in first {
-        if let Err(error) = consumer.seek(
-            topic,
-            partition,
-            Offset::Offset(offset),
-            Duration::from_secs(10),
-        ) {
-            tracing::warn!(message = "Rewind failed.", topic, partition, %error);
-        }
-    }
 }
 
 async fn create_topics(config: &RouterConfig, names: &[String]) -> Result<(), KafkaError> {

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use govbus_catalog::{Catalog, Dataset, SchemaId, SinkSpec, Subscription};
 use govbus_kafka::headers as h;
 use govbus_kafka::retry::Backoff;
-use govbus_kafka::stage::{blocking, next_batch, while_reading_ahead, Revocations};
+use govbus_kafka::stage::{self, blocking, Fenced, Prepare, Revocations, Settled, Stage};
 use govbus_kafka::topics::Topics;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
@@ -346,6 +347,12 @@ impl ConsumerContext for LagContext {
     }
 }
 
+impl Fenced for LagContext {
+    fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+}
+
 type SubConsumer = StreamConsumer<LagContext>;
 
 impl Shared {
@@ -599,295 +606,39 @@ impl Shared {
             return Ended::Failed(e);
         }
         let secret = self.config.pseudonym_secret.clone();
-        let mut policy = Policy::new(sub, ds, &secret);
-        let mut catalog = self.catalog.borrow().clone();
-        let kind = sub.sink.kind();
-        // A batch held back for a schema id the catalog does not have yet
-        // (`SchemaWait`). The wait never polls the consumer, so no
-        // rebalance can revoke the held batch's partitions under it; one
-        // that comes waits until it ends.
-        let mut held: Option<Vec<Canonical>> = None;
-        // The next batch, collected and prepared while the last one was
-        // being delivered; it comes after `held`. Only a sink assigned its
-        // partitions reads ahead: a group member that polls while it
-        // delivers serves a revocation in the middle of the delivery, and
-        // the partition's next owner would deliver the same records again
-        // *while* this one still delivers them (a late retry landing after
-        // newer versions: per-key order broken at the subscriber). Without
-        // a poll, the group waits for the batch to be settled first.
-        let read_ahead = own_offsets;
-        let mut ahead: Option<Staged> = None;
-        let mut schema_wait = SchemaWait::default();
-        loop {
-            // A stop is seen between batches even while a backlog keeps
-            // the next batch in hand (read ahead: never stored, dropped).
-            if *shutdown.borrow() {
-                return Ended::Shutdown;
-            }
-            let staged = match held.take() {
-                Some(records) => Staged {
-                    records,
-                    prepared: None,
-                },
-                None => match ahead.take() {
-                    Some(s) => s,
-                    None => tokio::select! {
-                        _ = shutdown.changed() => Staged::default(),
-                        b = next_batch(&consumer, Some(Duration::from_millis(250)), self.config.max_batch, self.config.linger, Some(&consumer.context().revocations), |m| Canonical::from_message(&m)) => Staged { records: b, prepared: None },
-                    },
-                },
-            };
-            let batch = staged.records;
-            // The grant is checked at delivery time, on every batch. (The
-            // catalog is taken first: a change after it is seen next batch.)
-            let now = self.catalog.borrow().clone();
-            let (current, current_ds) = match self.grant(&sub.id) {
-                Ok(g) => g,
-                Err(reason) => return Ended::Inactive(reason),
-            };
-            // Another sink, another department (pseudonyms and the ledger
-            // are the subscriber's) or another dataset (another topic):
-            // start again under the new grant.
-            if current.sink != sub.sink
-                || current.subscriber != sub.subscriber
-                || current.dataset != sub.dataset
-            {
-                return Ended::Reconfigure;
-            }
-            if current.policy_version != policy.subscription().policy_version {
-                tracing::info!(message = "Field policy changed.", subscription = %sub.id, policy = %current.policy_version);
-                // A sink whose shape is the grant's fields (a table's
-                // columns, a CSV file's header) is opened again under the
-                // new grant, as is every sink when the schema changed.
-                if sink.reopens_for(&current) || current_ds.latest().id != ds.latest().id {
-                    return Ended::Reconfigure;
-                }
-            }
-            // Any catalog change rebuilds the policy: the dataset's
-            // personal-data tags or key may have changed without the
-            // grant's policy version.
-            if !Arc::ptr_eq(&now, &catalog) {
-                policy = Policy::new(&current, &current_ds, &secret);
-                catalog = now;
-                schema_wait.catalog_changed();
-            }
-            if batch.is_empty() {
-                if let Err(e) = sink.idle(&|| caught_up(&consumer, &topic)).await {
-                    return Ended::Failed(e.to_string());
-                }
-                self.metrics.lag_seconds(&sub.id, 0.0);
-                self.metrics.oldest_undelivered(&sub.id, 0.0);
-                if *shutdown.borrow() {
-                    return Ended::Shutdown;
-                }
-                continue;
-            }
-            // Decoded with the catalog the policy was built from: what was
-            // prepared ahead under another catalog is prepared again.
-            let prepared: Vec<Prepared> = match staged.prepared {
-                Some((under, p)) if Arc::ptr_eq(&under, &catalog) => p,
-                _ => batch
-                    .iter()
-                    .map(|c| prepare(&catalog, &policy, c))
-                    .collect(),
-            };
-            let mut deliveries: Vec<Delivery> = Vec::with_capacity(batch.len());
-            let mut from: Vec<usize> = Vec::with_capacity(batch.len());
-            let mut undecodable: Vec<(usize, String)> = Vec::new();
-            // Batch indices of records outside the row filter.
-            let mut filtered: Vec<usize> = Vec::new();
-            // Batch indices of records the destination cannot store, and why.
-            let mut unstorable: Vec<(usize, String)> = Vec::new();
-            let keeps_state = sink.keeps_state();
-            let mut unknown_schema: Vec<SchemaId> = Vec::new();
-            for (i, p) in prepared.into_iter().enumerate() {
-                match p {
-                    Prepared::Deliver(d) => {
-                        if let Some(why) = sink.unstorable(&d) {
-                            unstorable.push((i, why));
-                            continue;
-                        }
-                        deliveries.push(d);
-                        from.push(i);
-                    }
-                    // Only a sink that keeps state per key drops what it
-                    // holds of a key that left the filter; no one else
-                    // hears of keys outside it (nor may such a key reach
-                    // the subscription's DLQ: one the sink cannot hold, it
-                    // never held).
-                    Prepared::Filtered(d) => {
-                        filtered.push(i);
-                        if keeps_state && sink.unstorable(&d).is_none() {
-                            deliveries.push(d);
-                            from.push(i);
-                        }
-                    }
-                    Prepared::Undecodable(e) => {
-                        if let DecodeError::UnknownSchema(id) = e {
-                            if !schema_wait.given_up(&id) {
-                                unknown_schema.push(id);
-                            }
-                        }
-                        undecodable.push((i, e.to_string()));
-                    }
-                }
-            }
-            // A record under an id not known *yet* waits for it, with its
-            // whole batch, rather than being dead-lettered as undecodable
-            // (`SchemaWait`). Past the wait it is dead-lettered.
-            if unknown_schema.is_empty() {
-                schema_wait.settled();
-            } else if schema_wait.hold(&unknown_schema, || {
-                tracing::warn!(message = "A record names a schema id this catalog does not have yet; its batch waits for the catalog.", subscription = %sub.id, wait_s = SCHEMA_WAIT.as_secs());
-            }) {
-                if *shutdown.borrow() {
-                    return Ended::Shutdown;
-                }
-                tokio::time::sleep(SCHEMA_RECHECK).await;
-                held = Some(batch);
-                continue;
-            } else {
-                tracing::warn!(message = "The schema id stayed unknown; its records are dead-lettered as undecodable (until the catalog changes, without waiting again).", subscription = %sub.id);
-            }
-            // One span per trace the delivered records carry; each
-            // delivery leaves with its span's context.
-            let trace = crate::event::sink_spans(sub);
-            for d in &mut deliveries {
-                d.continue_in(trace.as_ref());
-            }
-            let oldest = batch.iter().map(|c| c.timestamp_ms).min().unwrap_or(0);
-            self.metrics
-                .oldest_undelivered(&sub.id, ((now_ms() - oldest).max(0) as f64) / 1000.0);
-
-            // A sink that commits its offsets with its effect moves past
-            // every record of the batch: what cannot be delivered is
-            // dead-lettered and recorded before, or a crash in between would
-            // lose it without a trace. (For the others it is dead-lettered
-            // after the delivery, up to where the delivery got.)
-            let mut early: Vec<(usize, &'static str, String)> = Vec::new();
-            if own_offsets {
-                early.extend(
-                    std::mem::take(&mut undecodable)
-                        .into_iter()
-                        .map(|(i, e)| (i, "undecodable", e))
-                        .chain(
-                            std::mem::take(&mut unstorable)
-                                .into_iter()
-                                .map(|(i, e)| (i, "unstorable", e)),
-                        ),
-                );
-            }
-            if !early.is_empty() {
-                early.sort_unstable_by_key(|(i, _, _)| *i);
-                if let Err(ended) = self
-                    .settle_dead(&dlq, &policy, &topic, &batch, &early, shutdown)
-                    .await
-                {
-                    return ended;
-                }
-            }
-            let grace = shutdown.clone();
-            let delivering = sink.deliver(Batch {
-                shared: self,
-                policy: &policy,
-                records: &batch,
-                events: &deliveries,
-                shutdown,
-            });
-            // A sink assigned its partitions reads and prepares the next
-            // batch while this one is delivered (`stage::while_reading_ahead`).
-            let delivering = self.unless_stuck(&grace, delivering);
-            let progress = if read_ahead {
-                let (progress, next) = while_reading_ahead(
-                    delivering,
-                    &consumer,
-                    self.config.max_batch,
-                    self.config.linger,
-                    Some(&consumer.context().revocations),
-                    |m| Canonical::from_message(&m),
-                    |records| prepare_ahead(&catalog, &policy, records),
-                )
-                .await;
-                ahead = next;
-                progress
-            } else {
-                delivering.await
-            };
-            let Some(progress) = progress else {
-                if let Some(t) = &trace {
-                    t.fail("stopped with the batch in hand; it is delivered again after a restart");
-                }
-                return Ended::Shutdown;
-            };
-            if let Some(t) = &trace {
-                if !progress.dead.is_empty() {
-                    t.set(govbus_trace::Attribute::new(
-                        "govbus.dead_lettered",
-                        progress.dead.len() as i64,
-                    ));
-                }
-                if progress.stop.is_some() || progress.done < deliveries.len() {
-                    t.fail("the batch was not delivered whole; the rest is delivered again");
-                }
-            }
-            // Everything before the first undelivered canonical record is settled.
-            let settled = if progress.done < deliveries.len() {
-                from[progress.done]
-            } else {
-                batch.len()
-            };
-            let mut dead: Vec<(usize, &'static str, String)> = undecodable
-                .into_iter()
-                .map(|(i, e)| (i, "undecodable", e))
-                .chain(unstorable.into_iter().map(|(i, e)| (i, "unstorable", e)))
-                .filter(|(i, _, _)| *i < settled)
-                .collect();
-            dead.extend(
-                progress
-                    .dead
-                    .iter()
-                    .map(|(d, r, w)| (from[*d], *r, w.clone())),
-            );
-            if let Err(ended) = self
-                .settle_dead(&dlq, &policy, &topic, &batch, &dead, shutdown)
-                .await
-            {
-                return ended;
-            }
-            let dead_set: HashSet<usize> = progress.dead.iter().map(|(d, _, _)| *d).collect();
-            let delivered: Vec<String> = deliveries[..progress.done]
-                .iter()
-                .enumerate()
-                .filter(|(i, d)| !dead_set.contains(i) && d.op != OUT_OF_SCOPE)
-                .map(|(_, d)| d.id.clone())
-                .collect();
-            let n = delivered.len();
-            // A sink that keeps its offsets recorded its deliveries before
-            // its commit.
-            if n > 0 && !own_offsets {
-                if let Err(ended) = self.record(&policy, "delivered", delivered, shutdown).await {
-                    return ended;
-                }
-            }
-            if n > 0 {
-                self.metrics.delivered(&sub.id, kind, n);
-            }
-            // Counted once, when its offset moves (a record after `settled`
-            // comes again in the next batch).
-            let settled_filtered = filtered.iter().filter(|&&i| i < settled).count();
-            self.metrics.filtered(&sub.id, kind, settled_filtered);
-            if !own_offsets {
-                store_offsets(&consumer, &topic, &batch[..settled]);
-            }
-            if let Some(last) = batch[..settled].iter().map(|c| c.timestamp_ms).max() {
-                self.metrics
-                    .lag_seconds(&sub.id, ((now_ms() - last).max(0) as f64) / 1000.0);
-            }
-            self.metrics.oldest_undelivered(&sub.id, 0.0);
-            if let Some(stop) = progress.stop {
-                return stop;
-            }
-        }
+        let policy = Arc::new(Policy::new(sub, ds, &secret));
+        let options = stage::Options {
+            max_batch: self.config.max_batch,
+            linger: self.config.linger,
+            idle_wait: Some(Duration::from_millis(250)),
+            // A group member does not poll while it delivers (a poll
+            // serves a revocation mid-delivery: see `Delivering::read_ahead`).
+            in_flight: 0,
+            // A sink that keeps its offsets commits them with its effect.
+            store_offsets: !own_offsets,
+        };
+        let mut delivering = Delivering {
+            shared: self,
+            sink,
+            sub,
+            ds,
+            consumer: &consumer,
+            topic,
+            dlq,
+            own_offsets,
+            secret,
+            policy,
+            catalog: self.catalog.borrow().clone(),
+            schema_wait: SchemaWait::default(),
+            shutdown: shutdown.clone(),
+        };
+        let mut stop = shutdown.clone();
+        let stopping = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        stage::run(&consumer, &mut delivering, keep, &options, stopping)
+            .await
+            .unwrap_or(Ended::Shutdown)
     }
 
     /// Writes `dead` to the subscription's dead-letter topic, counts them
@@ -1081,43 +832,353 @@ fn caught_up(consumer: &SubConsumer, topic: &str) -> bool {
     })
 }
 
-/// A batch in hand: its records and, when it was prepared ahead, what the
-/// policy made of each and under which catalog.
-#[derive(Default)]
-struct Staged {
-    records: Vec<Canonical>,
-    prepared: Option<(Arc<Catalog>, Vec<Prepared>)>,
+/// What the sink keeps of a consumed record.
+fn keep(message: BorrowedMessage<'_>) -> Canonical {
+    Canonical::from_message(&message)
 }
 
 /// Records prepared between two yields when a batch is prepared ahead.
 const PREPARE_SLICE: usize = 128;
 
-/// `records` prepared under `catalog` and `policy`, yielding between
-/// slices: it runs beside the delivery of the batch before, whose replies
-/// should not wait for a whole batch's decoding.
-async fn prepare_ahead(catalog: &Arc<Catalog>, policy: &Policy, records: Vec<Canonical>) -> Staged {
-    let mut prepared = Vec::with_capacity(records.len());
-    for slice in records.chunks(PREPARE_SLICE) {
-        prepared.extend(slice.iter().map(|c| prepare(catalog, policy, c)));
-        tokio::task::yield_now().await;
-    }
-    Staged {
-        records,
-        prepared: Some((catalog.clone(), prepared)),
+/// One subscription's delivery as a stage of the engine
+/// ([`govbus_kafka::stage::run`]): the grant checked on every batch, the
+/// policy applied before the sink sees a record, then the sink, the
+/// subscription's dead letters and the ledger — the engine moves the
+/// offsets after. Each batch is settled before the next is read.
+struct Delivering<'a, S: Sink> {
+    shared: &'a Shared,
+    sink: &'a mut S,
+    sub: &'a Subscription,
+    ds: &'a Dataset,
+    consumer: &'a SubConsumer,
+    topic: String,
+    dlq: String,
+    own_offsets: bool,
+    secret: Vec<u8>,
+    /// The policy deliveries are prepared under, rebuilt on any catalog change.
+    policy: Arc<Policy>,
+    /// The catalog the policy was built from.
+    catalog: Arc<Catalog>,
+    schema_wait: SchemaWait,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Prepares a batch read ahead under the policy and catalog of the moment
+/// (prepared again at its turn if the catalog changed meanwhile).
+struct Ahead {
+    catalog: Arc<Catalog>,
+    policy: Arc<Policy>,
+}
+
+impl Prepare<Canonical> for Ahead {
+    type Prepared = (Arc<Catalog>, Vec<Prepared>);
+
+    /// Yields between slices: it runs beside the delivery of the batch
+    /// before, whose replies should not wait for a whole batch's decoding.
+    async fn prepare(self, records: Vec<Canonical>) -> (Vec<Canonical>, Self::Prepared) {
+        let mut prepared = Vec::with_capacity(records.len());
+        for slice in records.chunks(PREPARE_SLICE) {
+            prepared.extend(
+                slice
+                    .iter()
+                    .map(|c| prepare(&self.catalog, &self.policy, c)),
+            );
+            tokio::task::yield_now().await;
+        }
+        (records, (self.catalog, prepared))
     }
 }
 
-fn store_offsets(consumer: &SubConsumer, topic: &str, settled: &[Canonical]) {
-    let mut next: HashMap<i32, i64> = HashMap::new();
-    for c in settled {
-        next.insert(c.partition, c.offset + 1);
+impl<S: Sink> Delivering<'_, S> {
+    /// The grant, checked at delivery time (on every batch and when idle):
+    /// an error ends the loop. The policy is rebuilt when the catalog changed.
+    fn check_grant(&mut self) -> Result<(), Ended> {
+        let (sub, ds) = (self.sub, self.ds);
+        // The catalog is taken first: a change after it is seen next batch.
+        let now = self.shared.catalog.borrow().clone();
+        let (current, current_ds) = self.shared.grant(&sub.id).map_err(Ended::Inactive)?;
+        // Another sink, another department (pseudonyms and the ledger
+        // are the subscriber's) or another dataset (another topic):
+        // start again under the new grant.
+        if current.sink != sub.sink
+            || current.subscriber != sub.subscriber
+            || current.dataset != sub.dataset
+        {
+            return Err(Ended::Reconfigure);
+        }
+        if current.policy_version != self.policy.subscription().policy_version {
+            tracing::info!(message = "Field policy changed.", subscription = %sub.id, policy = %current.policy_version);
+            // A sink whose shape is the grant's fields (a table's
+            // columns, a CSV file's header) is opened again under the
+            // new grant, as is every sink when the schema changed.
+            if self.sink.reopens_for(&current) || current_ds.latest().id != ds.latest().id {
+                return Err(Ended::Reconfigure);
+            }
+        }
+        // Any catalog change rebuilds the policy: the dataset's
+        // personal-data tags or key may have changed without the
+        // grant's policy version.
+        if !Arc::ptr_eq(&now, &self.catalog) {
+            self.policy = Arc::new(Policy::new(&current, &current_ds, &self.secret));
+            self.catalog = now;
+            self.schema_wait.catalog_changed();
+        }
+        Ok(())
     }
-    let mut tpl = TopicPartitionList::new();
-    for (p, o) in next {
-        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
+
+    /// Delivers one batch (waiting, with it, for a schema id the catalog
+    /// does not have yet) and says how far it got. An error: nothing of
+    /// the batch moves.
+    async fn deliver(
+        &mut self,
+        batch: Vec<Canonical>,
+        mut ahead: Option<(Arc<Catalog>, Vec<Prepared>)>,
+    ) -> Result<Settled<Ended>, Ended> {
+        let shared = self.shared;
+        let sub = self.sub;
+        let kind = sub.sink.kind();
+        loop {
+            self.check_grant()?;
+            // Decoded with the catalog the policy was built from: what was
+            // prepared ahead under another catalog is prepared again.
+            let prepared: Vec<Prepared> = match ahead.take() {
+                Some((under, p)) if Arc::ptr_eq(&under, &self.catalog) => p,
+                _ => batch
+                    .iter()
+                    .map(|c| prepare(&self.catalog, &self.policy, c))
+                    .collect(),
+            };
+            let mut deliveries: Vec<Delivery> = Vec::with_capacity(batch.len());
+            let mut from: Vec<usize> = Vec::with_capacity(batch.len());
+            let mut undecodable: Vec<(usize, String)> = Vec::new();
+            // Batch indices of records outside the row filter.
+            let mut filtered: Vec<usize> = Vec::new();
+            // Batch indices of records the destination cannot store, and why.
+            let mut unstorable: Vec<(usize, String)> = Vec::new();
+            let keeps_state = self.sink.keeps_state();
+            let mut unknown_schema: Vec<SchemaId> = Vec::new();
+            for (i, p) in prepared.into_iter().enumerate() {
+                match p {
+                    Prepared::Deliver(d) => {
+                        if let Some(why) = self.sink.unstorable(&d) {
+                            unstorable.push((i, why));
+                            continue;
+                        }
+                        deliveries.push(d);
+                        from.push(i);
+                    }
+                    // Only a sink that keeps state per key drops what it
+                    // holds of a key that left the filter; no one else
+                    // hears of keys outside it (nor may such a key reach
+                    // the subscription's DLQ: one the sink cannot hold, it
+                    // never held).
+                    Prepared::Filtered(d) => {
+                        filtered.push(i);
+                        if keeps_state && self.sink.unstorable(&d).is_none() {
+                            deliveries.push(d);
+                            from.push(i);
+                        }
+                    }
+                    Prepared::Undecodable(e) => {
+                        if let DecodeError::UnknownSchema(id) = e {
+                            if !self.schema_wait.given_up(&id) {
+                                unknown_schema.push(id);
+                            }
+                        }
+                        undecodable.push((i, e.to_string()));
+                    }
+                }
+            }
+            // A record under an id not known *yet* waits for it, with its
+            // whole batch, rather than being dead-lettered as undecodable
+            // (`SchemaWait`). The wait never polls the consumer, so no
+            // rebalance can revoke the batch's partitions under it; one
+            // that comes waits until it ends. Past the wait it is
+            // dead-lettered.
+            if unknown_schema.is_empty() {
+                self.schema_wait.settled();
+            } else if self.schema_wait.hold(&unknown_schema, || {
+                tracing::warn!(message = "A record names a schema id this catalog does not have yet; its batch waits for the catalog.", subscription = %sub.id, wait_s = SCHEMA_WAIT.as_secs());
+            }) {
+                if *self.shutdown.borrow() {
+                    return Err(Ended::Shutdown);
+                }
+                tokio::time::sleep(SCHEMA_RECHECK).await;
+                continue;
+            } else {
+                tracing::warn!(message = "The schema id stayed unknown; its records are dead-lettered as undecodable (until the catalog changes, without waiting again).", subscription = %sub.id);
+            }
+            // One span per trace the delivered records carry; each
+            // delivery leaves with its span's context.
+            let trace = crate::event::sink_spans(sub);
+            for d in &mut deliveries {
+                d.continue_in(trace.as_ref());
+            }
+            let oldest = batch.iter().map(|c| c.timestamp_ms).min().unwrap_or(0);
+            shared
+                .metrics
+                .oldest_undelivered(&sub.id, ((now_ms() - oldest).max(0) as f64) / 1000.0);
+
+            // A sink that commits its offsets with its effect moves past
+            // every record of the batch: what cannot be delivered is
+            // dead-lettered and recorded before, or a crash in between would
+            // lose it without a trace. (For the others it is dead-lettered
+            // after the delivery, up to where the delivery got.)
+            let mut early: Vec<(usize, &'static str, String)> = Vec::new();
+            if self.own_offsets {
+                early.extend(
+                    std::mem::take(&mut undecodable)
+                        .into_iter()
+                        .map(|(i, e)| (i, "undecodable", e))
+                        .chain(
+                            std::mem::take(&mut unstorable)
+                                .into_iter()
+                                .map(|(i, e)| (i, "unstorable", e)),
+                        ),
+                );
+            }
+            if !early.is_empty() {
+                early.sort_unstable_by_key(|(i, _, _)| *i);
+                shared
+                    .settle_dead(
+                        &self.dlq,
+                        &self.policy,
+                        &self.topic,
+                        &batch,
+                        &early,
+                        &self.shutdown,
+                    )
+                    .await?;
+            }
+            let delivering = self.sink.deliver(Batch {
+                shared,
+                policy: &self.policy,
+                records: &batch,
+                events: &deliveries,
+                shutdown: &self.shutdown,
+            });
+            let Some(progress) = shared.unless_stuck(&self.shutdown, delivering).await else {
+                if let Some(t) = &trace {
+                    t.fail("stopped with the batch in hand; it is delivered again after a restart");
+                }
+                return Err(Ended::Shutdown);
+            };
+            if let Some(t) = &trace {
+                if !progress.dead.is_empty() {
+                    t.set(govbus_trace::Attribute::new(
+                        "govbus.dead_lettered",
+                        progress.dead.len() as i64,
+                    ));
+                }
+                if progress.stop.is_some() || progress.done < deliveries.len() {
+                    t.fail("the batch was not delivered whole; the rest is delivered again");
+                }
+            }
+            // Everything before the first undelivered canonical record is settled.
+            let settled = if progress.done < deliveries.len() {
+                from[progress.done]
+            } else {
+                batch.len()
+            };
+            let mut dead: Vec<(usize, &'static str, String)> = undecodable
+                .into_iter()
+                .map(|(i, e)| (i, "undecodable", e))
+                .chain(unstorable.into_iter().map(|(i, e)| (i, "unstorable", e)))
+                .filter(|(i, _, _)| *i < settled)
+                .collect();
+            dead.extend(
+                progress
+                    .dead
+                    .iter()
+                    .map(|(d, r, w)| (from[*d], *r, w.clone())),
+            );
+            shared
+                .settle_dead(
+                    &self.dlq,
+                    &self.policy,
+                    &self.topic,
+                    &batch,
+                    &dead,
+                    &self.shutdown,
+                )
+                .await?;
+            let dead_set: HashSet<usize> = progress.dead.iter().map(|(d, _, _)| *d).collect();
+            let delivered: Vec<String> = deliveries[..progress.done]
+                .iter()
+                .enumerate()
+                .filter(|(i, d)| !dead_set.contains(i) && d.op != OUT_OF_SCOPE)
+                .map(|(_, d)| d.id.clone())
+                .collect();
+            let n = delivered.len();
+            // A sink that keeps its offsets recorded its deliveries before
+            // its commit.
+            if n > 0 && !self.own_offsets {
+                shared
+                    .record(&self.policy, "delivered", delivered, &self.shutdown)
+                    .await?;
+            }
+            if n > 0 {
+                shared.metrics.delivered(&sub.id, kind, n);
+            }
+            // Counted once, when its offset moves (a record after `settled`
+            // comes again in the next batch).
+            let settled_filtered = filtered.iter().filter(|&&i| i < settled).count();
+            shared.metrics.filtered(&sub.id, kind, settled_filtered);
+            if let Some(last) = batch[..settled].iter().map(|c| c.timestamp_ms).max() {
+                shared
+                    .metrics
+                    .lag_seconds(&sub.id, ((now_ms() - last).max(0) as f64) / 1000.0);
+            }
+            shared.metrics.oldest_undelivered(&sub.id, 0.0);
+            return Ok(match progress.stop {
+                Some(why) => Settled::Stop { done: settled, why },
+                None => Settled::Done(settled),
+            });
+        }
     }
-    if let Err(error) = consumer.store_offsets(&tpl) {
-        tracing::debug!(message = "Some offsets not stored (partitions revoked).", %error);
+}
+
+impl<S: Sink> Stage for Delivering<'_, S> {
+    type Record = Canonical;
+    type Started = Settled<Ended>;
+    type Stop = Ended;
+    type Preparer = Ahead;
+
+    /// Only a sink assigned its partitions reads ahead: a group member
+    /// that polls while it delivers serves a revocation in the middle of
+    /// the delivery, and the partition's next owner would deliver the same
+    /// records again *while* this one still delivers them (a late retry
+    /// landing after newer versions: per-key order broken at the
+    /// subscriber). Without a poll, the group waits for the batch to be
+    /// settled first.
+    fn read_ahead(&self) -> Option<Ahead> {
+        self.own_offsets.then(|| Ahead {
+            catalog: self.catalog.clone(),
+            policy: self.policy.clone(),
+        })
+    }
+
+    async fn start(
+        &mut self,
+        batch: Vec<Canonical>,
+        prepared: Option<(Arc<Catalog>, Vec<Prepared>)>,
+    ) -> Result<Settled<Ended>, Ended> {
+        self.deliver(batch, prepared).await
+    }
+
+    async fn settle(&mut self, settled: Settled<Ended>) -> Settled<Ended> {
+        settled
+    }
+
+    async fn idle(&mut self) -> Result<(), Ended> {
+        self.check_grant()?;
+        let (consumer, topic) = (self.consumer, self.topic.as_str());
+        if let Err(e) = self.sink.idle(&|| caught_up(consumer, topic)).await {
+            return Err(Ended::Failed(e.to_string()));
+        }
+        self.shared.metrics.lag_seconds(&self.sub.id, 0.0);
+        self.shared.metrics.oldest_undelivered(&self.sub.id, 0.0);
+        Ok(())
     }
 }
 
