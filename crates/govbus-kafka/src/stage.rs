@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 pub mod engine;
-pub use engine::{run, Fenced, NoReadAhead, Options, Prepare, Settled, Stage};
+pub use engine::{before_rebalance, run, Fenced, NoReadAhead, Options, Prepare, Settled, Stage};
 
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};

@@ -80,10 +80,10 @@ impl ClientContext for RouterContext {
 impl ConsumerContext for RouterContext {
     fn pre_rebalance(
         &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        self.revocations.on_rebalance(rebalance);
+        stage::before_rebalance(consumer, rebalance);
     }
 
     fn post_rebalance(
@@ -525,7 +525,7 @@ impl Router {
         record: &mut Outgoing,
         mut error: KafkaError,
     ) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::broker();
         loop {
             let kind = if record.dlq { "dlq" } else { "data" };
             self.metrics.produce_error(kind, &error);

@@ -321,29 +321,14 @@ impl ClientContext for LagContext {
     }
 }
 impl ConsumerContext for LagContext {
-    /// Before partitions go to another instance, commit what was delivered
-    /// and stored: the new owner starts there. Left to the periodic
-    /// auto-commit, it would start up to a second behind and deliver that
-    /// second again (measured in RELIABILITY.md's rebalance storm).
+    /// Records the revocation and commits what was delivered and stored:
+    /// the new owner starts there (`stage::before_rebalance`).
     fn pre_rebalance(
         &self,
         consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        self.revocations.on_rebalance(rebalance);
-        if let rdkafka::consumer::Rebalance::Revoke(_) = rebalance {
-            // A round trip to the coordinator, inside the poll of the
-            // subscription's task: off the async worker.
-            match blocking(|| consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)) {
-                Ok(())
-                | Err(rdkafka::error::KafkaError::ConsumerCommit(
-                    rdkafka::types::RDKafkaErrorCode::NoOffset,
-                )) => {}
-                Err(error) => {
-                    tracing::warn!(message = "Commit before a rebalance failed; the new owner repeats what was delivered since the last commit.", subscription = %self.subscription, %error)
-                }
-            }
-        }
+        stage::before_rebalance(consumer, rebalance);
     }
 }
 

@@ -31,6 +31,29 @@ pub trait Fenced: ConsumerContext + 'static {
     fn revocations(&self) -> &Revocations;
 }
 
+/// What every stage's consumer context does before a rebalance (call it
+/// from `pre_rebalance`): records a revocation for the fence, and commits
+/// the offsets stored so far, synchronously, before the partitions go — the
+/// next owner starts there. Left to the periodic auto-commit, it would
+/// start up to a second behind and process that second again (measured in
+/// RELIABILITY.md's rebalance storm).
+pub fn before_rebalance<C: Fenced>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    rebalance: &rdkafka::consumer::Rebalance<'_>,
+) {
+    consumer.context().revocations().on_rebalance(rebalance);
+    if let rdkafka::consumer::Rebalance::Revoke(_) = rebalance {
+        // A round trip to the coordinator, inside the stage's poll: off
+        // the async worker.
+        match blocking(|| consumer.commit_consumer_state(CommitMode::Sync)) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                tracing::warn!(message = "Commit before a rebalance failed; the next owner repeats what was done since the last commit.", %error);
+            }
+        }
+    }
+}
+
 /// What a stage did with a batch it started.
 #[derive(Debug)]
 pub enum Settled<E> {
