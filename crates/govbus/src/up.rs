@@ -137,9 +137,38 @@ pub struct RouterSection {
     /// Consumer group shared by every router instance.
     #[serde(default = "default_group")]
     pub group: String,
-    /// `at-least-once` or `transactional`.
-    #[serde(default = "default_mode")]
-    pub mode: String,
+    /// `at-least-once` (default) or `transactional`.
+    #[serde(default)]
+    pub mode: RouterMode,
+}
+
+/// `[router] mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouterMode {
+    /// Records first, offsets after (duplicates possible after a crash).
+    #[default]
+    AtLeastOnce,
+    /// Each batch one Kafka transaction with its offsets.
+    Transactional,
+}
+
+impl RouterMode {
+    fn name(self) -> &'static str {
+        match self {
+            RouterMode::AtLeastOnce => "at-least-once",
+            RouterMode::Transactional => "transactional",
+        }
+    }
+}
+
+impl From<RouterMode> for govbus_router::Mode {
+    fn from(mode: RouterMode) -> govbus_router::Mode {
+        match mode {
+            RouterMode::AtLeastOnce => govbus_router::Mode::AtLeastOnce,
+            RouterMode::Transactional => govbus_router::Mode::Transactional,
+        }
+    }
 }
 
 /// `[sink]`.
@@ -218,9 +247,6 @@ fn default_sink() -> SocketAddr {
 fn default_group() -> String {
     "govbus-router".to_owned()
 }
-fn default_mode() -> String {
-    "at-least-once".to_owned()
-}
 fn default_heartbeat() -> Duration {
     Duration::from_secs(15)
 }
@@ -258,7 +284,7 @@ impl UpConfig {
             }),
             router: Some(RouterSection {
                 group: default_group(),
-                mode: default_mode(),
+                mode: RouterMode::default(),
             }),
             sink: Some(SinkSection {
                 listen: default_sink(),
@@ -377,14 +403,6 @@ impl UpConfig {
                 if let Err(e) = Credentials::load(p, &known) {
                     problems.push(format!("[gateway] credentials: {e}"));
                 }
-            }
-        }
-        if let Some(r) = &self.router {
-            if r.mode != "at-least-once" && r.mode != "transactional" {
-                problems.push(format!(
-                    "[router] mode = {:?}: expected \"at-least-once\" or \"transactional\"",
-                    r.mode
-                ));
             }
         }
         if let Some(q) = &self.query {
@@ -551,7 +569,7 @@ impl UpConfig {
             });
         }
         if let Some(r) = &self.router {
-            plan.push(format!("router    group {} ({})", r.group, r.mode));
+            plan.push(format!("router    group {} ({})", r.group, r.mode.name()));
         }
         if let Some(s) = &self.sink {
             let n = if s.subscriptions.is_empty() {
@@ -931,10 +949,7 @@ impl System {
             let mut rc = govbus_router::RouterConfig::new(bootstrap.clone());
             rc.group = r.group.clone();
             rc.topics = topics.clone();
-            rc.mode = match r.mode.as_str() {
-                "transactional" => govbus_router::Mode::Transactional,
-                _ => govbus_router::Mode::AtLeastOnce,
-            };
+            rc.mode = r.mode.into();
             rc.create_topics = !embedded;
             rc.client_overrides = overrides.clone();
             let metrics = govbus_router::Metrics::new();
@@ -1258,17 +1273,22 @@ mod tests {
         let p = write(
             dir.path(),
             "a.toml",
-            "[gateway]\nlisten = \"127.0.0.1:7000\"\n[sink]\nlisten = \"127.0.0.1:7000\"\nsubscriptions = [\"nope\"]\npostgres = \"host=x port=notaport\"\n[router]\nmode = \"fast\"\n",
+            "[gateway]\nlisten = \"127.0.0.1:7000\"\n[sink]\nlisten = \"127.0.0.1:7000\"\nsubscriptions = [\"nope\"]\npostgres = \"host=x port=notaport\"\n",
         );
         let e = UpConfig::load(&p).unwrap().check().unwrap_err().to_string();
         for want in [
             "[sink] subscriptions: nope is not in the catalog",
             "[sink] postgres: not a connection string",
-            "[router] mode = \"fast\"",
             "[gateway] and [sink] both listen on 127.0.0.1:7000",
         ] {
             assert!(e.contains(want), "missing {want:?} in:\n{e}");
         }
+        let mode = write(dir.path(), "m.toml", "[router]\nmode = \"fast\"\n");
+        let e = format!("{:#}", UpConfig::load(&mode).unwrap_err());
+        assert!(
+            e.contains("unknown variant `fast`, expected `at-least-once` or `transactional`"),
+            "{e}"
+        );
         let typo = write(dir.path(), "b.toml", "[routr]\ngroup = \"x\"\n");
         let e = UpConfig::load(&typo).unwrap_err().to_string();
         assert!(e.contains("unknown field `routr`"), "{e}");
