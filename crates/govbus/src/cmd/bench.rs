@@ -400,18 +400,48 @@ async fn router_phase(
     }));
     let (mut started, mut cpu0) = (None, 0.0);
     let limit = Instant::now() + Duration::from_secs(600);
+    // The longest time without a settled record once the phase started,
+    // and when it began: a stall shows here, not hidden in the rate.
+    let (mut last, mut progress_at) = (0, Instant::now());
+    let mut stall = (Duration::ZERO, Duration::ZERO, 0);
+    // When the first records were settled, and how many.
+    let mut first_settled: Option<(Instant, usize)> = None;
     loop {
         let (decided, settled) = handled(&metrics);
+        let now = Instant::now();
         if decided > 0 && started.is_none() {
-            started = Some(Instant::now());
+            started = Some(now);
             cpu0 = cpu_seconds();
+            progress_at = now;
         }
-        if settled >= n || Instant::now() > limit {
+        if let Some(t0) = started {
+            if settled > 0 && first_settled.is_none() {
+                first_settled = Some((now, settled));
+            }
+            if settled != last || settled >= n {
+                if now - progress_at > stall.0 {
+                    stall = (now - progress_at, progress_at - t0, last);
+                }
+                (last, progress_at) = (settled, now);
+            }
+        }
+        if settled >= n || now > limit {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let started = started.unwrap_or_else(Instant::now);
+    let end = Instant::now();
+    let first = first_settled.map_or(0, |(t, _)| (t - started).as_millis());
+    let steady = first_settled.map_or(0.0, |(t, k)| {
+        n.saturating_sub(k) as f64 / (end - t).as_secs_f64().max(1e-9)
+    });
+    println!(
+        "{name}: first settled record {first} ms after the first decided one (start-up); from then on {steady:.0} records/s; longest wait for a settled record {} ms, from {} ms ({} records settled by then)",
+        stall.0.as_millis(),
+        stall.1.as_millis(),
+        stall.2
+    );
     let phase = Phase {
         name: name.to_owned(),
         seconds: started.elapsed().as_secs_f64(),
