@@ -39,6 +39,9 @@ struct RouterContext {
     topics: Topics,
     /// Revoked partitions, so a batch leaves out what it can no longer settle.
     revocations: Revocations,
+    /// Whether stored offsets are committed before a revocation (not in
+    /// transactional mode: a transaction carries the offsets).
+    commits: bool,
 }
 
 impl ClientContext for RouterContext {
@@ -83,7 +86,7 @@ impl ConsumerContext for RouterContext {
         consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        stage::before_rebalance(consumer, rebalance);
+        stage::before_rebalance(consumer, rebalance, self.commits);
     }
 
     fn post_rebalance(
@@ -386,6 +389,7 @@ impl Router {
             metrics: self.metrics.clone(),
             topics: self.config.topics.clone(),
             revocations: Revocations::default(),
+            commits: self.config.mode == Mode::AtLeastOnce,
         })?;
         consumer.subscribe(&[self.config.topics.ingest_pattern().as_str()])?;
         let schema_log = self.start_schema_log().map(Arc::new);

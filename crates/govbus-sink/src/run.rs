@@ -306,6 +306,9 @@ struct LagContext {
     metrics: Metrics,
     subscription: String,
     revocations: Revocations,
+    /// Whether stored offsets are committed before a revocation (not for
+    /// a sink that keeps its offsets with its effect).
+    commits: bool,
 }
 
 impl ClientContext for LagContext {
@@ -328,7 +331,7 @@ impl ConsumerContext for LagContext {
         consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        stage::before_rebalance(consumer, rebalance);
+        stage::before_rebalance(consumer, rebalance, self.commits);
     }
 }
 
@@ -573,6 +576,7 @@ impl Shared {
             metrics: self.metrics.clone(),
             subscription: sub.id.clone(),
             revocations: Revocations::default(),
+            commits: !own_offsets,
         }) {
             Ok(c) => c,
             Err(e) => return Ended::Failed(e.to_string()),
@@ -976,10 +980,11 @@ impl<S: Sink> Delivering<'_, S> {
             }
             // A record under an id not known *yet* waits for it, with its
             // whole batch, rather than being dead-lettered as undecodable
-            // (`SchemaWait`). The wait never polls the consumer, so no
-            // rebalance can revoke the batch's partitions under it; one
-            // that comes waits until it ends. Past the wait it is
-            // dead-lettered.
+            // (`SchemaWait`). A group member's wait never polls the
+            // consumer, so no rebalance can revoke the batch's partitions
+            // under it; one that comes waits until it ends. (The PostgreSQL
+            // sink, assigned its partitions, reads its next batch ahead
+            // meanwhile.) Past the wait it is dead-lettered.
             if unknown_schema.is_empty() {
                 self.schema_wait.settled();
             } else if self.schema_wait.hold(&unknown_schema, || {

@@ -37,11 +37,19 @@ pub trait Fenced: ConsumerContext + 'static {
 /// next owner starts there. Left to the periodic auto-commit, it would
 /// start up to a second behind and process that second again (measured in
 /// RELIABILITY.md's rebalance storm).
+///
+/// `commit` is the stage's [`Options::store_offsets`]: a stage whose offsets
+/// travel with its effect (a transaction, a table) commits nothing here —
+/// whatever librdkafka might have stored for it.
 pub fn before_rebalance<C: Fenced>(
     consumer: &rdkafka::consumer::BaseConsumer<C>,
     rebalance: &rdkafka::consumer::Rebalance<'_>,
+    commit: bool,
 ) {
     consumer.context().revocations().on_rebalance(rebalance);
+    if !commit {
+        return;
+    }
     if let rdkafka::consumer::Rebalance::Revoke(_) = rebalance {
         // A round trip to the coordinator, inside the stage's poll: off
         // the async worker.
@@ -69,9 +77,10 @@ pub enum Settled<E> {
         why: E,
     },
     /// Nothing of the batch took effect: the engine seeks each of its
-    /// partitions back to the batch's first record, to read it again (and
-    /// what followed it: batches started after it are settled as they say,
-    /// then read again too — at least once).
+    /// partitions back to the batch's first record, to read it again — and
+    /// with it everything after it: batches started after it are settled
+    /// (their effects awaited) but move no offset, and are read again too;
+    /// a batch read ahead is dropped and read again.
     Rewind,
 }
 
@@ -171,7 +180,10 @@ struct Positions {
 
 impl Positions {
     fn push(&mut self, m: &BorrowedMessage<'_>) {
-        let topic = m.topic();
+        self.push_at(m.topic(), m.partition(), m.offset());
+    }
+
+    fn push_at(&mut self, topic: &str, partition: i32, offset: i64) {
         let index = match self.at.last() {
             Some(&(i, _, _)) if self.topics[i] == topic => i,
             _ => match self.topics.iter().position(|t| t == topic) {
@@ -182,7 +194,14 @@ impl Positions {
                 }
             },
         };
-        self.at.push((index, m.partition(), m.offset()));
+        self.at.push((index, partition, offset));
+    }
+
+    /// Adds `other`'s records after these.
+    fn extend(&mut self, other: &Positions) {
+        for &(t, p, o) in &other.at {
+            self.push_at(&other.topics[t], p, o);
+        }
     }
 
     /// Per partition of records `[..n]`, the offset after the last, or
@@ -254,8 +273,10 @@ where
             }
         };
         if records.is_empty() {
-            while let Some((positions, started)) = in_flight.pop_front() {
-                if let Some(why) = settle(consumer, stage, options, &positions, started).await {
+            while !in_flight.is_empty() {
+                if let Some(why) =
+                    settle_oldest(consumer, stage, options, &mut in_flight, &mut ahead).await
+                {
                     break 'run Some(why);
                 }
             }
@@ -291,35 +312,28 @@ where
         match started {
             Ok(started) => in_flight.push_back((positions, started)),
             Err(why) => {
-                // The batches started before it are settled first.
-                while let Some((positions, started)) = in_flight.pop_front() {
-                    if settle(consumer, stage, options, &positions, started)
-                        .await
-                        .is_some()
-                    {
-                        break;
-                    }
+                // The batches started before it are settled first (a stop
+                // one of them says comes first).
+                let mut first = None;
+                while !in_flight.is_empty() && first.is_none() {
+                    first =
+                        settle_oldest(consumer, stage, options, &mut in_flight, &mut ahead).await;
                 }
-                break Some(why);
+                break Some(first.unwrap_or(why));
             }
         }
         while in_flight.len() > options.in_flight {
-            if let Some((positions, started)) = in_flight.pop_front() {
-                if let Some(why) = settle(consumer, stage, options, &positions, started).await {
-                    break 'run Some(why);
-                }
+            if let Some(why) =
+                settle_oldest(consumer, stage, options, &mut in_flight, &mut ahead).await
+            {
+                break 'run Some(why);
             }
         }
     };
-    if stop.is_none() {
-        while let Some((positions, started)) = in_flight.pop_front() {
-            if settle(consumer, stage, options, &positions, started)
-                .await
-                .is_some()
-            {
-                break;
-            }
-        }
+    // A stop: every batch in flight is settled first.
+    let mut stop = stop;
+    while !in_flight.is_empty() && stop.is_none() {
+        stop = settle_oldest(consumer, stage, options, &mut in_flight, &mut ahead).await;
     }
     if options.store_offsets {
         commit(consumer);
@@ -334,25 +348,43 @@ async fn stopped(shutdown: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool
     std::future::poll_fn(|cx| std::task::Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await
 }
 
-/// Settles one batch and moves the offsets of what it did; `Some` when the
-/// stage stops.
-async fn settle<C, S>(
+/// Settles the oldest batch in flight and moves the offsets of what it
+/// did; `Some` when the stage stops.
+///
+/// A batch that says [`Settled::Rewind`] takes everything after it along:
+/// no later offset may move before its records are done, so the later
+/// batches in flight are settled (their effects awaited: at least once)
+/// but store nothing, a batch read ahead is dropped, and each partition
+/// of them all goes back to its earliest record among them.
+async fn settle_oldest<C, S, R, P>(
     consumer: &StreamConsumer<C>,
     stage: &mut S,
     options: &Options,
-    positions: &Positions,
-    started: S::Started,
+    in_flight: &mut VecDeque<(Positions, S::Started)>,
+    ahead: &mut Option<(Positions, R, P)>,
 ) -> Option<S::Stop>
 where
     C: Fenced,
     S: Stage,
 {
+    let (positions, started) = in_flight.pop_front()?;
     let (done, stop) = match stage.settle(started).await {
         Settled::Done(n) => (n, None),
         Settled::Stop { done, why } => (done, Some(why)),
         Settled::Rewind => {
-            rewind(consumer, positions);
-            return None;
+            let mut back = positions;
+            let mut stop = None;
+            while let Some((later, started)) = in_flight.pop_front() {
+                if let Settled::Stop { why, .. } = stage.settle(started).await {
+                    stop = stop.or(Some(why));
+                }
+                back.extend(&later);
+            }
+            if let Some((read, _, _)) = ahead.take() {
+                back.extend(&read);
+            }
+            rewind(consumer, &back);
+            return stop;
         }
     };
     if options.store_offsets && done > 0 {
@@ -539,43 +571,59 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_rewound_batch_is_read_again_with_what_followed_it() {
+    async fn a_rewound_batch_takes_every_later_batch_back_with_it_and_no_later_offset_moves() {
         let (_mock, consumer) = topic_of(30).await;
+        // Batch 0..10 rewinds while 10..20 and 20..30 are in flight (and
+        // say they are done); then, read again, 0..10 stops the stage
+        // having done nothing.
         let mut stage = Logged {
-            answers: [Settled::Rewind].into(),
+            answers: [
+                Settled::Rewind,
+                Settled::Done(10),
+                Settled::Done(10),
+                Settled::Stop {
+                    done: 0,
+                    why: "stop",
+                },
+            ]
+            .into(),
             ..Logged::default()
         };
-        let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
-        let options = options(4);
-        let count = stage.count.clone();
-        let run = run(&consumer, &mut stage, offset, &options, async {
-            let _ = stopping.await;
-        });
-        let stopper = async {
-            // Until everything after the rewound batch came again too (60),
-            // at most 30 s.
-            for _ in 0..300 {
-                if count.load(std::sync::atomic::Ordering::Relaxed) >= 60 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let _ = stop.send(());
-        };
-        let (stopped, ()) = tokio::join!(run, stopper);
-        assert_eq!(stopped, None);
-        let first: Vec<i64> = (0..10).collect();
-        // Batches in flight are settled when the consumer goes idle; the
-        // first said nothing took effect, so it was read again — and with
-        // it what followed it (the consumer's position goes back to it).
+        let stopped = run(
+            &consumer,
+            &mut stage,
+            offset,
+            &options(4),
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!(stopped, Some("stop"));
+        assert_eq!(stage.settled, [0, 10, 20, 0]);
+        // Everything after the rewound batch was read again from it.
         assert_eq!(
-            stage.started.iter().filter(|b| **b == first).count(),
-            2,
-            "{:?}",
-            stage.started
+            stage.started.concat()[..40],
+            (0..30).chain(0..10).collect::<Vec<_>>()
         );
-        assert_eq!(stage.started.concat()[30..], (0..30).collect::<Vec<_>>());
-        assert_eq!(stage.settled, [0, 10, 20, 0, 10, 20]);
+        // The later batches' offsets never moved: nothing was committed.
+        assert_eq!(committed(&consumer), None);
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_settles_what_is_in_flight_and_commits_it() {
+        let (_mock, consumer) = topic_of(30).await;
+        let mut stage = Logged::default();
+        let count = stage.count.clone();
+        // The stop comes as soon as the third batch was started: seen at
+        // once, with three batches in flight and none settled.
+        let stopping = async move {
+            while count.load(std::sync::atomic::Ordering::Relaxed) < 30 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let stopped = run(&consumer, &mut stage, offset, &options(4), stopping).await;
+        assert_eq!(stopped, None);
+        assert_eq!(stage.started.len(), 3);
+        assert_eq!(stage.settled, [0, 10, 20]);
         assert_eq!(committed(&consumer), Some(30));
     }
 }
