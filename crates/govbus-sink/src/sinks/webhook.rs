@@ -100,15 +100,24 @@ pub enum WebhookError {
     Url(String),
 }
 
+/// Why a webhook secret cannot be used (never shows the secret).
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// `whsec_` followed by something that is not base64.
+    #[error("`whsec_` secret is not base64: {0}")]
+    NotBase64(#[from] base64::DecodeError),
+    /// A raw secret shorter than 16 bytes.
+    #[error("a secret needs at least 16 bytes (or `whsec_<base64>`); this one has {0}")]
+    TooShort(usize),
+}
+
 /// Decodes a Standard Webhooks secret: `whsec_<base64>`, or any other text
-/// used as raw key bytes.
-pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
+/// of at least 16 bytes used as raw key bytes.
+pub fn decode_secret(secret: &str) -> Result<Vec<u8>, SecretError> {
     match secret.strip_prefix("whsec_") {
-        Some(b64) => base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| format!("`whsec_` secret is not base64: {e}")),
+        Some(b64) => Ok(base64::engine::general_purpose::STANDARD.decode(b64)?),
         None if secret.len() >= 16 => Ok(secret.as_bytes().to_vec()),
-        None => Err("a secret needs at least 16 bytes (or `whsec_<base64>`)".into()),
+        None => Err(SecretError::TooShort(secret.len())),
     }
 }
 
@@ -252,7 +261,7 @@ impl Webhook {
             SecretSource::Inline(s) => s.clone(),
             SecretSource::None => return Err(WebhookError::Secret("none configured".into())),
         };
-        let key = decode_secret(&text).map_err(WebhookError::Secret)?;
+        let key = decode_secret(&text).map_err(|e| WebhookError::Secret(e.to_string()))?;
         split_host(url).ok_or_else(|| WebhookError::Url(url.clone()))?;
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(*timeout))
@@ -645,7 +654,13 @@ mod tests {
     #[test]
     fn secrets() {
         assert_eq!(decode_secret("whsec_AAEC").unwrap(), vec![0, 1, 2]);
-        assert!(decode_secret("short").is_err());
-        assert!(decode_secret("whsec_!!").is_err());
+        assert!(matches!(
+            decode_secret("short"),
+            Err(SecretError::TooShort(5))
+        ));
+        assert!(matches!(
+            decode_secret("whsec_!!"),
+            Err(SecretError::NotBase64(_))
+        ));
     }
 }
