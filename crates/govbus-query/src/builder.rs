@@ -1,7 +1,9 @@
 //! The state builder of one dataset: reads `data.<dataset>` and applies it to
-//! the store, one transaction per batch, the batch's offsets inside it.
-//! During a catch-up a batch is written on a thread of its own while the
-//! next is polled and decoded.
+//! the store, one transaction per batch, the batch's offsets inside it. It
+//! is a stage of the one stage engine (`govbus_kafka::stage::run`), run on
+//! a thread of its own: the store's write goes to the blocking pool, and
+//! meanwhile the engine reads and decodes the next batch (the consumer is
+//! assigned its partitions, so it may read ahead).
 //!
 //! Every instance reads every partition itself (assigned, no consumer group,
 //! nothing committed to Kafka): its position is the store's, so a restart
@@ -15,19 +17,15 @@ use std::time::{Duration, Instant};
 
 use govbus_catalog::{time, Catalog};
 use govbus_kafka::headers as h;
+use govbus_kafka::stage::{self, blocking, Fenced, Prepare, Revocations, Settled, Stage};
 use govbus_state::records::{self, Change};
 use govbus_state::{StateError, Store};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-
-/// Batches at least this large are written to the store on a thread of
-/// their own while the next is polled and decoded (a catch-up); smaller ones
-/// are written in line.
-const PIPELINE_MIN: usize = 512;
 
 /// How current one dataset's state is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -121,9 +119,22 @@ pub fn spawn(
                 state: st,
                 layout: String::new(),
             };
+            // The engine is async: this thread drives it on a runtime of
+            // its own (the store's writes go to the runtime's blocking pool).
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(message = "Cannot start a state builder's runtime.", dataset = %b.config.dataset, error = %e);
+                    return;
+                }
+            };
             while !stop.load(Ordering::Relaxed) {
-                let outcome =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| b.run(&stop)));
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    runtime.block_on(b.run(&stop))
+                }));
                 let error = match outcome {
                     Ok(Ok(())) => continue,
                     Ok(Err(e)) => e.to_string(),
@@ -147,7 +158,7 @@ enum BuildError {
     State(#[from] StateError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("store writer thread: {0}")]
+    #[error("store writer: {0}")]
     Thread(String),
     #[error("the record at partition {partition} offset {offset} does not decode with this process's catalog ({detail}); its lookup fields cannot be indexed, so the state stops here until the catalog has its schema")]
     Undecodable {
@@ -217,7 +228,7 @@ impl Builder {
         Ok(rebuilt)
     }
 
-    fn consumer(&self) -> Result<BaseConsumer, BuildError> {
+    fn consumer(&self) -> Result<StreamConsumer<Assigned>, BuildError> {
         let mut c: ClientConfig = govbus_kafka::config::consumer(
             &self.config.bootstrap,
             &format!("govbus.query.{}", self.config.dataset),
@@ -228,15 +239,18 @@ impl Builder {
         for (k, v) in &self.config.client_overrides {
             c.set(k, v);
         }
-        Ok(c.create()?)
+        Ok(c.create_with_context(Assigned::default())?)
     }
 
     /// Assigns every partition at the store's position (the beginning where
     /// it has none). Returns the positions.
-    fn assign(&self, consumer: &BaseConsumer) -> Result<BTreeMap<i32, i64>, BuildError> {
+    fn assign(
+        &self,
+        consumer: &StreamConsumer<Assigned>,
+    ) -> Result<BTreeMap<i32, i64>, BuildError> {
         let topic = &self.config.topic;
         let stored = self.store.read()?.offsets(topic)?;
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let metadata = blocking(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))?;
         let mut tpl = TopicPartitionList::new();
         let mut positions = BTreeMap::new();
         for t in metadata.topics() {
@@ -257,65 +271,49 @@ impl Builder {
         Ok(positions)
     }
 
-    fn run(&mut self, stop: &AtomicBool) -> Result<(), BuildError> {
+    /// Builds until `stop` (`Ok`), the lookup fields change (`Ok`: run
+    /// again, from the beginning of the topic), or a fault (`Err`).
+    async fn run(&mut self, stop: &AtomicBool) -> Result<(), BuildError> {
         self.check_layout()?;
         let consumer = self.consumer()?;
         let mut positions = self.assign(&consumer)?;
         while positions.is_empty() && !stop.load(Ordering::Relaxed) {
             tracing::warn!(message = "The dataset's canonical topic does not exist yet; waiting for it.", topic = %self.config.topic);
-            std::thread::sleep(Duration::from_secs(2));
+            tokio::time::sleep(Duration::from_secs(2)).await;
             positions = self.assign(&consumer)?;
         }
         tracing::info!(message = "State builder started.", dataset = %self.config.dataset, resume = %positions.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(","));
-        let mut last_lag: Option<Instant> = None;
-        // Two stages: while one batch is written to the store (a thread of
-        // its own), the next is polled and decoded here. At most one batch
-        // is being written; `positions` only ever holds written offsets.
-        let mut writing: Option<Writing> = None;
-        let outcome = loop {
-            if stop.load(Ordering::Relaxed) {
-                break Ok(());
-            }
-            let prepared = match self.poll(&consumer).and_then(|b| self.prepare(b)) {
-                Ok(p) => p,
-                Err(e) => break Err(e),
-            };
-            let written = match writing.take() {
-                Some(w) => w.finish()?,
-                None => BTreeMap::new(),
-            };
-            positions.extend(written);
-            if self.check_layout()? {
-                // Rebuilt from the beginning: the batch in hand is dropped
-                // (it is read again from the topic).
-                positions = self.assign(&consumer)?;
-                continue;
-            }
-            let polled_nothing = prepared.changes.is_empty();
-            if prepared.changes.len() >= PIPELINE_MIN {
-                writing = Some(Writing::start(self.writer(), prepared)?);
-            } else if !polled_nothing {
-                // A small batch (a source at its steady rate) is written
-                // here: no thread to start, no added latency.
-                self.writer().write(&prepared)?;
-                positions.extend(prepared.next);
-            }
-            // Lag counts from written offsets only, so a batch still being
-            // written keeps the state from being called caught up.
-            let due = last_lag.is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
-            if due || (polled_nothing && !self.state.freshness().caught_up) {
-                last_lag = Some(Instant::now());
-                self.measure_lag(&consumer, &positions);
+        let options = stage::Options {
+            max_batch: self.config.max_batch,
+            linger: Duration::from_millis(5),
+            idle_wait: Some(Duration::from_millis(100)),
+            in_flight: 0,
+            // The offsets are the store's, written with the changes.
+            store_offsets: false,
+        };
+        let mut building = Building {
+            builder: self,
+            consumer: &consumer,
+            positions,
+            last_lag: None,
+        };
+        let stopping = async {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        if let Some(w) = writing.take() {
-            let written = w.finish();
-            if let (Err(first), Err(_)) = (&outcome, &written) {
-                tracing::error!(message = "State builder failed while a batch was being written; the write failed too (next error).", dataset = %self.config.dataset, error = %first);
-            }
-            written?;
+        match stage::run(
+            &consumer,
+            &mut building,
+            Consumed::from_message,
+            &options,
+            stopping,
+        )
+        .await
+        {
+            None | Some(Ended::Rebuilt) => Ok(()),
+            Some(Ended::Failed(e)) => Err(e),
         }
-        outcome
     }
 
     fn writer(&self) -> Writer {
@@ -328,78 +326,19 @@ impl Builder {
         }
     }
 
-    fn poll(&self, consumer: &BaseConsumer) -> Result<Vec<Consumed>, BuildError> {
-        let mut out = Vec::new();
-        let mut timeout = Duration::from_millis(100);
-        while out.len() < self.config.max_batch {
-            match consumer.poll(timeout) {
-                None => break,
-                Some(Err(e)) => {
-                    if out.is_empty() {
-                        return Err(e.into());
-                    }
-                    break;
-                }
-                Some(Ok(m)) => out.push(Consumed::from(&m)),
-            }
-            timeout = Duration::ZERO;
+    fn decoder(&self) -> Decoder {
+        Decoder {
+            catalog: self.catalog.borrow().clone(),
+            dataset: self.config.dataset.clone(),
+            metrics: self.metrics.clone(),
         }
-        Ok(out)
-    }
-
-    /// Decodes a polled batch into store changes (with its lookup-field
-    /// index entries) and the offsets it ends at.
-    fn prepare(&self, batch: Vec<Consumed>) -> Result<Prepared, BuildError> {
-        let catalog = self.catalog.borrow().clone();
-        let dataset = catalog.dataset(&self.config.dataset);
-        let mut changes = Vec::with_capacity(batch.len());
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-        for c in batch {
-            next.insert(c.partition, c.offset + 1);
-            let mut index = Vec::new();
-            if let (Some(ds), Some(v)) = (dataset, &c.value) {
-                if !ds.lookup.is_empty() {
-                    // Only the lookup fields are built; the rest is checked.
-                    let lookup = |f: &str| ds.lookup.iter().any(|l| l.field == f);
-                    match govbus_sink::decode::to_json_only(&catalog, v, &lookup) {
-                        Ok(record) => {
-                            for l in &ds.lookup {
-                                let tag = ds.personal_data.get(&l.field).copied();
-                                if let Some(text) =
-                                    record.get(&l.field).and_then(|v| crate::index_text(tag, v))
-                                {
-                                    index.push((l.field.clone(), text));
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            self.metrics.undecodable(&self.config.dataset);
-                            return Err(BuildError::Undecodable {
-                                partition: c.partition,
-                                offset: c.offset,
-                                detail: e.to_string(),
-                            });
-                        }
-                    }
-                }
-            }
-            changes.push(Change {
-                key: c.key,
-                version: c.version,
-                value: c.value,
-                time_ms: c.time_ms,
-                id: c.id,
-                index,
-            });
-        }
-        Ok(Prepared { changes, next })
     }
 
     fn publish_state(&self) {
         publish_state(&self.metrics, &self.state);
     }
 
-    fn measure_lag(&self, consumer: &BaseConsumer, positions: &BTreeMap<i32, i64>) {
+    fn measure_lag(&self, consumer: &StreamConsumer<Assigned>, positions: &BTreeMap<i32, i64>) {
         let mut lag = 0;
         for (p, pos) in positions {
             match consumer.fetch_watermarks(&self.config.topic, *p, Duration::from_secs(5)) {
@@ -430,6 +369,179 @@ fn publish_state(metrics: &Metrics, state: &DatasetState) {
         0.0
     };
     metrics.state(&state.dataset, f.keys, age);
+}
+
+/// Decodes batches under the catalog of the moment (the engine reads and
+/// decodes the next batch while one is written).
+struct Decoder {
+    catalog: Arc<Catalog>,
+    dataset: String,
+    metrics: Metrics,
+}
+
+impl Decoder {
+    /// Decodes a batch into store changes (with its lookup-field
+    /// index entries) and the offsets it ends at.
+    fn decode(&self, batch: &mut [Consumed]) -> Result<Prepared, BuildError> {
+        let catalog = &self.catalog;
+        let dataset = catalog.dataset(&self.dataset);
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        for c in batch {
+            next.insert(c.partition, c.offset + 1);
+            // Moved out: the record keeps only its position.
+            let value = c.value.take();
+            let mut index = Vec::new();
+            if let (Some(ds), Some(v)) = (dataset, &value) {
+                if !ds.lookup.is_empty() {
+                    // Only the lookup fields are built; the rest is checked.
+                    let lookup = |f: &str| ds.lookup.iter().any(|l| l.field == f);
+                    match govbus_sink::decode::to_json_only(catalog, v, &lookup) {
+                        Ok(record) => {
+                            for l in &ds.lookup {
+                                let tag = ds.personal_data.get(&l.field).copied();
+                                if let Some(text) =
+                                    record.get(&l.field).and_then(|v| crate::index_text(tag, v))
+                                {
+                                    index.push((l.field.clone(), text));
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            self.metrics.undecodable(&self.dataset);
+                            return Err(BuildError::Undecodable {
+                                partition: c.partition,
+                                offset: c.offset,
+                                detail: e.to_string(),
+                            });
+                        }
+                    }
+                }
+            }
+            changes.push(Change {
+                key: std::mem::take(&mut c.key),
+                version: c.version,
+                value,
+                time_ms: c.time_ms,
+                id: std::mem::take(&mut c.id),
+                index,
+            });
+        }
+        Ok(Prepared { changes, next })
+    }
+}
+
+impl Prepare<Consumed> for Decoder {
+    type Prepared = Result<Prepared, BuildError>;
+
+    async fn prepare(self, mut records: Vec<Consumed>) -> (Vec<Consumed>, Self::Prepared) {
+        let prepared = self.decode(&mut records);
+        (records, prepared)
+    }
+}
+
+/// Why a builder's engine stopped.
+enum Ended {
+    /// The lookup fields changed: the state was cleared; build it again.
+    Rebuilt,
+    /// A fault: restarted from the store's position after a pause.
+    Failed(BuildError),
+}
+
+impl From<BuildError> for Ended {
+    fn from(e: BuildError) -> Ended {
+        Ended::Failed(e)
+    }
+}
+
+impl From<StateError> for Ended {
+    fn from(e: StateError) -> Ended {
+        Ended::Failed(e.into())
+    }
+}
+
+/// The builder's consumer context: assigned partitions, no group, so no
+/// revocation ever comes (the engine's fence stays empty).
+#[derive(Default)]
+struct Assigned(Revocations);
+
+impl ClientContext for Assigned {}
+impl ConsumerContext for Assigned {}
+impl Fenced for Assigned {
+    fn revocations(&self) -> &Revocations {
+        &self.0
+    }
+}
+
+/// The builder as a stage of the engine: a batch's changes and offsets are
+/// written in one store transaction, on the blocking pool.
+struct Building<'a> {
+    builder: &'a mut Builder,
+    consumer: &'a StreamConsumer<Assigned>,
+    /// The store's position per partition (written offsets only).
+    positions: BTreeMap<i32, i64>,
+    last_lag: Option<Instant>,
+}
+
+impl Building<'_> {
+    /// Measures the lag every 2 s, and whenever the state is not caught up
+    /// yet and the input is idle. Lag counts from written offsets only.
+    fn measure_lag_if_due(&mut self, idle: bool) {
+        let due = self
+            .last_lag
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
+        if due || (idle && !self.builder.state.freshness().caught_up) {
+            self.last_lag = Some(Instant::now());
+            let (consumer, positions) = (self.consumer, &self.positions);
+            blocking(|| self.builder.measure_lag(consumer, positions));
+        }
+    }
+}
+
+impl Stage for Building<'_> {
+    type Record = Consumed;
+    type Started = usize;
+    type Stop = Ended;
+    type Preparer = Decoder;
+
+    fn read_ahead(&self) -> Option<Decoder> {
+        Some(self.builder.decoder())
+    }
+
+    async fn start(
+        &mut self,
+        mut records: Vec<Consumed>,
+        prepared: Option<Result<Prepared, BuildError>>,
+    ) -> Result<usize, Ended> {
+        let prepared = match prepared {
+            Some(p) => p?,
+            None => self.builder.decoder().decode(&mut records)?,
+        };
+        if self.builder.check_layout()? {
+            // Cleared: built again from the beginning (this batch with it).
+            return Err(Ended::Rebuilt);
+        }
+        let writer = self.builder.writer();
+        let next =
+            tokio::task::spawn_blocking(move || writer.write(&prepared).map(|()| prepared.next))
+                .await
+                .map_err(|e| BuildError::Thread(format!("the write panicked (a bug): {e}")))??;
+        self.positions.extend(next);
+        self.measure_lag_if_due(false);
+        Ok(records.len())
+    }
+
+    async fn settle(&mut self, written: usize) -> Settled<Ended> {
+        Settled::Done(written)
+    }
+
+    async fn idle(&mut self) -> Result<(), Ended> {
+        if self.builder.check_layout()? {
+            return Err(Ended::Rebuilt);
+        }
+        self.measure_lag_if_due(true);
+        Ok(())
+    }
 }
 
 /// A decoded batch: its changes and the offsets it ends at.
@@ -473,43 +585,6 @@ impl Writer {
     }
 }
 
-/// A batch being written on its own thread. Dropped without [`finish`]
-/// (the builder thread unwinding from a panic), it still waits for the
-/// write: no write may land after the next run has started.
-///
-/// [`finish`]: Writing::finish
-struct Writing(Option<std::thread::JoinHandle<Result<BTreeMap<i32, i64>, BuildError>>>);
-
-impl Drop for Writing {
-    fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            let _ = handle.join();
-        }
-    }
-}
-
-impl Writing {
-    fn start(writer: Writer, p: Prepared) -> Result<Writing, BuildError> {
-        let handle = std::thread::Builder::new()
-            .name(format!("store-{}", writer.dataset))
-            .spawn(move || writer.write(&p).map(|()| p.next))
-            .map_err(|e| BuildError::Thread(e.to_string()))?;
-        Ok(Writing(Some(handle)))
-    }
-
-    /// Waits for the write; the offsets it committed.
-    fn finish(mut self) -> Result<BTreeMap<i32, i64>, BuildError> {
-        // `start` made it `Some`; only `finish` (which consumes it) and
-        // `drop` take it.
-        let joined = self.0.take().map(std::thread::JoinHandle::join);
-        joined.and_then(Result::ok).unwrap_or_else(|| {
-            Err(BuildError::Thread(
-                "the store writer panicked (a bug); see the log above".into(),
-            ))
-        })
-    }
-}
-
 /// One consumed record, owned.
 struct Consumed {
     partition: i32,
@@ -519,6 +594,12 @@ struct Consumed {
     value: Option<Vec<u8>>,
     time_ms: i64,
     id: String,
+}
+
+impl Consumed {
+    fn from_message(m: BorrowedMessage<'_>) -> Consumed {
+        Consumed::from(&m)
+    }
 }
 
 impl From<&BorrowedMessage<'_>> for Consumed {
