@@ -328,7 +328,7 @@ impl Builder {
 
     fn decoder(&self) -> Decoder {
         Decoder {
-            catalog: self.catalog.borrow().clone(),
+            catalog: self.catalog.clone(),
             dataset: self.config.dataset.clone(),
             metrics: self.metrics.clone(),
         }
@@ -374,7 +374,9 @@ fn publish_state(metrics: &Metrics, state: &DatasetState) {
 /// Decodes batches under the catalog of the moment (the engine reads and
 /// decodes the next batch while one is written).
 struct Decoder {
-    catalog: Arc<Catalog>,
+    /// Read when a batch is decoded, not when the decoder is made: a
+    /// schema that arrived while the batch before was written is known.
+    catalog: watch::Receiver<Arc<Catalog>>,
     dataset: String,
     metrics: Metrics,
 }
@@ -383,7 +385,8 @@ impl Decoder {
     /// Decodes a batch into store changes (with its lookup-field
     /// index entries) and the offsets it ends at.
     fn decode(&self, batch: &mut [Consumed]) -> Result<Prepared, BuildError> {
-        let catalog = &self.catalog;
+        let catalog = self.catalog.borrow().clone();
+        let catalog = &catalog;
         let dataset = catalog.dataset(&self.dataset);
         let mut changes = Vec::with_capacity(batch.len());
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
@@ -522,10 +525,15 @@ impl Stage for Building<'_> {
             return Err(Ended::Rebuilt);
         }
         let writer = self.builder.writer();
-        let next =
-            tokio::task::spawn_blocking(move || writer.write(&prepared).map(|()| prepared.next))
-                .await
-                .map_err(|e| BuildError::Thread(format!("the write panicked (a bug): {e}")))??;
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let _written = Written(Some(wait));
+        let next = tokio::task::spawn_blocking(move || {
+            let written = writer.write(&prepared).map(|()| prepared.next);
+            let _ = done.send(());
+            written
+        })
+        .await
+        .map_err(|e| BuildError::Thread(format!("the write panicked (a bug): {e}")))??;
         self.positions.extend(next);
         self.measure_lag_if_due(false);
         Ok(records.len())
@@ -541,6 +549,23 @@ impl Stage for Building<'_> {
         }
         self.measure_lag_if_due(true);
         Ok(())
+    }
+}
+
+/// A store write on the blocking pool. Dropped before the write ended (a
+/// panic unwinding the builder's thread while the batch read ahead was
+/// decoded), it still waits for it: no write may land after the next run
+/// has started (a write landing after a rebuild cleared the store would
+/// leave it holding offsets past changes it does not have).
+struct Written(Option<std::sync::mpsc::Receiver<()>>);
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if let Some(wait) = self.0.take() {
+            // Ends when the write sent its end, or dropped the sender (a
+            // panic in the write).
+            let _ = wait.recv();
+        }
     }
 }
 
