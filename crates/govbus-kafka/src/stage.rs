@@ -290,7 +290,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn p(n: i32) -> (String, i32) {
@@ -358,12 +358,15 @@ mod tests {
         assert!(!r.revoked_since(last, "data.x", KEPT as i32 + 9));
     }
 
-    /// A consumer of `n` records on the mock cluster's topic `t`.
-    async fn mock_with(
+    /// A mock cluster whose topic `t` (one partition) holds the records
+    /// `0..n`, and a consumer of it in group `g` with `context` (offsets
+    /// stored only when told). Shared with the engine's tests.
+    pub(crate) async fn mock_topic<C: ConsumerContext + 'static>(
         n: usize,
+        context: C,
     ) -> (
         rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-        StreamConsumer,
+        StreamConsumer<C>,
     ) {
         use rdkafka::producer::{FutureProducer, FutureRecord};
         let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
@@ -382,14 +385,25 @@ mod tests {
                 .await
                 .expect("acknowledged");
         }
-        let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        let consumer: StreamConsumer<C> = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", mock.bootstrap_servers())
             .set("group.id", "g")
             .set("auto.offset.reset", "earliest")
-            .create()
+            .set("enable.auto.offset.store", "false")
+            .create_with_context(context)
             .expect("consumer");
         rdkafka::consumer::Consumer::subscribe(&consumer, &["t"]).expect("subscribe");
         (mock, consumer)
+    }
+
+    /// A consumer of `n` records on the mock cluster's topic `t`.
+    async fn mock_with(
+        n: usize,
+    ) -> (
+        rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        StreamConsumer,
+    ) {
+        mock_topic(n, rdkafka::consumer::DefaultConsumerContext).await
     }
 
     fn offset(m: BorrowedMessage<'_>) -> i64 {

@@ -429,19 +429,7 @@ impl Router {
         let records = batch.len();
         drop(batch);
         self.ensure_output_topics(&out).await;
-        let mut deliveries = Vec::with_capacity(out.len());
-        for o in &mut out {
-            deliveries.push(loop {
-                match enqueue(producer, o) {
-                    // Backpressure: the queue empties as acknowledgements
-                    // come (librdkafka's thread takes them, awaited or not).
-                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    other => break other,
-                }
-            });
-        }
+        let deliveries = enqueue_all(producer, &mut out).await;
         InFlight {
             out,
             deliveries,
@@ -577,19 +565,8 @@ impl Router {
         let decided = started.elapsed().as_secs_f64();
         self.ensure_output_topics(&out).await;
         blocking(|| producer.begin_transaction())?;
-        let mut deliveries = Vec::with_capacity(out.len());
-        for o in &mut out {
-            deliveries.push(loop {
-                match enqueue(producer, o) {
-                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    other => break other?,
-                }
-            });
-        }
-        for d in deliveries {
-            d.await
+        for d in enqueue_all(producer, &mut out).await {
+            d?.await
                 .map_err(|_| KafkaError::Canceled)?
                 .map_err(|(e, _)| e)?;
         }
@@ -661,6 +638,27 @@ fn dead_letter(
         headers: Some(headers),
         dlq: true,
     }
+}
+
+/// Hands every record of `out` to librdkafka, in order. On `QueueFull` it
+/// waits 1 ms and tries again: the queue empties as acknowledgements come
+/// (librdkafka's thread takes them, awaited or not).
+async fn enqueue_all(
+    producer: &FutureProducer,
+    out: &mut [Outgoing],
+) -> Vec<Result<DeliveryFuture, KafkaError>> {
+    let mut deliveries = Vec::with_capacity(out.len());
+    for o in out {
+        deliveries.push(loop {
+            match enqueue(producer, o) {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                other => break other,
+            }
+        });
+    }
+    deliveries
 }
 
 /// Hands one record to librdkafka (moving its headers in). `QueueFull` is

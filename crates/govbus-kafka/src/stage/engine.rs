@@ -426,7 +426,6 @@ fn commit<C: Fenced>(consumer: &StreamConsumer<C>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
 
     #[derive(Default)]
     struct Ctx(Revocations);
@@ -484,31 +483,23 @@ mod tests {
         rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
         StreamConsumer<Ctx>,
     ) {
-        let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-        mock.create_topic("t", 1, 1).expect("topic");
-        let producer: FutureProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", mock.bootstrap_servers())
-            .create()
-            .expect("producer");
-        for i in 0..n {
-            let v = i.to_string();
-            producer
-                .send(
-                    FutureRecord::<(), _>::to("t").payload(&v),
-                    Duration::from_secs(5),
-                )
-                .await
-                .expect("acknowledged");
-        }
-        let consumer: StreamConsumer<Ctx> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", mock.bootstrap_servers())
-            .set("group.id", "g")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.offset.store", "false")
-            .create_with_context(Ctx::default())
-            .expect("consumer");
-        consumer.subscribe(&["t"]).expect("subscribe");
-        (mock, consumer)
+        super::super::tests::mock_topic(n, Ctx::default()).await
+    }
+
+    /// Runs `stage` with `in_flight` until it stops by itself.
+    async fn run_until_stopped(
+        consumer: &StreamConsumer<Ctx>,
+        stage: &mut Logged,
+        in_flight: usize,
+    ) -> Option<&'static str> {
+        run(
+            consumer,
+            stage,
+            offset,
+            &options(in_flight),
+            std::future::pending(),
+        )
+        .await
     }
 
     fn options(in_flight: usize) -> Options {
@@ -545,14 +536,7 @@ mod tests {
             .into(),
             ..Logged::default()
         };
-        let stopped = run(
-            &consumer,
-            &mut stage,
-            offset,
-            &options(1),
-            std::future::pending(),
-        )
-        .await;
+        let stopped = run_until_stopped(&consumer, &mut stage, 1).await;
         assert_eq!(stopped, Some("stop"));
         // One batch in flight while the next is read: the second batch is
         // settled after the third started, and oldest first.
@@ -589,14 +573,7 @@ mod tests {
             .into(),
             ..Logged::default()
         };
-        let stopped = run(
-            &consumer,
-            &mut stage,
-            offset,
-            &options(4),
-            std::future::pending(),
-        )
-        .await;
+        let stopped = run_until_stopped(&consumer, &mut stage, 4).await;
         assert_eq!(stopped, Some("stop"));
         assert_eq!(stage.settled, [0, 10, 20, 0]);
         // Everything after the rewound batch was read again from it.
