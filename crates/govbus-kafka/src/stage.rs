@@ -1,5 +1,7 @@
-//! What every consuming stage shares — the router and every sink alike:
-//! [`next_batch`] collects a batch from a consumer, [`Revocations`]
+//! What every consuming stage shares — the router, every sink and the live
+//! interfaces' state builder alike: [`run`] (the [`engine`]) is the one
+//! consume → effect → settle loop they run on and the only place offsets
+//! move; [`next_batch`] collects a batch from a consumer, [`Revocations`]
 //! fences it against rebalances, and [`blocking`] runs what blocks (an
 //! fsync, a transaction's commit, a metadata request) off the async worker.
 //!

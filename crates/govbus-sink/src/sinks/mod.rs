@@ -1,10 +1,11 @@
 //! The delivery targets, one module each, behind one [`Sink`] trait.
 //!
-//! The engine in [`crate::run`] owns everything a subscription does around a
-//! target: the consumer, the grant checked on every batch, the policy applied
-//! to every record before a sink sees it (a sink receives [`Delivery`]s, never
-//! canonical values), the subscription's dead letters, the ledger, the
-//! offsets, the traces and the metrics. A sink only delivers, and says how far
+//! [`crate::run`] (a stage of the one stage engine, `govbus_kafka::stage::run`,
+//! which alone moves the offsets) owns everything a subscription does around
+//! a target: the consumer, the grant checked on every batch, the policy
+//! applied to every record before a sink sees it (a sink receives
+//! [`Delivery`]s, never canonical values), the subscription's dead letters,
+//! the ledger, the traces and the metrics. A sink only delivers, and says how far
 //! it got. A new sink is a new module here, one arm in `run::Shared::deliver_while_granted`,
 //! and one line in the conformance suite (`tests/conformance.rs`).
 //!
