@@ -216,7 +216,14 @@ pub async fn fill<'c, C: ConsumerContext + 'static, T>(
     while out.len() < max {
         let until = deadline.min(tokio::time::Instant::now() + IDLE_GAP);
         match tokio::time::timeout_at(until, consumer.recv()).await {
-            Ok(Ok(m)) => out.push((seen(), m)),
+            Ok(Ok(m)) => {
+                out.push((seen(), m));
+                // Records already fetched are ready at once: without this
+                // the loop would hold its task for the whole batch, and
+                // work sharing the task (a delivery the next batch is read
+                // beside: `while_reading_ahead`) would wait for it.
+                tokio::task::consume_budget().await;
+            }
             Ok(Err(error)) => {
                 tracing::warn!(message = "Consume failed.", %error);
                 break;
