@@ -826,9 +826,6 @@ fn keep(message: BorrowedMessage<'_>) -> Canonical {
     Canonical::from_message(&message)
 }
 
-/// Records prepared between two yields when a batch is prepared ahead.
-const PREPARE_SLICE: usize = 128;
-
 /// One subscription's delivery as a stage of the engine
 /// ([`govbus_kafka::stage::run`]): the grant checked on every batch, the
 /// policy applied before the sink sees a record, then the sink, the
@@ -862,19 +859,27 @@ struct Ahead {
 impl Prepare<Canonical> for Ahead {
     type Prepared = (Arc<Catalog>, Vec<Prepared>);
 
-    /// Yields between slices: it runs beside the delivery of the batch
-    /// before, whose replies should not wait for a whole batch's decoding.
+    /// On the blocking pool: the delivery of the batch before runs on this
+    /// task meanwhile, and its replies (a database's, say) do not wait
+    /// for a whole batch's decoding — on a machine with a core to spare
+    /// the two run at once.
     async fn prepare(self, records: Vec<Canonical>) -> (Vec<Canonical>, Self::Prepared) {
-        let mut prepared = Vec::with_capacity(records.len());
-        for slice in records.chunks(PREPARE_SLICE) {
-            prepared.extend(
-                slice
-                    .iter()
-                    .map(|c| prepare(&self.catalog, &self.policy, c)),
-            );
-            tokio::task::yield_now().await;
+        let task = tokio::task::spawn_blocking(move || {
+            let prepared = records
+                .iter()
+                .map(|c| prepare(&self.catalog, &self.policy, c))
+                .collect();
+            (records, (self.catalog, prepared))
+        });
+        match task.await {
+            Ok(out) => out,
+            // A panic in the preparation is the stage's, as if it ran here.
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Cancelled: only when the runtime shuts down.
+                Err(_) => std::future::pending().await,
+            },
         }
-        (records, (self.catalog, prepared))
     }
 }
 
