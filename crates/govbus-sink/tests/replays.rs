@@ -221,3 +221,91 @@ async fn a_value_the_table_cannot_store_is_named_before_it_is_applied() {
         .get(0);
     assert_eq!(n, 1);
 }
+
+/// New keys are copied into the table (COPY's text format) and keys it
+/// holds take the upsert: whichever way a row goes, every value arrives as
+/// sent — tabs, newlines, carriage returns, backslashes, a literal `\N`,
+/// the empty string — and so do the row's event id, op, time, version and
+/// policy. A batch mixes both ways and repeats a key.
+#[tokio::test]
+async fn every_value_arrives_as_sent_whether_the_row_is_new_or_held() {
+    let (schema, table, mut sink) = deaths_table().await;
+    let client = schema.client().await.unwrap();
+    let now = 1_795_996_800_000;
+    let odd = [
+        "福田区\t民政局",
+        "line\nbreak",
+        "carriage\rreturn",
+        r"back\slash",
+        r"\N",
+        "",
+        r"\.",
+        "\\\n\t\r\\t",
+        "引号 \" ' 😀",
+        "\n",
+    ];
+    let event = |k: usize, version: u64, office: &str| {
+        let mut e = delivery(&format!("ev-{k}-{version}"), version, office, "update", now + k as i64);
+        e.subject = format!("DR-2026-{k:08}");
+        e
+    };
+    let rows = || async {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT _govbus_subject, registering_office, _govbus_source_version, _govbus_event_id, \
+                     _govbus_op, (extract(epoch FROM _govbus_time) * 1000)::bigint, _govbus_policy \
+                     FROM {table} ORDER BY _govbus_subject"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, i64>(2),
+                    r.get::<_, String>(3),
+                    r.get::<_, String>(4),
+                    r.get::<_, i64>(5),
+                    r.get::<_, String>(6),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let policy = catalog()
+        .subscription("hrss_deaths_pension_stop")
+        .unwrap()
+        .policy_version
+        .clone();
+    let expect = |k: usize, version: u64, office: &str| {
+        (
+            format!("DR-2026-{k:08}"),
+            office.to_owned(),
+            version as i64,
+            format!("ev-{k}-{version}"),
+            "update".to_owned(),
+            now + k as i64,
+            policy.clone(),
+        )
+    };
+
+    // All new: copied in.
+    let first: Vec<Delivery> = odd.iter().enumerate().map(|(k, o)| event(k, 1, o)).collect();
+    sink.apply(&first, &[(0, 10)], || async { Ok(()) }).await.unwrap();
+    let want: Vec<_> = odd.iter().enumerate().map(|(k, o)| expect(k, 1, o)).collect();
+    assert_eq!(rows().await, want, "rows copied in");
+
+    // Held keys (odd values reversed, version 2) and new ones in one
+    // batch; key 0 twice, its last change winning.
+    let mut second: Vec<Delivery> = odd.iter().rev().enumerate().map(|(k, o)| event(k, 2, o)).collect();
+    second.extend(odd.iter().enumerate().map(|(k, o)| event(k + 10, 1, o)));
+    second.push(event(0, 3, "最后"));
+    sink.apply(&second, &[(0, 31)], || async { Ok(()) }).await.unwrap();
+    let mut want: Vec<_> = odd.iter().rev().enumerate().map(|(k, o)| expect(k, 2, o)).collect();
+    want[0] = expect(0, 3, "最后");
+    want.extend(odd.iter().enumerate().map(|(k, o)| expect(k + 10, 1, o)));
+    assert_eq!(rows().await, want, "rows upserted and copied in one batch");
+}

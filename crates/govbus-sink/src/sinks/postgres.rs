@@ -55,12 +55,26 @@ pub struct PgSink {
     /// The batch statements, prepared on the first batch (their text
     /// depends only on the table and its columns, fixed while open).
     statements: Option<Statements>,
+    /// Whether the delete-marker table may hold a marker (read at open,
+    /// set by any batch with deletes): while it does not, and the last
+    /// batch held no known key, a batch's upserts are copied in at once
+    /// instead of being looked up first (see [`PgSink::apply`]).
+    markers: bool,
+    /// Whether the last batch found keys the table holds.
+    held_last: bool,
 }
 
 /// The statements every batch runs, parsed and planned once per open
 /// instead of once per batch.
 #[derive(Debug, Clone)]
 struct Statements {
+    /// Which of a batch's keys the table holds (or has a delete marker for
+    /// at the same or a higher version): those take the upsert; the rest
+    /// are new rows and are copied in.
+    existing: tokio_postgres::Statement,
+    /// `COPY … FROM STDIN` of the new rows, every column in
+    /// [`PgSink::copy_row`]'s order.
+    copy: tokio_postgres::Statement,
     upsert: tokio_postgres::Statement,
     delete: tokio_postgres::Statement,
     tombstone: tokio_postgres::Statement,
@@ -216,9 +230,19 @@ impl PgSink {
             policy: sub.policy_version.clone(),
             sweep: false,
             statements: None,
+            markers: true,
+            held_last: false,
         };
         let mut sink = sink;
         sink.migrate(schema).await?;
+        sink.markers = sink
+            .client
+            .query_one(
+                &format!("SELECT EXISTS (SELECT 1 FROM {})", sink.tombstones),
+                &[],
+            )
+            .await?
+            .get(0);
         Ok(sink)
     }
 
@@ -485,7 +509,22 @@ impl PgSink {
              ON CONFLICT (subscription, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, policy_version = EXCLUDED.policy_version",
             self.offsets
         );
+        // Probes each key in the two primary keys (`= ANY`: an index
+        // scan whatever the table's size, never a scan of the table).
+        let existing = format!(
+            "SELECT _govbus_subject, NULL::bigint FROM {t} WHERE _govbus_subject = ANY($1::text[]) \
+             UNION ALL SELECT subject, source_version FROM {tomb} WHERE subject = ANY($1::text[])",
+            t = self.table,
+            tomb = self.tombstones,
+        );
+        let copy = format!(
+            "COPY {} ({}) FROM STDIN",
+            self.table,
+            all_cols.join(", ")
+        );
         let st = Statements {
+            existing: self.client.prepare(&existing).await?,
+            copy: self.client.prepare(&copy).await?,
             upsert: self.client.prepare(&upsert).await?,
             delete: self.client.prepare(&delete).await?,
             tombstone: self.client.prepare(&tombstone).await?,
@@ -525,7 +564,48 @@ impl PgSink {
         // Deferred constraints (and constraint triggers) are checked by each
         // statement, not at COMMIT: a table that refuses the batch does so
         // before the ledger records it.
-        tx.batch_execute("SET CONSTRAINTS ALL IMMEDIATE").await?;
+        //
+        // Keys the table does not hold (and has no delete marker for at the
+        // same or a higher version) are new rows: copied in, which the
+        // server writes in bulk with no conflict check per row. The rest
+        // take the guarded upsert. The split is safe because the sink is
+        // the table's one writer (the advisory lock taken at open); a row
+        // another writer slips in meanwhile fails the COPY, and the batch
+        // is retried, its key then taking the upsert.
+        //
+        // While there is no delete marker and the last batch held no known
+        // key (a dataset of new records: payments, registrations), the
+        // upserts are copied in without looking them up; a key the table
+        // holds fails that COPY, which is rolled back to the savepoint
+        // before it, and the batch is split as above.
+        let optimistic = !self.markers && !self.held_last && !upserts.is_empty();
+        tx.batch_execute(if optimistic {
+            "SET CONSTRAINTS ALL IMMEDIATE; SAVEPOINT govbus_copy"
+        } else {
+            "SET CONSTRAINTS ALL IMMEDIATE"
+        })
+        .await?;
+        let mut copied = false;
+        if optimistic {
+            match Self::copy_new(&tx, &st, &self.columns, &self.policy, events, &upserts).await {
+                Ok(()) => copied = true,
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT govbus_copy").await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let held = if copied {
+            self.held_last = false;
+            Vec::new()
+        } else {
+            let (fresh, held) = Self::split_new(&tx, &st, events, upserts).await?;
+            if !fresh.is_empty() {
+                Self::copy_new(&tx, &st, &self.columns, &self.policy, events, &fresh).await?;
+            }
+            self.held_last = !held.is_empty();
+            held
+        };
         // In slices sent one after another without waiting: the server
         // writes one slice while the next is encoded (one transaction, in
         // order; each key is in one slice only).
@@ -533,7 +613,7 @@ impl PgSink {
         let policy = &self.policy;
         let upsert = &st.upsert;
         let tx_ref = &tx;
-        let slices = upserts.chunks(UPSERT_SLICE).map(|slice| async move {
+        let slices = held.chunks(UPSERT_SLICE).map(|slice| async move {
             let mut texts: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(slice.len()); n + 4];
             let mut versions: Vec<i64> = Vec::with_capacity(slice.len());
             for &i in slice {
@@ -547,7 +627,7 @@ impl PgSink {
                 texts[n + 1].push(Some(e.id.clone()));
                 texts[n + 2].push(Some(e.op.clone()));
                 texts[n + 3].push((!e.time.is_empty()).then(|| e.time.clone()));
-                versions.push(i64::try_from(e.source_version).unwrap_or(i64::MAX));
+                versions.push(version(e));
             }
             let mut refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = texts
                 .iter()
@@ -563,7 +643,7 @@ impl PgSink {
                 deletes.iter().map(|&i| events[i].subject.clone()).collect();
             let versions: Vec<i64> = deletes
                 .iter()
-                .map(|&i| i64::try_from(events[i].source_version).unwrap_or(i64::MAX))
+                .map(|&i| version(&events[i]))
                 .collect();
             // A record outside the filter removes its row if there is one,
             // and leaves no marker: the table never names a key it did not
@@ -574,6 +654,7 @@ impl PgSink {
                 .collect();
             tx.execute(&st.delete, &[&subjects, &versions, &self.policy])
                 .await?;
+            self.markers |= deleted.contains(&true);
             tx.execute(&st.tombstone, &[&subjects, &versions, &deleted])
                 .await?;
         }
@@ -595,6 +676,138 @@ impl PgSink {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Splits a batch's upserts (indexes into `events`) into the keys
+    /// new to the table and the keys it holds or has a delete marker for
+    /// at the same or a higher version, each in batch order.
+    async fn split_new(
+        tx: &tokio_postgres::Transaction<'_>,
+        st: &Statements,
+        events: &[Delivery],
+        upserts: Vec<usize>,
+    ) -> Result<(Vec<usize>, Vec<usize>), tokio_postgres::Error> {
+        if upserts.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let subjects: Vec<&str> = upserts.iter().map(|&i| events[i].subject.as_str()).collect();
+        let rows = tx.query(&st.existing, &[&subjects]).await?;
+        // Each key is once in the batch's upserts (its last change).
+        let at: HashMap<&str, usize> = subjects.iter().enumerate().map(|(n, s)| (*s, n)).collect();
+        let mut held = vec![false; upserts.len()];
+        for row in &rows {
+            let Some(&n) = at.get(row.get::<_, &str>(0)) else {
+                continue;
+            };
+            // A row, or a delete marker at the same or a higher version
+            // (which the upsert leaves the key deleted under).
+            let marker: Option<i64> = row.get(1);
+            if marker.is_none_or(|v| v >= version(&events[upserts[n]])) {
+                held[n] = true;
+            }
+        }
+        let (held, fresh): (Vec<(usize, bool)>, Vec<(usize, bool)>) =
+            upserts.into_iter().zip(held).partition(|&(_, h)| h);
+        Ok((
+            fresh.into_iter().map(|(i, _)| i).collect(),
+            held.into_iter().map(|(i, _)| i).collect(),
+        ))
+    }
+
+    /// Copies the rows of `fresh` (indexes into `events`) into the table,
+    /// in COPY's text format: the same text the upsert casts, parsed by
+    /// the same input functions. Sent in pieces while the rest is encoded.
+    async fn copy_new(
+        tx: &tokio_postgres::Transaction<'_>,
+        st: &Statements,
+        columns: &[(String, String)],
+        policy: &str,
+        events: &[Delivery],
+        fresh: &[usize],
+    ) -> Result<(), tokio_postgres::Error> {
+        use futures_util::SinkExt as _;
+        let jsonb: Vec<bool> = columns.iter().map(|(_, ty)| ty == "jsonb").collect();
+        let sink = tx.copy_in::<_, bytes::Bytes>(&st.copy).await?;
+        let mut sink = std::pin::pin!(sink);
+        let mut buf = Vec::with_capacity(COPY_PIECE + 4096);
+        for &i in fresh {
+            copy_row(&mut buf, columns, &jsonb, &events[i], policy);
+            if buf.len() >= COPY_PIECE {
+                let piece = std::mem::replace(&mut buf, Vec::with_capacity(COPY_PIECE + 4096));
+                sink.send(bytes::Bytes::from(piece)).await?;
+            }
+        }
+        if !buf.is_empty() {
+            sink.send(bytes::Bytes::from(buf)).await?;
+        }
+        sink.as_mut().finish().await?;
+        Ok(())
+    }
+}
+
+/// A record's source version as the table stores it (`bigint`).
+fn version(e: &Delivery) -> i64 {
+    i64::try_from(e.source_version).unwrap_or(i64::MAX)
+}
+
+/// Bytes of COPY data sent at a time.
+const COPY_PIECE: usize = 64 * 1024;
+
+/// One row of COPY text: the delivered columns, then subject, source
+/// version, event id, op, time and policy version — the upsert's values,
+/// as the same text.
+fn copy_row(
+    buf: &mut Vec<u8>,
+    columns: &[(String, String)],
+    jsonb: &[bool],
+    e: &Delivery,
+    policy: &str,
+) {
+    let data = e.data.as_ref();
+    for ((name, _), &json) in columns.iter().zip(jsonb) {
+        match data.and_then(|d| d.get(name)) {
+            None | Some(Json::Null) => buf.extend_from_slice(b"\\N"),
+            Some(Json::String(s)) if !json => copy_text(buf, s),
+            Some(other) => copy_text(buf, &other.to_string()),
+        }
+        buf.push(b'\t');
+    }
+    copy_text(buf, &e.subject);
+    buf.push(b'\t');
+    buf.extend_from_slice(version(e).to_string().as_bytes());
+    buf.push(b'\t');
+    copy_text(buf, &e.id);
+    buf.push(b'\t');
+    copy_text(buf, &e.op);
+    buf.push(b'\t');
+    if e.time.is_empty() {
+        buf.extend_from_slice(b"\\N");
+    } else {
+        copy_text(buf, &e.time);
+    }
+    buf.push(b'\t');
+    copy_text(buf, policy);
+    buf.push(b'\n');
+}
+
+/// `s` as one COPY text field: backslash, tab, newline and carriage
+/// return escaped (so no field can end a row or the data, and `\N` in the
+/// data stays text).
+fn copy_text(buf: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    for (at, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        buf.extend_from_slice(&bytes[from..at]);
+        buf.extend_from_slice(escaped);
+        from = at + 1;
+    }
+    buf.extend_from_slice(&bytes[from..]);
 }
 
 /// Rows per upsert statement: a batch's slices are sent back to back, so
