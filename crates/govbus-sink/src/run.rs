@@ -864,7 +864,9 @@ impl Prepare<Canonical> for Ahead {
     /// for a whole batch's decoding — on a machine with a core to spare
     /// the two run at once.
     async fn prepare(self, records: Vec<Canonical>) -> (Vec<Canonical>, Self::Prepared) {
+        let span = tracing::Span::current();
         let task = tokio::task::spawn_blocking(move || {
+            let _in = span.enter();
             let prepared = records
                 .iter()
                 .map(|c| prepare(&self.catalog, &self.policy, c))
@@ -876,7 +878,8 @@ impl Prepare<Canonical> for Ahead {
             // A panic in the preparation is the stage's, as if it ran here.
             Err(e) => match e.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
-                // Cancelled: only when the runtime shuts down.
+                // Cancelled: only when the runtime shuts down, which drops
+                // this task too.
                 Err(_) => std::future::pending().await,
             },
         }

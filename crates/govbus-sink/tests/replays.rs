@@ -245,7 +245,13 @@ async fn every_value_arrives_as_sent_whether_the_row_is_new_or_held() {
         "\n",
     ];
     let event = |k: usize, version: u64, office: &str| {
-        let mut e = delivery(&format!("ev-{k}-{version}"), version, office, "update", now + k as i64);
+        let mut e = delivery(
+            &format!("ev-{k}-{version}"),
+            version,
+            office,
+            "update",
+            now + k as i64,
+        );
         e.subject = format!("DR-2026-{k:08}");
         e
     };
@@ -293,19 +299,198 @@ async fn every_value_arrives_as_sent_whether_the_row_is_new_or_held() {
     };
 
     // All new: copied in.
-    let first: Vec<Delivery> = odd.iter().enumerate().map(|(k, o)| event(k, 1, o)).collect();
-    sink.apply(&first, &[(0, 10)], || async { Ok(()) }).await.unwrap();
-    let want: Vec<_> = odd.iter().enumerate().map(|(k, o)| expect(k, 1, o)).collect();
+    let first: Vec<Delivery> = odd
+        .iter()
+        .enumerate()
+        .map(|(k, o)| event(k, 1, o))
+        .collect();
+    sink.apply(&first, &[(0, 10)], || async { Ok(()) })
+        .await
+        .unwrap();
+    let want: Vec<_> = odd
+        .iter()
+        .enumerate()
+        .map(|(k, o)| expect(k, 1, o))
+        .collect();
     assert_eq!(rows().await, want, "rows copied in");
 
     // Held keys (odd values reversed, version 2) and new ones in one
     // batch; key 0 twice, its last change winning.
-    let mut second: Vec<Delivery> = odd.iter().rev().enumerate().map(|(k, o)| event(k, 2, o)).collect();
+    let mut second: Vec<Delivery> = odd
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(k, o)| event(k, 2, o))
+        .collect();
     second.extend(odd.iter().enumerate().map(|(k, o)| event(k + 10, 1, o)));
     second.push(event(0, 3, "最后"));
-    sink.apply(&second, &[(0, 31)], || async { Ok(()) }).await.unwrap();
-    let mut want: Vec<_> = odd.iter().rev().enumerate().map(|(k, o)| expect(k, 2, o)).collect();
+    sink.apply(&second, &[(0, 31)], || async { Ok(()) })
+        .await
+        .unwrap();
+    let mut want: Vec<_> = odd
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(k, o)| expect(k, 2, o))
+        .collect();
     want[0] = expect(0, 3, "最后");
     want.extend(odd.iter().enumerate().map(|(k, o)| expect(k + 10, 1, o)));
     assert_eq!(rows().await, want, "rows upserted and copied in one batch");
+}
+
+/// A sink of the death registrations into `table`, connected with `conninfo`.
+async fn open_deaths(
+    conninfo: &str,
+    table: &str,
+) -> Result<PgSink, govbus_sink::sinks::postgres::OpenError> {
+    let catalog = catalog();
+    let sub = catalog.subscription("hrss_deaths_pension_stop").unwrap();
+    let ds = catalog.dataset(&sub.dataset).unwrap();
+    PgSink::open(
+        conninfo,
+        table,
+        sub,
+        ds,
+        "data.civil_affairs.death_registration",
+    )
+    .await
+}
+
+fn death_of(key: &str, id: &str, version: u64, office: &str) -> Delivery {
+    let mut e = delivery(id, version, office, "update", 1_795_996_800_000);
+    e.subject = key.into();
+    e
+}
+
+/// Copying new keys in must not write anything the upsert would not: a
+/// subscriber's unique index that a held key's change frees for a new key
+/// in the same batch, an INSERT rule on the table, a column left at
+/// another type than the grant declares. And the table has one writer
+/// whatever name it is configured under.
+#[tokio::test]
+async fn new_keys_are_written_as_the_upsert_would_write_them() {
+    // A unique index of the subscriber's: key A leaves office X for Y,
+    // and new key B takes X, in one batch.
+    let (schema, table, mut sink) = deaths_table().await;
+    let client = schema.client().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE UNIQUE INDEX ON {table} (registering_office)"
+        ))
+        .await
+        .unwrap();
+    sink.apply(&[death_of("A", "a1", 1, "X")], &[(0, 1)], || async {
+        Ok(())
+    })
+    .await
+    .unwrap();
+    sink.apply(
+        &[death_of("A", "a2", 2, "Y"), death_of("B", "b1", 1, "X")],
+        &[(0, 3)],
+        || async { Ok(()) },
+    )
+    .await
+    .expect("the batch the upsert alone applies");
+    let rows: Vec<(String, String)> = client
+        .query(
+            &format!("SELECT _govbus_subject, registering_office FROM {table} ORDER BY 1"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, [("A".into(), "Y".into()), ("B".into(), "X".into())]);
+
+    // An INSERT rule (an audit trail of the subscriber's): PostgreSQL
+    // refuses the upsert on such a table, and COPY (which skips rules)
+    // does not slip new rows past it either — the batch is refused, with
+    // nothing written.
+    let schema = PgSchema::create().await.unwrap();
+    let client = schema.client().await.unwrap();
+    let table = format!("{}.deaths", schema.name());
+    drop(open_deaths(&schema.conninfo(), &table).await.unwrap());
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {s}.seen (subject text); \
+             CREATE RULE audit AS ON INSERT TO {table} DO ALSO INSERT INTO {s}.seen VALUES (NEW._govbus_subject)",
+            s = schema.name()
+        ))
+        .await
+        .unwrap();
+    let mut sink = open_deaths(&schema.conninfo(), &table).await.unwrap();
+    let refused = sink
+        .apply(&[death_of("C", "c1", 1, "Z")], &[(0, 1)], || async {
+            Ok(())
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("0A000"), "{refused}");
+    let rows: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "no row written past the rule");
+
+    // A column left at another type: `registered_at` as `timestamp`,
+    // written under a session time zone other than UTC. A new row and an
+    // updated one carry the same instant and must hold the same value.
+    let schema = PgSchema::create().await.unwrap();
+    let client = schema.client().await.unwrap();
+    let table = format!("{}.deaths", schema.name());
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (_govbus_subject text PRIMARY KEY, _govbus_source_version bigint NOT NULL, \
+             _govbus_event_id text NOT NULL, _govbus_op text NOT NULL, _govbus_time timestamptz, \
+             registered_at timestamp)"
+        ))
+        .await
+        .unwrap();
+    let shanghai = format!(
+        "{} options='-csearch_path={} -cTimeZone=Asia/Shanghai'",
+        PgSchema::conninfo_default(),
+        schema.name()
+    );
+    let mut sink = open_deaths(&shanghai, &table).await.unwrap();
+    sink.apply(&[death_of("D", "d1", 1, "Z")], &[(0, 1)], || async {
+        Ok(())
+    })
+    .await
+    .unwrap();
+    sink.apply(
+        &[death_of("D", "d2", 2, "Z"), death_of("E", "e1", 1, "Z")],
+        &[(0, 3)],
+        || async { Ok(()) },
+    )
+    .await
+    .unwrap();
+    let at: Vec<String> = client
+        .query(
+            &format!("SELECT registered_at::text FROM {table} ORDER BY _govbus_subject"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(at.len(), 2);
+    assert_eq!(
+        at[0], at[1],
+        "an updated row and a new one hold the same time"
+    );
+
+    // One writer per table, whatever name it is configured under: here
+    // qualified, then through the search path.
+    let held = open_deaths(&shanghai, &table).await;
+    assert!(held.is_err(), "the same name");
+    let other = open_deaths(&schema.conninfo(), "deaths").await;
+    assert!(
+        matches!(other, Err(govbus_sink::sinks::postgres::OpenError::Busy(_))),
+        "the same table under another name: {other:?}"
+    );
+    drop(sink);
 }

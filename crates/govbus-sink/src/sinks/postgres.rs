@@ -55,13 +55,10 @@ pub struct PgSink {
     /// The batch statements, prepared on the first batch (their text
     /// depends only on the table and its columns, fixed while open).
     statements: Option<Statements>,
-    /// Whether the delete-marker table may hold a marker (read at open,
-    /// set by any batch with deletes): while it does not, and the last
-    /// batch held no known key, a batch's upserts are copied in at once
-    /// instead of being looked up first (see [`PgSink::apply`]).
-    markers: bool,
-    /// Whether the last batch found keys the table holds.
-    held_last: bool,
+    /// Whether new keys may be copied in (`COPY`) instead of upserted:
+    /// only when COPY writes exactly what the upsert would (see
+    /// [`PgSink::copy_fits`]).
+    copy: bool,
 }
 
 /// The statements every batch runs, parsed and planned once per open
@@ -176,9 +173,10 @@ pub use govbus_pg::describe;
 /// Why a PostgreSQL sink did not open.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// The database refused or failed.
+    /// The database refused or failed. Not a `source`: the driver's own
+    /// text can hold row values (a constraint's DETAIL).
     #[error("{}", describe(.0))]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(tokio_postgres::Error),
     /// Another sink instance holds the table (one instance per table; this
     /// one takes over when that one's session ends).
     #[error("table {0} is held by another govbus sink (one instance per table; this one waits and takes over when that one stops)")]
@@ -230,19 +228,26 @@ impl PgSink {
             policy: sub.policy_version.clone(),
             sweep: false,
             statements: None,
-            markers: true,
-            held_last: false,
+            copy: false,
         };
         let mut sink = sink;
         sink.migrate(schema).await?;
-        sink.markers = sink
+        // The lock above is on the table's name as configured; this one is
+        // on the table itself, so `t` and `public.t` are one table (the
+        // split between new and held keys relies on one writer).
+        let held: bool = sink
             .client
             .query_one(
-                &format!("SELECT EXISTS (SELECT 1 FROM {})", sink.tombstones),
-                &[],
+                "SELECT pg_try_advisory_lock(hashtext('govbus.sink.relation'), \
+                 ($1::text::regclass::oid::bigint - 2147483648)::integer)",
+                &[&sink.table],
             )
             .await?
             .get(0);
+        if !held {
+            return Err(OpenError::Busy(table.to_owned()));
+        }
+        sink.copy = sink.copy_fits().await?;
         Ok(sink)
     }
 
@@ -276,6 +281,46 @@ impl PgSink {
             ));
         }
         self.client.batch_execute(&ddl).await
+    }
+
+    /// Whether COPY writes exactly what the upsert would: no row-level
+    /// security on the table (COPY refuses it), no INSERT rule (COPY does
+    /// not apply rules), and every delivered column of the type the grant
+    /// declares (the upsert casts to the declared type and then to the
+    /// column's, COPY parses straight into the column's: the two differ
+    /// for a column left at another type — a `timestamp` where the schema
+    /// now says `timestamptz`, under a session time zone other than UTC).
+    /// Otherwise every row is upserted, as before COPY was used.
+    async fn copy_fits(&mut self) -> Result<bool, tokio_postgres::Error> {
+        let shape: Vec<String> = self
+            .columns
+            .iter()
+            .map(|(name, ty)| format!("{} {ty}", quote(name)))
+            .collect();
+        let tx = self.client.transaction().await?;
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE _govbus_shape ({}) ON COMMIT DROP",
+            shape.join(", ")
+        ))
+        .await?;
+        let fits: bool = tx
+            .query_one(
+                "SELECT NOT c.relrowsecurity AND NOT c.relforcerowsecurity \
+                 AND NOT EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.ev_type = '3') \
+                 AND NOT EXISTS (SELECT 1 FROM pg_attribute b \
+                   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = b.attname AND NOT a.attisdropped \
+                   WHERE b.attrelid = '_govbus_shape'::regclass AND b.attnum > 0 AND NOT b.attisdropped \
+                   AND (a.atttypid <> b.atttypid OR a.atttypmod <> b.atttypmod)) \
+                 FROM pg_class c WHERE c.oid = $1::text::regclass",
+                &[&self.table],
+            )
+            .await?
+            .get(0);
+        tx.commit().await?;
+        if !fits {
+            tracing::info!(message = "The table has row-level security, an INSERT rule or a column of another type than the grant declares; every row is upserted (no COPY).", subscription = %self.subscription);
+        }
+        Ok(fits)
     }
 
     /// When the stored position was written under another policy version
@@ -517,11 +562,7 @@ impl PgSink {
             t = self.table,
             tomb = self.tombstones,
         );
-        let copy = format!(
-            "COPY {} ({}) FROM STDIN",
-            self.table,
-            all_cols.join(", ")
-        );
+        let copy = format!("COPY {} ({}) FROM STDIN", self.table, all_cols.join(", "));
         let st = Statements {
             existing: self.client.prepare(&existing).await?,
             copy: self.client.prepare(&copy).await?,
@@ -567,44 +608,34 @@ impl PgSink {
         //
         // Keys the table does not hold (and has no delete marker for at the
         // same or a higher version) are new rows: copied in, which the
-        // server writes in bulk with no conflict check per row. The rest
-        // take the guarded upsert. The split is safe because the sink is
-        // the table's one writer (the advisory lock taken at open); a row
-        // another writer slips in meanwhile fails the COPY, and the batch
-        // is retried, its key then taking the upsert.
-        //
-        // While there is no delete marker and the last batch held no known
-        // key (a dataset of new records: payments, registrations), the
-        // upserts are copied in without looking them up; a key the table
-        // holds fails that COPY, which is rolled back to the savepoint
-        // before it, and the batch is split as above.
-        let optimistic = !self.markers && !self.held_last && !upserts.is_empty();
-        tx.batch_execute(if optimistic {
+        // server writes in bulk with no conflict check per row; the rest
+        // take the guarded upsert. A row another writer slipped in (the
+        // advisory locks keep out only other govbus sinks), or a unique
+        // index of the subscriber's that the copy reaches before the
+        // upsert that would have freed it, fails the copy: it is rolled
+        // back to the savepoint before it and the whole batch upserted in
+        // batch order, as when COPY is off.
+        let split = self.copy && !upserts.is_empty();
+        tx.batch_execute(if split {
             "SET CONSTRAINTS ALL IMMEDIATE; SAVEPOINT govbus_copy"
         } else {
             "SET CONSTRAINTS ALL IMMEDIATE"
         })
         .await?;
-        let mut copied = false;
-        if optimistic {
-            match Self::copy_new(&tx, &st, &self.columns, &self.policy, events, &upserts).await {
-                Ok(()) => copied = true,
+        let held = if split {
+            let (fresh, held) = Self::split_new(&tx, &st, events, upserts.clone()).await?;
+            match Self::copy_new(&tx, &st, &self.columns, &self.policy, events, &fresh).await {
+                Ok(()) => held,
                 Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT govbus_copy").await?;
+                    tracing::info!(message = "A copied row met an existing one; the batch is upserted instead.", subscription = %self.subscription);
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT govbus_copy")
+                        .await?;
+                    upserts
                 }
                 Err(e) => return Err(e.into()),
             }
-        }
-        let held = if copied {
-            self.held_last = false;
-            Vec::new()
         } else {
-            let (fresh, held) = Self::split_new(&tx, &st, events, upserts).await?;
-            if !fresh.is_empty() {
-                Self::copy_new(&tx, &st, &self.columns, &self.policy, events, &fresh).await?;
-            }
-            self.held_last = !held.is_empty();
-            held
+            upserts
         };
         // In slices sent one after another without waiting: the server
         // writes one slice while the next is encoded (one transaction, in
@@ -641,10 +672,7 @@ impl PgSink {
         if !deletes.is_empty() {
             let subjects: Vec<String> =
                 deletes.iter().map(|&i| events[i].subject.clone()).collect();
-            let versions: Vec<i64> = deletes
-                .iter()
-                .map(|&i| version(&events[i]))
-                .collect();
+            let versions: Vec<i64> = deletes.iter().map(|&i| version(&events[i])).collect();
             // A record outside the filter removes its row if there is one,
             // and leaves no marker: the table never names a key it did not
             // hold. A deletion at the source leaves one.
@@ -654,7 +682,6 @@ impl PgSink {
                 .collect();
             tx.execute(&st.delete, &[&subjects, &versions, &self.policy])
                 .await?;
-            self.markers |= deleted.contains(&true);
             tx.execute(&st.tombstone, &[&subjects, &versions, &deleted])
                 .await?;
         }
@@ -689,7 +716,10 @@ impl PgSink {
         if upserts.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let subjects: Vec<&str> = upserts.iter().map(|&i| events[i].subject.as_str()).collect();
+        let subjects: Vec<&str> = upserts
+            .iter()
+            .map(|&i| events[i].subject.as_str())
+            .collect();
         let rows = tx.query(&st.existing, &[&subjects]).await?;
         // Each key is once in the batch's upserts (its last change).
         let at: HashMap<&str, usize> = subjects.iter().enumerate().map(|(n, s)| (*s, n)).collect();
@@ -705,12 +735,16 @@ impl PgSink {
                 held[n] = true;
             }
         }
-        let (held, fresh): (Vec<(usize, bool)>, Vec<(usize, bool)>) =
-            upserts.into_iter().zip(held).partition(|&(_, h)| h);
-        Ok((
-            fresh.into_iter().map(|(i, _)| i).collect(),
-            held.into_iter().map(|(i, _)| i).collect(),
-        ))
+        let mut fresh = Vec::with_capacity(upserts.len());
+        let mut kept = Vec::new();
+        for (i, h) in upserts.into_iter().zip(held) {
+            if h {
+                kept.push(i)
+            } else {
+                fresh.push(i)
+            }
+        }
+        Ok((fresh, kept))
     }
 
     /// Copies the rows of `fresh` (indexes into `events`) into the table,
@@ -725,6 +759,9 @@ impl PgSink {
         fresh: &[usize],
     ) -> Result<(), tokio_postgres::Error> {
         use futures_util::SinkExt as _;
+        if fresh.is_empty() {
+            return Ok(());
+        }
         let jsonb: Vec<bool> = columns.iter().map(|(_, ty)| ty == "jsonb").collect();
         let sink = tx.copy_in::<_, bytes::Bytes>(&st.copy).await?;
         let mut sink = std::pin::pin!(sink);
@@ -814,12 +851,26 @@ fn copy_text(buf: &mut Vec<u8>, s: &str) {
 /// the server writes one while the next is encoded.
 const UPSERT_SLICE: usize = 500;
 
+impl From<tokio_postgres::Error> for OpenError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        OpenError::Postgres(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for ApplyError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ApplyError::Postgres(e)
+    }
+}
+
 /// Why a batch did not reach the table.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    /// The database refused a statement or the commit.
+    /// The database refused a statement or the commit. Not a `source`:
+    /// the driver's own text can hold row values (a duplicate key's
+    /// DETAIL names the key).
     #[error("PostgreSQL: {}", describe(.0))]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(tokio_postgres::Error),
     /// The ledger could not record the batch; nothing was committed.
     #[error("{0}")]
     Ledger(#[from] crate::ledger::LedgerError),
