@@ -59,7 +59,16 @@ pub struct PgSink {
     /// only when COPY writes exactly what the upsert would (see
     /// [`PgSink::copy_fits`]).
     copy: bool,
+    /// Batches still to be upserted whole, without looking their keys up:
+    /// set when a lookup found fewer than half the keys new (an updating
+    /// stream, where the lookup costs more than copying saves), so such
+    /// a stream pays for a lookup once in [`LOOKUP_EVERY`] batches.
+    skip_lookups: u32,
 }
+
+/// While a table's keys are mostly held, one batch in this many is looked
+/// up (to notice when new keys come again).
+const LOOKUP_EVERY: u32 = 8;
 
 /// The statements every batch runs, parsed and planned once per open
 /// instead of once per batch.
@@ -229,6 +238,7 @@ impl PgSink {
             sweep: false,
             statements: None,
             copy: false,
+            skip_lookups: 0,
         };
         let mut sink = sink;
         sink.migrate(schema).await?;
@@ -615,7 +625,8 @@ impl PgSink {
         // upsert that would have freed it, fails the copy: it is rolled
         // back to the savepoint before it and the whole batch upserted in
         // batch order, as when COPY is off.
-        let split = self.copy && !upserts.is_empty();
+        let split = self.copy && !upserts.is_empty() && self.skip_lookups == 0;
+        self.skip_lookups = self.skip_lookups.saturating_sub(1);
         tx.batch_execute(if split {
             "SET CONSTRAINTS ALL IMMEDIATE; SAVEPOINT govbus_copy"
         } else {
@@ -624,6 +635,9 @@ impl PgSink {
         .await?;
         let held = if split {
             let (fresh, held) = Self::split_new(&tx, &st, events, upserts.clone()).await?;
+            if fresh.len() * 2 < upserts.len() {
+                self.skip_lookups = LOOKUP_EVERY - 1;
+            }
             match Self::copy_new(&tx, &st, &self.columns, &self.policy, events, &fresh).await {
                 Ok(()) => held,
                 Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {

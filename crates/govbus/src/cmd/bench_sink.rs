@@ -81,9 +81,21 @@ fn sub(id_sink: &str) -> String {
 
 /// Canonical records as the router writes them (Avro value, CloudEvents headers).
 async fn fill_canonical(bootstrap: &str, topic: &str, recs: &[Rec]) -> anyhow::Result<()> {
+    fill_canonical_at(bootstrap, topic, recs, 1).await
+}
+
+/// [`fill_canonical`] with every record at source version `version` (and
+/// ids of their own): the same keys again are updates.
+async fn fill_canonical_at(
+    bootstrap: &str,
+    topic: &str,
+    recs: &[Rec],
+    version: u64,
+) -> anyhow::Result<()> {
+    let version = version.to_string();
     let now = govbus_catalog::time::format_rfc3339_millis(Context::now().now_millis);
     fill_with(bootstrap, topic, recs, Payload::Avro, |i, (key, _, _)| {
-        let id = format!("bench-{i}");
+        let id = format!("bench-{i}-v{version}");
         h::owned([
             (h::CE_SPECVERSION, b"1.0".as_slice()),
             (h::CE_ID, id.as_bytes()),
@@ -92,7 +104,7 @@ async fn fill_canonical(bootstrap: &str, topic: &str, recs: &[Rec]) -> anyhow::R
             (h::CE_SUBJECT, key.as_bytes()),
             (h::CE_TIME, now.as_bytes()),
             (h::CE_OP, b"create".as_slice()),
-            (h::CE_SOURCEVERSION, b"1".as_slice()),
+            (h::CE_SOURCEVERSION, version.as_bytes()),
         ])
     })
     .await
@@ -493,6 +505,7 @@ async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
                 "[sink]\ntype = \"postgres\"\ntable = \"{schema}.pensions\"\n"
             )),
         )])?;
+        let (c_pg, cat_pg) = (c.clone(), cat.clone());
         phases.push(
             delivery_phase(
                 "PostgreSQL sink (upsert + offsets, one transaction per batch)",
@@ -510,6 +523,32 @@ async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
         eprintln!("PostgreSQL table holds {rows} rows");
         eprintln!("phase 5b: plain COPY of the same rows (the PostgreSQL sink's limit)");
         phases.push(copy_limit(&client, &schema).await?);
+        // The same keys again at source version 2: every row held, every
+        // one an update. The sink starts from the offsets in its table.
+        eprintln!("phase 5c: PostgreSQL sink, every key again (updates)");
+        let recs = records(engine, n)?;
+        fill_canonical_at(&b.bootstrap, &data, &recs, 2).await?;
+        drop(recs);
+        phases.push(
+            delivery_phase(
+                "PostgreSQL sink, every key again (updates of held rows)",
+                c_pg,
+                cat_pg,
+                n,
+                |m| m.delivered_total("bench_pg", "postgres"),
+            )
+            .await?,
+        );
+        let updated: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM \"{schema}\".pensions WHERE _govbus_source_version = 2"
+                ),
+                &[],
+            )
+            .await?
+            .get(0);
+        eprintln!("PostgreSQL table holds {updated} rows at version 2");
         client
             .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
             .await?;
