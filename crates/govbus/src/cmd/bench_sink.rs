@@ -508,7 +508,7 @@ async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
         let (c_pg, cat_pg) = (c.clone(), cat.clone());
         phases.push(
             delivery_phase(
-                "PostgreSQL sink (upsert + offsets, one transaction per batch)",
+                "PostgreSQL sink, new keys (rows + offsets, one transaction per batch)",
                 c,
                 cat,
                 n,
