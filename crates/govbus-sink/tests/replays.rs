@@ -356,6 +356,22 @@ async fn open_deaths(
     .await
 }
 
+/// [`open_deaths`] again after a sink on the table was dropped: its
+/// connection (and its table locks) ends a moment later.
+async fn reopen_deaths(conninfo: &str, table: &str) -> PgSink {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open_deaths(conninfo, table).await {
+            Err(govbus_sink::sinks::postgres::OpenError::Busy(_))
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 fn death_of(key: &str, id: &str, version: u64, office: &str) -> Delivery {
     let mut e = delivery(id, version, office, "update", 1_795_996_800_000);
     e.subject = key.into();
@@ -419,7 +435,7 @@ async fn new_keys_are_written_as_the_upsert_would_write_them() {
         ))
         .await
         .unwrap();
-    let mut sink = open_deaths(&schema.conninfo(), &table).await.unwrap();
+    let mut sink = reopen_deaths(&schema.conninfo(), &table).await;
     let refused = sink
         .apply(&[death_of("C", "c1", 1, "Z")], &[(0, 1)], || async {
             Ok(())
@@ -484,7 +500,13 @@ async fn new_keys_are_written_as_the_upsert_would_write_them() {
     );
 
     // One writer per table, whatever name it is configured under: here
-    // qualified, then through the search path.
+    // qualified, then through the search path — refused before it follows
+    // a grant (a stored position of another policy version would have it
+    // forget the position and the delete markers).
+    client
+        .batch_execute("UPDATE govbus_offsets SET policy_version = 'older'")
+        .await
+        .unwrap();
     let held = open_deaths(&shanghai, &table).await;
     assert!(held.is_err(), "the same name");
     let other = open_deaths(&schema.conninfo(), "deaths").await;
@@ -492,5 +514,54 @@ async fn new_keys_are_written_as_the_upsert_would_write_them() {
         matches!(other, Err(govbus_sink::sinks::postgres::OpenError::Busy(_))),
         "the same table under another name: {other:?}"
     );
+    let kept: i64 = client
+        .query_one(
+            "SELECT count(*) FROM govbus_offsets WHERE policy_version = 'older'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 1, "the refused sink left the position alone");
     drop(sink);
+}
+
+/// A delete marker holds through the lookup that sends new keys to COPY:
+/// a late change at or below the marker's version is not copied in, one
+/// above it is. Each change comes to a sink just opened, so each batch is
+/// looked up.
+#[tokio::test]
+async fn a_delete_marker_holds_against_a_late_change_to_a_new_key() {
+    let (schema, table, mut sink) = deaths_table().await;
+    let client = schema.client().await.unwrap();
+    let mut delete = death_of("F", "f5", 5, "");
+    delete.op = "delete".into();
+    delete.data = None;
+    sink.apply(
+        &[death_of("F", "f1", 1, "X"), delete],
+        &[(0, 2)],
+        || async { Ok(()) },
+    )
+    .await
+    .unwrap();
+    drop(sink);
+    let row = || async {
+        client
+            .query_opt(&format!("SELECT _govbus_source_version FROM {table}"), &[])
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, i64>(0))
+    };
+    for (version, offset, after) in [(4, 3, None), (5, 4, None), (6, 5, Some(6))] {
+        let mut sink = reopen_deaths(&schema.conninfo(), &table).await;
+        sink.apply(
+            &[death_of("F", &format!("f{version}"), version, "Y")],
+            &[(0, offset)],
+            || async { Ok(()) },
+        )
+        .await
+        .unwrap();
+        drop(sink);
+        assert_eq!(row().await, after, "version {version} after a delete at 5");
+    }
 }

@@ -26,6 +26,16 @@
 //!   older replayed version cannot bring a row back), and the consumed
 //!   offsets in `govbus_offsets`. The sink starts from those offsets, so its
 //!   effect is exactly-once whatever is killed when.
+//! - **New keys are copied in.** A batch's keys are looked up (the table's
+//!   primary key and the delete markers, one `= ANY` probe); a key with no
+//!   row and no marker at its version or above is written with `COPY`
+//!   (what the upsert would insert, as the same text), the rest with the
+//!   upsert. This relies on the sink being the table's one writer: two
+//!   advisory locks, on the configured name and on the table's oid, keep
+//!   out every other govbus sink; a row written by anyone else meanwhile
+//!   makes the copy fail, and the batch is upserted whole instead. No
+//!   `COPY` on a table with row-level security, an INSERT or UPDATE rule,
+//!   or a column of another type than the upsert writes ([`PgSink::copy_fits`]).
 
 use std::collections::HashMap;
 
@@ -242,26 +252,19 @@ impl PgSink {
         };
         let mut sink = sink;
         sink.migrate(schema).await?;
-        // The lock above is on the table's name as configured; this one is
-        // on the table itself, so `t` and `public.t` are one table (the
-        // split between new and held keys relies on one writer).
-        let held: bool = sink
-            .client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtext('govbus.sink.relation'), \
-                 ($1::text::regclass::oid::bigint - 2147483648)::integer)",
-                &[&sink.table],
-            )
-            .await?
-            .get(0);
-        if !held {
-            return Err(OpenError::Busy(table.to_owned()));
-        }
-        sink.copy = sink.copy_fits().await?;
+        // A database that refuses what the check needs (a temporary table,
+        // say) only costs the speed of COPY.
+        sink.copy = match sink.copy_fits().await {
+            Ok(fits) => fits,
+            Err(e) => {
+                tracing::warn!(message = "Could not check whether new keys can be copied in; every row is upserted.", subscription = %sink.subscription, error = %describe(&e));
+                false
+            }
+        };
         Ok(sink)
     }
 
-    async fn migrate(&mut self, schema: Option<&str>) -> Result<(), tokio_postgres::Error> {
+    async fn migrate(&mut self, schema: Option<&str>) -> Result<(), OpenError> {
         let mut ddl = String::new();
         if let Some(s) = schema {
             ddl.push_str(&format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote(s)));
@@ -281,6 +284,22 @@ impl PgSink {
             tracing::debug!(message = "Table setup raced; retrying.", error = %e);
             self.client.batch_execute(&ddl).await?;
         }
+        // The lock taken at open is on the table's name as configured; this
+        // one is on the table itself, so `t` and `public.t` are one table —
+        // taken before anything rewrites the table to follow a grant, and
+        // relied on by the split between new and held keys (one writer).
+        let held: bool = self
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('govbus.sink.relation'), \
+                 ($1::text::regclass::oid::bigint - 2147483648)::integer)",
+                &[&self.table],
+            )
+            .await?
+            .get(0);
+        if !held {
+            return Err(OpenError::Busy(self.table.clone()));
+        }
         self.follow_grant().await?;
         let mut ddl = String::new();
         for (name, ty) in &self.columns {
@@ -290,22 +309,35 @@ impl PgSink {
                 quote(name)
             ));
         }
-        self.client.batch_execute(&ddl).await
+        self.client.batch_execute(&ddl).await?;
+        Ok(())
     }
 
     /// Whether COPY writes exactly what the upsert would: no row-level
-    /// security on the table (COPY refuses it), no INSERT rule (COPY does
-    /// not apply rules), and every delivered column of the type the grant
-    /// declares (the upsert casts to the declared type and then to the
+    /// security on the table (COPY refuses it), no INSERT or UPDATE rule
+    /// (COPY does not apply rules), and every delivered column and
+    /// govbus's own of the type the upsert writes (the upsert casts to the declared type and then to the
     /// column's, COPY parses straight into the column's: the two differ
     /// for a column left at another type — a `timestamp` where the schema
     /// now says `timestamptz`, under a session time zone other than UTC).
     /// Otherwise every row is upserted, as before COPY was used.
     async fn copy_fits(&mut self) -> Result<bool, tokio_postgres::Error> {
+        // The delivered columns and govbus's own, as the upsert types them.
         let shape: Vec<String> = self
             .columns
             .iter()
             .map(|(name, ty)| format!("{} {ty}", quote(name)))
+            .chain(
+                [
+                    "_govbus_subject text",
+                    "_govbus_source_version bigint",
+                    "_govbus_event_id text",
+                    "_govbus_op text",
+                    "_govbus_time timestamptz",
+                    "_govbus_policy text",
+                ]
+                .map(String::from),
+            )
             .collect();
         let tx = self.client.transaction().await?;
         tx.batch_execute(&format!(
@@ -313,13 +345,15 @@ impl PgSink {
             shape.join(", ")
         ))
         .await?;
+        // Rules on INSERT ('3') or UPDATE ('2'): PostgreSQL refuses the
+        // upsert on such a table, and COPY would slip new rows past them.
         let fits: bool = tx
             .query_one(
                 "SELECT NOT c.relrowsecurity AND NOT c.relforcerowsecurity \
-                 AND NOT EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.ev_type = '3') \
+                 AND NOT EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.ev_type IN ('2', '3')) \
                  AND NOT EXISTS (SELECT 1 FROM pg_attribute b \
                    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = b.attname AND NOT a.attisdropped \
-                   WHERE b.attrelid = '_govbus_shape'::regclass AND b.attnum > 0 AND NOT b.attisdropped \
+                   WHERE b.attrelid = 'pg_temp._govbus_shape'::regclass AND b.attnum > 0 AND NOT b.attisdropped \
                    AND (a.atttypid <> b.atttypid OR a.atttypmod <> b.atttypmod)) \
                  FROM pg_class c WHERE c.oid = $1::text::regclass",
                 &[&self.table],
@@ -387,7 +421,7 @@ impl PgSink {
                 "SELECT a.attname::text FROM pg_attribute a \
                  WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
                  AND left(a.attname, 8) <> '_govbus_' AND NOT EXISTS ( \
-                   SELECT 1 FROM pg_attribute b WHERE b.attrelid = '_govbus_shape'::regclass \
+                   SELECT 1 FROM pg_attribute b WHERE b.attrelid = 'pg_temp._govbus_shape'::regclass \
                    AND b.attname = a.attname AND b.atttypid = a.atttypid \
                    AND b.atttypmod = a.atttypmod AND NOT b.attisdropped)",
                 &[&self.table],
@@ -619,12 +653,13 @@ impl PgSink {
         // Keys the table does not hold (and has no delete marker for at the
         // same or a higher version) are new rows: copied in, which the
         // server writes in bulk with no conflict check per row; the rest
-        // take the guarded upsert. A row another writer slipped in (the
-        // advisory locks keep out only other govbus sinks), or a unique
-        // index of the subscriber's that the copy reaches before the
-        // upsert that would have freed it, fails the copy: it is rolled
-        // back to the savepoint before it and the whole batch upserted in
-        // batch order, as when COPY is off.
+        // take the guarded upsert. A copy the table refuses — a row another
+        // writer slipped in (the advisory locks keep out only other govbus
+        // sinks), a unique index or trigger of the subscriber's that sees
+        // new rows before the upserts that come earlier in the batch — is
+        // rolled back to the savepoint before it and the whole batch
+        // upserted in batch order, as when COPY is off. SET CONSTRAINTS
+        // comes before the savepoint, so the rollback keeps it.
         let split = self.copy && !upserts.is_empty() && self.skip_lookups == 0;
         self.skip_lookups = self.skip_lookups.saturating_sub(1);
         tx.batch_execute(if split {
@@ -640,10 +675,15 @@ impl PgSink {
             }
             match Self::copy_new(&tx, &st, &self.columns, &self.policy, events, &fresh).await {
                 Ok(()) => held,
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                    tracing::info!(message = "A copied row met an existing one; the batch is upserted instead.", subscription = %self.subscription);
+                // Refused by the table (a duplicate, an exclusion
+                // constraint or a trigger that the order of the writes
+                // decides): the batch as the upsert alone writes it; a
+                // fault of the rows themselves, it reports again.
+                Err(e) if e.as_db_error().is_some() => {
+                    tracing::info!(message = "The table refused the copied rows; the batch is upserted instead.", subscription = %self.subscription, error = %describe(&e));
                     tx.batch_execute("ROLLBACK TO SAVEPOINT govbus_copy")
                         .await?;
+                    self.skip_lookups = LOOKUP_EVERY - 1;
                     upserts
                 }
                 Err(e) => return Err(e.into()),
