@@ -11,8 +11,9 @@
 /// message carries no value: not for a data exception (class 22: `invalid
 /// input syntax for type date: "…"` quotes the value, and PostgreSQL does
 /// not escape a quote inside it; an encoding error prints its bytes) nor
-/// for an exception raised by a trigger or function (P0…: its text is the
-/// function author's, `RAISE EXCEPTION 'bad id %', NEW.id`); those are in
+/// for an exception raised by a trigger or function (P0…, or any code
+/// raised in PL/pgSQL — `USING ERRCODE = 'check_violation'` — : its text is
+/// the function author's, `RAISE EXCEPTION 'bad id %', NEW.id`); those are in
 /// the server's own log. Elsewhere everything from the first double quote
 /// to the last is replaced by `"…"` (identifiers are in the fields).
 /// Never `DETAIL`, which quotes key values. Any other error gives its
@@ -29,9 +30,12 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         return out;
     };
     let code = db.code().code();
+    // Raised in PL/pgSQL (a trigger or function of the subscriber's): its
+    // message is the function's own text, whatever code it chose.
+    let in_plpgsql = db.where_().is_some_and(|w| w.contains("PL/pgSQL"));
     let message = if code.starts_with("22") {
         "a value does not fit (data exception; the value is not logged)".to_owned()
-    } else if code.starts_with("P0") {
+    } else if code.starts_with("P0") || in_plpgsql {
         "raised by a trigger or function (its message is in the PostgreSQL server log)".to_owned()
     } else {
         let m = db.message();
