@@ -161,6 +161,21 @@ async fn a_database_refusal_is_described_without_the_values_it_quotes() {
         .unwrap_err();
     let text = describe(&e);
     assert!(text.contains("P0001") && !text.contains("110105"), "{text}");
+    // The same with a code of its own choosing.
+    client
+        .batch_execute(&format!(
+            r#"CREATE FUNCTION "{s}".g() RETURNS void LANGUAGE plpgsql
+                 AS $$ BEGIN RAISE EXCEPTION 'bad id %', '11010519491231002X' USING ERRCODE = 'check_violation'; END $$;"#,
+            s = pg.name()
+        ))
+        .await
+        .unwrap();
+    let e = client
+        .query_one(&format!(r#"SELECT "{}".g()"#, pg.name()), &[])
+        .await
+        .unwrap_err();
+    let text = describe(&e);
+    assert!(text.contains("23514") && !text.contains("110105"), "{text}");
 
     let s = pg.name();
     client
@@ -298,6 +313,7 @@ async fn every_value_arrives_as_sent_whether_the_row_is_new_or_held() {
         )
     };
 
+    assert!(sink.copies(), "new keys are copied in on this table");
     // All new: copied in.
     let first: Vec<Delivery> = odd
         .iter()
@@ -388,6 +404,7 @@ async fn new_keys_are_written_as_the_upsert_would_write_them() {
     // A unique index of the subscriber's: key A leaves office X for Y,
     // and new key B takes X, in one batch.
     let (schema, table, mut sink) = deaths_table().await;
+    assert!(sink.copies());
     let client = schema.client().await.unwrap();
     client
         .batch_execute(&format!(
@@ -436,6 +453,7 @@ async fn new_keys_are_written_as_the_upsert_would_write_them() {
         .await
         .unwrap();
     let mut sink = reopen_deaths(&schema.conninfo(), &table).await;
+    assert!(!sink.copies(), "no COPY past a rule");
     let refused = sink
         .apply(&[death_of("C", "c1", 1, "Z")], &[(0, 1)], || async {
             Ok(())
@@ -456,7 +474,9 @@ async fn new_keys_are_written_as_the_upsert_would_write_them() {
     // updated one carry the same instant and must hold the same value.
     let schema = PgSchema::create().await.unwrap();
     let client = schema.client().await.unwrap();
-    let table = format!("{}.deaths", schema.name());
+    // A name of this test's own: the name lock is database-wide.
+    let bare = format!("{}_deaths", schema.name());
+    let table = format!("{}.{bare}", schema.name());
     client
         .batch_execute(&format!(
             "CREATE TABLE {table} (_govbus_subject text PRIMARY KEY, _govbus_source_version bigint NOT NULL, \
@@ -471,6 +491,7 @@ async fn new_keys_are_written_as_the_upsert_would_write_them() {
         schema.name()
     );
     let mut sink = open_deaths(&shanghai, &table).await.unwrap();
+    assert!(!sink.copies(), "no COPY into a column of another type");
     sink.apply(&[death_of("D", "d1", 1, "Z")], &[(0, 1)], || async {
         Ok(())
     })
@@ -508,10 +529,16 @@ async fn new_keys_are_written_as_the_upsert_would_write_them() {
         .await
         .unwrap();
     let held = open_deaths(&shanghai, &table).await;
-    assert!(held.is_err(), "the same name");
-    let other = open_deaths(&schema.conninfo(), "deaths").await;
     assert!(
-        matches!(other, Err(govbus_sink::sinks::postgres::OpenError::Busy(_))),
+        matches!(held, Err(govbus_sink::sinks::postgres::OpenError::Busy(_))),
+        "the same name: {held:?}"
+    );
+    let other = open_deaths(&schema.conninfo(), &bare).await;
+    assert!(
+        matches!(
+            other,
+            Err(govbus_sink::sinks::postgres::OpenError::SameTable(_))
+        ),
         "the same table under another name: {other:?}"
     );
     let kept: i64 = client
@@ -554,6 +581,7 @@ async fn a_delete_marker_holds_against_a_late_change_to_a_new_key() {
     };
     for (version, offset, after) in [(4, 3, None), (5, 4, None), (6, 5, Some(6))] {
         let mut sink = reopen_deaths(&schema.conninfo(), &table).await;
+        assert!(sink.copies());
         sink.apply(
             &[death_of("F", &format!("f{version}"), version, "Y")],
             &[(0, offset)],

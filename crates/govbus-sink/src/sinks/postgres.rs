@@ -32,10 +32,13 @@
 //!   (what the upsert would insert, as the same text), the rest with the
 //!   upsert. This relies on the sink being the table's one writer: two
 //!   advisory locks, on the configured name and on the table's oid, keep
-//!   out every other govbus sink; a row written by anyone else meanwhile
-//!   makes the copy fail, and the batch is upserted whole instead. No
+//!   out every other govbus sink. A copy the table refuses (a row written
+//!   by anyone else meanwhile, a unique index, constraint or trigger of the
+//!   subscriber's that sees the new rows before the batch's upserts) is
+//!   rolled back to a savepoint and the batch upserted whole instead. No
 //!   `COPY` on a table with row-level security, an INSERT or UPDATE rule,
-//!   or a column of another type than the upsert writes ([`PgSink::copy_fits`]).
+//!   or a column of another type than the upsert writes, nor when that
+//!   check itself fails ([`PgSink::copy_fits`]).
 
 use std::collections::HashMap;
 
@@ -200,6 +203,10 @@ pub enum OpenError {
     /// one takes over when that one's session ends).
     #[error("table {0} is held by another govbus sink (one instance per table; this one waits and takes over when that one stops)")]
     Busy(String),
+    /// Another govbus sink writes the same table under another name
+    /// (`t` and `public.t`, say): two grants configured onto one table.
+    #[error("table {0} is written by another govbus sink that names it differently (one sink per table: give each grant its own table); retrying")]
+    SameTable(String),
 }
 
 impl PgSink {
@@ -286,8 +293,9 @@ impl PgSink {
         }
         // The lock taken at open is on the table's name as configured; this
         // one is on the table itself, so `t` and `public.t` are one table —
-        // taken before anything rewrites the table to follow a grant, and
-        // relied on by the split between new and held keys (one writer).
+        // taken before the table follows a grant (the statements before it
+        // only create what is missing), and relied on by the split between
+        // new and held keys (one writer).
         let held: bool = self
             .client
             .query_one(
@@ -298,7 +306,7 @@ impl PgSink {
             .await?
             .get(0);
         if !held {
-            return Err(OpenError::Busy(self.table.clone()));
+            return Err(OpenError::SameTable(self.table.clone()));
         }
         self.follow_grant().await?;
         let mut ddl = String::new();
@@ -311,6 +319,13 @@ impl PgSink {
         }
         self.client.batch_execute(&ddl).await?;
         Ok(())
+    }
+
+    /// Whether new keys are copied in (see [`PgSink::copy_fits`]); for
+    /// tests, which would pass through the upsert alone.
+    #[doc(hidden)]
+    pub fn copies(&self) -> bool {
+        self.copy
     }
 
     /// Whether COPY writes exactly what the upsert would: no row-level
@@ -362,7 +377,7 @@ impl PgSink {
             .get(0);
         tx.commit().await?;
         if !fits {
-            tracing::info!(message = "The table has row-level security, an INSERT rule or a column of another type than the grant declares; every row is upserted (no COPY).", subscription = %self.subscription);
+            tracing::info!(message = "The table has row-level security, an INSERT or UPDATE rule, or a column of another type than the sink writes; every row is upserted (no COPY).", subscription = %self.subscription);
         }
         Ok(fits)
     }
@@ -675,18 +690,24 @@ impl PgSink {
             }
             match Self::copy_new(&tx, &st, &self.columns, &self.policy, events, &fresh).await {
                 Ok(()) => held,
+                // COPY did not start (a lock or statement timeout, a
+                // read-only server, a revoked privilege): the batch fails
+                // as it is.
+                Err(CopyError::Start(e)) => return Err(e.into()),
                 // Refused by the table (a duplicate, an exclusion
                 // constraint or a trigger that the order of the writes
                 // decides): the batch as the upsert alone writes it; a
                 // fault of the rows themselves, it reports again.
-                Err(e) if e.as_db_error().is_some() => {
+                Err(CopyError::Refused(e))
+                    if e.as_db_error().is_some_and(|db| db.severity() == "ERROR") =>
+                {
                     tracing::info!(message = "The table refused the copied rows; the batch is upserted instead.", subscription = %self.subscription, error = %describe(&e));
                     tx.batch_execute("ROLLBACK TO SAVEPOINT govbus_copy")
                         .await?;
                     self.skip_lookups = LOOKUP_EVERY - 1;
                     upserts
                 }
-                Err(e) => return Err(e.into()),
+                Err(CopyError::Refused(e)) => return Err(e.into()),
             }
         } else {
             upserts
@@ -811,28 +832,43 @@ impl PgSink {
         policy: &str,
         events: &[Delivery],
         fresh: &[usize],
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<(), CopyError> {
         use futures_util::SinkExt as _;
         if fresh.is_empty() {
             return Ok(());
         }
         let jsonb: Vec<bool> = columns.iter().map(|(_, ty)| ty == "jsonb").collect();
-        let sink = tx.copy_in::<_, bytes::Bytes>(&st.copy).await?;
+        let sink = tx
+            .copy_in::<_, bytes::Bytes>(&st.copy)
+            .await
+            .map_err(CopyError::Start)?;
         let mut sink = std::pin::pin!(sink);
         let mut buf = Vec::with_capacity(COPY_PIECE + 4096);
         for &i in fresh {
             copy_row(&mut buf, columns, &jsonb, &events[i], policy);
             if buf.len() >= COPY_PIECE {
                 let piece = std::mem::replace(&mut buf, Vec::with_capacity(COPY_PIECE + 4096));
-                sink.send(bytes::Bytes::from(piece)).await?;
+                sink.send(bytes::Bytes::from(piece))
+                    .await
+                    .map_err(CopyError::Refused)?;
             }
         }
         if !buf.is_empty() {
-            sink.send(bytes::Bytes::from(buf)).await?;
+            sink.send(bytes::Bytes::from(buf))
+                .await
+                .map_err(CopyError::Refused)?;
         }
-        sink.as_mut().finish().await?;
+        sink.as_mut().finish().await.map_err(CopyError::Refused)?;
         Ok(())
     }
+}
+
+/// How a COPY of new keys failed.
+enum CopyError {
+    /// Before the server took any row (the statement was refused).
+    Start(tokio_postgres::Error),
+    /// While the rows were sent or at their end: the table refused them.
+    Refused(tokio_postgres::Error),
 }
 
 /// A record's source version as the table stores it (`bigint`).
