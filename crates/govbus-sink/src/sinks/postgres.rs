@@ -41,6 +41,7 @@
 //!   check itself fails ([`PgSink::copy_fits`]).
 
 use std::collections::HashMap;
+use std::io::Write as _;
 
 use apache_avro::Schema;
 use govbus_catalog::{Dataset, Subscription, Treatment};
@@ -337,29 +338,9 @@ impl PgSink {
     /// now says `timestamptz`, under a session time zone other than UTC).
     /// Otherwise every row is upserted, as before COPY was used.
     async fn copy_fits(&mut self) -> Result<bool, tokio_postgres::Error> {
-        // The delivered columns and govbus's own, as the upsert types them.
-        let shape: Vec<String> = self
-            .columns
-            .iter()
-            .map(|(name, ty)| format!("{} {ty}", quote(name)))
-            .chain(
-                [
-                    "_govbus_subject text",
-                    "_govbus_source_version bigint",
-                    "_govbus_event_id text",
-                    "_govbus_op text",
-                    "_govbus_time timestamptz",
-                    "_govbus_policy text",
-                ]
-                .map(String::from),
-            )
-            .collect();
         let tx = self.client.transaction().await?;
-        tx.batch_execute(&format!(
-            "CREATE TEMP TABLE _govbus_shape ({}) ON COMMIT DROP",
-            shape.join(", ")
-        ))
-        .await?;
+        // The delivered columns and govbus's own, as the upsert types them.
+        create_shape(&tx, &self.columns, true).await?;
         // Rules on INSERT ('3') or UPDATE ('2'): PostgreSQL refuses the
         // upsert on such a table, and COPY would slip new rows past them.
         let fits: bool = tx
@@ -418,19 +399,10 @@ impl PgSink {
                 .get(0);
             return Ok(());
         }
-        let shape: Vec<String> = self
-            .columns
-            .iter()
-            .map(|(name, ty)| format!("{} {ty}", quote(name)))
-            .collect();
         let tx = self.client.transaction().await?;
         // The delivered columns as PostgreSQL types them, to compare with
         // the table's (a masked date is text, a decimal keeps its typmod).
-        tx.batch_execute(&format!(
-            "CREATE TEMP TABLE _govbus_shape ({}) ON COMMIT DROP",
-            shape.join(", ")
-        ))
-        .await?;
+        create_shape(&tx, &self.columns, false).await?;
         let stale: Vec<String> = tx
             .query(
                 "SELECT a.attname::text FROM pg_attribute a \
@@ -871,6 +843,34 @@ enum CopyError {
     Refused(tokio_postgres::Error),
 }
 
+/// Creates `pg_temp._govbus_shape`, dropped at the transaction's end: a
+/// table with `columns` (and, with `own`, govbus's own columns) as
+/// PostgreSQL types them, to compare with the sink's table.
+async fn create_shape(
+    tx: &tokio_postgres::Transaction<'_>,
+    columns: &[(String, String)],
+    own: bool,
+) -> Result<(), tokio_postgres::Error> {
+    const OWN: [&str; 6] = [
+        "_govbus_subject text",
+        "_govbus_source_version bigint",
+        "_govbus_event_id text",
+        "_govbus_op text",
+        "_govbus_time timestamptz",
+        "_govbus_policy text",
+    ];
+    let shape: Vec<String> = columns
+        .iter()
+        .map(|(name, ty)| format!("{} {ty}", quote(name)))
+        .chain(OWN.iter().filter(|_| own).map(|c| (*c).to_owned()))
+        .collect();
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE _govbus_shape ({}) ON COMMIT DROP",
+        shape.join(", ")
+    ))
+    .await
+}
+
 /// A record's source version as the table stores it (`bigint`).
 fn version(e: &Delivery) -> i64 {
     i64::try_from(e.source_version).unwrap_or(i64::MAX)
@@ -900,7 +900,8 @@ fn copy_row(
     }
     copy_text(buf, &e.subject);
     buf.push(b'\t');
-    buf.extend_from_slice(version(e).to_string().as_bytes());
+    // Writing to a Vec cannot fail.
+    let _ = write!(buf, "{}", version(e));
     buf.push(b'\t');
     copy_text(buf, &e.id);
     buf.push(b'\t');
