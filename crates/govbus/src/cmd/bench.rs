@@ -35,6 +35,10 @@ pub enum BenchCommand {
     /// Live interfaces: catch-up, lookups and batch lookups on a large state,
     /// against a PostgreSQL table behind an equivalent HTTP handler.
     Query(super::bench_query::QueryBench),
+    /// The live-tail phase's clients, run by `bench sink` as a process of
+    /// their own so that the sink's memory is measured without theirs.
+    #[command(hide = true)]
+    SseClients(super::bench_sink::SseClients),
 }
 
 #[derive(Args)]
@@ -87,6 +91,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Sink(b) => rt.block_on(super::bench_sink::run(b))?,
         BenchCommand::Capture(b) => rt.block_on(super::bench_capture::run(b))?,
         BenchCommand::Query(b) => rt.block_on(super::bench_query::run(b))?,
+        BenchCommand::SseClients(c) => rt.block_on(super::bench_sink::sse_clients(c))?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -642,10 +642,77 @@ async fn serve_live_streams(
     Ok((running, port, server))
 }
 
+#[derive(Args)]
+pub struct SseClients {
+    /// The sink's live-stream port on 127.0.0.1.
+    #[arg(long)]
+    port: u16,
+    /// Clients to connect, from the end of the topic.
+    #[arg(long)]
+    clients: usize,
+    /// Events each client reads before it stops.
+    #[arg(long)]
+    records: usize,
+    /// Seconds after which every client stops, whatever it has read.
+    #[arg(long, default_value_t = 180)]
+    deadline: u64,
+}
+
+/// The client process; killed if the benchmark gives up on it.
+struct Fleet(std::process::Child);
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What the client process prints on its one line of output.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SseClientsDone {
+    events: usize,
+    complete: usize,
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+}
+
+/// `bench sse-clients`: `clients` live-stream clients in this process, each
+/// reading `records` events; prints [`SseClientsDone`] as JSON.
+pub(super) async fn sse_clients(c: SseClients) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(c.deadline);
+    let clients: Vec<_> = (0..c.clients)
+        .map(|_| {
+            tokio::spawn(tokio::time::timeout_at(
+                deadline,
+                sse_client_from(c.port, "", c.records),
+            ))
+        })
+        .collect();
+    let (mut events, mut complete) = (0, 0);
+    for client in clients {
+        // A client past the deadline counts as incomplete with nothing read.
+        if let Ok(got) = client.await.map_err(|e| anyhow::anyhow!("{e}"))? {
+            let got = got?;
+            events += got;
+            complete += usize::from(got >= c.records);
+        }
+    }
+    let done = SseClientsDone {
+        events,
+        complete,
+        peak_rss_mib: rss_mib().1,
+        cpu_seconds: cpu_seconds(),
+    };
+    println!("{}", serde_json::to_string(&done)?);
+    Ok(())
+}
+
 /// The live tail: `sse_head_clients` clients connect from the end of the
 /// topic (they share one reader), then `sse_head_records` records are
-/// published; each client reads them all. Reports the RSS the connected
-/// clients add.
+/// published; each client reads them all. The clients run in a process of
+/// their own (`bench sse-clients`), so the RSS reported is the sink's (with
+/// the benchmark's record generator) and the clients' is reported apart.
 async fn live_tail(
     b: &SinkBench,
     engine: &Engine,
@@ -657,9 +724,22 @@ async fn live_tail(
     let (running, port, server) = serve_live_streams(config).await?;
     let recs = records(engine, b.sse_head_records)?;
     let (before, _) = rss_mib();
-    let clients: Vec<_> = (0..n)
-        .map(|_| tokio::spawn(sse_client_from(port, "", b.sse_head_records)))
-        .collect();
+    let exe = std::env::current_exe().context("the benchmark's own executable")?;
+    let mut fleet = Fleet(
+        std::process::Command::new(exe)
+            .args(["bench", "sse-clients", "--port", &port.to_string()])
+            .args(["--clients", &n.to_string()])
+            .args(["--records", &b.sse_head_records.to_string()])
+            .args(["--deadline", "180"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("start the client process")?,
+    );
+    let mut report = fleet
+        .0
+        .stdout
+        .take()
+        .context("the client process's output")?;
     let connected = format!("govbus_sink_sse_clients{{subscription=\"bench_sse\"}} {n}\n");
     let deadline = Instant::now() + Duration::from_secs(120);
     while !running.metrics.render().contains(&connected) {
@@ -678,25 +758,32 @@ async fn live_tail(
         .to_owned();
     let (t0, cpu0) = (Instant::now(), cpu_seconds());
     fill_canonical(&b.bootstrap, data, &recs).await?;
-    let mut total = 0usize;
-    let mut complete = 0usize;
-    for c in clients {
-        let got = c.await.map_err(|e| anyhow::anyhow!("{e}"))??;
-        total += got;
-        complete += usize::from(got >= b.sse_head_records);
-    }
+    // The clients stop by themselves (all events read, or their deadline).
+    let out = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut report, &mut out).map(|_| out)
+    })
+    .await??;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
-    let (after, _) = rss_mib();
+    let status = tokio::task::spawn_blocking(move || fleet.0.wait()).await??;
+    anyhow::ensure!(status.success(), "the client process failed: {status}");
+    let done: SseClientsDone =
+        serde_json::from_slice(&out).context("the client process's report")?;
+    let (after, hwm) = rss_mib();
     server.abort();
     let _ = running.stop.send(true);
+    let total = done.events;
     println!(
-        "\nLive tail: {n} clients at the head ({readers} shared reader(s)) each read {} events ({complete} complete): {total} events in {secs:.1} s = {:.0} events/s in all; CPU {:.2} µs/event; RSS {before:.0} MiB before the clients, {with_clients:.0} MiB with them connected (+{:.0} MiB, {:.1} KiB a client), {after:.0} MiB after the events.",
+        "\nLive tail: {n} clients at the head ({readers} shared reader(s)) each read {} events ({} complete): {total} events in {secs:.1} s = {:.0} events/s in all; sink CPU {:.2} µs/event (the clients' process {:.2} µs/event). Sink process RSS (with the record generator; the clients run in a process of their own): {before:.0} MiB before the clients, {with_clients:.0} MiB with them connected (+{:.0} MiB, {:.1} KiB a client), {after:.0} MiB after the events, peak {hwm:.0} MiB; the clients' process peaked at {:.0} MiB.",
         b.sse_head_records,
+        done.complete,
         total as f64 / secs,
         cpu / total.max(1) as f64 * 1e6,
+        done.cpu_seconds / total.max(1) as f64 * 1e6,
         with_clients - before,
         (with_clients - before) * 1024.0 / n as f64,
+        done.peak_rss_mib,
     );
     Ok(())
 }
