@@ -57,6 +57,35 @@ use crate::run::{Shared, Sinks};
 /// changes.
 const CHUNK: usize = 128;
 
+/// An event waiting in a client's channel. The channel holds up to
+/// [`CHUNK`] of them per client, so they are kept at their exact size and
+/// become an axum [`Event`] only when the response takes them: a built
+/// `Event`'s buffer grows by doubling and held about twice its text (1,000
+/// clients at the head held ~190 MiB of channel, BENCHMARKS.md).
+struct Frame {
+    id: Option<Box<str>>,
+    event: Box<str>,
+    data: Box<str>,
+}
+
+impl Frame {
+    fn new(id: Option<String>, event: &str, data: String) -> Frame {
+        Frame {
+            id: id.map(String::into_boxed_str),
+            event: event.into(),
+            data: data.into_boxed_str(),
+        }
+    }
+
+    fn into_event(self) -> Event {
+        let event = match self.id {
+            Some(id) => Event::default().id(id),
+            None => Event::default(),
+        };
+        event.event(self.event).data(self.data)
+    }
+}
+
 /// A parsed offset cursor: partition → next offset.
 pub type Cursor = BTreeMap<i32, i64>;
 
@@ -234,7 +263,7 @@ async fn events(
     // Each event is checked against the grant and the credential just before
     // it is handed over, so only what this channel holds can still go out
     // after a change (a client that stops reading holds at most this many).
-    let (tx, rx) = mpsc::channel::<Event>(CHUNK);
+    let (tx, rx) = mpsc::channel::<Frame>(CHUNK);
     let shared = st.shared.clone();
     let hubs = st.hubs.clone();
     st.shared.metrics.sse_clients(&id, 1);
@@ -255,7 +284,9 @@ async fn events(
         }
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+        rx.recv()
+            .await
+            .map(|f| (Ok::<_, Infallible>(f.into_event()), rx))
     });
     Sse::new(body)
         .keep_alive(KeepAlive::new().interval(st.heartbeat).text("heartbeat"))
@@ -582,7 +613,7 @@ async fn stream(
     id: String,
     cursor: Option<Cursor>,
     start: Offset,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Frame>,
 ) -> Result<(), String> {
     let mut catalog = shared.catalog.borrow().clone();
     let (mut sub, ds) = client.check(&shared, &id).map_err(str::to_owned)?;
@@ -633,7 +664,7 @@ async fn stream(
                     // (and its consumer) open.
                     let _ = tokio::time::timeout(
                         Duration::from_secs(5),
-                        tx.send(Event::default().event("revoked").data(reason)),
+                        tx.send(Frame::new(None, "revoked", reason.to_owned())),
                     )
                     .await;
                     tracing::warn!(message = "Live stream closed: the grant no longer allows delivery to this client.", subscription = %id, reason);
@@ -655,21 +686,28 @@ async fn stream(
                 break;
             }
             // A chunk of events at a time: room for all of them in the
-            // channel first (a slow client waits here), then the check,
-            // then the ledger entry, then the hand-over. An event reaches
-            // the client only once the ledger holds it, so a crash can
-            // leave the ledger listing an event the client never read,
-            // never the other way round.
+            // channel first (a slow client waits here, holding nothing
+            // prepared: 1,000 slow clients would otherwise each hold a
+            // chunk besides their channel's), then the events, the check,
+            // the ledger entry, the hand-over. An event reaches the client
+            // only once the ledger holds it, so a crash can leave the
+            // ledger listing an event the client never read, never the
+            // other way round.
             let mut changed = false;
             let mut wait_schema = false;
             while !rest.is_empty() {
-                let mut ahead = position.clone();
-                // (event id for the ledger, or none for a skipped record; the event)
-                let mut chunk: Vec<(Option<String>, Event)> = Vec::new();
-                let mut taken = 0;
-                let (mut filtered, mut skipped) = (0, 0);
                 // The chunk's spans end when it is handed over (dropped).
                 let trace = crate::event::sink_spans(&sub);
+                // Permits a chunk leaves unused (filtered records) go back
+                // to the channel when `permits` is dropped.
+                let Ok(permits) = tx.reserve_many(rest.len().min(CHUNK)).await else {
+                    return Ok(());
+                };
+                let mut ahead = position.clone();
+                // (event id for the ledger, or none for a skipped record; the event)
+                let mut chunk: Vec<(Option<String>, Frame)> = Vec::new();
+                let mut taken = 0;
+                let (mut filtered, mut skipped) = (0, 0);
                 for c in rest {
                     if chunk.len() == CHUNK {
                         break;
@@ -695,10 +733,7 @@ async fn stream(
                             let data =
                                 serde_json::to_string(&d.cloudevent_ref(&sub.policy_version))
                                     .unwrap_or_default();
-                            let event = Event::default()
-                                .id(format_cursor(&ahead))
-                                .event(d.op.clone())
-                                .data(data);
+                            let event = Frame::new(Some(format_cursor(&ahead)), &d.op, data);
                             chunk.push((Some(d.id), event));
                         }
                         Prepared::Filtered(_) => filtered += 1,
@@ -718,21 +753,15 @@ async fn stream(
                             });
                             chunk.push((
                                 None,
-                                Event::default()
-                                    .id(format_cursor(&ahead))
-                                    .event("skipped")
-                                    .data(data.to_string()),
+                                Frame::new(
+                                    Some(format_cursor(&ahead)),
+                                    "skipped",
+                                    data.to_string(),
+                                ),
                             ));
                         }
                     }
                 }
-                let permits = match chunk.len() {
-                    0 => None,
-                    n => match tx.reserve_many(n).await {
-                        Ok(p) => Some(p),
-                        Err(_) => return Ok(()),
-                    },
-                };
                 // What can change without a reload: the grant's validity
                 // window runs out.
                 let unchanged = || {
@@ -747,7 +776,7 @@ async fn stream(
                     changed = true;
                     break;
                 }
-                let (ids, events): (Vec<Option<String>>, Vec<Event>) = chunk.into_iter().unzip();
+                let (ids, events): (Vec<Option<String>>, Vec<Frame>) = chunk.into_iter().unzip();
                 let ids: Vec<String> = ids.into_iter().flatten().collect();
                 record(&shared, &sub, ids).await?;
                 // The ledger may have taken long (an outage): a grant revoked
@@ -761,10 +790,8 @@ async fn stream(
                     changed = true;
                     break;
                 }
-                if let Some(permits) = permits {
-                    for (permit, event) in permits.zip(events) {
-                        permit.send(event);
-                    }
+                for (permit, event) in permits.zip(events) {
+                    permit.send(event);
                 }
                 shared.metrics.filtered(&sub.id, "sse", filtered);
                 shared.metrics.skipped(&sub.id, "sse", skipped);
