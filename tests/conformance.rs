@@ -506,6 +506,18 @@ impl Bench {
     /// Writes a create of `key` straight to the canonical topic, with the
     /// headers the router writes and `value` as it is: where it landed.
     async fn put_on_data(&self, key: &str, id: &str, version: u64, value: &[u8]) -> (i32, i64) {
+        self.put_on_data_as(key, id, version, value, "create").await
+    }
+
+    /// [`Bench::put_on_data`] with `op` as its `ce_op`.
+    async fn put_on_data_as(
+        &self,
+        key: &str,
+        id: &str,
+        version: u64,
+        value: &[u8],
+        op: &str,
+    ) -> (i32, i64) {
         let producer: FutureProducer =
             govbus_testkit::producer_config(&self.cluster.bootstrap_servers())
                 .create()
@@ -516,7 +528,7 @@ impl Bench {
             (h::CE_TYPE, DEATHS.as_bytes()),
             (h::CE_ID, id.as_bytes()),
             (h::CE_SUBJECT, key.as_bytes()),
-            (h::CE_OP, b"create".as_slice()),
+            (h::CE_OP, op.as_bytes()),
             (h::CE_SOURCEVERSION, version.as_bytes()),
             (h::CE_SOURCE, b"/departments/civil_affairs".as_slice()),
             (h::CE_TIME, b"2026-01-03T08:00:00.000Z".as_slice()),
@@ -938,6 +950,31 @@ async fn conformance(kind: Kind) {
     b.publish(&after).await;
     // Another under the same unknown id: waited for once, not per record.
     b.put_undecodable().await;
+    // A valid value under an op the router never writes, with a line break
+    // that would end a live-stream event's type field: refused the same way
+    // (it was delivered as it was, and the live stream's response panicked).
+    let catalog = govbus_catalog::Catalog::load(b.catalog.path()).unwrap();
+    let engine = govbus_validate::Engine::new(&catalog).unwrap();
+    let odd = Change {
+        i: 431,
+        version: 1,
+        op: "create",
+    };
+    let value = engine
+        .dataset(DEATHS)
+        .unwrap()
+        .validate_json(odd.body().as_bytes(), &govbus_validate::Context::now())
+        .unwrap()
+        .value;
+    let odd_at = b
+        .put_on_data_as(
+            &odd.key(),
+            &odd.id(),
+            1,
+            &value,
+            "create\r\nevent: injected",
+        )
+        .await;
     let past = changes(420..430);
     b.publish(&past).await;
     let all: Vec<Change> = all.iter().chain(&after).chain(&past).copied().collect();
@@ -947,38 +984,41 @@ async fn conformance(kind: Kind) {
         Duration::from_secs(90),
     )
     .await;
-    let start = Instant::now();
-    loop {
-        let told = match kind {
-            Kind::LiveStream => lines(&b.work.path().join("sse.jsonl")).iter().any(|l| {
-                l["event"] == json!("skipped")
-                    && serde_json::from_str::<Json>(l["data"].as_str().unwrap_or("{}")).is_ok_and(
-                        |d| d["partition"] == json!(partition) && d["offset"] == json!(offset),
-                    )
-            }),
-            _ => govbus_kafka::read::read_all(
-                &b.cluster.bootstrap_servers(),
-                &b.topics.subscription_dlq(SUB),
-                Duration::from_millis(500),
-                Duration::from_secs(10),
-            )
-            .unwrap_or_default()
-            .iter()
-            .any(|r| {
-                r.header(h::ERROR_PARTITION) == partition.to_string()
-                    && r.header(h::ERROR_OFFSET) == offset.to_string()
-            }),
-        };
-        if told {
-            break;
+    for (partition, offset) in [(partition, offset), odd_at] {
+        let start = Instant::now();
+        loop {
+            let told = match kind {
+                Kind::LiveStream => lines(&b.work.path().join("sse.jsonl")).iter().any(|l| {
+                    l["event"] == json!("skipped")
+                        && serde_json::from_str::<Json>(l["data"].as_str().unwrap_or("{}"))
+                            .is_ok_and(|d| {
+                                d["partition"] == json!(partition) && d["offset"] == json!(offset)
+                            })
+                }),
+                _ => govbus_kafka::read::read_all(
+                    &b.cluster.bootstrap_servers(),
+                    &b.topics.subscription_dlq(SUB),
+                    Duration::from_millis(500),
+                    Duration::from_secs(10),
+                )
+                .unwrap_or_default()
+                .iter()
+                .any(|r| {
+                    r.header(h::ERROR_PARTITION) == partition.to_string()
+                        && r.header(h::ERROR_OFFSET) == offset.to_string()
+                }),
+            };
+            if told {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                b.dump();
+                panic!(
+                    "{kind:?}: the undecodable record at {partition}/{offset} was passed over silently"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        if start.elapsed() > Duration::from_secs(60) {
-            b.dump();
-            panic!(
-                "{kind:?}: the undecodable record at {partition}/{offset} was passed over silently"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
     if kind != Kind::LiveStream {

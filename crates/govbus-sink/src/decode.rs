@@ -39,6 +39,10 @@ pub enum DecodeError {
     /// writes none such; a record written to the topic some other way can).
     #[error("ce_sourceversion is not an integer from 0 to 9223372036854775807")]
     SourceVersion,
+    /// `ce_op` is not one the router writes (a record written to the topic
+    /// some other way can carry anything, line breaks included).
+    #[error("ce_op is not create, update, delete or snapshot")]
+    Op,
 }
 
 /// The schema id of a framed value.

@@ -319,10 +319,16 @@ pub fn prepare(catalog: &Arc<Catalog>, policy: &Policy, c: &Canonical) -> Prepar
             Err(e) => return Prepared::Undecodable(e),
         },
     };
-    let op = if outside {
-        OUT_OF_SCOPE
-    } else {
-        c.header(h::CE_OP)
+    // Only an op the router could have written goes on (in its canonical
+    // name): the live stream makes it the event's type, where a line break
+    // would end the field (axum refuses it).
+    let op = match c.header(h::CE_OP) {
+        _ if outside => OUT_OF_SCOPE,
+        "" => "",
+        op => match govbus_validate::envelope::Op::parse(op) {
+            Some(op) => op.as_str(),
+            None => return Prepared::Undecodable(DecodeError::Op),
+        },
     };
     // Absent: 0 (the oldest). Present, it must be a version a PostgreSQL
     // sink can store, or every attempt to store it would fail.
