@@ -686,28 +686,21 @@ async fn stream(
                 break;
             }
             // A chunk of events at a time: room for all of them in the
-            // channel first (a slow client waits here, holding nothing
-            // prepared: 1,000 slow clients would otherwise each hold a
-            // chunk besides their channel's), then the events, the check,
-            // the ledger entry, the hand-over. An event reaches the client
-            // only once the ledger holds it, so a crash can leave the
-            // ledger listing an event the client never read, never the
-            // other way round.
+            // channel first (a slow client waits here), then the check,
+            // then the ledger entry, then the hand-over. An event reaches
+            // the client only once the ledger holds it, so a crash can
+            // leave the ledger listing an event the client never read,
+            // never the other way round.
             let mut changed = false;
             let mut wait_schema = false;
             while !rest.is_empty() {
-                // The chunk's spans end when it is handed over (dropped).
-                let trace = crate::event::sink_spans(&sub);
-                // Permits a chunk leaves unused (filtered records) go back
-                // to the channel when `permits` is dropped.
-                let Ok(permits) = tx.reserve_many(rest.len().min(CHUNK)).await else {
-                    return Ok(());
-                };
                 let mut ahead = position.clone();
                 // (event id for the ledger, or none for a skipped record; the event)
                 let mut chunk: Vec<(Option<String>, Frame)> = Vec::new();
                 let mut taken = 0;
                 let (mut filtered, mut skipped) = (0, 0);
+                // The chunk's spans end when it is handed over (dropped).
+                let trace = crate::event::sink_spans(&sub);
                 for c in rest {
                     if chunk.len() == CHUNK {
                         break;
@@ -762,6 +755,13 @@ async fn stream(
                         }
                     }
                 }
+                let permits = match chunk.len() {
+                    0 => None,
+                    n => match tx.reserve_many(n).await {
+                        Ok(p) => Some(p),
+                        Err(_) => return Ok(()),
+                    },
+                };
                 // What can change without a reload: the grant's validity
                 // window runs out.
                 let unchanged = || {
@@ -790,8 +790,10 @@ async fn stream(
                     changed = true;
                     break;
                 }
-                for (permit, event) in permits.zip(events) {
-                    permit.send(event);
+                if let Some(permits) = permits {
+                    for (permit, event) in permits.zip(events) {
+                        permit.send(event);
+                    }
                 }
                 shared.metrics.filtered(&sub.id, "sse", filtered);
                 shared.metrics.skipped(&sub.id, "sse", skipped);
