@@ -290,6 +290,16 @@ async fn sse_client(port: u16, want: usize) -> anyhow::Result<usize> {
 }
 
 async fn sse_client_from(port: u16, query: &str, want: usize) -> anyhow::Result<usize> {
+    sse_client_counted(port, query, want, Arc::default()).await
+}
+
+/// [`sse_client_from`], adding each event to `seen` as it arrives.
+async fn sse_client_counted(
+    port: u16,
+    query: &str,
+    want: usize,
+    seen: Arc<AtomicU64>,
+) -> anyhow::Result<usize> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     // HTTP/1.0: the body is not chunked, so event boundaries are plain text.
     s.write_all(format!("GET /v1/subscriptions/bench_sse/events{query} HTTP/1.0\r\nHost: bench\r\nAuthorization: Bearer bench-token-0123456789\r\n\r\n").as_bytes()).await?;
@@ -306,6 +316,7 @@ async fn sse_client_from(port: u16, query: &str, want: usize) -> anyhow::Result<
         for w in 0..carry.len().saturating_sub(6) {
             if &carry[w..w + 7] == b"\ndata: " {
                 events += 1;
+                seen.fetch_add(1, Ordering::Relaxed);
                 last = w + 7;
             }
         }
@@ -681,25 +692,26 @@ struct SseClientsDone {
 /// reading `records` events; prints [`SseClientsDone`] as JSON.
 pub(super) async fn sse_clients(c: SseClients) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(c.deadline);
+    // Every client's events, counted as they arrive (a client stopped at the
+    // deadline keeps what it read).
+    let seen = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..c.clients)
         .map(|_| {
             tokio::spawn(tokio::time::timeout_at(
                 deadline,
-                sse_client_from(c.port, "", c.records),
+                sse_client_counted(c.port, "", c.records, seen.clone()),
             ))
         })
         .collect();
-    let (mut events, mut complete) = (0, 0);
+    let mut complete = 0;
     for client in clients {
-        // A client past the deadline counts as incomplete with nothing read.
+        // A client past the deadline is incomplete.
         if let Ok(got) = client.await.map_err(|e| anyhow::anyhow!("{e}"))? {
-            let got = got?;
-            events += got;
-            complete += usize::from(got >= c.records);
+            complete += usize::from(got? >= c.records);
         }
     }
     let done = SseClientsDone {
-        events,
+        events: seen.load(Ordering::Relaxed) as usize,
         complete,
         peak_rss_mib: rss_mib().1,
         cpu_seconds: cpu_seconds(),
@@ -743,6 +755,9 @@ async fn live_tail(
     let connected = format!("govbus_sink_sse_clients{{subscription=\"bench_sse\"}} {n}\n");
     let deadline = Instant::now() + Duration::from_secs(120);
     while !running.metrics.render().contains(&connected) {
+        if let Some(status) = fleet.0.try_wait()? {
+            anyhow::bail!("the client process ended before its clients connected: {status}");
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
             "{n} clients did not connect within 120 s"
@@ -774,8 +789,13 @@ async fn live_tail(
     server.abort();
     let _ = running.stop.send(true);
     let total = done.events;
+    anyhow::ensure!(
+        done.complete == n,
+        "only {} of {n} clients read every event before their deadline ({total} events in all): no figures",
+        done.complete
+    );
     println!(
-        "\nLive tail: {n} clients at the head ({readers} shared reader(s)) each read {} events ({} complete): {total} events in {secs:.1} s = {:.0} events/s in all; sink CPU {:.2} µs/event (the clients' process {:.2} µs/event). Sink process RSS (with the record generator; the clients run in a process of their own): {before:.0} MiB before the clients, {with_clients:.0} MiB with them connected (+{:.0} MiB, {:.1} KiB a client), {after:.0} MiB after the events, peak {hwm:.0} MiB; the clients' process peaked at {:.0} MiB.",
+        "\nLive tail: {n} clients at the head ({readers} shared reader(s)) each read {} events ({} complete): {total} events in {secs:.1} s = {:.0} events/s in all; sink CPU {:.2} µs/event (the clients' process, connecting included, {:.2} µs/event). Sink process RSS (with the record generator; the clients run in a process of their own): {before:.0} MiB before the clients, {with_clients:.0} MiB with them connected (+{:.0} MiB, {:.1} KiB a client), {after:.0} MiB after the events, peak {hwm:.0} MiB; the clients' process peaked at {:.0} MiB.",
         b.sse_head_records,
         done.complete,
         total as f64 / secs,
