@@ -343,19 +343,20 @@ fn publish_at(
         .unwrap();
     let topic = bus.topics.ingest("civil_affairs");
     let started = Instant::now();
-    let tick = Duration::from_millis(10);
-    let per_tick = rate / 100;
+    // (A rate under 100 a second, or not a multiple of 100, from
+    // GOVBUS_RESTART_RATE, still paces and still calls `at` every second.)
+    let per_tick = (rate / 100).max(1);
     let mut sent = 0;
     while sent < seconds * rate {
         let n = sent;
         if n % per_tick == 0 {
-            let due = tick * (n / per_tick) as u32;
+            let due = Duration::from_secs_f64(n as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 std::thread::sleep(wait);
             }
-            if n % rate == 0 && at(n / rate).is_break() {
-                break;
-            }
+        }
+        if n % rate == 0 && at(n / rate).is_break() {
+            break;
         }
         send(&producer, &topic, n, keys);
         sent += 1;
