@@ -1077,6 +1077,75 @@ async fn a_live_stream_grant_is_reported_active_while_it_streams() {
     );
 }
 
+/// A live-stream client that stops reading is not waited for forever once
+/// its grant is revoked: with its channel full, the stream looks at the
+/// grant again every few seconds and ends — letting its reader go — even
+/// though the client never reads again (before, it waited for room in the
+/// channel until the client read or hung up).
+///
+/// Run by hand (`cargo test -p govbus-e2e --test delivery stopped_reading
+/// -- --ignored`): filling the loopback sockets' buffers takes ~6,000
+/// events (12,000 are published, ~2.5 min in a debug build), and in a run
+/// of the whole file that load on the shared broker once made
+/// `live_stream_clients_at_the_head_share_one_reader_and_miss_nothing`
+/// see no shared reader.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "heavy: ~2.5 min and 12,000 events on the shared broker; run by hand"]
+async fn a_revoked_grant_ends_the_stream_of_a_client_that_stopped_reading() {
+    use std::io::{Read, Write};
+    let sub = format!(
+        "subscriber = \"public_security\"\ndataset = \"{DEATHS}\"\npurpose = \"test\"\n\n[sink]\ntype = \"sse\"\n"
+    );
+    let d = Deployment::start(&[("live", sub.clone())]).await;
+    let (token, creds) = common::new_credential("public_security", d.logs.path());
+    let (_sink, port) = d.sink("sink", &["--credentials", creds.to_str().unwrap()]);
+    // Reads the response's head, then nothing.
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        client,
+        "GET /v1/subscriptions/live/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    client.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+    wait_until("one live-stream client", Duration::from_secs(20), || {
+        metric(port, "govbus_sink_sse_clients", "live") == 1.0
+    });
+    // More events than the sockets' buffers and the channel hold.
+    let n = 12_000;
+    d.publish(&creates(0..n)).await;
+    let streamed = || metric(port, "govbus_sink_delivered_total", "live");
+    let (mut last, mut since) = (streamed(), Instant::now());
+    while since.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = streamed();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    println!("the stalled client was handed {last} of {n} events");
+    assert!(
+        last > 0.0 && last < n as f64,
+        "the stalled client was handed {last} of {n} events: it must have taken some and not all"
+    );
+    write_subscription(
+        d.catalog_dir(),
+        "live",
+        &sub.replace("purpose = \"test\"", "purpose = \"test\"\nrevoked = true"),
+    );
+    wait_until(
+        "the stalled client's stream ended",
+        Duration::from_secs(20),
+        || metric(port, "govbus_sink_sse_clients", "live") == 0.0,
+    );
+    assert!(
+        d.log("sink").contains("which has stopped reading"),
+        "the sink says why the stream ended"
+    );
+    drop(client);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kafka_view_and_file_sinks_hold_the_masked_filtered_stream() {
     let files = tempfile::tempdir().unwrap();

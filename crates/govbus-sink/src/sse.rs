@@ -57,6 +57,10 @@ use crate::run::{Shared, Sinks};
 /// changes.
 const CHUNK: usize = 128;
 
+/// How often the grant of a client that has stopped reading (its channel
+/// full) is looked at again.
+const STALLED_RECHECK: Duration = Duration::from_secs(5);
+
 /// An event waiting in a client's channel. The channel holds up to
 /// [`CHUNK`] of them per client, so they are kept at their exact size and
 /// become an axum [`Event`] only when the response takes them: a built
@@ -757,9 +761,27 @@ async fn stream(
                 }
                 let permits = match chunk.len() {
                     0 => None,
-                    n => match tx.reserve_many(n).await {
-                        Ok(p) => Some(p),
-                        Err(_) => return Ok(()),
+                    n => loop {
+                        // A client that stopped reading is waited for, but
+                        // its grant and credential are looked at again every
+                        // few seconds: once they no longer allow delivery,
+                        // the stream ends (its reader — its own consumer or
+                        // its place on the hub — is let go) instead of
+                        // waiting for the client to read again. (Losing the
+                        // place in the channel's queue is harmless: this
+                        // task is its only sender.)
+                        tokio::select! {
+                            p = tx.reserve_many(n) => match p {
+                                Ok(p) => break Some(p),
+                                Err(_) => return Ok(()),
+                            },
+                            () = tokio::time::sleep(STALLED_RECHECK) => {
+                                if let Err(reason) = client.check(&shared, &id) {
+                                    tracing::warn!(message = "Live stream closed: the grant no longer allows delivery to this client, which has stopped reading.", subscription = %id, reason);
+                                    return Ok(());
+                                }
+                            }
+                        }
                     },
                 };
                 // What can change without a reload: the grant's validity
