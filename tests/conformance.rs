@@ -752,6 +752,18 @@ impl Drop for Bench {
 
 /// The events of a CSV file: a header, then one row per event (envelope
 /// columns, then the delivered fields; a delete's fields are empty).
+/// `c`'s value as the router would write it under the catalog in `dir`.
+fn canonical(dir: &Path, c: &Change) -> Vec<u8> {
+    let catalog = govbus_catalog::Catalog::load(dir).unwrap();
+    govbus_validate::Engine::new(&catalog)
+        .unwrap()
+        .dataset(DEATHS)
+        .unwrap()
+        .validate_json(c.body().as_bytes(), &govbus_validate::Context::now())
+        .unwrap()
+        .value
+}
+
 fn csv_rows(path: &Path) -> Vec<Seen> {
     let Ok(mut reader) = csv::Reader::from_path(path) else {
         return Vec::new();
@@ -953,19 +965,12 @@ async fn conformance(kind: Kind) {
     // A valid value under an op the router never writes, with a line break
     // that would end a live-stream event's type field: refused the same way
     // (it was delivered as it was, and the live stream's response panicked).
-    let catalog = govbus_catalog::Catalog::load(b.catalog.path()).unwrap();
-    let engine = govbus_validate::Engine::new(&catalog).unwrap();
     let odd = Change {
         i: 431,
         version: 1,
         op: "create",
     };
-    let value = engine
-        .dataset(DEATHS)
-        .unwrap()
-        .validate_json(odd.body().as_bytes(), &govbus_validate::Context::now())
-        .unwrap()
-        .value;
+    let value = canonical(b.catalog.path(), &odd);
     let odd_at = b
         .put_on_data_as(
             &odd.key(),
@@ -1408,19 +1413,12 @@ async fn a_schema_learned_late(kind: Kind) {
         &v3,
     )
     .unwrap();
-    let catalog = govbus_catalog::Catalog::load(ahead.path()).unwrap();
-    let engine = govbus_validate::Engine::new(&catalog).unwrap();
     let c = Change {
         i: 500,
         version: 1,
         op: "create",
     };
-    let accepted = engine
-        .dataset(DEATHS)
-        .unwrap()
-        .validate_json(c.body().as_bytes(), &govbus_validate::Context::now())
-        .unwrap();
-    b.put_on_data(&c.key(), &c.id(), c.version, &accepted.value)
+    b.put_on_data(&c.key(), &c.id(), c.version, &canonical(ahead.path(), &c))
         .await;
     // The sink's catalog learns version 3 three seconds later.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -266,6 +266,11 @@ max_backoff = "300ms"
     )
 }
 
+/// A subscription's text with the grant revoked.
+fn revoked(text: &str) -> String {
+    text.replace("purpose = \"test\"", "purpose = \"test\"\nrevoked = true")
+}
+
 fn metric(port: u16, name: &str, subscription: &str) -> f64 {
     let text = common::http_get(port, "/metrics");
     text.lines()
@@ -520,11 +525,7 @@ async fn a_revoked_grant_stops_delivery_within_5_seconds() {
     };
     let revoke = async {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        std::fs::write(
-            &path,
-            text.replace("purpose = \"test\"", "purpose = \"test\"\nrevoked = true"),
-        )
-        .unwrap();
+        std::fs::write(&path, revoked(&text)).unwrap();
         let at = std::time::SystemTime::now();
         let t = Instant::now();
         while metric(port, "govbus_sink_active", "grant") != 0.0
@@ -1065,11 +1066,7 @@ async fn a_live_stream_grant_is_reported_active_while_it_streams() {
     });
     assert_eq!(metric(port, "govbus_sink_active", "live"), 1.0);
     // Revoked: inactive.
-    write_subscription(
-        d.catalog_dir(),
-        "live",
-        &sub.replace("purpose = \"test\"", "purpose = \"test\"\nrevoked = true"),
-    );
+    write_subscription(d.catalog_dir(), "live", &revoked(&sub));
     wait_until(
         "the revoked stream reported inactive",
         Duration::from_secs(5),
@@ -1129,11 +1126,7 @@ async fn a_revoked_grant_ends_the_stream_of_a_client_that_stopped_reading() {
         last > 0.0 && last < n as f64,
         "the stalled client was handed {last} of {n} events: it must have taken some and not all"
     );
-    write_subscription(
-        d.catalog_dir(),
-        "live",
-        &sub.replace("purpose = \"test\"", "purpose = \"test\"\nrevoked = true"),
-    );
+    write_subscription(d.catalog_dir(), "live", &revoked(&sub));
     wait_until(
         "the stalled client's stream ended",
         Duration::from_secs(20),

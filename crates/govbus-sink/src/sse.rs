@@ -771,6 +771,9 @@ async fn stream(
                         // place in the channel's queue is harmless: this
                         // task is its only sender.)
                         tokio::select! {
+                            // Room first: a reading client's chunk never
+                            // starts the timer.
+                            biased;
                             p = tx.reserve_many(n) => match p {
                                 Ok(p) => break Some(p),
                                 Err(_) => return Ok(()),
