@@ -149,10 +149,15 @@ consumer = Consumer({
     "enable.auto.commit": False,
     "session.timeout.ms": 6000,
     "heartbeat.interval.ms": 500,
+    # As govbus's consumers (govbus_kafka::config): no 1 s pause after the
+    # local queue fills.
+    "fetch.queue.backoff.ms": 10,
 })
 producer = Producer({
     "bootstrap.servers": bootstrap,
     "enable.idempotence": True,
+    # As govbus's producers: the producer id without a 0.5-1 s wait.
+    "enable.sparse.connections": False,
     "linger.ms": 5,
     "queue.buffering.max.messages": 500000,
 })

@@ -799,9 +799,20 @@ async fn lookups_and_verifications_answer_under_the_grant_and_are_audited() {
     // The OpenAPI document is served.
     let (status, _, body) = http(port, "GET", "/v1/query/openapi.json", None, None);
     assert_eq!(status, 200);
-    assert!(json_of(&body)["paths"]
-        .get("/v1/query/{sub}/verify")
-        .is_some());
+    let doc = json_of(&body);
+    assert!(doc["paths"].get("/v1/query/{sub}/verify").is_some());
+    // Every operation documents the process's own faults (500) and the
+    // state or ledger being unavailable (503), which every one can answer.
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for status in ["500", "503"] {
+                assert!(
+                    op["responses"].get(status).is_some(),
+                    "{method} {path} does not document {status}"
+                );
+            }
+        }
+    }
 
     // Every answered call is in the ledger, by keyed hash, never by value.
     assert!(metric(port, "govbus_query_calls_total") >= 10.0);

@@ -573,17 +573,14 @@ fn label(dataset: &str) -> &str {
 }
 
 fn consumer_config(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("group.id", "govbus-fraud")
+    let mut c = govbus_kafka::config::fetching(bootstrap);
+    c.set("group.id", "govbus-fraud")
         .set("enable.auto.commit", "false")
         // A committed offset the broker no longer has (retention, a
         // recreated view) restarts the feed from its beginning: replaying is
         // safe (records are last-write-wins by version, alerts reconciled),
         // skipping to the end would lose records.
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
-        .set("enable.partition.eof", "false");
+        .set("auto.offset.reset", "earliest");
     c
 }
 

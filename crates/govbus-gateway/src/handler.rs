@@ -438,6 +438,7 @@ async fn publish_as(
         }
         let (parts, body) = response.into_parts();
         let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+            tracing::error!(message = "A publish answer could not be buffered; the caller was answered 500 and may retry with the same key.", dataset = %ds.name());
             return problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -450,7 +451,8 @@ async fn publish_as(
         reservation.finish(answer);
         Response::from_parts(parts, axum::body::Body::from(bytes))
     });
-    owner.await.unwrap_or_else(|_| {
+    owner.await.unwrap_or_else(|error| {
+        tracing::error!(message = "A publish task failed (a bug); the caller was answered 500 and may retry with the same key.", %error);
         problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

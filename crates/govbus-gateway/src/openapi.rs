@@ -62,6 +62,7 @@ pub fn document(datasets: &[&str]) -> String {
                     "413": err("Too large a body or too many records."),
                     "409": err("The Idempotency-Key was already used for a different request, or a request with it is still in flight."),
                     "429": err("Too many requests in progress; see Retry-After."),
+                    "500": err("A fault of the gateway, not of the request (`internal`): the publish task failed or its answer could not be buffered. Retry with the same Idempotency-Key; the operator is alerted."),
                     "503": err("The broker did not acknowledge, or the ingest topic does not exist (`topic_missing`); see Retry-After.")
                 }
             }},
@@ -71,4 +72,23 @@ pub fn document(datasets: &[&str]) -> String {
         }
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every answer the publish handler can give is documented, the
+    /// server's own faults included.
+    #[test]
+    fn the_publish_operation_documents_every_status_it_answers() {
+        let doc: serde_json::Value = serde_json::from_str(&super::document(&["d"])).unwrap();
+        let responses = &doc["paths"]["/v1/datasets/{dataset}/records"]["post"]["responses"];
+        for status in [
+            "200", "400", "401", "403", "404", "409", "413", "429", "500", "503",
+        ] {
+            assert!(
+                responses.get(status).is_some(),
+                "{status} is not documented"
+            );
+        }
+    }
 }

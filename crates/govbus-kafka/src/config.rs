@@ -2,19 +2,32 @@
 
 use rdkafka::ClientConfig;
 
+/// What every consumer of govbus fetches with, whatever its offsets and
+/// group: `bootstrap`, no end-of-partition events, and the fetch timing below.
+pub fn fetching(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("enable.partition.eof", "false")
+        // Short fetch waits: Tansu's fetch path otherwise idles (DESIGN.md §7).
+        .set("fetch.wait.max.ms", "10")
+        // A consumer behind (catching up) fills its local queue past
+        // `queued.min.messages`; librdkafka then postpones the next fetch
+        // by this much, 1 s by default — a full second without records
+        // once the queue is drained, every time it fills (BENCHMARKS.md,
+        // "Start-up and catch-up stalls").
+        .set("fetch.queue.backoff.ms", "10");
+    c
+}
+
 /// A consumer that stores offsets only when told to (`store_offset` after the
 /// effect is durable) and commits stored offsets in the background.
 pub fn consumer(bootstrap: &str, group: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
+    let mut c = fetching(bootstrap);
+    c.set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        // Short fetch waits: Tansu's fetch path otherwise idles (DESIGN.md §7).
-        .set("fetch.wait.max.ms", "10")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         // New ingest topics are found by the regex subscription within this time.
@@ -30,6 +43,14 @@ pub fn producer(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
+        // Connect to every broker the metadata names at once. An idempotent
+        // producer asks for its producer id only over a connection to a
+        // broker it learned from the metadata (not the bootstrap address),
+        // and retries every 500 ms; with sparse connections that connection
+        // opens only when the first record is sent, so the first
+        // acknowledgement waited 0.5–1 s after every start (BENCHMARKS.md,
+        // "Start-up and catch-up stalls").
+        .set("enable.sparse.connections", "false")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
@@ -41,4 +62,19 @@ pub fn producer(bootstrap: &str) -> ClientConfig {
         )
         .set("compression.type", "lz4");
     c
+}
+
+#[cfg(test)]
+mod tests {
+    /// The two librdkafka defaults that stalled every component
+    /// (BENCHMARKS.md, "Start-up and catch-up stalls"): measured by the
+    /// benchmarks, not timed here; this keeps them from coming back.
+    #[test]
+    fn no_client_waits_on_librdkafka_stall_defaults() {
+        let consumer = super::consumer("b", "g");
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("10"));
+        let producer = super::producer("b");
+        assert_eq!(producer.get("enable.sparse.connections"), Some("false"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+    }
 }

@@ -60,6 +60,8 @@ pub fn append(bootstrap: &str, topic: &str, dataset: &str, schema: &str) -> Resu
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
+        // The producer id without a 0.5–1 s wait (see `config::producer`).
+        .set("enable.sparse.connections", "false")
         .set("message.timeout.ms", "30000")
         .create()?;
     producer

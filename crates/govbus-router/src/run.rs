@@ -368,12 +368,10 @@ impl Router {
     /// flight, commits, and returns. The loop is the stage engine's
     /// ([`govbus_kafka::stage::run`]); the router is a [`Stage`] of it.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), RouterError> {
-        // The producer first: an idempotent producer takes up to a second
-        // after its creation to be given its producer id (librdkafka asks
-        // once a broker connection is up, and retries every 500 ms), and a
-        // record sent before that waits for it — a start-up stall of ~0.8 s
-        // before the first acknowledgement when the group join was quicker
-        // (measured: BENCHMARKS.md). Created first, the id is fetched
+        // The producer first: an idempotent producer is given its producer
+        // id on librdkafka's next 500 ms retry after its connection to a
+        // broker is up (`kconfig::producer` opens it at once), and a record
+        // sent before that waits for it. Created first, the id is fetched
         // while the topics are checked and the group is joined.
         let producer = self.producer()?;
         self.ensure_topics().await;

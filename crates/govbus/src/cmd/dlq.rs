@@ -342,7 +342,9 @@ fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let (producer, acks) = govbus_kafka::produce::counted(
         ClientConfig::new()
             .set("bootstrap.servers", &a.common.bootstrap)
-            .set("enable.idempotence", "true"),
+            .set("enable.idempotence", "true")
+            // The producer id without a 0.5–1 s wait (see `config::producer`).
+            .set("enable.sparse.connections", "false"),
     )?;
     for d in &selected {
         let of = format!("{dlq}/{}/{}", d.partition, d.offset);
