@@ -438,11 +438,11 @@ async fn publish_as(
         }
         let (parts, body) = response.into_parts();
         let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
-            tracing::error!(message = "A publish answer could not be buffered; the caller was answered 500 and may retry with the same key.", dataset = %ds.name());
+            tracing::error!(message = "A publish answer could not be buffered; the caller was answered 500; its records were published.", dataset = %ds.name());
             return problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
-                "could not buffer the answer",
+                "could not buffer the answer; the records were published, and a retry publishes them again",
             );
         };
         let text = String::from_utf8_lossy(&bytes).into_owned();
@@ -452,11 +452,11 @@ async fn publish_as(
         Response::from_parts(parts, axum::body::Body::from(bytes))
     });
     owner.await.unwrap_or_else(|error| {
-        tracing::error!(message = "A publish task failed (a bug); the caller was answered 500 and may retry with the same key.", %error);
+        tracing::error!(message = "A publish task failed (a bug); the caller was answered 500, and some of its records may be published.", %error);
         problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            "the publish task failed; retry with the same Idempotency-Key",
+            "the publish task failed; some records may already be published, and a retry publishes them again",
         )
     })
 }

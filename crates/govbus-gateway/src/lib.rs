@@ -317,11 +317,9 @@ impl Gateway {
         use rdkafka::message::Message;
         let topic = self.config.topics.idempotency();
         let loaded = |g: &Gateway| g.idempotency_loaded.store(true, Ordering::Release);
-        let consumer: BaseConsumer = match ClientConfig::new()
-            .set("bootstrap.servers", &self.config.bootstrap)
+        let consumer: BaseConsumer = match govbus_kafka::config::fetching(&self.config.bootstrap)
             .set("group.id", "govbus-gateway-idempotency")
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
             .create()
         {
             Ok(c) => c,

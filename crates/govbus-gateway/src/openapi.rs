@@ -62,8 +62,10 @@ pub fn document(datasets: &[&str]) -> String {
                     "413": err("Too large a body or too many records."),
                     "409": err("The Idempotency-Key was already used for a different request, or a request with it is still in flight."),
                     "429": err("Too many requests in progress; see Retry-After."),
-                    "500": err("A fault of the gateway, not of the request (`internal`): the publish task failed or its answer could not be buffered. Retry with the same Idempotency-Key; the operator is alerted."),
-                    "503": err("The broker did not acknowledge, or the ingest topic does not exist (`topic_missing`); see Retry-After.")
+                    "408": err("The body did not arrive within the gateway's body timeout (`body_timeout`)."),
+                    "500": err("A fault of the gateway, not of the request (`internal`): the publish task failed, or its answer could not be buffered. Some or all records may already be published, and the Idempotency-Key is released: a retry publishes them again (records without a CloudEvent `id` get new event ids). The operator is alerted by an error log."),
+                    "503": {"description": "Not processed now; see Retry-After. Either the broker did not acknowledge some records — the body is then the batch's per-record results, those records marked `not_acknowledged` (retry them) — or the ingest topic does not exist (`topic_missing`), or the gateway is still reading its idempotency keys at start-up (`unavailable`).",
+                            "content": {"application/json": {"schema": {"anyOf": [{"$ref": "#/components/schemas/BatchResult"}, {"$ref": "#/components/schemas/Error"}]}}}}
                 }
             }},
             "/health": {"get": {"security": [], "responses": {"200": {"description": "The process is up."}}}},
@@ -83,7 +85,7 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(&super::document(&["d"])).unwrap();
         let responses = &doc["paths"]["/v1/datasets/{dataset}/records"]["post"]["responses"];
         for status in [
-            "200", "400", "401", "403", "404", "409", "413", "429", "500", "503",
+            "200", "400", "401", "403", "404", "408", "409", "413", "429", "500", "503",
         ] {
             assert!(
                 responses.get(status).is_some(),

@@ -76,5 +76,14 @@ mod tests {
         let producer = super::producer("b");
         assert_eq!(producer.get("enable.sparse.connections"), Some("false"));
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        // librdkafka takes both (`enable.sparse.connections` is one of its
+        // hidden properties: a version without it would refuse it here).
+        // Creating a client needs no broker.
+        producer
+            .create::<rdkafka::producer::BaseProducer>()
+            .expect("the producer settings are librdkafka's");
+        consumer
+            .create::<rdkafka::consumer::BaseConsumer>()
+            .expect("the consumer settings are librdkafka's");
     }
 }

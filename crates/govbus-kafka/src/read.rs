@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 /// The partitions of `topic`, or none when it does not exist (yet) or the
 /// broker does not answer within `timeout`.
@@ -103,11 +103,9 @@ pub fn each_from(
     to_end: bool,
     mut f: impl FnMut(Record),
 ) -> Result<(), KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = crate::config::fetching(bootstrap)
         .set("group.id", "govbus-tool")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();

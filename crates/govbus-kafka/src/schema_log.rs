@@ -60,7 +60,7 @@ pub fn append(bootstrap: &str, topic: &str, dataset: &str, schema: &str) -> Resu
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
-        // The producer id without a 0.5–1 s wait (see `config::producer`).
+        // The producer id on librdkafka's first retry (see `config::producer`).
         .set("enable.sparse.connections", "false")
         .set("message.timeout.ms", "30000")
         .create()?;
@@ -93,11 +93,9 @@ impl Tail {
         topic: &str,
         mut apply: impl FnMut(&str, &str) + Send + 'static,
     ) -> Result<Tail, KafkaError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let consumer: BaseConsumer = crate::config::fetching(bootstrap)
             .set("group.id", "govbus-schema-log")
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
             .set("topic.metadata.refresh.interval.ms", "1000")
             .create()?;
         let mut tpl = TopicPartitionList::new();

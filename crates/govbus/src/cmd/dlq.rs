@@ -343,7 +343,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         ClientConfig::new()
             .set("bootstrap.servers", &a.common.bootstrap)
             .set("enable.idempotence", "true")
-            // The producer id without a 0.5–1 s wait (see `config::producer`).
+            // The producer id on librdkafka's first retry (see `config::producer`).
             .set("enable.sparse.connections", "false"),
     )?;
     for d in &selected {

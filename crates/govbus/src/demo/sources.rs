@@ -420,11 +420,9 @@ pub fn tail_alerts(
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let Ok(consumer) = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
+        let Ok(consumer) = govbus_kafka::config::fetching(&bootstrap)
             .set("group.id", "govbus-demo")
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
             .create::<BaseConsumer>()
         else {
             return;
