@@ -285,6 +285,40 @@ async fn copy_limit(client: &tokio_postgres::Client, schema: &str) -> anyhow::Re
     })
 }
 
+/// The limit of the PostgreSQL update phase: the copy made by
+/// [`copy_limit`] (every key at version 1, the same shape and indexes)
+/// updated to the sink's version-2 rows with one plain `UPDATE … FROM`, a
+/// statement with no parameters, casts, version guard or delete-marker
+/// check — the server's own cost of rewriting every held row, from the
+/// statement sent to its answer.
+async fn update_limit(client: &tokio_postgres::Client, schema: &str) -> anyhow::Result<Phase> {
+    let set: String = client
+        .query_one(
+            "SELECT string_agg(format('%I = p.%I', column_name, column_name), ', ') \
+             FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = 'pensions' AND column_name <> '_govbus_subject'",
+            &[&schema],
+        )
+        .await?
+        .get(0);
+    let (t0, cpu0) = (Instant::now(), cpu_seconds());
+    let rows = client
+        .execute(
+            &format!(
+                "UPDATE \"{schema}\".pensions_copy c SET {set} FROM \"{schema}\".pensions p \
+                 WHERE c._govbus_subject = p._govbus_subject"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(Phase {
+        name: "plain UPDATE of the same rows from the sink's table (the limit for updates)".into(),
+        seconds: t0.elapsed().as_secs_f64(),
+        cpu: cpu_seconds() - cpu0,
+        records: usize::try_from(rows).unwrap_or(0),
+    })
+}
+
 async fn sse_client(port: u16, want: usize) -> anyhow::Result<usize> {
     sse_client_from(port, "?from=beginning", want).await
 }
@@ -560,6 +594,8 @@ async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
             .await?
             .get(0);
         eprintln!("PostgreSQL table holds {updated} rows at version 2");
+        eprintln!("phase 5d: plain UPDATE of the same rows (the limit for updates)");
+        phases.push(update_limit(&client, &schema).await?);
         client
             .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
             .await?;
@@ -588,6 +624,19 @@ async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
             pg.rate() / copy.rate() * 100.0,
             pg.rate(),
             copy.rate()
+        );
+    }
+    if let (Some(pg), Some(limit)) = (
+        phases
+            .iter()
+            .find(|p| p.name.starts_with("PostgreSQL sink, every key again")),
+        phases.iter().find(|p| p.name.starts_with("plain UPDATE")),
+    ) {
+        println!(
+            "PostgreSQL sink's updates against a plain UPDATE of the same rows: {:.0} % ({:.0} of {:.0} rows/s).",
+            pg.rate() / limit.rate() * 100.0,
+            pg.rate(),
+            limit.rate()
         );
     }
     println!("\nRSS after the webhook phase: {rss:.0} MiB (peak {hwm:.0} MiB, includes the record generator and the receiver).");
