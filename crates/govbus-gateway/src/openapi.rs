@@ -64,7 +64,7 @@ pub fn document(datasets: &[&str]) -> String {
                     "429": err("Too many requests in progress; see Retry-After."),
                     "408": err("The body did not arrive within the gateway's body timeout (`body_timeout`)."),
                     "500": err("A fault of the gateway, not of the request (`internal`): the publish task failed, or its answer could not be buffered. Some or all records may already be published, and the Idempotency-Key is released: a retry publishes them again (records without a CloudEvent `id` get new event ids). The operator is alerted by an error log."),
-                    "503": {"description": "Not processed now; see Retry-After. Either the broker did not acknowledge some records — the body is then the batch's per-record results, those records marked `not_acknowledged` (retry them) — or the ingest topic does not exist (`topic_missing`), or the gateway is still reading its idempotency keys at start-up (`unavailable`).",
+                    "503": {"description": "Not processed now; retry after Retry-After where given. Either the broker did not acknowledge some records — the body is then the batch's per-record results, those records marked `not_acknowledged`; the Idempotency-Key is released, so send again only those records, or the whole batch knowing its accepted records are published again — or the ingest topic does not exist (`topic_missing`), or the gateway is still reading its idempotency keys at start-up (`unavailable`).",
                             "content": {"application/json": {"schema": {"anyOf": [{"$ref": "#/components/schemas/BatchResult"}, {"$ref": "#/components/schemas/Error"}]}}}}
                 }
             }},

@@ -36,22 +36,27 @@ pub fn consumer(bootstrap: &str, group: &str) -> ClientConfig {
     c
 }
 
+/// What every idempotent producer of govbus starts from: `bootstrap`,
+/// idempotence, and connections to every broker at once. An idempotent
+/// producer asks for its producer id only over a connection to a broker it
+/// learned from the metadata (not the bootstrap address), and retries every
+/// 500 ms; with sparse connections that connection opens only when the
+/// first record is sent, so the first acknowledgement waited 0.5–1 s after
+/// every start (BENCHMARKS.md, "Start-up and catch-up stalls").
+pub fn idempotent(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("enable.sparse.connections", "false");
+    c
+}
+
 /// An idempotent producer (per-partition order survives retries) that never
 /// gives up on a record by itself: a record that cannot be written stalls its
 /// batch, and the component stops consuming instead of skipping it.
 pub fn producer(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        // Connect to every broker the metadata names at once. An idempotent
-        // producer asks for its producer id only over a connection to a
-        // broker it learned from the metadata (not the bootstrap address),
-        // and retries every 500 ms; with sparse connections that connection
-        // opens only when the first record is sent, so the first
-        // acknowledgement waited 0.5–1 s after every start (BENCHMARKS.md,
-        // "Start-up and catch-up stalls").
-        .set("enable.sparse.connections", "false")
-        .set("acks", "all")
+    let mut c = idempotent(bootstrap);
+    c.set("acks", "all")
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")
@@ -76,6 +81,8 @@ mod tests {
         let producer = super::producer("b");
         assert_eq!(producer.get("enable.sparse.connections"), Some("false"));
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        let fetching = super::fetching("b");
+        assert_eq!(fetching.get("fetch.queue.backoff.ms"), Some("10"));
         // librdkafka takes both (`enable.sparse.connections` is one of its
         // hidden properties: a version without it would refuse it here).
         // Creating a client needs no broker.

@@ -57,11 +57,7 @@ pub fn topic(topics: &Topics) -> String {
 
 /// Appends one registration and waits for the broker's acknowledgement.
 pub fn append(bootstrap: &str, topic: &str, dataset: &str, schema: &str) -> Result<(), KafkaError> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        // The producer id on librdkafka's first retry (see `config::producer`).
-        .set("enable.sparse.connections", "false")
+    let producer: BaseProducer = crate::config::idempotent(bootstrap)
         .set("message.timeout.ms", "30000")
         .create()?;
     producer

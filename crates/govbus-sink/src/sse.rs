@@ -382,7 +382,12 @@ async fn record(shared: &Shared, sub: &Subscription, sent: Vec<String>) -> Resul
 
 /// The consumer settings of a live-stream reader (a client's own, or a
 /// hub's): no group membership, no commits, small prefetch (librdkafka's
-/// default queue is 64 MiB per consumer).
+/// default queue is 64 MiB per consumer). With a queue of 2,000 records a
+/// reader is "full" whenever its client reads slower than the broker
+/// sends, so its pause when full is 100 ms, not `config::fetching`'s 10 ms:
+/// a client that stopped reading costs 10 wake-ups a second, not 100,
+/// and one catching up alone is held to about 20,000 records a second by
+/// the pause (it was 2,000 at librdkafka's 1 s default).
 fn reader_config(shared: &Shared, id: &str) -> rdkafka::ClientConfig {
     let mut cc = govbus_kafka::config::consumer(
         &shared.config.bootstrap,
@@ -391,6 +396,7 @@ fn reader_config(shared: &Shared, id: &str) -> rdkafka::ClientConfig {
     cc.set("enable.auto.commit", "false")
         .set("queued.max.messages.kbytes", "2048")
         .set("queued.min.messages", "2000")
+        .set("fetch.queue.backoff.ms", "100")
         .set("fetch.max.bytes", "1048576")
         .set("statistics.interval.ms", "0");
     cc

@@ -292,7 +292,7 @@ async fn copy_limit(client: &tokio_postgres::Client, schema: &str) -> anyhow::Re
 /// check — the server's own cost of rewriting every held row, from the
 /// statement sent to its answer.
 async fn update_limit(client: &tokio_postgres::Client, schema: &str) -> anyhow::Result<Phase> {
-    let set: String = client
+    let set: Option<String> = client
         .query_one(
             "SELECT string_agg(format('%I = p.%I', column_name, column_name), ', ') \
              FROM information_schema.columns \
@@ -301,6 +301,7 @@ async fn update_limit(client: &tokio_postgres::Client, schema: &str) -> anyhow::
         )
         .await?
         .get(0);
+    let set = set.context("the sink's table has no columns besides its key")?;
     let (t0, cpu0) = (Instant::now(), cpu_seconds());
     let rows = client
         .execute(

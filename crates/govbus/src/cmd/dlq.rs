@@ -15,7 +15,6 @@ use govbus_kafka::headers as h;
 use govbus_kafka::topics::Topics;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
-use rdkafka::ClientConfig;
 use serde_json::{json, Value as Json};
 
 use super::{escape, print_table, to_json_pretty, Format};
@@ -339,13 +338,8 @@ fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let (producer, acks) = govbus_kafka::produce::counted(
-        ClientConfig::new()
-            .set("bootstrap.servers", &a.common.bootstrap)
-            .set("enable.idempotence", "true")
-            // The producer id on librdkafka's first retry (see `config::producer`).
-            .set("enable.sparse.connections", "false"),
-    )?;
+    let (producer, acks) =
+        govbus_kafka::produce::counted(&govbus_kafka::config::idempotent(&a.common.bootstrap))?;
     for d in &selected {
         let of = format!("{dlq}/{}/{}", d.partition, d.offset);
         let mut headers = OwnedHeaders::new();
