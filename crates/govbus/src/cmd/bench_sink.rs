@@ -252,6 +252,20 @@ async fn delivery_phase(
     Ok(phase)
 }
 
+/// Prints the first phase named `phase…` against the first named `limit…`
+/// (their rows per second), when the run had both.
+fn against(phases: &[Phase], phase: &str, limit: &str, what: &str) {
+    let first = |prefix: &str| phases.iter().find(|p| p.name.starts_with(prefix));
+    if let (Some(p), Some(l)) = (first(phase), first(limit)) {
+        println!(
+            "{what}: {:.0} % ({:.0} of {:.0} rows/s).",
+            p.rate() / l.rate() * 100.0,
+            p.rate(),
+            l.rate()
+        );
+    }
+}
+
 /// The limit of the PostgreSQL phase: the rows the sink wrote, copied out
 /// and written again with one plain binary `COPY` into an empty table of
 /// the same shape (its primary key and indexes included), from the first
@@ -614,32 +628,19 @@ async fn throughput(b: &SinkBench, engine: &Engine) -> anyhow::Result<()> {
             p.rate() / phases[0].rate() * 100.0
         );
     }
-    if let (Some(pg), Some(copy)) = (
-        phases
-            .iter()
-            .find(|p| p.name.starts_with("PostgreSQL sink")),
-        phases.iter().find(|p| p.name.starts_with("plain COPY")),
-    ) {
-        println!(
-            "\nPostgreSQL sink against a plain COPY of the same rows: {:.0} % ({:.0} of {:.0} rows/s).",
-            pg.rate() / copy.rate() * 100.0,
-            pg.rate(),
-            copy.rate()
-        );
-    }
-    if let (Some(pg), Some(limit)) = (
-        phases
-            .iter()
-            .find(|p| p.name.starts_with("PostgreSQL sink, every key again")),
-        phases.iter().find(|p| p.name.starts_with("plain UPDATE")),
-    ) {
-        println!(
-            "PostgreSQL sink's updates against a plain UPDATE of the same rows: {:.0} % ({:.0} of {:.0} rows/s).",
-            pg.rate() / limit.rate() * 100.0,
-            pg.rate(),
-            limit.rate()
-        );
-    }
+    println!();
+    against(
+        &phases,
+        "PostgreSQL sink",
+        "plain COPY",
+        "PostgreSQL sink against a plain COPY of the same rows",
+    );
+    against(
+        &phases,
+        "PostgreSQL sink, every key again",
+        "plain UPDATE",
+        "PostgreSQL sink's updates against a plain UPDATE of the same rows",
+    );
     println!("\nRSS after the webhook phase: {rss:.0} MiB (peak {hwm:.0} MiB, includes the record generator and the receiver).");
 
     if b.sse_clients > 0 {
