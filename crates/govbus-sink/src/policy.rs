@@ -82,25 +82,27 @@ impl Policy {
         self.sub.delivers(field, &self.key) || self.sub.filter.iter().any(|c| c.field() == field)
     }
 
-    /// The record as this subscriber may see it.
-    pub fn apply(&self, record: Map<String, Json>) -> Map<String, Json> {
-        let mut out = Map::with_capacity(record.len());
-        for (name, value) in record {
-            if !self.sub.delivers(&name, &self.key) {
-                continue;
+    /// The record as this subscriber may see it (changed in place: a
+    /// field dropped or treated, the rest left where it is).
+    pub fn apply(&self, mut record: Map<String, Json>) -> Map<String, Json> {
+        record.retain(|name, value| {
+            if !self.sub.delivers(name, &self.key) {
+                return false;
             }
             // A record written under an older schema version can carry a
             // field the latest one dropped — and with it the field's
             // personal-data tag, which only the latest version's fields
             // may have: its treatment is unknown, so only a grant that
             // names it gets it.
-            if !self.current.contains(&name) && !self.sub.includes(&name) {
-                continue;
+            if !self.current.contains(name) && !self.sub.includes(name) {
+                return false;
             }
-            let v = self.treat(&name, value);
-            out.insert(name, v);
-        }
-        out
+            if self.tags.contains_key(name) {
+                *value = self.treat(name, std::mem::take(value));
+            }
+            true
+        });
+        record
     }
 
     fn treat(&self, field: &str, value: Json) -> Json {
