@@ -407,18 +407,30 @@ impl Ledger {
     /// [`MAX_EVENTS_PER_ENTRY`] events, one entry per that many, in order —
     /// and returns once the broker has them.
     pub async fn append(&self, record: &Record<'_>) -> Result<(), LedgerError> {
+        self.append_started(record).await?.acknowledged().await
+    }
+
+    /// [`Ledger::append`] up to handing the entries to the producer: they
+    /// hold their place in the chain (an entry appended later comes after
+    /// them), and [`Appending::acknowledged`] waits for the broker.
+    pub async fn append_started(&self, record: &Record<'_>) -> Result<Appending, LedgerError> {
         self.ensure_open().await?;
+        let mut deliveries = Vec::with_capacity(1);
         if record.events.len() <= MAX_EVENTS_PER_ENTRY {
-            return self.write("delivery", record).await;
+            deliveries.push(self.start_write("delivery", record).await?);
+        } else {
+            for events in record.events.chunks(MAX_EVENTS_PER_ENTRY) {
+                let part = Record {
+                    events: events.to_vec(),
+                    ..record.clone()
+                };
+                deliveries.push(self.start_write("delivery", &part).await?);
+            }
         }
-        for events in record.events.chunks(MAX_EVENTS_PER_ENTRY) {
-            let part = Record {
-                events: events.to_vec(),
-                ..record.clone()
-            };
-            self.write("delivery", &part).await?;
-        }
-        Ok(())
+        Ok(Appending {
+            topic: self.topic.clone(),
+            deliveries,
+        })
     }
 
     /// Writes the `close` entry: the chain ends here.
@@ -428,28 +440,26 @@ impl Ledger {
     }
 
     async fn write(&self, kind: &str, r: &Record<'_>) -> Result<(), LedgerError> {
+        Appending {
+            topic: self.topic.clone(),
+            deliveries: vec![self.start_write(kind, r).await?],
+        }
+        .acknowledged()
+        .await
+    }
+
+    /// Builds the chain's next entry and enqueues it.
+    async fn start_write(
+        &self,
+        kind: &str,
+        r: &Record<'_>,
+    ) -> Result<rdkafka::producer::DeliveryFuture, LedgerError> {
         // The lock covers building the entry and *enqueueing* it, not its
         // acknowledgement: entries reach the one-partition topic in seq order
         // (the producer is idempotent, which keeps the order of messages in
         // flight), and many writers' entries can be in flight at once.
-        let delivery = {
-            let mut chain = self.chain.lock().await;
-            self.enqueue(&mut chain, kind, r).await?
-        };
-        // The producer never gives up on a message (message.timeout.ms = 0):
-        // an error here is fatal, and the entry is missing from the chain —
-        // which `govbus audit verify` then reports as a broken link.
-        match delivery.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((source, _))) => Err(LedgerError {
-                topic: self.topic.clone(),
-                source,
-            }),
-            Err(_) => Err(LedgerError {
-                topic: self.topic.clone(),
-                source: rdkafka::error::KafkaError::Canceled,
-            }),
-        }
+        let mut chain = self.chain.lock().await;
+        self.enqueue(&mut chain, kind, r).await
     }
 
     /// Builds the chain's next entry and hands it to the producer (the
@@ -507,6 +517,51 @@ impl Ledger {
             chain.prev = entry.hash;
             Ok(delivery)
         }
+    }
+}
+
+/// Ledger entries handed to the producer, in their place in the chain
+/// ([`Ledger::append_started`]).
+#[must_use = "an entry counts only once the broker has it"]
+pub struct Appending {
+    topic: String,
+    deliveries: Vec<rdkafka::producer::DeliveryFuture>,
+}
+
+impl std::fmt::Debug for Appending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appending")
+            .field("topic", &self.topic)
+            .field("entries", &self.deliveries.len())
+            .finish()
+    }
+}
+
+impl Appending {
+    /// Waits until the broker has every entry.
+    pub async fn acknowledged(self) -> Result<(), LedgerError> {
+        for delivery in self.deliveries {
+            // The producer never gives up on a message (message.timeout.ms
+            // = 0): an error here is fatal, and the entry is missing from
+            // the chain — which `govbus audit verify` then reports as a
+            // broken link.
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((source, _))) => {
+                    return Err(LedgerError {
+                        topic: self.topic,
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(LedgerError {
+                        topic: self.topic,
+                        source: rdkafka::error::KafkaError::Canceled,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -601,8 +601,11 @@ impl Shared {
             linger: self.config.linger,
             idle_wait: Some(Duration::from_millis(250)),
             // A group member does not poll while it delivers (a poll
-            // serves a revocation mid-delivery: see `Delivering::read_ahead`).
-            in_flight: 0,
+            // serves a revocation mid-delivery: see `Delivering::read_ahead`);
+            // it does while a delivered batch's ledger entry is on its way
+            // (nothing more reaches the destination for that batch, and
+            // its offsets move only once the entry is acknowledged).
+            in_flight: if own_offsets { 0 } else { 1 },
             // A sink that keeps its offsets commits them with its effect.
             store_offsets: !own_offsets,
         };
@@ -670,12 +673,42 @@ impl Shared {
         events: Vec<String>,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), Ended> {
+        let entry = self
+            .record_started(policy, outcome, events, shutdown)
+            .await?;
+        self.recorded(entry, outcome, shutdown).await
+    }
+
+    /// [`Shared::record`] up to handing the entry to the ledger's producer:
+    /// it holds its place in the chain; [`Shared::recorded`] waits for it.
+    async fn record_started(
+        &self,
+        policy: &Policy,
+        outcome: &'static str,
+        events: Vec<String>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<ledger::Appending, Ended> {
         let sub = policy.subscription();
         let entry = ledger::Record::events(sub, outcome, events);
         match self
-            .unless_stuck(shutdown, self.ledger.append(&entry))
+            .unless_stuck(shutdown, self.ledger.append_started(&entry))
             .await
         {
+            None => Err(Ended::Shutdown),
+            Some(Err(e)) => Err(Ended::Failed(e.to_string())),
+            Some(Ok(appending)) => Ok(appending),
+        }
+    }
+
+    /// Waits until the broker has an entry [`Shared::record_started`] handed
+    /// over (a stop abandons it after [`STOP_GRACE`]).
+    async fn recorded(
+        &self,
+        entry: ledger::Appending,
+        outcome: &'static str,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), Ended> {
+        match self.unless_stuck(shutdown, entry.acknowledged()).await {
             None => Err(Ended::Shutdown),
             Some(Err(e)) => Err(Ended::Failed(e.to_string())),
             Some(Ok(())) => {
@@ -864,16 +897,69 @@ impl Prepare<Canonical> for Ahead {
     /// for a whole batch's decoding — on a machine with a core to spare
     /// the two run at once.
     async fn prepare(self, records: Vec<Canonical>) -> (Vec<Canonical>, Self::Prepared) {
-        let span = tracing::Span::current();
-        let task = tokio::task::spawn_blocking(move || {
-            let _in = span.enter();
-            let prepared = records
-                .iter()
-                .map(|c| prepare(&self.catalog, &self.policy, c))
-                .collect();
-            (records, (self.catalog, prepared))
-        });
-        match task.await {
+        let (records, prepared) = prepare_all(&self.catalog, &self.policy, records, false).await;
+        (records, (self.catalog, prepared))
+    }
+}
+
+/// Batches of at least this many records are prepared in parts, one per
+/// core, on the blocking pool ([`prepare_all`]).
+const PREPARE_IN_PARTS_FROM: usize = 256;
+
+/// Applies the policy to every record of a batch, in order. A batch of
+/// [`PREPARE_IN_PARTS_FROM`] or more is cut into one part per core (at most
+/// four), each prepared on the blocking pool, the first one here when
+/// `first_here` (a task with nothing else to do meanwhile): decoding is
+/// most of a delivery's CPU, and a sink that reads no batch ahead (a group
+/// member) would otherwise leave the other cores idle while it decodes.
+async fn prepare_all(
+    catalog: &Arc<Catalog>,
+    policy: &Arc<Policy>,
+    records: Vec<Canonical>,
+    first_here: bool,
+) -> (Vec<Canonical>, Vec<Prepared>) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let parts = if records.len() >= PREPARE_IN_PARTS_FROM {
+        cores.clamp(1, 4)
+    } else {
+        1
+    };
+    if parts == 1 && first_here {
+        let prepared = records.iter().map(|c| prepare(catalog, policy, c)).collect();
+        return (records, prepared);
+    }
+    let size = records.len().div_ceil(parts).max(1);
+    let mut chunks = Vec::with_capacity(parts);
+    let mut rest = records;
+    while rest.len() > size {
+        let tail = rest.split_off(size);
+        chunks.push(rest);
+        rest = tail;
+    }
+    chunks.push(rest);
+    let mut chunks = chunks.into_iter();
+    let here = if first_here { chunks.next() } else { None };
+    let span = tracing::Span::current();
+    let elsewhere: Vec<_> = chunks
+        .map(|chunk| {
+            let (catalog, policy, span) = (catalog.clone(), policy.clone(), span.clone());
+            tokio::task::spawn_blocking(move || {
+                let _in = span.enter();
+                let prepared: Vec<Prepared> =
+                    chunk.iter().map(|c| prepare(&catalog, &policy, c)).collect();
+                (chunk, prepared)
+            })
+        })
+        .collect();
+    let (mut records, mut prepared) = match here {
+        Some(chunk) => {
+            let p: Vec<Prepared> = chunk.iter().map(|c| prepare(catalog, policy, c)).collect();
+            (chunk, p)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    for task in elsewhere {
+        let (chunk, p) = match task.await {
             Ok(out) => out,
             // A panic in the preparation is the stage's, as if it ran here.
             Err(e) => match e.try_into_panic() {
@@ -882,8 +968,15 @@ impl Prepare<Canonical> for Ahead {
                 // this task too.
                 Err(_) => std::future::pending().await,
             },
+        };
+        if records.is_empty() {
+            (records, prepared) = (chunk, p);
+        } else {
+            records.extend(chunk);
+            prepared.extend(p);
         }
     }
+    (records, prepared)
 }
 
 impl<S: Sink> Delivering<'_, S> {
@@ -928,22 +1021,28 @@ impl<S: Sink> Delivering<'_, S> {
     /// the batch moves.
     async fn deliver(
         &mut self,
-        batch: Vec<Canonical>,
+        mut batch: Vec<Canonical>,
         mut ahead: Option<(Arc<Catalog>, Vec<Prepared>)>,
-    ) -> Result<Settled<Ended>, Ended> {
+    ) -> Result<Delivered, Ended> {
         let shared = self.shared;
         let sub = self.sub;
-        let kind = sub.sink.kind();
         loop {
             self.check_grant()?;
             // Decoded with the catalog the policy was built from: what was
             // prepared ahead under another catalog is prepared again.
             let prepared: Vec<Prepared> = match ahead.take() {
                 Some((under, p)) if Arc::ptr_eq(&under, &self.catalog) => p,
-                _ => batch
-                    .iter()
-                    .map(|c| prepare(&self.catalog, &self.policy, c))
-                    .collect(),
+                _ => {
+                    let (again, p) = prepare_all(
+                        &self.catalog,
+                        &self.policy,
+                        std::mem::take(&mut batch),
+                        true,
+                    )
+                    .await;
+                    batch = again;
+                    p
+                }
             };
             let mut deliveries: Vec<Delivery> = Vec::with_capacity(batch.len());
             let mut from: Vec<usize> = Vec::with_capacity(batch.len());
@@ -1109,36 +1208,54 @@ impl<S: Sink> Delivering<'_, S> {
                 .collect();
             let n = delivered.len();
             // A sink that keeps its offsets recorded its deliveries before
-            // its commit.
-            if n > 0 && !self.own_offsets {
-                shared
-                    .record(&self.policy, "delivered", delivered, &self.shutdown)
-                    .await?;
-            }
-            if n > 0 {
-                shared.metrics.delivered(&sub.id, kind, n);
-            }
-            // Counted once, when its offset moves (a record after `settled`
-            // comes again in the next batch).
-            let settled_filtered = filtered.iter().filter(|&&i| i < settled).count();
-            shared.metrics.filtered(&sub.id, kind, settled_filtered);
-            if let Some(last) = batch[..settled].iter().map(|c| c.timestamp_ms).max() {
-                shared
-                    .metrics
-                    .lag_seconds(&sub.id, ((now_ms() - last).max(0) as f64) / 1000.0);
-            }
-            shared.metrics.oldest_undelivered(&sub.id, 0.0);
-            return Ok(match progress.stop {
-                Some(why) => Settled::Stop { done: settled, why },
-                None => Settled::Done(settled),
+            // its commit. For the others the entry is handed to the ledger
+            // here, in its place in the chain, and its acknowledgement is
+            // waited for when the batch is settled — while the next batch
+            // is read and delivered.
+            let ledger = if n > 0 && !self.own_offsets {
+                Some(
+                    shared
+                        .record_started(&self.policy, "delivered", delivered, &self.shutdown)
+                        .await?,
+                )
+            } else {
+                None
+            };
+            return Ok(Delivered {
+                settled: match progress.stop {
+                    Some(why) => Settled::Stop { done: settled, why },
+                    None => Settled::Done(settled),
+                },
+                ledger,
+                delivered: n,
+                // Counted once, when its offset moves (a record after
+                // `settled` comes again in the next batch).
+                filtered: filtered.iter().filter(|&&i| i < settled).count(),
+                last_timestamp_ms: batch[..settled].iter().map(|c| c.timestamp_ms).max(),
             });
         }
     }
 }
 
+/// A batch delivered whose ledger entry may still be on its way to the
+/// broker; its offsets move once the entry is acknowledged
+/// ([`Stage::settle`]).
+struct Delivered {
+    settled: Settled<Ended>,
+    /// The `delivered` entry, enqueued (`None`: nothing to record, or the
+    /// sink recorded it itself).
+    ledger: Option<ledger::Appending>,
+    /// Deliveries the entry records.
+    delivered: usize,
+    /// Records outside the row filter whose offsets move.
+    filtered: usize,
+    /// Kafka timestamp of the newest record whose offset moves.
+    last_timestamp_ms: Option<i64>,
+}
+
 impl<S: Sink> Stage for Delivering<'_, S> {
     type Record = Canonical;
-    type Started = Settled<Ended>;
+    type Started = Delivered;
     type Stop = Ended;
     type Preparer = Ahead;
 
@@ -1160,12 +1277,38 @@ impl<S: Sink> Stage for Delivering<'_, S> {
         &mut self,
         batch: Vec<Canonical>,
         prepared: Option<(Arc<Catalog>, Vec<Prepared>)>,
-    ) -> Result<Settled<Ended>, Ended> {
+    ) -> Result<Delivered, Ended> {
         self.deliver(batch, prepared).await
     }
 
-    async fn settle(&mut self, settled: Settled<Ended>) -> Settled<Ended> {
-        settled
+    /// A delivery that stopped part way is settled before anything more is
+    /// read or delivered.
+    fn stops(&self, started: &Delivered) -> bool {
+        matches!(started.settled, Settled::Stop { .. })
+    }
+
+    /// Waits for the batch's ledger entry; an entry the broker did not take
+    /// stops the sink with nothing of the batch moved (it is delivered and
+    /// recorded again after the restart).
+    async fn settle(&mut self, d: Delivered) -> Settled<Ended> {
+        let (shared, sub) = (self.shared, self.sub);
+        if let Some(entry) = d.ledger {
+            if let Err(why) = shared.recorded(entry, "delivered", &self.shutdown).await {
+                return Settled::Stop { done: 0, why };
+            }
+        }
+        let kind = sub.sink.kind();
+        if d.delivered > 0 {
+            shared.metrics.delivered(&sub.id, kind, d.delivered);
+        }
+        shared.metrics.filtered(&sub.id, kind, d.filtered);
+        if let Some(last) = d.last_timestamp_ms {
+            shared
+                .metrics
+                .lag_seconds(&sub.id, ((now_ms() - last).max(0) as f64) / 1000.0);
+        }
+        shared.metrics.oldest_undelivered(&sub.id, 0.0);
+        d.settled
     }
 
     async fn idle(&mut self) -> Result<(), Ended> {

@@ -131,6 +131,14 @@ pub trait Stage: Send {
         prepared: Option<<Self::Preparer as Prepare<Self::Record>>::Prepared>,
     ) -> impl Future<Output = Result<Self::Started, Self::Stop>> + Send;
 
+    /// Whether a started batch already says the stage stops (its effects
+    /// stopped part way): the engine then reads nothing more and settles
+    /// what is in flight, this batch last, instead of starting the next
+    /// batch first. Default: no.
+    fn stops(&self, _started: &Self::Started) -> bool {
+        false
+    }
+
     /// Waits for a started batch's effects and says how far they got.
     fn settle(
         &mut self,
@@ -310,6 +318,17 @@ where
             None => stage.start(records, prepared).await,
         };
         match started {
+            Ok(started) if stage.stops(&started) => {
+                in_flight.push_back((positions, started));
+                let mut first = None;
+                while !in_flight.is_empty() && first.is_none() {
+                    first =
+                        settle_oldest(consumer, stage, options, &mut in_flight, &mut ahead).await;
+                }
+                if first.is_some() {
+                    break first;
+                }
+            }
             Ok(started) => in_flight.push_back((positions, started)),
             Err(why) => {
                 // The batches started before it are settled first (a stop
@@ -446,6 +465,9 @@ mod tests {
         answers: VecDeque<Settled<&'static str>>,
         /// Records started so far.
         count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        /// First records of batches that say at their start that the
+        /// stage stops ([`Stage::stops`]).
+        stops_at: Vec<i64>,
     }
 
     impl Stage for Logged {
@@ -463,6 +485,10 @@ mod tests {
             self.count
                 .fetch_add(records.len(), std::sync::atomic::Ordering::Relaxed);
             Ok((records[0], records.len()))
+        }
+
+        fn stops(&self, &(first, _): &(i64, usize)) -> bool {
+            self.stops_at.contains(&first)
         }
 
         async fn settle(&mut self, (first, n): (i64, usize)) -> Settled<&'static str> {
@@ -551,6 +577,34 @@ mod tests {
         assert_eq!(stage.settled, [0, 10]);
         // Records 10..13 were done; the third batch, started but never
         // settled, does not move its offsets.
+        assert_eq!(committed(&consumer), Some(13));
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_stops_at_its_start_is_settled_before_another_is_started() {
+        let (_mock, consumer) = topic_of(40).await;
+        // As above, but the second batch says at its start that the stage
+        // stops (a sink whose destination failed part way): nothing after
+        // it may be started — delivered — before it is settled.
+        let mut stage = Logged {
+            answers: [
+                Settled::Done(10),
+                Settled::Stop {
+                    done: 3,
+                    why: "stop",
+                },
+            ]
+            .into(),
+            stops_at: vec![10],
+            ..Logged::default()
+        };
+        let stopped = run_until_stopped(&consumer, &mut stage, 1).await;
+        assert_eq!(stopped, Some("stop"));
+        assert_eq!(
+            stage.started,
+            [(0..10).collect::<Vec<_>>(), (10..20).collect()]
+        );
+        assert_eq!(stage.settled, [0, 10]);
         assert_eq!(committed(&consumer), Some(13));
     }
 
