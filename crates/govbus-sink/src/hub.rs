@@ -242,7 +242,7 @@ mod tests {
             timestamp_ms: 0,
             value: None,
             key: None,
-            headers: Vec::new(),
+            headers: Default::default(),
         }
     }
 

@@ -785,9 +785,7 @@ impl Shared {
                 let fitted = h::fitted_dead_letter(
                     c.key.as_deref(),
                     c.value.as_deref(),
-                    c.headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), Some(v.as_slice()))),
+                    c.headers.iter().map(|(k, v)| (k, Some(v))),
                     &[h::CE_SUBJECT],
                     &h::ErrorHeaders {
                         reason,

@@ -237,13 +237,15 @@ fn with_tracing_off_no_publisher_context_reaches_a_subscriber() {
         timestamp_ms: 0,
         value: None,
         key: Some(b"DR-2026-00000001".to_vec()),
-        headers: vec![
-            ("ce_op".into(), b"delete".to_vec()),
+        headers: [
+            ("ce_op", &b"delete"[..]),
             (
-                "traceparent".into(),
-                b"00-11010519491231002100000000000000-00f067aa0ba902b7-01".to_vec(),
+                "traceparent",
+                b"00-11010519491231002100000000000000-00f067aa0ba902b7-01",
             ),
-        ],
+        ]
+        .into_iter()
+        .collect(),
     };
     let Prepared::Deliver(d) = prepare(&catalog, &p, &c) else {
         panic!("a delete is delivered")
