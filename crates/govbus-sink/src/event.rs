@@ -63,7 +63,14 @@ impl Headers {
 
     /// The first header `name`'s value.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+        let mut start = 0;
+        for &(name_end, end) in &self.ends {
+            if &self.bytes[start..name_end] == name.as_bytes() {
+                return Some(&self.bytes[name_end..end]);
+            }
+            start = end;
+        }
+        None
     }
 
     /// How many headers there are.
