@@ -623,6 +623,7 @@ impl Shared {
             catalog: self.catalog.borrow().clone(),
             schema_wait: SchemaWait::default(),
             shutdown: shutdown.clone(),
+            previous: None,
         };
         let mut stop = shutdown.clone();
         let stopping = async move {
@@ -878,6 +879,9 @@ struct Delivering<'a, S: Sink> {
     catalog: Arc<Catalog>,
     schema_wait: SchemaWait,
     shutdown: watch::Receiver<bool>,
+    /// The ledger entry of the batch delivered last, until it is
+    /// acknowledged.
+    previous: Option<Entry>,
 }
 
 /// Prepares a batch read ahead under the policy and catalog of the moment
@@ -916,9 +920,13 @@ async fn prepare_all(
     records: Vec<Canonical>,
     first_here: bool,
 ) -> (Vec<Canonical>, Vec<Prepared>) {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    static PARTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let parts = if records.len() >= PREPARE_IN_PARTS_FROM {
-        cores.clamp(1, 4)
+        *PARTS.get_or_init(|| {
+            std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .clamp(1, 4)
+        })
     } else {
         1
     };
@@ -1145,6 +1153,11 @@ impl<S: Sink> Delivering<'_, S> {
                     )
                     .await?;
             }
+            // The batch before is recorded before this one reaches the
+            // destination (read and prepared meanwhile).
+            if let Some(previous) = self.previous.take() {
+                previous.acknowledged(shared, &self.shutdown).await?;
+            }
             let delivering = self.sink.deliver(Batch {
                 shared,
                 policy: &self.policy,
@@ -1211,11 +1224,13 @@ impl<S: Sink> Delivering<'_, S> {
             // waited for when the batch is settled — while the next batch
             // is read and delivered.
             let ledger = if n > 0 && !self.own_offsets {
-                Some(
+                let entry = Entry::new(
                     shared
                         .record_started(&self.policy, "delivered", delivered, &self.shutdown)
                         .await?,
-                )
+                );
+                self.previous = Some(entry.clone());
+                Some(entry)
             } else {
                 None
             };
@@ -1242,13 +1257,59 @@ struct Delivered {
     settled: Settled<Ended>,
     /// The `delivered` entry, enqueued (`None`: nothing to record, or the
     /// sink recorded it itself).
-    ledger: Option<ledger::Appending>,
+    ledger: Option<Entry>,
     /// Deliveries the entry records.
     delivered: usize,
     /// Records outside the row filter whose offsets move.
     filtered: usize,
     /// Kafka timestamp of the newest record whose offset moves.
     last_timestamp_ms: Option<i64>,
+}
+
+/// A batch's `delivered` ledger entry on its way to the broker, waited for
+/// by whichever comes first: the next batch, before it reaches the
+/// destination, or the batch's settling. So nothing is delivered after an
+/// entry the broker refused (the sink stops, and what follows is delivered
+/// again after it, in order), and no later entry is enqueued behind it.
+#[derive(Clone)]
+struct Entry(Arc<tokio::sync::Mutex<EntryState>>);
+
+enum EntryState {
+    Sent(ledger::Appending),
+    Acknowledged,
+    /// Refused by the broker: the sink's stop, for everyone who asks.
+    Refused(String),
+    /// Abandoned at a stop.
+    Abandoned,
+}
+
+impl Entry {
+    fn new(appending: ledger::Appending) -> Entry {
+        Entry(Arc::new(tokio::sync::Mutex::new(EntryState::Sent(appending))))
+    }
+
+    /// Waits for the broker (once; later calls get the same answer).
+    async fn acknowledged(
+        &self,
+        shared: &Shared,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), Ended> {
+        let mut state = self.0.lock().await;
+        let (next, answer) = match std::mem::replace(&mut *state, EntryState::Abandoned) {
+            EntryState::Sent(appending) => {
+                match shared.recorded(appending, "delivered", shutdown).await {
+                    Ok(()) => (EntryState::Acknowledged, Ok(())),
+                    Err(Ended::Failed(e)) => (EntryState::Refused(e.clone()), Err(Ended::Failed(e))),
+                    Err(other) => (EntryState::Abandoned, Err(other)),
+                }
+            }
+            EntryState::Acknowledged => (EntryState::Acknowledged, Ok(())),
+            EntryState::Refused(e) => (EntryState::Refused(e.clone()), Err(Ended::Failed(e))),
+            EntryState::Abandoned => (EntryState::Abandoned, Err(Ended::Shutdown)),
+        };
+        *state = next;
+        answer
+    }
 }
 
 impl<S: Sink> Stage for Delivering<'_, S> {
@@ -1291,7 +1352,7 @@ impl<S: Sink> Stage for Delivering<'_, S> {
     async fn settle(&mut self, d: Delivered) -> Settled<Ended> {
         let (shared, sub) = (self.shared, self.sub);
         if let Some(entry) = d.ledger {
-            if let Err(why) = shared.recorded(entry, "delivered", &self.shutdown).await {
+            if let Err(why) = entry.acknowledged(shared, &self.shutdown).await {
                 return Settled::Stop { done: 0, why };
             }
         }

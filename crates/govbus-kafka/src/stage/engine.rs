@@ -145,8 +145,8 @@ pub trait Stage: Send {
         started: Self::Started,
     ) -> impl Future<Output = Settled<Self::Stop>> + Send;
 
-    /// Called when a poll brought nothing (after [`Options::idle_wait`]),
-    /// once the batches in flight are settled: housekeeping.
+    /// Called when a poll with no batch in flight brought nothing (after
+    /// [`Options::idle_wait`]): housekeeping.
     fn idle(&mut self) -> impl Future<Output = Result<(), Self::Stop>> + Send {
         async { Ok(()) }
     }
@@ -281,6 +281,9 @@ where
             }
         };
         if records.is_empty() {
+            // A short wait with batches in flight only settles them; the
+            // stage is idle after a wait of `idle_wait` with none.
+            let settling = !in_flight.is_empty();
             while !in_flight.is_empty() {
                 if let Some(why) =
                     settle_oldest(consumer, stage, options, &mut in_flight, &mut ahead).await
@@ -288,8 +291,10 @@ where
                     break 'run Some(why);
                 }
             }
-            if let Err(why) = stage.idle().await {
-                break Some(why);
+            if !settling {
+                if let Err(why) = stage.idle().await {
+                    break Some(why);
+                }
             }
             continue;
         }
