@@ -931,7 +931,10 @@ async fn prepare_all(
         1
     };
     if parts == 1 && first_here {
-        let prepared = records.iter().map(|c| prepare(catalog, policy, c)).collect();
+        let prepared = records
+            .iter()
+            .map(|c| prepare(catalog, policy, c))
+            .collect();
         return (records, prepared);
     }
     let size = records.len().div_ceil(parts).max(1);
@@ -951,8 +954,10 @@ async fn prepare_all(
             let (catalog, policy, span) = (catalog.clone(), policy.clone(), span.clone());
             tokio::task::spawn_blocking(move || {
                 let _in = span.enter();
-                let prepared: Vec<Prepared> =
-                    chunk.iter().map(|c| prepare(&catalog, &policy, c)).collect();
+                let prepared: Vec<Prepared> = chunk
+                    .iter()
+                    .map(|c| prepare(&catalog, &policy, c))
+                    .collect();
                 (chunk, prepared)
             })
         })
@@ -1285,7 +1290,9 @@ enum EntryState {
 
 impl Entry {
     fn new(appending: ledger::Appending) -> Entry {
-        Entry(Arc::new(tokio::sync::Mutex::new(EntryState::Sent(appending))))
+        Entry(Arc::new(tokio::sync::Mutex::new(EntryState::Sent(
+            appending,
+        ))))
     }
 
     /// Waits for the broker (once; later calls get the same answer).
@@ -1299,7 +1306,9 @@ impl Entry {
             EntryState::Sent(appending) => {
                 match shared.recorded(appending, "delivered", shutdown).await {
                     Ok(()) => (EntryState::Acknowledged, Ok(())),
-                    Err(Ended::Failed(e)) => (EntryState::Refused(e.clone()), Err(Ended::Failed(e))),
+                    Err(Ended::Failed(e)) => {
+                        (EntryState::Refused(e.clone()), Err(Ended::Failed(e)))
+                    }
                     Err(other) => (EntryState::Abandoned, Err(other)),
                 }
             }
