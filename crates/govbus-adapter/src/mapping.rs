@@ -88,15 +88,19 @@ pub struct MissingColumn {
 }
 
 /// A dump whose columns do not match the mapping: what is missing, and the
-/// columns the dump does have (each cut to 40 characters, at most 30 shown).
+/// columns a header row has (each cut to 40 characters, at most 30 shown).
+/// A dump without a header row (JSON, NDJSON) is described by how many
+/// members its first record has, not their names: an object's member
+/// names can be values (an object keyed by ID number), and this text
+/// reaches the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}the dump does not match the mapping: {}; its columns are: {}", line_prefix(*line), missing_list(missing), shown)]
+#[error("{}the dump does not match the mapping: {}; {}", line_prefix(*line), missing_list(missing), shown)]
 pub struct ColumnsError {
     /// The line of the first record, when the dump has no header row.
     pub line: Option<u64>,
     /// Every column the mapping needs and the dump lacks.
     pub missing: Vec<MissingColumn>,
-    /// The dump's columns, as shown to the operator.
+    /// What the dump has, as shown to the operator.
     pub shown: String,
 }
 
@@ -270,11 +274,23 @@ impl Mapper {
         if missing.is_empty() {
             return Ok(());
         }
-        let all: Vec<String> = columns.map(|c| format!("`{}`", short(c, 40))).collect();
-        let shown = if all.len() > 30 {
-            format!("{}, … ({} in all)", all[..30].join(", "), all.len())
+        let shown = if tabular {
+            let all: Vec<String> = columns.map(|c| format!("`{}`", short(c, 40))).collect();
+            if all.len() > 30 {
+                format!(
+                    "its columns are: {}, … ({} in all)",
+                    all[..30].join(", "),
+                    all.len()
+                )
+            } else {
+                format!("its columns are: {}", all.join(", "))
+            }
         } else {
-            all.join(", ")
+            let n = columns.count();
+            format!(
+                "its first record has {n} member{} (not listed: a member's name can be a value)",
+                if n == 1 { "" } else { "s" }
+            )
         };
         Err(ColumnsError {
             line: None,

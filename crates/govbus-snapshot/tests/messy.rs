@@ -294,6 +294,25 @@ fn a_header_that_does_not_match_the_mapping_is_refused_before_any_row() {
     // NDJSON has no header: its first object must hold the key.
     let nd = d.write("other.ndjson", "{\"统一社会信用代码\": \"x\"}\n");
     check(&nd, &["no column `发放流水号` for key field `payment_id`"]);
+    // An object keyed by its values: the refusal names none of them (it is
+    // logged), only how many members the first record has.
+    let keyed = d.write(
+        "keyed.ndjson",
+        "{\"11010519491231002X\": {\"姓名\": \"张建国\"}, \"13800138000\": 1}\n",
+    );
+    check(
+        &keyed,
+        &[
+            "no column `发放流水号` for key field `payment_id`",
+            "its first record has 2 members",
+        ],
+    );
+    let (s, _) = d.run(&keyed);
+    let e = s.unwrap_err().to_string();
+    assert!(
+        !e.contains("11010519491231002X") && !e.contains("13800138000"),
+        "{e}"
+    );
 }
 
 #[test]
