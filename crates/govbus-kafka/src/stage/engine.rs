@@ -553,10 +553,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn batches_settle_oldest_first_and_a_stop_moves_only_what_was_done() {
-        let (_mock, consumer) = topic_of(40).await;
-        let mut stage = Logged {
+    /// A stage whose first batch is done and whose second stops after 3
+    /// records; the batches starting at `stops_at` say so at their start.
+    fn done_then_stopped_after_3(stops_at: Vec<i64>) -> Logged {
+        Logged {
             answers: [
                 Settled::Done(10),
                 Settled::Stop {
@@ -565,8 +565,15 @@ mod tests {
                 },
             ]
             .into(),
+            stops_at,
             ..Logged::default()
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_settle_oldest_first_and_a_stop_moves_only_what_was_done() {
+        let (_mock, consumer) = topic_of(40).await;
+        let mut stage = done_then_stopped_after_3(Vec::new());
         let stopped = run_until_stopped(&consumer, &mut stage, 1).await;
         assert_eq!(stopped, Some("stop"));
         // One batch in flight while the next is read: the second batch is
@@ -591,18 +598,7 @@ mod tests {
         // As above, but the second batch says at its start that the stage
         // stops (a sink whose destination failed part way): nothing after
         // it may be started — delivered — before it is settled.
-        let mut stage = Logged {
-            answers: [
-                Settled::Done(10),
-                Settled::Stop {
-                    done: 3,
-                    why: "stop",
-                },
-            ]
-            .into(),
-            stops_at: vec![10],
-            ..Logged::default()
-        };
+        let mut stage = done_then_stopped_after_3(vec![10]);
         let stopped = run_until_stopped(&consumer, &mut stage, 1).await;
         assert_eq!(stopped, Some("stop"));
         assert_eq!(
