@@ -148,11 +148,28 @@ fn is_identity(dataset: &Dataset, field: &str) -> bool {
 }
 
 /// At most `n` characters of a column name, for messages about garbage.
+/// A header as the operator is shown it: cut to `n` characters, control
+/// characters (an escape sequence that would drive the terminal) written
+/// as escapes.
 fn short(name: &str, n: usize) -> String {
-    match name.char_indices().nth(n) {
-        Some((i, _)) => format!("{}…", &name[..i]),
-        None => name.to_owned(),
+    let cut = match name.char_indices().nth(n) {
+        Some((i, _)) => &name[..i],
+        None => name,
+    };
+    let mut out: String = cut
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    if cut.len() < name.len() {
+        out.push('…');
     }
+    out
 }
 
 /// A compiled mapping for one dataset.

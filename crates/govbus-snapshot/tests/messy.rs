@@ -313,6 +313,13 @@ fn a_header_that_does_not_match_the_mapping_is_refused_before_any_row() {
         !e.contains("11010519491231002X") && !e.contains("13800138000"),
         "{e}"
     );
+    // A header row that would drive the operator's terminal is shown
+    // escaped.
+    let escapes = d.write("escapes.csv", "\u{1b}[2J\u{1b}]0;owned\u{7},金额\n");
+    check(&escapes, &["`\\u{1b}[2J\\u{1b}]0;owned\\u{7}`"]);
+    let (s, _) = d.run(&escapes);
+    let e = s.unwrap_err().to_string();
+    assert!(!e.chars().any(char::is_control), "{e:?}");
 }
 
 #[test]
