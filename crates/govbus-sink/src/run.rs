@@ -862,7 +862,8 @@ fn keep(message: BorrowedMessage<'_>) -> Canonical {
 /// ([`govbus_kafka::stage::run`]): the grant checked on every batch, the
 /// policy applied before the sink sees a record, then the sink, the
 /// subscription's dead letters and the ledger — the engine moves the
-/// offsets after. Each batch is settled before the next is read.
+/// offsets after. A batch reaches the destination only once the batch
+/// before is settled but for its ledger entry, which it waits for first.
 struct Delivering<'a, S: Sink> {
     shared: &'a Shared,
     sink: &'a mut S,
